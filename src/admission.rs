@@ -1,1 +1,904 @@
-//! placeholder
+//! Admission: who may talk to us. Owns the mesh key, the mesh id derived from it, and the
+//! sans-IO state machine of the `/mesh/auth/1` handshake (spec: `protocol/auth.md`).
+//!
+//! Every libp2p connection is already authenticated to a node key by QUIC/TLS. Admission adds
+//! the mesh boundary: both sides prove knowledge of the mesh key, bound to both node ids and to
+//! fresh nonces from both sides, before any other mesh protocol is served or sent. The key never
+//! crosses the wire.
+//!
+//! Handshake, dialer D and listener L:
+//! 1. D → L `Hello { nonce_d }`; L → D `Challenge { nonce_l, proof_l }` where
+//!    `proof_l = HMAC(K, "mesh-auth/v1" | "L" | D | L | nonce_d | nonce_l)`. D checks it: L is a member.
+//! 2. D → L `Proof { proof_d, info_d }` with the same MAC under role `"D"`; L checks it: D is a
+//!    member. L → D `Welcome { info_l }`.
+//!
+//! The core does no I/O and reads no clock: callers pass `now` and get back what to send or
+//! whom to disconnect. What it does not own: the transport (see [`crate::transport`]), the node
+//! info payload (opaque here, typed by the caller), membership.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Length of the mesh key in bytes (256 bits: brute force is out of reach).
+pub const MESH_KEY_LEN: usize = 32;
+/// Length of a handshake nonce. 32 random bytes never repeat in practice, so a recorded proof
+/// can never be replayed against a fresh challenge.
+pub const NONCE_LEN: usize = 32;
+/// Bytes of the mesh id. 8 bytes (16 hex characters) keeps TXT records short while making an
+/// accidental collision between two meshes on one LAN negligible (2^-64).
+pub const MESH_ID_LEN: usize = 8;
+/// File name of the mesh key inside the data dir when none is given with `--mesh-key`.
+pub const MESH_KEY_FILE: &str = "mesh.key";
+
+/// How long a connection may stay unadmitted before it is closed and counted as a failure.
+/// A handshake is two round trips (~1 ms on a LAN); 5 s leaves room for a loaded Raspberry Pi
+/// and still frees a slot held by a silent or hostile peer quickly.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// First backoff after a failed admission; doubles per consecutive failure up to
+/// [`MAX_BACKOFF`]. A peer with the wrong key retries at most every few minutes.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// Upper bound of the admission backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Most peers tracked at once (pending handshakes plus backoff entries). Bounds memory against
+/// a flood of fresh peer ids; past it the oldest backoff entries are forgotten first.
+pub const MAX_TRACKED_PEERS: usize = 4096;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Errors reading or writing a mesh key.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshKeyError {
+    #[error("cannot read mesh key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh key file {path} must hold 64 hex characters (as printed by `mesh key generate`)")]
+    Malformed { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] crate::identity::IdentityError),
+}
+
+/// The shared secret of one mesh. All agents holding the same key form one mesh.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeshKey([u8; MESH_KEY_LEN]);
+
+impl fmt::Debug for MeshKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret, even in debug logs.
+        write!(f, "MeshKey(id={})", self.mesh_id())
+    }
+}
+
+impl MeshKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Self {
+        let mut key = [0u8; MESH_KEY_LEN];
+        getrandom_fill(&mut key);
+        Self(key)
+    }
+
+    pub fn from_bytes(bytes: [u8; MESH_KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key as 64 lowercase hex characters, the format of key files.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The public, one-way mesh id: the first [`MESH_ID_LEN`] bytes of
+    /// `HMAC-SHA256(K, "mesh-id/v1")`. Advertised on the LAN so that meshes sharing it ignore
+    /// each other; knowing it does not help to pass admission.
+    pub fn mesh_id(&self) -> MeshId {
+        let mut mac = self.mac();
+        mac.update(b"mesh-id/v1");
+        let digest = mac.finalize().into_bytes();
+        let mut id = [0u8; MESH_ID_LEN];
+        id.copy_from_slice(&digest[..MESH_ID_LEN]);
+        MeshId(id)
+    }
+
+    /// Reads a key file (64 hex characters, surrounding white space ignored).
+    pub fn read_file(path: &Path) -> Result<Self, MeshKeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MeshKeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        text.trim()
+            .parse()
+            .map_err(|()| MeshKeyError::Malformed {
+                path: path.to_path_buf(),
+            })
+    }
+
+    /// Loads `data_dir/mesh.key`, creating a fresh key there on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<(Self, bool), MeshKeyError> {
+        let path = data_dir.join(MESH_KEY_FILE);
+        if path.exists() {
+            return Ok((Self::read_file(&path)?, false));
+        }
+        let key = Self::generate();
+        crate::identity::write_secret_file(&path, format!("{}\n", key.to_hex()).as_bytes())?;
+        Ok((key, true))
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
+    }
+
+    /// The handshake proof for `role` over both node ids and both nonces.
+    fn proof(&self, role: Role, dialer: &PeerId, listener: &PeerId, nonces: &Nonces) -> Proof {
+        let mut mac = self.mac();
+        mac.update(b"mesh-auth/v1");
+        mac.update(match role {
+            Role::Dialer => b"D",
+            Role::Listener => b"L",
+        });
+        for id in [dialer, listener] {
+            let bytes = id.to_bytes();
+            // Length-prefixed so that no two (dialer, listener) pairs share an encoding.
+            mac.update(&(bytes.len() as u16).to_be_bytes());
+            mac.update(&bytes);
+        }
+        mac.update(&nonces.dialer);
+        mac.update(&nonces.listener);
+        Proof(mac.finalize().into_bytes().into())
+    }
+
+    fn verify(
+        &self,
+        role: Role,
+        dialer: &PeerId,
+        listener: &PeerId,
+        nonces: &Nonces,
+        proof: &Proof,
+    ) -> bool {
+        let expected = self.proof(role, dialer, listener, nonces);
+        // Constant-time comparison: a timing side channel must not reveal the proof bytewise.
+        expected
+            .0
+            .iter()
+            .zip(proof.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl FromStr for MeshKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let bytes = hex::decode(s).map_err(|_| ())?;
+        let key: [u8; MESH_KEY_LEN] = bytes.try_into().map_err(|_| ())?;
+        Ok(Self(key))
+    }
+}
+
+/// Fills `buf` from the operating system's random source.
+pub fn getrandom_fill(buf: &mut [u8]) {
+    use rand::TryRng;
+    rand::rngs::SysRng
+        .try_fill_bytes(buf)
+        .expect("the OS random source is available on every supported platform");
+}
+
+/// The public identifier of a mesh (see [`MeshKey::mesh_id`]); shown as 16 hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MeshId(pub [u8; MESH_ID_LEN]);
+
+impl fmt::Display for MeshId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for MeshId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeshId({self})")
+    }
+}
+
+/// A handshake MAC (HMAC-SHA256 output).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof(#[serde(with = "serde_bytes_32")] pub [u8; 32]);
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Proof({}..)", hex::encode(&self.0[..4]))
+    }
+}
+
+/// A handshake nonce.
+pub type Nonce = [u8; NONCE_LEN];
+
+/// Serde for fixed 32-byte arrays as CBOR byte strings (compact, and length-checked on decode).
+mod serde_bytes_32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let bytes: serde_bytes_buf::Buf = Deserialize::deserialize(d)?;
+        bytes
+            .0
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("expected exactly 32 bytes"))
+    }
+    /// Accepts a byte string or a sequence of bytes.
+    pub mod serde_bytes_buf {
+        use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+        pub struct Buf(pub Vec<u8>);
+        impl<'de> Deserialize<'de> for Buf {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Buf;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a byte string")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Buf, E> {
+                        if v.len() > 64 {
+                            return Err(E::custom("byte string too long"));
+                        }
+                        Ok(Buf(v.to_vec()))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buf, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(b) = seq.next_element::<u8>()? {
+                            if out.len() >= 64 {
+                                return Err(serde::de::Error::custom("byte string too long"));
+                            }
+                            out.push(b);
+                        }
+                        Ok(Buf(out))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
+
+/// Nonces serialize as byte strings too.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireNonce(#[serde(with = "serde_bytes_32")] pub Nonce);
+
+impl fmt::Debug for WireNonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Nonce({}..)", hex::encode(&self.0[..4]))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Dialer,
+    Listener,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Nonces {
+    dialer: Nonce,
+    listener: Nonce,
+}
+
+/// Requests of `/mesh/auth/1`, sent by the dialer. `I` is the node info payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AuthRequest<I> {
+    Hello { nonce: WireNonce },
+    Proof { proof: Proof, info: I },
+}
+
+/// Responses of `/mesh/auth/1`, sent by the listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AuthResponse<I> {
+    Challenge { nonce: WireNonce, proof: Proof },
+    Welcome { info: I },
+    /// The listener refuses; it closes the connection right after.
+    Denied,
+}
+
+/// Why a peer failed admission. Counted per reason and logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthFailure {
+    /// The peer's proof did not verify: it holds another mesh key (or none).
+    BadProof,
+    /// The peer sent a message out of order (e.g. a Proof without a Hello).
+    Protocol,
+    /// The handshake did not finish within [`AUTH_TIMEOUT`].
+    Timeout,
+    /// The peer answered `Denied`: it does not accept our key.
+    Denied,
+    /// The peer does not speak `/mesh/auth/1`, or the stream failed.
+    Transport,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthFailure::BadProof => "bad proof (different mesh key)",
+            AuthFailure::Protocol => "handshake message out of order",
+            AuthFailure::Timeout => "handshake timed out",
+            AuthFailure::Denied => "peer denied us (different mesh key)",
+            AuthFailure::Transport => "auth stream failed or protocol unsupported",
+        })
+    }
+}
+
+/// What the caller must do after feeding the core.
+#[derive(Debug, PartialEq)]
+pub enum AdmissionAction<I> {
+    /// Send this request to the peer (dialer side).
+    Send(PeerId, AuthRequest<I>),
+    /// The peer proved membership and knows we did: mesh protocols may flow both ways.
+    Admitted { peer: PeerId, info: I },
+    /// Close every connection to the peer and refuse it until the backoff ends.
+    Reject {
+        peer: PeerId,
+        reason: AuthFailure,
+        backoff: Duration,
+    },
+}
+
+impl<I: PartialEq> PartialEq for AuthRequest<I> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Hello { nonce: a }, Self::Hello { nonce: b }) => a == b,
+            (Self::Proof { proof: a, info: x }, Self::Proof { proof: b, info: y }) => {
+                a == b && x == y
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DialerState {
+    /// We sent Hello with this nonce.
+    SentHello { nonce: Nonce, deadline: Instant },
+    /// We verified the listener and sent Proof; waiting for Welcome.
+    SentProof { deadline: Instant },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ListenerState {
+    /// A connection arrived; no Hello yet.
+    AwaitingHello { deadline: Instant },
+    /// We answered Hello; waiting for Proof.
+    SentChallenge { nonces: Nonces, deadline: Instant },
+}
+
+impl DialerState {
+    fn deadline(&self) -> Instant {
+        match self {
+            DialerState::SentHello { deadline, .. } | DialerState::SentProof { deadline } => {
+                *deadline
+            }
+        }
+    }
+}
+
+impl ListenerState {
+    fn deadline(&self) -> Instant {
+        match self {
+            ListenerState::AwaitingHello { deadline }
+            | ListenerState::SentChallenge { deadline, .. } => *deadline,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// Counters of admission outcomes, for `mesh status` and logs.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdmissionStats {
+    pub admitted: u64,
+    pub bad_proof: u64,
+    pub protocol: u64,
+    pub timeout: u64,
+    pub denied: u64,
+    pub transport: u64,
+    /// Connections from peers still in backoff, closed on arrival.
+    pub refused_in_backoff: u64,
+}
+
+/// The sans-IO admission core for one node.
+///
+/// The two directions of a handshake are tracked apart, because when two nodes dial each other
+/// at once each is dialer on one connection and listener on the other: either handshake
+/// completing admits the peer, and one admission covers every connection to that node key.
+pub struct Admission {
+    key: MeshKey,
+    local: PeerId,
+    dialing: HashMap<PeerId, DialerState>,
+    listening: HashMap<PeerId, ListenerState>,
+    admitted: HashSet<PeerId>,
+    backoff: HashMap<PeerId, Backoff>,
+    stats: AdmissionStats,
+}
+
+impl Admission {
+    pub fn new(key: MeshKey, local: PeerId) -> Self {
+        Self {
+            key,
+            local,
+            dialing: HashMap::new(),
+            listening: HashMap::new(),
+            admitted: HashSet::new(),
+            backoff: HashMap::new(),
+            stats: AdmissionStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &AdmissionStats {
+        &self.stats
+    }
+
+    /// Whether the peer has been admitted (mesh protocols may be served to and sent to it).
+    pub fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.admitted.contains(peer)
+    }
+
+    /// Whether a connection from or to this peer should be refused right now.
+    pub fn in_backoff(&self, peer: &PeerId, now: Instant) -> bool {
+        self.backoff.get(peer).is_some_and(|b| b.until > now)
+    }
+
+    /// Records that a connection from a backed-off peer was closed on arrival.
+    pub fn count_refused(&mut self) {
+        self.stats.refused_in_backoff += 1;
+    }
+
+    /// A connection to `peer` was established. On a connection we dialed we start the
+    /// handshake; on one we accepted we wait for Hello, under the same deadline.
+    pub fn on_connected<I>(
+        &mut self,
+        peer: PeerId,
+        we_dialed: bool,
+        now: Instant,
+    ) -> Vec<AdmissionAction<I>> {
+        if self.admitted.contains(&peer) {
+            return Vec::new();
+        }
+        self.make_room();
+        if !we_dialed {
+            self.listening
+                .entry(peer)
+                .or_insert(ListenerState::AwaitingHello {
+                    deadline: now + AUTH_TIMEOUT,
+                });
+            return Vec::new();
+        }
+        if self.dialing.contains_key(&peer) {
+            return Vec::new();
+        }
+        let nonce = random_nonce();
+        self.dialing.insert(
+            peer,
+            DialerState::SentHello {
+                nonce,
+                deadline: now + AUTH_TIMEOUT,
+            },
+        );
+        vec![AdmissionAction::Send(
+            peer,
+            AuthRequest::Hello {
+                nonce: WireNonce(nonce),
+            },
+        )]
+    }
+
+    /// Every connection to `peer` closed: its admission ends with them.
+    pub fn on_disconnected(&mut self, peer: &PeerId) {
+        self.admitted.remove(peer);
+        self.dialing.remove(peer);
+        self.listening.remove(peer);
+    }
+
+    /// Listener side: a request arrived. Returns the response to send (if any) and actions.
+    pub fn on_request<I>(
+        &mut self,
+        peer: PeerId,
+        request: AuthRequest<I>,
+        local_info: impl FnOnce() -> I,
+        now: Instant,
+    ) -> (Option<AuthResponse<I>>, Vec<AdmissionAction<I>>) {
+        match request {
+            AuthRequest::Hello { nonce } => {
+                // Answered even for an admitted peer: it may have restarted, or dialed us at the
+                // same time as we dialed it. Its admission stands until a proof fails.
+                self.make_room();
+                let nonces = Nonces {
+                    dialer: nonce.0,
+                    listener: random_nonce(),
+                };
+                let proof = self.key.proof(Role::Listener, &peer, &self.local, &nonces);
+                self.listening.insert(
+                    peer,
+                    ListenerState::SentChallenge {
+                        nonces,
+                        deadline: now + AUTH_TIMEOUT,
+                    },
+                );
+                (
+                    Some(AuthResponse::Challenge {
+                        nonce: WireNonce(nonces.listener),
+                        proof,
+                    }),
+                    Vec::new(),
+                )
+            }
+            AuthRequest::Proof { proof, info } => {
+                let Some(ListenerState::SentChallenge { nonces, .. }) =
+                    self.listening.get(&peer).copied()
+                else {
+                    let reject = self.fail(peer, AuthFailure::Protocol, now);
+                    return (Some(AuthResponse::Denied), vec![reject]);
+                };
+                if !self
+                    .key
+                    .verify(Role::Dialer, &peer, &self.local, &nonces, &proof)
+                {
+                    let reject = self.fail(peer, AuthFailure::BadProof, now);
+                    return (Some(AuthResponse::Denied), vec![reject]);
+                }
+                self.admit(peer);
+                (
+                    Some(AuthResponse::Welcome { info: local_info() }),
+                    vec![AdmissionAction::Admitted { peer, info }],
+                )
+            }
+        }
+    }
+
+    /// Dialer side: a response arrived.
+    pub fn on_response<I>(
+        &mut self,
+        peer: PeerId,
+        response: AuthResponse<I>,
+        local_info: impl FnOnce() -> I,
+        now: Instant,
+    ) -> Vec<AdmissionAction<I>> {
+        match (self.dialing.get(&peer).copied(), response) {
+            (
+                Some(DialerState::SentHello { nonce, .. }),
+                AuthResponse::Challenge {
+                    nonce: listener_nonce,
+                    proof,
+                },
+            ) => {
+                let nonces = Nonces {
+                    dialer: nonce,
+                    listener: listener_nonce.0,
+                };
+                if !self
+                    .key
+                    .verify(Role::Listener, &self.local, &peer, &nonces, &proof)
+                {
+                    return vec![self.fail(peer, AuthFailure::BadProof, now)];
+                }
+                let proof = self.key.proof(Role::Dialer, &self.local, &peer, &nonces);
+                self.dialing.insert(
+                    peer,
+                    DialerState::SentProof {
+                        deadline: now + AUTH_TIMEOUT,
+                    },
+                );
+                vec![AdmissionAction::Send(
+                    peer,
+                    AuthRequest::Proof {
+                        proof,
+                        info: local_info(),
+                    },
+                )]
+            }
+            (Some(DialerState::SentProof { .. }), AuthResponse::Welcome { info }) => {
+                self.admit(peer);
+                vec![AdmissionAction::Admitted { peer, info }]
+            }
+            (_, AuthResponse::Denied) => vec![self.fail(peer, AuthFailure::Denied, now)],
+            _ => vec![self.fail(peer, AuthFailure::Protocol, now)],
+        }
+    }
+
+    /// A handshake request we sent could not be delivered or answered.
+    pub fn on_transport_failure<I>(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+    ) -> Vec<AdmissionAction<I>> {
+        if self.admitted.contains(&peer) {
+            self.dialing.remove(&peer);
+            return Vec::new();
+        }
+        vec![self.fail(peer, AuthFailure::Transport, now)]
+    }
+
+    /// Ends handshakes of unadmitted peers past their deadline. Call on every tick.
+    pub fn poll_timeouts<I>(&mut self, now: Instant) -> Vec<AdmissionAction<I>> {
+        let mut expired: Vec<PeerId> = self
+            .dialing
+            .iter()
+            .filter(|(_, s)| s.deadline() <= now)
+            .map(|(p, _)| *p)
+            .chain(
+                self.listening
+                    .iter()
+                    .filter(|(_, s)| s.deadline() <= now)
+                    .map(|(p, _)| *p),
+            )
+            .collect();
+        expired.sort();
+        expired.dedup();
+        let mut actions = Vec::new();
+        for peer in expired {
+            if self.admitted.contains(&peer) {
+                // A second handshake of an admitted peer went quiet: nothing to punish.
+                self.dialing.remove(&peer);
+                self.listening.remove(&peer);
+            } else {
+                actions.push(self.fail(peer, AuthFailure::Timeout, now));
+            }
+        }
+        actions
+    }
+
+    /// The earliest deadline the caller must wake up for.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.dialing
+            .values()
+            .map(DialerState::deadline)
+            .chain(self.listening.values().map(ListenerState::deadline))
+            .min()
+    }
+
+    fn admit(&mut self, peer: PeerId) {
+        self.dialing.remove(&peer);
+        self.listening.remove(&peer);
+        self.admitted.insert(peer);
+        self.backoff.remove(&peer);
+        self.stats.admitted += 1;
+    }
+
+    fn fail<I>(&mut self, peer: PeerId, reason: AuthFailure, now: Instant) -> AdmissionAction<I> {
+        self.dialing.remove(&peer);
+        self.listening.remove(&peer);
+        self.admitted.remove(&peer);
+        match reason {
+            AuthFailure::BadProof => self.stats.bad_proof += 1,
+            AuthFailure::Protocol => self.stats.protocol += 1,
+            AuthFailure::Timeout => self.stats.timeout += 1,
+            AuthFailure::Denied => self.stats.denied += 1,
+            AuthFailure::Transport => self.stats.transport += 1,
+        }
+        let failures = self.backoff.get(&peer).map_or(0, |b| b.failures) + 1;
+        let backoff = backoff_for(failures);
+        self.make_room();
+        self.backoff.insert(
+            peer,
+            Backoff {
+                failures,
+                until: now + backoff,
+            },
+        );
+        AdmissionAction::Reject {
+            peer,
+            reason,
+            backoff,
+        }
+    }
+
+    /// Keeps the pending and backoff tables within [`MAX_TRACKED_PEERS`]: the backoff entry that
+    /// ends soonest goes first, then any pending handshake.
+    fn make_room(&mut self) {
+        while self.dialing.len() + self.listening.len() + self.backoff.len() >= MAX_TRACKED_PEERS
+        {
+            if let Some(p) = self.backoff.iter().min_by_key(|(_, b)| b.until).map(|(p, _)| *p) {
+                self.backoff.remove(&p);
+            } else if let Some(p) = self.listening.keys().next().copied() {
+                self.listening.remove(&p);
+            } else if let Some(p) = self.dialing.keys().next().copied() {
+                self.dialing.remove(&p);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+fn random_nonce() -> Nonce {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom_fill(&mut n);
+    n
+}
+
+/// Backoff after the n-th consecutive failure (n >= 1): 2 s, 4 s, 8 s, ... capped at 300 s.
+pub fn backoff_for(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << exp)
+        .min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    /// Runs a full handshake between two cores; returns what each side concluded.
+    fn handshake(
+        dk: &MeshKey,
+        lk: &MeshKey,
+    ) -> (Vec<AdmissionAction<String>>, Vec<AdmissionAction<String>>) {
+        let (d, l) = (peer(), peer());
+        let mut dialer = Admission::new(dk.clone(), d);
+        let mut listener = Admission::new(lk.clone(), l);
+        let now = Instant::now();
+        let mut d_out = Vec::new();
+        let mut l_out = Vec::new();
+        let mut to_send = dialer.on_connected::<String>(l, true, now);
+        let _ = listener.on_connected::<String>(d, false, now);
+        while let Some(AdmissionAction::Send(_, req)) = to_send.pop() {
+            let (resp, acts) = listener.on_request(d, req, || "L".to_string(), now);
+            l_out.extend(acts);
+            let Some(resp) = resp else { break };
+            for a in dialer.on_response(l, resp, || "D".to_string(), now) {
+                match a {
+                    AdmissionAction::Send(..) => to_send.push(a),
+                    other => d_out.push(other),
+                }
+            }
+        }
+        (d_out, l_out)
+    }
+
+    #[test]
+    fn same_key_admits_both_ways_and_swaps_info() {
+        let k = MeshKey::generate();
+        let (d, l) = handshake(&k, &k);
+        assert!(matches!(&d[..], [AdmissionAction::Admitted { info, .. }] if info == "L"));
+        assert!(matches!(&l[..], [AdmissionAction::Admitted { info, .. }] if info == "D"));
+    }
+
+    #[test]
+    fn different_keys_are_rejected_by_the_dialer_before_it_proves_anything() {
+        let (d, l) = handshake(&MeshKey::generate(), &MeshKey::generate());
+        assert!(matches!(
+            &d[..],
+            [AdmissionAction::Reject {
+                reason: AuthFailure::BadProof,
+                ..
+            }]
+        ));
+        assert!(l.is_empty(), "the listener never saw a proof: {l:?}");
+    }
+
+    #[test]
+    fn proof_is_bound_to_ids_and_nonces() {
+        let k = MeshKey::generate();
+        let (a, b, c) = (peer(), peer(), peer());
+        let n = Nonces {
+            dialer: [1; 32],
+            listener: [2; 32],
+        };
+        let p = k.proof(Role::Dialer, &a, &b, &n);
+        assert!(k.verify(Role::Dialer, &a, &b, &n, &p));
+        assert!(!k.verify(Role::Listener, &a, &b, &n, &p), "role is bound");
+        assert!(!k.verify(Role::Dialer, &b, &a, &n, &p), "direction is bound");
+        assert!(!k.verify(Role::Dialer, &a, &c, &n, &p), "listener id is bound");
+        let n2 = Nonces {
+            dialer: [1; 32],
+            listener: [3; 32],
+        };
+        assert!(!k.verify(Role::Dialer, &a, &b, &n2, &p), "nonce is bound");
+    }
+
+    #[test]
+    fn proof_without_hello_is_a_protocol_failure() {
+        let k = MeshKey::generate();
+        let (d, l) = (peer(), peer());
+        let mut listener = Admission::new(k.clone(), l);
+        let now = Instant::now();
+        let (resp, acts) = listener.on_request(
+            d,
+            AuthRequest::Proof {
+                proof: Proof([0; 32]),
+                info: String::new(),
+            },
+            String::new,
+            now,
+        );
+        assert!(matches!(resp, Some(AuthResponse::Denied)));
+        assert!(matches!(
+            &acts[..],
+            [AdmissionAction::Reject {
+                reason: AuthFailure::Protocol,
+                ..
+            }]
+        ));
+        assert!(listener.in_backoff(&d, now));
+        assert!(!listener.in_backoff(&d, now + FIRST_BACKOFF));
+    }
+
+    #[test]
+    fn silent_peer_times_out_and_backoff_grows() {
+        let k = MeshKey::generate();
+        let (me, them) = (peer(), peer());
+        let mut core = Admission::new(k, me);
+        let mut now = Instant::now();
+        let mut last = Duration::ZERO;
+        for _ in 0..4 {
+            let _ = core.on_connected::<()>(them, false, now);
+            assert_eq!(core.next_deadline(), Some(now + AUTH_TIMEOUT));
+            assert!(core.poll_timeouts::<()>(now).is_empty());
+            now += AUTH_TIMEOUT;
+            let acts = core.poll_timeouts::<()>(now);
+            let [AdmissionAction::Reject { backoff, .. }] = &acts[..] else {
+                panic!("{acts:?}")
+            };
+            assert!(*backoff > last);
+            last = *backoff;
+        }
+        assert_eq!(core.stats().timeout, 4);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff_for(1), FIRST_BACKOFF);
+        assert_eq!(backoff_for(2), FIRST_BACKOFF * 2);
+        assert_eq!(backoff_for(100), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn mesh_id_is_stable_and_key_dependent() {
+        let k: MeshKey = "00".repeat(32).parse().unwrap();
+        assert_eq!(k.mesh_id(), k.clone().mesh_id());
+        assert_ne!(k.mesh_id(), MeshKey::generate().mesh_id());
+        assert_eq!(k.mesh_id().to_string().len(), MESH_ID_LEN * 2);
+        assert!(!format!("{k:?}").contains(&k.to_hex()), "Debug must not leak the key");
+    }
+
+    #[test]
+    fn key_file_round_trip_and_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, created) = MeshKey::load_or_create(dir.path()).unwrap();
+        assert!(created);
+        let (k2, created) = MeshKey::load_or_create(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(k, k2);
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "not hex").unwrap();
+        let err = MeshKey::read_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("64 hex characters"), "{err}");
+    }
+
+    #[test]
+    fn wire_messages_round_trip_through_cbor() {
+        let req: AuthRequest<String> = AuthRequest::Hello {
+            nonce: WireNonce([7; 32]),
+        };
+        let bytes = serde_cbor_roundtrip(&req);
+        assert_eq!(bytes, req);
+    }
+
+    fn serde_cbor_roundtrip(req: &AuthRequest<String>) -> AuthRequest<String> {
+        let v = serde_json::to_vec(req).unwrap();
+        serde_json::from_slice(&v).unwrap()
+    }
+}

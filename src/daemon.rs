@@ -1,1 +1,264 @@
-//! placeholder
+//! Process concerns of `mesh agent`: the data dir, tracing, loading identity and mesh key,
+//! probing the hardware, starting the node and the API, and stopping both on SIGINT/SIGTERM
+//! (a graceful leave: peers show this node `left` at once).
+//!
+//! Takes a plain [`AgentOptions`] (no clap types); owns nothing that outlives the process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::MeshKey;
+use crate::hardware::Profile;
+use crate::identity;
+use crate::membership::MembershipConfig;
+use crate::node::{DiscoveryMode, NodeConfig, start_node};
+use crate::transport::parse_quic_addr;
+
+/// The QUIC port agents listen on by default (UDP).
+pub const DEFAULT_QUIC_PORT: u16 = 7400;
+
+/// How the agent logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// What `mesh agent` was asked to do, free of any CLI library type.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub data_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub mesh_key_file: Option<PathBuf>,
+    pub listen: Vec<String>,
+    pub peers: Vec<String>,
+    pub api: String,
+    pub log_format: LogFormat,
+    pub mdns: bool,
+    pub profile: Option<Profile>,
+}
+
+/// The default data dir: `/var/lib/mesh` for root, else `$XDG_DATA_HOME/mesh`, else
+/// `~/.local/share/mesh`.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY-free check of the effective uid through the process's own /proc entry would need
+    // libc; the owner of /proc/self is the effective uid and needs no unsafe code.
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/mesh");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("mesh");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/mesh"),
+        None => PathBuf::from(".mesh"),
+    }
+}
+
+/// Installs the tracing subscriber: human or JSON lines on stderr, level from `RUST_LOG`
+/// (default `info` for mesh, `warn` for libraries).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,libp2p=warn,mdns_sd=warn,quinn=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(options: AgentOptions) -> anyhow::Result<()> {
+    init_tracing(options.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_async(options))
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the data dir {}; pass --data-dir with a writable directory",
+                    dir.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
+fn node_name(options: &AgentOptions) -> anyhow::Result<String> {
+    let name = match &options.name {
+        Some(n) => n.trim().to_string(),
+        None => hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .map(|h| h.split('.').next().unwrap_or("").to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "mesh-node".into()),
+    };
+    if name.is_empty()
+        || name.chars().count() > crate::transport::MAX_NAME_LEN
+        || name.chars().any(char::is_control)
+    {
+        bail!(
+            "invalid --name {name:?}: use 1 to {} printable characters",
+            crate::transport::MAX_NAME_LEN
+        );
+    }
+    Ok(name)
+}
+
+async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
+    let data_dir = options.data_dir.clone().unwrap_or_else(default_data_dir);
+    prepare_data_dir(&data_dir)?;
+    let (keypair, created) = identity::load_or_create_keypair(&data_dir)?;
+    let peer_id = keypair.public().to_peer_id();
+    if created {
+        tracing::info!(%peer_id, dir = %data_dir.display(), "created a new node identity");
+    }
+    let mesh_key = match &options.mesh_key_file {
+        Some(path) => MeshKey::read_file(path)?,
+        None => {
+            let (key, created) = MeshKey::load_or_create(&data_dir)?;
+            if created {
+                tracing::info!(
+                    file = %data_dir.join(crate::admission::MESH_KEY_FILE).display(),
+                    "created a new mesh key; copy this file to other machines and start them \
+                     with --mesh-key FILE to join them to this mesh"
+                );
+            }
+            key
+        }
+    };
+    let name = node_name(&options)?;
+    let mut hardware = tokio::task::spawn_blocking(crate::hardware::probe)
+        .await
+        .context("hardware probe failed")?;
+    if let Some(profile) = options.profile {
+        hardware.profile = profile;
+    }
+    let settings = hardware.profile.settings();
+
+    let (listen, listen_required) = if options.listen.is_empty() {
+        (
+            vec![
+                parse_quic_addr(&format!("0.0.0.0:{DEFAULT_QUIC_PORT}"), DEFAULT_QUIC_PORT)
+                    .map_err(anyhow::Error::msg)?,
+                parse_quic_addr(&format!("[::]:{DEFAULT_QUIC_PORT}"), DEFAULT_QUIC_PORT)
+                    .map_err(anyhow::Error::msg)?,
+            ],
+            // A host without IPv6 still runs on IPv4.
+            vec![true, false],
+        )
+    } else {
+        let addrs = options
+            .listen
+            .iter()
+            .map(|s| parse_quic_addr(s, DEFAULT_QUIC_PORT))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+        let n = addrs.len();
+        (addrs, vec![true; n])
+    };
+    let static_peers = options
+        .peers
+        .iter()
+        .map(|s| parse_quic_addr(s, DEFAULT_QUIC_PORT))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--peer: {e}"))?;
+    let api_addr: SocketAddr = options
+        .api
+        .trim_start_matches("http://")
+        .parse()
+        .with_context(|| format!("--api {:?} is not an IP:PORT address", options.api))?;
+    if !api_addr.ip().is_loopback() {
+        tracing::warn!(
+            %api_addr,
+            "the control API is not on loopback: anyone who can reach it can control this agent"
+        );
+    }
+    // Bind the API before joining the mesh: a port conflict should fail fast, before peers see
+    // us come and go.
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {api_addr} for the control API (is another agent running? \
+                 pass --api 127.0.0.1:PORT)"
+            )
+        })?;
+
+    let config = NodeConfig {
+        keypair,
+        mesh_key: mesh_key.clone(),
+        name: name.clone(),
+        listen,
+        listen_required,
+        static_peers,
+        hardware: hardware.clone(),
+        discovery: if options.mdns {
+            DiscoveryMode::Mdns {
+                ip_check_interval: settings.mdns_ip_check_interval,
+            }
+        } else {
+            DiscoveryMode::Off
+        },
+        membership: MembershipConfig::lan(),
+    };
+    let node = start_node(config).await?;
+    let shutdown = CancellationToken::new();
+    let api_task = tokio::spawn(crate::api::server::serve(
+        api_listener,
+        node.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        name = %name,
+        node = %peer_id,
+        mesh = %mesh_key.mesh_id(),
+        profile = %hardware.profile,
+        score = hardware.score,
+        api = %format!("http://{api_addr}"),
+        "mesh agent running"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("stopping: telling peers we leave");
+    node.shutdown().await;
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(2), api_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server error"),
+        Err(_) => tracing::warn!("API server did not stop within 2 s"),
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

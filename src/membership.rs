@@ -1,1 +1,665 @@
-//! placeholder
+//! Membership: which nodes of the mesh are `alive`, `suspect`, `dead` or `left`.
+//!
+//! A sans-IO core around [foca](https://docs.rs/foca) (SWIM with indirect probes, suspicion
+//! and incarnation refutation, piggybacked gossip). It owns foca, foca's timers and the peer
+//! table with per-peer liveness (RTT, last seen). It does no I/O and reads no clock: the node
+//! actor feeds it received datagrams, leave notices, RTT samples and `now`, and drains
+//! [`Membership::poll_transmit`] for datagrams to send to admitted peers over
+//! `/mesh/membership/1` (spec: `protocol/membership.md`).
+//!
+//! It does not own: who may talk to us (see [`crate::admission`]), node names and hardware
+//! (the node actor keeps those from the handshake), or addresses (discovery).
+//!
+//! Foca has no notion of a graceful leave distinct from failure, so a leaving node also sends a
+//! direct leave notice to every connected peer; a `Down` member whose identity was announced as
+//! leaving is shown as `left`, any other `Down` member as `dead`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use foca::{Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Runtime, Timer};
+use libp2p::PeerId;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+/// Most datagrams waiting to be sent. Foca emits a handful per probe period; a backlog this
+/// large means the node actor is stuck, and dropping is what SWIM expects of a lossy network.
+pub const MAX_OUTBOX: usize = 1024;
+
+/// How long `dead` and `left` peers stay listed before they are forgotten. Like Consul's
+/// reap interval: long enough for a person to notice a machine is gone.
+pub const REAP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Weight of a new RTT sample in the moving average (EWMA, as TCP's SRTT uses 1/8).
+const RTT_ALPHA: f64 = 0.125;
+
+/// A member's identity as foca sees it: the node id plus a `bump` that orders incarnations of
+/// the same node across restarts and rejoins. Each agent start takes the wall-clock
+/// milliseconds as its bump, so a restarted node always wins over its previous, dead self.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberId {
+    /// `PeerId::to_bytes()`. Bytes rather than `PeerId` so that a hostile peer's garbage is a
+    /// decode-time value we can reject, not a panic.
+    pub peer: Vec<u8>,
+    pub bump: u64,
+}
+
+impl MemberId {
+    pub fn new(peer: PeerId, bump: u64) -> Self {
+        Self {
+            peer: peer.to_bytes(),
+            bump,
+        }
+    }
+
+    pub fn peer_id(&self) -> Option<PeerId> {
+        PeerId::from_bytes(&self.peer).ok()
+    }
+}
+
+impl Identity for MemberId {
+    type Addr = Vec<u8>;
+
+    fn renew(&self) -> Option<Self> {
+        // Declared down while alive (e.g. after a partition): rejoin as a newer incarnation.
+        Some(Self {
+            peer: self.peer.clone(),
+            bump: self.bump.wrapping_add(1),
+        })
+    }
+
+    fn addr(&self) -> Vec<u8> {
+        self.peer.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+/// A peer's membership state, as shown by `mesh peers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Dead => "dead",
+            PeerState::Left => "left",
+        })
+    }
+}
+
+/// What membership knows of one peer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerRecord {
+    pub peer: PeerId,
+    pub state: PeerState,
+    /// The incarnation (see [`MemberId::bump`]) this record is about.
+    pub bump: u64,
+    /// When `state` last changed.
+    pub since: Instant,
+    /// When we last received anything from the peer.
+    pub last_seen: Option<Instant>,
+    /// Smoothed round-trip time of membership requests.
+    pub rtt: Option<Duration>,
+}
+
+/// Timing of the failure detector. Every member of a mesh must use the same values.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// One probe of one random member per period.
+    pub probe_period: Duration,
+    /// How long to wait for a direct ack before asking others to probe indirectly.
+    pub probe_rtt: Duration,
+    /// How many members are asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// How long a member stays `suspect` (time to refute) before it is declared `dead`.
+    pub suspect_to_dead: Duration,
+    /// How often updates are gossiped to a few random members.
+    pub gossip_period: Duration,
+}
+
+impl MembershipConfig {
+    /// Tuned for a LAN (sub-millisecond RTT, reliable QUIC streams underneath): a dead node is
+    /// probed within ~1 period, suspected at the end of that period, and dead 1 s later, so all
+    /// members mark it dead ~2 s after it stops. Datagrams ride QUIC streams, so 5 % packet loss
+    /// shows up as retransmission delay (tens of ms), far under the 200 ms probe RTT, not as
+    /// lost probes.
+    pub fn lan() -> Self {
+        Self {
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(200),
+            indirect_probes: 3,
+            suspect_to_dead: Duration::from_millis(1000),
+            gossip_period: Duration::from_millis(200),
+        }
+    }
+
+    fn to_foca(&self) -> foca::Config {
+        let mut c = foca::Config::simple();
+        c.probe_period = self.probe_period;
+        c.probe_rtt = self.probe_rtt;
+        c.num_indirect_probes =
+            NonZeroUsize::new(self.indirect_probes.max(1)).expect("max(1) is non-zero");
+        // Enough retransmissions for an update to reach everyone in clusters of hundreds.
+        c.max_transmissions = NonZeroU8::new(10).expect("10 is non-zero");
+        c.suspect_to_down_after = self.suspect_to_dead;
+        c.remove_down_after = Some(REAP_AFTER);
+        // Datagrams travel on QUIC streams, so the IP MTU does not bound them; 8 KiB holds
+        // dozens of member updates and stays far under the codec's frame limit.
+        c.max_packet_size = NonZeroUsize::new(8 * 1024).expect("non-zero");
+        c.notify_down_members = true;
+        c.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.gossip_period,
+            num_members: NonZeroUsize::new(3).expect("non-zero"),
+        });
+        c.periodic_announce = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(30),
+            num_members: NonZeroUsize::new(1).expect("non-zero"),
+        });
+        c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(10),
+            num_members: NonZeroUsize::new(2).expect("non-zero"),
+        });
+        c
+    }
+}
+
+/// Counters for `mesh status` and debugging.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MembershipStats {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams foca refused (malformed, from ourselves, too big).
+    pub datagrams_rejected: u64,
+    /// Datagrams dropped because the outbox was full or the target was not reachable.
+    pub datagrams_dropped: u64,
+}
+
+/// Foca's side effects, collected during one call and applied afterwards.
+#[derive(Default)]
+struct Effects {
+    sends: Vec<(MemberId, Bytes)>,
+    timers: Vec<(Duration, Timer<MemberId>)>,
+    notifications: Vec<OwnedNotification<MemberId>>,
+}
+
+impl Runtime<MemberId> for Effects {
+    fn notify(&mut self, notification: foca::Notification<'_, MemberId>) {
+        self.notifications.push(notification.to_owned());
+    }
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.sends.push((to, Bytes::copy_from_slice(data)));
+    }
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        self.timers.push((after, event));
+    }
+}
+
+/// The membership core of one node.
+pub struct Membership {
+    local: PeerId,
+    foca: Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>,
+    /// Pending foca timers by (deadline, sequence); the sequence keeps equal deadlines in
+    /// submission order.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_events: HashMap<u64, Timer<MemberId>>,
+    timer_seq: u64,
+    outbox: Vec<(PeerId, Bytes)>,
+    peers: BTreeMap<PeerId, PeerRecord>,
+    /// Incarnations that announced a graceful leave.
+    leaving: HashSet<(PeerId, u64)>,
+    stats: MembershipStats,
+    /// Set when any peer's state changed since the last [`Membership::take_changed`].
+    changed: bool,
+    left: bool,
+}
+
+impl Membership {
+    /// `bump` orders this start against earlier ones (wall-clock ms at start); `seed` seeds
+    /// foca's random choices (deterministic in simulation, random in the agent).
+    pub fn new(local: PeerId, bump: u64, config: &MembershipConfig, seed: u64) -> Self {
+        let foca = Foca::new(
+            MemberId::new(local, bump),
+            config.to_foca(),
+            StdRng::seed_from_u64(seed),
+            PostcardCodec,
+        );
+        Self {
+            local,
+            foca,
+            timers: BinaryHeap::new(),
+            timer_events: HashMap::new(),
+            timer_seq: 0,
+            outbox: Vec::new(),
+            peers: BTreeMap::new(),
+            leaving: HashSet::new(),
+            stats: MembershipStats::default(),
+            changed: false,
+            left: false,
+        }
+    }
+
+    /// Our own identity (node id and bump) as peers see it.
+    pub fn local_member(&self) -> &MemberId {
+        self.foca.identity()
+    }
+
+    pub fn stats(&self) -> &MembershipStats {
+        &self.stats
+    }
+
+    /// All peers known, self excluded, ordered by node id.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.peers.values()
+    }
+
+    pub fn peer(&self, peer: &PeerId) -> Option<&PeerRecord> {
+        self.peers.get(peer)
+    }
+
+    /// Whether anything visible changed since the last call; resets the flag.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// A peer passed admission and told us its incarnation: join it (or greet it again).
+    pub fn on_admitted(&mut self, peer: PeerId, bump: u64, now: Instant) {
+        if self.left {
+            return;
+        }
+        let id = MemberId::new(peer, bump);
+        self.leaving.retain(|(p, b)| *p != peer || *b > bump);
+        self.touch(peer, now);
+        let mut fx = Effects::default();
+        if let Err(e) = self.foca.announce(id.clone(), &mut fx) {
+            tracing::debug!(%peer, error = %e, "foca announce failed");
+        }
+        // Treat the handshake as first-hand evidence that this incarnation is alive.
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(foca::Member::alive(id)), true, &mut fx)
+        {
+            tracing::debug!(%peer, error = %e, "foca apply failed");
+        }
+        self.apply(fx, now);
+    }
+
+    /// A membership datagram arrived from an admitted peer.
+    pub fn on_datagram(&mut self, from: PeerId, data: &[u8], now: Instant) {
+        self.stats.datagrams_in += 1;
+        self.touch(from, now);
+        let mut fx = Effects::default();
+        if let Err(e) = self.foca.handle_data(data, &mut fx) {
+            self.stats.datagrams_rejected += 1;
+            tracing::debug!(%from, error = %e, "membership datagram rejected");
+        }
+        self.apply(fx, now);
+    }
+
+    /// An admitted peer said it is leaving gracefully (incarnation `bump`).
+    pub fn on_leave_notice(&mut self, from: PeerId, bump: u64, now: Instant) {
+        self.touch(from, now);
+        self.leaving.insert((from, bump));
+        let mut fx = Effects::default();
+        let _ = self.foca.apply_many(
+            std::iter::once(foca::Member::down(MemberId::new(from, bump))),
+            true,
+            &mut fx,
+        );
+        self.apply(fx, now);
+        if let Some(rec) = self.peers.get_mut(&from)
+            && rec.bump <= bump
+            && rec.state != PeerState::Left
+        {
+            rec.state = PeerState::Left;
+            rec.bump = bump;
+            rec.since = now;
+            self.changed = true;
+        }
+    }
+
+    /// A round trip to `peer` took `rtt` (measured by the caller on membership requests).
+    pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration, now: Instant) {
+        self.touch(peer, now);
+        if let Some(rec) = self.peers.get_mut(&peer) {
+            rec.rtt = Some(match rec.rtt {
+                None => rtt,
+                Some(old) => old.mul_f64(1.0 - RTT_ALPHA) + rtt.mul_f64(RTT_ALPHA),
+            });
+        }
+    }
+
+    /// Leave the mesh: mark ourselves down and gossip it. Further inputs are ignored.
+    pub fn leave(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        let mut fx = Effects::default();
+        if let Err(e) = self.foca.leave_cluster(&mut fx) {
+            tracing::debug!(error = %e, "foca leave failed");
+        }
+        self.left = true;
+        self.apply(fx, now);
+    }
+
+    /// The earliest instant at which [`Membership::handle_timers`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Runs every foca timer due at `now`, and forgets peers dead or left for [`REAP_AFTER`].
+    pub fn handle_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, seq))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(event) = self.timer_events.remove(&seq) else {
+                continue;
+            };
+            let mut fx = Effects::default();
+            if let Err(e) = self.foca.handle_timer(event, &mut fx) {
+                tracing::debug!(error = %e, "foca timer failed");
+            }
+            self.apply(fx, now);
+        }
+        let before = self.peers.len();
+        self.peers.retain(|_, r| {
+            !matches!(r.state, PeerState::Dead | PeerState::Left)
+                || now.saturating_duration_since(r.since) < REAP_AFTER
+        });
+        if self.peers.len() != before {
+            self.changed = true;
+        }
+    }
+
+    /// Datagrams to send, in order. The caller sends each to the peer over
+    /// `/mesh/membership/1` if it is admitted, and drops it otherwise.
+    pub fn poll_transmit(&mut self) -> std::vec::Drain<'_, (PeerId, Bytes)> {
+        self.outbox.drain(..)
+    }
+
+    /// Counts a datagram the caller could not deliver.
+    pub fn count_undeliverable(&mut self) {
+        self.stats.datagrams_dropped += 1;
+    }
+
+    fn touch(&mut self, peer: PeerId, now: Instant) {
+        if let Some(rec) = self.peers.get_mut(&peer) {
+            rec.last_seen = Some(now);
+        }
+    }
+
+    fn apply(&mut self, fx: Effects, now: Instant) {
+        for (after, event) in fx.timers {
+            let seq = self.timer_seq;
+            self.timer_seq += 1;
+            self.timers.push(Reverse((now + after, seq)));
+            self.timer_events.insert(seq, event);
+        }
+        for (to, data) in fx.sends {
+            let Some(peer) = to.peer_id() else {
+                self.stats.datagrams_dropped += 1;
+                continue;
+            };
+            if self.outbox.len() >= MAX_OUTBOX {
+                self.stats.datagrams_dropped += 1;
+                continue;
+            }
+            self.stats.datagrams_out += 1;
+            self.outbox.push((peer, data));
+        }
+        for n in fx.notifications {
+            match n {
+                OwnedNotification::Rejoin(id) => {
+                    tracing::info!(bump = id.bump, "declared down by the mesh; rejoined")
+                }
+                OwnedNotification::Defunct => tracing::warn!("declared down by the mesh"),
+                OwnedNotification::Idle => tracing::debug!("no active members"),
+                OwnedNotification::Active => tracing::debug!("joined the mesh"),
+                _ => {}
+            }
+        }
+        self.sync_table(now);
+    }
+
+    /// Brings the peer table in line with foca's member list. Foca signals up, down and
+    /// renames but not suspicion, so the table is rebuilt from its state after each input.
+    fn sync_table(&mut self, now: Instant) {
+        for member in self.foca.iter_membership_state() {
+            let id = member.id();
+            let Some(peer) = id.peer_id() else { continue };
+            if peer == self.local {
+                continue;
+            }
+            let state = match member.state() {
+                foca::State::Alive => PeerState::Alive,
+                foca::State::Suspect => PeerState::Suspect,
+                foca::State::Down if self.leaving.contains(&(peer, id.bump)) => PeerState::Left,
+                foca::State::Down => PeerState::Dead,
+            };
+            match self.peers.get_mut(&peer) {
+                Some(rec) if rec.bump > id.bump => {}
+                Some(rec) => {
+                    // A leave notice can arrive before foca learns the member is down.
+                    let state = if rec.state == PeerState::Left
+                        && rec.bump == id.bump
+                        && state != PeerState::Left
+                    {
+                        PeerState::Left
+                    } else {
+                        state
+                    };
+                    if rec.state != state || rec.bump != id.bump {
+                        rec.state = state;
+                        rec.bump = id.bump;
+                        rec.since = now;
+                        self.changed = true;
+                    }
+                }
+                None => {
+                    self.peers.insert(
+                        peer,
+                        PeerRecord {
+                            peer,
+                            state,
+                            bump: id.bump,
+                            since: now,
+                            last_seen: None,
+                            rtt: None,
+                        },
+                    );
+                    self.changed = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Drives several cores against each other through a perfect in-memory "network" with a
+    //! simulated clock: the failure detector's timing is checked without any real time.
+    use super::*;
+    use libp2p::identity::Keypair;
+
+    struct Sim {
+        now: Instant,
+        nodes: Vec<(PeerId, Membership)>,
+        /// Nodes that stopped (crashed): they neither send nor receive.
+        down: HashSet<PeerId>,
+    }
+
+    impl Sim {
+        fn new(n: usize) -> Self {
+            let now = Instant::now();
+            let nodes: Vec<_> = (0..n)
+                .map(|i| {
+                    let p = Keypair::generate_ed25519().public().to_peer_id();
+                    (p, Membership::new(p, 1, &MembershipConfig::lan(), i as u64))
+                })
+                .collect();
+            let mut sim = Self {
+                now,
+                nodes,
+                down: HashSet::new(),
+            };
+            // Full mesh of admissions, as on a LAN.
+            for i in 0..n {
+                for j in 0..n {
+                    if i != j {
+                        let (p, bump) = (sim.nodes[j].0, 1);
+                        sim.nodes[i].1.on_admitted(p, bump, now);
+                    }
+                }
+            }
+            sim
+        }
+
+        fn idx(&self, p: PeerId) -> usize {
+            self.nodes.iter().position(|(q, _)| *q == p).unwrap()
+        }
+
+        /// Advances the clock in 10 ms steps, delivering datagrams at once.
+        fn run_for(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now += Duration::from_millis(10);
+                for i in 0..self.nodes.len() {
+                    let p = self.nodes[i].0;
+                    if !self.down.contains(&p) {
+                        self.nodes[i].1.handle_timers(self.now);
+                    }
+                }
+                self.deliver();
+            }
+        }
+
+        fn deliver(&mut self) {
+            loop {
+                let mut msgs = Vec::new();
+                for (from, m) in self.nodes.iter_mut() {
+                    for (to, data) in m.poll_transmit() {
+                        msgs.push((*from, to, data));
+                    }
+                }
+                if msgs.is_empty() {
+                    return;
+                }
+                for (from, to, data) in msgs {
+                    if self.down.contains(&from) || self.down.contains(&to) {
+                        continue;
+                    }
+                    let j = self.idx(to);
+                    self.nodes[j].1.on_datagram(from, &data, self.now);
+                }
+            }
+        }
+
+        fn state_at(&self, observer: usize, of: usize) -> Option<PeerState> {
+            self.nodes[observer]
+                .1
+                .peer(&self.nodes[of].0)
+                .map(|r| r.state)
+        }
+    }
+
+    #[test]
+    fn everyone_alive_in_a_quiet_mesh() {
+        let mut sim = Sim::new(5);
+        sim.run_for(Duration::from_secs(10));
+        for i in 0..5 {
+            for j in 0..5 {
+                if i != j {
+                    assert_eq!(sim.state_at(i, j), Some(PeerState::Alive));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crashed_node_is_dead_everywhere_in_about_two_seconds() {
+        let mut sim = Sim::new(3);
+        sim.run_for(Duration::from_secs(2));
+        sim.down.insert(sim.nodes[2].0);
+        let start = sim.now;
+        let mut dead_at = None;
+        while sim.now - start < Duration::from_secs(10) {
+            sim.run_for(Duration::from_millis(10));
+            if (0..2).all(|i| sim.state_at(i, 2) == Some(PeerState::Dead)) {
+                dead_at = Some(sim.now - start);
+                break;
+            }
+        }
+        let took = dead_at.expect("crashed node never marked dead by all");
+        assert!(took <= Duration::from_secs(3), "took {took:?}");
+    }
+
+    #[test]
+    fn leave_notice_shows_left_not_dead() {
+        let mut sim = Sim::new(3);
+        sim.run_for(Duration::from_secs(1));
+        let (leaver, now) = (sim.nodes[2].0, sim.now);
+        sim.nodes[2].1.leave(now);
+        for i in 0..2 {
+            sim.nodes[i].1.on_leave_notice(leaver, 1, now);
+        }
+        sim.deliver();
+        sim.down.insert(leaver);
+        sim.run_for(Duration::from_secs(5));
+        for i in 0..2 {
+            assert_eq!(sim.state_at(i, 2), Some(PeerState::Left));
+        }
+    }
+
+    #[test]
+    fn restarted_node_with_newer_bump_is_alive_again() {
+        let mut sim = Sim::new(3);
+        sim.run_for(Duration::from_secs(1));
+        let p2 = sim.nodes[2].0;
+        sim.down.insert(p2);
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(sim.state_at(0, 2), Some(PeerState::Dead));
+        // Restart: a fresh core with a newer bump, admitted again by everyone.
+        sim.down.remove(&p2);
+        let now = sim.now;
+        sim.nodes[2].1 = Membership::new(p2, 2, &MembershipConfig::lan(), 99);
+        for i in 0..2 {
+            let pi = sim.nodes[i].0;
+            sim.nodes[i].1.on_admitted(p2, 2, now);
+            sim.nodes[2].1.on_admitted(pi, 1, now);
+        }
+        sim.run_for(Duration::from_secs(3));
+        for i in 0..2 {
+            assert_eq!(sim.state_at(i, 2), Some(PeerState::Alive));
+            assert_eq!(sim.nodes[i].1.peer(&p2).unwrap().bump, 2);
+        }
+    }
+
+    #[test]
+    fn garbage_datagrams_are_counted_not_fatal() {
+        let mut sim = Sim::new(2);
+        let from = sim.nodes[1].0;
+        let now = sim.now;
+        for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff", &[7u8; 9000][..]] {
+            sim.nodes[0].1.on_datagram(from, junk, now);
+        }
+        assert_eq!(sim.nodes[0].1.stats().datagrams_rejected, 4);
+        sim.run_for(Duration::from_secs(2));
+        assert_eq!(sim.state_at(0, 1), Some(PeerState::Alive));
+    }
+}

@@ -1,1 +1,245 @@
-//! placeholder
+//! Transport: the libp2p swarm every mesh protocol runs on.
+//!
+//! Owns the swarm's construction (QUIC only, tuned for LAN liveness), the composed
+//! [`MeshBehaviour`], the protocol ids, and the wire types of the request-response protocols
+//! (CBOR-encoded, size-limited). It does not decide anything: the node actor drives the swarm
+//! and the sans-IO cores decide what to send.
+//!
+//! No libp2p `identify` or `ping` behaviour runs: both would talk to a peer as soon as its
+//! connection opens, before admission, and leak our addresses and version to non-members. The
+//! handshake's [`NodeInfo`] replaces identify, and membership round trips measure RTT.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::admission::{AuthRequest, AuthResponse};
+use crate::hardware::HardwareInfo;
+
+/// The admission handshake (spec: `protocol/auth.md`).
+pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
+/// Membership datagrams and leave notices (spec: `protocol/membership.md`).
+pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/membership/1");
+
+/// Largest auth message. A [`NodeInfo`] is a few hundred bytes; 16 KiB leaves room for long
+/// CPU model strings and many addresses while keeping a hostile peer's cost to us small.
+pub const MAX_AUTH_MESSAGE: u64 = 16 * 1024;
+/// Largest membership message: foca's packet limit (8 KiB) plus framing.
+pub const MAX_MEMBERSHIP_MESSAGE: u64 = 9 * 1024;
+/// A request without a response after this long has failed. Membership probes have their own,
+/// shorter deadline inside foca; this only frees the stream.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent streams per connection per protocol. Membership sends a few datagrams per
+/// probe period; 64 absorbs bursts without letting one peer open unbounded streams.
+pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// QUIC idle timeout: a peer that goes silent (crashed, partitioned) loses its connection after
+/// this long. With a 1 s keep-alive, 3 s notices a silent partition in ~3.1 s (STACK-NOTES).
+pub const QUIC_IDLE_TIMEOUT_MS: u32 = 3_000;
+/// QUIC keep-alive interval (see [`QUIC_IDLE_TIMEOUT_MS`]).
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi; 2 s keeps redials of
+/// an unreachable peer frequent.
+pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the swarm keeps a connection with no open stream. Membership traffic flows every
+/// few hundred ms between members, so only dead or unadmitted connections ever reach this.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a node tells an admitted peer about itself, inside the handshake (replaces identify).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub agent_version: String,
+    pub protocol_version: u32,
+    /// Membership incarnation (see [`crate::membership::MemberId`]).
+    pub bump: u64,
+    /// Addresses the node listens on, as multiaddr strings.
+    pub listen_addrs: Vec<String>,
+    pub hardware: HardwareInfo,
+}
+
+/// Bounds applied to a received [`NodeInfo`] before it is stored or shown.
+pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_LISTEN_ADDRS: usize = 16;
+
+impl NodeInfo {
+    /// Truncates fields a hostile or buggy peer could make unreasonably large.
+    pub fn sanitized(mut self) -> Self {
+        truncate_chars(&mut self.name, MAX_NAME_LEN);
+        truncate_chars(&mut self.agent_version, 32);
+        self.listen_addrs.truncate(MAX_LISTEN_ADDRS);
+        truncate_chars(&mut self.hardware.cpu_model, 128);
+        truncate_chars(&mut self.hardware.os, 32);
+        truncate_chars(&mut self.hardware.os_version, 64);
+        truncate_chars(&mut self.hardware.arch, 32);
+        self
+    }
+}
+
+fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((idx, _)) = s.char_indices().nth(max) {
+        s.truncate(idx);
+    }
+}
+
+/// Requests of `/mesh/membership/1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MembershipRequest {
+    /// One foca datagram.
+    Datagram(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The sender is shutting down gracefully; `bump` is its incarnation.
+    Leave { bump: u64 },
+}
+
+/// Responses of `/mesh/membership/1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MembershipResponse {
+    Ack,
+    /// The receiver has not admitted the sender; nothing was processed.
+    NotAdmitted,
+}
+
+pub type AuthBehaviour =
+    request_response::cbor::Behaviour<AuthRequest<NodeInfo>, AuthResponse<NodeInfo>>;
+pub type MembershipBehaviour =
+    request_response::cbor::Behaviour<MembershipRequest, MembershipResponse>;
+
+/// The composed behaviour of a mesh node.
+#[derive(NetworkBehaviour)]
+pub struct MeshBehaviour {
+    pub auth: AuthBehaviour,
+    pub membership: MembershipBehaviour,
+}
+
+/// Errors building the swarm.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+}
+
+fn rr_config() -> request_response::Config {
+    request_response::Config::default()
+        .with_request_timeout(REQUEST_TIMEOUT)
+        .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+}
+
+/// Builds the swarm: QUIC transport with LAN timeouts and the mesh behaviours.
+pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportError> {
+    let auth_codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_AUTH_MESSAGE)
+        .set_response_size_maximum(MAX_AUTH_MESSAGE);
+    let membership_codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_MEMBERSHIP_MESSAGE)
+        .set_response_size_maximum(MAX_MEMBERSHIP_MESSAGE);
+    let behaviour = MeshBehaviour {
+        auth: request_response::Behaviour::with_codec(
+            auth_codec,
+            [(AUTH_PROTOCOL, ProtocolSupport::Full)],
+            rr_config(),
+        ),
+        membership: request_response::Behaviour::with_codec(
+            membership_codec,
+            [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
+            rr_config(),
+        ),
+    };
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_quic_config(|mut c| {
+            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+            c.keep_alive_interval = QUIC_KEEP_ALIVE;
+            c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
+            c
+        })
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| TransportError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Parses a listen or dial address: a QUIC multiaddr, or `IP:PORT` (`[::]:7400` for IPv6),
+/// or a bare IP (port 7400).
+pub fn parse_quic_addr(s: &str, default_port: u16) -> Result<libp2p::Multiaddr, String> {
+    use std::net::{IpAddr, SocketAddr};
+    if s.starts_with('/') {
+        return s.parse().map_err(|e| format!("{s:?} is not a multiaddr: {e}"));
+    }
+    let sock: SocketAddr = if let Ok(sock) = s.parse() {
+        sock
+    } else if let Ok(ip) = s.parse::<IpAddr>() {
+        SocketAddr::new(ip, default_port)
+    } else {
+        return Err(format!(
+            "{s:?} is not an address; use IP:PORT (e.g. 0.0.0.0:7400 or [::]:7400) or a multiaddr \
+             (/ip4/0.0.0.0/udp/7400/quic-v1)"
+        ));
+    };
+    Ok(socket_to_quic(sock))
+}
+
+/// `/ip4/A/udp/P/quic-v1` (or ip6) for a socket address.
+pub fn socket_to_quic(sock: std::net::SocketAddr) -> libp2p::Multiaddr {
+    match sock.ip() {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}/udp/{}/quic-v1", sock.port()),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}/udp/{}/quic-v1", sock.port()),
+    }
+    .parse()
+    .expect("a formatted QUIC multiaddr always parses")
+}
+
+/// The UDP port of a QUIC multiaddr.
+pub fn quic_port(addr: &libp2p::Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Udp(port) => Some(port),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_in_all_forms() {
+        assert_eq!(
+            parse_quic_addr("0.0.0.0:7400", 7400).unwrap().to_string(),
+            "/ip4/0.0.0.0/udp/7400/quic-v1"
+        );
+        assert_eq!(
+            parse_quic_addr("[::]:7402", 7400).unwrap().to_string(),
+            "/ip6/::/udp/7402/quic-v1"
+        );
+        assert_eq!(
+            parse_quic_addr("10.0.0.1", 7400).unwrap().to_string(),
+            "/ip4/10.0.0.1/udp/7400/quic-v1"
+        );
+        assert!(parse_quic_addr("nonsense", 7400).unwrap_err().contains("IP:PORT"));
+        assert_eq!(
+            quic_port(&"/ip4/1.2.3.4/udp/9/quic-v1".parse().unwrap()),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn node_info_is_bounded() {
+        let mut hw = crate::hardware::probe();
+        hw.cpu_model = "x".repeat(10_000);
+        let info = NodeInfo {
+            name: "é".repeat(1000),
+            agent_version: "1".into(),
+            protocol_version: 1,
+            bump: 1,
+            listen_addrs: vec!["/ip4/1.2.3.4/udp/1/quic-v1".into(); 100],
+            hardware: hw,
+        }
+        .sanitized();
+        assert_eq!(info.name.chars().count(), MAX_NAME_LEN);
+        assert_eq!(info.listen_addrs.len(), MAX_LISTEN_ADDRS);
+        assert_eq!(info.hardware.cpu_model.len(), 128);
+    }
+}

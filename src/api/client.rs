@@ -1,0 +1,140 @@
+//! The API's HTTP client, used by the CLI. Blocking (ureq): a CLI call is one request, and
+//! `--watch` is a loop of long polls.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::{ErrorBody, VERSION_HEADER};
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no mesh agent is answering at {url}; start one with `mesh agent`, or point --api / \
+         MESH_API at a running one"
+    )]
+    NoAgent { url: String },
+    #[error("the agent answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("talking to the agent at {url}: {message}")]
+    Other { url: String, message: String },
+}
+
+/// A client of one agent's API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// A response body plus the snapshot version header, if present.
+pub struct Versioned<T> {
+    pub body: T,
+    pub version: Option<u64>,
+}
+
+impl ApiClient {
+    /// `api` is `HOST:PORT` or `http://HOST:PORT`.
+    pub fn new(api: &str) -> Self {
+        let base = if api.starts_with("http://") || api.starts_with("https://") {
+            api.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", api.trim_end_matches('/'))
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // Long polls last up to 30 s; anything longer means the agent is stuck.
+            .timeout_global(Some(Duration::from_secs(40)))
+            .build()
+            .into();
+        Self { base, agent }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET `path` (e.g. `/v1/peers`) and decode the JSON body.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Versioned<T>, ClientError> {
+        let (status, version, text) = self.request("GET", path, None)?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &text));
+        }
+        let body = serde_json::from_str(&text).map_err(|e| ClientError::Other {
+            url: self.base.clone(),
+            message: format!("unexpected response: {e}"),
+        })?;
+        Ok(Versioned { body, version })
+    }
+
+    /// A raw request: status, version header and body text (for `mesh api`).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Option<u64>, String), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let result = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("POST", b) => self
+                .agent
+                .post(&url)
+                .content_type("application/json")
+                .send(b.unwrap_or("")),
+            ("PUT", b) => self
+                .agent
+                .put(&url)
+                .content_type("application/json")
+                .send(b.unwrap_or("")),
+            _ => {
+                return Err(ClientError::Other {
+                    url,
+                    message: format!("unsupported method {method}; use GET, POST, PUT or DELETE"),
+                });
+            }
+        };
+        let mut resp = result.map_err(|e| self.transport_error(e))?;
+        let status = resp.status().as_u16();
+        let version = resp
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport_error(e))?;
+        Ok((status, version, text))
+    }
+
+    fn transport_error(&self, e: ureq::Error) -> ClientError {
+        let refused = match &e {
+            ureq::Error::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+            ),
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+            _ => false,
+        };
+        if refused {
+            ClientError::NoAgent {
+                url: self.base.clone(),
+            }
+        } else {
+            ClientError::Other {
+                url: self.base.clone(),
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+fn api_error(status: u16, text: &str) -> ClientError {
+    let message = serde_json::from_str::<ErrorBody>(text)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| text.chars().take(200).collect());
+    ClientError::Api { status, message }
+}

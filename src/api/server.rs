@@ -1,0 +1,75 @@
+//! The API's HTTP server (axum). Takes its listener and a shutdown token from the caller, so
+//! tests bind port 0 and stop it at will; reads the node only through its snapshot.
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ErrorBody, MAX_WAIT, VERSION_HEADER, peer_entries, status};
+use crate::node::NodeHandle;
+
+/// Builds the router of the route table in [`crate::api`].
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/v1/status", get(get_status))
+        .route("/v1/peers", get(get_peers))
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            error: "no such route; see `mesh api GET /v1/status` and protocol/control-api.md"
+                .into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn get_status(State(node): State<NodeHandle>) -> Response {
+    let snap = node.snapshot();
+    Json(status(&snap, Instant::now())).into_response()
+}
+
+#[derive(Deserialize)]
+struct PeersQuery {
+    /// Long poll: return once the snapshot version differs from this one.
+    wait: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+async fn get_peers(State(node): State<NodeHandle>, Query(q): Query<PeersQuery>) -> Response {
+    let snap = match q.wait {
+        Some(seen) if seen == node.snapshot().version => {
+            let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(1000)).min(MAX_WAIT);
+            node.wait_for(timeout, |s| s.version != seen)
+                .await
+                .unwrap_or_else(|| node.snapshot())
+        }
+        _ => node.snapshot(),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(VERSION_HEADER, HeaderValue::from(snap.version));
+    (headers, Json(peer_entries(&snap, Instant::now()))).into_response()
+}
