@@ -319,6 +319,8 @@ pub enum AuthFailure {
     Denied,
     /// The peer does not speak `/mesh/auth/1`, or the stream failed.
     Transport,
+    /// The peer closed the connection before the handshake finished.
+    Abandoned,
 }
 
 impl fmt::Display for AuthFailure {
@@ -329,6 +331,7 @@ impl fmt::Display for AuthFailure {
             AuthFailure::Timeout => "handshake timed out",
             AuthFailure::Denied => "peer denied us (different mesh key)",
             AuthFailure::Transport => "auth stream failed or protocol unsupported",
+            AuthFailure::Abandoned => "peer hung up during the handshake (different mesh key?)",
         })
     }
 }
@@ -410,6 +413,7 @@ pub struct AdmissionStats {
     pub timeout: u64,
     pub denied: u64,
     pub transport: u64,
+    pub abandoned: u64,
     /// Connections from peers still in backoff, closed on arrival.
     pub refused_in_backoff: u64,
 }
@@ -500,11 +504,18 @@ impl Admission {
         )]
     }
 
-    /// Every connection to `peer` closed: its admission ends with them.
-    pub fn on_disconnected(&mut self, peer: &PeerId) {
-        self.admitted.remove(peer);
+    /// Every connection to `peer` closed: its admission ends with them. A peer that hangs up
+    /// in the middle of a handshake failed it (typically: it holds another key and rejected
+    /// our proof first), so it is counted and backed off like any other failure.
+    pub fn on_disconnected<I>(&mut self, peer: &PeerId, now: Instant) -> Vec<AdmissionAction<I>> {
+        let was_admitted = self.admitted.remove(peer);
+        let pending = self.dialing.contains_key(peer) || self.listening.contains_key(peer);
+        if pending && !was_admitted {
+            return vec![self.fail(*peer, AuthFailure::Abandoned, now)];
+        }
         self.dialing.remove(peer);
         self.listening.remove(peer);
+        Vec::new()
     }
 
     /// Listener side: a request arrived. Returns the response to send (if any) and actions.
@@ -542,7 +553,7 @@ impl Admission {
             }
             AuthRequest::Proof { proof, info } => {
                 let Some(ListenerState::SentChallenge { nonces, .. }) =
-                    self.listening.get(&peer).copied()
+                    self.listening.remove(&peer)
                 else {
                     let reject = self.fail(peer, AuthFailure::Protocol, now);
                     return (Some(AuthResponse::Denied), vec![reject]);
@@ -605,6 +616,7 @@ impl Admission {
                 )]
             }
             (Some(DialerState::SentProof { .. }), AuthResponse::Welcome { info }) => {
+                self.dialing.remove(&peer);
                 self.admit(peer);
                 vec![AdmissionAction::Admitted { peer, info }]
             }
@@ -664,9 +676,10 @@ impl Admission {
             .min()
     }
 
+    /// Admits `peer`. Only the direction that completed is cleared: when both sides dialed at
+    /// once, the other handshake is still in flight and must be allowed to finish (clearing it
+    /// would make its next message look out of order).
     fn admit(&mut self, peer: PeerId) {
-        self.dialing.remove(&peer);
-        self.listening.remove(&peer);
         self.admitted.insert(peer);
         self.backoff.remove(&peer);
         self.stats.admitted += 1;
@@ -682,6 +695,7 @@ impl Admission {
             AuthFailure::Timeout => self.stats.timeout += 1,
             AuthFailure::Denied => self.stats.denied += 1,
             AuthFailure::Transport => self.stats.transport += 1,
+            AuthFailure::Abandoned => self.stats.abandoned += 1,
         }
         let failures = self.backoff.get(&peer).map_or(0, |b| b.failures) + 1;
         let backoff = backoff_for(failures);
@@ -856,6 +870,70 @@ mod tests {
             last = *backoff;
         }
         assert_eq!(core.stats().timeout, 4);
+    }
+
+    #[test]
+    fn simultaneous_dials_both_complete() {
+        let k = MeshKey::generate();
+        let (a, b) = (peer(), peer());
+        let mut ca = Admission::new(k.clone(), a);
+        let mut cb = Admission::new(k, b);
+        let now = Instant::now();
+        // Each side accepted the other's connection and dialed its own.
+        let _ = ca.on_connected::<u8>(b, false, now);
+        let _ = cb.on_connected::<u8>(a, false, now);
+        let [AdmissionAction::Send(_, hello_a)] = &ca.on_connected::<u8>(b, true, now)[..] else {
+            panic!("a must send Hello even with a listener handshake pending")
+        };
+        let [AdmissionAction::Send(_, hello_b)] = &cb.on_connected::<u8>(a, true, now)[..] else {
+            panic!()
+        };
+        // b's handshake gets as far as its Proof being in flight...
+        let (Some(challenge_b), _) = ca.on_request(b, hello_b.clone(), || 1, now) else {
+            panic!()
+        };
+        let [AdmissionAction::Send(_, proof_b)] = &cb.on_response(a, challenge_b, || 2, now)[..]
+        else {
+            panic!()
+        };
+        let (Some(challenge), _) = cb.on_request(a, hello_a.clone(), || 2, now) else {
+            panic!()
+        };
+        let [AdmissionAction::Send(_, proof)] = &ca.on_response(b, challenge, || 1, now)[..] else {
+            panic!()
+        };
+        let (Some(welcome), acts) = cb.on_request(a, proof.clone(), || 2, now) else { panic!() };
+        assert!(matches!(acts[..], [AdmissionAction::Admitted { .. }]));
+        assert!(matches!(
+            ca.on_response(b, welcome, || 1, now)[..],
+            [AdmissionAction::Admitted { .. }]
+        ));
+        assert!(ca.is_admitted(&b) && cb.is_admitted(&a));
+        // ...and arrives after a's handshake admitted both: it must still be accepted.
+        let (Some(AuthResponse::Welcome { .. }), acts) = ca.on_request(b, proof_b.clone(), || 1, now)
+        else {
+            panic!("a late proof of an admitted peer was refused")
+        };
+        assert!(!acts.iter().any(|a| matches!(a, AdmissionAction::Reject { .. })));
+        assert!(ca.is_admitted(&b));
+        // The other direction's pending handshake must not time out into a rejection.
+        assert!(ca.poll_timeouts::<u8>(now + AUTH_TIMEOUT).is_empty());
+        assert!(cb.poll_timeouts::<u8>(now + AUTH_TIMEOUT).is_empty());
+    }
+
+    #[test]
+    fn hanging_up_mid_handshake_is_a_counted_failure() {
+        let k = MeshKey::generate();
+        let (me, them) = (peer(), peer());
+        let mut core = Admission::new(k, me);
+        let now = Instant::now();
+        let _ = core.on_connected::<u8>(them, false, now);
+        let acts = core.on_disconnected::<u8>(&them, now);
+        assert!(matches!(
+            acts[..],
+            [AdmissionAction::Reject { reason: AuthFailure::Abandoned, .. }]
+        ));
+        assert_eq!(core.stats().abandoned, 1);
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::membership::MembershipConfig;
 use crate::node::{DiscoveryMode, NodeConfig, start_node};
 use crate::transport::parse_quic_addr;
 
+/// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
+pub const API_ADDR_FILE: &str = "api.addr";
+
 /// The QUIC port agents listen on by default (UDP).
 pub const DEFAULT_QUIC_PORT: u16 = 7400;
 
@@ -206,6 +209,14 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
             )
         })?;
 
+    let api_addr = api_listener.local_addr().unwrap_or(api_addr);
+    // Tell local tools where the API is (it may be port 0 → a free port): `api.addr` in the
+    // data dir, written atomically.
+    let api_file = data_dir.join(API_ADDR_FILE);
+    if let Err(e) = identity::write_secret_file(&api_file, format!("{api_addr}\n").as_bytes()) {
+        tracing::warn!(error = %e, "cannot record the API address");
+    }
+
     let config = NodeConfig {
         keypair,
         mesh_key: mesh_key.clone(),
@@ -244,6 +255,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     tracing::info!("stopping: telling peers we leave");
     node.shutdown().await;
     shutdown.cancel();
+    let _ = std::fs::remove_file(&api_file);
     match tokio::time::timeout(Duration::from_secs(2), api_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server error"),
         Err(_) => tracing::warn!("API server did not stop within 2 s"),

@@ -706,7 +706,8 @@ impl NodeActor {
                 }
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
-                    self.admission.on_disconnected(&peer_id);
+                    let actions = self.admission.on_disconnected(&peer_id, now.into_std());
+                    self.apply_admission(actions, now);
                     if let Some(t) = self.targets.get_mut(&peer_id) {
                         t.next_dial = t.next_dial.min(now + REDIAL_MIN);
                     }
@@ -965,6 +966,9 @@ impl NodeActor {
     /// for their acks, then withdraw from discovery (mDNS goodbye).
     async fn leave(&mut self) {
         let now = Instant::now();
+        // The current incarnation: foca may have renewed it since start (after being declared
+        // down during a partition), and peers match the notice against it.
+        let bump = self.membership.local_member().bump;
         self.membership.leave(now.into_std());
         self.flush_membership(now);
         let admitted: Vec<PeerId> = self
@@ -978,7 +982,7 @@ impl NodeActor {
                 .swarm
                 .behaviour_mut()
                 .membership
-                .send_request(&peer, MembershipRequest::Leave { bump: self.bump });
+                .send_request(&peer, MembershipRequest::Leave { bump });
             self.leave_pending.insert(id);
         }
         let deadline = now + LEAVE_FLUSH;

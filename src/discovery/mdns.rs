@@ -190,7 +190,8 @@ pub struct MdnsConfig {
     pub protocol_version: u32,
     /// Advertised as TXT `v` (cut to [`MAX_AGENT_VERSION_LEN`] bytes).
     pub agent_version: String,
-    /// The UDP port our QUIC listener is bound on (SRV port). Must not be 0.
+    /// The UDP port our QUIC listener is bound on (SRV port). 0 means we have no listener:
+    /// then we only browse and advertise nothing.
     pub quic_port: u16,
     /// How often mdns-sd rescans interfaces and addresses, re-announcing on changes. Whole
     /// seconds (rounded up); zero disables the rescan (interfaces are then only those present
@@ -200,7 +201,12 @@ pub struct MdnsConfig {
 
 impl MdnsConfig {
     /// A config with this build's protocol and agent versions and the default rescan interval.
-    pub fn new(node_name: impl Into<String>, peer_id: PeerId, mesh_id: impl Into<String>, quic_port: u16) -> Self {
+    pub fn new(
+        node_name: impl Into<String>,
+        peer_id: PeerId,
+        mesh_id: impl Into<String>,
+        quic_port: u16,
+    ) -> Self {
         Self {
             node_name: node_name.into(),
             peer_id,
@@ -355,9 +361,21 @@ fn spawn_with_policy(
     shutdown: CancellationToken,
 ) -> Result<MdnsHandle, MdnsError> {
     let local = LocalNode::from_config(&config)?;
-    let service = build_service_info(&local, &local.instance_name)?;
+    let service = if local.quic_port == 0 {
+        warn!("mdns: no QUIC port to advertise; only browsing, peers will not find us over mDNS");
+        None
+    } else {
+        Some(build_service_info(
+            &local,
+            &local.instance_name,
+            &local.host_name,
+        )?)
+    };
 
-    let daemon = ServiceDaemon::new().map_err(|source| MdnsError::DaemonStart { step: "create", source })?;
+    let daemon = ServiceDaemon::new().map_err(|source| MdnsError::DaemonStart {
+        step: "create",
+        source,
+    })?;
     // From here on the daemon thread runs: shut it down on every error path.
     let setup = configure_daemon(&daemon, &config, policy, service.clone());
     let (browse, monitor) = match setup {
@@ -367,16 +385,21 @@ fn spawn_with_policy(
             return Err(err);
         }
     };
-    info!(
-        instance = %service.get_fullname(),
-        host = %service.get_hostname(),
-        port = config.quic_port,
-        "mdns: advertising and browsing {SERVICE_TYPE}"
-    );
+    if let Some(service) = &service {
+        info!(
+            instance = %service.get_fullname(),
+            host = %service.get_hostname(),
+            port = local.quic_port,
+            "mdns: advertising and browsing {SERVICE_TYPE}"
+        );
+    }
 
     let stats = Arc::new(StatsCounters::default());
     let stop = shutdown.child_token();
-    let own_names = HashSet::from([service.get_fullname().to_lowercase()]);
+    let own_names = service
+        .iter()
+        .map(|s| s.get_fullname().to_lowercase())
+        .collect();
     let actor = MdnsActor {
         daemon,
         local,
@@ -395,7 +418,11 @@ fn spawn_with_policy(
         warned: HashSet::new(),
     };
     let task = tokio::spawn(actor.run());
-    Ok(MdnsHandle { stats, stop, task: Some(task) })
+    Ok(MdnsHandle {
+        stats,
+        stop,
+        task: Some(task),
+    })
 }
 
 /// Applies options, subscribes to the monitor, registers, browses. The order matters: the
@@ -404,8 +431,14 @@ fn configure_daemon(
     daemon: &ServiceDaemon,
     config: &MdnsConfig,
     policy: InterfacePolicy,
-    service: ServiceInfo,
-) -> Result<(mdns_sd::Receiver<ServiceEvent>, mdns_sd::Receiver<DaemonEvent>), MdnsError> {
+    service: Option<ServiceInfo>,
+) -> Result<
+    (
+        mdns_sd::Receiver<ServiceEvent>,
+        mdns_sd::Receiver<DaemonEvent>,
+    ),
+    MdnsError,
+> {
     let start = |step: &'static str| move |source| MdnsError::DaemonStart { step, source };
     match policy {
         InterfacePolicy::Lan => daemon
@@ -413,7 +446,9 @@ fn configure_daemon(
             .map_err(start("disable loopback interfaces"))?,
         #[cfg(test)]
         InterfacePolicy::LoopbackOnly => {
-            daemon.disable_interface(IfKind::All).map_err(start("disable interfaces"))?;
+            daemon
+                .disable_interface(IfKind::All)
+                .map_err(start("disable interfaces"))?;
             daemon
                 .enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
                 .map_err(start("enable loopback interfaces"))?;
@@ -423,10 +458,12 @@ fn configure_daemon(
         .set_ip_check_interval(ip_check_secs(config.ip_check_interval))
         .map_err(start("set ip check interval"))?;
     let monitor = daemon.monitor().map_err(start("monitor"))?;
-    let fullname = service.get_fullname().to_string();
-    daemon
-        .register(service)
-        .map_err(|source| MdnsError::Register { fullname, source })?;
+    if let Some(service) = service {
+        let fullname = service.get_fullname().to_string();
+        daemon
+            .register(service)
+            .map_err(|source| MdnsError::Register { fullname, source })?;
+    }
     let browse = daemon.browse(SERVICE_TYPE).map_err(start("browse"))?;
     Ok((browse, monitor))
 }
@@ -465,15 +502,13 @@ impl LocalNode {
                 config.mesh_id
             )));
         }
-        if config.quic_port == 0 {
-            return Err(invalid("QUIC port 0 cannot be advertised; pass the bound port".into()));
-        }
         let short = short_id(&config.peer_id);
         Ok(Self {
             peer_id: config.peer_id,
             mesh_id,
             protocol_version: config.protocol_version,
-            agent_version: truncate_utf8(config.agent_version.trim(), MAX_AGENT_VERSION_LEN).to_string(),
+            agent_version: truncate_utf8(config.agent_version.trim(), MAX_AGENT_VERSION_LEN)
+                .to_string(),
             quic_port: config.quic_port,
             instance_name: instance_name(&config.node_name, &short),
             host_name: host_name(&config.node_name, &short),
@@ -481,7 +516,11 @@ impl LocalNode {
     }
 }
 
-fn build_service_info(local: &LocalNode, instance: &str) -> Result<ServiceInfo, MdnsError> {
+fn build_service_info(
+    local: &LocalNode,
+    instance: &str,
+    host: &str,
+) -> Result<ServiceInfo, MdnsError> {
     let id = local.peer_id.to_base58();
     let pv = local.protocol_version.to_string();
     let properties = [
@@ -490,8 +529,18 @@ fn build_service_info(local: &LocalNode, instance: &str) -> Result<ServiceInfo, 
         (TXT_PROTOCOL_VERSION, pv.as_str()),
         (TXT_AGENT_VERSION, local.agent_version.as_str()),
     ];
-    let info = ServiceInfo::new(SERVICE_TYPE, instance, &local.host_name, (), local.quic_port, &properties[..])
-        .map_err(|source| MdnsError::Register { fullname: format!("{instance}.{SERVICE_TYPE}"), source })?;
+    let info = ServiceInfo::new(
+        SERVICE_TYPE,
+        instance,
+        host,
+        (),
+        local.quic_port,
+        &properties[..],
+    )
+    .map_err(|source| MdnsError::Register {
+        fullname: format!("{instance}.{SERVICE_TYPE}"),
+        source,
+    })?;
     // Addresses are filled in by the daemon and follow interface changes. Probing stays on
     // (the default): it is what resolves instance-name conflicts, see the module doc.
     Ok(info.enable_addr_auto())
@@ -500,7 +549,10 @@ fn build_service_info(local: &LocalNode, instance: &str) -> Result<ServiceInfo, 
 /// The instance name for `node_name`: control characters become spaces, surrounding space
 /// is trimmed, and the result is cut to one DNS label. An empty name becomes `mesh-<short>`.
 fn instance_name(node_name: &str, short: &str) -> String {
-    let cleaned: String = node_name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let cleaned: String = node_name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let cleaned = truncate_utf8(cleaned.trim(), MAX_LABEL_LEN).trim_end();
     if cleaned.is_empty() {
         return format!("{FALLBACK_HOST_LABEL}-{short}");
@@ -529,7 +581,9 @@ fn host_name(node_name: &str, short: &str) -> String {
         }
     }
     let room = MAX_LABEL_LEN.saturating_sub(short.len() + 1);
-    let mut label = truncate_utf8(&label, room).trim_end_matches('-').to_string();
+    let mut label = truncate_utf8(&label, room)
+        .trim_end_matches('-')
+        .to_string();
     if label.is_empty() {
         label = FALLBACK_HOST_LABEL.to_string();
     }
@@ -562,7 +616,10 @@ enum Verdict {
     /// Not a valid mesh record.
     Malformed { reason: String },
     /// Our mesh, another protocol version.
-    Incompatible { peer_id: PeerId, protocol_version: u32 },
+    Incompatible {
+        peer_id: PeerId,
+        protocol_version: u32,
+    },
     /// Valid, but no address we could dial.
     NoUsableAddress { peer_id: PeerId },
     /// A peer to report.
@@ -596,7 +653,8 @@ fn instance_of(fullname: &str) -> &str {
     let suffix_len = SERVICE_TYPE.len() + 1; // ".{SERVICE_TYPE}"
     if fullname.len() > suffix_len && fullname.is_char_boundary(fullname.len() - suffix_len) {
         let (instance, rest) = fullname.split_at(fullname.len() - suffix_len);
-        if rest[1..].eq_ignore_ascii_case(SERVICE_TYPE) && rest.starts_with('.') {
+        // `starts_with('.')` first: it makes byte 1 a character boundary.
+        if rest.starts_with('.') && rest[1..].eq_ignore_ascii_case(SERVICE_TYPE) {
             return instance;
         }
     }
@@ -608,7 +666,9 @@ fn txt_str<'t>(txt: &'t TxtProperties, key: &str) -> Result<&'t str, String> {
     match txt.get_property_val(key) {
         None => Err(format!("TXT {key:?} missing")),
         Some(None) => Err(format!("TXT {key:?} has no value")),
-        Some(Some(bytes)) => std::str::from_utf8(bytes).map_err(|_| format!("TXT {key:?} is not UTF-8")),
+        Some(Some(bytes)) => {
+            std::str::from_utf8(bytes).map_err(|_| format!("TXT {key:?} is not UTF-8"))
+        }
     }
 }
 
@@ -640,20 +700,32 @@ fn classify(record: &ServiceRecord<'_>, local: &LocalNode, policy: InterfacePoli
     let protocol_version = match txt_str(record.txt, TXT_PROTOCOL_VERSION) {
         Ok(pv) => match pv.parse::<u32>() {
             Ok(pv) => pv,
-            Err(_) => return malformed(format!("TXT {TXT_PROTOCOL_VERSION:?} is not a u32: {pv:?}")),
+            Err(_) => {
+                return malformed(format!("TXT {TXT_PROTOCOL_VERSION:?} is not a u32: {pv:?}"));
+            }
         },
         Err(reason) => return malformed(reason),
     };
     let version = match txt_str(record.txt, TXT_AGENT_VERSION) {
-        Ok(v) if v.len() <= MAX_AGENT_VERSION_LEN && !v.chars().any(char::is_control) => v.to_string(),
-        Ok(v) => return malformed(format!("TXT {TXT_AGENT_VERSION:?} is too long or has control characters ({} bytes)", v.len())),
+        Ok(v) if v.len() <= MAX_AGENT_VERSION_LEN && !v.chars().any(char::is_control) => {
+            v.to_string()
+        }
+        Ok(v) => {
+            return malformed(format!(
+                "TXT {TXT_AGENT_VERSION:?} is too long or has control characters ({} bytes)",
+                v.len()
+            ));
+        }
         Err(reason) => return malformed(reason),
     };
     if record.port == 0 {
         return malformed("SRV port is 0".to_string());
     }
     if protocol_version != local.protocol_version {
-        return Verdict::Incompatible { peer_id, protocol_version };
+        return Verdict::Incompatible {
+            peer_id,
+            protocol_version,
+        };
     }
     let addrs = quic_addrs(&record.addrs, record.port, policy);
     if addrs.is_empty() {
@@ -685,14 +757,21 @@ fn is_dialable(ip: IpAddr, policy: InterfacePolicy) -> bool {
 /// `/ip4/A/udp/PORT/quic-v1` and `/ip6/A/udp/PORT/quic-v1`, sorted and without duplicates
 /// (so that two resolutions with the same addresses compare equal).
 fn quic_addrs(addrs: &[IpAddr], port: u16, policy: InterfacePolicy) -> Vec<Multiaddr> {
-    let ips: BTreeSet<IpAddr> = addrs.iter().copied().filter(|ip| is_dialable(*ip, policy)).collect();
+    let ips: BTreeSet<IpAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|ip| is_dialable(*ip, policy))
+        .collect();
     ips.into_iter()
         .map(|ip| {
             let ip = match ip {
                 IpAddr::V4(v4) => Protocol::Ip4(v4),
                 IpAddr::V6(v6) => Protocol::Ip6(v6),
             };
-            Multiaddr::empty().with(ip).with(Protocol::Udp(port)).with(Protocol::QuicV1)
+            Multiaddr::empty()
+                .with(ip)
+                .with(Protocol::Udp(port))
+                .with(Protocol::QuicV1)
         })
         .collect()
 }
@@ -726,8 +805,9 @@ struct MdnsActor {
     daemon: ServiceDaemon,
     local: LocalNode,
     policy: InterfacePolicy,
-    /// What we have registered (the renamed one after a late conflict).
-    service: ServiceInfo,
+    /// What we have registered (the renamed one after a late conflict); `None` when we only
+    /// browse (no QUIC port).
+    service: Option<ServiceInfo>,
     /// Lowercase full names we answer for: the registered name, or what mdns-sd renamed it
     /// to while probing. A record under one of these with another peer id, heard after our
     /// first announcement, is a late conflict.
@@ -866,7 +946,10 @@ impl MdnsActor {
                 }
                 Flow::Continue
             }
-            Verdict::Incompatible { peer_id, protocol_version } => {
+            Verdict::Incompatible {
+                peer_id,
+                protocol_version,
+            } => {
                 StatsCounters::bump(&self.stats.incompatible_version_ignored);
                 debug!(
                     fullname = %resolved.fullname, %peer_id, protocol_version,
@@ -886,7 +969,9 @@ impl MdnsActor {
                 if self.instances.get(&key) == Some(&peer) {
                     return Flow::Continue;
                 }
-                if self.instances.len() >= MAX_TRACKED_INSTANCES && !self.instances.contains_key(&key) {
+                if self.instances.len() >= MAX_TRACKED_INSTANCES
+                    && !self.instances.contains_key(&key)
+                {
                     debug!(fullname = %resolved.fullname, "mdns: instance table full; reporting without tracking");
                 } else {
                     self.instances.insert(key, peer.clone());
@@ -899,7 +984,15 @@ impl MdnsActor {
     }
 
     async fn on_removed(&mut self, fullname: &str) -> Flow {
-        let Some(gone) = self.instances.remove(&fullname.to_lowercase()) else {
+        let key = fullname.to_lowercase();
+        if self.own_names.contains(&key) && self.service.is_some() {
+            // We still answer for this name, so this is another node's goodbye for it (it gave
+            // way after a late conflict) flushing our records from every cache, ours included.
+            // Tell the LAN again that the name is ours.
+            debug!(%fullname, "mdns: our name was flushed by another node's goodbye; re-announcing");
+            self.reannounce_at = Some(Instant::now());
+        }
+        let Some(gone) = self.instances.remove(&key) else {
             return Flow::Continue;
         };
         if self.instances.values().any(|p| p.peer_id == gone.peer_id) {
@@ -922,13 +1015,19 @@ impl MdnsActor {
                     "mdns: host name taken on the LAN; mdns-sd renamed it"
                 ),
                 _ => {
-                    info!(
-                        original = %change.original, new = %change.new_name, interface = %change.intf_name,
-                        "mdns: instance name taken on the LAN; mdns-sd renamed it"
-                    );
-                    // `original` is always the registered name, also for a second rename.
-                    if change.original.eq_ignore_ascii_case(self.service.get_fullname()) {
-                        self.own_names = HashSet::from([change.new_name.to_lowercase()]);
+                    // `original` is always the registered name, also for a second rename. One
+                    // event comes per record (SRV, TXT) and interface: log each new name once.
+                    let ours = self
+                        .service
+                        .as_ref()
+                        .is_some_and(|s| change.original.eq_ignore_ascii_case(s.get_fullname()));
+                    let new_name = change.new_name.to_lowercase();
+                    if ours && !self.own_names.contains(&new_name) {
+                        info!(
+                            original = %change.original, new = %change.new_name, interface = %change.intf_name,
+                            "mdns: instance name taken on the LAN; mdns-sd renamed it"
+                        );
+                        self.own_names = HashSet::from([new_name]);
                     }
                 }
             },
@@ -957,30 +1056,41 @@ impl MdnsActor {
             ConflictRole::Rename => {
                 let short = short_id(&self.local.peer_id);
                 let new_instance = conflict_instance_name(&self.local.instance_name, &short);
+                // A host name of its own too: the goodbye for the old name also withdraws the
+                // old host's A/AAAA records, which must not take the new instance's with them.
+                let new_host = host_name(&self.local.instance_name, &format!("{short}-2"));
                 warn!(
                     %fullname, other = ?theirs.map(|p| p.to_base58()), new = %new_instance,
                     "mdns: another node answers for our instance name; moving to a unique name"
                 );
-                let old_fullname = self.service.get_fullname().to_string();
-                let new_service = match build_service_info(&self.local, &new_instance) {
+                let Some(old_fullname) =
+                    self.service.as_ref().map(|s| s.get_fullname().to_string())
+                else {
+                    return;
+                };
+                let new_service = match build_service_info(&self.local, &new_instance, &new_host) {
                     Ok(service) => service,
                     Err(err) => {
                         warn!("mdns: cannot build the renamed service: {err:#}");
                         return;
                     }
                 };
-                // Goodbye for the shared name first, then the new name. The unregister reply
-                // is not awaited: commands run in order on the daemon thread.
+                // The new name first, so that a failure leaves us advertised under the old one;
+                // then the goodbye for the shared name. Replies are not awaited: the daemon
+                // thread runs commands in order.
+                if let Err(err) = self.daemon.register(new_service.clone()) {
+                    warn!(
+                        "mdns: cannot register {:?}: {err}",
+                        new_service.get_fullname()
+                    );
+                    return;
+                }
                 if let Err(err) = self.daemon.unregister(&old_fullname) {
                     warn!("mdns: cannot withdraw {old_fullname:?}: {err}");
                 }
-                if let Err(err) = self.daemon.register(new_service.clone()) {
-                    warn!("mdns: cannot register {:?}: {err}", new_service.get_fullname());
-                    return;
-                }
                 self.own_names = HashSet::from([new_service.get_fullname().to_lowercase()]);
                 self.announced = false;
-                self.service = new_service;
+                self.service = Some(new_service);
                 self.renamed_for_conflict = true;
                 self.reannounce_at = None;
             }
@@ -990,8 +1100,11 @@ impl MdnsActor {
     /// Registering an already registered service makes mdns-sd announce it again at once.
     fn reannounce(&mut self) {
         self.reannounce_at = None;
-        debug!(fullname = %self.service.get_fullname(), "mdns: re-announcing after a name conflict");
-        if let Err(err) = self.daemon.register(self.service.clone()) {
+        let Some(service) = &self.service else {
+            return;
+        };
+        debug!(fullname = %service.get_fullname(), "mdns: re-announcing after a name conflict");
+        if let Err(err) = self.daemon.register(service.clone()) {
             warn!("mdns: cannot re-announce: {err}");
         }
     }
@@ -1010,33 +1123,47 @@ impl MdnsActor {
 
     /// Unregisters (goodbyes) and shuts the daemon down, each bounded by a timeout.
     async fn withdraw_and_shutdown(&mut self) {
-        let fullname = self.service.get_fullname().to_string();
-        match self.daemon.unregister(&fullname) {
+        if let Some(service) = &self.service {
+            self.withdraw(service.get_fullname()).await;
+        }
+        match self.daemon.shutdown() {
+            Ok(reply) => {
+                match tokio::time::timeout(DAEMON_SHUTDOWN_TIMEOUT, reply.recv_async()).await {
+                    Ok(Ok(DaemonStatus::Shutdown)) | Ok(Err(_)) => debug!("mdns: daemon shut down"),
+                    Ok(Ok(status)) => debug!("mdns: daemon status after shutdown: {status:?}"),
+                    Err(_) => warn!(
+                        "mdns: daemon shutdown not confirmed within {DAEMON_SHUTDOWN_TIMEOUT:?}"
+                    ),
+                }
+            }
+            Err(mdns_sd::Error::DaemonShutdown) => {}
+            Err(err) => warn!("mdns: cannot shut the daemon down: {err}"),
+        }
+    }
+
+    /// Unregisters `fullname` (goodbye now and, from mdns-sd, once more 120 ms later).
+    async fn withdraw(&self, fullname: &str) {
+        match self.daemon.unregister(fullname) {
             Ok(reply) => match tokio::time::timeout(UNREGISTER_TIMEOUT, reply.recv_async()).await {
                 Ok(Ok(UnregisterStatus::OK)) => {
                     debug!(%fullname, "mdns: goodbye sent");
                     tokio::time::sleep(GOODBYE_REPEAT_WAIT).await;
                 }
-                Ok(Ok(UnregisterStatus::NotFound)) => debug!(%fullname, "mdns: nothing to unregister"),
+                Ok(Ok(UnregisterStatus::NotFound)) => {
+                    debug!(%fullname, "mdns: nothing to unregister")
+                }
                 Ok(Err(_)) => debug!("mdns: daemon gone before unregister"),
                 Err(_) => warn!("mdns: unregister not confirmed within {UNREGISTER_TIMEOUT:?}"),
             },
             Err(err) => debug!("mdns: cannot unregister: {err}"),
         }
-        match self.daemon.shutdown() {
-            Ok(reply) => match tokio::time::timeout(DAEMON_SHUTDOWN_TIMEOUT, reply.recv_async()).await {
-                Ok(Ok(DaemonStatus::Shutdown)) | Ok(Err(_)) => debug!("mdns: daemon shut down"),
-                Ok(Ok(status)) => debug!("mdns: daemon status after shutdown: {status:?}"),
-                Err(_) => warn!("mdns: daemon shutdown not confirmed within {DAEMON_SHUTDOWN_TIMEOUT:?}"),
-            },
-            Err(mdns_sd::Error::DaemonShutdown) => {}
-            Err(err) => warn!("mdns: cannot shut the daemon down: {err}"),
-        }
     }
 }
 
 /// The next monitor event; `None` when the channel closed; never resolves without a channel.
-async fn next_daemon_event(monitor: Option<&mdns_sd::Receiver<DaemonEvent>>) -> Option<DaemonEvent> {
+async fn next_daemon_event(
+    monitor: Option<&mdns_sd::Receiver<DaemonEvent>>,
+) -> Option<DaemonEvent> {
     match monitor {
         Some(monitor) => monitor.recv_async().await.ok(),
         None => std::future::pending().await,
@@ -1059,7 +1186,8 @@ mod tests {
     const OTHER_MESH: &str = "ffeeddccbbaa9988";
 
     fn local(peer_id: PeerId) -> LocalNode {
-        LocalNode::from_config(&MdnsConfig::new("alpha", peer_id, MESH, 7400)).expect("valid config")
+        LocalNode::from_config(&MdnsConfig::new("alpha", peer_id, MESH, 7400))
+            .expect("valid config")
     }
 
     /// A TXT record as on the wire: length-prefixed `key=value` strings.
@@ -1077,14 +1205,22 @@ mod tests {
 
     fn valid_txt(peer: &PeerId, mesh: &str) -> TxtProperties {
         let id = peer.to_base58();
-        txt(&[("id", id.as_bytes()), ("mesh", mesh.as_bytes()), ("pv", b"1"), ("v", b"0.1.0")])
+        txt(&[
+            ("id", id.as_bytes()),
+            ("mesh", mesh.as_bytes()),
+            ("pv", b"1"),
+            ("v", b"0.1.0"),
+        ])
     }
 
     fn record<'a>(txt: &'a TxtProperties, addrs: &[&str]) -> ServiceRecord<'a> {
         ServiceRecord {
             instance: "beta",
             port: 7401,
-            addrs: addrs.iter().map(|a| a.parse().expect("test address")).collect(),
+            addrs: addrs
+                .iter()
+                .map(|a| a.parse().expect("test address"))
+                .collect(),
             txt,
         }
     }
@@ -1094,22 +1230,44 @@ mod tests {
         let me = local(random_peer());
         let them = random_peer();
         let txt = valid_txt(&them, MESH);
-        let rec = record(&txt, &["192.0.2.7", "fd00::7", "127.0.0.1", "::1", "fe80::1", "169.254.3.4"]);
+        let rec = record(
+            &txt,
+            &[
+                "192.0.2.7",
+                "fd00::7",
+                "127.0.0.1",
+                "::1",
+                "fe80::1",
+                "169.254.3.4",
+            ],
+        );
         let Verdict::Peer(peer) = classify(&rec, &me, InterfacePolicy::Lan) else {
-            panic!("expected a peer, got {:?}", classify(&rec, &me, InterfacePolicy::Lan));
+            panic!(
+                "expected a peer, got {:?}",
+                classify(&rec, &me, InterfacePolicy::Lan)
+            );
         };
         assert_eq!(peer.peer_id, them);
         assert_eq!(peer.name, "beta");
         assert_eq!(peer.version, "0.1.0");
         let addrs: Vec<String> = peer.addrs.iter().map(ToString::to_string).collect();
-        assert_eq!(addrs, ["/ip4/192.0.2.7/udp/7401/quic-v1", "/ip6/fd00::7/udp/7401/quic-v1"]);
+        assert_eq!(
+            addrs,
+            [
+                "/ip4/192.0.2.7/udp/7401/quic-v1",
+                "/ip6/fd00::7/udp/7401/quic-v1"
+            ]
+        );
     }
 
     #[test]
     fn mesh_ids_compare_without_case() {
         let me = local(random_peer());
         let txt = valid_txt(&random_peer(), &MESH.to_uppercase());
-        assert!(matches!(classify(&record(&txt, &["192.0.2.7"]), &me, InterfacePolicy::Lan), Verdict::Peer(_)));
+        assert!(matches!(
+            classify(&record(&txt, &["192.0.2.7"]), &me, InterfacePolicy::Lan),
+            Verdict::Peer(_)
+        ));
     }
 
     #[test]
@@ -1117,25 +1275,43 @@ mod tests {
         let my_id = random_peer();
         let me = local(my_id);
         let own = valid_txt(&my_id, OTHER_MESH);
-        assert_eq!(classify(&record(&own, &["192.0.2.7"]), &me, InterfacePolicy::Lan), Verdict::Own);
+        assert_eq!(
+            classify(&record(&own, &["192.0.2.7"]), &me, InterfacePolicy::Lan),
+            Verdict::Own
+        );
 
         let them = random_peer();
         let foreign = valid_txt(&them, OTHER_MESH);
         assert_eq!(
             classify(&record(&foreign, &["192.0.2.7"]), &me, InterfacePolicy::Lan),
-            Verdict::ForeignMesh { peer_id: them, mesh: OTHER_MESH.to_string() }
+            Verdict::ForeignMesh {
+                peer_id: them,
+                mesh: OTHER_MESH.to_string()
+            }
         );
 
         let id = them.to_base58();
-        let newer = txt(&[("id", id.as_bytes()), ("mesh", MESH.as_bytes()), ("pv", b"2"), ("v", b"9")]);
+        let newer = txt(&[
+            ("id", id.as_bytes()),
+            ("mesh", MESH.as_bytes()),
+            ("pv", b"2"),
+            ("v", b"9"),
+        ]);
         assert_eq!(
             classify(&record(&newer, &["192.0.2.7"]), &me, InterfacePolicy::Lan),
-            Verdict::Incompatible { peer_id: them, protocol_version: 2 }
+            Verdict::Incompatible {
+                peer_id: them,
+                protocol_version: 2
+            }
         );
 
         let ours = valid_txt(&them, MESH);
         assert_eq!(
-            classify(&record(&ours, &["127.0.0.1", "fe80::1"]), &me, InterfacePolicy::Lan),
+            classify(
+                &record(&ours, &["127.0.0.1", "fe80::1"]),
+                &me,
+                InterfacePolicy::Lan
+            ),
             Verdict::NoUsableAddress { peer_id: them }
         );
         // Loopback addresses count in the loopback-only test mode; link-local never does.
@@ -1151,25 +1327,80 @@ mod tests {
         let id = random_peer().to_base58();
         let id = id.as_bytes();
         let cases: Vec<(&str, TxtProperties)> = vec![
-            ("no id", txt(&[("mesh", MESH.as_bytes()), ("pv", b"1"), ("v", b"x")])),
-            ("bad id", txt(&[("id", b"not-a-peer-id"), ("mesh", MESH.as_bytes()), ("pv", b"1"), ("v", b"x")])),
-            ("id not UTF-8", txt(&[("id", &[0xff, 0xfe]), ("mesh", MESH.as_bytes()), ("pv", b"1"), ("v", b"x")])),
+            (
+                "no id",
+                txt(&[("mesh", MESH.as_bytes()), ("pv", b"1"), ("v", b"x")]),
+            ),
+            (
+                "bad id",
+                txt(&[
+                    ("id", b"not-a-peer-id"),
+                    ("mesh", MESH.as_bytes()),
+                    ("pv", b"1"),
+                    ("v", b"x"),
+                ]),
+            ),
+            (
+                "id not UTF-8",
+                txt(&[
+                    ("id", &[0xff, 0xfe]),
+                    ("mesh", MESH.as_bytes()),
+                    ("pv", b"1"),
+                    ("v", b"x"),
+                ]),
+            ),
             ("no mesh", txt(&[("id", id), ("pv", b"1"), ("v", b"x")])),
-            ("mesh not hex", txt(&[("id", id), ("mesh", b"zz"), ("pv", b"1"), ("v", b"x")])),
-            ("no pv", txt(&[("id", id), ("mesh", MESH.as_bytes()), ("v", b"x")])),
-            ("pv not a number", txt(&[("id", id), ("mesh", MESH.as_bytes()), ("pv", b"-1"), ("v", b"x")])),
-            ("no v", txt(&[("id", id), ("mesh", MESH.as_bytes()), ("pv", b"1")])),
-            ("v too long", txt(&[("id", id), ("mesh", MESH.as_bytes()), ("pv", b"1"), ("v", &[b'x'; 65])])),
+            (
+                "mesh not hex",
+                txt(&[("id", id), ("mesh", b"zz"), ("pv", b"1"), ("v", b"x")]),
+            ),
+            (
+                "no pv",
+                txt(&[("id", id), ("mesh", MESH.as_bytes()), ("v", b"x")]),
+            ),
+            (
+                "pv not a number",
+                txt(&[
+                    ("id", id),
+                    ("mesh", MESH.as_bytes()),
+                    ("pv", b"-1"),
+                    ("v", b"x"),
+                ]),
+            ),
+            (
+                "no v",
+                txt(&[("id", id), ("mesh", MESH.as_bytes()), ("pv", b"1")]),
+            ),
+            (
+                "v too long",
+                txt(&[
+                    ("id", id),
+                    ("mesh", MESH.as_bytes()),
+                    ("pv", b"1"),
+                    ("v", &[b'x'; 65]),
+                ]),
+            ),
             ("empty TXT", txt(&[])),
         ];
         for (what, txt) in &cases {
             let verdict = classify(&record(txt, &["192.0.2.7"]), &me, InterfacePolicy::Lan);
-            assert!(matches!(verdict, Verdict::Malformed { .. }), "{what}: {verdict:?}");
+            assert!(
+                matches!(verdict, Verdict::Malformed { .. }),
+                "{what}: {verdict:?}"
+            );
         }
-        let ok = txt(&[("id", id), ("mesh", MESH.as_bytes()), ("pv", b"1"), ("v", b"x")]);
+        let ok = txt(&[
+            ("id", id),
+            ("mesh", MESH.as_bytes()),
+            ("pv", b"1"),
+            ("v", b"x"),
+        ]);
         let mut zero_port = record(&ok, &["192.0.2.7"]);
         zero_port.port = 0;
-        assert!(matches!(classify(&zero_port, &me, InterfacePolicy::Lan), Verdict::Malformed { .. }));
+        assert!(matches!(
+            classify(&zero_port, &me, InterfacePolicy::Lan),
+            Verdict::Malformed { .. }
+        ));
     }
 
     #[test]
@@ -1181,13 +1412,23 @@ mod tests {
             Ipv4Addr::UNSPECIFIED.into(),
             Ipv4Addr::new(224, 0, 0, 251).into(),
             Ipv4Addr::BROADCAST.into(),
-            "::ffff:10.0.0.9".parse::<Ipv6Addr>().expect("v4-mapped").into(),
+            "::ffff:10.0.0.9"
+                .parse::<Ipv6Addr>()
+                .expect("v4-mapped")
+                .into(),
             "2001:db8::1".parse::<Ipv6Addr>().expect("global").into(),
         ];
-        let got: Vec<String> = quic_addrs(&addrs, 9, InterfacePolicy::Lan).iter().map(ToString::to_string).collect();
+        let got: Vec<String> = quic_addrs(&addrs, 9, InterfacePolicy::Lan)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             got,
-            ["/ip4/10.0.0.1/udp/9/quic-v1", "/ip4/10.0.0.2/udp/9/quic-v1", "/ip6/2001:db8::1/udp/9/quic-v1"]
+            [
+                "/ip4/10.0.0.1/udp/9/quic-v1",
+                "/ip4/10.0.0.2/udp/9/quic-v1",
+                "/ip6/2001:db8::1/udp/9/quic-v1"
+            ]
         );
     }
 
@@ -1199,11 +1440,16 @@ mod tests {
         assert_eq!(instance_of("_mesh._udp.local."), "_mesh._udp.local.");
         assert_eq!(instance_of("x._other._udp.local."), "x._other._udp.local.");
         assert_eq!(instance_of("é"), "é");
+        // A multi-byte character where the '.' before the type would be must not panic.
+        assert_eq!(instance_of("abcémesh._udp.local."), "abcémesh._udp.local.");
     }
 
     #[test]
     fn host_names_are_one_lowercase_label_with_the_short_id() {
-        assert_eq!(host_name("My Laptop.lan", "Kv8j3Rt1Qx"), "my-laptop-lan-kv8j3rt1qx.local.");
+        assert_eq!(
+            host_name("My Laptop.lan", "Kv8j3Rt1Qx"),
+            "my-laptop-lan-kv8j3rt1qx.local."
+        );
         assert_eq!(host_name("--Über__Pi--", "abc"), "ber-pi-abc.local.");
         assert_eq!(host_name("", "abc"), "mesh-abc.local.");
         assert_eq!(host_name("ü!", "abc"), "mesh-abc.local.");
@@ -1218,11 +1464,17 @@ mod tests {
         assert_eq!(instance_name("  lab\t01\n", "abc"), "lab 01");
         assert_eq!(instance_name("\u{7}", "abc"), "mesh-abc");
         let long = instance_name(&"é".repeat(40), "abc"); // 80 bytes
-        assert!(long.len() <= MAX_LABEL_LEN && long.chars().all(|c| c == 'é'), "{long}");
+        assert!(
+            long.len() <= MAX_LABEL_LEN && long.chars().all(|c| c == 'é'),
+            "{long}"
+        );
         let renamed = conflict_instance_name(&"é".repeat(40), "Kv8j3Rt1Qx");
         assert!(renamed.len() <= MAX_LABEL_LEN, "{renamed}");
         assert!(renamed.ends_with(" (Kv8j3Rt1Qx)"));
-        assert_eq!(conflict_instance_name("lab", "Kv8j3Rt1Qx"), "lab (Kv8j3Rt1Qx)");
+        assert_eq!(
+            conflict_instance_name("lab", "Kv8j3Rt1Qx"),
+            "lab (Kv8j3Rt1Qx)"
+        );
     }
 
     #[test]
@@ -1230,7 +1482,11 @@ mod tests {
         let (a, b) = (random_peer(), random_peer());
         let roles = (conflict_role(&a, Some(&b)), conflict_role(&b, Some(&a)));
         assert!(
-            matches!(roles, (ConflictRole::Rename, ConflictRole::Keep) | (ConflictRole::Keep, ConflictRole::Rename)),
+            matches!(
+                roles,
+                (ConflictRole::Rename, ConflictRole::Keep)
+                    | (ConflictRole::Keep, ConflictRole::Rename)
+            ),
             "{roles:?}"
         );
         assert_eq!(conflict_role(&a, None), ConflictRole::Rename);
@@ -1248,24 +1504,40 @@ mod tests {
     fn config_is_validated_and_the_service_carries_our_txt() {
         let peer = random_peer();
         let bad_mesh = MdnsConfig::new("alpha", peer, "not hex", 7400);
-        assert!(matches!(LocalNode::from_config(&bad_mesh), Err(MdnsError::InvalidConfig { .. })));
-        let no_port = MdnsConfig::new("alpha", peer, MESH, 0);
-        assert!(matches!(LocalNode::from_config(&no_port), Err(MdnsError::InvalidConfig { .. })));
+        assert!(matches!(
+            LocalNode::from_config(&bad_mesh),
+            Err(MdnsError::InvalidConfig { .. })
+        ));
 
-        let local = LocalNode::from_config(&MdnsConfig::new("Alpha", peer, MESH.to_uppercase(), 7400)).expect("valid");
-        let info = build_service_info(&local, &local.instance_name).expect("valid service");
+        let local =
+            LocalNode::from_config(&MdnsConfig::new("Alpha", peer, MESH.to_uppercase(), 7400))
+                .expect("valid");
+        let info = build_service_info(&local, &local.instance_name, &local.host_name)
+            .expect("valid service");
         assert_eq!(info.get_fullname(), "Alpha._mesh._udp.local.");
         assert_eq!(info.get_port(), 7400);
-        assert!(info.get_hostname().starts_with("alpha-") && info.get_hostname().ends_with(".local."));
+        assert!(
+            info.get_hostname().starts_with("alpha-") && info.get_hostname().ends_with(".local.")
+        );
         let expected_id = peer.to_base58();
         assert_eq!(info.get_property_val_str("id"), Some(expected_id.as_str()));
         assert_eq!(info.get_property_val_str("mesh"), Some(MESH));
-        assert_eq!(info.get_property_val_str("pv"), Some(crate::PROTOCOL_VERSION.to_string().as_str()));
+        assert_eq!(
+            info.get_property_val_str("pv"),
+            Some(crate::PROTOCOL_VERSION.to_string().as_str())
+        );
         assert_eq!(info.get_property_val_str("v"), Some(crate::AGENT_VERSION));
         // The record we send is one we accept.
         let me = local_with_other_id();
-        let rec = ServiceRecord { instance: "Alpha", port: 7400, addrs: vec!["192.0.2.1".parse().expect("ip")], txt: info.get_properties() };
-        assert!(matches!(classify(&rec, &me, InterfacePolicy::Lan), Verdict::Peer(p) if p.peer_id == peer));
+        let rec = ServiceRecord {
+            instance: "Alpha",
+            port: 7400,
+            addrs: vec!["192.0.2.1".parse().expect("ip")],
+            txt: info.get_properties(),
+        };
+        assert!(
+            matches!(classify(&rec, &me, InterfacePolicy::Lan), Verdict::Peer(p) if p.peer_id == peer)
+        );
     }
 
     fn local_with_other_id() -> LocalNode {
@@ -1286,8 +1558,9 @@ mod tests {
         if std::env::var_os("MESH_TEST_MDNS").is_some_and(|v| v == "1") {
             return Ok(());
         }
-        let entries = std::fs::read_dir("/sys/class/net")
-            .map_err(|_| "cannot list interfaces (not Linux?); set MESH_TEST_MDNS=1 to run".to_string())?;
+        let entries = std::fs::read_dir("/sys/class/net").map_err(|_| {
+            "cannot list interfaces (not Linux?); set MESH_TEST_MDNS=1 to run".to_string()
+        })?;
         let mut lan = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -1315,8 +1588,12 @@ mod tests {
     async fn loopback_multicast_works() -> Result<(), String> {
         let daemon = ServiceDaemon::new().map_err(|e| format!("cannot create a daemon: {e}"))?;
         let outcome = async {
-            daemon.disable_interface(IfKind::All).map_err(|e| e.to_string())?;
-            daemon.enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6]).map_err(|e| e.to_string())?;
+            daemon
+                .disable_interface(IfKind::All)
+                .map_err(|e| e.to_string())?;
+            daemon
+                .enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
+                .map_err(|e| e.to_string())?;
             let ty = "_meshprobe._udp.local.";
             let mut info = ServiceInfo::new(ty, "probe", "probe.local.", (), 9, None)
                 .map_err(|e| e.to_string())?
@@ -1335,7 +1612,10 @@ mod tests {
             .await;
             match heard {
                 Ok(true) => Ok(()),
-                _ => Err("a daemon restricted to loopback does not hear itself (no multicast on lo?)".to_string()),
+                _ => Err(
+                    "a daemon restricted to loopback does not hear itself (no multicast on lo?)"
+                        .to_string(),
+                ),
             }
         }
         .await;
@@ -1366,13 +1646,23 @@ mod tests {
             let peer_id = random_peer();
             let (tx, events) = mpsc::channel(TEST_EVENT_CAPACITY);
             let config = MdnsConfig::new(name, peer_id, mesh, port);
-            let handle = spawn_with_policy(config, InterfacePolicy::LoopbackOnly, tx, shutdown.clone())
-                .expect("mdns starts");
-            Self { peer_id, handle, events, seen: Vec::new() }
+            let handle =
+                spawn_with_policy(config, InterfacePolicy::LoopbackOnly, tx, shutdown.clone())
+                    .expect("mdns starts");
+            Self {
+                peer_id,
+                handle,
+                events,
+                seen: Vec::new(),
+            }
         }
 
         /// Waits for the first event matching `pred` (or fails at `CEILING`).
-        async fn wait_for(&mut self, what: &str, pred: impl Fn(&DiscoveryEvent) -> bool) -> DiscoveryEvent {
+        async fn wait_for(
+            &mut self,
+            what: &str,
+            pred: impl Fn(&DiscoveryEvent) -> bool,
+        ) -> DiscoveryEvent {
             let deadline = Instant::now() + CEILING;
             loop {
                 match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -1389,7 +1679,13 @@ mod tests {
         }
 
         async fn wait_found(&mut self, peer: PeerId, what: &str) -> DiscoveredPeer {
-            match self.wait_for(what, |e| matches!(e, DiscoveryEvent::Found(p) if p.peer_id == peer)).await {
+            match self
+                .wait_for(
+                    what,
+                    |e| matches!(e, DiscoveryEvent::Found(p) if p.peer_id == peer),
+                )
+                .await
+            {
                 DiscoveryEvent::Found(p) => p,
                 DiscoveryEvent::Lost(_) => unreachable!("the predicate only accepts Found"),
             }
@@ -1403,7 +1699,9 @@ mod tests {
         }
 
         fn ever_reported(&self, peer: PeerId) -> bool {
-            self.seen.iter().any(|e| matches!(e, DiscoveryEvent::Found(p) if p.peer_id == peer))
+            self.seen
+                .iter()
+                .any(|e| matches!(e, DiscoveryEvent::Found(p) if p.peer_id == peer))
         }
     }
 
@@ -1429,10 +1727,14 @@ mod tests {
         // both have finished probing and answer queries.
         let settling = Instant::now();
         wait_until("alpha and gamma established", || {
-            alpha.handle.stats().foreign_mesh_ignored > 0 && gamma.handle.stats().foreign_mesh_ignored > 0
+            alpha.handle.stats().foreign_mesh_ignored > 0
+                && gamma.handle.stats().foreign_mesh_ignored > 0
         })
         .await;
-        eprintln!("mdns: alpha and gamma heard each other after {:?}", settling.elapsed());
+        eprintln!(
+            "mdns: alpha and gamma heard each other after {:?}",
+            settling.elapsed()
+        );
 
         // beta starts later and must find the running alpha quickly: alpha answers its query.
         let started = Instant::now();
@@ -1441,30 +1743,54 @@ mod tests {
         let beta_finds_alpha = started.elapsed();
         let beta_seen = alpha.wait_found(beta.peer_id, "alpha finds beta").await;
         let alpha_finds_beta = started.elapsed();
-        eprintln!("mdns: beta found alpha after {beta_finds_alpha:?}, alpha found beta after {alpha_finds_beta:?}");
+        eprintln!(
+            "mdns: beta found alpha after {beta_finds_alpha:?}, alpha found beta after {alpha_finds_beta:?}"
+        );
 
         assert_eq!(alpha_seen.name, "alpha");
         assert_eq!(alpha_seen.version, crate::AGENT_VERSION);
-        assert!(alpha_seen.addrs.iter().all(|a| a.to_string().ends_with("/udp/7401/quic-v1")), "{alpha_seen:?}");
+        assert!(
+            alpha_seen
+                .addrs
+                .iter()
+                .all(|a| a.to_string().ends_with("/udp/7401/quic-v1")),
+            "{alpha_seen:?}"
+        );
         assert_eq!(beta_seen.name, "beta");
 
         // gamma's records reach both and are ignored (counted), never reported.
-        wait_until("beta ignores gamma", || beta.handle.stats().foreign_mesh_ignored > 0).await;
-        wait_until("gamma ignores beta too", || gamma.handle.stats().foreign_mesh_ignored >= 2).await;
+        wait_until("beta ignores gamma", || {
+            beta.handle.stats().foreign_mesh_ignored > 0
+        })
+        .await;
+        wait_until("gamma ignores beta too", || {
+            gamma.handle.stats().foreign_mesh_ignored >= 2
+        })
+        .await;
         alpha.drain();
         beta.drain();
         gamma.drain();
         assert!(!alpha.ever_reported(gamma.peer_id) && !beta.ever_reported(gamma.peer_id));
         assert!(gamma.seen.is_empty(), "gamma reported {:?}", gamma.seen);
-        assert!(!alpha.ever_reported(alpha.peer_id) && !beta.ever_reported(beta.peer_id), "heard itself");
+        assert!(
+            !alpha.ever_reported(alpha.peer_id) && !beta.ever_reported(beta.peer_id),
+            "heard itself"
+        );
         assert_eq!(alpha.handle.stats().malformed_ignored, 0);
 
         // beta leaves with goodbyes: alpha hears it.
         let beta_id = beta.peer_id;
         let stopping = Instant::now();
         beta.handle.stop().await;
-        alpha.wait_for("alpha sees beta's goodbye", |e| *e == DiscoveryEvent::Lost(beta_id)).await;
-        eprintln!("mdns: alpha lost beta {:?} after stop began", stopping.elapsed());
+        alpha
+            .wait_for("alpha sees beta's goodbye", |e| {
+                *e == DiscoveryEvent::Lost(beta_id)
+            })
+            .await;
+        eprintln!(
+            "mdns: alpha lost beta {:?} after stop began",
+            stopping.elapsed()
+        );
 
         // Cancelling the parent token stops the others too.
         shutdown.cancel();
@@ -1483,13 +1809,21 @@ mod tests {
         // Once an observer has found `first`, `first` owns the name, so `second` finds it
         // taken while probing.
         let mut observer = TestNode::spawn("observer", MESH, 7410, &shutdown);
-        observer.wait_found(first.peer_id, "observer finds first").await;
+        observer
+            .wait_found(first.peer_id, "observer finds first")
+            .await;
         let mut second = TestNode::spawn("lab", MESH, 7412, &shutdown);
         let first_seen = second.wait_found(first.peer_id, "second finds first").await;
         let second_seen = first.wait_found(second.peer_id, "first finds second").await;
         assert_eq!(first_seen.name, "lab");
-        assert_ne!(second_seen.name, "lab", "two instances under one name: {second_seen:?}");
-        eprintln!("mdns: same-name nodes advertised as {:?} and {:?}", first_seen.name, second_seen.name);
+        assert_ne!(
+            second_seen.name, "lab",
+            "two instances under one name: {second_seen:?}"
+        );
+        eprintln!(
+            "mdns: same-name nodes advertised as {:?} and {:?}",
+            first_seen.name, second_seen.name
+        );
         shutdown.cancel();
         observer.handle.stop().await;
         first.handle.stop().await;

@@ -1,0 +1,239 @@
+//! In-process multi-node tests: several nodes in one process on real QUIC sockets (loopback),
+//! found through the in-memory discovery registry. Every wait is on a condition with a
+//! generous ceiling; nothing sleeps a fixed time.
+
+use std::time::Duration;
+
+use mesh::admission::MeshKey;
+use mesh::api::client::ApiClient;
+use mesh::api::PeerEntry;
+use mesh::discovery::memory::MemoryDiscovery;
+use mesh::membership::PeerState;
+use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, NodeSnapshot, start_node};
+use libp2p::PeerId;
+
+/// Ceiling for any convergence; CI is a loaded 2-core machine. Typical times are far lower.
+const CEILING: Duration = Duration::from_secs(20);
+
+fn state_of(snap: &NodeSnapshot, peer: PeerId) -> Option<PeerState> {
+    snap.peers.iter().find(|p| p.peer_id == peer).map(|p| p.state)
+}
+
+async fn wait_state(observer: &NodeHandle, peer: PeerId, state: PeerState) {
+    let ok = observer
+        .wait_for(CEILING, |s| state_of(s, peer) == Some(state))
+        .await;
+    assert!(
+        ok.is_some(),
+        "{} never saw {peer} as {state}: {:?}",
+        observer.peer_id(),
+        observer
+            .snapshot()
+            .peers
+            .iter()
+            .map(|p| (p.peer_id, p.state))
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn start_mesh(n: usize) -> (Vec<NodeHandle>, MemoryDiscovery, MeshKey) {
+    // Logs only show with RUST_LOG set (and --nocapture).
+    if std::env::var_os("RUST_LOG").is_some() {
+        mesh::daemon::init_tracing(mesh::daemon::LogFormat::Human);
+    }
+    let lan = MemoryDiscovery::new();
+    let key = MeshKey::generate();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let config = NodeConfig::for_test(
+            &format!("n{i}"),
+            key.clone(),
+            DiscoveryMode::Memory(lan.clone()),
+        );
+        nodes.push(start_node(config).await.expect("node starts"));
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.peer_id() != b.peer_id() {
+                wait_state(a, b.peer_id(), PeerState::Alive).await;
+            }
+        }
+    }
+    (nodes, lan, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_see_each_other_with_names_and_hardware() {
+    let (nodes, _lan, _key) = start_mesh(3).await;
+    let snap = nodes[0].snapshot();
+    assert_eq!(snap.peers.len(), 2);
+    for p in &snap.peers {
+        let info = p.info.as_ref().expect("handshake info of a connected peer");
+        assert!(info.name.starts_with('n'));
+        assert!(info.hardware.cores >= 1);
+        assert!(p.connected);
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_is_dead_and_graceful_stop_is_left() {
+    let (nodes, _lan, _key) = start_mesh(4).await;
+    let (crashed, leaver) = (&nodes[2], &nodes[3]);
+    crashed.abort();
+    for n in &nodes[..2] {
+        wait_state(n, crashed.peer_id(), PeerState::Dead).await;
+    }
+    leaver.shutdown().await;
+    for n in &nodes[..2] {
+        wait_state(n, leaver.peer_id(), PeerState::Left).await;
+    }
+    // A dead node stays dead, a left one stays left: nothing flaps back.
+    let snap = nodes[0].snapshot();
+    assert_eq!(state_of(&snap, crashed.peer_id()), Some(PeerState::Dead));
+    assert_eq!(state_of(&snap, leaver.peer_id()), Some(PeerState::Left));
+    for n in &nodes[..2] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_keeps_its_id_and_is_alive_again() {
+    let (nodes, lan, key) = start_mesh(2).await;
+    let mut config = NodeConfig::for_test("again", key, DiscoveryMode::Memory(lan.clone()));
+    let first = start_node(config.clone()).await.unwrap();
+    let id = first.peer_id();
+    wait_state(&nodes[0], id, PeerState::Alive).await;
+    first.abort();
+    wait_state(&nodes[0], id, PeerState::Dead).await;
+    // Same key pair (as the agent loads it from its data dir), new process incarnation.
+    config.name = "again".into();
+    let second = start_node(config).await.unwrap();
+    assert_eq!(second.peer_id(), id);
+    wait_state(&nodes[0], id, PeerState::Alive).await;
+    wait_state(&nodes[1], id, PeerState::Alive).await;
+    second.shutdown().await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_another_key_is_refused_both_ways() {
+    let (nodes, _lan, _key) = start_mesh(2).await;
+    let target = nodes[0].snapshot().local.listen_addrs[0].clone();
+    // The intruder knows the address (a static peer), but not the key.
+    let mut config = NodeConfig::for_test("intruder", MeshKey::generate(), DiscoveryMode::Off);
+    config.static_peers = vec![target];
+    let intruder = start_node(config).await.unwrap();
+    // Wait until the member side has refused at least one handshake.
+    let refused = nodes[0]
+        .wait_for(CEILING, |s| {
+            let a = &s.stats.admission;
+            a.bad_proof + a.denied + a.protocol + a.transport + a.timeout + a.abandoned > 0
+        })
+        .await;
+    assert!(refused.is_some(), "no refusal counted");
+    let denied = intruder
+        .wait_for(CEILING, |s| s.stats.admission.bad_proof > 0)
+        .await;
+    assert!(denied.is_some(), "the intruder never saw a bad proof");
+    assert!(intruder.snapshot().peers.is_empty(), "the intruder lists no one");
+    for n in &nodes {
+        assert!(
+            state_of(&n.snapshot(), intruder.peer_id()).is_none(),
+            "a member lists the intruder"
+        );
+    }
+    intruder.shutdown().await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_peer_joins_without_discovery() {
+    let (nodes, _lan, key) = start_mesh(2).await;
+    let mut config = NodeConfig::for_test("static", key, DiscoveryMode::Off);
+    config.static_peers = vec![nodes[0].snapshot().local.listen_addrs[0].clone()];
+    let joiner = start_node(config).await.unwrap();
+    // It dialed only node 0, and learns node 1 through membership gossip.
+    for n in &nodes {
+        wait_state(&joiner, n.peer_id(), PeerState::Alive).await;
+        wait_state(n, joiner.peer_id(), PeerState::Alive).await;
+    }
+    joiner.shutdown().await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_serves_peers_and_status_as_documented() {
+    let (nodes, _lan, _key) = start_mesh(2).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(mesh::api::server::serve(
+        listener,
+        nodes[0].clone(),
+        stop.clone(),
+    ));
+    let (rows, raw, status) = tokio::task::spawn_blocking(move || {
+        let client = ApiClient::new(&addr.to_string());
+        let rows = client.get::<Vec<PeerEntry>>("/v1/peers").unwrap();
+        let raw = client.request("GET", "/v1/peers", None).unwrap().2;
+        let status = client.request("GET", "/v1/status", None).unwrap().2;
+        (rows, raw, status)
+    })
+    .await
+    .unwrap();
+    assert!(rows.version.is_some());
+    assert_eq!(rows.body.len(), 2);
+    assert!(rows.body[0].is_self, "self comes first");
+    assert_eq!(rows.body[1].state, "alive");
+    let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    for field in [
+        "id", "name", "self", "state", "addrs", "rtt_ms", "last_seen_ms_ago", "os", "arch",
+        "device_class", "profile", "score", "version",
+    ] {
+        assert!(json[1].get(field).is_some(), "peers[1] lacks {field}: {json}");
+    }
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["peers"]["alive"], 1);
+    assert_eq!(status["mesh_id"].as_str().unwrap().len(), 16);
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_answers_on_change() {
+    let (nodes, lan, key) = start_mesh(1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(mesh::api::server::serve(listener, nodes[0].clone(), stop.clone()));
+    let version = nodes[0].snapshot().version;
+    let poll = tokio::task::spawn_blocking(move || {
+        let client = ApiClient::new(&addr.to_string());
+        let t = std::time::Instant::now();
+        let r = client
+            .get::<Vec<PeerEntry>>(&format!("/v1/peers?wait={version}&timeout_ms=20000"))
+            .unwrap();
+        (r.version, r.body.len(), t.elapsed())
+    });
+    let joiner = start_node(NodeConfig::for_test("j", key, DiscoveryMode::Memory(lan)))
+        .await
+        .unwrap();
+    let (v, _, took) = poll.await.unwrap();
+    assert!(v.unwrap() > version);
+    assert!(took < Duration::from_secs(20), "answered on change, not at the timeout");
+    stop.cancel();
+    joiner.shutdown().await;
+    nodes[0].shutdown().await;
+}
