@@ -310,9 +310,19 @@ impl Membership {
         self.apply(fx, now);
     }
 
-    /// An admitted peer said it is leaving gracefully (incarnation `bump`).
-    pub fn on_leave_notice(&mut self, from: PeerId, bump: u64, now: Instant) {
+    /// Node `leaver` is leaving gracefully (incarnation `bump`); told by `from` (the leaver
+    /// itself, or a member relaying). Returns true when this is news, so the caller relays it
+    /// once to its own peers: nodes not directly linked to the leaver learn `left`, not `dead`.
+    pub fn on_leave_notice(&mut self, from: PeerId, leaver: PeerId, bump: u64, now: Instant) -> bool {
         self.touch(from, now);
+        if leaver == self.local || self.leaving.contains(&(leaver, bump)) {
+            return false;
+        }
+        if self.peers.get(&leaver).is_some_and(|r| r.bump > bump) {
+            // A newer incarnation is already known: the notice is stale.
+            return false;
+        }
+        let from = leaver;
         self.leaving.insert((from, bump));
         let mut fx = Effects::default();
         let _ = self.foca.apply_many(
@@ -330,6 +340,7 @@ impl Membership {
             rec.since = now;
             self.changed = true;
         }
+        true
     }
 
     /// A round trip to `peer` took `rtt` (measured by the caller on membership requests).
@@ -428,6 +439,8 @@ impl Membership {
                 OwnedNotification::Rejoin(id) => {
                     tracing::info!(bump = id.bump, "declared down by the mesh; rejoined")
                 }
+                // Leaving declares ourselves down on purpose.
+                OwnedNotification::Defunct if self.left => {}
                 OwnedNotification::Defunct => tracing::warn!("declared down by the mesh"),
                 OwnedNotification::Idle => tracing::debug!("no active members"),
                 OwnedNotification::Active => tracing::debug!("joined the mesh"),
@@ -615,9 +628,11 @@ mod tests {
         sim.run_for(Duration::from_secs(1));
         let (leaver, now) = (sim.nodes[2].0, sim.now);
         sim.nodes[2].1.leave(now);
-        for i in 0..2 {
-            sim.nodes[i].1.on_leave_notice(leaver, 1, now);
-        }
+        // Only node 0 hears the leaver; node 1 learns through node 0's relay.
+        assert!(sim.nodes[0].1.on_leave_notice(leaver, leaver, 1, now));
+        assert!(!sim.nodes[0].1.on_leave_notice(leaver, leaver, 1, now), "news only once");
+        let relayer = sim.nodes[0].0;
+        assert!(sim.nodes[1].1.on_leave_notice(relayer, leaver, 1, now));
         sim.deliver();
         sim.down.insert(leaver);
         sim.run_for(Duration::from_secs(5));

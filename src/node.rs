@@ -900,12 +900,8 @@ impl NodeActor {
                             MembershipRequest::Datagram(data) => {
                                 self.membership.on_datagram(peer, &data, std_now)
                             }
-                            MembershipRequest::Leave { bump } => {
-                                tracing::info!(%peer, "peer is leaving");
-                                self.membership.on_leave_notice(peer, bump, std_now);
-                                if let Some(t) = self.targets.get_mut(&peer) {
-                                    t.paused = true;
-                                }
+                            MembershipRequest::Leave { peer: relayed, bump } => {
+                                self.on_leave_notice(peer, relayed, bump, now)
                             }
                         }
                         MembershipResponse::Ack
@@ -941,6 +937,46 @@ impl NodeActor {
                 }
             }
             request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A leave notice, first-hand (`relayed` is `None`) or relayed by a member. News is
+    /// relayed once to every other admitted peer.
+    fn on_leave_notice(&mut self, from: PeerId, relayed: Option<Vec<u8>>, bump: u64, now: Instant) {
+        let leaver = match relayed {
+            None => from,
+            Some(bytes) => match PeerId::from_bytes(&bytes) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.stats.malformed_inbound += 1;
+                    return;
+                }
+            },
+        };
+        if !self
+            .membership
+            .on_leave_notice(from, leaver, bump, now.into_std())
+        {
+            return;
+        }
+        tracing::info!(peer = %leaver, via = %from, "peer is leaving");
+        if let Some(t) = self.targets.get_mut(&leaver) {
+            t.paused = true;
+        }
+        let others: Vec<PeerId> = self
+            .connections
+            .keys()
+            .filter(|p| **p != from && **p != leaver && self.admission.is_admitted(p))
+            .copied()
+            .collect();
+        for p in others {
+            self.swarm.behaviour_mut().membership.send_request(
+                &p,
+                MembershipRequest::Leave {
+                    peer: Some(leaver.to_bytes()),
+                    bump,
+                },
+            );
         }
     }
 
@@ -982,7 +1018,7 @@ impl NodeActor {
                 .swarm
                 .behaviour_mut()
                 .membership
-                .send_request(&peer, MembershipRequest::Leave { bump });
+                .send_request(&peer, MembershipRequest::Leave { peer: None, bump });
             self.leave_pending.insert(id);
         }
         let deadline = now + LEAVE_FLUSH;

@@ -90,8 +90,14 @@ fn truncate_chars(s: &mut String, max: usize) {
 pub enum MembershipRequest {
     /// One foca datagram.
     Datagram(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The sender is shutting down gracefully; `bump` is its incarnation.
-    Leave { bump: u64 },
+    /// A node is shutting down gracefully: the sender itself when `peer` is `None`, else a
+    /// node whose notice the sender received first-hand and relays once. `bump` is the leaving
+    /// node's incarnation.
+    Leave {
+        #[serde(default, with = "serde_bytes")]
+        peer: Option<Vec<u8>>,
+        bump: u64,
+    },
 }
 
 /// Responses of `/mesh/membership/1`.

@@ -297,8 +297,8 @@ fn summary(rows: &[Value]) -> String {
         .join(" ")
 }
 
-/// True if host `k`'s rows are exactly: itself (`self`, id `ids[k]`) and every other id of
-/// `ids` in `state`.
+/// True if `rows` (one host's `mesh peers`) are exactly: the self row with id `me`, and each
+/// of `others` in `state`.
 fn sees_exactly(rows: &[Value], me: &str, others: &[&str], state: &str) -> bool {
     let self_ok = rows.iter().any(|r| r["self"] == true && r["id"] == me);
     let others_ok = others.iter().all(|id| state_in(rows, id) == Some(state));
@@ -330,6 +330,15 @@ fn three_agents_see_each_other() {
     let lab = Lab::up(1, 3);
     let key = lab.new_key("mesh.key");
     let ids = start_converged(&lab, 3, &key);
+    // `alive` can come from gossip before the direct link is admitted (then `name` is still
+    // null); wait for the direct links too.
+    lab.wait("every host is connected to the two others and knows their names", || {
+        (1..=3).all(|k| {
+            lab.peers(k).is_ok_and(|rows| {
+                rows.len() == 3 && rows.iter().all(|r| r["connected"] == true && r["name"].is_string())
+            })
+        })
+    });
 
     for k in 1..=3 {
         let rows = lab.peers(k).expect("API answers");
