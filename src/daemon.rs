@@ -233,6 +233,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
             DiscoveryMode::Off
         },
         membership: MembershipConfig::lan(),
+        redial_max: settings.redial_interval,
     };
     let node = start_node(config).await?;
     let shutdown = CancellationToken::new();

@@ -379,8 +379,8 @@ pub struct ParseProfileError {
 ///
 /// | setting | full | standard | edge | lite |
 /// |---|---|---|---|---|
-/// | `mdns_ip_check_interval` | 5 s | 10 s | 30 s | 60 s |
-/// | `redial_interval` | 10 s | 20 s | 30 s | 60 s |
+/// | `mdns_ip_check_interval` | 1 s | 1 s | 2 s | 5 s |
+/// | `redial_interval` | 2 s | 2 s | 5 s | 10 s |
 /// | `event_ring_capacity` | 4096 | 2048 | 512 | 128 |
 /// | `log_rotate_bytes` | 64 MiB | 16 MiB | 4 MiB | 1 MiB |
 /// | `accepts_services` | yes | yes | yes | no |
@@ -416,8 +416,8 @@ pub struct ProfileSettings {
 /// Settings of [`Profile::Full`]: machines with cores and memory to spare react fastest
 /// (mdns-sd's own 5 s interface check) and run up to 64 services.
 const FULL_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(5),
-    redial_interval: Duration::from_secs(10),
+    mdns_ip_check_interval: Duration::from_secs(1),
+    redial_interval: Duration::from_secs(2),
     event_ring_capacity: 4096,
     log_rotate_bytes: 64 * MIB,
     accepts_services: true,
@@ -428,8 +428,8 @@ const FULL_SETTINGS: ProfileSettings = ProfileSettings {
 /// Settings of [`Profile::Standard`]: ordinary desktops and laptops; half the polling rate and a
 /// quarter of full's logs, still quick enough for a laptop that changes networks.
 const STANDARD_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(10),
-    redial_interval: Duration::from_secs(20),
+    mdns_ip_check_interval: Duration::from_secs(1),
+    redial_interval: Duration::from_secs(2),
     event_ring_capacity: 2048,
     log_rotate_bytes: 16 * MIB,
     accepts_services: true,
@@ -440,8 +440,8 @@ const STANDARD_SETTINGS: ProfileSettings = ProfileSettings {
 /// Settings of [`Profile::Edge`]: always-on boards that rarely change networks; slow polling,
 /// small logs for SD cards, a handful of services.
 const EDGE_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(30),
-    redial_interval: Duration::from_secs(30),
+    mdns_ip_check_interval: Duration::from_secs(2),
+    redial_interval: Duration::from_secs(5),
     event_ring_capacity: 512,
     log_rotate_bytes: 4 * MIB,
     accepts_services: true,
@@ -452,8 +452,8 @@ const EDGE_SETTINGS: ProfileSettings = ProfileSettings {
 /// Settings of [`Profile::Lite`]: the agent stays a mesh member but placement skips the node; one
 /// pinned service at most, minute-scale polling, 1 MiB logs.
 const LITE_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(60),
-    redial_interval: Duration::from_secs(60),
+    mdns_ip_check_interval: Duration::from_secs(5),
+    redial_interval: Duration::from_secs(10),
     event_ring_capacity: 128,
     log_rotate_bytes: MIB,
     accepts_services: false,

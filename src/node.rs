@@ -43,11 +43,8 @@ pub const DISCOVERY_CHANNEL: usize = 256;
 /// at once; waiting lets its connection arrive first, so a pair ends up with one connection
 /// instead of two (STACK-NOTES: both sides dialing gives ~2 connections per pair).
 pub const DIAL_TIE_BREAK: Duration = Duration::from_millis(250);
-/// First redial delay after a failed dial; doubles up to [`REDIAL_MAX`].
+/// First redial delay after a failed dial; doubles up to [`NodeConfig::redial_max`].
 pub const REDIAL_MIN: Duration = Duration::from_millis(250);
-/// Longest wait between redials of a known peer. A healed partition is noticed within this
-/// plus a QUIC handshake; mDNS says nothing when a silent partition heals (STACK-NOTES).
-pub const REDIAL_MAX: Duration = Duration::from_secs(2);
 /// How long a graceful shutdown waits for peers to acknowledge the leave notice. Peers mark
 /// us `left` on receipt, so this bounds shutdown time, not correctness.
 pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
@@ -88,6 +85,10 @@ pub struct NodeConfig {
     pub hardware: HardwareInfo,
     pub discovery: DiscoveryMode,
     pub membership: MembershipConfig,
+    /// Longest wait between redials of a known, unconnected peer (the profile's
+    /// `redial_interval`). A healed partition is noticed within this plus a QUIC handshake;
+    /// mDNS says nothing when a silent partition heals (STACK-NOTES).
+    pub redial_max: Duration,
 }
 
 impl NodeConfig {
@@ -107,6 +108,7 @@ impl NodeConfig {
             hardware: crate::hardware::probe(),
             discovery,
             membership: MembershipConfig::lan(),
+            redial_max: Duration::from_secs(2),
         }
     }
 }
@@ -297,6 +299,7 @@ struct NodeActor {
     connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
     targets: HashMap<PeerId, DialTarget>,
     static_peers: Vec<StaticPeer>,
+    redial_max: Duration,
     rtt_pending: HashMap<OutboundRequestId, (PeerId, Instant)>,
     leave_pending: HashSet<OutboundRequestId>,
     stats: NodeStats,
@@ -390,6 +393,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         connections: HashMap::new(),
         targets: HashMap::new(),
         static_peers,
+        redial_max: config.redial_max,
         rtt_pending: HashMap::new(),
         leave_pending: HashSet::new(),
         stats: NodeStats::default(),
@@ -419,10 +423,8 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })
 }
 
-fn backoff(failures: u32) -> Duration {
-    REDIAL_MIN
-        .saturating_mul(1u32 << failures.min(8))
-        .min(REDIAL_MAX)
+fn backoff(failures: u32, max: Duration) -> Duration {
+    REDIAL_MIN.saturating_mul(1u32 << failures.min(8)).min(max)
 }
 
 fn is_loopback(addr: &Multiaddr) -> bool {
@@ -633,7 +635,7 @@ impl NodeActor {
                 continue;
             }
             // Set the next attempt now; a success resets it on connection.
-            t.next_dial = now + backoff(t.failures);
+            t.next_dial = now + backoff(t.failures, self.redial_max);
             t.failures = t.failures.saturating_add(1);
             dials.push((*peer, t.addrs.clone()));
         }
@@ -653,7 +655,7 @@ impl NodeActor {
             if s.peer.is_some_and(|p| self.admission.in_backoff(&p, std_now)) {
                 continue;
             }
-            s.next_dial = now + backoff(s.failures);
+            s.next_dial = now + backoff(s.failures, self.redial_max);
             s.failures = s.failures.saturating_add(1);
             let opts = match s.peer {
                 Some(p) => DialOpts::peer_id(p)
