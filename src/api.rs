@@ -9,6 +9,9 @@
 //! | GET | `/v1/status` | [`StatusResponse`] |
 //! | GET | `/v1/peers` | array of [`PeerEntry`], self first; header `x-mesh-version` |
 //! | GET | `/v1/peers?wait=V&timeout_ms=T` | long poll: answers when the snapshot version differs from `V`, or after `T` ms (max 30000) |
+//! | GET | `/v1/state` | [`StateResponse`] |
+//! | POST | `/v1/tags` | body [`TagRequest`]; sets one of this node's tags; [`TagResponse`] |
+//! | DELETE | `/v1/tags/{key}` | removes one of this node's tags; [`TagResponse`] |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 //!
@@ -18,6 +21,7 @@
 pub mod client;
 pub mod server;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +30,8 @@ use tokio::time::Instant;
 use crate::hardware::HardwareInfo;
 use crate::identity::short_id;
 use crate::node::NodeSnapshot;
+use crate::state::actor::StateSnapshot;
+use crate::sync::{SyncStats, SyncStatus};
 
 /// Default address of the API: loopback only, so nothing off the machine can reach it.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7401";
@@ -59,6 +65,50 @@ pub struct PeerEntry {
     pub profile: Option<String>,
     pub score: Option<u8>,
     pub version: Option<String>,
+    /// The node's tags, from the replicated document (empty until synced).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Body of `POST /v1/tags`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TagRequest {
+    pub key: String,
+    pub value: String,
+}
+
+/// Answer of the tag routes: whether the document changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TagResponse {
+    pub changed: bool,
+}
+
+/// Sync status of one peer in `GET /v1/state`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerSyncEntry {
+    pub id: String,
+    pub name: Option<String>,
+    pub connected: bool,
+    pub status: SyncStatus,
+}
+
+/// `GET /v1/state`: the replicated document at a glance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateResponse {
+    pub epoch: u64,
+    /// Changes in the document's history.
+    pub changes: usize,
+    pub heads: Vec<String>,
+    /// Size of the document file on disk.
+    pub file_bytes: u64,
+    pub nodes: usize,
+    pub services: usize,
+    pub instances: usize,
+    pub leases: usize,
+    pub peers: Vec<PeerSyncEntry>,
+    pub sync: SyncStats,
+    /// Entries written by peers that do not fit the schema (ignored).
+    pub skipped_entries: u64,
+    pub recovered_from_corruption: bool,
 }
 
 /// Peer counts by state, self excluded.
@@ -119,7 +169,15 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// The `mesh peers` rows for a snapshot: self first, then peers by name.
-pub fn peer_entries(snap: &NodeSnapshot, now: Instant) -> Vec<PeerEntry> {
+pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) -> Vec<PeerEntry> {
+    let tags = |id: &str| {
+        state
+            .state
+            .nodes
+            .get(id)
+            .map(|n| n.tags.clone())
+            .unwrap_or_default()
+    };
     let l = &snap.local;
     let hw = &l.hardware;
     let mut rows = vec![PeerEntry {
@@ -139,6 +197,7 @@ pub fn peer_entries(snap: &NodeSnapshot, now: Instant) -> Vec<PeerEntry> {
         profile: Some(hw.profile.to_string()),
         score: Some(hw.score),
         version: Some(crate::AGENT_VERSION.to_string()),
+        tags: tags(&l.peer_id.to_base58()),
     }];
     for p in &snap.peers {
         let info = p.info.as_ref();
@@ -159,6 +218,7 @@ pub fn peer_entries(snap: &NodeSnapshot, now: Instant) -> Vec<PeerEntry> {
             profile: info.map(|i| i.hardware.profile.to_string()),
             score: info.map(|i| i.hardware.score),
             version: info.map(|i| i.agent_version.clone()),
+            tags: tags(&p.peer_id.to_base58()),
         });
     }
     rows
@@ -208,5 +268,36 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
             membership_datagrams_rejected: s.membership.datagrams_rejected,
             membership_datagrams_dropped: s.membership.datagrams_dropped,
         },
+    }
+}
+
+/// The state summary of a snapshot.
+pub fn state_summary(state: &StateSnapshot) -> StateResponse {
+    StateResponse {
+        epoch: state.epoch,
+        changes: state.changes,
+        heads: state.heads.clone(),
+        file_bytes: state.file_bytes,
+        nodes: state.state.nodes.len(),
+        services: state.state.services.len(),
+        instances: state.state.instances.len(),
+        leases: state.state.leases.len(),
+        peers: state
+            .peers
+            .iter()
+            .map(|p| PeerSyncEntry {
+                id: p.peer.to_base58(),
+                name: state
+                    .state
+                    .nodes
+                    .get(&p.peer.to_base58())
+                    .map(|n| n.name.clone()),
+                connected: p.connected,
+                status: p.status,
+            })
+            .collect(),
+        sync: state.sync.clone(),
+        skipped_entries: state.hydrate.skipped_entries,
+        recovered_from_corruption: state.recovered_from_corruption,
     }
 }

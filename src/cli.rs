@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::client::{ApiClient, ClientError};
-use crate::api::{DEFAULT_API_ADDR, PeerEntry, StatusResponse};
+use crate::api::{
+    DEFAULT_API_ADDR, PeerEntry, StateResponse, StatusResponse, TagRequest, TagResponse,
+};
 use crate::daemon::{AgentOptions, LogFormat};
 
 /// Exit code when no agent answers.
@@ -37,6 +39,10 @@ pub enum Command {
     Peers(PeersArgs),
     /// Show this node's id, mesh, addresses, profile and peer counts.
     Status(StatusArgs),
+    /// The replicated state document: size, history, heads, per-peer sync status.
+    State(StatusArgs),
+    /// Set or remove this node's tags (replicated to every node; placement uses them).
+    Tag(TagArgs),
     /// Mesh key tools.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -47,7 +53,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct ClientArgs {
     /// API address of the agent to ask (HOST:PORT or http://HOST:PORT).
-    #[arg(long, env = "MESH_API", default_value = DEFAULT_API_ADDR)]
+    #[arg(long, env = "MESH_API", default_value = DEFAULT_API_ADDR, global = true)]
     pub api: String,
 }
 
@@ -111,6 +117,25 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TagCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TagCommand {
+    /// Set a tag: `mesh tag add role=nas`.
+    Add {
+        /// KEY=VALUE
+        tag: String,
+    },
+    /// Remove a tag: `mesh tag rm role`.
+    Rm { key: String },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// Print a new random mesh key (64 hex characters).
@@ -135,6 +160,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Agent(args) => return run_agent(args),
         Command::Peers(args) => peers(args),
         Command::Status(args) => status(args),
+        Command::State(args) => state(args),
+        Command::Tag(args) => tag(args),
         Command::Key(KeyCommand::Generate) => {
             println!("{}", crate::admission::MeshKey::generate().to_hex());
             eprintln!(
@@ -151,6 +178,7 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("mesh: {e}");
             match e {
                 ClientError::NoAgent { .. } => EXIT_NO_AGENT,
+                ClientError::Usage(_) => 1,
                 _ => 1,
             }
         }
@@ -226,6 +254,110 @@ fn status(args: StatusArgs) -> Result<(), ClientError> {
         print!("{}", render_status(&s));
     }
     Ok(())
+}
+
+fn state(args: StatusArgs) -> Result<(), ClientError> {
+    let client = ApiClient::new(&args.client.api);
+    let s = client.get::<StateResponse>("/v1/state")?.body;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("state always serializes")
+        );
+    } else {
+        print!("{}", render_state(&s));
+    }
+    Ok(())
+}
+
+fn tag(args: TagArgs) -> Result<(), ClientError> {
+    let client = ApiClient::new(&args.client.api);
+    let (method, path, body) = match &args.command {
+        TagCommand::Add { tag } => {
+            let Some((key, value)) = tag.split_once('=') else {
+                return Err(ClientError::Usage(format!(
+                    "expected KEY=VALUE, e.g. `mesh tag add role=nas`, got {tag:?}"
+                )));
+            };
+            let body = serde_json::to_string(&TagRequest {
+                key: key.trim().to_string(),
+                value: value.to_string(),
+            })
+            .expect("a tag request always serializes");
+            ("POST", "/v1/tags".to_string(), Some(body))
+        }
+        TagCommand::Rm { key } => ("DELETE", format!("/v1/tags/{}", urlencode(key)), None),
+    };
+    let resp: TagResponse = client.send_json(method, &path, body.as_deref())?;
+    if !resp.changed {
+        eprintln!("(no change)");
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Renders `mesh state`.
+pub fn render_state(s: &StateResponse) -> String {
+    let mut out = format!(
+        "epoch    {}\nchanges  {}\nfile     {} bytes\nheads    {}\nentries  {} nodes, {} services, {} instances, {} leases\nsync     {} messages in ({} B), {} out ({} B), {} malformed\n",
+        s.epoch,
+        s.changes,
+        s.file_bytes,
+        s.heads
+            .iter()
+            .map(|h| &h[..h.len().min(12)])
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.nodes,
+        s.services,
+        s.instances,
+        s.leases,
+        s.sync.messages_in,
+        s.sync.bytes_in,
+        s.sync.messages_out,
+        s.sync.bytes_out,
+        s.sync.malformed,
+    );
+    if s.recovered_from_corruption {
+        out.push_str("note     the state file was unreadable at start and was recovered from peers\n");
+    }
+    if s.skipped_entries > 0 {
+        out.push_str(&format!(
+            "note     {} entries written by peers do not fit the schema and are ignored\n",
+            s.skipped_entries
+        ));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone().unwrap_or_else(|| "?".into()),
+                crate::identity::short_id(&p.id.parse().unwrap_or(libp2p::PeerId::random())),
+                if p.connected { "yes" } else { "no" }.into(),
+                match p.status {
+                    crate::sync::SyncStatus::InSync => "in sync",
+                    crate::sync::SyncStatus::Behind => "behind",
+                    crate::sync::SyncStatus::NeverSynced => "never synced",
+                }
+                .into(),
+            ]
+        })
+        .collect();
+    out.push_str(&format_table(&["PEER", "NODE", "CONNECTED", "SYNC"], &rows));
+    out
 }
 
 fn api(args: ApiArgs) -> Result<(), ClientError> {

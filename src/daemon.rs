@@ -234,6 +234,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         },
         membership: MembershipConfig::lan(),
         redial_max: settings.redial_interval,
+        data_dir: Some(data_dir.clone()),
     };
     let node = start_node(config).await?;
     let shutdown = CancellationToken::new();

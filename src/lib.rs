@@ -15,6 +15,8 @@
 //! | [`identity`] | the persistent Ed25519 node key and node id |
 //! | [`admission`] | mesh key, mesh id and the `/mesh/auth/1` handshake (sans-IO) |
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
+//! | [`state`] | the replicated Automerge document: schema, typed access, its actor and file |
+//! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
 //! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
 //! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids |
 //! | [`hardware`] | sysinfo probe, device class, capability score, profile |
@@ -32,6 +34,8 @@ pub mod hardware;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod state;
+pub mod sync;
 pub mod transport;
 
 /// Version of this agent, as shown in `mesh peers` and advertised to peers.

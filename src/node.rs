@@ -32,8 +32,11 @@ use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
 use crate::membership::{Membership, MembershipConfig, MembershipStats, PeerState};
+use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
+use crate::state::{NodeHardware, NodeRecord};
 use crate::transport::{
     self, MeshBehaviour, MeshBehaviourEvent, MembershipRequest, MembershipResponse, NodeInfo,
+    SyncRequest, SyncResponse,
 };
 
 /// Capacity of the discovery event channel. Discovery bursts are a handful of peers at start;
@@ -53,6 +56,11 @@ pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 pub const VOLATILE_PUBLISH: Duration = Duration::from_millis(500);
 /// Most in-flight membership requests tracked for RTT; beyond it samples are skipped.
 pub const MAX_RTT_PENDING: usize = 4096;
+/// Most inbound sync requests awaiting the state actor's answer. Beyond it new requests are
+/// dropped (the sender retries on anti-entropy).
+pub const MAX_PENDING_SYNC: usize = 1024;
+/// How long a graceful stop waits for the state actor to record that this node left.
+pub const MARK_LEFT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Most dial targets remembered (discovered or static). Bounds memory against a LAN flooded
 /// with fake advertisements; the oldest-failing target is evicted first.
 pub const MAX_DIAL_TARGETS: usize = 1024;
@@ -89,6 +97,8 @@ pub struct NodeConfig {
     /// `redial_interval`). A healed partition is noticed within this plus a QUIC handshake;
     /// mDNS says nothing when a silent partition heals (STACK-NOTES).
     pub redial_max: Duration,
+    /// Where the state document lives; `None` keeps it in memory (tests).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl NodeConfig {
@@ -109,6 +119,7 @@ impl NodeConfig {
             discovery,
             membership: MembershipConfig::lan(),
             redial_max: Duration::from_secs(2),
+            data_dir: None,
         }
     }
 }
@@ -128,6 +139,8 @@ pub enum NodeError {
     NoListener,
     #[error("cannot start mDNS discovery: {0}")]
     Discovery(String),
+    #[error("cannot open the state document: {0}")]
+    State(#[from] crate::state::StateError),
     #[error("the node actor stopped")]
     Stopped,
 }
@@ -193,12 +206,19 @@ pub struct NodeHandle {
     snapshot: watch::Receiver<Arc<NodeSnapshot>>,
     shutdown: CancellationToken,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    state_abort: tokio::task::AbortHandle,
     peer_id: PeerId,
+    state: StateHandle,
 }
 
 impl NodeHandle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The replicated state document.
+    pub fn state(&self) -> &StateHandle {
+        &self.state
     }
 
     /// The latest snapshot.
@@ -226,6 +246,7 @@ impl NodeHandle {
         if let Some(task) = self.task.lock().expect("lock is never poisoned").take() {
             task.abort();
         }
+        self.state_abort.abort();
     }
 
     /// Waits until `pred` holds for a snapshot, or `timeout` passes. Returns the snapshot that
@@ -302,6 +323,13 @@ struct NodeActor {
     redial_max: Duration,
     rtt_pending: HashMap<OutboundRequestId, (PeerId, Instant)>,
     leave_pending: HashSet<OutboundRequestId>,
+    state: StateHandle,
+    sync_out: mpsc::Receiver<SyncOut>,
+    sync_pending: HashMap<u64, request_response::ResponseChannel<SyncResponse>>,
+    sync_requests: HashMap<OutboundRequestId, PeerId>,
+    next_sync_token: u64,
+    state_shutdown: CancellationToken,
+    state_task: Option<JoinHandle<()>>,
     stats: NodeStats,
     snapshot_tx: watch::Sender<Arc<NodeSnapshot>>,
     version: u64,
@@ -374,6 +402,21 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             failures: 0,
         })
         .collect();
+    let state_shutdown = CancellationToken::new();
+    let (state, sync_out, state_task) = spawn_state(
+        StateConfig {
+            local: local_peer,
+            data_dir: config.data_dir.clone(),
+            self_record: NodeRecord {
+                name: config.name.clone(),
+                addrs: Vec::new(),
+                hardware: NodeHardware::from(&config.hardware),
+                version: crate::AGENT_VERSION.to_string(),
+                ..Default::default()
+            },
+        },
+        state_shutdown.clone(),
+    )?;
     let mut actor = NodeActor {
         swarm,
         admission: Admission::new(config.mesh_key.clone(), local_peer),
@@ -396,6 +439,13 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         redial_max: config.redial_max,
         rtt_pending: HashMap::new(),
         leave_pending: HashSet::new(),
+        state: state.clone(),
+        sync_out,
+        sync_pending: HashMap::new(),
+        sync_requests: HashMap::new(),
+        next_sync_token: 0,
+        state_shutdown,
+        state_task: None,
         stats: NodeStats::default(),
         snapshot_tx,
         version: 0,
@@ -414,12 +464,17 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     actor.start_discovery().await?;
     actor.publish(Instant::now());
+    // The actor awaits the state task on a graceful stop; the handle keeps an abort handle.
+    let state_abort = state_task.abort_handle();
+    actor.state_task = Some(state_task);
     let task = tokio::spawn(actor.run());
     Ok(NodeHandle {
         snapshot: snapshot_rx,
         shutdown,
         task: Arc::new(std::sync::Mutex::new(Some(task))),
+        state_abort,
         peer_id: local_peer,
+        state,
     })
 }
 
@@ -454,10 +509,91 @@ impl NodeActor {
                     break;
                 }
                 Some(ev) = self.discovery_rx.recv() => self.on_discovery(ev),
+                Some(out) = self.sync_out.recv() => self.on_sync_out(out),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev).await,
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             self.tick(Instant::now());
+        }
+        self.state_shutdown.cancel();
+        if let Some(task) = self.state_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    fn on_sync_out(&mut self, out: SyncOut) {
+        match out {
+            SyncOut::Request(peer, request) => {
+                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
+                    self.state.try_send(StateCommand::SendFailed(peer));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.sync_requests.insert(id, peer);
+            }
+            SyncOut::Respond(token, response) => {
+                if let Some(channel) = self.sync_pending.remove(&token) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response);
+                }
+            }
+        }
+    }
+
+    fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    if !self.admission.is_admitted(&peer) {
+                        self.stats.unadmitted_requests += 1;
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, SyncResponse::NotAdmitted);
+                        return;
+                    }
+                    if self.sync_pending.len() >= MAX_PENDING_SYNC {
+                        // Dropping the channel fails the peer's request; it retries later.
+                        return;
+                    }
+                    let token = self.next_sync_token;
+                    self.next_sync_token += 1;
+                    if self.state.try_send(StateCommand::Inbound {
+                        peer,
+                        token,
+                        request,
+                    }) {
+                        self.sync_pending.insert(token, channel);
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.sync_requests.remove(&request_id);
+                    self.state
+                        .try_send(StateCommand::Response { peer, response });
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer, request_id, error, ..
+            } => {
+                self.sync_requests.remove(&request_id);
+                tracing::debug!(%peer, %error, "sync request failed");
+                self.state.try_send(StateCommand::SendFailed(peer));
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.stats.malformed_inbound += 1;
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -678,6 +814,9 @@ impl NodeActor {
                 if !self.listen_addrs.contains(&address) {
                     self.listen_addrs.push(address);
                     self.dirty = true;
+                    self.state.try_send(StateCommand::SetAddrs(
+                        self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                    ));
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -708,6 +847,9 @@ impl NodeActor {
                 }
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
+                    if self.admission.is_admitted(&peer_id) {
+                        self.state.try_send(StateCommand::PeerDown(peer_id));
+                    }
                     let actions = self.admission.on_disconnected(&peer_id, now.into_std());
                     self.apply_admission(actions, now);
                     if let Some(t) = self.targets.get_mut(&peer_id) {
@@ -727,6 +869,7 @@ impl NodeActor {
             SwarmEvent::Behaviour(MeshBehaviourEvent::Membership(ev)) => {
                 self.on_membership_event(ev, now)
             }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Sync(ev)) => self.on_sync_event(ev),
             _ => {}
         }
     }
@@ -834,6 +977,7 @@ impl NodeActor {
                     tracing::info!(%peer, name = %info.name, "peer admitted");
                     self.learn_addrs(peer, &info);
                     self.membership.on_admitted(peer, info.bump, now.into_std());
+                    self.state.try_send(StateCommand::PeerUp(peer));
                     self.infos.insert(peer, info);
                     self.dirty = true;
                 }
@@ -1003,6 +1147,14 @@ impl NodeActor {
     /// Graceful leave: gossip our departure, tell every admitted peer directly, wait briefly
     /// for their acks, then withdraw from discovery (mDNS goodbye).
     async fn leave(&mut self) {
+        // Record the departure in the document first, so peers receive it before we go.
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if self.state.send(StateCommand::MarkLeft { reply }).await {
+            let _ = tokio::time::timeout(MARK_LEFT_TIMEOUT, done).await;
+        }
+        while let Ok(out) = self.sync_out.try_recv() {
+            self.on_sync_out(out);
+        }
         let now = Instant::now();
         // The current incarnation: foca may have renewed it since start (after being declared
         // down during a partition), and peers match the notice against it.
@@ -1024,8 +1176,9 @@ impl NodeActor {
             self.leave_pending.insert(id);
         }
         let deadline = now + LEAVE_FLUSH;
-        while !self.leave_pending.is_empty() {
+        while !self.leave_pending.is_empty() || !self.sync_requests.is_empty() {
             tokio::select! {
+                Some(out) = self.sync_out.recv() => self.on_sync_out(out),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev).await,
                 _ = tokio::time::sleep_until(deadline) => break,
             }

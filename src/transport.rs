@@ -24,12 +24,17 @@ use crate::hardware::HardwareInfo;
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
 /// Membership datagrams and leave notices (spec: `protocol/membership.md`).
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/membership/1");
+/// Automerge sync of the mesh state document (spec: `protocol/sync.md`).
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/sync/1");
 
 /// Largest auth message. A [`NodeInfo`] is a few hundred bytes; 16 KiB leaves room for long
 /// CPU model strings and many addresses while keeping a hostile peer's cost to us small.
 pub const MAX_AUTH_MESSAGE: u64 = 16 * 1024;
 /// Largest membership message: foca's packet limit (8 KiB) plus framing.
 pub const MAX_MEMBERSHIP_MESSAGE: u64 = 9 * 1024;
+/// Largest sync message. A first sync of a bounded document (< 1 MB by design, see
+/// `protocol/state-schema.md`) fits with room to spare; anything larger is refused unread.
+pub const MAX_SYNC_MESSAGE: u64 = 8 * 1024 * 1024;
 /// A request without a response after this long has failed. Membership probes have their own,
 /// shorter deadline inside foca; this only frees the stream.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,16 +113,43 @@ pub enum MembershipResponse {
     NotAdmitted,
 }
 
+/// Requests of `/mesh/sync/1`: one Automerge sync message for the sender's state epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub epoch: u64,
+    #[serde(with = "serde_bytes")]
+    pub message: Vec<u8>,
+}
+
+/// Responses of `/mesh/sync/1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// The receiver's next sync message, if it has one.
+    Message {
+        epoch: u64,
+        #[serde(default, with = "serde_bytes")]
+        message: Option<Vec<u8>>,
+    },
+    /// The receiver is on another state epoch.
+    EpochMismatch { epoch: u64 },
+    /// The message was malformed, or the sender is in backoff for sending one.
+    Refused,
+    /// The receiver has not admitted the sender.
+    NotAdmitted,
+}
+
 pub type AuthBehaviour =
     request_response::cbor::Behaviour<AuthRequest<NodeInfo>, AuthResponse<NodeInfo>>;
 pub type MembershipBehaviour =
     request_response::cbor::Behaviour<MembershipRequest, MembershipResponse>;
+pub type SyncBehaviour = request_response::cbor::Behaviour<SyncRequest, SyncResponse>;
 
 /// The composed behaviour of a mesh node.
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
     pub auth: AuthBehaviour,
     pub membership: MembershipBehaviour,
+    pub sync: SyncBehaviour,
 }
 
 /// Errors building the swarm.
@@ -150,6 +182,13 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportEr
         membership: request_response::Behaviour::with_codec(
             membership_codec,
             [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
+            rr_config(),
+        ),
+        sync: request_response::Behaviour::with_codec(
+            request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(MAX_SYNC_MESSAGE)
+                .set_response_size_maximum(MAX_SYNC_MESSAGE),
+            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
     };

@@ -454,7 +454,9 @@ fn third_party_dns_sd_browser_sees_agents() {
     let out = lab.exec(1, &["python3", BROWSE_PY, "--expect", "2", "--timeout", &timeout]);
     check(&out, "browse_mesh.py in h1");
     let services: Vec<Value> = serde_json::from_slice(&out.stdout).expect("browse_mesh.py prints a JSON array");
-    eprintln!("[{}] python-zeroconf saw: {}", lab.id, String::from_utf8_lossy(&out.stdout));
+    for s in &services {
+        eprintln!("[{}] python-zeroconf saw {} TXT {}", lab.id, s["name"], s["properties"]);
+    }
 
     let by_id: BTreeMap<&str, &Value> = services
         .iter()

@@ -15,6 +15,8 @@ pub enum ClientError {
          MESH_API at a running one"
     )]
     NoAgent { url: String },
+    #[error("{0}")]
+    Usage(String),
     #[error("the agent answered {status}: {message}")]
     Api { status: u16, message: String },
     #[error("talking to the agent at {url}: {message}")]
@@ -66,6 +68,23 @@ impl ApiClient {
             message: format!("unexpected response: {e}"),
         })?;
         Ok(Versioned { body, version })
+    }
+
+    /// A request with an optional JSON body, decoding a JSON answer.
+    pub fn send_json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let (status, _, text) = self.request(method, path, body)?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &text));
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Other {
+            url: self.base.clone(),
+            message: format!("unexpected response: {e}"),
+        })
     }
 
     /// A raw request: status, version header and body text (for `mesh api`).

@@ -3,17 +3,21 @@
 
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ErrorBody, MAX_WAIT, VERSION_HEADER, peer_entries, status};
+use super::{
+    ErrorBody, MAX_WAIT, TagRequest, TagResponse, VERSION_HEADER, peer_entries, state_summary,
+    status,
+};
+use crate::state::StateError;
 use crate::node::NodeHandle;
 
 /// Builds the router of the route table in [`crate::api`].
@@ -21,6 +25,9 @@ pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/v1/status", get(get_status))
         .route("/v1/peers", get(get_peers))
+        .route("/v1/state", get(get_state))
+        .route("/v1/tags", axum::routing::post(post_tag))
+        .route("/v1/tags/{key}", delete(delete_tag))
         .fallback(not_found)
         .with_state(node)
 }
@@ -71,5 +78,49 @@ async fn get_peers(State(node): State<NodeHandle>, Query(q): Query<PeersQuery>) 
     };
     let mut headers = HeaderMap::new();
     headers.insert(VERSION_HEADER, HeaderValue::from(snap.version));
-    (headers, Json(peer_entries(&snap, Instant::now()))).into_response()
+    let state = node.state().snapshot();
+    (headers, Json(peer_entries(&snap, &state, Instant::now()))).into_response()
+}
+
+async fn get_state(State(node): State<NodeHandle>) -> Response {
+    Json(state_summary(&node.state().snapshot())).into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(ErrorBody { error: message })).into_response()
+}
+
+fn state_error(e: StateError) -> Response {
+    match e {
+        StateError::InvalidTag(_) | StateError::TooManyTags => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+async fn post_tag(
+    State(node): State<NodeHandle>,
+    body: Result<Json<TagRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"key\": \"...\", \"value\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    match node.state().set_tag(&req.key, Some(&req.value)).await {
+        Ok(changed) => Json(TagResponse { changed }).into_response(),
+        Err(e) => state_error(e),
+    }
+}
+
+async fn delete_tag(State(node): State<NodeHandle>, Path(key): Path<String>) -> Response {
+    match node.state().set_tag(&key, None).await {
+        Ok(changed) => Json(TagResponse { changed }).into_response(),
+        Err(e) => state_error(e),
+    }
 }

@@ -1,0 +1,317 @@
+//! Replicated mesh state: one Automerge document per mesh, its schema, and typed access.
+//!
+//! Owns the schema ([`MeshState`] and its records, spec: `protocol/state-schema.md`), the
+//! deterministic genesis change every node starts from, lenient hydration (one bad entry written
+//! by a buggy or hostile peer is skipped and counted, never fatal), and typed writes. The actor
+//! that owns the live document, persistence and sync sessions is [`actor`]; the sync protocol
+//! core is [`crate::sync`].
+//!
+//! What never goes in the document: liveness, RTT, load, battery level, health-check results
+//! between transitions — anything that changes every few seconds. Automerge keeps every change
+//! forever (until an epoch reset), so only slowly-changing state belongs here.
+
+pub mod actor;
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::CommitOptions;
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc};
+use autosurgeon::{Hydrate, Reconcile};
+use serde::{Deserialize, Serialize};
+
+/// Version of the document schema. Written once, in the genesis change. A later schema adds
+/// fields with defaults (hydration tolerates missing fields) rather than a new genesis:
+/// documents with different genesis changes cannot merge without conflicting root maps.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Actor id of the genesis change. Every node creates the genesis change with this actor, time
+/// 0 and the same operations, so every node's first change is byte-identical (same hash): two
+/// nodes starting apart never create conflicting `nodes` maps (STACK-NOTES).
+pub const GENESIS_ACTOR: &[u8] = b"mesh-genesis-v1";
+
+/// Longest tag key, in characters.
+pub const MAX_TAG_KEY: usize = 63;
+/// Longest tag value, in characters.
+pub const MAX_TAG_VALUE: usize = 255;
+/// Most tags per node. Tags steer placement; dozens are plenty, and the bound keeps one node
+/// from bloating everyone's document.
+pub const MAX_TAGS: usize = 64;
+
+/// The root of the document.
+#[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct MeshState {
+    pub schema_version: u64,
+    /// By node id (base58).
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Desired services by name (mesh-wide desired state, written by any member).
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// Running instances by `service@node-id`; written only by the node that runs them, on
+    /// lifecycle transitions.
+    pub instances: BTreeMap<String, InstanceRecord>,
+    /// Port leases by `node-id/proto/port`; written only by the node that holds them.
+    pub leases: BTreeMap<String, LeaseRecord>,
+}
+
+/// What the mesh knows of one node. Written only by that node.
+#[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    /// QUIC listen addresses (multiaddrs). Change with DHCP leases, rarely.
+    pub addrs: Vec<String>,
+    pub hardware: NodeHardware,
+    pub tags: BTreeMap<String, String>,
+    pub version: String,
+    /// Wall-clock ms when this node first wrote its record.
+    pub joined_at_ms: i64,
+    /// Wall-clock ms of its last graceful stop; `None` while running.
+    pub left_at_ms: Option<i64>,
+}
+
+/// The stable part of a hardware profile. Battery level is volatile and stays out.
+#[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct NodeHardware {
+    pub cores: u64,
+    pub memory_bytes: u64,
+    pub cpu_model: String,
+    pub os: String,
+    pub arch: String,
+    pub device_class: String,
+    pub profile: String,
+    pub score: u64,
+}
+
+impl From<&crate::hardware::HardwareInfo> for NodeHardware {
+    fn from(h: &crate::hardware::HardwareInfo) -> Self {
+        Self {
+            cores: u64::from(h.cores),
+            memory_bytes: h.memory_bytes,
+            cpu_model: h.cpu_model.clone(),
+            os: h.os.clone(),
+            arch: h.arch.clone(),
+            device_class: h.device_class.to_string(),
+            profile: h.profile.to_string(),
+            score: u64::from(h.score),
+        }
+    }
+}
+
+/// A desired service. The spec is replaced as a whole (last writer wins per service), so it is
+/// stored as its canonical JSON text rather than field by field.
+#[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub spec_json: String,
+    /// `running` or `stopped`.
+    pub desired: String,
+    pub updated_by: String,
+    pub updated_at_ms: i64,
+}
+
+/// A service instance on one node, updated on lifecycle transitions only.
+#[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub service: String,
+    pub node: String,
+    /// `starting`, `healthy`, `unhealthy`, `backoff`, `failed` or `stopped`.
+    pub state: String,
+    pub since_ms: i64,
+    pub pid: Option<i64>,
+    pub restarts: u64,
+    pub ports: Vec<u64>,
+    pub last_exit: Option<String>,
+}
+
+/// A port lease held by one node.
+#[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub node: String,
+    pub port: u64,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The service holding it.
+    pub owner: String,
+    /// `allocated`, `in-use` or `released`.
+    pub state: String,
+    pub since_ms: i64,
+}
+
+/// Errors of typed document access.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid tag {0}")]
+    InvalidTag(String),
+    #[error("too many tags (at most {MAX_TAGS})")]
+    TooManyTags,
+    #[error("document error: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("document write failed: {0}")]
+    Reconcile(#[from] autosurgeon::ReconcileError),
+    #[error("cannot load the document: {0}")]
+    Load(String),
+    #[error("the state actor stopped")]
+    Stopped,
+}
+
+/// Checks a tag key and value: keys are `[a-z0-9._-]`, 1-63 characters, starting with a letter
+/// or digit; values are printable, at most 255 characters.
+pub fn validate_tag(key: &str, value: &str) -> Result<(), StateError> {
+    let key_ok = !key.is_empty()
+        && key.chars().count() <= MAX_TAG_KEY
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !key_ok {
+        return Err(StateError::InvalidTag(format!(
+            "key {key:?}: use 1-{MAX_TAG_KEY} characters of a-z, 0-9, '.', '_', '-', starting \
+             with a letter or digit"
+        )));
+    }
+    if value.chars().count() > MAX_TAG_VALUE || value.chars().any(char::is_control) {
+        return Err(StateError::InvalidTag(format!(
+            "value for {key:?}: at most {MAX_TAG_VALUE} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A fresh document holding only the genesis change (identical on every node), with `actor`
+/// set for this node's own changes afterwards.
+pub fn genesis(actor: ActorId) -> AutoCommit {
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(GENESIS_ACTOR));
+    for key in ["nodes", "services", "instances", "leases"] {
+        doc.put_object(ROOT, key, ObjType::Map)
+            .expect("putting a map on a fresh root cannot fail");
+    }
+    doc.put(ROOT, "schema_version", SCHEMA_VERSION)
+        .expect("putting a scalar on a fresh root cannot fail");
+    doc.commit_with(CommitOptions::default().with_time(0).with_message("genesis"));
+    doc.set_actor(actor);
+    doc
+}
+
+/// Counters of what hydration had to skip.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HydrateStats {
+    pub skipped_entries: u64,
+}
+
+/// Reads the whole state, skipping (and counting) entries that do not fit the schema, so a
+/// single bad write from a peer cannot hide everyone else's records.
+pub fn hydrate_lenient(doc: &AutoCommit) -> (MeshState, HydrateStats) {
+    let mut stats = HydrateStats::default();
+    let mut state = MeshState {
+        schema_version: match doc.get(ROOT, "schema_version") {
+            Ok(Some((automerge::Value::Scalar(s), _))) => s.as_u64().unwrap_or(0),
+            _ => 0,
+        },
+        ..Default::default()
+    };
+    state.nodes = hydrate_map(doc, "nodes", &mut stats);
+    state.services = hydrate_map(doc, "services", &mut stats);
+    state.instances = hydrate_map(doc, "instances", &mut stats);
+    state.leases = hydrate_map(doc, "leases", &mut stats);
+    (state, stats)
+}
+
+fn hydrate_map<T: Hydrate>(
+    doc: &AutoCommit,
+    key: &str,
+    stats: &mut HydrateStats,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    let Ok(Some((automerge::Value::Object(ObjType::Map), obj))) = doc.get(ROOT, key) else {
+        return out;
+    };
+    for k in doc.keys(&obj) {
+        match autosurgeon::hydrate_prop::<_, T, _, _>(doc, &obj, k.as_str()) {
+            Ok(v) => {
+                out.insert(k, v);
+            }
+            Err(e) => {
+                stats.skipped_entries += 1;
+                tracing::debug!(map = key, entry = %k, error = %e, "skipped malformed entry");
+            }
+        }
+    }
+    out
+}
+
+/// Writes one entry of a root map (`nodes`, `services`, ...): only the fields that differ
+/// become operations. Does not commit.
+pub fn put_entry<T: Reconcile>(
+    doc: &mut AutoCommit,
+    map: &str,
+    key: &str,
+    value: &T,
+) -> Result<(), StateError> {
+    let obj = match doc.get(ROOT, map)? {
+        Some((automerge::Value::Object(ObjType::Map), obj)) => obj,
+        _ => doc.put_object(ROOT, map, ObjType::Map)?,
+    };
+    autosurgeon::reconcile_prop(doc, &obj, key, value)?;
+    Ok(())
+}
+
+/// Deletes one entry of a root map. Does not commit.
+pub fn delete_entry(doc: &mut AutoCommit, map: &str, key: &str) -> Result<(), StateError> {
+    if let Some((automerge::Value::Object(ObjType::Map), obj)) = doc.get(ROOT, map)? {
+        doc.delete(&obj, key)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor() -> ActorId {
+        ActorId::random()
+    }
+
+    #[test]
+    fn genesis_is_identical_everywhere() {
+        let mut a = genesis(actor());
+        let mut b = genesis(actor());
+        assert_eq!(a.get_heads(), b.get_heads());
+        // Concurrent writes to the same map merge instead of conflicting maps.
+        put_entry(&mut a, "nodes", "a", &NodeRecord { name: "a".into(), ..Default::default() })
+            .unwrap();
+        a.commit();
+        put_entry(&mut b, "nodes", "b", &NodeRecord { name: "b".into(), ..Default::default() })
+            .unwrap();
+        b.commit();
+        a.merge(&mut b).unwrap();
+        let (state, stats) = hydrate_lenient(&a);
+        assert_eq!(state.schema_version, SCHEMA_VERSION);
+        assert_eq!(state.nodes.len(), 2);
+        assert_eq!(stats.skipped_entries, 0);
+    }
+
+    #[test]
+    fn a_malformed_entry_is_skipped_not_fatal() {
+        let mut doc = genesis(actor());
+        put_entry(&mut doc, "nodes", "good", &NodeRecord { name: "g".into(), ..Default::default() })
+            .unwrap();
+        let (_, nodes) = doc.get(ROOT, "nodes").unwrap().unwrap();
+        doc.put(&nodes, "bad", "not a record").unwrap();
+        doc.commit();
+        let (state, stats) = hydrate_lenient(&doc);
+        assert_eq!(state.nodes.keys().collect::<Vec<_>>(), vec!["good"]);
+        assert_eq!(stats.skipped_entries, 1);
+    }
+
+    #[test]
+    fn tags_are_validated() {
+        validate_tag("role", "nas").unwrap();
+        validate_tag("zone.floor-2", "").unwrap();
+        assert!(validate_tag("Role", "x").is_err());
+        assert!(validate_tag("", "x").is_err());
+        assert!(validate_tag("-x", "x").is_err());
+        assert!(validate_tag("k", "a\nb").is_err());
+        assert!(validate_tag(&"k".repeat(64), "x").is_err());
+    }
+}

@@ -1,0 +1,625 @@
+//! The state actor: owns the live Automerge document, its file, and the sync sessions.
+//!
+//! Inputs ([`StateCommand`], from [`StateHandle`] and the node actor): local writes (tags, this
+//! node's record), peers coming up and down, sync messages received and delivery failures.
+//! Outputs: sync messages for the node actor to send ([`SyncOut`]), and an immutable
+//! [`StateSnapshot`] on a `watch` channel for readers.
+//!
+//! Persistence (file `state/doc.automerge` in the data dir): the file is a full `save()`
+//! followed by `save_incremental()` chunks, which Automerge loads as one document. A local write
+//! is appended and fsynced before its caller gets an answer; when the appended tail outgrows
+//! the full part, the file is rewritten atomically (temporary file, fsync, rename). A torn tail
+//! from a crash is ignored on load; an unreadable file is moved aside and the state is
+//! recovered from peers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use automerge::{ActorId, AutoCommit, LoadOptions, OnPartialLoad};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    HydrateStats, MeshState, NodeRecord, StateError, genesis, hydrate_lenient, put_entry,
+    validate_tag,
+};
+use crate::sync::{SyncSessions, SyncStats, SyncStatus};
+use crate::transport::{SyncRequest, SyncResponse};
+
+/// Capacity of the command channel. Commands are small; the node actor never blocks on it
+/// (`try_send`), and a dropped sync message is recovered by anti-entropy.
+pub const COMMAND_CHANNEL: usize = 1024;
+/// Capacity of the outbound sync channel to the node actor.
+pub const OUT_CHANNEL: usize = 1024;
+/// Anti-entropy period: every connected peer gets a sync message if either side is missing
+/// anything. A backstop only — changes are pushed at once.
+pub const ANTI_ENTROPY: Duration = Duration::from_secs(15);
+/// How often per-peer sync states are written to disk (if changed), so a reconnect after a
+/// restart only exchanges what is new.
+pub const SAVE_SYNC_STATES: Duration = Duration::from_secs(30);
+/// Rewrite the document file once its appended tail exceeds the full part and this floor.
+pub const MIN_COMPACT_TAIL: u64 = 64 * 1024;
+/// Directory in the data dir holding the state files.
+pub const STATE_DIR: &str = "state";
+const DOC_FILE: &str = "doc.automerge";
+const SYNC_FILE: &str = "sync-states.json";
+
+/// What the state actor is started with.
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub local: PeerId,
+    /// `None` keeps the document in memory only (tests).
+    pub data_dir: Option<PathBuf>,
+    /// This node's record as of start (name, addresses, hardware, version); tags and
+    /// `joined_at_ms` are kept from the document.
+    pub self_record: NodeRecord,
+}
+
+/// Commands to the state actor.
+pub enum StateCommand {
+    SetTag {
+        key: String,
+        value: Option<String>,
+        reply: oneshot::Sender<Result<bool, StateError>>,
+    },
+    SetAddrs(Vec<String>),
+    MarkLeft {
+        reply: oneshot::Sender<()>,
+    },
+    PeerUp(PeerId),
+    PeerDown(PeerId),
+    /// A sync request arrived; answer with [`SyncOut::Respond`] carrying `token`.
+    Inbound {
+        peer: PeerId,
+        token: u64,
+        request: SyncRequest,
+    },
+    /// The answer to a sync request we sent.
+    Response {
+        peer: PeerId,
+        response: SyncResponse,
+    },
+    SendFailed(PeerId),
+}
+
+/// Sync traffic for the node actor to move.
+#[derive(Debug)]
+pub enum SyncOut {
+    Request(PeerId, SyncRequest),
+    Respond(u64, SyncResponse),
+}
+
+/// Sync status of one peer, for `mesh state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSyncView {
+    pub peer: PeerId,
+    pub connected: bool,
+    pub status: SyncStatus,
+}
+
+/// An immutable view of the document for readers.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    /// Increases on every document change.
+    pub version: u64,
+    pub state: MeshState,
+    pub heads: Vec<String>,
+    pub changes: usize,
+    /// Bytes of the document file (0 in memory).
+    pub file_bytes: u64,
+    pub epoch: u64,
+    pub peers: Vec<PeerSyncView>,
+    pub sync: SyncStats,
+    pub hydrate: HydrateStats,
+    /// The document file was unreadable at start and was moved aside.
+    pub recovered_from_corruption: bool,
+}
+
+/// A cloneable handle to the state actor.
+#[derive(Clone)]
+pub struct StateHandle {
+    commands: mpsc::Sender<StateCommand>,
+    snapshot: watch::Receiver<Arc<StateSnapshot>>,
+}
+
+impl StateHandle {
+    /// Sets (or with `None` removes) one of this node's tags. Returns once the change is on
+    /// disk; `Ok(false)` when removing a tag that was not set.
+    pub async fn set_tag(&self, key: &str, value: Option<&str>) -> Result<bool, StateError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(StateCommand::SetTag {
+                key: key.to_string(),
+                value: value.map(str::to_string),
+                reply,
+            })
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        rx.await.map_err(|_| StateError::Stopped)?
+    }
+
+    pub fn snapshot(&self) -> Arc<StateSnapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<StateSnapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// For the node actor: never blocks; a full channel drops the command (counted by the
+    /// caller), which anti-entropy recovers from.
+    pub(crate) fn try_send(&self, cmd: StateCommand) -> bool {
+        self.commands.try_send(cmd).is_ok()
+    }
+
+    pub(crate) async fn send(&self, cmd: StateCommand) -> bool {
+        self.commands.send(cmd).await.is_ok()
+    }
+}
+
+/// The document file: full save plus appended incremental chunks.
+struct DocFile {
+    path: PathBuf,
+    file: std::fs::File,
+    bytes: u64,
+    full_bytes: u64,
+}
+
+impl DocFile {
+    fn open_append(path: &Path, full_bytes: u64) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let bytes = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            bytes,
+            full_bytes,
+        })
+    }
+
+    fn append(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(chunk)?;
+        self.file.sync_data()?;
+        self.bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn rewrite(&mut self, full: &[u8]) -> std::io::Result<()> {
+        crate::identity::write_secret_file(&self.path, full)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        *self = Self::open_append(&self.path, full.len() as u64)?;
+        Ok(())
+    }
+
+    fn needs_compaction(&self) -> bool {
+        let tail = self.bytes.saturating_sub(self.full_bytes);
+        tail > MIN_COMPACT_TAIL && tail > self.full_bytes
+    }
+}
+
+/// Loads the document from `path`: `(doc, corrupt_moved_aside)`.
+fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) if !b.is_empty() => b,
+        Ok(_) => return (genesis(actor.clone()), false, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (genesis(actor.clone()), false, true);
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the state file");
+            return (genesis(actor.clone()), false, true);
+        }
+    };
+    let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
+    match AutoCommit::load_with_options(&bytes, strict) {
+        Ok(doc) => return (doc.with_actor(actor.clone()), false, false),
+        Err(e) => tracing::debug!(error = %e, "strict load failed; trying to skip a torn tail"),
+    }
+    let lenient = LoadOptions::new().on_partial_load(OnPartialLoad::Ignore);
+    if let Ok(doc) = AutoCommit::load_with_options(&bytes, lenient) {
+        let mut doc = doc.with_actor(actor.clone());
+        if !doc.get_heads().is_empty() {
+            tracing::warn!(
+                path = %path.display(),
+                "the state file ended in a torn write (crash while saving); kept everything before it"
+            );
+            // Rewritten in full by the caller.
+            return (doc, false, true);
+        }
+    }
+    let aside = path.with_extension(format!(
+        "corrupt-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    ));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::warn!(
+            moved_to = %aside.display(),
+            "the state file is unreadable; moved it aside and starting empty: the state will \
+             be recovered from peers"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the state file is unreadable and could not be moved aside"),
+    }
+    (genesis(actor.clone()), true, true)
+}
+
+struct StateActor {
+    local: PeerId,
+    doc: AutoCommit,
+    file: Option<DocFile>,
+    sync_file: Option<PathBuf>,
+    sessions: SyncSessions,
+    epoch: u64,
+    out: mpsc::Sender<SyncOut>,
+    commands: mpsc::Receiver<StateCommand>,
+    snapshot_tx: watch::Sender<Arc<StateSnapshot>>,
+    version: u64,
+    recovered: bool,
+    sync_states_dirty: bool,
+    shutdown: CancellationToken,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Starts the state actor. Returns its handle, the receiver of outbound sync traffic (for the
+/// node actor) and its task.
+pub fn spawn_state(
+    config: StateConfig,
+    shutdown: CancellationToken,
+) -> Result<(StateHandle, mpsc::Receiver<SyncOut>, JoinHandle<()>), StateError> {
+    // A fresh actor id per start: a node whose file was lost can never reuse a sequence number
+    // it already used (which would corrupt the document everywhere).
+    let actor = ActorId::random();
+    let (doc, recovered, rewrite, file, sync_file, sessions) = match &config.data_dir {
+        Some(dir) => {
+            let dir = dir.join(STATE_DIR);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StateError::Load(format!("{}: {e}", dir.display())))?;
+            let path = dir.join(DOC_FILE);
+            let (doc, recovered, rewrite) = load_doc(&path, &actor);
+            let file = DocFile::open_append(&path, 0)
+                .map_err(|e| StateError::Load(format!("{}: {e}", path.display())))?;
+            let sync_path = dir.join(SYNC_FILE);
+            let mut sessions = SyncSessions::new();
+            if let Ok(text) = std::fs::read_to_string(&sync_path) {
+                let saved: BTreeMap<String, String> = serde_json::from_str(&text).unwrap_or_default();
+                let saved = saved
+                    .into_iter()
+                    .filter_map(|(k, v)| hex::decode(v).ok().map(|v| (k, v)))
+                    .collect();
+                sessions.restore_states(&saved);
+            }
+            (doc, recovered, rewrite, Some(file), Some(sync_path), sessions)
+        }
+        None => (genesis(actor), false, false, None, None, SyncSessions::new()),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
+    let (out_tx, out_rx) = mpsc::channel(OUT_CHANNEL);
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
+        version: 0,
+        state: MeshState::default(),
+        heads: Vec::new(),
+        changes: 0,
+        file_bytes: 0,
+        epoch: 0,
+        peers: Vec::new(),
+        sync: SyncStats::default(),
+        hydrate: HydrateStats::default(),
+        recovered_from_corruption: recovered,
+    }));
+    let mut actor = StateActor {
+        local: config.local,
+        doc,
+        file,
+        sync_file,
+        sessions,
+        epoch: 0,
+        out: out_tx,
+        commands: cmd_rx,
+        snapshot_tx,
+        version: 0,
+        recovered,
+        sync_states_dirty: false,
+        shutdown,
+    };
+    if rewrite {
+        actor.rewrite_file();
+    }
+    actor.write_self_record(config.self_record)?;
+    actor.publish();
+    let task = tokio::spawn(actor.run());
+    Ok((
+        StateHandle {
+            commands: cmd_tx,
+            snapshot: snapshot_rx,
+        },
+        out_rx,
+        task,
+    ))
+}
+
+impl StateActor {
+    async fn run(mut self) {
+        let mut anti_entropy = tokio::time::interval(ANTI_ENTROPY);
+        let mut save_states = tokio::time::interval(SAVE_SYNC_STATES);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                _ = anti_entropy.tick() => {
+                    let msgs = self.sessions.anti_entropy(&mut self.doc, Instant::now().into_std());
+                    self.send_all(msgs).await;
+                }
+                _ = save_states.tick() => self.save_sync_states(),
+            }
+        }
+        self.sync_states_dirty = true;
+        self.save_sync_states();
+    }
+
+    async fn handle(&mut self, cmd: StateCommand) {
+        let now = Instant::now().into_std();
+        match cmd {
+            StateCommand::SetTag { key, value, reply } => {
+                let result = self.set_tag(&key, value.as_deref()).await;
+                let _ = reply.send(result);
+            }
+            StateCommand::SetAddrs(addrs) => {
+                let mut rec = self.own_record();
+                if rec.addrs != addrs {
+                    rec.addrs = addrs;
+                    let _ = self.write_own(rec).await;
+                }
+            }
+            StateCommand::MarkLeft { reply } => {
+                let mut rec = self.own_record();
+                rec.left_at_ms = Some(now_ms());
+                let _ = self.write_own(rec).await;
+                let _ = reply.send(());
+            }
+            StateCommand::PeerUp(peer) => {
+                if let Some(msg) = self.sessions.on_peer_up(peer, &mut self.doc, now) {
+                    self.send(peer, msg).await;
+                }
+                self.sync_states_dirty = true;
+                self.publish();
+            }
+            StateCommand::PeerDown(peer) => {
+                self.sessions.on_peer_down(peer);
+                self.publish();
+            }
+            StateCommand::Inbound {
+                peer,
+                token,
+                request,
+            } => {
+                let response = if request.epoch != self.epoch {
+                    SyncResponse::EpochMismatch { epoch: self.epoch }
+                } else {
+                    match self.receive(peer, &request.message).await {
+                        Ok(reply) => SyncResponse::Message {
+                            epoch: self.epoch,
+                            message: reply,
+                        },
+                        Err(()) => SyncResponse::Refused,
+                    }
+                };
+                let _ = self.out.send(SyncOut::Respond(token, response)).await;
+            }
+            StateCommand::Response { peer, response } => match response {
+                SyncResponse::Message {
+                    epoch,
+                    message: Some(bytes),
+                } if epoch == self.epoch => {
+                    if let Ok(Some(reply)) = self.receive(peer, &bytes).await {
+                        self.send(peer, reply).await;
+                    }
+                }
+                SyncResponse::Message { .. } => {}
+                SyncResponse::EpochMismatch { epoch } => {
+                    tracing::warn!(%peer, their_epoch = epoch, our_epoch = self.epoch, "peer is on another state epoch");
+                }
+                SyncResponse::Refused | SyncResponse::NotAdmitted => {
+                    self.sessions.on_send_failed(peer);
+                }
+            },
+            StateCommand::SendFailed(peer) => self.sessions.on_send_failed(peer),
+        }
+    }
+
+    /// Applies a sync message; on news, persists it, republishes, and forwards to other peers.
+    async fn receive(&mut self, peer: PeerId, bytes: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+        let before = self.doc.get_heads();
+        let now = Instant::now().into_std();
+        let reply = match self.sessions.on_message(peer, &mut self.doc, bytes, now) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "dropped a sync message");
+                return Err(());
+            }
+        };
+        if self.doc.get_heads() == before {
+            // Their heads may have changed what `mesh state` shows.
+            self.publish();
+        } else {
+            // Visible first (propagation latency), durable right after: a remote change lost
+            // in a crash is fetched again from peers.
+            self.publish();
+            let others: Vec<(PeerId, Vec<u8>)> = self
+                .sessions
+                .generate_all(&mut self.doc, now)
+                .into_iter()
+                .filter(|(p, _)| *p != peer)
+                .collect();
+            self.send_all(others).await;
+            self.persist();
+        }
+        Ok(reply)
+    }
+
+    async fn set_tag(&mut self, key: &str, value: Option<&str>) -> Result<bool, StateError> {
+        let mut rec = self.own_record();
+        let changed = match value {
+            Some(v) => {
+                validate_tag(key, v)?;
+                if !rec.tags.contains_key(key) && rec.tags.len() >= super::MAX_TAGS {
+                    return Err(StateError::TooManyTags);
+                }
+                rec.tags.insert(key.to_string(), v.to_string()) != Some(v.to_string())
+            }
+            None => rec.tags.remove(key).is_some(),
+        };
+        if changed {
+            self.write_own(rec).await?;
+        }
+        Ok(changed)
+    }
+
+    fn own_record(&self) -> NodeRecord {
+        self.snapshot_tx
+            .borrow()
+            .state
+            .nodes
+            .get(&self.local.to_base58())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Writes this node's record, commits, pushes to peers, and fsyncs before returning.
+    async fn write_own(&mut self, record: NodeRecord) -> Result<(), StateError> {
+        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
+        if self.doc.commit().is_none() {
+            return Ok(());
+        }
+        self.publish();
+        let msgs = self
+            .sessions
+            .generate_all(&mut self.doc, Instant::now().into_std());
+        self.send_all(msgs).await;
+        self.persist();
+        Ok(())
+    }
+
+    /// At start: this node's record, keeping tags and first-join time from the document.
+    fn write_self_record(&mut self, mut record: NodeRecord) -> Result<(), StateError> {
+        let (state, _) = hydrate_lenient(&self.doc);
+        let existing = state.nodes.get(&self.local.to_base58());
+        record.tags = existing.map(|r| r.tags.clone()).unwrap_or_default();
+        record.joined_at_ms = existing
+            .map(|r| r.joined_at_ms)
+            .filter(|t| *t > 0)
+            .unwrap_or_else(now_ms);
+        record.left_at_ms = None;
+        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
+        if self.doc.commit().is_some() {
+            self.persist();
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, peer: PeerId, message: Vec<u8>) {
+        let req = SyncRequest {
+            epoch: self.epoch,
+            message,
+        };
+        let _ = self.out.send(SyncOut::Request(peer, req)).await;
+    }
+
+    async fn send_all(&mut self, msgs: Vec<(PeerId, Vec<u8>)>) {
+        for (peer, msg) in msgs {
+            self.send(peer, msg).await;
+        }
+    }
+
+    /// Appends what changed since the last save and fsyncs; compacts the file when due.
+    fn persist(&mut self) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let chunk = self.doc.save_incremental();
+        if let Err(e) = file.append(&chunk) {
+            tracing::error!(error = %e, path = %file.path.display(), "cannot append to the state file");
+            return;
+        }
+        if file.needs_compaction() {
+            self.rewrite_file();
+        }
+    }
+
+    fn rewrite_file(&mut self) {
+        let full = self.doc.save();
+        if let Some(file) = self.file.as_mut()
+            && let Err(e) = file.rewrite(&full)
+        {
+            tracing::error!(error = %e, "cannot rewrite the state file");
+        }
+    }
+
+    fn save_sync_states(&mut self) {
+        let (Some(path), true) = (&self.sync_file, self.sync_states_dirty) else {
+            return;
+        };
+        let map: BTreeMap<String, String> = self
+            .sessions
+            .encode_states()
+            .into_iter()
+            .map(|(k, v)| (k, hex::encode(v)))
+            .collect();
+        let text = serde_json::to_vec(&map).expect("a string map always serializes");
+        if let Err(e) = crate::identity::write_secret_file(path, &text) {
+            tracing::warn!(error = %e, "cannot save sync states");
+        }
+        self.sync_states_dirty = false;
+    }
+
+    fn publish(&mut self) {
+        let (state, hydrate) = hydrate_lenient(&self.doc);
+        let heads = self.doc.get_heads();
+        let peers = self
+            .sessions
+            .peers()
+            .map(|(p, connected)| PeerSyncView {
+                peer: *p,
+                connected,
+                status: self.sessions.status(p, &heads),
+            })
+            .collect();
+        self.version += 1;
+        let snapshot = StateSnapshot {
+            version: self.version,
+            state,
+            heads: heads.iter().map(|h| h.to_string()).collect(),
+            changes: self.doc.get_changes(&[]).len(),
+            file_bytes: self.file.as_ref().map_or(0, |f| f.bytes),
+            epoch: self.epoch,
+            peers,
+            sync: self.sessions.stats().clone(),
+            hydrate,
+            recovered_from_corruption: self.recovered,
+        };
+        self.snapshot_tx.send_replace(Arc::new(snapshot));
+    }
+}

@@ -1,0 +1,351 @@
+//! Sync sessions: the Automerge sync protocol with each peer, sans-IO (spec:
+//! `protocol/sync.md`).
+//!
+//! Owns one `automerge::sync::State` per peer, what to send after a local change, on a new
+//! peer, on a received message, and as anti-entropy; per-peer status (in sync / behind / never
+//! synced); and the backoff of peers that send garbage. It takes the document by reference and
+//! returns the bytes to send: the state actor moves them over `/mesh/sync/1`.
+//!
+//! It does not own the document, persistence, or the transport.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use automerge::sync::{Message, State as SyncState, SyncDoc};
+use automerge::AutoCommit;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// How long a peer that sent a malformed sync message is ignored. Long enough that a broken
+/// peer costs us nothing measurable, short enough that a fixed one is back within a minute.
+pub const MALFORMED_BACKOFF: Duration = Duration::from_secs(30);
+/// Most peers whose sync state is kept while disconnected (their shared heads make the next
+/// sync cheap). Beyond it, states of peers not seen for longest are dropped.
+pub const MAX_SAVED_STATES: usize = 1024;
+
+/// Where a peer stands relative to our document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncStatus {
+    /// Its heads equal ours.
+    InSync,
+    /// We know its heads and they differ from ours (either side may be missing changes).
+    Behind,
+    /// We have never completed an exchange with it.
+    NeverSynced,
+}
+
+/// Errors of a sync exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("malformed sync message: {0}")]
+    Malformed(String),
+    #[error("peer is in backoff after a malformed message")]
+    BackedOff,
+}
+
+/// Counters for `mesh state`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub malformed: u64,
+}
+
+#[derive(Default)]
+struct PeerSession {
+    state: SyncState,
+    connected: bool,
+    /// The peer's heads as of its last message, hex; `None` before any message.
+    synced_once: bool,
+    backoff_until: Option<Instant>,
+    last_active: Option<Instant>,
+}
+
+/// All sync sessions of one node.
+#[derive(Default)]
+pub struct SyncSessions {
+    peers: HashMap<PeerId, PeerSession>,
+    stats: SyncStats,
+}
+
+impl SyncSessions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+
+    /// Restores persisted per-peer states (see [`SyncSessions::encode_states`]). Undecodable
+    /// entries are skipped: the next sync with that peer is merely a full one.
+    pub fn restore_states(&mut self, saved: &BTreeMap<String, Vec<u8>>) {
+        for (peer, bytes) in saved {
+            let (Ok(peer), Ok(state)) = (peer.parse::<PeerId>(), SyncState::decode(bytes)) else {
+                continue;
+            };
+            self.peers.entry(peer).or_default().state = state;
+        }
+    }
+
+    /// Per-peer states to persist: only the durable part (shared heads) survives `encode`.
+    pub fn encode_states(&self) -> BTreeMap<String, Vec<u8>> {
+        self.peers
+            .iter()
+            .map(|(p, s)| (p.to_base58(), s.state.encode()))
+            .collect()
+    }
+
+    /// A peer was admitted: start (or resume) a session. Returns the first message to send.
+    pub fn on_peer_up(&mut self, peer: PeerId, doc: &mut AutoCommit, now: Instant) -> Option<Vec<u8>> {
+        let session = self.peers.entry(peer).or_default();
+        // Keep the shared heads, forget in-flight bookkeeping from an earlier connection: the
+        // documented way to resume a session (encode/decode drops the ephemeral parts).
+        session.state = SyncState::decode(&session.state.encode()).unwrap_or_default();
+        session.connected = true;
+        session.last_active = Some(now);
+        self.generate(peer, doc)
+    }
+
+    /// The peer's last connection closed.
+    pub fn on_peer_down(&mut self, peer: PeerId) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.connected = false;
+        }
+        self.evict_if_needed();
+    }
+
+    /// A sync message from `peer` (request or response). Applies it and returns what to send
+    /// back, if anything.
+    pub fn on_message(
+        &mut self,
+        peer: PeerId,
+        doc: &mut AutoCommit,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Option<Vec<u8>>, SyncError> {
+        let session = self.peers.entry(peer).or_default();
+        if session.backoff_until.is_some_and(|t| t > now) {
+            return Err(SyncError::BackedOff);
+        }
+        self.stats.messages_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let result = Message::decode(bytes)
+            .map_err(|e| SyncError::Malformed(e.to_string()))
+            .and_then(|msg| {
+                doc.sync()
+                    .receive_sync_message(&mut session.state, msg)
+                    .map_err(|e| SyncError::Malformed(e.to_string()))
+            });
+        if let Err(e) = result {
+            self.stats.malformed += 1;
+            session.backoff_until = Some(now + MALFORMED_BACKOFF);
+            // Start over with this peer once the backoff ends.
+            session.state = SyncState::new();
+            return Err(e);
+        }
+        session.synced_once = true;
+        session.last_active = Some(now);
+        Ok(self.generate(peer, doc))
+    }
+
+    /// A message we sent was not delivered: forget it was in flight so it is sent again.
+    pub fn on_send_failed(&mut self, peer: PeerId) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
+        }
+    }
+
+    /// After a local change (or periodically, as anti-entropy): a message for every connected
+    /// peer that needs one.
+    pub fn generate_all(&mut self, doc: &mut AutoCommit, now: Instant) -> Vec<(PeerId, Vec<u8>)> {
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.connected && !s.backoff_until.is_some_and(|t| t > now))
+            .map(|(p, _)| *p)
+            .collect();
+        peers
+            .into_iter()
+            .filter_map(|p| self.generate(p, doc).map(|m| (p, m)))
+            .collect()
+    }
+
+    /// Anti-entropy: like [`SyncSessions::generate_all`], but first forgets in-flight state,
+    /// so a message lost without an error (a dropped stream) cannot stall a session forever.
+    pub fn anti_entropy(&mut self, doc: &mut AutoCommit, now: Instant) -> Vec<(PeerId, Vec<u8>)> {
+        for s in self.peers.values_mut().filter(|s| s.connected) {
+            s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
+        }
+        self.generate_all(doc, now)
+    }
+
+    /// Where `peer` stands, given our current heads.
+    pub fn status(&self, peer: &PeerId, our_heads: &[automerge::ChangeHash]) -> SyncStatus {
+        match self.peers.get(peer) {
+            Some(s) if s.synced_once || s.state.their_heads.is_some() => {
+                match &s.state.their_heads {
+                    Some(h) if same_heads(h, our_heads) => SyncStatus::InSync,
+                    _ if same_heads(&s.state.shared_heads, our_heads)
+                        && s.state.their_heads.is_none() =>
+                    {
+                        SyncStatus::InSync
+                    }
+                    _ => SyncStatus::Behind,
+                }
+            }
+            _ => SyncStatus::NeverSynced,
+        }
+    }
+
+    /// Peers with a session, connected or not.
+    pub fn peers(&self) -> impl Iterator<Item = (&PeerId, bool)> {
+        self.peers.iter().map(|(p, s)| (p, s.connected))
+    }
+
+    fn generate(&mut self, peer: PeerId, doc: &mut AutoCommit) -> Option<Vec<u8>> {
+        let session = self.peers.get_mut(&peer)?;
+        let msg = doc.sync().generate_sync_message(&mut session.state)?;
+        let bytes = msg.encode();
+        self.stats.messages_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    fn evict_if_needed(&mut self) {
+        while self.peers.len() > MAX_SAVED_STATES {
+            let Some(oldest) = self
+                .peers
+                .iter()
+                .filter(|(_, s)| !s.connected)
+                .min_by_key(|(_, s)| s.last_active)
+                .map(|(p, _)| *p)
+            else {
+                break;
+            };
+            self.peers.remove(&oldest);
+        }
+    }
+}
+
+fn same_heads(a: &[automerge::ChangeHash], b: &[automerge::ChangeHash]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{NodeRecord, genesis, hydrate_lenient, put_entry};
+    use automerge::ActorId;
+    use libp2p::identity::Keypair;
+
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    /// Delivers messages between two nodes until both are quiet; returns messages exchanged.
+    fn run(
+        a: (&mut SyncSessions, &mut AutoCommit, PeerId),
+        b: (&mut SyncSessions, &mut AutoCommit, PeerId),
+        first: Vec<u8>,
+    ) -> usize {
+        let now = Instant::now();
+        let (sa, da, pa) = a;
+        let (sb, db, pb) = b;
+        let mut next = Some((pa, first)); // (from, bytes)
+        let mut count = 0;
+        while let Some((from, bytes)) = next.take() {
+            count += 1;
+            assert!(count < 50, "sync did not converge");
+            next = if from == pa {
+                sb.on_message(pa, db, &bytes, now).unwrap().map(|m| (pb, m))
+            } else {
+                sa.on_message(pb, da, &bytes, now).unwrap().map(|m| (pa, m))
+            };
+        }
+        count
+    }
+
+    #[test]
+    fn two_documents_converge_and_report_in_sync() {
+        let (pa, pb) = (peer(), peer());
+        let (mut da, mut db) = (genesis(ActorId::random()), genesis(ActorId::random()));
+        put_entry(&mut da, "nodes", "a", &NodeRecord { name: "a".into(), ..Default::default() })
+            .unwrap();
+        da.commit();
+        put_entry(&mut db, "nodes", "b", &NodeRecord { name: "b".into(), ..Default::default() })
+            .unwrap();
+        db.commit();
+        let (mut sa, mut sb) = (SyncSessions::new(), SyncSessions::new());
+        let now = Instant::now();
+        assert_eq!(sa.status(&pb, &da.get_heads()), SyncStatus::NeverSynced);
+        let first = sa.on_peer_up(pb, &mut da, now).unwrap();
+        sb.on_peer_up(pa, &mut db, now);
+        run((&mut sa, &mut da, pa), (&mut sb, &mut db, pb), first);
+        assert_eq!(da.get_heads(), db.get_heads());
+        assert_eq!(hydrate_lenient(&da).0.nodes.len(), 2);
+        assert_eq!(sa.status(&pb, &da.get_heads()), SyncStatus::InSync);
+        assert_eq!(sb.status(&pa, &db.get_heads()), SyncStatus::InSync);
+        // A local change is pushed, and makes the peer "behind" until it answers.
+        put_entry(&mut da, "nodes", "c", &NodeRecord::default()).unwrap();
+        da.commit();
+        let out = sa.generate_all(&mut da, now);
+        assert_eq!(out.len(), 1);
+        run((&mut sa, &mut da, pa), (&mut sb, &mut db, pb), out[0].1.clone());
+        assert_eq!(da.get_heads(), db.get_heads());
+    }
+
+    #[test]
+    fn garbage_is_counted_and_backs_off_the_peer() {
+        let p = peer();
+        let mut doc = genesis(ActorId::random());
+        let mut s = SyncSessions::new();
+        let now = Instant::now();
+        assert!(matches!(
+            s.on_message(p, &mut doc, b"\x42garbage", now),
+            Err(SyncError::Malformed(_))
+        ));
+        assert_eq!(s.stats().malformed, 1);
+        assert!(matches!(
+            s.on_message(p, &mut doc, b"\x42", now),
+            Err(SyncError::BackedOff)
+        ));
+        assert!(s.on_message(p, &mut doc, b"\x42", now + MALFORMED_BACKOFF).is_err());
+    }
+
+    #[test]
+    fn resumed_session_with_saved_state_sends_less() {
+        let (pa, pb) = (peer(), peer());
+        let (mut da, mut db) = (genesis(ActorId::random()), genesis(ActorId::random()));
+        for i in 0..200 {
+            put_entry(&mut da, "nodes", &format!("n{i}"), &NodeRecord::default()).unwrap();
+            da.commit();
+        }
+        let (mut sa, mut sb) = (SyncSessions::new(), SyncSessions::new());
+        let now = Instant::now();
+        let first = sa.on_peer_up(pb, &mut da, now).unwrap();
+        sb.on_peer_up(pa, &mut db, now);
+        run((&mut sa, &mut da, pa), (&mut sb, &mut db, pb), first);
+        // Reconnect after a restart: states persisted and restored.
+        let (saved_a, saved_b) = (sa.encode_states(), sb.encode_states());
+        let (mut sa, mut sb) = (SyncSessions::new(), SyncSessions::new());
+        sa.restore_states(&saved_a);
+        sb.restore_states(&saved_b);
+        put_entry(&mut da, "nodes", "late", &NodeRecord::default()).unwrap();
+        da.commit();
+        let first = sa.on_peer_up(pb, &mut da, now).unwrap();
+        sb.on_peer_up(pa, &mut db, now);
+        let before = sa.stats().bytes_out + sb.stats().bytes_out;
+        run((&mut sa, &mut da, pa), (&mut sb, &mut db, pb), first);
+        let after = sa.stats().bytes_out + sb.stats().bytes_out;
+        assert_eq!(da.get_heads(), db.get_heads());
+        assert!(after - before < 2_000, "resync sent {} bytes", after - before);
+    }
+}
