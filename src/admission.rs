@@ -509,8 +509,14 @@ impl Admission {
     /// our proof first), so it is counted and backed off like any other failure.
     pub fn on_disconnected<I>(&mut self, peer: &PeerId, now: Instant) -> Vec<AdmissionAction<I>> {
         let was_admitted = self.admitted.remove(peer);
-        let pending = self.dialing.contains_key(peer) || self.listening.contains_key(peer);
-        if pending && !was_admitted {
+        // Only a peer that started a handshake (sent Hello) and then hung up failed it. A
+        // connection that closes before any Hello is not an attempt: libp2p drops the extra
+        // connections of a dial raced over several addresses.
+        let challenged = matches!(
+            self.listening.get(peer),
+            Some(ListenerState::SentChallenge { .. })
+        );
+        if challenged && !was_admitted {
             return vec![self.fail(*peer, AuthFailure::Abandoned, now)];
         }
         self.dialing.remove(peer);
@@ -625,17 +631,28 @@ impl Admission {
         }
     }
 
-    /// A handshake request we sent could not be delivered or answered.
+    /// A handshake request we sent could not be delivered or answered. `unsupported`: the peer
+    /// does not speak `/mesh/auth/1` (a failure). Otherwise the connection carrying it was lost
+    /// (not the peer's fault): if another connection remains (`still_connected`), the handshake
+    /// starts over on it.
     pub fn on_transport_failure<I>(
         &mut self,
         peer: PeerId,
+        unsupported: bool,
+        still_connected: bool,
         now: Instant,
     ) -> Vec<AdmissionAction<I>> {
+        self.dialing.remove(&peer);
         if self.admitted.contains(&peer) {
-            self.dialing.remove(&peer);
             return Vec::new();
         }
-        vec![self.fail(peer, AuthFailure::Transport, now)]
+        if unsupported {
+            return vec![self.fail(peer, AuthFailure::Transport, now)];
+        }
+        if still_connected {
+            return self.on_connected(peer, true, now);
+        }
+        Vec::new()
     }
 
     /// Ends handshakes of unadmitted peers past their deadline. Call on every tick.
@@ -928,6 +945,16 @@ mod tests {
         let mut core = Admission::new(k, me);
         let now = Instant::now();
         let _ = core.on_connected::<u8>(them, false, now);
+        // A connection that closes before any Hello is not a failure...
+        assert!(core.on_disconnected::<u8>(&them, now).is_empty());
+        // ...one that hangs up after its Hello is.
+        let _ = core.on_connected::<u8>(them, false, now);
+        let _ = core.on_request::<u8>(
+            them,
+            AuthRequest::Hello { nonce: WireNonce([1; 32]) },
+            || 0,
+            now,
+        );
         let acts = core.on_disconnected::<u8>(&them, now);
         assert!(matches!(
             acts[..],

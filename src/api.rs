@@ -94,7 +94,8 @@ pub struct PeerSyncEntry {
 /// `GET /v1/state`: the replicated document at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateResponse {
-    pub epoch: u64,
+    /// `NUMBER/BASE`: the epoch number and the first 12 characters of its base change hash.
+    pub epoch: String,
     /// Changes in the document's history.
     pub changes: usize,
     pub heads: Vec<String>,
@@ -274,7 +275,7 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
 /// The state summary of a snapshot.
 pub fn state_summary(state: &StateSnapshot) -> StateResponse {
     StateResponse {
-        epoch: state.epoch,
+        epoch: state.epoch.to_string(),
         changes: state.changes,
         heads: state.heads.clone(),
         file_bytes: state.file_bytes,

@@ -17,6 +17,8 @@
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
 //! | [`state`] | the replicated Automerge document: schema, typed access, its actor and file |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
+//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff (sans-IO) |
+//! | [`ports`] | port pools, leases, allocation, `/proc/net` listening-socket parser (sans-IO) |
 //! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
 //! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids |
 //! | [`hardware`] | sysinfo probe, device class, capability score, profile |
@@ -34,7 +36,9 @@ pub mod hardware;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod ports;
 pub mod state;
+pub mod supervisor;
 pub mod sync;
 pub mod transport;
 

@@ -223,6 +223,13 @@ pub struct Membership {
     /// Incarnations that announced a graceful leave.
     leaving: HashSet<(PeerId, u64)>,
     stats: MembershipStats,
+    /// Peers with an admitted connection, and the incarnation they announced. When foca
+    /// renews our identity or runs out of active members it talks to no one by itself; these
+    /// are re-announced to, so two nodes that each declared the other dead during a partition
+    /// meet again as soon as they reconnect.
+    connected: HashMap<PeerId, u64>,
+    /// Guards [`Membership::reannounce`] against re-entering itself through `apply`.
+    reannouncing: bool,
     /// Set when any peer's state changed since the last [`Membership::take_changed`].
     changed: bool,
     left: bool,
@@ -248,6 +255,8 @@ impl Membership {
             peers: BTreeMap::new(),
             leaving: HashSet::new(),
             stats: MembershipStats::default(),
+            connected: HashMap::new(),
+            reannouncing: false,
             changed: false,
             left: false,
         }
@@ -283,6 +292,7 @@ impl Membership {
         }
         let id = MemberId::new(peer, bump);
         self.leaving.retain(|(p, b)| *p != peer || *b > bump);
+        self.connected.insert(peer, bump);
         self.touch(peer, now);
         let mut fx = Effects::default();
         if let Err(e) = self.foca.announce(id.clone(), &mut fx) {
@@ -296,6 +306,11 @@ impl Membership {
             tracing::debug!(%peer, error = %e, "foca apply failed");
         }
         self.apply(fx, now);
+    }
+
+    /// The last connection to `peer` closed.
+    pub fn on_disconnected(&mut self, peer: &PeerId) {
+        self.connected.remove(peer);
     }
 
     /// A membership datagram arrived from an admitted peer.
@@ -434,20 +449,49 @@ impl Membership {
             self.stats.datagrams_out += 1;
             self.outbox.push((peer, data));
         }
+        let mut reannounce = false;
         for n in fx.notifications {
             match n {
                 OwnedNotification::Rejoin(id) => {
-                    tracing::info!(bump = id.bump, "declared down by the mesh; rejoined")
+                    tracing::info!(bump = id.bump, "declared down by the mesh; rejoined");
+                    reannounce = true;
                 }
                 // Leaving declares ourselves down on purpose.
                 OwnedNotification::Defunct if self.left => {}
                 OwnedNotification::Defunct => tracing::warn!("declared down by the mesh"),
-                OwnedNotification::Idle => tracing::debug!("no active members"),
+                OwnedNotification::Idle => {
+                    tracing::debug!("no active members");
+                    reannounce = true;
+                }
                 OwnedNotification::Active => tracing::debug!("joined the mesh"),
                 _ => {}
             }
         }
         self.sync_table(now);
+        if reannounce && !self.left && !self.reannouncing {
+            self.reannouncing = true;
+            self.reannounce(now);
+            self.reannouncing = false;
+        }
+    }
+
+    /// Announces ourselves to every connected peer. Foca accepts an announce addressed to any
+    /// incarnation of the receiver, so a stale bump does not matter.
+    fn reannounce(&mut self, now: Instant) {
+        let targets: Vec<MemberId> = self
+            .connected
+            .iter()
+            .map(|(p, b)| MemberId::new(*p, *b))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let mut fx = Effects::default();
+        for id in targets {
+            let _ = self.foca.announce(id, &mut fx);
+        }
+        // Announcing cannot itself renew us or make us idle: no recursion beyond one level.
+        self.apply(fx, now);
     }
 
     /// Brings the peer table in line with foca's member list. Foca signals up, down and

@@ -402,6 +402,24 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             failures: 0,
         })
         .collect();
+    // Wait for the listeners to report their concrete addresses (port 0 resolved), so this
+    // node's record, its first snapshot and its discovery announcement carry them. Any other
+    // event (an early incoming connection) is kept and handed to the actor once it exists.
+    let deadline = now + Duration::from_secs(5);
+    let mut listen_addrs: Vec<Multiaddr> = Vec::new();
+    let mut early_events = Vec::new();
+    while listen_addrs.is_empty() {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    tracing::info!(%address, "listening");
+                    listen_addrs.push(address);
+                }
+                other => early_events.push(other),
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(NodeError::NoListener),
+        }
+    }
     let state_shutdown = CancellationToken::new();
     let (state, sync_out, state_task) = spawn_state(
         StateConfig {
@@ -409,7 +427,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             data_dir: config.data_dir.clone(),
             self_record: NodeRecord {
                 name: config.name.clone(),
-                addrs: Vec::new(),
+                addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
                 hardware: NodeHardware::from(&config.hardware),
                 version: crate::AGENT_VERSION.to_string(),
                 ..Default::default()
@@ -427,7 +445,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         hardware: config.hardware.clone(),
         bump,
         started_at: now,
-        listen_addrs: Vec::new(),
+        listen_addrs,
         discovery_mode: config.discovery.clone(),
         discovery: DiscoverySource::NotStarted,
         discovery_tx,
@@ -453,14 +471,8 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         dirty: true,
         shutdown: shutdown.clone(),
     };
-    // Wait for the listeners to report their concrete addresses, so the handle's first
-    // snapshot already shows them (port 0 resolved) and discovery can announce the port.
-    let deadline = now + Duration::from_secs(5);
-    while actor.listen_addrs.is_empty() {
-        tokio::select! {
-            ev = actor.swarm.select_next_some() => actor.on_swarm_event(ev).await,
-            _ = tokio::time::sleep_until(deadline) => return Err(NodeError::NoListener),
-        }
+    for ev in early_events {
+        actor.on_swarm_event(ev).await;
     }
     actor.start_discovery().await?;
     actor.publish(Instant::now());
@@ -695,7 +707,9 @@ impl NodeActor {
             name: self.name.clone(),
             agent_version: crate::AGENT_VERSION.to_string(),
             protocol_version: crate::PROTOCOL_VERSION,
-            bump: self.bump,
+            // The current incarnation: foca renews it after being declared down, and peers
+            // must greet the identity we have now.
+            bump: self.membership.local_member().bump,
             listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             hardware: self.hardware.clone(),
         }
@@ -850,6 +864,7 @@ impl NodeActor {
                     if self.admission.is_admitted(&peer_id) {
                         self.state.try_send(StateCommand::PeerDown(peer_id));
                     }
+                    self.membership.on_disconnected(&peer_id);
                     let actions = self.admission.on_disconnected(&peer_id, now.into_std());
                     self.apply_admission(actions, now);
                     if let Some(t) = self.targets.get_mut(&peer_id) {
@@ -953,7 +968,15 @@ impl NodeActor {
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "auth request failed");
-                let actions = self.admission.on_transport_failure(peer, std_now);
+                let unsupported =
+                    matches!(error, request_response::OutboundFailure::UnsupportedProtocols);
+                let still_connected = self.connections.contains_key(&peer);
+                let actions = self.admission.on_transport_failure(
+                    peer,
+                    unsupported,
+                    still_connected,
+                    std_now,
+                );
                 self.apply_admission(actions, now);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -36,7 +36,9 @@ pub use procnet::{
 
 /// Transport protocol of a port. TCP and UDP port numbers are separate name spaces: a lease of
 /// 20000/tcp does not block 20000/udp.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     #[default]
@@ -102,7 +104,10 @@ pub enum PortsError {
         holder: String,
         remaining_ms: u64,
     },
-    #[error("port {port}/{proto} is in use by another process{}", describe_pids(pids))]
+    #[error(
+        "port {port}/{proto} is in use by another process{}",
+        describe_pids(pids)
+    )]
     FixedPortListening {
         port: u16,
         proto: Proto,

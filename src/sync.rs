@@ -76,6 +76,14 @@ impl SyncSessions {
         Self::default()
     }
 
+    /// Fresh sessions that keep counting from `stats` (after an epoch change).
+    pub fn with_stats(stats: SyncStats) -> Self {
+        Self {
+            peers: HashMap::new(),
+            stats,
+        }
+    }
+
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }

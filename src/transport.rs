@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::{AuthRequest, AuthResponse};
 use crate::hardware::HardwareInfo;
+use crate::state::EpochId;
 
 /// The admission handshake (spec: `protocol/auth.md`).
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
@@ -113,12 +114,17 @@ pub enum MembershipResponse {
     NotAdmitted,
 }
 
-/// Requests of `/mesh/sync/1`: one Automerge sync message for the sender's state epoch.
+/// Requests of `/mesh/sync/1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SyncRequest {
-    pub epoch: u64,
-    #[serde(with = "serde_bytes")]
-    pub message: Vec<u8>,
+pub enum SyncRequest {
+    /// One Automerge sync message, for the sender's state epoch.
+    Sync {
+        epoch: EpochId,
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
+    /// Asks for the receiver's whole document (the sender learned of a newer epoch).
+    FetchSnapshot,
 }
 
 /// Responses of `/mesh/sync/1`.
@@ -126,12 +132,18 @@ pub struct SyncRequest {
 pub enum SyncResponse {
     /// The receiver's next sync message, if it has one.
     Message {
-        epoch: u64,
+        epoch: EpochId,
         #[serde(default, with = "serde_bytes")]
         message: Option<Vec<u8>>,
     },
-    /// The receiver is on another state epoch.
-    EpochMismatch { epoch: u64 },
+    /// The receiver is on another state epoch (the side on the older one fetches a snapshot).
+    EpochMismatch { epoch: EpochId },
+    /// The receiver's whole document (`save()` format).
+    Snapshot {
+        epoch: EpochId,
+        #[serde(with = "serde_bytes")]
+        doc: Vec<u8>,
+    },
     /// The message was malformed, or the sender is in backoff for sending one.
     Refused,
     /// The receiver has not admitted the sender.

@@ -273,7 +273,10 @@ impl PortAllocator {
         let wanted_port = |port: u16| match &request.source {
             PortSource::Fixed(fixed) => Ok(port == *fixed),
             PortSource::Auto { pool } => Ok::<bool, PortsError>(
-                self.pools.ranges(pool)?.iter().any(|range| range.contains(port)),
+                self.pools
+                    .ranges(pool)?
+                    .iter()
+                    .any(|range| range.contains(port)),
             ),
         };
 
@@ -414,7 +417,7 @@ impl PortAllocator {
         mut is_alive: impl FnMut(u32) -> bool,
     ) -> Vec<LeaseChange> {
         let mut changes = Vec::new();
-        let mut change = |lease: &Lease, to: Option<LeaseState>, reason: String| LeaseChange {
+        let change = |lease: &Lease, to: Option<LeaseState>, reason: String| LeaseChange {
             port: lease.port,
             proto: lease.proto,
             service: lease.service.clone(),
@@ -435,17 +438,13 @@ impl PortAllocator {
                         owner_gone.expect("checked by the guard")
                     ),
                 ),
-                LeaseState::Allocated
-                    if elapsed(lease.since, now) >= self.config.listen_grace =>
-                {
-                    (
-                        Some(LeaseState::Released),
-                        format!(
-                            "not listening {} s after allocation",
-                            self.config.listen_grace.as_secs()
-                        ),
-                    )
-                }
+                LeaseState::Allocated if elapsed(lease.since, now) >= self.config.listen_grace => (
+                    Some(LeaseState::Released),
+                    format!(
+                        "not listening {} s after allocation",
+                        self.config.listen_grace.as_secs()
+                    ),
+                ),
                 LeaseState::Released if elapsed(lease.since, now) >= self.config.cooldown => {
                     (None, "cooldown over; port is free".to_string())
                 }
@@ -541,7 +540,12 @@ mod tests {
         let leases = [
             lease("a", 20000, LeaseState::InUse, t0()),
             // Released 10 s ago: still cooling down.
-            lease("b", 20001, LeaseState::Released, t0() - Duration::from_secs(10)),
+            lease(
+                "b",
+                20001,
+                LeaseState::Released,
+                t0() - Duration::from_secs(10),
+            ),
         ];
         let mut listening = ListeningPorts::new();
         listening.insert(Proto::Tcp, 20002, &[4242]);
@@ -553,7 +557,11 @@ mod tests {
             })
             .expect("20004 is free");
         assert_eq!(grant.lease.port, 20004);
-        assert_eq!(tested, [20003, 20004], "bind test only for otherwise free ports");
+        assert_eq!(
+            tested,
+            [20003, 20004],
+            "bind test only for otherwise free ports"
+        );
     }
 
     #[test]
@@ -566,7 +574,13 @@ mod tests {
             t0() - DEFAULT_COOLDOWN,
         )];
         let grant = allocator
-            .allocate(t0(), &auto("web"), &leases, &ListeningPorts::new(), always_binds)
+            .allocate(
+                t0(),
+                &auto("web"),
+                &leases,
+                &ListeningPorts::new(),
+                always_binds,
+            )
             .expect("free");
         assert_eq!(grant.lease.port, 20000);
     }
@@ -580,7 +594,13 @@ mod tests {
             ..auto("dns")
         };
         let grant = allocator
-            .allocate(t0(), &request, &leases, &ListeningPorts::new(), always_binds)
+            .allocate(
+                t0(),
+                &request,
+                &leases,
+                &ListeningPorts::new(),
+                always_binds,
+            )
             .expect("free");
         assert_eq!((grant.lease.port, grant.lease.proto), (20000, Proto::Udp));
     }
@@ -661,7 +681,13 @@ mod tests {
     fn second_service_asking_for_a_leased_fixed_port_is_refused_naming_the_holder() {
         let allocator = small_allocator();
         let first = allocator
-            .allocate(t0(), &fixed("api", 8080), &[], &ListeningPorts::new(), always_binds)
+            .allocate(
+                t0(),
+                &fixed("api", 8080),
+                &[],
+                &ListeningPorts::new(),
+                always_binds,
+            )
             .expect("free");
         assert!(first.lease.fixed);
         assert_eq!(first.lease.port, 8080);
@@ -685,10 +711,21 @@ mod tests {
         let allocator = small_allocator();
         let cooling = [Lease {
             fixed: true,
-            ..lease("api", 8080, LeaseState::Released, t0() - Duration::from_secs(10))
+            ..lease(
+                "api",
+                8080,
+                LeaseState::Released,
+                t0() - Duration::from_secs(10),
+            )
         }];
         let err = allocator
-            .allocate(t0(), &fixed("web", 8080), &cooling, &ListeningPorts::new(), always_binds)
+            .allocate(
+                t0(),
+                &fixed("web", 8080),
+                &cooling,
+                &ListeningPorts::new(),
+                always_binds,
+            )
             .expect_err("cooling");
         assert_eq!(
             err.to_string(),
@@ -706,7 +743,13 @@ mod tests {
         );
 
         let err = allocator
-            .allocate(t0(), &fixed("web", 8080), &[], &ListeningPorts::new(), |_, _| false)
+            .allocate(
+                t0(),
+                &fixed("web", 8080),
+                &[],
+                &ListeningPorts::new(),
+                |_, _| false,
+            )
             .expect_err("bind fails");
         assert_eq!(
             err,
@@ -737,9 +780,20 @@ mod tests {
     #[test]
     fn a_crashed_service_takes_its_cooling_lease_back() {
         let allocator = small_allocator();
-        let released = lease("web", 20003, LeaseState::Released, t0() - Duration::from_secs(1));
+        let released = lease(
+            "web",
+            20003,
+            LeaseState::Released,
+            t0() - Duration::from_secs(1),
+        );
         let grant = allocator
-            .allocate(t0(), &auto("web"), &[released.clone()], &ListeningPorts::new(), always_binds)
+            .allocate(
+                t0(),
+                &auto("web"),
+                std::slice::from_ref(&released),
+                &ListeningPorts::new(),
+                always_binds,
+            )
             .expect("own lease");
         assert!(grant.reused);
         assert_eq!(grant.lease.port, 20003);
@@ -764,7 +818,13 @@ mod tests {
             ..lease("web", 8080, LeaseState::InUse, t0())
         };
         let grant = allocator
-            .allocate(t0(), &fixed("web", 8081), &[old], &ListeningPorts::new(), always_binds)
+            .allocate(
+                t0(),
+                &fixed("web", 8081),
+                &[old],
+                &ListeningPorts::new(),
+                always_binds,
+            )
             .expect("free");
         assert_eq!(grant.lease.port, 8081);
         assert!(!grant.reused);
@@ -778,13 +838,26 @@ mod tests {
         let mut listening = ListeningPorts::new();
 
         // Not listening yet, owner alive, within grace: nothing changes.
-        let changes = allocator.reconcile(t0() + Duration::from_secs(5), &mut leases, &listening, |_| true);
+        let changes = allocator.reconcile(
+            t0() + Duration::from_secs(5),
+            &mut leases,
+            &listening,
+            |_| true,
+        );
         assert!(changes.is_empty());
 
         listening.insert(Proto::Tcp, 20000, &[42]);
-        let changes = allocator.reconcile(t0() + Duration::from_secs(6), &mut leases, &listening, |_| true);
+        let changes = allocator.reconcile(
+            t0() + Duration::from_secs(6),
+            &mut leases,
+            &listening,
+            |_| true,
+        );
         assert_eq!(changes.len(), 1);
-        assert_eq!((changes[0].from, changes[0].to), (LeaseState::Allocated, Some(LeaseState::InUse)));
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (LeaseState::Allocated, Some(LeaseState::InUse))
+        );
         assert_eq!(leases[0].state, LeaseState::InUse);
         assert_eq!(leases[0].since, t0() + Duration::from_secs(6));
 
@@ -798,7 +871,12 @@ mod tests {
         );
         assert!(changes.is_empty(), "still cooling down");
         assert_eq!(leases.len(), 1);
-        let changes = allocator.reconcile(released_at + DEFAULT_COOLDOWN, &mut leases, &ListeningPorts::new(), |_| false);
+        let changes = allocator.reconcile(
+            released_at + DEFAULT_COOLDOWN,
+            &mut leases,
+            &ListeningPorts::new(),
+            |_| false,
+        );
         assert_eq!(changes[0].to, None);
         assert_eq!(changes[0].reason, "cooldown over; port is free");
         assert!(leases.is_empty());
@@ -844,8 +922,17 @@ mod tests {
         let allocator = small_allocator();
         let mut leases = vec![lease("quiet", 20000, LeaseState::Allocated, t0())];
         let before = t0() + DEFAULT_LISTEN_GRACE - Duration::from_millis(1);
-        assert!(allocator.reconcile(before, &mut leases, &ListeningPorts::new(), |_| true).is_empty());
-        let changes = allocator.reconcile(t0() + DEFAULT_LISTEN_GRACE, &mut leases, &ListeningPorts::new(), |_| true);
+        assert!(
+            allocator
+                .reconcile(before, &mut leases, &ListeningPorts::new(), |_| true)
+                .is_empty()
+        );
+        let changes = allocator.reconcile(
+            t0() + DEFAULT_LISTEN_GRACE,
+            &mut leases,
+            &ListeningPorts::new(),
+            |_| true,
+        );
         assert_eq!(changes[0].reason, "not listening 60 s after allocation");
         assert_eq!(leases[0].state, LeaseState::Released);
     }

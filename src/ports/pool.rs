@@ -133,7 +133,10 @@ impl<'de> Deserialize<'de> for PortRange {
 /// The named pools of one node. Always has a [`DEFAULT_POOL`]: if the config names none, the
 /// default pool is [`DEFAULT_POOL_RANGE`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, Vec<PortRange>>", into = "BTreeMap<String, Vec<PortRange>>")]
+#[serde(
+    try_from = "BTreeMap<String, Vec<PortRange>>",
+    into = "BTreeMap<String, Vec<PortRange>>"
+)]
 pub struct PoolSet {
     /// Pool name → its ranges, sorted and merged-free (ranges of one pool do not overlap).
     pools: BTreeMap<String, Vec<PortRange>>,
@@ -268,7 +271,10 @@ mod tests {
     #[test]
     fn default_pool_is_always_present() {
         let set = PoolSet::new(BTreeMap::new()).expect("valid");
-        assert_eq!(set.ranges(DEFAULT_POOL).expect("present"), &[DEFAULT_POOL_RANGE]);
+        assert_eq!(
+            set.ranges(DEFAULT_POOL).expect("present"),
+            &[DEFAULT_POOL_RANGE]
+        );
         assert_eq!(set, PoolSet::default());
         let custom = PoolSet::new(BTreeMap::from([(
             "web".to_string(),

@@ -119,7 +119,9 @@ pub fn parse_proc_net(file: ProcNetFile, text: &str) -> Result<Vec<ProcNetSocket
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
         // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
         if fields.len() < 10 || !fields[0].ends_with(':') {
-            return Err(error("expected `sl: local remote st ... uid timeout inode`"));
+            return Err(error(
+                "expected `sl: local remote st ... uid timeout inode`",
+            ));
         }
         let local = parse_address(fields[1], file.is_ipv6())
             .ok_or_else(|| error(&format!("bad local address `{}`", fields[1])))?;
@@ -281,25 +283,46 @@ mod tests {
     fn udp_bound_sockets_are_listening_connected_ones_are_not() {
         let udp = listening_sockets(ProcNetFile::Udp, UDP).expect("valid");
         assert_eq!(udp.len(), 1);
-        assert_eq!((udp[0].local.port(), udp[0].inode, udp[0].proto), (58694, 181524, Proto::Udp));
+        assert_eq!(
+            (udp[0].local.port(), udp[0].inode, udp[0].proto),
+            (58694, 181524, Proto::Udp)
+        );
         let udp6 = listening_sockets(ProcNetFile::Udp6, UDP6).expect("valid");
         assert_eq!((udp6[0].local.port(), udp6[0].inode), (34018, 181525));
-        assert!(listening_sockets(ProcNetFile::Udp, UDP_CONNECTED).expect("valid").is_empty());
+        assert!(
+            listening_sockets(ProcNetFile::Udp, UDP_CONNECTED)
+                .expect("valid")
+                .is_empty()
+        );
     }
 
     #[test]
     fn empty_tables_and_malformed_lines() {
-        assert!(parse_proc_net(ProcNetFile::Tcp, "").expect("valid").is_empty());
+        assert!(
+            parse_proc_net(ProcNetFile::Tcp, "")
+                .expect("valid")
+                .is_empty()
+        );
         let header_only = TCP.lines().next().expect("header");
-        assert!(parse_proc_net(ProcNetFile::Tcp, header_only).expect("valid").is_empty());
-        let err = parse_proc_net(ProcNetFile::Tcp6, "  sl local\n   0: 0100007F:0016 00000000:0000 0A 0 0 0 0 0 1\n")
-            .expect_err("ipv4 address in tcp6");
+        assert!(
+            parse_proc_net(ProcNetFile::Tcp, header_only)
+                .expect("valid")
+                .is_empty()
+        );
+        let err = parse_proc_net(
+            ProcNetFile::Tcp6,
+            "  sl local\n   0: 0100007F:0016 00000000:0000 0A 0 0 0 0 0 1\n",
+        )
+        .expect_err("ipv4 address in tcp6");
         assert_eq!(
             err.to_string(),
             "/proc/net/tcp6 line 2: bad local address `0100007F:0016`"
         );
         let err = parse_proc_net(ProcNetFile::Tcp, "garbage\n").expect_err("short line");
-        assert!(err.to_string().starts_with("/proc/net/tcp line 1:"), "{err}");
+        assert!(
+            err.to_string().starts_with("/proc/net/tcp line 1:"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -316,7 +339,13 @@ mod tests {
         sockets.extend(listening_sockets(ProcNetFile::Udp, UDP).expect("valid"));
         // What the caller read from /proc/*/fd on this machine (fd 3 and 5 of pid 900), plus
         // a forked child sharing the listener and a non-socket inode.
-        let fds = [(900, 181522), (901, 181522), (900, 181524), (900, 181497), (900, 181522)];
+        let fds = [
+            (900, 181522),
+            (901, 181522),
+            (900, 181524),
+            (900, 181497),
+            (900, 181522),
+        ];
         let mapped = map_inodes_to_pids(sockets, fds);
         let summary: Vec<(Proto, u16, Vec<u32>)> = mapped
             .iter()

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    HydrateStats, MeshState, NodeRecord, StateError, genesis, hydrate_lenient, put_entry,
-    validate_tag,
+    COMPACT_AT_CHANGES, EpochId, HydrateStats, MeshState, NodeRecord, StateError, compact,
+    epoch_of, genesis, hydrate_lenient, migrate_into, put_entry, validate_tag,
 };
 use crate::sync::{SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{SyncRequest, SyncResponse};
@@ -45,6 +45,15 @@ pub const ANTI_ENTROPY: Duration = Duration::from_secs(15);
 pub const SAVE_SYNC_STATES: Duration = Duration::from_secs(30);
 /// Rewrite the document file once its appended tail exceeds the full part and this floor.
 pub const MIN_COMPACT_TAIL: u64 = 64 * 1024;
+/// Least time between two compactions by this node: a burst of changes cannot make it compact
+/// over and over, and peers have time to adopt one epoch before the next.
+pub const MIN_COMPACT_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a snapshot fetch may take before another peer is asked.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node whose document lacks its own record (first start, or state lost) waits for
+/// a peer to send the existing one before writing it. Writing first would create a second,
+/// conflicting record object, and the mesh might keep the empty one (losing tags).
+pub const SELF_RECORD_GRACE: Duration = Duration::from_secs(2);
 /// Directory in the data dir holding the state files.
 pub const STATE_DIR: &str = "state";
 const DOC_FILE: &str = "doc.automerge";
@@ -74,6 +83,12 @@ pub enum StateCommand {
     },
     PeerUp(PeerId),
     PeerDown(PeerId),
+    /// Compact into a new epoch now if this node leads and everyone is in sync (tests,
+    /// benchmarks); normally this happens on its own past [`COMPACT_AT_CHANGES`].
+    CompactNow {
+        force: bool,
+        reply: oneshot::Sender<Result<bool, StateError>>,
+    },
     /// A sync request arrived; answer with [`SyncOut::Respond`] carrying `token`.
     Inbound {
         peer: PeerId,
@@ -108,12 +123,13 @@ pub struct PeerSyncView {
 pub struct StateSnapshot {
     /// Increases on every document change.
     pub version: u64,
-    pub state: MeshState,
+    /// Shared between snapshots while the document does not change.
+    pub state: Arc<MeshState>,
     pub heads: Vec<String>,
     pub changes: usize,
     /// Bytes of the document file (0 in memory).
     pub file_bytes: u64,
-    pub epoch: u64,
+    pub epoch: EpochId,
     pub peers: Vec<PeerSyncView>,
     pub sync: SyncStats,
     pub hydrate: HydrateStats,
@@ -146,6 +162,18 @@ impl StateHandle {
 
     pub fn snapshot(&self) -> Arc<StateSnapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Compacts into a new epoch. Without `force`, only when this node is the compaction
+    /// leader (lowest id among connected peers) and every connected peer is in sync. Returns
+    /// whether a new epoch was made.
+    pub async fn compact_now(&self, force: bool) -> Result<bool, StateError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(StateCommand::CompactNow { force, reply })
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        rx.await.map_err(|_| StateError::Stopped)?
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<StateSnapshot>> {
@@ -222,30 +250,36 @@ fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
             return (genesis(actor.clone()), false, true);
         }
     };
+    // The file is a sequence of Automerge chunks; a crash while appending leaves a partial
+    // last chunk. Load the whole chunks, and rewrite the file if a tail was cut off.
+    let whole = whole_chunks_len(&bytes);
     let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
-    match AutoCommit::load_with_options(&bytes, strict) {
-        Ok(doc) => return (doc.with_actor(actor.clone()), false, false),
-        Err(e) => tracing::debug!(error = %e, "strict load failed; trying to skip a torn tail"),
-    }
-    let lenient = LoadOptions::new().on_partial_load(OnPartialLoad::Ignore);
-    if let Ok(doc) = AutoCommit::load_with_options(&bytes, lenient) {
-        let mut doc = doc.with_actor(actor.clone());
-        if !doc.get_heads().is_empty() {
-            tracing::warn!(
-                path = %path.display(),
-                "the state file ended in a torn write (crash while saving); kept everything before it"
-            );
-            // Rewritten in full by the caller.
-            return (doc, false, true);
+    if whole > 0 {
+        match AutoCommit::load_with_options(&bytes[..whole], strict) {
+            Ok(doc) => {
+                let torn = whole < bytes.len();
+                if torn {
+                    tracing::warn!(
+                        path = %path.display(),
+                        dropped_bytes = bytes.len() - whole,
+                        "the state file ended in a torn write (crash while saving); kept \
+                         everything before it"
+                    );
+                }
+                return (doc.with_actor(actor.clone()), false, torn);
+            }
+            Err(e) => tracing::warn!(error = %e, "the state file does not load"),
         }
     }
-    let aside = path.with_extension(format!(
-        "corrupt-{}",
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(
+        ".corrupt-{}",
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
     ));
+    let aside = PathBuf::from(aside);
     match std::fs::rename(path, &aside) {
         Ok(()) => tracing::warn!(
             moved_to = %aside.display(),
@@ -257,13 +291,70 @@ fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
     (genesis(actor.clone()), true, true)
 }
 
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// Magic bytes that open every Automerge chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Length of the longest prefix of `bytes` made of whole Automerge chunks (magic, 4-byte
+/// checksum, 1-byte type, LEB128 length, data). Contents are verified by the loader, not here.
+pub fn whole_chunks_len(bytes: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            break;
+        }
+        let mut len: u64 = 0;
+        let mut shift = 0;
+        let mut header = 9;
+        loop {
+            let Some(b) = rest.get(header) else {
+                return pos;
+            };
+            header += 1;
+            len |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return pos;
+            }
+        }
+        let Some(total) = usize::try_from(len).ok().and_then(|l| l.checked_add(header)) else {
+            break;
+        };
+        if total > rest.len() {
+            break;
+        }
+        pos += total;
+    }
+    pos
+}
+
 struct StateActor {
     local: PeerId,
+    actor_id: ActorId,
     doc: AutoCommit,
+    epoch: EpochId,
+    /// Changes in the document's history, kept up to date without walking it.
+    change_count: usize,
+    /// The hydrated value and the heads it was read at.
+    hydrated: (Vec<automerge::ChangeHash>, Arc<MeshState>, HydrateStats),
+    last_compaction: Option<Instant>,
+    /// A snapshot fetch under way: from whom, since when.
+    fetching: Option<(PeerId, Instant)>,
+    /// This node's record, held back until a peer had a chance to send the existing one.
+    pending_self: Option<(NodeRecord, Instant)>,
     file: Option<DocFile>,
     sync_file: Option<PathBuf>,
     sessions: SyncSessions,
-    epoch: u64,
     out: mpsc::Sender<SyncOut>,
     commands: mpsc::Receiver<StateCommand>,
     snapshot_tx: watch::Sender<Arc<StateSnapshot>>,
@@ -289,7 +380,7 @@ pub fn spawn_state(
     // A fresh actor id per start: a node whose file was lost can never reuse a sequence number
     // it already used (which would corrupt the document everywhere).
     let actor = ActorId::random();
-    let (doc, recovered, rewrite, file, sync_file, sessions) = match &config.data_dir {
+    let (mut doc, recovered, rewrite, file, sync_file, sessions) = match &config.data_dir {
         Some(dir) => {
             let dir = dir.join(STATE_DIR);
             std::fs::create_dir_all(&dir)
@@ -310,17 +401,19 @@ pub fn spawn_state(
             }
             (doc, recovered, rewrite, Some(file), Some(sync_path), sessions)
         }
-        None => (genesis(actor), false, false, None, None, SyncSessions::new()),
+        None => (genesis(actor.clone()), false, false, None, None, SyncSessions::new()),
     };
+    let epoch = epoch_of(&mut doc);
+    let change_count = doc.get_changes(&[]).len();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
     let (out_tx, out_rx) = mpsc::channel(OUT_CHANNEL);
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
         version: 0,
-        state: MeshState::default(),
+        state: Arc::new(MeshState::default()),
         heads: Vec::new(),
         changes: 0,
         file_bytes: 0,
-        epoch: 0,
+        epoch: epoch.clone(),
         peers: Vec::new(),
         sync: SyncStats::default(),
         hydrate: HydrateStats::default(),
@@ -328,11 +421,17 @@ pub fn spawn_state(
     }));
     let mut actor = StateActor {
         local: config.local,
+        actor_id: actor,
         doc,
+        epoch,
+        change_count,
+        hydrated: (Vec::new(), Arc::new(MeshState::default()), HydrateStats::default()),
+        last_compaction: None,
+        fetching: None,
+        pending_self: None,
         file,
         sync_file,
         sessions,
-        epoch: 0,
         out: out_tx,
         commands: cmd_rx,
         snapshot_tx,
@@ -344,7 +443,11 @@ pub fn spawn_state(
     if rewrite {
         actor.rewrite_file();
     }
-    actor.write_self_record(config.self_record)?;
+    if actor.has_own_record() {
+        actor.write_self_record(config.self_record)?;
+    } else {
+        actor.pending_self = Some((config.self_record, Instant::now() + SELF_RECORD_GRACE));
+    }
     actor.publish();
     let task = tokio::spawn(actor.run());
     Ok((
@@ -362,9 +465,11 @@ impl StateActor {
         let mut anti_entropy = tokio::time::interval(ANTI_ENTROPY);
         let mut save_states = tokio::time::interval(SAVE_SYNC_STATES);
         loop {
+            let self_deadline = self.pending_self.as_ref().map(|(_, t)| *t);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = sleep_until_opt(self_deadline) => self.flush_pending_self().await,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -372,6 +477,9 @@ impl StateActor {
                 _ = anti_entropy.tick() => {
                     let msgs = self.sessions.anti_entropy(&mut self.doc, Instant::now().into_std());
                     self.send_all(msgs).await;
+                    if let Err(e) = self.maybe_compact(false).await {
+                        tracing::warn!(error = %e, "compaction failed");
+                    }
                 }
                 _ = save_states.tick() => self.save_sync_states(),
             }
@@ -388,6 +496,11 @@ impl StateActor {
                 let _ = reply.send(result);
             }
             StateCommand::SetAddrs(addrs) => {
+                if let Some((pending, _)) = self.pending_self.as_mut() {
+                    // Still waiting for the mesh's copy of our record: amend what we will write.
+                    pending.addrs = addrs;
+                    return;
+                }
                 let mut rec = self.own_record();
                 if rec.addrs != addrs {
                     rec.addrs = addrs;
@@ -395,6 +508,11 @@ impl StateActor {
                 }
             }
             StateCommand::MarkLeft { reply } => {
+                if self.pending_self.take().is_some() {
+                    // Leaving before our record was ever written: nothing to mark.
+                    let _ = reply.send(());
+                    return;
+                }
                 let mut rec = self.own_record();
                 rec.left_at_ms = Some(now_ms());
                 let _ = self.write_own(rec).await;
@@ -409,22 +527,40 @@ impl StateActor {
             }
             StateCommand::PeerDown(peer) => {
                 self.sessions.on_peer_down(peer);
+                if self.fetching.is_some_and(|(p, _)| p == peer) {
+                    self.fetching = None;
+                }
                 self.publish();
+            }
+            StateCommand::CompactNow { force, reply } => {
+                let _ = reply.send(self.maybe_compact(force).await);
             }
             StateCommand::Inbound {
                 peer,
                 token,
                 request,
             } => {
-                let response = if request.epoch != self.epoch {
-                    SyncResponse::EpochMismatch { epoch: self.epoch }
-                } else {
-                    match self.receive(peer, &request.message).await {
-                        Ok(reply) => SyncResponse::Message {
-                            epoch: self.epoch,
-                            message: reply,
-                        },
-                        Err(()) => SyncResponse::Refused,
+                let response = match request {
+                    SyncRequest::FetchSnapshot => SyncResponse::Snapshot {
+                        epoch: self.epoch.clone(),
+                        doc: self.doc.save(),
+                    },
+                    SyncRequest::Sync { epoch, message } if epoch == self.epoch => {
+                        match self.receive(peer, &message).await {
+                            Ok(reply) => SyncResponse::Message {
+                                epoch: self.epoch.clone(),
+                                message: reply,
+                            },
+                            Err(()) => SyncResponse::Refused,
+                        }
+                    }
+                    SyncRequest::Sync { epoch, .. } => {
+                        if epoch.supersedes(&self.epoch) {
+                            self.fetch_snapshot(peer).await;
+                        }
+                        SyncResponse::EpochMismatch {
+                            epoch: self.epoch.clone(),
+                        }
                     }
                 };
                 let _ = self.out.send(SyncOut::Respond(token, response)).await;
@@ -440,7 +576,22 @@ impl StateActor {
                 }
                 SyncResponse::Message { .. } => {}
                 SyncResponse::EpochMismatch { epoch } => {
-                    tracing::warn!(%peer, their_epoch = epoch, our_epoch = self.epoch, "peer is on another state epoch");
+                    if epoch.supersedes(&self.epoch) {
+                        self.fetch_snapshot(peer).await;
+                    } else {
+                        // The peer is behind; it fetches from us. Nothing was delivered.
+                        self.sessions.on_send_failed(peer);
+                    }
+                }
+                SyncResponse::Snapshot { epoch, doc } => {
+                    if self.fetching.is_some_and(|(p, _)| p == peer) {
+                        self.fetching = None;
+                    }
+                    if epoch.supersedes(&self.epoch)
+                        && let Err(e) = self.adopt(peer, &epoch, &doc).await
+                    {
+                        tracing::warn!(%peer, error = %e, "cannot adopt the peer's state epoch");
+                    }
                 }
                 SyncResponse::Refused | SyncResponse::NotAdmitted => {
                     self.sessions.on_send_failed(peer);
@@ -448,6 +599,30 @@ impl StateActor {
             },
             StateCommand::SendFailed(peer) => self.sessions.on_send_failed(peer),
         }
+    }
+
+    fn has_own_record(&self) -> bool {
+        hydrate_lenient(&self.doc)
+            .0
+            .nodes
+            .contains_key(&self.local.to_base58())
+    }
+
+    /// Writes the held-back record (see [`SELF_RECORD_GRACE`]), merged with whatever the mesh
+    /// already holds for us.
+    async fn flush_pending_self(&mut self) {
+        let Some((record, _)) = self.pending_self.take() else {
+            return;
+        };
+        if let Err(e) = self.write_self_record(record) {
+            tracing::warn!(error = %e, "cannot write this node's record");
+            return;
+        }
+        self.publish();
+        let msgs = self
+            .sessions
+            .generate_all(&mut self.doc, Instant::now().into_std());
+        self.send_all(msgs).await;
     }
 
     /// Applies a sync message; on news, persists it, republishes, and forwards to other peers.
@@ -461,7 +636,14 @@ impl StateActor {
                 return Err(());
             }
         };
-        if self.doc.get_heads() == before {
+        let added = self.doc.get_changes(&before).len();
+        self.change_count += added;
+        if self.pending_self.is_some()
+            && (self.has_own_record() || self.sessions.status(&peer, &self.doc.get_heads()) == SyncStatus::InSync)
+        {
+            self.flush_pending_self().await;
+        }
+        if added == 0 {
             // Their heads may have changed what `mesh state` shows.
             self.publish();
         } else {
@@ -499,6 +681,9 @@ impl StateActor {
     }
 
     fn own_record(&self) -> NodeRecord {
+        if let Some((pending, _)) = &self.pending_self {
+            return pending.clone();
+        }
         self.snapshot_tx
             .borrow()
             .state
@@ -510,16 +695,42 @@ impl StateActor {
 
     /// Writes this node's record, commits, pushes to peers, and fsyncs before returning.
     async fn write_own(&mut self, record: NodeRecord) -> Result<(), StateError> {
+        if let Some((pending, _)) = self.pending_self.take() {
+            // A local write before any peer answered: the record is written now after all.
+            let mut merged = record;
+            merged.joined_at_ms = pending.joined_at_ms;
+            self.write_self_record_keep_tags(merged)?;
+            self.publish();
+            let msgs = self
+                .sessions
+                .generate_all(&mut self.doc, Instant::now().into_std());
+            self.send_all(msgs).await;
+            return Ok(());
+        }
         put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
         if self.doc.commit().is_none() {
             return Ok(());
         }
+        self.change_count += 1;
         self.publish();
         let msgs = self
             .sessions
             .generate_all(&mut self.doc, Instant::now().into_std());
         self.send_all(msgs).await;
         self.persist();
+        Ok(())
+    }
+
+    /// Like [`StateActor::write_self_record`], but with the tags of `record` itself.
+    fn write_self_record_keep_tags(&mut self, mut record: NodeRecord) -> Result<(), StateError> {
+        if record.joined_at_ms <= 0 {
+            record.joined_at_ms = now_ms();
+        }
+        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
+        if self.doc.commit().is_some() {
+            self.change_count += 1;
+            self.persist();
+        }
         Ok(())
     }
 
@@ -535,14 +746,112 @@ impl StateActor {
         record.left_at_ms = None;
         put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
         if self.doc.commit().is_some() {
+            self.change_count += 1;
             self.persist();
         }
         Ok(())
     }
 
+    /// Asks `peer` for its whole document, unless a fetch is already under way.
+    async fn fetch_snapshot(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        if self
+            .fetching
+            .is_some_and(|(_, since)| now.duration_since(since) < FETCH_TIMEOUT)
+        {
+            return;
+        }
+        self.fetching = Some((peer, now));
+        let _ = self
+            .out
+            .send(SyncOut::Request(peer, SyncRequest::FetchSnapshot))
+            .await;
+    }
+
+    /// Switches to a newer epoch received from `peer`, carrying over what only we knew.
+    async fn adopt(&mut self, peer: PeerId, epoch: &EpochId, bytes: &[u8]) -> Result<(), StateError> {
+        let mut new = AutoCommit::load(bytes)
+            .map_err(|e| StateError::Load(format!("snapshot from {peer}: {e}")))?
+            .with_actor(self.actor_id.clone());
+        let actual = epoch_of(&mut new);
+        if actual != *epoch || !actual.supersedes(&self.epoch) {
+            return Err(StateError::Load(format!(
+                "snapshot from {peer} is epoch {actual}, announced {epoch}"
+            )));
+        }
+        let (old, _) = hydrate_lenient(&self.doc);
+        migrate_into(&old, &mut new, &self.local.to_base58())?;
+        tracing::info!(from = %self.epoch, to = %actual, via = %peer, "adopted a new state epoch");
+        self.switch_epoch(new, actual).await;
+        Ok(())
+    }
+
+    /// Compacts into a new epoch when due (or when forced): past [`COMPACT_AT_CHANGES`], at most
+    /// every [`MIN_COMPACT_INTERVAL`], by the leader (lowest node id among this node and its
+    /// connected peers), once every connected peer is in sync — so members rarely compact at
+    /// once, and when they do the epoch order picks one winner.
+    async fn maybe_compact(&mut self, force: bool) -> Result<bool, StateError> {
+        let now = Instant::now();
+        if !force {
+            if self.change_count < COMPACT_AT_CHANGES
+                || self
+                    .last_compaction
+                    .is_some_and(|t| now.duration_since(t) < MIN_COMPACT_INTERVAL)
+            {
+                return Ok(false);
+            }
+            let heads = self.doc.get_heads();
+            let connected: Vec<PeerId> = self
+                .sessions
+                .peers()
+                .filter(|(_, c)| *c)
+                .map(|(p, _)| *p)
+                .collect();
+            let leader = connected.iter().all(|p| self.local < *p);
+            let in_sync = connected
+                .iter()
+                .all(|p| self.sessions.status(p, &heads) == SyncStatus::InSync);
+            if !leader || !in_sync {
+                return Ok(false);
+            }
+        }
+        let new = compact(&mut self.doc, self.actor_id.clone())?;
+        let mut new = new;
+        let epoch = epoch_of(&mut new);
+        tracing::info!(from = %self.epoch, to = %epoch, "compacted the state into a new epoch");
+        self.last_compaction = Some(now);
+        self.switch_epoch(new, epoch).await;
+        Ok(true)
+    }
+
+    /// Replaces the document: new sync sessions (heads share nothing with the old epoch), the
+    /// file rewritten, readers and peers told.
+    async fn switch_epoch(&mut self, mut doc: AutoCommit, epoch: EpochId) {
+        self.change_count = doc.get_changes(&[]).len();
+        self.doc = doc;
+        self.epoch = epoch;
+        let connected: Vec<PeerId> = self
+            .sessions
+            .peers()
+            .filter(|(_, c)| *c)
+            .map(|(p, _)| *p)
+            .collect();
+        let stats = self.sessions.stats().clone();
+        self.sessions = SyncSessions::with_stats(stats);
+        self.rewrite_file();
+        self.sync_states_dirty = true;
+        self.publish();
+        let now = Instant::now().into_std();
+        for peer in connected {
+            if let Some(msg) = self.sessions.on_peer_up(peer, &mut self.doc, now) {
+                self.send(peer, msg).await;
+            }
+        }
+    }
+
     async fn send(&mut self, peer: PeerId, message: Vec<u8>) {
-        let req = SyncRequest {
-            epoch: self.epoch,
+        let req = SyncRequest::Sync {
+            epoch: self.epoch.clone(),
             message,
         };
         let _ = self.out.send(SyncOut::Request(peer, req)).await;
@@ -596,8 +905,12 @@ impl StateActor {
     }
 
     fn publish(&mut self) {
-        let (state, hydrate) = hydrate_lenient(&self.doc);
         let heads = self.doc.get_heads();
+        if self.hydrated.0 != heads {
+            let (state, stats) = hydrate_lenient(&self.doc);
+            self.hydrated = (heads.clone(), Arc::new(state), stats);
+        }
+        let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
         let peers = self
             .sessions
             .peers()
@@ -612,14 +925,38 @@ impl StateActor {
             version: self.version,
             state,
             heads: heads.iter().map(|h| h.to_string()).collect(),
-            changes: self.doc.get_changes(&[]).len(),
+            changes: self.change_count,
             file_bytes: self.file.as_ref().map_or(0, |f| f.bytes),
-            epoch: self.epoch,
+            epoch: self.epoch.clone(),
             peers,
             sync: self.sessions.stats().clone(),
             hydrate,
             recovered_from_corruption: self.recovered,
         };
         self.snapshot_tx.send_replace(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_chunks_stop_at_a_torn_tail() {
+        let mut doc = genesis(ActorId::random());
+        let mut bytes = doc.save();
+        let first = bytes.len();
+        put_entry(&mut doc, "nodes", "x", &NodeRecord::default()).unwrap();
+        doc.commit();
+        bytes.extend(doc.save_incremental());
+        let two = bytes.len();
+        assert_eq!(whole_chunks_len(&bytes), two);
+        for cut in [two - 1, first + 5, first + 1] {
+            assert_eq!(whole_chunks_len(&bytes[..cut]), first, "cut at {cut}");
+        }
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&[0x85, 0x6f, 0x4a, 0x83, 0x00, 0x17, 0xff]);
+        assert_eq!(whole_chunks_len(&torn), two);
+        assert_eq!(whole_chunks_len(b"garbage"), 0);
     }
 }

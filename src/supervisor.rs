@@ -1,0 +1,620 @@
+//! Supervisor: keeps this node's services alive, in dependency order, sans-IO.
+//!
+//! Owns the decision logic of local supervision: the [`Supervisor`] holds the dependency
+//! graph ([`graph`]) and one state machine per service ([`machine`]), and turns the desired
+//! state and the dependencies into a [`Directive`] per service after every event:
+//!
+//! - a service starts once it is wanted and every dependency is `healthy`;
+//! - while a dependency restarts (`backoff`, `starting` again, a restart-stop, `unhealthy`),
+//!   running dependents ride through: nothing new starts, nothing is stopped;
+//! - when a dependency is unavailable (`failed`, stopped, exited), its dependents are stopped,
+//!   dependents of dependents first, with the reason ("dependency db failed"), and they start
+//!   again once it is `healthy`;
+//! - a service being stopped waits until its running dependents have exited, so stops (and
+//!   agent shutdown) go in reverse dependency order; shutdown may also leave services running.
+//!
+//! Inputs: [`SupervisorEvent`]s with `now` (operator start/stop/restart, process and health
+//! reports, timers, states of dependencies on other nodes, shutdown) and spec updates
+//! ([`Supervisor::apply_specs`]). Outputs: [`SupervisorAction`]s to carry out in order (spawn,
+//! signal, health check, timer, audit, publish). It does no I/O and reads no clock; the
+//! launcher, prober, port leases and the replicated document are wired around it.
+//!
+//! Modules: [`spec`] (service specs, TOML and CLI forms, validation, `$PORT` expansion),
+//! [`graph`] (start/stop order, cycles), [`backoff`] (restart delays), [`machine`] (one
+//! service's lifecycle). Spec: `protocol/service-spec.md`.
+
+pub mod backoff;
+pub mod graph;
+pub mod machine;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use graph::DependencyGraph;
+pub use machine::{
+    AuditEvent, AuditKind, Directive, ExitStatus, HealthOutcome, MachineEvent, ServiceMachine,
+    ServiceState, ServiceStatus, StopCause, StopSignal, SupervisorAction,
+};
+pub use spec::{
+    CliServiceParts, HealthCheck, HealthSpec, PortSpec, RestartPolicy, RestartSpec, ServiceFile,
+    ServiceSpec, SpecError, expand_args, parse_service_file, validate_set,
+};
+
+/// What to do with running services when the agent shuts down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShutdownMode {
+    /// Stop every service in reverse dependency order (SIGTERM, grace, SIGKILL).
+    StopServices,
+    /// Leave them running (they keep their process groups); a restarted agent adopts nothing
+    /// and starts fresh, so use this for agent upgrades of services that tolerate it.
+    LeaveRunning,
+}
+
+/// Inputs of the [`Supervisor`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SupervisorEvent {
+    /// Operator or desired state: the service should run. Clears `failed`.
+    Start {
+        service: String,
+        reason: String,
+    },
+    /// Operator or desired state: the service should not run.
+    Stop {
+        service: String,
+        reason: String,
+    },
+    /// Operator: stop and start again at once, forgetting past failures.
+    Restart {
+        service: String,
+        reason: String,
+    },
+    Spawned {
+        service: String,
+        pid: u32,
+    },
+    SpawnFailed {
+        service: String,
+        error: String,
+    },
+    Exited {
+        service: String,
+        pid: u32,
+        status: ExitStatus,
+    },
+    HealthChecked {
+        service: String,
+        pid: u32,
+        outcome: HealthOutcome,
+    },
+    /// The published state of a dependency placed on another node (from the document).
+    RemoteState {
+        service: String,
+        state: ServiceState,
+    },
+    /// A scheduled time has come.
+    TimerFired,
+    Shutdown {
+        mode: ShutdownMode,
+    },
+}
+
+/// Errors of the supervisor core.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no service `{service}` on this node")]
+    UnknownService { service: String },
+    #[error("the agent is shutting down; `{service}` cannot be started")]
+    ShuttingDown { service: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+/// Whether dependents can count on a dependency in `state` on another node: the same rule as
+/// for local ones, judged from the published state alone (a remote `stopping` is assumed to
+/// be a restart).
+fn remote_unavailability(state: Option<ServiceState>) -> Option<String> {
+    match state {
+        None => Some("has no known state (on another node)".to_string()),
+        Some(
+            ServiceState::Starting
+            | ServiceState::Healthy
+            | ServiceState::Unhealthy
+            | ServiceState::Backoff
+            | ServiceState::Stopping,
+        ) => None,
+        Some(state) => Some(format!("is {state} (on another node)")),
+    }
+}
+
+/// The supervisor core of one node.
+#[derive(Debug)]
+pub struct Supervisor {
+    graph: DependencyGraph,
+    specs: BTreeMap<String, ServiceSpec>,
+    machines: BTreeMap<String, ServiceMachine>,
+    /// Desired state per service: `Some(reason)` if stopped by request.
+    stopped_by_request: BTreeMap<String, String>,
+    /// Published states of dependencies on other nodes.
+    remote: BTreeMap<String, ServiceState>,
+    /// Removed services still stopping; dropped once their process is gone.
+    draining: BTreeMap<String, ServiceMachine>,
+    shutdown: Option<ShutdownMode>,
+    seed: u64,
+}
+
+/// FNV-1a: a stable per-service seed from the supervisor's seed (std's hasher is randomised).
+fn service_seed(seed: u64, name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    seed ^ hash
+}
+
+impl Supervisor {
+    /// A supervisor for the services placed on this node, all wanted running. Dependencies
+    /// not among `specs` are on other nodes: their state comes in as
+    /// [`SupervisorEvent::RemoteState`]. `seed` makes backoff jitter reproducible. Nothing
+    /// starts until the first [`Supervisor::reconcile`] (or any event).
+    pub fn new(specs: Vec<ServiceSpec>, seed: u64, now: Instant) -> Result<Self, SpecError> {
+        let graph = Self::local_graph(&specs)?;
+        let machines = specs
+            .iter()
+            .map(|spec| {
+                (
+                    spec.name.clone(),
+                    ServiceMachine::new(spec, service_seed(seed, &spec.name), now),
+                )
+            })
+            .collect();
+        Ok(Self {
+            graph,
+            specs: specs
+                .into_iter()
+                .map(|spec| (spec.name.clone(), spec))
+                .collect(),
+            machines,
+            stopped_by_request: BTreeMap::new(),
+            remote: BTreeMap::new(),
+            draining: BTreeMap::new(),
+            shutdown: None,
+            seed,
+        })
+    }
+
+    fn local_graph(specs: &[ServiceSpec]) -> Result<DependencyGraph, SpecError> {
+        for spec in specs {
+            spec.validate()?;
+        }
+        DependencyGraph::with_external(
+            specs
+                .iter()
+                .map(|spec| (spec.name.clone(), spec.after.clone())),
+        )
+    }
+
+    pub fn graph(&self) -> &DependencyGraph {
+        &self.graph
+    }
+
+    pub fn spec(&self, service: &str) -> Option<&ServiceSpec> {
+        self.specs.get(service)
+    }
+
+    pub fn status(&self, service: &str) -> Option<ServiceStatus> {
+        self.machines
+            .get(service)
+            .or_else(|| self.draining.get(service))
+            .map(ServiceMachine::status)
+    }
+
+    /// Every local service's status, in start order.
+    pub fn statuses(&self) -> Vec<ServiceStatus> {
+        self.graph
+            .start_order()
+            .iter()
+            .filter_map(|name| self.status(name))
+            .collect()
+    }
+
+    /// The earliest time a [`SupervisorEvent::TimerFired`] is needed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.shutdown == Some(ShutdownMode::LeaveRunning) {
+            return None;
+        }
+        self.machines
+            .values()
+            .chain(self.draining.values())
+            .filter_map(ServiceMachine::next_deadline)
+            .min()
+    }
+
+    /// After a [`ShutdownMode::StopServices`] shutdown: whether every process has exited.
+    pub fn is_shut_down(&self) -> bool {
+        match self.shutdown {
+            None => false,
+            Some(ShutdownMode::LeaveRunning) => true,
+            Some(ShutdownMode::StopServices) => self
+                .machines
+                .values()
+                .chain(self.draining.values())
+                .all(|machine| !machine.has_process()),
+        }
+    }
+
+    /// Handles one event at `now` and returns what to do.
+    pub fn on_event(
+        &mut self,
+        now: Instant,
+        event: SupervisorEvent,
+    ) -> Result<Vec<SupervisorAction>, SupervisorError> {
+        let mut out = Vec::new();
+        if self.shutdown == Some(ShutdownMode::LeaveRunning) {
+            return Ok(out);
+        }
+        match event {
+            SupervisorEvent::Start { service, reason } => {
+                if self.shutdown.is_some() {
+                    return Err(SupervisorError::ShuttingDown { service });
+                }
+                self.machine_mut(&service)?;
+                self.stopped_by_request.remove(&service);
+                self.deliver(
+                    now,
+                    &service,
+                    MachineEvent::StartRequested { reason },
+                    &mut out,
+                )?;
+            }
+            SupervisorEvent::Stop { service, reason } => {
+                self.machine_mut(&service)?;
+                self.stopped_by_request.insert(service, reason);
+            }
+            SupervisorEvent::Restart { service, reason } => {
+                if self.shutdown.is_some() {
+                    return Err(SupervisorError::ShuttingDown { service });
+                }
+                self.machine_mut(&service)?;
+                self.stopped_by_request.remove(&service);
+                self.deliver(
+                    now,
+                    &service,
+                    MachineEvent::RestartRequested { reason },
+                    &mut out,
+                )?;
+            }
+            SupervisorEvent::Spawned { service, pid } => {
+                self.deliver(now, &service, MachineEvent::Spawned { pid }, &mut out)?;
+            }
+            SupervisorEvent::SpawnFailed { service, error } => {
+                self.deliver(now, &service, MachineEvent::SpawnFailed { error }, &mut out)?;
+            }
+            SupervisorEvent::Exited {
+                service,
+                pid,
+                status,
+            } => {
+                self.deliver(
+                    now,
+                    &service,
+                    MachineEvent::Exited { pid, status },
+                    &mut out,
+                )?;
+            }
+            SupervisorEvent::HealthChecked {
+                service,
+                pid,
+                outcome,
+            } => {
+                self.deliver(
+                    now,
+                    &service,
+                    MachineEvent::HealthChecked { pid, outcome },
+                    &mut out,
+                )?;
+            }
+            SupervisorEvent::RemoteState { service, state } => {
+                self.remote.insert(service, state);
+            }
+            SupervisorEvent::TimerFired => {
+                for machine in self.machines.values_mut().chain(self.draining.values_mut()) {
+                    machine.on_event(now, MachineEvent::TimerFired, &mut out);
+                }
+            }
+            SupervisorEvent::Shutdown { mode } => {
+                self.shutdown = Some(mode);
+                if mode == ShutdownMode::LeaveRunning {
+                    for machine in self.machines.values().chain(self.draining.values()) {
+                        if let Some(pid) = machine.pid() {
+                            machine.audit_external(
+                                now,
+                                AuditKind::LeftRunning,
+                                format!("agent shutting down; pid {pid} left running"),
+                                &mut out,
+                            );
+                        }
+                    }
+                    return Ok(out);
+                }
+            }
+        }
+        self.reconcile_into(now, &mut out);
+        Ok(out)
+    }
+
+    /// Re-evaluates every service against the desired state and its dependencies. Call once
+    /// after [`Supervisor::new`] to start services; every event does it too.
+    pub fn reconcile(&mut self, now: Instant) -> Vec<SupervisorAction> {
+        let mut out = Vec::new();
+        if self.shutdown != Some(ShutdownMode::LeaveRunning) {
+            self.reconcile_into(now, &mut out);
+        }
+        out
+    }
+
+    /// Replaces the set of local services (the desired state changed). New services start,
+    /// removed ones stop (and are forgotten once their process is gone), running services
+    /// whose spec changed restart with the new spec.
+    pub fn apply_specs(
+        &mut self,
+        now: Instant,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<Vec<SupervisorAction>, SpecError> {
+        let graph = Self::local_graph(&specs)?;
+        let mut out = Vec::new();
+        let incoming: BTreeMap<String, ServiceSpec> = specs
+            .into_iter()
+            .map(|spec| (spec.name.clone(), spec))
+            .collect();
+        let removed: Vec<String> = self
+            .machines
+            .keys()
+            .filter(|name| !incoming.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(machine) = self.machines.remove(&name) {
+                machine.audit_external(
+                    now,
+                    AuditKind::SpecChanged,
+                    "removed from the desired state".to_string(),
+                    &mut out,
+                );
+                self.draining.insert(name.clone(), machine);
+            }
+            self.stopped_by_request.remove(&name);
+        }
+        for (name, spec) in &incoming {
+            match self.specs.get(name) {
+                Some(old) if old == spec => {}
+                Some(_) => {
+                    let machine = self
+                        .machines
+                        .get_mut(name)
+                        .expect("every kept spec has a machine");
+                    machine.update_spec(spec);
+                    if machine.has_process() {
+                        machine.audit_external(
+                            now,
+                            AuditKind::SpecChanged,
+                            "spec changed; restarting with the new spec".to_string(),
+                            &mut out,
+                        );
+                        machine.on_event(
+                            now,
+                            MachineEvent::RestartRequested {
+                                reason: "spec changed".to_string(),
+                            },
+                            &mut out,
+                        );
+                    }
+                }
+                None => {
+                    let machine = self.draining.remove(name).map_or_else(
+                        || ServiceMachine::new(spec, service_seed(self.seed, name), now),
+                        |mut machine| {
+                            machine.update_spec(spec);
+                            machine
+                        },
+                    );
+                    self.machines.insert(name.clone(), machine);
+                }
+            }
+        }
+        self.specs = incoming;
+        self.graph = graph;
+        if self.shutdown != Some(ShutdownMode::LeaveRunning) {
+            self.reconcile_into(now, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn machine_mut(&mut self, service: &str) -> Result<&mut ServiceMachine, SupervisorError> {
+        self.machines
+            .get_mut(service)
+            .ok_or_else(|| SupervisorError::UnknownService {
+                service: service.to_string(),
+            })
+    }
+
+    /// Passes a process-level event to the service's machine (or a draining one).
+    fn deliver(
+        &mut self,
+        now: Instant,
+        service: &str,
+        event: MachineEvent,
+        out: &mut Vec<SupervisorAction>,
+    ) -> Result<(), SupervisorError> {
+        let machine =
+            match self.machines.get_mut(service) {
+                Some(machine) => machine,
+                None => self.draining.get_mut(service).ok_or_else(|| {
+                    SupervisorError::UnknownService {
+                        service: service.to_string(),
+                    }
+                })?,
+            };
+        machine.on_event(now, event, out);
+        Ok(())
+    }
+
+    /// Sends every machine its directive until nothing more happens. Each pass can only move
+    /// decisions one dependency level further, so `services + 2` passes always suffice.
+    fn reconcile_into(&mut self, now: Instant, out: &mut Vec<SupervisorAction>) {
+        let passes = self.machines.len() + 2;
+        for _ in 0..passes {
+            let before = out.len();
+            for (name, directive) in self.directives() {
+                if let Some(machine) = self.machines.get_mut(&name) {
+                    machine.on_event(now, MachineEvent::Directive(directive), out);
+                }
+            }
+            for machine in self.draining.values_mut() {
+                let directive = Directive::Stop {
+                    reason: "removed from the desired state".to_string(),
+                    cause: StopCause::Removed,
+                };
+                machine.on_event(now, MachineEvent::Directive(directive), out);
+            }
+            self.draining.retain(|_, machine| machine.has_process());
+            if out.len() == before {
+                return;
+            }
+        }
+        tracing::warn!(passes, "supervisor reconcile did not settle");
+    }
+
+    /// The directive of every local service, in start order.
+    fn directives(&self) -> Vec<(String, Directive)> {
+        // Why each service cannot be counted on by its dependents (`None`: it can).
+        let mut unavailable: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        for name in self.graph.start_order() {
+            let machine = &self.machines[name];
+            let own = if self.shutdown.is_some() {
+                Some("is stopping (agent shutdown)".to_string())
+            } else if self.stopped_by_request.contains_key(name) {
+                Some("was stopped by request".to_string())
+            } else {
+                machine.unavailability().map(String::from)
+            };
+            let why = own.or_else(|| {
+                self.graph
+                    .dependencies(name)
+                    .find_map(|dependency| {
+                        unavailable[dependency]
+                            .as_ref()
+                            .map(|why| format!("is unavailable (dependency {dependency} {why})"))
+                    })
+                    .or_else(|| {
+                        self.graph
+                            .external_dependencies(name)
+                            .find_map(|dependency| {
+                                remote_unavailability(self.remote.get(dependency).copied()).map(
+                                    |why| format!("is unavailable (dependency {dependency} {why})"),
+                                )
+                            })
+                    })
+            });
+            unavailable.insert(name, why);
+        }
+
+        let mut directives = Vec::with_capacity(self.graph.len());
+        for name in self.graph.start_order() {
+            let machine = &self.machines[name];
+            let mut directive = if self.shutdown.is_some() {
+                Directive::Stop {
+                    reason: "agent shutting down".to_string(),
+                    cause: StopCause::Shutdown,
+                }
+            } else if let Some(reason) = self.stopped_by_request.get(name) {
+                Directive::Stop {
+                    reason: reason.clone(),
+                    cause: StopCause::Requested,
+                }
+            } else if let Some(reason) = self.unavailable_dependency(name, &unavailable) {
+                Directive::Stop {
+                    reason,
+                    cause: StopCause::Dependency,
+                }
+            } else if let Some(dependency) = self.unhealthy_dependency(name) {
+                Directive::Hold {
+                    reason: format!("waiting for dependency {dependency} to be healthy"),
+                }
+            } else {
+                let dependencies: Vec<&str> = self
+                    .graph
+                    .dependencies(name)
+                    .chain(self.graph.external_dependencies(name))
+                    .collect();
+                Directive::Run {
+                    reason: if dependencies.is_empty() {
+                        "desired state: running".to_string()
+                    } else {
+                        format!("dependencies healthy: {}", dependencies.join(", "))
+                    },
+                }
+            };
+            // Stop in reverse dependency order: not before running dependents have exited.
+            if matches!(directive, Directive::Stop { .. }) && machine.has_process() {
+                let live: Vec<&str> = self
+                    .graph
+                    .dependents(name)
+                    .filter(|dependent| self.machines[*dependent].has_process())
+                    .collect();
+                if !live.is_empty() {
+                    directive = Directive::Hold {
+                        reason: format!(
+                            "waiting for dependents to stop first: {}",
+                            live.join(", ")
+                        ),
+                    };
+                }
+            }
+            directives.push((name.clone(), directive));
+        }
+        directives
+    }
+
+    /// The first dependency (local, then remote) that dependents cannot count on, as a stop
+    /// reason.
+    fn unavailable_dependency(
+        &self,
+        name: &str,
+        unavailable: &BTreeMap<&str, Option<String>>,
+    ) -> Option<String> {
+        self.graph
+            .dependencies(name)
+            .find_map(|dependency| {
+                unavailable[dependency]
+                    .as_ref()
+                    .map(|why| format!("dependency {dependency} {why}"))
+            })
+            .or_else(|| {
+                self.graph
+                    .external_dependencies(name)
+                    .find_map(|dependency| {
+                        remote_unavailability(self.remote.get(dependency).copied())
+                            .map(|why| format!("dependency {dependency} {why}"))
+                    })
+            })
+    }
+
+    /// The first dependency (local, then remote) that is not `healthy`.
+    fn unhealthy_dependency(&self, name: &str) -> Option<String> {
+        self.graph
+            .dependencies(name)
+            .find(|dependency| self.machines[*dependency].state() != ServiceState::Healthy)
+            .or_else(|| {
+                self.graph
+                    .external_dependencies(name)
+                    .find(|dependency| self.remote.get(*dependency) != Some(&ServiceState::Healthy))
+            })
+            .map(String::from)
+    }
+}
+
+#[cfg(test)]
+mod tests;
