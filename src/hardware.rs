@@ -380,7 +380,7 @@ pub struct ParseProfileError {
 /// | setting | full | standard | edge | lite |
 /// |---|---|---|---|---|
 /// | `mdns_ip_check_interval` | 1 s | 1 s | 2 s | 5 s |
-/// | `redial_interval` | 2 s | 2 s | 5 s | 10 s |
+/// | `redial_interval` | 0.5 s | 0.5 s | 2 s | 10 s |
 /// | `event_ring_capacity` | 4096 | 2048 | 512 | 128 |
 /// | `log_rotate_bytes` | 64 MiB | 16 MiB | 4 MiB | 1 MiB |
 /// | `accepts_services` | yes | yes | yes | no |
@@ -417,7 +417,7 @@ pub struct ProfileSettings {
 /// (mdns-sd's own 5 s interface check) and run up to 64 services.
 const FULL_SETTINGS: ProfileSettings = ProfileSettings {
     mdns_ip_check_interval: Duration::from_secs(1),
-    redial_interval: Duration::from_secs(2),
+    redial_interval: Duration::from_millis(500),
     event_ring_capacity: 4096,
     log_rotate_bytes: 64 * MIB,
     accepts_services: true,
@@ -429,7 +429,7 @@ const FULL_SETTINGS: ProfileSettings = ProfileSettings {
 /// quarter of full's logs, still quick enough for a laptop that changes networks.
 const STANDARD_SETTINGS: ProfileSettings = ProfileSettings {
     mdns_ip_check_interval: Duration::from_secs(1),
-    redial_interval: Duration::from_secs(2),
+    redial_interval: Duration::from_millis(500),
     event_ring_capacity: 2048,
     log_rotate_bytes: 16 * MIB,
     accepts_services: true,
@@ -441,7 +441,7 @@ const STANDARD_SETTINGS: ProfileSettings = ProfileSettings {
 /// small logs for SD cards, a handful of services.
 const EDGE_SETTINGS: ProfileSettings = ProfileSettings {
     mdns_ip_check_interval: Duration::from_secs(2),
-    redial_interval: Duration::from_secs(5),
+    redial_interval: Duration::from_secs(2),
     event_ring_capacity: 512,
     log_rotate_bytes: 4 * MIB,
     accepts_services: true,

@@ -47,9 +47,9 @@ pub const MAX_CONCURRENT_STREAMS: usize = 64;
 pub const QUIC_IDLE_TIMEOUT_MS: u32 = 3_000;
 /// QUIC keep-alive interval (see [`QUIC_IDLE_TIMEOUT_MS`]).
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi; 2 s keeps redials of
-/// an unreachable peer frequent.
-pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi; 1 s keeps redials of
+/// an unreachable peer frequent, so a healed partition is noticed within about a second.
+pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the swarm keeps a connection with no open stream. Membership traffic flows every
 /// few hundred ms between members, so only dead or unadmitted connections ever reach this.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
