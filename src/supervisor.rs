@@ -47,8 +47,9 @@ pub use spec::{
 pub enum ShutdownMode {
     /// Stop every service in reverse dependency order (SIGTERM, grace, SIGKILL).
     StopServices,
-    /// Leave them running (they keep their process groups); a restarted agent adopts nothing
-    /// and starts fresh, so use this for agent upgrades of services that tolerate it.
+    /// Leave them running in their own process groups. This core does not adopt processes
+    /// on the next agent start: whoever wires it must decide how a restarted agent finds
+    /// them (pid file, process-group scan) or kills them.
     LeaveRunning,
 }
 
@@ -432,6 +433,13 @@ impl Supervisor {
         Ok(out)
     }
 
+    /// The machine of a service of the graph (graph and machines always hold the same set).
+    fn machine(&self, service: &str) -> &ServiceMachine {
+        self.machines
+            .get(service)
+            .expect("the graph and the machines hold the same services")
+    }
+
     fn machine_mut(&mut self, service: &str) -> Result<&mut ServiceMachine, SupervisorError> {
         self.machines
             .get_mut(service)
@@ -492,7 +500,7 @@ impl Supervisor {
         // Why each service cannot be counted on by its dependents (`None`: it can).
         let mut unavailable: BTreeMap<&str, Option<String>> = BTreeMap::new();
         for name in self.graph.start_order() {
-            let machine = &self.machines[name];
+            let machine = self.machine(name);
             let own = if self.shutdown.is_some() {
                 Some("is stopping (agent shutdown)".to_string())
             } else if self.stopped_by_request.contains_key(name) {
@@ -504,8 +512,9 @@ impl Supervisor {
                 self.graph
                     .dependencies(name)
                     .find_map(|dependency| {
-                        unavailable[dependency]
-                            .as_ref()
+                        unavailable
+                            .get(dependency)
+                            .and_then(Option::as_ref)
                             .map(|why| format!("is unavailable (dependency {dependency} {why})"))
                     })
                     .or_else(|| {
@@ -523,7 +532,7 @@ impl Supervisor {
 
         let mut directives = Vec::with_capacity(self.graph.len());
         for name in self.graph.start_order() {
-            let machine = &self.machines[name];
+            let machine = self.machine(name);
             let mut directive = if self.shutdown.is_some() {
                 Directive::Stop {
                     reason: "agent shutting down".to_string(),
@@ -562,7 +571,7 @@ impl Supervisor {
                 let live: Vec<&str> = self
                     .graph
                     .dependents(name)
-                    .filter(|dependent| self.machines[*dependent].has_process())
+                    .filter(|dependent| self.machine(dependent).has_process())
                     .collect();
                 if !live.is_empty() {
                     directive = Directive::Hold {
@@ -588,8 +597,9 @@ impl Supervisor {
         self.graph
             .dependencies(name)
             .find_map(|dependency| {
-                unavailable[dependency]
-                    .as_ref()
+                unavailable
+                    .get(dependency)
+                    .and_then(Option::as_ref)
                     .map(|why| format!("dependency {dependency} {why}"))
             })
             .or_else(|| {
@@ -606,7 +616,7 @@ impl Supervisor {
     fn unhealthy_dependency(&self, name: &str) -> Option<String> {
         self.graph
             .dependencies(name)
-            .find(|dependency| self.machines[*dependency].state() != ServiceState::Healthy)
+            .find(|dependency| self.machine(dependency).state() != ServiceState::Healthy)
             .or_else(|| {
                 self.graph
                     .external_dependencies(name)
