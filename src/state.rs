@@ -433,6 +433,17 @@ fn hydrate_map<T: Hydrate>(
     out
 }
 
+/// Reads one entry of a root map; `None` when absent or not of the schema's shape.
+pub fn get_entry<T: Hydrate>(doc: &AutoCommit, map: &str, key: &str) -> Option<T> {
+    let Ok(Some((automerge::Value::Object(ObjType::Map), obj))) = doc.get(ROOT, map) else {
+        return None;
+    };
+    match doc.get(&obj, key) {
+        Ok(Some(_)) => autosurgeon::hydrate_prop(doc, &obj, key).ok(),
+        _ => None,
+    }
+}
+
 /// Writes one entry of a root map (`nodes`, `services`, ...): only the fields that differ
 /// become operations. Does not commit.
 pub fn put_entry<T: Reconcile>(

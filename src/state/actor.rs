@@ -237,7 +237,7 @@ impl DocFile {
     }
 }
 
-/// Loads the document from `path`: `(doc, corrupt_moved_aside)`.
+/// Loads the document from `path`: `(doc, corrupt_moved_aside, rewrite_needed)`.
 fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
     let bytes = match std::fs::read(path) {
         Ok(b) if !b.is_empty() => b,
@@ -628,6 +628,7 @@ impl StateActor {
     /// Applies a sync message; on news, persists it, republishes, and forwards to other peers.
     async fn receive(&mut self, peer: PeerId, bytes: &[u8]) -> Result<Option<Vec<u8>>, ()> {
         let before = self.doc.get_heads();
+        let mine_before = self.own_record();
         let now = Instant::now().into_std();
         let reply = match self.sessions.on_message(peer, &mut self.doc, bytes, now) {
             Ok(r) => r,
@@ -638,6 +639,7 @@ impl StateActor {
         };
         let added = self.doc.get_changes(&before).len();
         self.change_count += added;
+        let repaired = added > 0 && self.pending_self.is_none() && self.repair_own_record(mine_before);
         if self.pending_self.is_some()
             && (self.has_own_record() || self.sessions.status(&peer, &self.doc.get_heads()) == SyncStatus::InSync)
         {
@@ -654,7 +656,7 @@ impl StateActor {
                 .sessions
                 .generate_all(&mut self.doc, now)
                 .into_iter()
-                .filter(|(p, _)| *p != peer)
+                .filter(|(p, _)| repaired || *p != peer)
                 .collect();
             self.send_all(others).await;
             self.persist();
@@ -678,6 +680,48 @@ impl StateActor {
             self.write_own(rec).await?;
         }
         Ok(changed)
+    }
+
+    /// Repairs concurrent creations of our own record (a node that lost its state and wrote its
+    /// record before a peer sent the old one): Automerge keeps one copy whole, so the winning
+    /// copy is rewritten with the tags of every copy (ours win on a clash), the earliest join
+    /// time, and every other field as this run has them. Idempotent: once merged, nothing is
+    /// written. Returns whether it wrote.
+    fn repair_own_record(&mut self, mine_before: NodeRecord) -> bool {
+        use automerge::{ObjType, ROOT, ReadDoc, Value};
+        use autosurgeon::Hydrate;
+        let id = self.local.to_base58();
+        let Ok(Some((Value::Object(ObjType::Map), nodes))) = self.doc.get(ROOT, "nodes") else {
+            return false;
+        };
+        let Ok(all) = self.doc.get_all(&nodes, id.as_str()) else { return false };
+        if all.len() < 2 {
+            return false;
+        }
+        let mine: Option<NodeRecord> = Some(mine_before);
+        let mut tags = BTreeMap::new();
+        let mut joined = i64::MAX;
+        for (v, obj) in &all {
+            if !matches!(v, Value::Object(ObjType::Map)) {
+                continue;
+            }
+            let Ok(rec) = NodeRecord::hydrate_map(&self.doc, obj) else { continue };
+            if rec.joined_at_ms > 0 {
+                joined = joined.min(rec.joined_at_ms);
+            }
+            tags.extend(rec.tags);
+        }
+        let Some(mut rec) = mine else { return false };
+        tags.extend(std::mem::take(&mut rec.tags));
+        rec.tags = tags;
+        if joined != i64::MAX {
+            rec.joined_at_ms = joined;
+        }
+        let ok = put_entry(&mut self.doc, "nodes", &id, &rec).is_ok() && self.doc.commit().is_some();
+        if ok {
+            self.change_count += 1;
+        }
+        ok
     }
 
     fn own_record(&self) -> NodeRecord {
