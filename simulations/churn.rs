@@ -144,6 +144,20 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
     doc.commit();
 }
 
+/// An event kind drawn with the weights of `per_hour`.
+fn pick_kind(rng: &mut StdRng, per_hour: &[u32]) -> u32 {
+    let total: u32 = per_hour.iter().sum();
+    let r = rng.random_range(0..total);
+    let mut acc = 0;
+    per_hour
+        .iter()
+        .position(|k| {
+            acc += k;
+            r < acc
+        })
+        .unwrap_or(0) as u32
+}
+
 fn set_online(node: &mut Node, online: bool, now_ms: i64) {
     let mut rec = get_entry::<NodeRecord>(&node.doc, "nodes", &node.id).unwrap_or_else(|| NodeRecord {
         name: node.id.clone(),
@@ -213,15 +227,7 @@ fn main() {
         let expected = f64::from(total_per_hour) / 60.0;
         let n = (expected + rng.random_range(-2.0..2.0)).round().max(0.0) as u32;
         for _ in 0..n {
-            let r = rng.random_range(0..total_per_hour);
-            let mut acc = 0;
-            let kind = per_hour
-                .iter()
-                .position(|k| {
-                    acc += k;
-                    r < acc
-                })
-                .unwrap_or(0) as u32;
+            let kind = pick_kind(&mut rng, &per_hour);
             event(&mut rng, &mut nodes, now_ms, kind);
             events += 1;
         }
@@ -288,15 +294,7 @@ fn main() {
         epoch: bepoch,
     }];
     for i in 0..events {
-        let r = brng.random_range(0..total_per_hour);
-        let mut acc = 0;
-        let kind = per_hour
-            .iter()
-            .position(|k| {
-                acc += k;
-                r < acc
-            })
-            .unwrap_or(0) as u32;
+        let kind = pick_kind(&mut brng, &per_hour);
         event(&mut brng, &mut bnodes, (i as i64) * 12_000, kind);
     }
     let baseline_bytes = bnodes[0].doc.save();

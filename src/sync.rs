@@ -209,6 +209,15 @@ impl SyncSessions {
         }
     }
 
+    /// Peers with a session and a live connection.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Peers with a session, connected or not.
     pub fn peers(&self) -> impl Iterator<Item = (&PeerId, bool)> {
         self.peers.iter().map(|(p, s)| (p, s.connected))

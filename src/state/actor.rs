@@ -618,11 +618,7 @@ impl StateActor {
             tracing::warn!(error = %e, "cannot write this node's record");
             return;
         }
-        self.publish();
-        let msgs = self
-            .sessions
-            .generate_all(&mut self.doc, Instant::now().into_std());
-        self.send_all(msgs).await;
+        self.publish_and_push().await;
     }
 
     /// Applies a sync message; on news, persists it, republishes, and forwards to other peers.
@@ -756,11 +752,7 @@ impl StateActor {
             return Ok(());
         }
         self.change_count += 1;
-        self.publish();
-        let msgs = self
-            .sessions
-            .generate_all(&mut self.doc, Instant::now().into_std());
-        self.send_all(msgs).await;
+        self.publish_and_push().await;
         self.persist();
         Ok(())
     }
@@ -794,6 +786,15 @@ impl StateActor {
             self.persist();
         }
         Ok(())
+    }
+
+    /// Republishes the snapshot and sends every connected peer what it is missing.
+    async fn publish_and_push(&mut self) {
+        self.publish();
+        let msgs = self
+            .sessions
+            .generate_all(&mut self.doc, Instant::now().into_std());
+        self.send_all(msgs).await;
     }
 
     /// Asks `peer` for its whole document, unless a fetch is already under way.
@@ -845,12 +846,7 @@ impl StateActor {
                 return Ok(false);
             }
             let heads = self.doc.get_heads();
-            let connected: Vec<PeerId> = self
-                .sessions
-                .peers()
-                .filter(|(_, c)| *c)
-                .map(|(p, _)| *p)
-                .collect();
+            let connected = self.sessions.connected_peers();
             let leader = connected.iter().all(|p| self.local < *p);
             let in_sync = connected
                 .iter()
@@ -859,8 +855,7 @@ impl StateActor {
                 return Ok(false);
             }
         }
-        let new = compact(&mut self.doc, self.actor_id.clone())?;
-        let mut new = new;
+        let mut new = compact(&mut self.doc, self.actor_id.clone())?;
         let epoch = epoch_of(&mut new);
         tracing::info!(from = %self.epoch, to = %epoch, "compacted the state into a new epoch");
         self.last_compaction = Some(now);
@@ -874,12 +869,7 @@ impl StateActor {
         self.change_count = doc.get_changes(&[]).len();
         self.doc = doc;
         self.epoch = epoch;
-        let connected: Vec<PeerId> = self
-            .sessions
-            .peers()
-            .filter(|(_, c)| *c)
-            .map(|(p, _)| *p)
-            .collect();
+        let connected = self.sessions.connected_peers();
         let stats = self.sessions.stats().clone();
         self.sessions = SyncSessions::with_stats(stats);
         self.rewrite_file();
