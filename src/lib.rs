@@ -18,7 +18,7 @@
 //! | [`state`] | the replicated Automerge document: schema, typed access, its actor and file |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
 //! | [`supervisor`] | local services: spec, dependency order, state machine, backoff (sans-IO) |
-//! | [`ports`] | port pools, leases, allocation, `/proc/net` listening-socket parser (sans-IO) |
+//! | [`ports`] | port pools, leases, allocation (sans-IO); `ports::scan`: the listening-socket scan and bind test |
 //! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
 //! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids |
 //! | [`hardware`] | sysinfo probe, device class, capability score, profile |

@@ -8,16 +8,18 @@
 //!   allocator that never hands out a port that is leased, cooling down, seen listening, or that
 //!   fails the caller's bind test.
 //! - [`procnet`]: a parser for `/proc/net/{tcp,tcp6,udp,udp6}` text and the inode → pid join.
+//! - [`scan`]: the one I/O edge — reads `/proc` for listening sockets and their processes, and
+//!   the bind test.
 //!
-//! It does no I/O and reads no clock: the caller supplies `now`, the leases known mesh-wide
+//! Apart from [`scan`], it does no I/O and reads no clock: the caller supplies `now`, the leases known mesh-wide
 //! for this node (from the replicated document), the listening sockets (from reading
 //! `/proc/net/*` and `/proc/PID/fd`), and a bind-test closure. It does not own: where leases
-//! are stored (the document), which services run here (the supervisor), or the scan's file
-//! reads. Spec: `protocol/service-spec.md`, sections "Ports" and "Leases".
+//! are stored (the document), or which services run here (the supervisor). Spec: `protocol/service-spec.md`, sections "Ports" and "Leases".
 
 pub mod lease;
 pub mod pool;
 pub mod procnet;
+pub mod scan;
 
 use std::fmt;
 use std::str::FromStr;
