@@ -1,4 +1,4 @@
-//! Supervisor: keeps this node's services alive, in dependency order, sans-IO.
+//! Supervisor: keeps this node's services alive, in dependency order.
 //!
 //! Owns the decision logic of local supervision: the [`Supervisor`] holds the dependency
 //! graph ([`graph`]) and one state machine per service ([`machine`]), and turns the desired
@@ -21,10 +21,12 @@
 //!
 //! Modules: [`spec`] (service specs, TOML and CLI forms, validation, `$PORT` expansion),
 //! [`graph`] (start/stop order, cycles), [`backoff`] (restart delays), [`machine`] (one
-//! service's lifecycle). Spec: `protocol/service-spec.md`.
+//! service's lifecycle), and the one I/O edge, [`launcher`] (spawning in a process group with
+//! log capture and rotation, group signals, health probes). Spec: `protocol/service-spec.md`.
 
 pub mod backoff;
 pub mod graph;
+pub mod launcher;
 pub mod machine;
 pub mod spec;
 
