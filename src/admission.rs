@@ -113,11 +113,9 @@ impl MeshKey {
             path: path.to_path_buf(),
             source,
         })?;
-        text.trim()
-            .parse()
-            .map_err(|()| MeshKeyError::Malformed {
-                path: path.to_path_buf(),
-            })
+        text.trim().parse().map_err(|()| MeshKeyError::Malformed {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Loads `data_dir/mesh.key`, creating a fresh key there on first start.
@@ -299,8 +297,13 @@ pub enum AuthRequest<I> {
 /// Responses of `/mesh/auth/1`, sent by the listener.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AuthResponse<I> {
-    Challenge { nonce: WireNonce, proof: Proof },
-    Welcome { info: I },
+    Challenge {
+        nonce: WireNonce,
+        proof: Proof,
+    },
+    Welcome {
+        info: I,
+    },
     /// The listener refuses; it closes the connection right after.
     Denied,
 }
@@ -734,9 +737,13 @@ impl Admission {
     /// Keeps the pending and backoff tables within [`MAX_TRACKED_PEERS`]: the backoff entry that
     /// ends soonest goes first, then any pending handshake.
     fn make_room(&mut self) {
-        while self.dialing.len() + self.listening.len() + self.backoff.len() >= MAX_TRACKED_PEERS
-        {
-            if let Some(p) = self.backoff.iter().min_by_key(|(_, b)| b.until).map(|(p, _)| *p) {
+        while self.dialing.len() + self.listening.len() + self.backoff.len() >= MAX_TRACKED_PEERS {
+            if let Some(p) = self
+                .backoff
+                .iter()
+                .min_by_key(|(_, b)| b.until)
+                .map(|(p, _)| *p)
+            {
                 self.backoff.remove(&p);
             } else if let Some(p) = self.listening.keys().next().copied() {
                 self.listening.remove(&p);
@@ -758,9 +765,7 @@ fn random_nonce() -> Nonce {
 /// Backoff after the n-th consecutive failure (n >= 1): 2 s, 4 s, 8 s, ... capped at 300 s.
 pub fn backoff_for(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
-    FIRST_BACKOFF
-        .saturating_mul(1u32 << exp)
-        .min(MAX_BACKOFF)
+    FIRST_BACKOFF.saturating_mul(1u32 << exp).min(MAX_BACKOFF)
 }
 
 #[cfg(test)]
@@ -831,8 +836,14 @@ mod tests {
         let p = k.proof(Role::Dialer, &a, &b, &n);
         assert!(k.verify(Role::Dialer, &a, &b, &n, &p));
         assert!(!k.verify(Role::Listener, &a, &b, &n, &p), "role is bound");
-        assert!(!k.verify(Role::Dialer, &b, &a, &n, &p), "direction is bound");
-        assert!(!k.verify(Role::Dialer, &a, &c, &n, &p), "listener id is bound");
+        assert!(
+            !k.verify(Role::Dialer, &b, &a, &n, &p),
+            "direction is bound"
+        );
+        assert!(
+            !k.verify(Role::Dialer, &a, &c, &n, &p),
+            "listener id is bound"
+        );
         let n2 = Nonces {
             dialer: [1; 32],
             listener: [3; 32],
@@ -919,7 +930,9 @@ mod tests {
         let [AdmissionAction::Send(_, proof)] = &ca.on_response(b, challenge, || 1, now)[..] else {
             panic!()
         };
-        let (Some(welcome), acts) = cb.on_request(a, proof.clone(), || 2, now) else { panic!() };
+        let (Some(welcome), acts) = cb.on_request(a, proof.clone(), || 2, now) else {
+            panic!()
+        };
         assert!(matches!(acts[..], [AdmissionAction::Admitted { .. }]));
         assert!(matches!(
             ca.on_response(b, welcome, || 1, now)[..],
@@ -927,11 +940,16 @@ mod tests {
         ));
         assert!(ca.is_admitted(&b) && cb.is_admitted(&a));
         // ...and arrives after a's handshake admitted both: it must still be accepted.
-        let (Some(AuthResponse::Welcome { .. }), acts) = ca.on_request(b, proof_b.clone(), || 1, now)
+        let (Some(AuthResponse::Welcome { .. }), acts) =
+            ca.on_request(b, proof_b.clone(), || 1, now)
         else {
             panic!("a late proof of an admitted peer was refused")
         };
-        assert!(!acts.iter().any(|a| matches!(a, AdmissionAction::Reject { .. })));
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, AdmissionAction::Reject { .. }))
+        );
         assert!(ca.is_admitted(&b));
         // The other direction's pending handshake must not time out into a rejection.
         assert!(ca.poll_timeouts::<u8>(now + AUTH_TIMEOUT).is_empty());
@@ -951,14 +969,19 @@ mod tests {
         let _ = core.on_connected::<u8>(them, false, now);
         let _ = core.on_request::<u8>(
             them,
-            AuthRequest::Hello { nonce: WireNonce([1; 32]) },
+            AuthRequest::Hello {
+                nonce: WireNonce([1; 32]),
+            },
             || 0,
             now,
         );
         let acts = core.on_disconnected::<u8>(&them, now);
         assert!(matches!(
             acts[..],
-            [AdmissionAction::Reject { reason: AuthFailure::Abandoned, .. }]
+            [AdmissionAction::Reject {
+                reason: AuthFailure::Abandoned,
+                ..
+            }]
         ));
         assert_eq!(core.stats().abandoned, 1);
     }
@@ -976,7 +999,10 @@ mod tests {
         assert_eq!(k.mesh_id(), k.clone().mesh_id());
         assert_ne!(k.mesh_id(), MeshKey::generate().mesh_id());
         assert_eq!(k.mesh_id().to_string().len(), MESH_ID_LEN * 2);
-        assert!(!format!("{k:?}").contains(&k.to_hex()), "Debug must not leak the key");
+        assert!(
+            !format!("{k:?}").contains(&k.to_hex()),
+            "Debug must not leak the key"
+        );
     }
 
     #[test]

@@ -330,7 +330,9 @@ pub fn render_state(s: &StateResponse) -> String {
         s.sync.malformed,
     );
     if s.recovered_from_corruption {
-        out.push_str("note     the state file was unreadable at start and was recovered from peers\n");
+        out.push_str(
+            "note     the state file was unreadable at start and was recovered from peers\n",
+        );
     }
     if s.skipped_entries > 0 {
         out.push_str(&format!(
@@ -419,7 +421,15 @@ pub fn human_ago(ms: u64) -> String {
 /// Renders rows as an aligned table, in the manner of `tailscale status`.
 pub fn render_peers(rows: &[PeerEntry]) -> String {
     let header = [
-        "NAME", "NODE", "ADDRESS", "STATE", "RTT", "LAST SEEN", "OS/ARCH", "PROFILE", "VERSION",
+        "NAME",
+        "NODE",
+        "ADDRESS",
+        "STATE",
+        "RTT",
+        "LAST SEEN",
+        "OS/ARCH",
+        "PROFILE",
+        "VERSION",
     ];
     let dash = || "-".to_string();
     let table: Vec<Vec<String>> = rows
@@ -533,8 +543,14 @@ mod tests {
 
     #[test]
     fn addresses_and_durations_render_short() {
-        assert_eq!(short_addr("/ip4/10.0.0.2/udp/7400/quic-v1"), "10.0.0.2:7400");
-        assert_eq!(short_addr("/ip6/fd00::2/udp/7400/quic-v1"), "[fd00::2]:7400");
+        assert_eq!(
+            short_addr("/ip4/10.0.0.2/udp/7400/quic-v1"),
+            "10.0.0.2:7400"
+        );
+        assert_eq!(
+            short_addr("/ip6/fd00::2/udp/7400/quic-v1"),
+            "[fd00::2]:7400"
+        );
         assert_eq!(human_ago(850), "850ms");
         assert_eq!(human_ago(12_500), "12s");
         assert_eq!(human_ago(7_200_000), "2h");
@@ -544,7 +560,10 @@ mod tests {
     fn table_aligns_columns() {
         let out = format_table(
             &["A", "BB"],
-            &[vec!["long".into(), "x".into()], vec!["s".into(), "y".into()]],
+            &[
+                vec!["long".into(), "x".into()],
+                vec!["s".into(), "y".into()],
+            ],
         );
         assert_eq!(out, "A     BB\nlong  x\ns     y\n");
     }
@@ -554,7 +573,14 @@ mod tests {
         Cli::try_parse_from(["mesh", "peers", "--json"]).unwrap();
         Cli::try_parse_from(["mesh", "peers", "--api", "127.0.0.1:9", "--watch"]).unwrap();
         Cli::try_parse_from([
-            "mesh", "agent", "--listen", "0.0.0.0:7400", "--listen", "[::]:7400", "--name", "pi",
+            "mesh",
+            "agent",
+            "--listen",
+            "0.0.0.0:7400",
+            "--listen",
+            "[::]:7400",
+            "--name",
+            "pi",
         ])
         .unwrap();
         Cli::try_parse_from(["mesh", "key", "generate"]).unwrap();

@@ -28,12 +28,16 @@ pub const SHORT_ID_LEN: usize = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error(
-        "{path} is not a valid node key ({reason}); move it aside to start with a new node id"
-    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid node key ({reason}); move it aside to start with a new node id")]
     Corrupt { path: PathBuf, reason: String },
 }
 

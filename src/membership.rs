@@ -299,9 +299,9 @@ impl Membership {
             tracing::debug!(%peer, error = %e, "foca announce failed");
         }
         // Treat the handshake as first-hand evidence that this incarnation is alive.
-        if let Err(e) = self
-            .foca
-            .apply_many(std::iter::once(foca::Member::alive(id)), true, &mut fx)
+        if let Err(e) =
+            self.foca
+                .apply_many(std::iter::once(foca::Member::alive(id)), true, &mut fx)
         {
             tracing::debug!(%peer, error = %e, "foca apply failed");
         }
@@ -328,7 +328,13 @@ impl Membership {
     /// Node `leaver` is leaving gracefully (incarnation `bump`); told by `from` (the leaver
     /// itself, or a member relaying). Returns true when this is news, so the caller relays it
     /// once to its own peers: nodes not directly linked to the leaver learn `left`, not `dead`.
-    pub fn on_leave_notice(&mut self, from: PeerId, leaver: PeerId, bump: u64, now: Instant) -> bool {
+    pub fn on_leave_notice(
+        &mut self,
+        from: PeerId,
+        leaver: PeerId,
+        bump: u64,
+        now: Instant,
+    ) -> bool {
         self.touch(from, now);
         if leaver == self.local || self.leaving.contains(&(leaver, bump)) {
             return false;
@@ -674,7 +680,10 @@ mod tests {
         sim.nodes[2].1.leave(now);
         // Only node 0 hears the leaver; node 1 learns through node 0's relay.
         assert!(sim.nodes[0].1.on_leave_notice(leaver, leaver, 1, now));
-        assert!(!sim.nodes[0].1.on_leave_notice(leaver, leaver, 1, now), "news only once");
+        assert!(
+            !sim.nodes[0].1.on_leave_notice(leaver, leaver, 1, now),
+            "news only once"
+        );
         let relayer = sim.nodes[0].0;
         assert!(sim.nodes[1].1.on_leave_notice(relayer, leaver, 1, now));
         sim.deliver();

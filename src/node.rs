@@ -35,7 +35,7 @@ use crate::membership::{Membership, MembershipConfig, MembershipStats, PeerState
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
 use crate::transport::{
-    self, MeshBehaviour, MeshBehaviourEvent, MembershipRequest, MembershipResponse, NodeInfo,
+    self, MembershipRequest, MembershipResponse, MeshBehaviour, MeshBehaviourEvent, NodeInfo,
     SyncRequest, SyncResponse,
 };
 
@@ -594,7 +594,10 @@ impl NodeActor {
                 }
             },
             request_response::Event::OutboundFailure {
-                peer, request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             } => {
                 self.sync_requests.remove(&request_id);
                 tracing::debug!(%peer, %error, "sync request failed");
@@ -802,7 +805,9 @@ impl NodeActor {
             if s.next_dial > now || s.peer.is_some_and(|p| self.connections.contains_key(&p)) {
                 continue;
             }
-            if s.peer.is_some_and(|p| self.admission.in_backoff(&p, std_now)) {
+            if s.peer
+                .is_some_and(|p| self.admission.in_backoff(&p, std_now))
+            {
                 continue;
             }
             s.next_dial = now + backoff(s.failures, self.redial_max);
@@ -968,8 +973,10 @@ impl NodeActor {
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "auth request failed");
-                let unsupported =
-                    matches!(error, request_response::OutboundFailure::UnsupportedProtocols);
+                let unsupported = matches!(
+                    error,
+                    request_response::OutboundFailure::UnsupportedProtocols
+                );
                 let still_connected = self.connections.contains_key(&peer);
                 let actions = self.admission.on_transport_failure(
                     peer,
@@ -1069,9 +1076,10 @@ impl NodeActor {
                             MembershipRequest::Datagram(data) => {
                                 self.membership.on_datagram(peer, &data, std_now)
                             }
-                            MembershipRequest::Leave { peer: relayed, bump } => {
-                                self.on_leave_notice(peer, relayed, bump, now)
-                            }
+                            MembershipRequest::Leave {
+                                peer: relayed,
+                                bump,
+                            } => self.on_leave_notice(peer, relayed, bump, now),
                         }
                         MembershipResponse::Ack
                     };

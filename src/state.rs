@@ -202,7 +202,12 @@ impl EpochId {
 
 impl std::fmt::Display for EpochId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.number, &self.base[..self.base.len().min(12)])
+        write!(
+            f,
+            "{}/{}",
+            self.number,
+            &self.base[..self.base.len().min(12)]
+        )
     }
 }
 
@@ -321,9 +326,11 @@ pub fn migrate_into(
     {
         put_entry(new, "nodes", local, mine)?;
     }
-    for (map, old_entries, new_entries) in [
-        ("instances", owned(&old.instances, local, |r| &r.node), owned(&current.instances, local, |r| &r.node)),
-    ] {
+    for (map, old_entries, new_entries) in [(
+        "instances",
+        owned(&old.instances, local, |r| &r.node),
+        owned(&current.instances, local, |r| &r.node),
+    )] {
         sync_owned(new, map, &old_entries, &new_entries)?;
     }
     let old_leases = owned(&old.leases, local, |r| &r.node);
@@ -381,7 +388,11 @@ pub fn genesis(actor: ActorId) -> AutoCommit {
     }
     doc.put(ROOT, "schema_version", SCHEMA_VERSION)
         .expect("putting a scalar on a fresh root cannot fail");
-    doc.commit_with(CommitOptions::default().with_time(0).with_message("genesis"));
+    doc.commit_with(
+        CommitOptions::default()
+            .with_time(0)
+            .with_message("genesis"),
+    );
     doc.set_actor(actor);
     doc
 }
@@ -482,11 +493,27 @@ mod tests {
         let mut b = genesis(actor());
         assert_eq!(a.get_heads(), b.get_heads());
         // Concurrent writes to the same map merge instead of conflicting maps.
-        put_entry(&mut a, "nodes", "a", &NodeRecord { name: "a".into(), ..Default::default() })
-            .unwrap();
+        put_entry(
+            &mut a,
+            "nodes",
+            "a",
+            &NodeRecord {
+                name: "a".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         a.commit();
-        put_entry(&mut b, "nodes", "b", &NodeRecord { name: "b".into(), ..Default::default() })
-            .unwrap();
+        put_entry(
+            &mut b,
+            "nodes",
+            "b",
+            &NodeRecord {
+                name: "b".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         b.commit();
         a.merge(&mut b).unwrap();
         let (state, stats) = hydrate_lenient(&a);
@@ -498,8 +525,16 @@ mod tests {
     #[test]
     fn a_malformed_entry_is_skipped_not_fatal() {
         let mut doc = genesis(actor());
-        put_entry(&mut doc, "nodes", "good", &NodeRecord { name: "g".into(), ..Default::default() })
-            .unwrap();
+        put_entry(
+            &mut doc,
+            "nodes",
+            "good",
+            &NodeRecord {
+                name: "g".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (_, nodes) = doc.get(ROOT, "nodes").unwrap().unwrap();
         doc.put(&nodes, "bad", "not a record").unwrap();
         doc.commit();
@@ -519,7 +554,13 @@ mod tests {
     fn compaction_is_deterministic_and_keeps_the_value() {
         let mut doc = genesis(actor());
         for i in 0..50 {
-            put_entry(&mut doc, "nodes", &format!("n{}", i % 5), &rec(&format!("v{i}"))).unwrap();
+            put_entry(
+                &mut doc,
+                "nodes",
+                &format!("n{}", i % 5),
+                &rec(&format!("v{i}")),
+            )
+            .unwrap();
             doc.commit();
         }
         let mut a = compact(&mut doc, actor()).unwrap();
@@ -563,7 +604,10 @@ mod tests {
 
     #[test]
     fn epoch_order_is_total() {
-        let e = |n, b: &str| EpochId { number: n, base: b.into() };
+        let e = |n, b: &str| EpochId {
+            number: n,
+            base: b.into(),
+        };
         assert!(e(2, "ff").supersedes(&e(1, "00")));
         assert!(e(1, "00").supersedes(&e(1, "ff")));
         assert!(!e(1, "ff").supersedes(&e(1, "00")));

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use automerge::sync::{Message, State as SyncState, SyncDoc};
 use automerge::AutoCommit;
+use automerge::sync::{Message, State as SyncState, SyncDoc};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +108,12 @@ impl SyncSessions {
     }
 
     /// A peer was admitted: start (or resume) a session. Returns the first message to send.
-    pub fn on_peer_up(&mut self, peer: PeerId, doc: &mut AutoCommit, now: Instant) -> Option<Vec<u8>> {
+    pub fn on_peer_up(
+        &mut self,
+        peer: PeerId,
+        doc: &mut AutoCommit,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
         let session = self.peers.entry(peer).or_default();
         // Keep the shared heads, forget in-flight bookkeeping from an earlier connection: the
         // documented way to resume a session (encode/decode drops the ephemeral parts).
@@ -294,11 +299,27 @@ mod tests {
     fn two_documents_converge_and_report_in_sync() {
         let (pa, pb) = (peer(), peer());
         let (mut da, mut db) = (genesis(ActorId::random()), genesis(ActorId::random()));
-        put_entry(&mut da, "nodes", "a", &NodeRecord { name: "a".into(), ..Default::default() })
-            .unwrap();
+        put_entry(
+            &mut da,
+            "nodes",
+            "a",
+            &NodeRecord {
+                name: "a".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         da.commit();
-        put_entry(&mut db, "nodes", "b", &NodeRecord { name: "b".into(), ..Default::default() })
-            .unwrap();
+        put_entry(
+            &mut db,
+            "nodes",
+            "b",
+            &NodeRecord {
+                name: "b".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         db.commit();
         let (mut sa, mut sb) = (SyncSessions::new(), SyncSessions::new());
         let now = Instant::now();
@@ -315,7 +336,11 @@ mod tests {
         da.commit();
         let out = sa.generate_all(&mut da, now);
         assert_eq!(out.len(), 1);
-        run((&mut sa, &mut da, pa), (&mut sb, &mut db, pb), out[0].1.clone());
+        run(
+            (&mut sa, &mut da, pa),
+            (&mut sb, &mut db, pb),
+            out[0].1.clone(),
+        );
         assert_eq!(da.get_heads(), db.get_heads());
     }
 
@@ -334,7 +359,10 @@ mod tests {
             s.on_message(p, &mut doc, b"\x42", now),
             Err(SyncError::BackedOff)
         ));
-        assert!(s.on_message(p, &mut doc, b"\x42", now + MALFORMED_BACKOFF).is_err());
+        assert!(
+            s.on_message(p, &mut doc, b"\x42", now + MALFORMED_BACKOFF)
+                .is_err()
+        );
     }
 
     #[test]
@@ -363,6 +391,10 @@ mod tests {
         run((&mut sa, &mut da, pa), (&mut sb, &mut db, pb), first);
         let after = sa.stats().bytes_out + sb.stats().bytes_out;
         assert_eq!(da.get_heads(), db.get_heads());
-        assert!(after - before < 2_000, "resync sent {} bytes", after - before);
+        assert!(
+            after - before < 2_000,
+            "resync sent {} bytes",
+            after - before
+        );
     }
 }

@@ -224,7 +224,9 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportEr
 pub fn parse_quic_addr(s: &str, default_port: u16) -> Result<libp2p::Multiaddr, String> {
     use std::net::{IpAddr, SocketAddr};
     if s.starts_with('/') {
-        return s.parse().map_err(|e| format!("{s:?} is not a multiaddr: {e}"));
+        return s
+            .parse()
+            .map_err(|e| format!("{s:?} is not a multiaddr: {e}"));
     }
     let sock: SocketAddr = if let Ok(sock) = s.parse() {
         sock
@@ -275,7 +277,11 @@ mod tests {
             parse_quic_addr("10.0.0.1", 7400).unwrap().to_string(),
             "/ip4/10.0.0.1/udp/7400/quic-v1"
         );
-        assert!(parse_quic_addr("nonsense", 7400).unwrap_err().contains("IP:PORT"));
+        assert!(
+            parse_quic_addr("nonsense", 7400)
+                .unwrap_err()
+                .contains("IP:PORT")
+        );
         assert_eq!(
             quic_port(&"/ip4/1.2.3.4/udp/9/quic-v1".parse().unwrap()),
             Some(9)

@@ -86,7 +86,11 @@ impl Agent {
 
     fn peers(&self) -> Vec<serde_json::Value> {
         let out = mesh(&["peers", "--json", "--api", &self.api()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -161,12 +165,17 @@ fn real_agents_detect_crash_restart_and_leave() {
     let c_id = c.id();
     for (obs, other) in [(&a, &b), (&b, &a), (&a, &c), (&b, &c)] {
         let id = other.id();
-        wait_until("alive", || (obs.state_of(&id).as_deref() == Some("alive")).then_some(()));
+        wait_until("alive", || {
+            (obs.state_of(&id).as_deref() == Some("alive")).then_some(())
+        });
     }
     // Table output: self first and marked.
     let table = mesh(&["peers", "--api", &a.api()]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.lines().nth(1).unwrap().starts_with("alpha (self)"), "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("alpha (self)"),
+        "{text}"
+    );
 
     c.signal("-KILL");
     for obs in [&a, &b] {

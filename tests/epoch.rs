@@ -9,7 +9,11 @@ use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
 
 const CEILING: Duration = Duration::from_secs(20);
 
-async fn wait_state(node: &NodeHandle, what: &str, mut pred: impl FnMut(&mesh::state::actor::StateSnapshot) -> bool) {
+async fn wait_state(
+    node: &NodeHandle,
+    what: &str,
+    mut pred: impl FnMut(&mesh::state::actor::StateSnapshot) -> bool,
+) {
     let mut rx = node.state().subscribe();
     let ok = tokio::time::timeout(CEILING, async {
         loop {
@@ -22,7 +26,10 @@ async fn wait_state(node: &NodeHandle, what: &str, mut pred: impl FnMut(&mesh::s
         }
     })
     .await;
-    assert!(ok.is_ok() && pred(&node.state().snapshot()), "timed out waiting for {what}");
+    assert!(
+        ok.is_ok() && pred(&node.state().snapshot()),
+        "timed out waiting for {what}"
+    );
 }
 
 fn tag_of(node: &NodeHandle, owner: &NodeHandle, key: &str) -> Option<String> {
@@ -39,7 +46,11 @@ async fn mesh_of(n: usize) -> Vec<NodeHandle> {
     let key = MeshKey::generate();
     let mut nodes = Vec::new();
     for i in 0..n {
-        let cfg = NodeConfig::for_test(&format!("e{i}"), key.clone(), DiscoveryMode::Memory(lan.clone()));
+        let cfg = NodeConfig::for_test(
+            &format!("e{i}"),
+            key.clone(),
+            DiscoveryMode::Memory(lan.clone()),
+        );
         nodes.push(start_node(cfg).await.unwrap());
     }
     // Everyone has everyone's node record.
@@ -56,13 +67,25 @@ async fn compaction_is_adopted_everywhere_without_loss() {
     eprintln!("mesh up: {:?}", t0.elapsed());
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..20 {
-            n.state().set_tag("k", Some(&format!("{i}-{j}"))).await.unwrap();
+            n.state()
+                .set_tag("k", Some(&format!("{i}-{j}")))
+                .await
+                .unwrap();
         }
     }
     for a in &nodes {
         for b in &nodes {
-            let want = format!("{}-19", nodes.iter().position(|x| x.peer_id() == b.peer_id()).unwrap());
-            wait_state(a, "tags", |_| tag_of(a, b, "k").as_deref() == Some(want.as_str())).await;
+            let want = format!(
+                "{}-19",
+                nodes
+                    .iter()
+                    .position(|x| x.peer_id() == b.peer_id())
+                    .unwrap()
+            );
+            wait_state(a, "tags", |_| {
+                tag_of(a, b, "k").as_deref() == Some(want.as_str())
+            })
+            .await;
         }
     }
     eprintln!("tags converged: {:?}", t0.elapsed());
@@ -74,12 +97,23 @@ async fn compaction_is_adopted_everywhere_without_loss() {
     for n in &nodes {
         wait_state(n, "the new epoch", |s| s.epoch == epoch).await;
         let snap = n.state().snapshot();
-        assert_eq!(snap.state.nodes, before.state.nodes, "nothing lost in compaction");
-        assert!(snap.changes < 10, "history was compacted: {} changes", snap.changes);
+        assert_eq!(
+            snap.state.nodes, before.state.nodes,
+            "nothing lost in compaction"
+        );
+        assert!(
+            snap.changes < 10,
+            "history was compacted: {} changes",
+            snap.changes
+        );
     }
     eprintln!("epoch adopted: {:?}", t0.elapsed());
     // Writes keep flowing in the new epoch.
-    nodes[2].state().set_tag("after", Some("yes")).await.unwrap();
+    nodes[2]
+        .state()
+        .set_tag("after", Some("yes"))
+        .await
+        .unwrap();
     for n in &nodes {
         wait_state(n, "a tag written after compaction", |_| {
             tag_of(n, &nodes[2], "after").as_deref() == Some("yes")

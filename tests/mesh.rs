@@ -4,19 +4,22 @@
 
 use std::time::Duration;
 
+use libp2p::PeerId;
 use mesh::admission::MeshKey;
-use mesh::api::client::ApiClient;
 use mesh::api::PeerEntry;
+use mesh::api::client::ApiClient;
 use mesh::discovery::memory::MemoryDiscovery;
 use mesh::membership::PeerState;
 use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, NodeSnapshot, start_node};
-use libp2p::PeerId;
 
 /// Ceiling for any convergence; CI is a loaded 2-core machine. Typical times are far lower.
 const CEILING: Duration = Duration::from_secs(20);
 
 fn state_of(snap: &NodeSnapshot, peer: PeerId) -> Option<PeerState> {
-    snap.peers.iter().find(|p| p.peer_id == peer).map(|p| p.state)
+    snap.peers
+        .iter()
+        .find(|p| p.peer_id == peer)
+        .map(|p| p.state)
 }
 
 async fn wait_state(observer: &NodeHandle, peer: PeerId, state: PeerState) {
@@ -140,7 +143,10 @@ async fn node_with_another_key_is_refused_both_ways() {
         .wait_for(CEILING, |s| s.stats.admission.bad_proof > 0)
         .await;
     assert!(denied.is_some(), "the intruder never saw a bad proof");
-    assert!(intruder.snapshot().peers.is_empty(), "the intruder lists no one");
+    assert!(
+        intruder.snapshot().peers.is_empty(),
+        "the intruder lists no one"
+    );
     for n in &nodes {
         assert!(
             state_of(&n.snapshot(), intruder.peer_id()).is_none(),
@@ -196,10 +202,24 @@ async fn api_serves_peers_and_status_as_documented() {
     assert_eq!(rows.body[1].state, "alive");
     let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
     for field in [
-        "id", "name", "self", "state", "addrs", "rtt_ms", "last_seen_ms_ago", "os", "arch",
-        "device_class", "profile", "score", "version",
+        "id",
+        "name",
+        "self",
+        "state",
+        "addrs",
+        "rtt_ms",
+        "last_seen_ms_ago",
+        "os",
+        "arch",
+        "device_class",
+        "profile",
+        "score",
+        "version",
     ] {
-        assert!(json[1].get(field).is_some(), "peers[1] lacks {field}: {json}");
+        assert!(
+            json[1].get(field).is_some(),
+            "peers[1] lacks {field}: {json}"
+        );
     }
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["peers"]["alive"], 1);
@@ -217,7 +237,11 @@ async fn long_poll_answers_on_change() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(mesh::api::server::serve(listener, nodes[0].clone(), stop.clone()));
+    tokio::spawn(mesh::api::server::serve(
+        listener,
+        nodes[0].clone(),
+        stop.clone(),
+    ));
     let version = nodes[0].snapshot().version;
     let poll = tokio::task::spawn_blocking(move || {
         let client = ApiClient::new(&addr.to_string());
@@ -232,7 +256,10 @@ async fn long_poll_answers_on_change() {
         .unwrap();
     let (v, _, took) = poll.await.unwrap();
     assert!(v.unwrap() > version);
-    assert!(took < Duration::from_secs(20), "answered on change, not at the timeout");
+    assert!(
+        took < Duration::from_secs(20),
+        "answered on change, not at the timeout"
+    );
     stop.cancel();
     joiner.shutdown().await;
     nodes[0].shutdown().await;

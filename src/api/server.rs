@@ -17,8 +17,8 @@ use super::{
     ErrorBody, MAX_WAIT, TagRequest, TagResponse, VERSION_HEADER, peer_entries, state_summary,
     status,
 };
-use crate::state::StateError;
 use crate::node::NodeHandle;
+use crate::state::StateError;
 
 /// Builds the router of the route table in [`crate::api`].
 pub fn router(node: NodeHandle) -> Router {

@@ -40,15 +40,16 @@ impl MemoryDiscovery {
         peer: DiscoveredPeer,
         events: mpsc::Sender<DiscoveryEvent>,
     ) {
-        let mut entries = self.entries.lock().expect("registry lock is never poisoned");
+        let mut entries = self
+            .entries
+            .lock()
+            .expect("registry lock is never poisoned");
         for (id, other) in entries.iter() {
             if *id == peer.peer_id || other.mesh_id != mesh_id {
                 continue;
             }
             let _ = events.try_send(DiscoveryEvent::Found(other.peer.clone()));
-            let _ = other
-                .events
-                .try_send(DiscoveryEvent::Found(peer.clone()));
+            let _ = other.events.try_send(DiscoveryEvent::Found(peer.clone()));
         }
         entries.insert(
             peer.peer_id,
@@ -62,7 +63,10 @@ impl MemoryDiscovery {
 
     /// Withdraws `peer` (a goodbye): the others of its mesh receive `Lost`.
     pub fn withdraw(&self, peer: &PeerId) {
-        let mut entries = self.entries.lock().expect("registry lock is never poisoned");
+        let mut entries = self
+            .entries
+            .lock()
+            .expect("registry lock is never poisoned");
         if let Some(gone) = entries.remove(peer) {
             for other in entries.values() {
                 if other.mesh_id == gone.mesh_id {

@@ -286,7 +286,9 @@ fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
             "the state file is unreadable; moved it aside and starting empty: the state will \
              be recovered from peers"
         ),
-        Err(e) => tracing::warn!(error = %e, "the state file is unreadable and could not be moved aside"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the state file is unreadable and could not be moved aside")
+        }
     }
     (genesis(actor.clone()), true, true)
 }
@@ -327,7 +329,10 @@ pub fn whole_chunks_len(bytes: &[u8]) -> usize {
                 return pos;
             }
         }
-        let Some(total) = usize::try_from(len).ok().and_then(|l| l.checked_add(header)) else {
+        let Some(total) = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(header))
+        else {
             break;
         };
         if total > rest.len() {
@@ -392,16 +397,31 @@ pub fn spawn_state(
             let sync_path = dir.join(SYNC_FILE);
             let mut sessions = SyncSessions::new();
             if let Ok(text) = std::fs::read_to_string(&sync_path) {
-                let saved: BTreeMap<String, String> = serde_json::from_str(&text).unwrap_or_default();
+                let saved: BTreeMap<String, String> =
+                    serde_json::from_str(&text).unwrap_or_default();
                 let saved = saved
                     .into_iter()
                     .filter_map(|(k, v)| hex::decode(v).ok().map(|v| (k, v)))
                     .collect();
                 sessions.restore_states(&saved);
             }
-            (doc, recovered, rewrite, Some(file), Some(sync_path), sessions)
+            (
+                doc,
+                recovered,
+                rewrite,
+                Some(file),
+                Some(sync_path),
+                sessions,
+            )
         }
-        None => (genesis(actor.clone()), false, false, None, None, SyncSessions::new()),
+        None => (
+            genesis(actor.clone()),
+            false,
+            false,
+            None,
+            None,
+            SyncSessions::new(),
+        ),
     };
     let epoch = epoch_of(&mut doc);
     let change_count = doc.get_changes(&[]).len();
@@ -425,7 +445,11 @@ pub fn spawn_state(
         doc,
         epoch,
         change_count,
-        hydrated: (Vec::new(), Arc::new(MeshState::default()), HydrateStats::default()),
+        hydrated: (
+            Vec::new(),
+            Arc::new(MeshState::default()),
+            HydrateStats::default(),
+        ),
         last_compaction: None,
         fetching: None,
         pending_self: None,
@@ -635,9 +659,11 @@ impl StateActor {
         };
         let added = self.doc.get_changes(&before).len();
         self.change_count += added;
-        let repaired = added > 0 && self.pending_self.is_none() && self.repair_own_record(mine_before);
+        let repaired =
+            added > 0 && self.pending_self.is_none() && self.repair_own_record(mine_before);
         if self.pending_self.is_some()
-            && (self.has_own_record() || self.sessions.status(&peer, &self.doc.get_heads()) == SyncStatus::InSync)
+            && (self.has_own_record()
+                || self.sessions.status(&peer, &self.doc.get_heads()) == SyncStatus::InSync)
         {
             self.flush_pending_self().await;
         }
@@ -690,7 +716,9 @@ impl StateActor {
         let Ok(Some((Value::Object(ObjType::Map), nodes))) = self.doc.get(ROOT, "nodes") else {
             return false;
         };
-        let Ok(all) = self.doc.get_all(&nodes, id.as_str()) else { return false };
+        let Ok(all) = self.doc.get_all(&nodes, id.as_str()) else {
+            return false;
+        };
         if all.len() < 2 {
             return false;
         }
@@ -701,7 +729,9 @@ impl StateActor {
             if !matches!(v, Value::Object(ObjType::Map)) {
                 continue;
             }
-            let Ok(rec) = NodeRecord::hydrate_map(&self.doc, obj) else { continue };
+            let Ok(rec) = NodeRecord::hydrate_map(&self.doc, obj) else {
+                continue;
+            };
             if rec.joined_at_ms > 0 {
                 joined = joined.min(rec.joined_at_ms);
             }
@@ -713,7 +743,8 @@ impl StateActor {
         if joined != i64::MAX {
             rec.joined_at_ms = joined;
         }
-        let ok = put_entry(&mut self.doc, "nodes", &id, &rec).is_ok() && self.doc.commit().is_some();
+        let ok =
+            put_entry(&mut self.doc, "nodes", &id, &rec).is_ok() && self.doc.commit().is_some();
         if ok {
             self.change_count += 1;
         }
@@ -814,7 +845,12 @@ impl StateActor {
     }
 
     /// Switches to a newer epoch received from `peer`, carrying over what only we knew.
-    async fn adopt(&mut self, peer: PeerId, epoch: &EpochId, bytes: &[u8]) -> Result<(), StateError> {
+    async fn adopt(
+        &mut self,
+        peer: PeerId,
+        epoch: &EpochId,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
         let mut new = AutoCommit::load(bytes)
             .map_err(|e| StateError::Load(format!("snapshot from {peer}: {e}")))?
             .with_actor(self.actor_id.clone());
