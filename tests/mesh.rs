@@ -233,34 +233,53 @@ async fn api_serves_peers_and_status_as_documented() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_answers_on_change() {
-    let (nodes, lan, key) = start_mesh(1).await;
+    let (nodes, _lan, _key) = start_mesh(2).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(mesh::api::server::serve(
-        listener,
-        nodes[0].clone(),
-        stop.clone(),
-    ));
-    let version = nodes[0].snapshot().version;
+    tokio::spawn(mesh::api::server::serve(listener, nodes[0].clone(), stop.clone()));
+    // Wait until the other node's record has synced, so the next change is the tag.
+    let other = nodes[1].peer_id().to_base58();
+    let mut rx = nodes[0].state().subscribe();
+    tokio::time::timeout(CEILING, async {
+        while !rx.borrow_and_update().state.nodes.contains_key(&other) {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the other node's record syncs");
+    let (got_first, first_done) = tokio::sync::oneshot::channel();
     let poll = tokio::task::spawn_blocking(move || {
         let client = ApiClient::new(&addr.to_string());
+        let first = client.get::<Vec<PeerEntry>>("/v1/peers").unwrap();
+        let v = first.version.unwrap();
+        let _ = got_first.send(());
+        // Like `mesh peers --watch`: poll again after every answer until the tag shows. Each
+        // poll waits up to 20 s, so finishing well before that means a change woke it.
         let t = std::time::Instant::now();
-        let r = client
-            .get::<Vec<PeerEntry>>(&format!("/v1/peers?wait={version}&timeout_ms=20000"))
-            .unwrap();
-        (r.version, r.body.len(), t.elapsed())
+        let mut seen = v;
+        loop {
+            let r = client
+                .get::<Vec<PeerEntry>>(&format!("/v1/peers?wait={seen}&timeout_ms=20000"))
+                .unwrap();
+            seen = r.version.unwrap();
+            let tagged = r.body.iter().any(|row| row.tags.contains_key("role"));
+            if tagged || t.elapsed() > CEILING {
+                return (v, seen, r.body, t.elapsed());
+            }
+        }
     });
-    let joiner = start_node(NodeConfig::for_test("j", key, DiscoveryMode::Memory(lan)))
-        .await
-        .unwrap();
-    let (v, _, took) = poll.await.unwrap();
-    assert!(v.unwrap() > version);
-    assert!(
-        took < Duration::from_secs(20),
-        "answered on change, not at the timeout"
-    );
+    // A tag change on the other node (replicated state, not membership) must wake the poll.
+    // It comes after the first GET; if it lands before the poll parks, the poll answers at once.
+    first_done.await.unwrap();
+    nodes[1].state().set_tag("role", Some("nas")).await.unwrap();
+    let (before, after, body, took) = poll.await.unwrap();
+    assert!(after > before);
+    assert!(took < Duration::from_secs(20), "answered on change, not at the timeout");
+    let row = body.iter().find(|r| r.id == other).expect("the other node is listed");
+    assert_eq!(row.tags.get("role").map(String::as_str), Some("nas"));
     stop.cancel();
-    joiner.shutdown().await;
-    nodes[0].shutdown().await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
 }

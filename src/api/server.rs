@@ -10,6 +10,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -67,18 +68,39 @@ struct PeersQuery {
 }
 
 async fn get_peers(State(node): State<NodeHandle>, Query(q): Query<PeersQuery>) -> Response {
-    let snap = match q.wait {
-        Some(seen) if seen == node.snapshot().version => {
-            let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(1000)).min(MAX_WAIT);
-            node.wait_for(timeout, |s| s.version != seen)
-                .await
-                .unwrap_or_else(|| node.snapshot())
-        }
-        _ => node.snapshot(),
+    let mut nodes = node.subscribe();
+    let mut states = node.state().subscribe();
+    // The version clients long-poll on covers both membership and the replicated document
+    // (tags): the sum only grows, and changes whenever either does.
+    let version = |n: &watch::Receiver<_>, s: &watch::Receiver<_>| -> u64 {
+        let n: &std::sync::Arc<crate::node::NodeSnapshot> = &n.borrow();
+        let s: &std::sync::Arc<crate::state::actor::StateSnapshot> = &s.borrow();
+        n.version + s.version
     };
+    if let Some(seen) = q.wait
+        && seen == version(&nodes, &states)
+    {
+        let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(1000)).min(MAX_WAIT);
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                tokio::select! {
+                    r = nodes.changed() => if r.is_err() { return },
+                    r = states.changed() => if r.is_err() { return },
+                }
+                if version(&nodes, &states) != seen {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    let snap = nodes.borrow().clone();
+    let state = states.borrow().clone();
     let mut headers = HeaderMap::new();
-    headers.insert(VERSION_HEADER, HeaderValue::from(snap.version));
-    let state = node.state().snapshot();
+    headers.insert(
+        VERSION_HEADER,
+        HeaderValue::from(snap.version + state.version),
+    );
     (headers, Json(peer_entries(&snap, &state, Instant::now()))).into_response()
 }
 
