@@ -47,9 +47,11 @@ pub const MAX_CONCURRENT_STREAMS: usize = 64;
 pub const QUIC_IDLE_TIMEOUT_MS: u32 = 3_000;
 /// QUIC keep-alive interval (see [`QUIC_IDLE_TIMEOUT_MS`]).
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi; 1 s keeps redials of
-/// an unreachable peer frequent, so a healed partition is noticed within about a second.
-pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi (the first of a process
+/// ~40 ms, STACK-NOTES); 500 ms leaves a tenfold margin. A dial started just before a partition
+/// heals has its first packets dropped and only ends at this deadline, so it bounds how long a
+/// heal waits before the next redial (every 0.5 s) gets through.
+pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the swarm keeps a connection with no open stream. Membership traffic flows every
 /// few hundred ms between members, so only dead or unadmitted connections ever reach this.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
