@@ -260,34 +260,16 @@ impl Supervisor {
         }
         match event {
             SupervisorEvent::Start { service, reason } => {
-                if self.shutdown.is_some() {
-                    return Err(SupervisorError::ShuttingDown { service });
-                }
-                self.machine_mut(&service)?;
-                self.stopped_by_request.remove(&service);
-                self.deliver(
-                    now,
-                    &service,
-                    MachineEvent::StartRequested { reason },
-                    &mut out,
-                )?;
+                let event = MachineEvent::StartRequested { reason };
+                self.operator_request(now, service, event, &mut out)?;
             }
             SupervisorEvent::Stop { service, reason } => {
                 self.machine_mut(&service)?;
                 self.stopped_by_request.insert(service, reason);
             }
             SupervisorEvent::Restart { service, reason } => {
-                if self.shutdown.is_some() {
-                    return Err(SupervisorError::ShuttingDown { service });
-                }
-                self.machine_mut(&service)?;
-                self.stopped_by_request.remove(&service);
-                self.deliver(
-                    now,
-                    &service,
-                    MachineEvent::RestartRequested { reason },
-                    &mut out,
-                )?;
+                let event = MachineEvent::RestartRequested { reason };
+                self.operator_request(now, service, event, &mut out)?;
             }
             SupervisorEvent::Spawned { service, pid } => {
                 self.deliver(now, &service, MachineEvent::Spawned { pid }, &mut out)?;
@@ -440,6 +422,22 @@ impl Supervisor {
         self.machines
             .get(service)
             .expect("the graph and the machines hold the same services")
+    }
+
+    /// An operator start or restart: refused while shutting down; clears a requested stop.
+    fn operator_request(
+        &mut self,
+        now: Instant,
+        service: String,
+        event: MachineEvent,
+        out: &mut Vec<SupervisorAction>,
+    ) -> Result<(), SupervisorError> {
+        if self.shutdown.is_some() {
+            return Err(SupervisorError::ShuttingDown { service });
+        }
+        self.machine_mut(&service)?;
+        self.stopped_by_request.remove(&service);
+        self.deliver(now, &service, event, out)
     }
 
     fn machine_mut(&mut self, service: &str) -> Result<&mut ServiceMachine, SupervisorError> {

@@ -237,7 +237,11 @@ async fn long_poll_answers_on_change() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(mesh::api::server::serve(listener, nodes[0].clone(), stop.clone()));
+    tokio::spawn(mesh::api::server::serve(
+        listener,
+        nodes[0].clone(),
+        stop.clone(),
+    ));
     // Wait until the other node's record has synced, so the next change is the tag.
     let other = nodes[1].peer_id().to_base58();
     let mut rx = nodes[0].state().subscribe();
@@ -275,8 +279,14 @@ async fn long_poll_answers_on_change() {
     nodes[1].state().set_tag("role", Some("nas")).await.unwrap();
     let (before, after, body, took) = poll.await.unwrap();
     assert!(after > before);
-    assert!(took < Duration::from_secs(20), "answered on change, not at the timeout");
-    let row = body.iter().find(|r| r.id == other).expect("the other node is listed");
+    assert!(
+        took < Duration::from_secs(20),
+        "answered on change, not at the timeout"
+    );
+    let row = body
+        .iter()
+        .find(|r| r.id == other)
+        .expect("the other node is listed");
     assert_eq!(row.tags.get("role").map(String::as_str), Some("nas"));
     stop.cancel();
     for n in &nodes {

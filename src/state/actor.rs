@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     COMPACT_AT_CHANGES, EpochId, HydrateStats, MeshState, NodeRecord, StateError, compact,
-    epoch_of, genesis, hydrate_lenient, migrate_into, put_entry, validate_tag,
+    epoch_of, genesis, get_entry, hydrate_lenient, migrate_into, put_entry, validate_tag,
 };
 use crate::sync::{SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{SyncRequest, SyncResponse};
@@ -626,10 +626,7 @@ impl StateActor {
     }
 
     fn has_own_record(&self) -> bool {
-        hydrate_lenient(&self.doc)
-            .0
-            .nodes
-            .contains_key(&self.local.to_base58())
+        get_entry::<NodeRecord>(&self.doc, "nodes", &self.local.to_base58()).is_some()
     }
 
     /// Writes the held-back record (see [`SELF_RECORD_GRACE`]), merged with whatever the mesh
@@ -803,10 +800,13 @@ impl StateActor {
 
     /// At start: this node's record, keeping tags and first-join time from the document.
     fn write_self_record(&mut self, mut record: NodeRecord) -> Result<(), StateError> {
-        let (state, _) = hydrate_lenient(&self.doc);
-        let existing = state.nodes.get(&self.local.to_base58());
-        record.tags = existing.map(|r| r.tags.clone()).unwrap_or_default();
+        let existing = get_entry::<NodeRecord>(&self.doc, "nodes", &self.local.to_base58());
+        record.tags = existing
+            .as_ref()
+            .map(|r| r.tags.clone())
+            .unwrap_or_default();
         record.joined_at_ms = existing
+            .as_ref()
             .map(|r| r.joined_at_ms)
             .filter(|t| *t > 0)
             .unwrap_or_else(now_ms);
