@@ -123,6 +123,7 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
                         owner: format!("svc{}", port % SERVICES as u64),
                         state: "allocated".into(),
                         since_ms: now_ms,
+                        ..Default::default()
                     },
                 )
                 .unwrap(),
@@ -162,6 +163,7 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
                     desired: desired.into(),
                     updated_by: me.clone(),
                     updated_at_ms: now_ms,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -12,6 +12,14 @@
 //! | GET | `/v1/state` | [`StateResponse`] |
 //! | POST | `/v1/tags` | body [`TagRequest`]; sets one of this node's tags; [`TagResponse`] |
 //! | DELETE | `/v1/tags/{key}` | removes one of this node's tags; [`TagResponse`] |
+//! | GET | `/v1/services` | array of [`ServiceEntry`], mesh-wide, by name |
+//! | POST | `/v1/services` | body [`ServiceAddRequest`]; [`ServiceAddResponse`] |
+//! | DELETE | `/v1/services/{name}` | removes a service (stops it); [`ServiceActionResponse`] |
+//! | POST | `/v1/services/{name}/start` | also `stop`, `restart`; [`ServiceActionResponse`] |
+//! | GET | `/v1/services/{name}/logs?n=N&offset=O` | [`LogsResponse`], from the node running it |
+//! | GET | `/v1/ports?node=NAME` | array of [`PortEntry`] (leases, mesh-wide or one node) |
+//! | GET | `/v1/ports/listening?node=NAME` | [`ListeningResponse`], asked of that node |
+//! | GET | `/v1/events?node=NAME&after=SEQ&limit=N&wait_ms=T` | [`EventsResponse`] |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 //!
@@ -31,6 +39,8 @@ use crate::hardware::HardwareInfo;
 use crate::identity::short_id;
 use crate::node::NodeSnapshot;
 use crate::state::actor::StateSnapshot;
+use crate::state::{InstanceRecord, MeshState};
+use crate::supervisor::ServiceSpec;
 use crate::sync::{SyncStats, SyncStatus};
 
 /// Default address of the API: loopback only, so nothing off the machine can reach it.
@@ -301,4 +311,326 @@ pub fn state_summary(state: &StateSnapshot) -> StateResponse {
         skipped_entries: state.hydrate.skipped_entries,
         recovered_from_corruption: state.recovered_from_corruption,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services, ports, logs, events (issue 4). The CLI renders these; the server builds them from
+// the replicated document (mesh-wide) or asks the node concerned through the mesh.
+
+/// Body of `POST /v1/services`: specs to add or replace, validated as a set together with the
+/// services already in the mesh. A spec without `node` is placed on the node that receives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceAddRequest {
+    pub services: Vec<crate::supervisor::ServiceSpec>,
+}
+
+/// Answer of `POST /v1/services`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceAddResponse {
+    /// One per spec, in request order.
+    pub services: Vec<ServiceAdded>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceAdded {
+    pub name: String,
+    /// The node it is placed on.
+    pub node: String,
+    /// `added`, `updated` or `unchanged`.
+    pub outcome: String,
+}
+
+/// Answer of `DELETE /v1/services/{name}` and `POST /v1/services/{name}/{start|stop|restart}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceActionResponse {
+    pub name: String,
+    pub node: String,
+    /// `removed`, `start`, `stop` or `restart`.
+    pub action: String,
+    /// Whether the desired state changed (false: it already was so).
+    pub changed: bool,
+}
+
+/// One row of `mesh services` (`GET /v1/services`): a service of the desired state with the
+/// instance published by the node it is placed on, or an instance still winding down elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub name: String,
+    /// Node name the service is placed on (or the instance's node).
+    pub node: String,
+    /// Node id of that node, when known.
+    pub node_id: Option<String>,
+    /// `running` or `stopped`: what the operator asked for.
+    pub desired: String,
+    /// `starting`, `healthy`, `unhealthy`, `stopping`, `backoff`, `failed`, `stopped`, or
+    /// `pending` while the node has published nothing yet.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub ports: Vec<u16>,
+    pub restarts: u64,
+    /// Seconds in the current state while a process runs.
+    pub uptime_s: Option<u64>,
+    /// `healthy`, `unhealthy`, `starting` while a process runs and a check is configured;
+    /// `none` with no check; `-` with no process.
+    pub health: String,
+    pub last_exit: Option<String>,
+    /// Why the service is in its state ("dependency db failed", "exited with status 1").
+    pub reason: Option<String>,
+    /// The last log lines, published when the service is `failed`.
+    pub log_tail: Vec<String>,
+    pub after: Vec<String>,
+    pub command: Vec<String>,
+}
+
+/// One row of `mesh ports` (`GET /v1/ports[?node=NAME]`): a port lease from the document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortEntry {
+    pub node: String,
+    pub node_id: String,
+    pub port: u16,
+    pub proto: String,
+    pub service: String,
+    /// `allocated`, `in-use` or `released`.
+    pub state: String,
+    /// Wall-clock milliseconds since the epoch when `state` was entered.
+    pub since_ms: i64,
+    pub pid: Option<u32>,
+}
+
+/// `GET /v1/ports/listening[?node=NAME]`: every listening socket of one node, asked of that
+/// node (not replicated).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListeningResponse {
+    pub node: String,
+    pub sockets: Vec<ListeningEntry>,
+    /// False when some processes could not be read (not root): their sockets have no pid.
+    pub complete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListeningEntry {
+    pub port: u16,
+    pub proto: String,
+    pub addr: String,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    /// The mesh service holding a lease on this port, if any.
+    pub service: Option<String>,
+}
+
+/// `GET /v1/services/{name}/logs?n=N[&offset=O]`: log lines of a service, from the node that
+/// runs it. With `offset` (from a previous answer): only lines written since (`mesh logs -f`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogsResponse {
+    pub service: String,
+    pub node: String,
+    pub lines: Vec<String>,
+    /// Pass back as `offset` to get what follows.
+    pub offset: u64,
+}
+
+/// One entry of the audit trail (`mesh events`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventEntry {
+    /// Increases by one per event on its node; `after=SEQ` pages on it.
+    pub seq: u64,
+    /// Wall-clock milliseconds since the epoch.
+    pub at_ms: i64,
+    pub node: String,
+    pub service: String,
+    /// `start`, `restart`, `exited`, `backoff`, `give-up`, `dependency-stopped`,
+    /// `port-allocated`, `port-reclaimed`, ... (see protocol/service-spec.md).
+    pub kind: String,
+    pub reason: String,
+}
+
+/// `GET /v1/events[?node=NAME][&after=SEQ][&limit=N][&wait_ms=T]`: a node's audit trail,
+/// oldest first. With `wait_ms`, waits up to that long (at most 30 s) for an event past
+/// `after` (`mesh events -f`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventsResponse {
+    pub node: String,
+    pub events: Vec<EventEntry>,
+    /// The highest sequence number the node has given out; pass as `after` to follow.
+    pub last_seq: u64,
+    /// Events that fell out of the bounded ring before they could be read.
+    pub dropped: u64,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A node's name from the document, else its id.
+pub fn node_name(state: &MeshState, node_id: &str) -> String {
+    state
+        .nodes
+        .get(node_id)
+        .map(|n| n.name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| node_id.to_string())
+}
+
+/// The nodes (ids) a spec is placed on: those whose name or id is its `node`.
+pub fn placement_ids<'a>(state: &'a MeshState, node: &str) -> Vec<&'a str> {
+    state
+        .nodes
+        .iter()
+        .filter(|(id, n)| n.name == node || id.as_str() == node)
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
+fn service_row(
+    name: &str,
+    node: String,
+    desired: &str,
+    spec: Option<&ServiceSpec>,
+    instance: Option<(&str, &InstanceRecord)>,
+    now_ms: i64,
+) -> ServiceEntry {
+    let running = instance.is_some_and(|(_, i)| {
+        matches!(
+            i.state.as_str(),
+            "starting" | "healthy" | "unhealthy" | "stopping"
+        )
+    });
+    let health = match instance {
+        Some((_, i)) if running => match (i.health_check, i.state.as_str()) {
+            (Some(false), _) => "none".to_string(),
+            (_, "stopping") => "-".to_string(),
+            (_, state) => state.to_string(),
+        },
+        _ => "-".to_string(),
+    };
+    ServiceEntry {
+        name: name.to_string(),
+        node,
+        node_id: instance.map(|(id, _)| id.to_string()),
+        desired: desired.to_string(),
+        state: instance.map_or_else(|| "pending".to_string(), |(_, i)| i.state.clone()),
+        pid: instance
+            .and_then(|(_, i)| i.pid)
+            .and_then(|p| u32::try_from(p).ok()),
+        ports: instance
+            .map(|(_, i)| {
+                i.ports
+                    .iter()
+                    .filter_map(|p| u16::try_from(*p).ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        restarts: instance.map_or(0, |(_, i)| i.restarts),
+        uptime_s: instance
+            .filter(|_| running)
+            .map(|(_, i)| (now_ms.saturating_sub(i.since_ms).max(0) / 1000) as u64),
+        health,
+        last_exit: instance.and_then(|(_, i)| i.last_exit.clone()),
+        reason: instance.and_then(|(_, i)| i.reason.clone()),
+        log_tail: instance
+            .and_then(|(_, i)| i.log_tail.clone())
+            .unwrap_or_default(),
+        after: spec.map(|s| s.after.clone()).unwrap_or_default(),
+        command: spec
+            .map(|s| {
+                std::iter::once(s.command.clone())
+                    .chain(s.args.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The `mesh services` rows: every service of the desired state with the instance of the node
+/// it is placed on, then instances still running elsewhere (removed or moved services
+/// winding down). By name.
+pub fn service_entries(state: &MeshState, now_ms: i64) -> Vec<ServiceEntry> {
+    let mut rows = Vec::new();
+    let mut shown: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for (name, record) in &state.services {
+        if record.desired == "removed" {
+            continue;
+        }
+        let spec: Option<ServiceSpec> = serde_json::from_str(&record.spec_json).ok();
+        let placed = spec
+            .as_ref()
+            .and_then(|s| s.node.clone())
+            .unwrap_or_else(|| record.updated_by.clone());
+        let ids = placement_ids(state, &placed);
+        let instance = ids.iter().find_map(|id| {
+            let key = format!("{name}@{id}");
+            state
+                .instances
+                .get_key_value(&key)
+                .map(|(k, i)| (k.as_str(), *id, i))
+        });
+        if let Some((key, _, _)) = instance {
+            shown.insert(key);
+        }
+        let node = instance.map_or(placed.clone(), |(_, id, _)| node_name(state, id));
+        let mut row = service_row(
+            name,
+            node,
+            &record.desired,
+            spec.as_ref(),
+            instance.map(|(_, id, i)| (id, i)),
+            now_ms,
+        );
+        if spec.is_none() {
+            row.state = "invalid".to_string();
+            row.reason = Some("the spec in the document does not parse".to_string());
+        }
+        rows.push(row);
+    }
+    for (key, instance) in &state.instances {
+        if shown.contains(key.as_str()) || instance.state == "stopped" {
+            continue;
+        }
+        let desired = state
+            .services
+            .get(&instance.service)
+            .map_or("removed", |r| r.desired.as_str());
+        rows.push(service_row(
+            &instance.service,
+            node_name(state, &instance.node),
+            desired,
+            None,
+            Some((instance.node.as_str(), instance)),
+            now_ms,
+        ));
+    }
+    rows.sort_by(|a, b| (&a.name, &a.node).cmp(&(&b.name, &b.node)));
+    rows
+}
+
+/// The `mesh ports` rows: leases from the document, optionally of one node (by name or id),
+/// by node then port.
+pub fn port_entries(state: &MeshState, node: Option<&str>) -> Vec<PortEntry> {
+    let mut rows: Vec<PortEntry> = state
+        .leases
+        .values()
+        .filter(|l| {
+            node.is_none_or(|n| {
+                l.node == n || state.nodes.get(&l.node).is_some_and(|r| r.name == n)
+            })
+        })
+        .filter_map(|l| {
+            Some(PortEntry {
+                node: node_name(state, &l.node),
+                node_id: l.node.clone(),
+                port: u16::try_from(l.port).ok()?,
+                proto: l.proto.clone(),
+                service: l.owner.clone(),
+                state: l.state.clone(),
+                since_ms: l.since_ms,
+                pid: l.pid.and_then(|p| u32::try_from(p).ok()),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.node, a.port, &a.proto).cmp(&(&b.node, b.port, &b.proto)));
+    rows
 }

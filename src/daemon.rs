@@ -16,6 +16,9 @@ use crate::hardware::Profile;
 use crate::identity;
 use crate::membership::MembershipConfig;
 use crate::node::{DiscoveryMode, NodeConfig, start_node};
+use crate::supervisor::ShutdownMode;
+use crate::supervisor::actor::SupervisorConfig;
+use crate::supervisor::launcher::LogLimits;
 use crate::transport::parse_quic_addr;
 
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
@@ -43,6 +46,33 @@ pub struct AgentOptions {
     pub log_format: LogFormat,
     pub mdns: bool,
     pub profile: Option<Profile>,
+    /// `NAME=FIRST-LAST[,FIRST-LAST...]` port pools for `auto` ports, on top of the default
+    /// pool (20000-29999, which a `default=...` entry replaces).
+    pub port_pools: Vec<String>,
+    /// On stop, leave services running instead of stopping them in reverse dependency order.
+    pub leave_services_running: bool,
+}
+
+/// Parses `--port-pool NAME=FIRST-LAST[,FIRST-LAST...]` values into a pool table.
+pub fn parse_port_pools(values: &[String]) -> anyhow::Result<crate::ports::PoolSet> {
+    use std::collections::BTreeMap;
+    let mut pools: BTreeMap<String, Vec<crate::ports::PortRange>> = BTreeMap::new();
+    for value in values {
+        let (name, ranges) = value.split_once('=').with_context(|| {
+            format!("--port-pool {value:?}: expected NAME=FIRST-LAST[,FIRST-LAST...]")
+        })?;
+        for range in ranges.split(',') {
+            let range = range
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--port-pool {value:?}: {e}"))?;
+            pools
+                .entry(name.trim().to_string())
+                .or_default()
+                .push(range);
+        }
+    }
+    crate::ports::PoolSet::new(pools).map_err(|e| anyhow::anyhow!("--port-pool: {e}"))
 }
 
 /// The default data dir: `/var/lib/mesh` for root, else `$XDG_DATA_HOME/mesh`, else
@@ -184,6 +214,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         let n = addrs.len();
         (addrs, vec![true; n])
     };
+    let pools = parse_port_pools(&options.port_pools)?;
     let static_peers = options
         .peers
         .iter()
@@ -238,6 +269,24 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         membership: MembershipConfig::lan(),
         redial_max: settings.redial_interval,
         data_dir: Some(data_dir.clone()),
+        supervisor: Some(SupervisorConfig {
+            node_id: String::new(),
+            node_name: String::new(),
+            log_dir: data_dir.join("logs"),
+            work_dir: data_dir.join("services"),
+            log_limits: LogLimits {
+                max_bytes: settings.log_rotate_bytes,
+                ..LogLimits::default()
+            },
+            pools,
+            leases: crate::ports::LeaseConfig::default(),
+            event_capacity: settings.event_ring_capacity,
+            shutdown_mode: if options.leave_services_running {
+                ShutdownMode::LeaveRunning
+            } else {
+                ShutdownMode::StopServices
+            },
+        }),
     };
     let node = start_node(config).await?;
     let shutdown = CancellationToken::new();
@@ -257,7 +306,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     );
 
     wait_for_signal().await?;
-    tracing::info!("stopping: telling peers we leave");
+    tracing::info!("stopping: services first, then telling peers we leave");
     node.shutdown().await;
     shutdown.cancel();
     let _ = std::fs::remove_file(&api_file);

@@ -17,7 +17,8 @@
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
 //! | [`state`] | the replicated Automerge document: schema, typed access, its actor and file |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
-//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff (sans-IO) |
+//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff (sans-IO); `supervisor::actor` runs them; `supervisor::launcher` spawns and probes |
+//! | [`query`] | what one node answers about itself for another (`/mesh/query/1`): logs, listening sockets, events |
 //! | [`ports`] | port pools, leases, allocation (sans-IO); `ports::scan`: the listening-socket scan and bind test |
 //! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
 //! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids |
@@ -37,6 +38,7 @@ pub mod identity;
 pub mod membership;
 pub mod node;
 pub mod ports;
+pub mod query;
 pub mod state;
 pub mod supervisor;
 pub mod sync;

@@ -21,7 +21,7 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +32,10 @@ use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
 use crate::membership::{Membership, MembershipConfig, MembershipStats, PeerState};
+use crate::query::{self, QueryRequest, QueryResponse};
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
+use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervisor};
 use crate::transport::{
     self, MembershipRequest, MembershipResponse, MeshBehaviour, MeshBehaviourEvent, NodeInfo,
     SyncRequest, SyncResponse,
@@ -61,6 +63,11 @@ pub const MAX_RTT_PENDING: usize = 4096;
 pub const MAX_PENDING_SYNC: usize = 1024;
 /// How long a graceful stop waits for the state actor to record that this node left.
 pub const MARK_LEFT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Most inbound queries being answered at once (all peers together); beyond it new ones are
+/// refused with an error answer. Each holds a task and a stream.
+pub const MAX_PENDING_QUERIES: usize = 64;
+/// Capacity of the node's command channel (queries from the API).
+pub const NODE_COMMAND_CHANNEL: usize = 64;
 /// Most dial targets remembered (discovered or static). Bounds memory against a LAN flooded
 /// with fake advertisements; the oldest-failing target is evicted first.
 pub const MAX_DIAL_TARGETS: usize = 1024;
@@ -99,6 +106,9 @@ pub struct NodeConfig {
     pub redial_max: Duration,
     /// Where the state document lives; `None` keeps it in memory (tests).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Run this node's services; `None` runs none (its `node_id` and `node_name` are filled
+    /// in by [`start_node`]).
+    pub supervisor: Option<SupervisorConfig>,
 }
 
 impl NodeConfig {
@@ -120,6 +130,7 @@ impl NodeConfig {
             membership: MembershipConfig::lan(),
             redial_max: Duration::from_secs(2),
             data_dir: None,
+            supervisor: None,
         }
     }
 }
@@ -143,6 +154,19 @@ pub enum NodeError {
     State(#[from] crate::state::StateError),
     #[error("the node actor stopped")]
     Stopped,
+    #[error("node {peer} is not connected")]
+    NotConnected { peer: PeerId },
+    #[error("asking node {peer} failed: {reason}")]
+    QueryFailed { peer: PeerId, reason: String },
+}
+
+/// Commands to the node actor.
+enum NodeCommand {
+    Query {
+        peer: PeerId,
+        request: QueryRequest,
+        reply: oneshot::Sender<Result<QueryResponse, NodeError>>,
+    },
 }
 
 /// This node, as the snapshot shows it.
@@ -209,9 +233,36 @@ pub struct NodeHandle {
     state_abort: tokio::task::AbortHandle,
     peer_id: PeerId,
     state: StateHandle,
+    supervisor: Option<SupervisorHandle>,
+    supervisor_shutdown: CancellationToken,
+    supervisor_task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    commands: mpsc::Sender<NodeCommand>,
 }
 
 impl NodeHandle {
+    /// This node's supervisor, if it runs services.
+    pub fn supervisor(&self) -> Option<&SupervisorHandle> {
+        self.supervisor.as_ref()
+    }
+
+    /// Asks another node a question through the mesh (`/mesh/query/1`).
+    pub async fn query(
+        &self,
+        peer: PeerId,
+        request: QueryRequest,
+    ) -> Result<QueryResponse, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(NodeCommand::Query {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
     }
@@ -233,6 +284,17 @@ impl NodeHandle {
 
     /// Graceful stop: tells peers we leave, sends mDNS goodbyes, waits for the actor to end.
     pub async fn shutdown(&self) {
+        // Services first (reverse dependency order), while the mesh can still hear their
+        // final states.
+        self.supervisor_shutdown.cancel();
+        let supervisor = self
+            .supervisor_task
+            .lock()
+            .expect("lock is never poisoned")
+            .take();
+        if let Some(task) = supervisor {
+            let _ = task.await;
+        }
         self.shutdown.cancel();
         let task = self.task.lock().expect("lock is never poisoned").take();
         if let Some(task) = task {
@@ -244,6 +306,15 @@ impl NodeHandle {
     /// for tests.
     pub fn abort(&self) {
         if let Some(task) = self.task.lock().expect("lock is never poisoned").take() {
+            task.abort();
+        }
+        // Its services keep running, as they would after a real crash.
+        if let Some(task) = self
+            .supervisor_task
+            .lock()
+            .expect("lock is never poisoned")
+            .take()
+        {
             task.abort();
         }
         self.state_abort.abort();
@@ -330,6 +401,15 @@ struct NodeActor {
     next_sync_token: u64,
     state_shutdown: CancellationToken,
     state_task: Option<JoinHandle<()>>,
+    supervisor: Option<SupervisorHandle>,
+    commands: mpsc::Receiver<NodeCommand>,
+    /// Inbound queries being answered: token → where the answer goes.
+    query_pending: HashMap<u64, request_response::ResponseChannel<QueryResponse>>,
+    next_query_token: u64,
+    query_answers_tx: mpsc::Sender<(u64, QueryResponse)>,
+    query_answers: mpsc::Receiver<(u64, QueryResponse)>,
+    /// Outbound queries: request → who waits for the answer.
+    query_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<QueryResponse, NodeError>>>,
     stats: NodeStats,
     snapshot_tx: watch::Sender<Arc<NodeSnapshot>>,
     version: u64,
@@ -435,6 +515,18 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         },
         state_shutdown.clone(),
     )?;
+    let supervisor_shutdown = CancellationToken::new();
+    let (supervisor, supervisor_task) = match config.supervisor.clone() {
+        Some(mut sup) => {
+            sup.node_id = local_peer.to_base58();
+            sup.node_name = config.name.clone();
+            let (handle, task) = spawn_supervisor(sup, state.clone(), supervisor_shutdown.clone());
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
+    let (commands_tx, commands) = mpsc::channel(NODE_COMMAND_CHANNEL);
+    let (query_answers_tx, query_answers) = mpsc::channel(MAX_PENDING_QUERIES);
     let mut actor = NodeActor {
         swarm,
         admission: Admission::new(config.mesh_key.clone(), local_peer),
@@ -464,6 +556,13 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         next_sync_token: 0,
         state_shutdown,
         state_task: None,
+        supervisor: supervisor.clone(),
+        commands,
+        query_pending: HashMap::new(),
+        next_query_token: 0,
+        query_answers_tx,
+        query_answers,
+        query_requests: HashMap::new(),
         stats: NodeStats::default(),
         snapshot_tx,
         version: 0,
@@ -487,6 +586,10 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         state_abort,
         peer_id: local_peer,
         state,
+        supervisor,
+        supervisor_shutdown,
+        supervisor_task: Arc::new(std::sync::Mutex::new(supervisor_task)),
+        commands: commands_tx,
     })
 }
 
@@ -522,6 +625,12 @@ impl NodeActor {
                 }
                 Some(ev) = self.discovery_rx.recv() => self.on_discovery(ev),
                 Some(out) = self.sync_out.recv() => self.on_sync_out(out),
+                Some((token, answer)) = self.query_answers.recv() => {
+                    if let Some(channel) = self.query_pending.remove(&token) {
+                        let _ = self.swarm.behaviour_mut().query.send_response(channel, answer);
+                    }
+                }
+                Some(command) = self.commands.recv() => self.on_command(command),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev).await,
                 _ = tokio::time::sleep_until(deadline) => {}
             }
@@ -552,6 +661,89 @@ impl NodeActor {
                         .send_response(channel, response);
                 }
             }
+        }
+    }
+
+    fn on_command(&mut self, command: NodeCommand) {
+        match command {
+            NodeCommand::Query {
+                peer,
+                request,
+                reply,
+            } => {
+                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
+                    let _ = reply.send(Err(NodeError::NotConnected { peer }));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .query
+                    .send_request(&peer, request);
+                self.query_requests.insert(id, reply);
+            }
+        }
+    }
+
+    fn on_query_event(&mut self, ev: request_response::Event<QueryRequest, QueryResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let behaviour = &mut self.swarm.behaviour_mut().query;
+                    if !self.admission.is_admitted(&peer) {
+                        self.stats.unadmitted_requests += 1;
+                        let _ = behaviour.send_response(channel, QueryResponse::NotAdmitted);
+                        return;
+                    }
+                    if self.query_pending.len() >= MAX_PENDING_QUERIES {
+                        let _ = behaviour.send_response(
+                            channel,
+                            QueryResponse::Error("too many queries at once; retry".into()),
+                        );
+                        return;
+                    }
+                    let token = self.next_query_token;
+                    self.next_query_token += 1;
+                    self.query_pending.insert(token, channel);
+                    let supervisor = self.supervisor.clone();
+                    let answers = self.query_answers_tx.clone();
+                    tokio::spawn(async move {
+                        let answer =
+                            query::answer(supervisor.as_ref(), request, query::MAX_REMOTE_WAIT)
+                                .await;
+                        let _ = answers.send((token, answer)).await;
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.query_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.query_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NodeError::QueryFailed {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.stats.malformed_inbound += 1;
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -890,6 +1082,7 @@ impl NodeActor {
                 self.on_membership_event(ev, now)
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Sync(ev)) => self.on_sync_event(ev),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Query(ev)) => self.on_query_event(ev),
             _ => {}
         }
     }

@@ -106,10 +106,17 @@ impl From<&crate::hardware::HardwareInfo> for NodeHardware {
 #[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub spec_json: String,
-    /// `running` or `stopped`.
+    /// `running`, `stopped`, or `removed` (a tombstone: deletions must win over concurrent
+    /// older writes, and epoch migration compares `updated_at_ms`).
     pub desired: String,
     pub updated_by: String,
     pub updated_at_ms: i64,
+    /// The last operator request that is not a desired state: `start` (clear `failed`) or
+    /// `restart`. The node running the service acts on a request newer than its own start.
+    #[autosurgeon(missing = "Default::default")]
+    pub request: Option<String>,
+    #[autosurgeon(missing = "Default::default")]
+    pub request_at_ms: Option<i64>,
 }
 
 /// A service instance on one node, updated on lifecycle transitions only.
@@ -124,6 +131,15 @@ pub struct InstanceRecord {
     pub restarts: u64,
     pub ports: Vec<u64>,
     pub last_exit: Option<String>,
+    /// Why it is in `state` ("dependency db failed", "exited with status 1").
+    #[autosurgeon(missing = "Default::default")]
+    pub reason: Option<String>,
+    /// The last lines of its log, written only when it enters `failed` (bounded).
+    #[autosurgeon(missing = "Default::default")]
+    pub log_tail: Option<Vec<String>>,
+    /// Whether a health check is configured (the HEALTH column says `none` otherwise).
+    #[autosurgeon(missing = "Default::default")]
+    pub health_check: Option<bool>,
 }
 
 /// A port lease held by one node.
@@ -138,6 +154,15 @@ pub struct LeaseRecord {
     /// `allocated`, `in-use` or `released`.
     pub state: String,
     pub since_ms: i64,
+    /// Which of the owner's ports (`PORT_<NAME>`); absent for a single unnamed port.
+    #[autosurgeon(missing = "Default::default")]
+    pub port_name: Option<String>,
+    /// Asked for by number rather than drawn from a pool.
+    #[autosurgeon(missing = "Default::default")]
+    pub fixed: Option<bool>,
+    /// Process group leader using the port, once spawned.
+    #[autosurgeon(missing = "Default::default")]
+    pub pid: Option<i64>,
 }
 
 /// Errors of typed document access.
@@ -155,6 +180,8 @@ pub enum StateError {
     Load(String),
     #[error("the state actor stopped")]
     Stopped,
+    #[error("this node may not write another node's entry: {0}")]
+    NotOwned(String),
 }
 
 /// Checks a tag key and value: keys are `[a-z0-9._-]`, 1-63 characters, starting with a letter
@@ -326,13 +353,9 @@ pub fn migrate_into(
     {
         put_entry(new, "nodes", local, mine)?;
     }
-    for (map, old_entries, new_entries) in [(
-        "instances",
-        owned(&old.instances, local, |r| &r.node),
-        owned(&current.instances, local, |r| &r.node),
-    )] {
-        sync_owned(new, map, &old_entries, &new_entries)?;
-    }
+    let old_instances = owned(&old.instances, local, |r| &r.node);
+    let new_instances = owned(&current.instances, local, |r| &r.node);
+    sync_owned(new, "instances", &old_instances, &new_instances)?;
     let old_leases = owned(&old.leases, local, |r| &r.node);
     let new_leases = owned(&current.leases, local, |r| &r.node);
     sync_owned(new, "leases", &old_leases, &new_leases)?;
@@ -348,8 +371,8 @@ pub fn migrate_into(
     Ok(new.commit().is_some())
 }
 
-fn owned<'a, T: Clone>(
-    map: &'a BTreeMap<String, T>,
+fn owned<T: Clone>(
+    map: &BTreeMap<String, T>,
     local: &str,
     node_of: impl Fn(&T) -> &String,
 ) -> BTreeMap<String, T> {
@@ -523,6 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn records_written_before_the_optional_fields_existed_still_read() {
+        // A peer running the first schema writes services and leases without the fields added
+        // since (`request`, `port_name`, ...): they read as `None`, not as malformed.
+        let mut doc = genesis(actor());
+        let services = match doc.get(ROOT, "services").unwrap() {
+            Some((automerge::Value::Object(ObjType::Map), obj)) => obj,
+            other => panic!("services is not a map: {other:?}"),
+        };
+        let web = doc.put_object(&services, "web", ObjType::Map).unwrap();
+        doc.put(&web, "spec_json", "{}").unwrap();
+        doc.put(&web, "desired", "running").unwrap();
+        doc.put(&web, "updated_by", "me").unwrap();
+        doc.put(&web, "updated_at_ms", 5i64).unwrap();
+        doc.commit();
+        let (state, stats) = hydrate_lenient(&doc);
+        assert_eq!(stats.skipped_entries, 0);
+        assert_eq!(state.services["web"].request, None);
+        assert_eq!(state.services["web"].desired, "running");
+    }
+
+    #[test]
     fn a_malformed_entry_is_skipped_not_fatal() {
         let mut doc = genesis(actor());
         put_entry(
@@ -589,6 +633,7 @@ mod tests {
             desired: "running".into(),
             updated_by: "me".into(),
             updated_at_ms: 5,
+            ..Default::default()
         };
         put_entry(&mut doc, "services", "web", &svc).unwrap();
         doc.commit();

@@ -24,6 +24,7 @@
 //! service's lifecycle), and the one I/O edge, [`launcher`] (spawning in a process group with
 //! log capture and rotation, group signals, health probes). Spec: `protocol/service-spec.md`.
 
+pub mod actor;
 pub mod backoff;
 pub mod graph;
 pub mod launcher;
@@ -246,6 +247,13 @@ impl Supervisor {
                 .chain(self.draining.values())
                 .all(|machine| !machine.has_process()),
         }
+    }
+
+    /// Records that `service` should not run (desired state `stopped`), whether or not it is
+    /// among the services yet; it takes effect at the next reconcile (any event, or
+    /// [`Supervisor::apply_specs`]), so a service added as stopped never spawns.
+    pub fn request_stop(&mut self, service: &str, reason: String) {
+        self.stopped_by_request.insert(service.to_string(), reason);
     }
 
     /// Handles one event at `now` and returns what to do.

@@ -178,7 +178,7 @@ impl SyncSessions {
         let peers: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, s)| s.connected && !s.backoff_until.is_some_and(|t| t > now))
+            .filter(|(_, s)| s.connected && s.backoff_until.is_none_or(|t| t <= now))
             .map(|(p, _)| *p)
             .collect();
         peers

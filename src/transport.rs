@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::{AuthRequest, AuthResponse};
 use crate::hardware::HardwareInfo;
+use crate::query::{QueryRequest, QueryResponse};
 use crate::state::EpochId;
 
 /// The admission handshake (spec: `protocol/auth.md`).
@@ -27,6 +28,9 @@ pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/membership/1");
 /// Automerge sync of the mesh state document (spec: `protocol/sync.md`).
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/sync/1");
+/// Questions one node answers about itself: logs, listening sockets, events (spec:
+/// `protocol/query.md`).
+pub const QUERY_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/query/1");
 
 /// Largest auth message. A [`NodeInfo`] is a few hundred bytes; 16 KiB leaves room for long
 /// CPU model strings and many addresses while keeping a hostile peer's cost to us small.
@@ -36,6 +40,12 @@ pub const MAX_MEMBERSHIP_MESSAGE: u64 = 9 * 1024;
 /// Largest sync message. A first sync of a bounded document (< 1 MB by design, see
 /// `protocol/state-schema.md`) fits with room to spare; anything larger is refused unread.
 pub const MAX_SYNC_MESSAGE: u64 = 8 * 1024 * 1024;
+/// Largest query request: a service name and a few numbers.
+pub const MAX_QUERY_REQUEST: u64 = 4 * 1024;
+/// Largest query answer: 5,000 log lines of up to 64 KiB each would be far more, so the
+/// answering node trims to this (see `query::MAX_LOG_LINES`); 4 MiB holds a page of logs or
+/// the sockets of a busy server.
+pub const MAX_QUERY_RESPONSE: u64 = 4 * 1024 * 1024;
 /// A request without a response after this long has failed. Membership probes have their own,
 /// shorter deadline inside foca; this only frees the stream.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,6 +167,7 @@ pub type AuthBehaviour =
 pub type MembershipBehaviour =
     request_response::cbor::Behaviour<MembershipRequest, MembershipResponse>;
 pub type SyncBehaviour = request_response::cbor::Behaviour<SyncRequest, SyncResponse>;
+pub type QueryBehaviour = request_response::cbor::Behaviour<QueryRequest, QueryResponse>;
 
 /// The composed behaviour of a mesh node.
 #[derive(NetworkBehaviour)]
@@ -164,6 +175,7 @@ pub struct MeshBehaviour {
     pub auth: AuthBehaviour,
     pub membership: MembershipBehaviour,
     pub sync: SyncBehaviour,
+    pub query: QueryBehaviour,
 }
 
 /// Errors building the swarm.
@@ -203,6 +215,13 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportEr
                 .set_request_size_maximum(MAX_SYNC_MESSAGE)
                 .set_response_size_maximum(MAX_SYNC_MESSAGE),
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+            rr_config(),
+        ),
+        query: request_response::Behaviour::with_codec(
+            request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(MAX_QUERY_REQUEST)
+                .set_response_size_maximum(MAX_QUERY_RESPONSE),
+            [(QUERY_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
     };

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{ErrorBody, VERSION_HEADER};
@@ -85,6 +86,19 @@ impl ApiClient {
             url: self.base.clone(),
             message: format!("unexpected response: {e}"),
         })
+    }
+
+    /// POST `body` as JSON to `path` and decode the JSON answer.
+    pub fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let text = serde_json::to_string(body).map_err(|e| ClientError::Other {
+            url: self.base.clone(),
+            message: format!("encoding the request: {e}"),
+        })?;
+        self.send_json("POST", path, Some(&text))
     }
 
     /// A raw request: status, version header and body text (for `mesh api`).

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod services;
+
 use super::{
     ErrorBody, MAX_WAIT, TagRequest, TagResponse, VERSION_HEADER, peer_entries, state_summary,
     status,
@@ -29,6 +31,19 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/state", get(get_state))
         .route("/v1/tags", axum::routing::post(post_tag))
         .route("/v1/tags/{key}", delete(delete_tag))
+        .route(
+            "/v1/services",
+            get(services::list_services).post(services::add_services),
+        )
+        .route("/v1/services/{name}", delete(services::remove_service))
+        .route("/v1/services/{name}/logs", get(services::service_logs))
+        .route(
+            "/v1/services/{name}/{action}",
+            axum::routing::post(services::service_action),
+        )
+        .route("/v1/ports", get(services::list_ports))
+        .route("/v1/ports/listening", get(services::listening_ports))
+        .route("/v1/events", get(services::list_events))
         .fallback(not_found)
         .with_state(node)
 }
@@ -114,7 +129,7 @@ fn error(status: StatusCode, message: String) -> Response {
 
 fn state_error(e: StateError) -> Response {
     match e {
-        StateError::InvalidTag(_) | StateError::TooManyTags => {
+        StateError::InvalidTag(_) | StateError::TooManyTags | StateError::NotOwned(_) => {
             error(StatusCode::BAD_REQUEST, e.to_string())
         }
         other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),

@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    COMPACT_AT_CHANGES, EpochId, HydrateStats, MeshState, NodeRecord, StateError, compact,
-    epoch_of, genesis, get_entry, hydrate_lenient, migrate_into, put_entry, validate_tag,
+    COMPACT_AT_CHANGES, EpochId, HydrateStats, InstanceRecord, LeaseRecord, MeshState, NodeRecord,
+    ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
+    hydrate_lenient, migrate_into, put_entry, validate_tag,
 };
 use crate::sync::{SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{SyncRequest, SyncResponse};
@@ -70,8 +71,47 @@ pub struct StateConfig {
     pub self_record: NodeRecord,
 }
 
+/// One entry written by [`StateHandle::write`]. `None` deletes the entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryWrite {
+    /// Shared desired state: any member may write any service (last writer wins per service).
+    Service { name: String, record: ServiceRecord },
+    /// Key `service@node-id`: only that node writes it (checked).
+    Instance {
+        key: String,
+        record: Option<InstanceRecord>,
+    },
+    /// Key `node-id/proto/port`: only that node writes it (checked).
+    Lease {
+        key: String,
+        record: Option<LeaseRecord>,
+    },
+}
+
+impl EntryWrite {
+    /// Whether this node may write the entry: instances and leases only its own.
+    fn owned_by(&self, local: &str) -> bool {
+        match self {
+            EntryWrite::Service { .. } => true,
+            EntryWrite::Instance { key, record } => {
+                key.rsplit_once('@').is_some_and(|(_, node)| node == local)
+                    && record.as_ref().is_none_or(|r| r.node == local)
+            }
+            EntryWrite::Lease { key, record } => {
+                key.split_once('/').is_some_and(|(node, _)| node == local)
+                    && record.as_ref().is_none_or(|r| r.node == local)
+            }
+        }
+    }
+}
+
 /// Commands to the state actor.
 pub enum StateCommand {
+    /// Writes entries in one change; replies whether the document changed.
+    Write {
+        writes: Vec<EntryWrite>,
+        reply: Option<oneshot::Sender<Result<bool, StateError>>>,
+    },
     SetTag {
         key: String,
         value: Option<String>,
@@ -158,6 +198,33 @@ impl StateHandle {
             .await
             .map_err(|_| StateError::Stopped)?;
         rx.await.map_err(|_| StateError::Stopped)?
+    }
+
+    /// Writes entries (services, this node's instances and leases) as one change. Returns
+    /// once the change is on disk, with whether anything changed (`Ok(false)`: every entry
+    /// already held these values).
+    pub async fn write(&self, writes: Vec<EntryWrite>) -> Result<bool, StateError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(StateCommand::Write {
+                writes,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        rx.await.map_err(|_| StateError::Stopped)?
+    }
+
+    /// Like [`StateHandle::write`] without waiting for the answer (the supervisor publishing
+    /// transitions: it must not stall on the disk). Waits only for room in the channel.
+    pub async fn write_detached(&self, writes: Vec<EntryWrite>) -> Result<(), StateError> {
+        self.commands
+            .send(StateCommand::Write {
+                writes,
+                reply: None,
+            })
+            .await
+            .map_err(|_| StateError::Stopped)
     }
 
     pub fn snapshot(&self) -> Arc<StateSnapshot> {
@@ -515,6 +582,15 @@ impl StateActor {
     async fn handle(&mut self, cmd: StateCommand) {
         let now = Instant::now().into_std();
         match cmd {
+            StateCommand::Write { writes, reply } => {
+                let result = self.write_entries(writes).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "cannot write to the state document");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
             StateCommand::SetTag { key, value, reply } => {
                 let result = self.set_tag(&key, value.as_deref()).await;
                 let _ = reply.send(result);
@@ -623,6 +699,43 @@ impl StateActor {
             },
             StateCommand::SendFailed(peer) => self.sessions.on_send_failed(peer),
         }
+    }
+
+    async fn write_entries(&mut self, writes: Vec<EntryWrite>) -> Result<bool, StateError> {
+        let local = self.local.to_base58();
+        if let Some(w) = writes.iter().find(|w| !w.owned_by(&local)) {
+            return Err(StateError::NotOwned(format!("{w:?}")));
+        }
+        if let Err(e) = Self::apply_writes(&mut self.doc, &writes) {
+            self.doc.rollback();
+            return Err(e);
+        }
+        if self.doc.commit().is_none() {
+            return Ok(false);
+        }
+        self.change_count += 1;
+        self.publish_and_push().await;
+        self.persist();
+        Ok(true)
+    }
+
+    fn apply_writes(doc: &mut AutoCommit, writes: &[EntryWrite]) -> Result<(), StateError> {
+        for write in writes {
+            match write {
+                EntryWrite::Service { name, record } => put_entry(doc, "services", name, record)?,
+                EntryWrite::Instance {
+                    key,
+                    record: Some(r),
+                } => put_entry(doc, "instances", key, r)?,
+                EntryWrite::Lease {
+                    key,
+                    record: Some(r),
+                } => put_entry(doc, "leases", key, r)?,
+                EntryWrite::Instance { key, record: None } => delete_entry(doc, "instances", key)?,
+                EntryWrite::Lease { key, record: None } => delete_entry(doc, "leases", key)?,
+            }
+        }
+        Ok(())
     }
 
     fn has_own_record(&self) -> bool {

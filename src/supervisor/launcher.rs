@@ -57,6 +57,10 @@ pub const EXEC_REAP_CEILING: Duration = Duration::from_secs(1);
 /// is a few dozen bytes; 4 KiB tolerates anything sane and bounds a misbehaving server.
 pub const MAX_HTTP_RESPONSE_BYTES: usize = 4 * 1024;
 
+/// Most bytes one [`read_log_since`] call reads: a follow request stays small however far
+/// behind it is.
+pub const LOG_READ_CHUNK: u64 = 256 * 1024;
+
 /// Size-based rotation of a service's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogLimits {
@@ -462,6 +466,47 @@ pub fn tail_log(log_dir: &Path, service: &str, n: usize) -> io::Result<Vec<Strin
     }
     newest_first.reverse();
     Ok(newest_first)
+}
+
+/// Lines of a service's current log file written since byte `offset` (a value this function
+/// returned before), at most `max_lines` of them, and the offset to pass next time. Only whole
+/// lines are returned: a line still being written is left for the next call. If the file is
+/// now shorter than `offset` it was rotated, and reading starts over at its beginning (lines
+/// written to the old file after the last call are in `.log.1`, not returned here).
+pub fn read_log_since(
+    log_dir: &Path,
+    service: &str,
+    offset: u64,
+    max_lines: usize,
+) -> io::Result<(Vec<String>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(log_path(log_dir, service)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(err) => return Err(err),
+    };
+    let len = file.metadata()?.len();
+    let start = if len < offset { 0 } else { offset };
+    file.seek(SeekFrom::Start(start))?;
+    // Bounded read: a follower that fell far behind gets the log in slices.
+    let mut bytes = Vec::new();
+    file.take(LOG_READ_CHUNK).read_to_end(&mut bytes)?;
+    let mut lines = Vec::new();
+    let mut consumed = 0usize;
+    for piece in bytes.split_inclusive(|byte| *byte == b'\n') {
+        if lines.len() >= max_lines || !piece.ends_with(b"\n") {
+            break;
+        }
+        consumed += piece.len();
+        lines.push(String::from_utf8_lossy(&piece[..piece.len() - 1]).into_owned());
+    }
+    Ok((lines, start + consumed as u64))
+}
+
+/// The current length of a service's log file (0 without one): the offset of "now" for
+/// [`read_log_since`].
+pub fn log_len(log_dir: &Path, service: &str) -> u64 {
+    std::fs::metadata(log_path(log_dir, service)).map_or(0, |meta| meta.len())
 }
 
 /// Sends `signal` to the process group whose id is `pid` (the service's process, which leads

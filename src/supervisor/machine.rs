@@ -671,7 +671,15 @@ impl ServiceMachine {
                 let reason = format!("pid {pid} stopped with {status}");
                 self.audit(now, AuditKind::Stopped, reason.clone(), out);
                 match then {
-                    AfterStop::Idle => self.set_phase(Phase::Idle, &reason),
+                    AfterStop::Idle => {
+                        // Published as why it is stopped ("dependency db failed"), not how
+                        // the process ended (that is `last_exit`).
+                        let why = match &self.directive {
+                            Directive::Stop { reason, .. } => reason.clone(),
+                            _ => reason,
+                        };
+                        self.set_phase(Phase::Idle, &why)
+                    }
                     AfterStop::RestartNow { reason } => {
                         self.set_phase(Phase::Idle, &reason);
                         self.pending_spawn = Some(PendingSpawn {
@@ -1255,10 +1263,10 @@ mod tests {
             },
         );
         assert_eq!(published(&actions), [ServiceState::Backoff]);
-        assert_eq!(machine.status().next_attempt, Some(t(110)));
-        let actions = step(&mut machine, t(110), MachineEvent::TimerFired);
+        assert_eq!(machine.status().next_attempt, Some(t(90)));
+        let actions = step(&mut machine, t(90), MachineEvent::TimerFired);
         assert!(has_spawn(&actions));
-        step(&mut machine, t(111), MachineEvent::Spawned { pid: 2 });
+        step(&mut machine, t(91), MachineEvent::Spawned { pid: 2 });
         let actions = step(
             &mut machine,
             t(500),

@@ -703,10 +703,13 @@ pub struct ServiceFile {
     pub service: Vec<ServiceSpec>,
 }
 
-/// Parses a services file and validates the set it holds ([`validate_set`]).
+/// Parses a services file and validates what it can alone: every spec, unique names, no
+/// cycle, no fixed port twice on a node. A dependency not in the file may be a service
+/// already in the mesh: the agent checks the file against the mesh's services
+/// ([`validate_set`] over both) when it is added.
 pub fn parse_service_file(text: &str) -> Result<Vec<ServiceSpec>, SpecError> {
     let file: ServiceFile = toml::from_str(text).map_err(|err| SpecError::Toml(err.to_string()))?;
-    validate_set(&file.service)?;
+    check_set(&file.service, true)?;
     Ok(file.service)
 }
 
@@ -1101,10 +1104,22 @@ impl ServiceSpec {
 /// known, no dependency cycle, and no fixed port asked for twice on one node (specs without a
 /// `node` count as one node: the one adding them).
 pub fn validate_set(specs: &[ServiceSpec]) -> Result<(), SpecError> {
+    check_set(specs, false)
+}
+
+/// [`validate_set`], with dependencies outside the set allowed when `allow_external`.
+fn check_set(specs: &[ServiceSpec], allow_external: bool) -> Result<(), SpecError> {
     for spec in specs {
         spec.validate()?;
     }
-    DependencyGraph::from_specs(specs)?;
+    let pairs = specs
+        .iter()
+        .map(|spec| (spec.name.clone(), spec.after.clone()));
+    if allow_external {
+        DependencyGraph::with_external(pairs)?;
+    } else {
+        DependencyGraph::new(pairs)?;
+    }
     let mut fixed: BTreeMap<(Option<&str>, u16, Proto), &str> = BTreeMap::new();
     for spec in specs {
         for port in &spec.ports {
@@ -1363,7 +1378,7 @@ mod tests {
         assert_eq!(spec.ports, [PortSpec::auto()]);
         assert_eq!(spec.restart, RestartSpec::default());
         assert_eq!(spec.restart.policy, RestartPolicy::Always);
-        assert_eq!(spec.restart.first_delay, Duration::from_millis(100));
+        assert_eq!(spec.restart.first_delay, Duration::from_millis(80));
         assert_eq!(spec.restart.factor, 2.0);
         assert_eq!(spec.restart.cap, Duration::from_secs(60));
         assert_eq!(spec.restart.jitter, 0.1);
@@ -1669,7 +1684,7 @@ mod tests {
         cases.push((spec, "factor must be a number ≥ 1"));
         let mut spec = base();
         spec.restart.cap = Duration::from_millis(50);
-        cases.push((spec, "cap (50ms) is shorter than first_delay (100ms)"));
+        cases.push((spec, "cap (50ms) is shorter than first_delay (80ms)"));
         let mut spec = base();
         spec.restart.jitter = 1.0;
         cases.push((spec, "jitter is a fraction, 0 ≤ jitter < 1, got 1"));

@@ -421,7 +421,7 @@ fn crash_loop_doubles_to_the_cap_fails_after_n_and_keeps_retrying_at_the_cap() {
     let intervals = sim.spawn_intervals("crashy");
     assert_eq!(
         &intervals[..6],
-        [ms(100), ms(200), ms(400), ms(800), ms(800), ms(800)],
+        [ms(80), ms(160), ms(320), ms(640), ms(800), ms(800)],
         "doubling to the cap"
     );
     assert!(
@@ -430,10 +430,10 @@ fn crash_loop_doubles_to_the_cap_fails_after_n_and_keeps_retrying_at_the_cap() {
     );
     assert!(sim.spawn_times("crashy").len() > 12, "it keeps retrying");
 
-    // Failed at the 7th consecutive failure: spawns at 0, .1, .3, .7, 1.5, 2.3, 3.1 s.
+    // Failed at the 7th consecutive failure: spawns at 0, .08, .24, .56, 1.2, 2.0, 2.8 s.
     assert_eq!(
         sim.first_published("crashy", ServiceState::Failed),
-        Some(ms(3100))
+        Some(ms(2800))
     );
     assert_eq!(
         sim.audit_reasons("crashy", AuditKind::GiveUp),
@@ -451,12 +451,12 @@ fn crash_loop_doubles_to_the_cap_fails_after_n_and_keeps_retrying_at_the_cap() {
     let backoffs = sim.audit_reasons("crashy", AuditKind::Backoff);
     assert_eq!(
         backoffs[0],
-        "exited with exit status 1; restarting in 100 ms (failure 1 of 7)"
+        "exited with exit status 1; restarting in 80 ms (failure 1 of 7)"
     );
 }
 
 #[test]
-fn default_backoff_first_restart_within_100_ms_then_failed_after_5_retrying_every_minute() {
+fn default_backoff_first_restart_within_80_ms_then_failed_after_5_retrying_every_minute() {
     let spec = ServiceSpec::new("crashy", "false");
     let crashing = Behavior {
         exits_at_once: Some(ExitStatus::Code(1)),
@@ -465,7 +465,7 @@ fn default_backoff_first_restart_within_100_ms_then_failed_after_5_retrying_ever
     let mut sim = Sim::with_behaviors(vec![spec], &[("crashy", crashing)]);
     sim.run_until(secs(200));
     let intervals = sim.spawn_intervals("crashy");
-    for (interval, nominal) in intervals.iter().zip([100, 200, 400, 800]) {
+    for (interval, nominal) in intervals.iter().zip([80, 160, 320, 640]) {
         assert!(
             *interval <= ms(nominal) && *interval >= ms(nominal).mul_f64(0.9),
             "{interval:?} vs nominal {nominal} ms"
@@ -510,10 +510,10 @@ fn dependents_are_stopped_when_a_dependency_fails_and_return_when_it_recovers() 
     sim.kill("db", ExitStatus::Signal(9));
     sim.run_until(secs(20));
 
-    // Failures at 5.0 (kill), 5.1, 5.3: failed at 5.3 s.
+    // Failures at 5.0 (kill), 5.08, 5.24: failed at 5.24 s.
     assert_eq!(
         sim.first_published("db", ServiceState::Failed),
-        Some(ms(5300))
+        Some(ms(5240))
     );
     // web stops first, then api; both with the reason.
     let terms: Vec<(Duration, String)> = sim
@@ -524,7 +524,7 @@ fn dependents_are_stopped_when_a_dependency_fails_and_return_when_it_recovers() 
         .collect();
     assert_eq!(
         terms,
-        [(ms(5300), "web".to_string()), (ms(5300), "api".to_string())]
+        [(ms(5240), "web".to_string()), (ms(5240), "api".to_string())]
     );
     let api_stop = sim.audit_reasons("api", AuditKind::DependencyStopped);
     assert_eq!(api_stop.len(), 1);
@@ -633,7 +633,7 @@ fn failed_health_checks_past_the_threshold_make_it_unhealthy_and_restart_it() {
     );
     sim.run_until(secs(16));
     // Checks at 8.25 (pass), 10.25, 12.25, 14.25 (fail ×3): unhealthy at 14.25 s, then the
-    // restart: SIGTERM, exit, backoff 100 ms, spawn.
+    // restart: SIGTERM, exit, backoff 80 ms, spawn.
     assert_eq!(
         sim.first_published("api", ServiceState::Unhealthy),
         Some(ms(14_250))
@@ -649,7 +649,7 @@ fn failed_health_checks_past_the_threshold_make_it_unhealthy_and_restart_it() {
             (ms(14_250), ServiceState::Unhealthy),
             (ms(14_250), ServiceState::Stopping),
             (ms(14_250), ServiceState::Backoff),
-            (ms(14_350), ServiceState::Starting),
+            (ms(14_330), ServiceState::Starting),
         ]
     );
     assert_eq!(
@@ -663,7 +663,7 @@ fn failed_health_checks_past_the_threshold_make_it_unhealthy_and_restart_it() {
     assert_eq!(
         sim.audit_reasons("api", AuditKind::Backoff),
         [
-            "unhealthy (3 consecutive health checks failed; last: connection refused); restarting in 100 ms (failure 1 of 5)"
+            "unhealthy (3 consecutive health checks failed; last: connection refused); restarting in 80 ms (failure 1 of 5)"
         ]
     );
     assert_eq!(sim.supervisor.status("api").expect("known").restarts, 1);
@@ -924,7 +924,7 @@ fn spawn_failures_count_as_failures() {
         )],
     );
     sim.run_until(secs(10));
-    assert_eq!(sim.spawn_times("missing"), [ms(0), ms(100), ms(300)]);
+    assert_eq!(sim.spawn_times("missing"), [ms(0), ms(80), ms(240)]);
     assert_eq!(sim.state("missing"), ServiceState::Failed);
     assert_eq!(
         sim.audit_reasons("missing", AuditKind::GiveUp),
@@ -942,12 +942,12 @@ fn the_failure_count_resets_after_being_healthy_for_reset_after() {
     sim.run_until(secs(2));
     sim.kill("svc", ExitStatus::Signal(9));
     sim.run_until(secs(3));
-    // Two quick crashes: 100 ms, then 200 ms.
-    assert_eq!(sim.spawn_intervals("svc")[..2], [ms(1100), ms(1100)]);
+    // Two quick crashes: 80 ms, then 160 ms.
+    assert_eq!(sim.spawn_intervals("svc")[..2], [ms(1080), ms(1080)]);
     assert_eq!(sim.audit_reasons("svc", AuditKind::Backoff).len(), 2);
     assert!(
         sim.audit_reasons("svc", AuditKind::Backoff)[1]
-            .contains("restarting in 200 ms (failure 2 of 5)")
+            .contains("restarting in 160 ms (failure 2 of 5)")
     );
     // Healthy for 40 s, then a crash: back to the first delay.
     sim.run_until(secs(43));
@@ -955,7 +955,7 @@ fn the_failure_count_resets_after_being_healthy_for_reset_after() {
     sim.run_until(secs(44));
     let backoffs = sim.audit_reasons("svc", AuditKind::Backoff);
     assert!(
-        backoffs[2].contains("restarting in 100 ms (failure 1 of 5)"),
+        backoffs[2].contains("restarting in 80 ms (failure 1 of 5)"),
         "{backoffs:?}"
     );
     assert_eq!(sim.audit_reasons("svc", AuditKind::BackoffReset).len(), 1);

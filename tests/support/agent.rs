@@ -1,0 +1,198 @@
+//! A real `mesh agent` process for tests: started on loopback (no mDNS, static peers, API on
+//! a free port), driven through the real CLI, killed when dropped. Shared by
+//! `tests/agent_process.rs` and `tests/services.rs`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+/// Ceiling of every wait: generous, as tests wait on conditions, not times.
+pub const CEILING: Duration = Duration::from_secs(60);
+
+pub fn mesh(args: &[&str]) -> Output {
+    Command::new(MESH).args(args).output().expect("run mesh")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, panicking after [`CEILING`].
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < CEILING, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Agent {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub name: String,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, name: &str, key: &Path, peers: &[String]) -> Agent {
+        Self::start_with(dir, name, key, peers, &[])
+    }
+
+    /// Starts an agent with extra `mesh agent` arguments.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        key: &Path,
+        peers: &[String],
+        extra: &[&str],
+    ) -> Agent {
+        let mut args = vec![
+            "agent".to_string(),
+            "--data-dir".into(),
+            dir.join(name).display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--mesh-key".into(),
+            key.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--api".into(),
+            "127.0.0.1:0".into(),
+            "--no-mdns".into(),
+        ];
+        for p in peers {
+            args.push("--peer".into());
+            args.push(p.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(MESH)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn agent");
+        let agent = Agent {
+            child: Some(child),
+            dir: dir.join(name),
+            name: name.into(),
+            log,
+        };
+        wait_until("the agent's API", || agent.status().ok());
+        agent
+    }
+
+    pub fn api(&self) -> String {
+        wait_until("api.addr", || {
+            std::fs::read_to_string(self.dir.join("api.addr"))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+    }
+
+    /// Runs `mesh ARGS --api <this agent>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        // Through the environment: a trailing `--api` would land in `service add ... -- CMD`.
+        Command::new(MESH)
+            .args(args)
+            .env("MESH_API", self.api())
+            .output()
+            .expect("run mesh")
+    }
+
+    /// Runs `mesh ARGS --json` and parses the output; panics with stderr if it fails.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.insert(1.min(all.len()), "--json");
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "mesh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let api = std::fs::read_to_string(self.dir.join("api.addr")).map_err(|e| e.to_string())?;
+        let out = mesh(&["status", "--json", "--api", api.trim()]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    pub fn peers(&self) -> Vec<serde_json::Value> {
+        self.json(&["peers"]).as_array().unwrap().clone()
+    }
+
+    pub fn state_of(&self, id: &str) -> Option<String> {
+        self.peers()
+            .into_iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["state"].as_str().unwrap().to_string())
+    }
+
+    pub fn id(&self) -> String {
+        self.status().unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn quic_addr(&self) -> String {
+        self.status().unwrap()["listen_addrs"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Sends `sig` (e.g. `-TERM`) to the agent and waits for it to exit.
+    pub fn signal(&mut self, sig: &str) {
+        let child = self.child.as_mut().expect("running");
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = child.wait().unwrap();
+        self.child = None;
+        eprintln!("{} exited: {status}", self.name);
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first: the agent stops its services; SIGKILL would orphan them.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh mesh key in `dir`, from `mesh key generate`.
+pub fn key_file(dir: &Path) -> PathBuf {
+    let out = mesh(&["key", "generate"]);
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    let path = dir.join("mesh.key.shared");
+    std::fs::write(&path, key).unwrap();
+    path
+}
