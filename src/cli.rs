@@ -229,6 +229,14 @@ pub struct ServiceAddArgs {
         value_parser = PossibleValuesParser::new(["always", "on-failure", "never"])
     )]
     pub restart: Option<String>,
+    /// While a dependency restarts: keep running, or stop and start again once it is healthy
+    /// [default: ride-through].
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_parser = PossibleValuesParser::new(["ride-through", "restart"])
+    )]
+    pub on_dependency_restart: Option<String>,
     /// Node to run it on [default: the node of the agent asked].
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
@@ -502,6 +510,7 @@ fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientErr
                 ports: args.port,
                 health: args.health,
                 restart: args.restart,
+                on_dependency_restart: args.on_dependency_restart,
                 node: args.node,
                 command: args.command,
             })
@@ -1303,6 +1312,7 @@ mod tests {
             ports: add.port,
             health: add.health,
             restart: add.restart,
+            on_dependency_restart: add.on_dependency_restart,
             node: add.node,
             command: add.command,
         })

@@ -41,8 +41,9 @@ pub use machine::{
     ServiceState, ServiceStatus, StopCause, StopSignal, SupervisorAction,
 };
 pub use spec::{
-    CliServiceParts, HealthCheck, HealthSpec, PortSpec, RestartPolicy, RestartSpec, ServiceFile,
-    ServiceSpec, SpecError, expand_args, parse_service_file, validate_set,
+    CliServiceParts, DependencyRestart, HealthCheck, HealthSpec, PortSpec, RestartPolicy,
+    RestartSpec, ServiceFile, ServiceSpec, SpecError, expand_args, parse_service_file,
+    validate_set,
 };
 
 /// What to do with running services when the agent shuts down.
@@ -513,6 +514,8 @@ impl Supervisor {
                 Some("is stopping (agent shutdown)".to_string())
             } else if self.stopped_by_request.contains_key(name) {
                 Some("was stopped by request".to_string())
+            } else if self.restarts_with_dependency(name, machine, &unavailable) {
+                None // restarting with its dependency: its dependents ride through
             } else {
                 machine.unavailability().map(String::from)
             };
@@ -556,6 +559,19 @@ impl Supervisor {
                     reason,
                     cause: StopCause::Dependency,
                 }
+            } else if let Some(reason) = self
+                .restarting_dependency(name)
+                .filter(|_| machine.has_process())
+            {
+                // Restarting with its dependency: dependents ride through (no reverse order).
+                directives.push((
+                    name.clone(),
+                    Directive::Stop {
+                        reason,
+                        cause: StopCause::Dependency,
+                    },
+                ));
+                continue;
             } else if let Some(dependency) = self.unhealthy_dependency(name) {
                 Directive::Hold {
                     reason: format!("waiting for dependency {dependency} to be healthy"),
@@ -618,6 +634,64 @@ impl Supervisor {
                             .map(|why| format!("dependency {dependency} {why}"))
                     })
             })
+    }
+
+    /// For a service with `on_dependency_restart = "restart"`: the first dependency that has
+    /// no process right now (crashed and in backoff, being restarted), as a stop reason. While
+    /// this holds the service is restarting, not unavailable: its own dependents ride through.
+    fn restarting_dependency(&self, name: &str) -> Option<String> {
+        let spec = self.specs.get(name)?;
+        if spec.on_dependency_restart != DependencyRestart::Restart {
+            return None;
+        }
+        self.graph
+            .dependencies(name)
+            .find(|dependency| {
+                let machine = self.machine(dependency);
+                !machine.has_process() && machine.state() == ServiceState::Backoff
+                    || machine.state() == ServiceState::Stopping
+                        && machine.unavailability().is_none()
+            })
+            .map(|dependency| {
+                format!("dependency {dependency} is restarting (on_dependency_restart = restart)")
+            })
+            .or_else(|| {
+                self.graph
+                    .external_dependencies(name)
+                    .find_map(|dependency| {
+                        matches!(
+                            self.remote.get(dependency),
+                            Some(ServiceState::Backoff | ServiceState::Stopping)
+                        )
+                        .then(|| {
+                            format!(
+                                "dependency {dependency} is restarting (on another node; \
+                             on_dependency_restart = restart)"
+                            )
+                        })
+                    })
+            })
+    }
+
+    /// Whether a `restart`-mode service is down only for a restart with its dependencies (not
+    /// failed, not stopped by request, no dependency unavailable): its own dependents ride
+    /// through.
+    fn restarts_with_dependency(
+        &self,
+        name: &str,
+        machine: &ServiceMachine,
+        unavailable: &BTreeMap<&str, Option<String>>,
+    ) -> bool {
+        let restart_mode = self
+            .specs
+            .get(name)
+            .is_some_and(|spec| spec.on_dependency_restart == DependencyRestart::Restart);
+        // Stopped (not failed, not finished) with every dependency available means it starts
+        // again as soon as they are healthy: the same reconcile that sees its dependency
+        // healthy again gives it `Run`.
+        restart_mode
+            && matches!(machine.unavailability(), Some("is stopped" | "is stopping"))
+            && self.unavailable_dependency(name, unavailable).is_none()
     }
 
     /// The first dependency (local, then remote) that is not `healthy`.

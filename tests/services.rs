@@ -98,6 +98,19 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
     add_http(&a, "db", &[], "tcp");
     add_http(&a, "api", &["db"], "http:/");
     add_http(&a, "web", &["api"], "http:/");
+    // A dependent configured to restart with its dependency.
+    ok(a.cli(&[
+        "service",
+        "add",
+        "worker",
+        "--after",
+        "db",
+        "--on-dependency-restart",
+        "restart",
+        "--",
+        "sleep",
+        "100000",
+    ]));
 
     // Healthy as seen from the other node, through the replicated document.
     for name in ["db", "api", "web"] {
@@ -140,6 +153,7 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
     // kill -9 the db: it comes back; its dependents ride through (same pids).
     let db = service(&a, "db").unwrap();
     let api_pid = service(&a, "api").unwrap()["pid"].clone();
+    let worker_pid = wait_state(&a, "worker", "healthy")["pid"].clone();
     let db_pid = db["pid"].as_u64().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-9", &db_pid.to_string()])
@@ -157,7 +171,13 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
         api_pid,
         "api rode through"
     );
-
+    let worker = wait_until("worker restarted with db", || {
+        service(&a, "worker").filter(|s| s["state"] == "healthy" && s["pid"] != worker_pid)
+    });
+    assert_eq!(
+        worker["restarts"], 0,
+        "a restart with its dependency is not a failure"
+    );
     // The story, with reasons, asked of alpha from beta through the mesh.
     let story = events(&b, Some("alpha"));
     let exited = story

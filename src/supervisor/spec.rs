@@ -220,6 +220,26 @@ impl FromStr for RestartPolicy {
     }
 }
 
+/// What a running service does while one of its dependencies restarts (crashed, in backoff,
+/// being restarted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DependencyRestart {
+    /// Keep running; nothing new starts until the dependency is healthy again. For services
+    /// that reconnect on their own (most clients of a database).
+    #[default]
+    RideThrough,
+    /// Stop while the dependency has no process, start again once it is healthy: for services
+    /// that only connect at start.
+    Restart,
+}
+
+impl DependencyRestart {
+    fn is_default(&self) -> bool {
+        *self == DependencyRestart::RideThrough
+    }
+}
+
 /// Restart policy and backoff (`[service.restart]` in TOML). See
 /// [`super::backoff`] for the delay formula.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -675,6 +695,10 @@ pub struct ServiceSpec {
     /// Node that runs the service; `None` in a file means the node that adds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// While a dependency restarts: keep running (`ride-through`) or stop and start again
+    /// once it is healthy (`restart`).
+    #[serde(default, skip_serializing_if = "DependencyRestart::is_default")]
+    pub on_dependency_restart: DependencyRestart,
 }
 
 /// The plain-string parts of `mesh service add NAME [--after DEP]... [--port auto|N]...
@@ -690,6 +714,8 @@ pub struct CliServiceParts {
     pub health: Option<String>,
     /// `--restart` value.
     pub restart: Option<String>,
+    /// `--on-dependency-restart` value: `ride-through` or `restart`.
+    pub on_dependency_restart: Option<String>,
     pub node: Option<String>,
     /// `CMD ARGS...` after `--`.
     pub command: Vec<String>,
@@ -728,6 +754,7 @@ impl ServiceSpec {
             restart: RestartSpec::default(),
             stop_grace: DEFAULT_STOP_GRACE,
             node: None,
+            on_dependency_restart: DependencyRestart::RideThrough,
         }
     }
 
@@ -756,6 +783,19 @@ impl ServiceSpec {
                 value: restart.clone(),
                 reason,
             })?;
+        }
+        if let Some(mode) = parts.on_dependency_restart {
+            spec.on_dependency_restart = match mode.as_str() {
+                "ride-through" => DependencyRestart::RideThrough,
+                "restart" => DependencyRestart::Restart,
+                _ => {
+                    return Err(SpecError::BadCliValue {
+                        flag: "on-dependency-restart",
+                        value: mode,
+                        reason: "expected ride-through or restart".to_string(),
+                    });
+                }
+            };
         }
         spec.node = parts.node;
         spec.validate()?;

@@ -288,6 +288,18 @@ impl Sim {
             .map(|(at, _)| at)
     }
 
+    fn first_published_after(
+        &self,
+        service: &str,
+        state: ServiceState,
+        after: Duration,
+    ) -> Option<Duration> {
+        self.published(service)
+            .into_iter()
+            .find(|(at, published)| *at >= after && *published == state)
+            .map(|(at, _)| at)
+    }
+
     fn audits(&self, service: &str) -> Vec<(Duration, AuditKind, String)> {
         self.log
             .iter()
@@ -616,6 +628,44 @@ fn a_killed_dependency_is_back_within_100_ms_and_dependents_ride_through() {
             AuditKind::Spawned,
             AuditKind::Healthy
         ]
+    );
+}
+
+#[test]
+fn a_dependent_configured_to_restart_stops_while_its_dependency_restarts_and_comes_back() {
+    let mut specs = chain();
+    specs[1].on_dependency_restart = crate::supervisor::DependencyRestart::Restart;
+    let mut sim = Sim::new(specs);
+    sim.run_until(secs(5));
+    let api_pid = sim.pid_of("api");
+    let web_pid = sim.pid_of("web");
+    sim.kill("db", ExitStatus::Signal(9));
+    sim.run_until(secs(15));
+    // api (restart) was stopped with the reason and started again once db was healthy; web
+    // (ride-through) counted api's stop as a restart and kept running.
+    assert_eq!(sim.state("db"), ServiceState::Healthy);
+    assert_eq!(sim.state("api"), ServiceState::Healthy);
+    assert_eq!(sim.state("web"), ServiceState::Healthy);
+    assert_ne!(sim.pid_of("api"), api_pid, "api was restarted");
+    assert_eq!(sim.pid_of("web"), web_pid, "web rode through api's restart");
+    assert_eq!(
+        sim.published_states("web"),
+        [ServiceState::Starting, ServiceState::Healthy]
+    );
+    let stop = sim
+        .audits("api")
+        .into_iter()
+        .find(|(at, kind, _)| *at >= secs(5) && *kind == AuditKind::DependencyStopped)
+        .expect("api stopped because of db");
+    assert!(stop.2.contains("dependency db is restarting"), "{stop:?}");
+    // api's new process started only after db's new one was healthy.
+    let db_healthy = sim
+        .first_published_after("db", ServiceState::Healthy, secs(5))
+        .expect("db healthy again");
+    let api_respawn = *sim.spawn_times("api").last().expect("api respawned");
+    assert!(
+        api_respawn >= db_healthy,
+        "{api_respawn:?} < {db_healthy:?}"
     );
 }
 
