@@ -286,6 +286,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
             } else {
                 ShutdownMode::StopServices
             },
+            run_file: Some(crate::supervisor::runfile::path_in(&data_dir)),
         }),
     };
     let node = start_node(config).await?;

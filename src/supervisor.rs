@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod graph;
 pub mod launcher;
 pub mod machine;
+pub mod runfile;
 pub mod spec;
 
 use std::collections::BTreeMap;

@@ -426,3 +426,42 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
     wait_until("six gone", || service(&a, "six").is_none().then_some(()));
     drop(foreign);
 }
+
+#[test]
+fn an_agent_crash_leaves_no_unsupervised_service_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let pool = ["--port-pool", "default=31400-31499"];
+    let mut a = Agent::start_with(dir.path(), "alpha", &key, &[], &pool);
+    ok(a.cli(&["service", "add", "sleeper", "--", "sleep", "100000"]));
+    let old_pid = wait_state(&a, "sleeper", "healthy")["pid"]
+        .as_u64()
+        .unwrap();
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    // The agent dies without stopping anything: its service keeps running, unsupervised.
+    a.signal("-KILL");
+    assert!(alive(old_pid), "a crashed agent's service survives it");
+    // The next agent stops the leftover before starting its own copy.
+    let a = Agent::start_with(dir.path(), "alpha", &key, &[], &pool);
+    wait_until("the leftover stopped", || (!alive(old_pid)).then_some(()));
+    let new = wait_until("a new sleeper", || {
+        service(&a, "sleeper").filter(|s| s["state"] == "healthy" && s["pid"] != old_pid)
+    });
+    assert!(alive(new["pid"].as_u64().unwrap()));
+    let story = events(&a, None);
+    assert!(
+        story
+            .iter()
+            .any(|e| e["kind"] == "leftover-stopped" && e["service"] == "sleeper"),
+        "{story:#?}"
+    );
+}

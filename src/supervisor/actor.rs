@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::launcher::{self, LogLimits};
+use super::runfile::{self, RunRecord, RunState};
 use super::{
     AuditEvent, ExitStatus, HealthOutcome, ServiceSpec, ServiceState, ServiceStatus, ShutdownMode,
     Supervisor, SupervisorAction, SupervisorEvent,
@@ -79,6 +80,8 @@ pub struct SupervisorConfig {
     /// Audit events kept (the profile's `event_ring_capacity`).
     pub event_capacity: usize,
     pub shutdown_mode: ShutdownMode,
+    /// Where the running processes are recorded ([`runfile`]); `None`: nowhere (tests).
+    pub run_file: Option<PathBuf>,
 }
 
 /// One entry of the audit trail.
@@ -326,6 +329,8 @@ pub fn spawn_supervisor(
         remote_sent: BTreeMap::new(),
         bad_specs: BTreeMap::new(),
         instances_written: BTreeSet::new(),
+        run_records: BTreeMap::new(),
+        run_file: None,
         started_at_ms: now_ms(),
         state,
         commands,
@@ -361,6 +366,10 @@ struct SupervisorActor {
     bad_specs: BTreeMap<String, i64>,
     /// Instance keys this run has written (deleted when their service leaves this node).
     instances_written: BTreeSet<String>,
+    /// Running processes as recorded in the run file, by pid.
+    run_records: BTreeMap<u32, RunRecord>,
+    /// Latest run state for the run file's writer task.
+    run_file: Option<watch::Sender<RunState>>,
     started_at_ms: i64,
     state: StateHandle,
     commands: mpsc::Receiver<SupervisorCommand>,
@@ -424,6 +433,7 @@ pub fn placed_on(spec: &ServiceSpec, updated_by: &str, node_id: &str, node_name:
 
 impl SupervisorActor {
     async fn run(mut self) {
+        self.open_run_file().await;
         let mut doc = self.state.subscribe();
         let mut lease_check = tokio::time::interval(LEASE_CHECK_INTERVAL);
         lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -461,12 +471,85 @@ impl SupervisorActor {
         self.stop_all().await;
     }
 
+    /// Deals with what a previous run left in the run file, then starts its writer task.
+    async fn open_run_file(&mut self) {
+        let Some(path) = self.config.run_file.clone() else {
+            return;
+        };
+        let previous = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || runfile::load(&path))
+                .await
+                .unwrap_or_default()
+        };
+        if previous.left_running {
+            for record in previous.processes.iter().filter(|r| runfile::is_alive(r)) {
+                tracing::warn!(service = %record.service, pid = record.pid, "left running by the previous agent run; not adopted: it runs unsupervised next to the copy this run starts");
+                self.record(
+                    &record.service,
+                    "left-running-found",
+                    format!(
+                        "pid {} was left running by the previous agent run; it is not adopted",
+                        record.pid
+                    ),
+                );
+            }
+        } else if !previous.processes.is_empty() {
+            let records = previous.processes.clone();
+            let stopped = tokio::task::spawn_blocking(move || {
+                runfile::stop_leftovers(&records, runfile::LEFTOVER_GRACE)
+            })
+            .await
+            .unwrap_or_default();
+            for (record, killed) in stopped {
+                tracing::warn!(service = %record.service, pid = record.pid, killed, "stopped a process the previous agent run left behind");
+                self.record(
+                    &record.service,
+                    "leftover-stopped",
+                    format!(
+                        "pid {} was left behind by an agent that did not stop cleanly; stopped with {}",
+                        record.pid,
+                        if killed { "SIGKILL" } else { "SIGTERM" }
+                    ),
+                );
+            }
+        }
+        let (tx, mut rx) = watch::channel(RunState::default());
+        let writer_path = path.clone();
+        tokio::spawn(async move {
+            loop {
+                let state = rx.borrow_and_update().clone();
+                let path = writer_path.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || runfile::save(&path, &state)).await;
+                if let Ok(Err(e)) = result {
+                    tracing::warn!(path = %writer_path.display(), error = %e, "cannot write the run file");
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.run_file = Some(tx);
+    }
+
+    /// Hands the current process set to the run file's writer (latest wins).
+    fn update_run_file(&self) {
+        if let Some(tx) = &self.run_file {
+            tx.send_replace(RunState {
+                left_running: false,
+                processes: self.run_records.values().cloned().collect(),
+            });
+        }
+    }
+
     /// Stops every service on shutdown (reverse dependency order, by the core), waiting for
     /// their exits, then publishes their final state.
     async fn stop_all(&mut self) {
         let mode = self.config.shutdown_mode;
         self.handle_event(SupervisorEvent::Shutdown { mode }).await;
         if mode == ShutdownMode::LeaveRunning {
+            self.final_run_file(true).await;
             return;
         }
         let longest_grace = self
@@ -495,6 +578,23 @@ impl SupervisorActor {
             }
         }
         self.check_leases().await;
+        self.final_run_file(false).await;
+    }
+
+    /// Writes the run file one last time, synchronously: the writer task may not get to it.
+    async fn final_run_file(&mut self, left_running: bool) {
+        let Some(path) = self.config.run_file.clone() else {
+            return;
+        };
+        self.run_file = None;
+        let state = RunState {
+            left_running,
+            processes: self.run_records.values().cloned().collect(),
+        };
+        let result = tokio::task::spawn_blocking(move || runfile::save(&path, &state)).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "cannot write the run file");
+        }
     }
 
     fn on_command(&mut self, command: SupervisorCommand) {
@@ -516,6 +616,9 @@ impl SupervisorActor {
                 status,
             } => {
                 self.processes.remove(&pid);
+                if self.run_records.remove(&pid).is_some() {
+                    self.update_run_file();
+                }
                 SupervisorEvent::Exited {
                     service,
                     pid,
@@ -635,6 +738,17 @@ impl SupervisorActor {
             Ok(mut process) => {
                 let pid = process.pid();
                 self.processes.insert(pid, spec.name.clone());
+                if let Some(start_ticks) = runfile::start_ticks(pid) {
+                    self.run_records.insert(
+                        pid,
+                        RunRecord {
+                            service: spec.name.clone(),
+                            pid,
+                            start_ticks,
+                        },
+                    );
+                    self.update_run_file();
+                }
                 self.ports.insert(spec.name.clone(), (assigned, env));
                 for lease in self.leases.iter_mut().filter(|l| l.service == spec.name) {
                     if lease.state != LeaseState::Released {

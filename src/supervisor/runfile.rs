@@ -1,0 +1,178 @@
+//! The run file: which service processes this agent has running, on disk, so that an agent
+//! that crashed (`kill -9`, power loss of the agent alone, OOM kill) does not leave them
+//! running unsupervised next to the copies it starts again.
+//!
+//! `DATA_DIR/supervisor/processes.json` holds `{"left_running": bool, "processes":
+//! [{"service", "pid", "start_ticks"}]}`: every spawned process until its exit is reaped. A
+//! process is recognised by its pid *and* its start time (`/proc/PID/stat` field 22, clock
+//! ticks since boot), so a pid reused by an unrelated process is never signalled. At start:
+//! - a file with processes and `left_running = false` means the previous agent died without
+//!   stopping its services: those still alive are stopped (SIGTERM to the group, SIGKILL after
+//!   [`LEFTOVER_GRACE`]) before anything starts;
+//! - `left_running = true` (the previous agent stopped with `--leave-services-running`):
+//!   they are left alone and reported; this agent does not adopt them.
+//!
+//! Owns the file format and the leftover stop. Does not own when processes spawn or exit
+//! (the actor tells it).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::StopSignal;
+use super::launcher::signal_group;
+
+/// How long leftover processes get between SIGTERM and SIGKILL. Shorter than a service's
+/// usual stop grace: they run unsupervised, and the agent's own start waits for them.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
+/// One running service process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub service: String,
+    pub pid: u32,
+    /// Start time of the process in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+}
+
+/// The file's content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    pub left_running: bool,
+    pub processes: Vec<RunRecord>,
+}
+
+/// The start time of `pid` in clock ticks since boot, if it is alive (not a zombie).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, starttime 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether `record`'s process is still the one that was spawned.
+pub fn is_alive(record: &RunRecord) -> bool {
+    start_ticks(record.pid) == Some(record.start_ticks)
+}
+
+/// Reads the run file; a missing or unreadable one is empty (logged).
+pub fn load(path: &Path) -> RunState {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable run file");
+            RunState::default()
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => RunState::default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the run file");
+            RunState::default()
+        }
+    }
+}
+
+/// Writes the run file atomically.
+pub fn save(path: &Path, state: &RunState) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bytes = serde_json::to_vec(state).expect("the run state always serializes");
+    crate::identity::write_secret_file(path, &bytes).map_err(io::Error::other)
+}
+
+/// The run file's path in a data dir.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("supervisor").join("processes.json")
+}
+
+/// Stops leftover processes that are still alive: SIGTERM to each group, then SIGKILL to
+/// those alive after `grace`. Returns, per process stopped, whether it needed SIGKILL.
+/// Blocking (polls every 20 ms); run it off the async threads.
+pub fn stop_leftovers(records: &[RunRecord], grace: Duration) -> Vec<(RunRecord, bool)> {
+    let alive: Vec<&RunRecord> = records.iter().filter(|r| is_alive(r)).collect();
+    for record in &alive {
+        let _ = signal_group(record.pid, StopSignal::Term);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && alive.iter().any(|r| is_alive(r)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    alive
+        .into_iter()
+        .map(|record| {
+            let killed = is_alive(record);
+            if killed {
+                let _ = signal_group(record.pid, StopSignal::Kill);
+            }
+            (record.clone(), killed)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_start_time_and_a_reused_pid_does_not_match() {
+        let me = std::process::id();
+        let ticks = start_ticks(me).expect("this process is alive");
+        assert!(is_alive(&RunRecord {
+            service: "x".into(),
+            pid: me,
+            start_ticks: ticks,
+        }));
+        // Same pid, another start time: another process, never signalled.
+        assert!(!is_alive(&RunRecord {
+            service: "x".into(),
+            pid: me,
+            start_ticks: ticks + 1,
+        }));
+    }
+
+    #[test]
+    fn the_file_round_trips_and_garbage_reads_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        assert_eq!(load(&path), RunState::default());
+        let state = RunState {
+            left_running: true,
+            processes: vec![RunRecord {
+                service: "db".into(),
+                pid: 42,
+                start_ticks: 7,
+            }],
+        };
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path), state);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert_eq!(load(&path), RunState::default());
+    }
+
+    #[test]
+    fn a_leftover_process_group_is_stopped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let record = RunRecord {
+            service: "sleepy".into(),
+            pid,
+            start_ticks: start_ticks(pid).unwrap(),
+        };
+        let stopped = stop_leftovers(std::slice::from_ref(&record), Duration::from_secs(5));
+        // `sleep` dies on SIGTERM; it stays a zombie until reaped, which `is_alive` ignores.
+        assert_eq!(stopped, vec![(record, false)]);
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+    }
+}
