@@ -39,6 +39,7 @@ use crate::hardware::HardwareInfo;
 use crate::identity::short_id;
 use crate::node::NodeSnapshot;
 use crate::state::actor::StateSnapshot;
+pub use crate::state::now_ms;
 use crate::state::{InstanceRecord, MeshState};
 use crate::supervisor::ServiceSpec;
 use crate::sync::{SyncStats, SyncStatus};
@@ -457,24 +458,6 @@ pub struct EventsResponse {
     pub dropped: u64,
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// A node's name from the document, else its id.
-pub fn node_name(state: &MeshState, node_id: &str) -> String {
-    state
-        .nodes
-        .get(node_id)
-        .map(|n| n.name.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| node_id.to_string())
-}
-
 /// The nodes (ids) a spec is placed on: those whose name or id is its `node`.
 pub fn placement_ids<'a>(state: &'a MeshState, node: &str) -> Vec<&'a str> {
     state
@@ -571,7 +554,7 @@ pub fn service_entries(state: &MeshState, now_ms: i64) -> Vec<ServiceEntry> {
         if let Some((key, _, _)) = instance {
             shown.insert(key);
         }
-        let node = instance.map_or(placed.clone(), |(_, id, _)| node_name(state, id));
+        let node = instance.map_or(placed.clone(), |(_, id, _)| state.node_name(id));
         let mut row = service_row(
             name,
             node,
@@ -596,7 +579,7 @@ pub fn service_entries(state: &MeshState, now_ms: i64) -> Vec<ServiceEntry> {
             .map_or("removed", |r| r.desired.as_str());
         rows.push(service_row(
             &instance.service,
-            node_name(state, &instance.node),
+            state.node_name(&instance.node),
             desired,
             None,
             Some((instance.node.as_str(), instance)),
@@ -620,7 +603,7 @@ pub fn port_entries(state: &MeshState, node: Option<&str>) -> Vec<PortEntry> {
         })
         .filter_map(|l| {
             Some(PortEntry {
-                node: node_name(state, &l.node),
+                node: state.node_name(&l.node),
                 node_id: l.node.clone(),
                 port: u16::try_from(l.port).ok()?,
                 proto: l.proto.clone(),

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::builder::PossibleValuesParser;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -19,6 +19,7 @@ use crate::api::{
     StateResponse, StatusResponse, TagRequest, TagResponse,
 };
 use crate::daemon::{AgentOptions, LogFormat};
+use crate::state::now_ms;
 use crate::supervisor::{CliServiceParts, ServiceSpec, parse_service_file};
 
 /// Exit code when no agent answers.
@@ -753,14 +754,6 @@ fn emit(text: &str) -> bool {
 
 fn to_json_pretty<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("API types always serialize")
-}
-
-/// Wall-clock milliseconds since the epoch (0 if the clock is before 1970).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
 }
 
 /// Percent-encodes a path segment.

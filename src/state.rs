@@ -165,6 +165,29 @@ pub struct LeaseRecord {
     pub pid: Option<i64>,
 }
 
+/// Wall-clock milliseconds since the Unix epoch, the unit of every `*_ms` field.
+pub fn now_ms() -> i64 {
+    system_time_ms(std::time::SystemTime::now())
+}
+
+/// A wall-clock time as milliseconds since the Unix epoch (0 before it).
+pub fn system_time_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl MeshState {
+    /// A node's name from its record, else its id.
+    pub fn node_name(&self, node_id: &str) -> String {
+        self.nodes
+            .get(node_id)
+            .map(|n| n.name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| node_id.to_string())
+    }
+}
+
 /// Errors of typed document access.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     COMPACT_AT_CHANGES, EpochId, HydrateStats, InstanceRecord, LeaseRecord, MeshState, NodeRecord,
     ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
-    hydrate_lenient, migrate_into, put_entry, validate_tag,
+    hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
 use crate::sync::{SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{SyncRequest, SyncResponse};
@@ -434,13 +434,6 @@ struct StateActor {
     recovered: bool,
     sync_states_dirty: bool,
     shutdown: CancellationToken,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Starts the state actor. Returns its handle, the receiver of outbound sync traffic (for the

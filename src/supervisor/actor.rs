@@ -44,7 +44,7 @@ use crate::ports::{
     PortSource, Proto,
 };
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
-use crate::state::{InstanceRecord, LeaseRecord, MeshState};
+use crate::state::{InstanceRecord, LeaseRecord, MeshState, now_ms, system_time_ms};
 
 /// Capacity of the channel of process reports (exits, health results). One report per
 /// process exit or probe; the actor drains it continuously.
@@ -378,19 +378,6 @@ struct SupervisorActor {
     audit: Arc<Mutex<AuditRing>>,
     seq_tx: watch::Sender<u64>,
     shutdown: CancellationToken,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn system_time_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -1189,7 +1176,7 @@ impl SupervisorActor {
         // as stopped would spawn once.
         for (name, (want, by)) in &desired {
             if want == "stopped" && self.desired.get(name).map(String::as_str) != Some("stopped") {
-                let who = node_label(state, by);
+                let who = state.node_name(by);
                 self.core
                     .request_stop(name, format!("stopped by request (from {who})"));
             }
@@ -1216,7 +1203,7 @@ impl SupervisorActor {
         for (name, (want, by)) in &desired {
             let before = self.desired.get(name).map(String::as_str);
             if want == "running" && before == Some("stopped") {
-                let who = node_label(state, by);
+                let who = state.node_name(by);
                 self.handle_event(SupervisorEvent::Start {
                     service: name.clone(),
                     reason: format!("started by request (from {who})"),
@@ -1240,7 +1227,7 @@ impl SupervisorActor {
                 continue;
             }
             self.handled_requests.insert(name.clone(), at);
-            let who = node_label(state, &record.updated_by);
+            let who = state.node_name(&record.updated_by);
             let reason = format!("{request} requested (from {who})");
             let event = match request.as_str() {
                 "restart" => SupervisorEvent::Restart {
@@ -1322,16 +1309,6 @@ fn remote_state(state: &MeshState, service: &str) -> Option<ServiceState> {
         let instance = state.instances.get(&instance_key(service, id))?;
         serde_json::from_value(serde_json::Value::String(instance.state.clone())).ok()
     })
-}
-
-/// A node's name for messages, else its id.
-fn node_label(state: &MeshState, node_id: &str) -> String {
-    state
-        .nodes
-        .get(node_id)
-        .map(|n| n.name.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| node_id.to_string())
 }
 
 #[cfg(test)]

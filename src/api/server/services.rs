@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::{error, state_error};
 use crate::api::{
     EventEntry, EventsResponse, ListeningEntry, ListeningResponse, LogsResponse, MAX_WAIT,
-    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, node_name, now_ms,
+    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, now_ms,
     placement_ids, port_entries, service_entries,
 };
 use crate::membership::PeerState;
@@ -163,7 +163,7 @@ fn active_record(state: &MeshState, name: &str) -> Result<(ServiceRecord, String
     let node = serde_json::from_str::<ServiceSpec>(&record.spec_json)
         .ok()
         .and_then(|s| s.node)
-        .unwrap_or_else(|| node_name(state, &record.updated_by));
+        .unwrap_or_else(|| state.node_name(&record.updated_by));
     Ok((record, node))
 }
 
@@ -382,7 +382,7 @@ pub async fn service_logs(
         .values()
         .find(|i| i.service == name && i.state != "stopped")
         .or_else(|| state.instances.values().find(|i| i.service == name))
-        .map(|i| node_name(state, &i.node));
+        .map(|i| state.node_name(&i.node));
     let placed = match running_on {
         Some(node) => node,
         None => match active_record(state, &name) {
