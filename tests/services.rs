@@ -152,6 +152,12 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
 
     // kill -9 the db: it comes back; its dependents ride through (same pids).
     let db = service(&a, "db").unwrap();
+    // Placed on the other node from here, depending on a service of this node.
+    ok(a.cli(&[
+        "service", "add", "remote", "--node", "beta", "--after", "db", "--", "sleep", "100000",
+    ]));
+    let remote = wait_state(&a, "remote", "healthy");
+    assert_eq!(remote["node"], "beta");
     let api_pid = service(&a, "api").unwrap()["pid"].clone();
     let worker_pid = wait_state(&a, "worker", "healthy")["pid"].clone();
     let db_pid = db["pid"].as_u64().unwrap();
@@ -170,6 +176,11 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
         service(&a, "api").unwrap()["pid"],
         api_pid,
         "api rode through"
+    );
+    assert_eq!(
+        service(&b, "remote").unwrap()["pid"],
+        remote["pid"],
+        "a dependent on another node rode through too"
     );
     let worker = wait_until("worker restarted with db", || {
         service(&a, "worker").filter(|s| s["state"] == "healthy" && s["pid"] != worker_pid)
