@@ -521,23 +521,8 @@ impl Supervisor {
                 machine.unavailability().map(String::from)
             };
             let why = own.or_else(|| {
-                self.graph
-                    .dependencies(name)
-                    .find_map(|dependency| {
-                        unavailable
-                            .get(dependency)
-                            .and_then(Option::as_ref)
-                            .map(|why| format!("is unavailable (dependency {dependency} {why})"))
-                    })
-                    .or_else(|| {
-                        self.graph
-                            .external_dependencies(name)
-                            .find_map(|dependency| {
-                                remote_unavailability(self.remote.get(dependency).copied()).map(
-                                    |why| format!("is unavailable (dependency {dependency} {why})"),
-                                )
-                            })
-                    })
+                self.unavailable_dependency(name, &unavailable)
+                    .map(|why| format!("is unavailable ({why})"))
             });
             unavailable.insert(name, why);
         }

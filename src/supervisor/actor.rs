@@ -795,23 +795,12 @@ impl SupervisorActor {
             });
         // The service has no process now, so a port of its own lease that is listening was
         // taken by another process in the meantime: give that lease up.
-        let now = SystemTime::now();
-        let mut taken = Vec::new();
-        for lease in self.leases.iter_mut().filter(|l| {
-            l.service == spec.name
-                && l.state != LeaseState::Released
-                && listening.contains(l.port, l.proto)
-        }) {
-            lease.release(now);
-            taken.push(format!("{}/{}", lease.port, lease.proto));
-        }
-        for port in taken {
-            self.record(
-                &spec.name,
-                "port-reclaimed",
-                format!("{port}: taken by another process while the service was down"),
-            );
-        }
+        self.release_leases(
+            &spec.name,
+            |l| listening.contains(l.port, l.proto),
+            "port-reclaimed",
+            "taken by another process while the service was down",
+        );
         let fixed_taken = spec.ports.iter().any(|p| match p.source {
             PortSource::Fixed(port) => listening.contains(port, p.proto),
             PortSource::Auto { .. } => false,
@@ -822,6 +811,7 @@ impl SupervisorActor {
                 listening = full.ports();
             }
         }
+        let now = SystemTime::now();
         let mut assigned = Vec::with_capacity(spec.ports.len());
         for port in &spec.ports {
             let request = PortRequest {
@@ -986,25 +976,12 @@ impl SupervisorActor {
             // A service that is down for good gives its ports back; one between restarts
             // keeps them (and the allocator hands them back on the next spawn).
             if matches!(status.state, ServiceState::Stopped | ServiceState::Failed) {
-                let now = SystemTime::now();
-                for lease in self
-                    .leases
-                    .iter_mut()
-                    .filter(|l| l.service == status.service && l.state != LeaseState::Released)
-                {
-                    lease.release(now);
-                    released = true;
-                    let reason = format!(
-                        "{}/{} released: service {}",
-                        lease.port, lease.proto, status.state
-                    );
-                    let seq = self
-                        .audit
-                        .lock()
-                        .expect("the audit lock is never poisoned")
-                        .push(&status.service, "port-released", reason);
-                    self.seq_tx.send_replace(seq);
-                }
+                released |= self.release_leases(
+                    &status.service,
+                    |_| true,
+                    "port-released",
+                    &format!("service {}", status.state),
+                );
             }
         }
         if let Err(e) = self.state.write_detached(writes).await {
@@ -1013,6 +990,31 @@ impl SupervisorActor {
         if released {
             self.publish_leases().await;
         }
+    }
+
+    /// Releases the live leases of `service` that `which` selects, auditing each as `kind`
+    /// with `why`. Returns whether any was released (the caller publishes).
+    fn release_leases(
+        &mut self,
+        service: &str,
+        which: impl Fn(&Lease) -> bool,
+        kind: &str,
+        why: &str,
+    ) -> bool {
+        let now = SystemTime::now();
+        let mut released = Vec::new();
+        for lease in self
+            .leases
+            .iter_mut()
+            .filter(|l| l.service == service && l.state != LeaseState::Released && which(l))
+        {
+            lease.release(now);
+            released.push(format!("{}/{}: {why}", lease.port, lease.proto));
+        }
+        for reason in &released {
+            self.record(service, kind, reason.clone());
+        }
+        !released.is_empty()
     }
 
     /// Mirrors this node's leases into the document: writes changed ones, deletes dropped ones.
