@@ -458,16 +458,6 @@ pub struct EventsResponse {
     pub dropped: u64,
 }
 
-/// The nodes (ids) a spec is placed on: those whose name or id is its `node`.
-pub fn placement_ids<'a>(state: &'a MeshState, node: &str) -> Vec<&'a str> {
-    state
-        .nodes
-        .iter()
-        .filter(|(id, n)| n.name == node || id.as_str() == node)
-        .map(|(id, _)| id.as_str())
-        .collect()
-}
-
 fn service_row(
     name: &str,
     node: String,
@@ -543,7 +533,7 @@ pub fn service_entries(state: &MeshState, now_ms: i64) -> Vec<ServiceEntry> {
             .as_ref()
             .and_then(|s| s.node.clone())
             .unwrap_or_else(|| record.updated_by.clone());
-        let ids = placement_ids(state, &placed);
+        let ids = state.nodes_named(&placed);
         let instance = ids.iter().find_map(|id| {
             let key = format!("{name}@{id}");
             state

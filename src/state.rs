@@ -178,6 +178,15 @@ pub fn system_time_ms(t: std::time::SystemTime) -> i64 {
 }
 
 impl MeshState {
+    /// The ids of the nodes a placement `node = NAME` names: by name or by id.
+    pub fn nodes_named(&self, node: &str) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|(id, n)| n.name == node || id.as_str() == node)
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
     /// A node's name from its record, else its id.
     pub fn node_name(&self, node_id: &str) -> String {
         self.nodes

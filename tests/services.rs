@@ -15,6 +15,25 @@ use std::path::Path;
 use agent::{Agent, key_file, wait_until};
 use serde_json::Value;
 
+/// A service command: a web server on `$PORT`, on loopback only.
+const HTTP_SERVER: [&str; 6] = [
+    "python3",
+    "-m",
+    "http.server",
+    "--bind",
+    "127.0.0.1",
+    "$PORT",
+];
+
+/// `mesh service add NAME FLAGS... -- <HTTP_SERVER>` on `agent`, whatever its outcome.
+fn add_http_with(agent: &Agent, name: &str, flags: &[&str]) -> std::process::Output {
+    let mut args = vec!["service", "add", name];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend(HTTP_SERVER);
+    agent.cli(&args)
+}
+
 fn have_python() -> bool {
     let ok = std::process::Command::new("python3")
         .arg("--version")
@@ -72,20 +91,11 @@ fn ok(out: std::process::Output) -> String {
 }
 
 fn add_http(agent: &Agent, name: &str, after: &[&str], health: &str) {
-    let mut args = vec!["service", "add", name, "--port", "auto", "--health", health];
+    let mut flags = vec!["--port", "auto", "--health", health];
     for dep in after {
-        args.extend(["--after", dep]);
+        flags.extend(["--after", dep]);
     }
-    args.extend([
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        "--bind",
-        "127.0.0.1",
-        "$PORT",
-    ]);
-    ok(agent.cli(&args));
+    ok(add_http_with(agent, name, &flags));
 }
 
 #[test]
@@ -360,32 +370,8 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
         let probe = TcpListener::bind("0.0.0.0:0").unwrap();
         probe.local_addr().unwrap().port().to_string()
     };
-    ok(a.cli(&[
-        "service",
-        "add",
-        "two",
-        "--port",
-        &fixed,
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        "--bind",
-        "127.0.0.1",
-        "$PORT",
-    ]));
-    let refused = a.cli(&[
-        "service",
-        "add",
-        "three",
-        "--port",
-        &fixed,
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        "$PORT",
-    ]);
+    ok(add_http_with(&a, "two", &["--port", &fixed]));
+    let refused = add_http_with(&a, "three", &["--port", &fixed]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -396,20 +382,11 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
 
     // A fixed port held by a foreign process: the service cannot start, and says why.
     let held_text = held.to_string();
-    ok(a.cli(&[
-        "service",
-        "add",
+    ok(add_http_with(
+        &a,
         "four",
-        "--port",
-        &held_text,
-        "--restart",
-        "never",
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        "$PORT",
-    ]));
+        &["--port", &held_text, "--restart", "never"],
+    ));
     let four = wait_state(&a, "four", "failed");
     let reason = four["reason"].as_str().unwrap();
     assert!(

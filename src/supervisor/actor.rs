@@ -400,6 +400,16 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// What the allocator is asked for one port of a spec.
+fn port_request(spec: &ServiceSpec, port: &super::PortSpec) -> PortRequest {
+    PortRequest {
+        service: spec.name.clone(),
+        port_name: port.name.clone(),
+        proto: port.proto,
+        source: port.source.clone(),
+    }
+}
+
 /// The instance key of `service` on `node_id`.
 pub fn instance_key(service: &str, node_id: &str) -> String {
     format!("{service}@{node_id}")
@@ -814,19 +824,19 @@ impl SupervisorActor {
         let now = SystemTime::now();
         let mut assigned = Vec::with_capacity(spec.ports.len());
         for port in &spec.ports {
-            let request = PortRequest {
-                service: spec.name.clone(),
-                port_name: port.name.clone(),
-                proto: port.proto,
-                source: port.source.clone(),
-            };
-            let grant = self
+            let lease = self
                 .allocator
-                .allocate(now, &request, &self.leases, &listening, scan::bind_test)
-                .map_err(|e| e.to_string())?;
-            assigned.push(grant.lease.port);
-            let lease = grant.lease;
-            let fresh = !grant.reused || lease.state == LeaseState::Allocated;
+                .allocate(
+                    now,
+                    &port_request(spec, port),
+                    &self.leases,
+                    &listening,
+                    scan::bind_test,
+                )
+                .map_err(|e| e.to_string())?
+                .lease;
+            assigned.push(lease.port);
+            // A live lease handed back unchanged is no news; a new or retaken one is.
             let existing = self.leases.iter_mut().find(|l| {
                 l.service == lease.service
                     && l.port_name == lease.port_name
@@ -840,20 +850,11 @@ impl SupervisorActor {
                     true
                 }
                 None => {
-                    // A released lease of this service on another port is superseded.
-                    self.leases.retain(|l| {
-                        !(l.service == lease.service
-                            && l.port_name == lease.port_name
-                            && l.proto == lease.proto
-                            && l.state == LeaseState::Released
-                            && l.port != lease.port)
-                            || l.blocks(now, self.allocator.config().cooldown)
-                    });
                     self.leases.push(lease.clone());
                     true
                 }
             };
-            if changed && fresh {
+            if changed {
                 self.record(
                     &spec.name,
                     "port-allocated",
@@ -871,7 +872,8 @@ impl SupervisorActor {
                 );
             }
         }
-        Ok((assigned.clone(), spec.port_env(&assigned)))
+        let env = spec.port_env(&assigned);
+        Ok((assigned, env))
     }
 
     /// The ports of `spec` if the service holds a live (`allocated` / `in-use`) lease for
@@ -883,13 +885,8 @@ impl SupervisorActor {
         spec.ports
             .iter()
             .map(|port| {
-                let request = PortRequest {
-                    service: spec.name.clone(),
-                    port_name: port.name.clone(),
-                    proto: port.proto,
-                    source: port.source.clone(),
-                };
                 // With every bind test refused, only the service's own live lease comes back.
+                let request = port_request(spec, port);
                 self.allocator
                     .allocate(now, &request, &self.leases, &none_listening, |_, _| false)
                     .ok()
@@ -1298,16 +1295,8 @@ fn remote_state(state: &MeshState, service: &str) -> Option<ServiceState> {
         return None;
     }
     let spec: ServiceSpec = serde_json::from_str(&record.spec_json).ok()?;
-    let node_ids: Vec<&String> = state
-        .nodes
-        .iter()
-        .filter(|(id, n)| match spec.node.as_deref() {
-            Some(node) => n.name == node || id.as_str() == node,
-            None => **id == record.updated_by,
-        })
-        .map(|(id, _)| id)
-        .collect();
-    node_ids.iter().find_map(|id| {
+    let placed = spec.node.as_deref().unwrap_or(&record.updated_by);
+    state.nodes_named(placed).into_iter().find_map(|id| {
         let instance = state.instances.get(&instance_key(service, id))?;
         serde_json::from_value(serde_json::Value::String(instance.state.clone())).ok()
     })

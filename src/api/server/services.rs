@@ -20,7 +20,7 @@ use super::{error, state_error};
 use crate::api::{
     EventEntry, EventsResponse, ListeningEntry, ListeningResponse, LogsResponse, MAX_WAIT,
     ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, now_ms,
-    placement_ids, port_entries, service_entries,
+    port_entries, service_entries,
 };
 use crate::membership::PeerState;
 use crate::node::NodeHandle;
@@ -79,7 +79,7 @@ pub async fn add_services(
             spec.node = Some(local.name.clone());
         }
         let placed = spec.node.as_deref().unwrap_or_default();
-        if placed != local.name && placed != local_id && placement_ids(state, placed).is_empty() {
+        if placed != local.name && placed != local_id && state.nodes_named(placed).is_empty() {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
