@@ -68,7 +68,14 @@ async fn start_mesh(n: usize) -> (Vec<NodeHandle>, MemoryDiscovery, MeshKey) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_see_each_other_with_names_and_hardware() {
     let (nodes, _lan, _key) = start_mesh(3).await;
-    let snap = nodes[0].snapshot();
+    // A peer can be `alive` through gossip a moment before our own link to it is admitted:
+    // wait for both links (with their handshake info), then check what they carry.
+    let snap = nodes[0]
+        .wait_for(CEILING, |s| {
+            s.peers.len() == 2 && s.peers.iter().all(|p| p.connected && p.info.is_some())
+        })
+        .await
+        .expect("both peers connected and admitted");
     assert_eq!(snap.peers.len(), 2);
     for p in &snap.peers {
         let info = p.info.as_ref().expect("handshake info of a connected peer");
