@@ -147,6 +147,10 @@ pub struct StatusResponse {
     pub peers: PeerCounts,
     pub hardware: HardwareInfo,
     pub counters: Counters,
+    /// `--accept-services`: whose services this node runs (`all`, `own`, `none`); absent
+    /// from agents without a supervisor or older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_services: Option<String>,
 }
 
 /// Counters of dropped and refused traffic: what a hostile or misconfigured peer costs.
@@ -261,6 +265,7 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
         device_class: l.hardware.device_class.to_string(),
         uptime_s: now.saturating_duration_since(l.started_at).as_secs(),
         peers: counts,
+        accept_services: l.accept_services.map(|a| a.to_string()),
         hardware: l.hardware.clone(),
         counters: Counters {
             connections: s.connections,

@@ -124,8 +124,14 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME=RANGES")]
     pub port_pool: Vec<String>,
     /// On stop, leave services running instead of stopping them in reverse dependency order.
+    /// The next agent start stops them before starting its own copies (never two copies).
     #[arg(long)]
     pub leave_services_running: bool,
+    /// Whose services this node runs: all (placed from any node), own (added through this
+    /// node's API only), none.
+    #[arg(long, value_name = "WHOSE", default_value = "all",
+          value_parser = PossibleValuesParser::new(["all", "own", "none"]))]
+    pub accept_services: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -183,6 +189,8 @@ pub struct ServiceArgs {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of `Add` costs nothing worth a `Box`.
+#[allow(clippy::large_enum_variant)]
 pub enum ServiceCommand {
     /// Add or replace services, from a file (`-f services.toml`) or the command line
     /// (`mesh service add web --port auto -- python3 -m http.server '$PORT'`).
@@ -241,6 +249,13 @@ pub struct ServiceAddArgs {
     /// Node to run it on [default: the node of the agent asked].
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
+    /// User to run it as, on the node that runs it [default: the agent's user, root when
+    /// packaged].
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Group to run it as [default: the user's primary group].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// The command and its arguments, after `--`. The agent replaces `$PORT` and
     /// `$PORT_<NAME>` with the assigned ports when it starts the service: single-quote them
     /// (`'$PORT'`) so your shell passes them on literally.
@@ -377,6 +392,7 @@ fn run_agent(args: AgentArgs) -> i32 {
         profile: args.profile,
         port_pools: args.port_pool,
         leave_services_running: args.leave_services_running,
+        accept_services: args.accept_services.parse().unwrap_or_default(),
     };
     match crate::daemon::run(options) {
         Ok(()) => 0,
@@ -513,6 +529,8 @@ fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientErr
                 restart: args.restart,
                 on_dependency_restart: args.on_dependency_restart,
                 node: args.node,
+                user: args.user,
+                group: args.group,
                 command: args.command,
             })
             .map_err(|e| ClientError::Usage(e.to_string()))?;
@@ -1167,6 +1185,7 @@ pub fn render_status(s: &StatusResponse) -> String {
          listen   {addrs}\n\
          machine  {class}, {cores} cores, {mem:.1} GiB, {os}/{arch}\n\
          profile  {profile} (score {score})\n\
+         services accepts {accept}\n\
          uptime   {uptime}\n\
          peers    {alive} alive, {suspect} suspect, {dead} dead, {left} left\n\
          refused  {bad} bad proof, {denied} denied, {timeout} timed out, {backoff} in backoff\n",
@@ -1186,6 +1205,7 @@ pub fn render_status(s: &StatusResponse) -> String {
         arch = s.hardware.arch,
         profile = s.profile,
         score = s.score,
+        accept = s.accept_services.as_deref().unwrap_or("-"),
         uptime = human_ago(s.uptime_s.saturating_mul(1000)),
         alive = s.peers.alive,
         suspect = s.peers.suspect,
@@ -1307,6 +1327,8 @@ mod tests {
             restart: add.restart,
             on_dependency_restart: add.on_dependency_restart,
             node: add.node,
+            user: add.user,
+            group: add.group,
             command: add.command,
         })
         .unwrap();

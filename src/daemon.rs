@@ -51,6 +51,8 @@ pub struct AgentOptions {
     pub port_pools: Vec<String>,
     /// On stop, leave services running instead of stopping them in reverse dependency order.
     pub leave_services_running: bool,
+    /// `--accept-services`: whose services this node runs.
+    pub accept_services: crate::supervisor::accept::AcceptServices,
 }
 
 /// Parses `--port-pool NAME=FIRST-LAST[,FIRST-LAST...]` values into a pool table.
@@ -287,6 +289,10 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
                 ShutdownMode::StopServices
             },
             run_file: Some(crate::supervisor::runfile::path_in(&data_dir)),
+            accept_services: options.accept_services,
+            max_services: settings.max_services as usize,
+            startup_sync_wait: crate::supervisor::actor::DEFAULT_STARTUP_SYNC_WAIT,
+            use_cgroups: true,
         }),
     };
     let node = start_node(config).await?;

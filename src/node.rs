@@ -179,6 +179,8 @@ pub struct LocalSnapshot {
     pub hardware: HardwareInfo,
     pub started_at: Instant,
     pub bump: u64,
+    /// Whose services this node runs; `None` without a supervisor.
+    pub accept_services: Option<crate::supervisor::accept::AcceptServices>,
 }
 
 /// One peer, as the snapshot shows it.
@@ -381,6 +383,7 @@ struct NodeActor {
     hardware: HardwareInfo,
     bump: u64,
     started_at: Instant,
+    accept_services: Option<crate::supervisor::accept::AcceptServices>,
     listen_addrs: Vec<Multiaddr>,
     discovery_mode: DiscoveryMode,
     discovery: DiscoverySource,
@@ -464,6 +467,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         hardware: config.hardware.clone(),
         started_at: now,
         bump,
+        accept_services: config.supervisor.as_ref().map(|s| s.accept_services),
     };
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(NodeSnapshot {
         version: 0,
@@ -537,6 +541,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         hardware: config.hardware.clone(),
         bump,
         started_at: now,
+        accept_services: config.supervisor.as_ref().map(|s| s.accept_services),
         listen_addrs,
         discovery_mode: config.discovery.clone(),
         discovery: DiscoverySource::NotStarted,
@@ -1465,6 +1470,7 @@ impl NodeActor {
                 hardware: self.hardware.clone(),
                 started_at: self.started_at,
                 bump: self.bump,
+                accept_services: self.accept_services,
             },
             peers,
             stats,

@@ -117,6 +117,11 @@ pub struct ServiceRecord {
     pub request: Option<String>,
     #[autosurgeon(missing = "Default::default")]
     pub request_at_ms: Option<i64>,
+    /// Node id whose API wrote the current spec (add or update; start/stop/remove keep it).
+    /// Absent in documents written before it existed. A claim of the writer, not a proof.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_by: Option<String>,
 }
 
 /// A service instance on one node, updated on lifecycle transitions only.

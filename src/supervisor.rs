@@ -19,13 +19,20 @@
 //! signal, health check, timer, audit, publish). It does no I/O and reads no clock; the
 //! launcher, prober, port leases and the replicated document are wired around it.
 //!
-//! Modules: [`spec`] (service specs, TOML and CLI forms, validation, `$PORT` expansion),
-//! [`graph`] (start/stop order, cycles), [`backoff`] (restart delays), [`machine`] (one
-//! service's lifecycle), and the one I/O edge, [`launcher`] (spawning in a process group with
-//! log capture and rotation, group signals, health probes). Spec: `protocol/service-spec.md`.
+//! Modules: [`spec`] (service specs, TOML and CLI forms, validation and bounds, `$PORT`
+//! expansion), [`graph`] (start/stop order, cycles), [`backoff`] (restart delays), [`machine`]
+//! (one service's lifecycle), [`accept`] (which placed services this node agrees to run:
+//! `--accept-services`, accounts, `max_services`; pure), and the I/O edges: [`launcher`]
+//! (spawning in a process group and cgroup, as the spec's account, with log capture and
+//! rotation, group signals, health probes), [`account`] (user and group lookup), [`cgroup`]
+//! (one cgroup v2 per service), [`runfile`] (what a crashed run left). Spec:
+//! `protocol/service-spec.md`.
 
+pub mod accept;
+pub mod account;
 pub mod actor;
 pub mod backoff;
+pub mod cgroup;
 pub mod graph;
 pub mod launcher;
 pub mod machine;
@@ -53,8 +60,8 @@ pub enum ShutdownMode {
     /// Stop every service in reverse dependency order (SIGTERM, grace, SIGKILL).
     StopServices,
     /// Leave them running in their own process groups. This core does not adopt processes
-    /// on the next agent start: whoever wires it must decide how a restarted agent finds
-    /// them (pid file, process-group scan) or kills them.
+    /// on the next agent start: the actor stops them there (their cgroups and the run file's
+    /// process groups) before starting its own copies.
     LeaveRunning,
 }
 

@@ -12,8 +12,12 @@
 //!   running), publish, and end.
 //!
 //! Outputs:
-//! - processes (through [`launcher`]), each in its own process group with `PORT*` from its
-//!   leases;
+//! - processes (through [`launcher`]), each in its own process group and cgroup
+//!   ([`super::cgroup`]) with `PORT*` from its leases, as the spec's `user`/`group`; what a
+//!   main process leaves behind is stopped before its exit counts;
+//! - before the first start: leftovers of an earlier run stopped, and (when the document
+//!   knows other nodes) a bounded wait for a first sync with a peer;
+//! - services it refuses ([`super::accept`]) published as `refused` with the reason;
 //! - writes to the document: this node's `instances` (on state transitions only) and `leases`
 //!   (on lease transitions only), never volatile data;
 //! - the audit trail: a bounded ring of [`AuditRecord`]s read through [`SupervisorHandle`].
@@ -32,6 +36,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::accept::{self, AcceptServices, Placed, REFUSED_STATE};
+use super::cgroup::ServiceCgroups;
 use super::launcher::{self, LogLimits};
 use super::runfile::{self, RunRecord, RunState};
 use super::{
@@ -62,6 +68,13 @@ pub const MAX_TAIL_LINE_CHARS: usize = 200;
 /// Ceiling on a shutdown that stops services: past every service's stop grace, SIGKILL has
 /// been sent; this is a backstop against a process the kernel cannot reap.
 pub const SHUTDOWN_BACKSTOP: Duration = Duration::from_secs(5);
+/// Default longest wait, at start, for a first sync with a peer before services start from
+/// the persisted document (when it knows other nodes). A LAN peer syncs within ~120 ms of
+/// start; 5 s covers a slow link or a peer still starting, and bounds how long a node with
+/// no reachable peer delays its services.
+pub const DEFAULT_STARTUP_SYNC_WAIT: Duration = Duration::from_secs(5);
+/// How often the startup wait looks at the peers' sync status.
+const STARTUP_SYNC_POLL: Duration = Duration::from_millis(50);
 
 /// What the supervisor actor is started with.
 #[derive(Clone, Debug)]
@@ -82,6 +95,16 @@ pub struct SupervisorConfig {
     pub shutdown_mode: ShutdownMode,
     /// Where the running processes are recorded ([`runfile`]); `None`: nowhere (tests).
     pub run_file: Option<PathBuf>,
+    /// Whose services this node runs (`--accept-services`).
+    pub accept_services: AcceptServices,
+    /// Most services run at once (the profile's `max_services`).
+    pub max_services: usize,
+    /// Longest wait at start for a first sync with a peer, when the persisted document
+    /// knows other nodes ([`DEFAULT_STARTUP_SYNC_WAIT`]).
+    pub startup_sync_wait: Duration,
+    /// Track each service in its own cgroup v2 where possible ([`super::cgroup`]); `false`:
+    /// process groups only.
+    pub use_cgroups: bool,
 }
 
 /// One entry of the audit trail.
@@ -187,9 +210,43 @@ enum SupervisorCommand {
     },
 }
 
+/// What the API checks at add time for a service placed on this node: the same rules the
+/// supervisor enforces when it reads the document.
+#[derive(Clone, Debug)]
+pub struct LocalRules {
+    pub accept_services: AcceptServices,
+    pub max_services: usize,
+    pub pools: PoolSet,
+}
+
+impl LocalRules {
+    /// Why this node would refuse `spec` (added through its own API), if it would: the
+    /// policy, the account, the port pools. `max_services` is checked by the caller, who
+    /// knows the whole set.
+    pub fn refusal(&self, spec: &ServiceSpec) -> Option<String> {
+        // Through its own API a service is "own": only `none` refuses it.
+        accept::policy_refusal(self.accept_services, Some("local"), "", "local")
+            .or_else(|| {
+                super::account::resolve(spec.user.as_deref(), spec.group.as_deref())
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .or_else(|| {
+                spec.ports.iter().find_map(|port| match &port.source {
+                    PortSource::Auto { pool } if self.pools.ranges(pool).is_err() => Some(format!(
+                        "port pool `{pool}` does not exist on this node (pools: {})",
+                        self.pools.names().collect::<Vec<_>>().join(", ")
+                    )),
+                    _ => None,
+                })
+            })
+    }
+}
+
 /// A cloneable handle to the supervisor actor.
 #[derive(Clone)]
 pub struct SupervisorHandle {
+    rules: Arc<LocalRules>,
     commands: mpsc::Sender<SupervisorCommand>,
     audit: Arc<Mutex<AuditRing>>,
     audit_seq: watch::Receiver<u64>,
@@ -197,6 +254,11 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
+    /// The rules this node applies to services placed on it.
+    pub fn rules(&self) -> &LocalRules {
+        &self.rules
+    }
+
     /// The local services' states, in start order.
     pub async fn statuses(&self) -> Result<Vec<ServiceStatus>, SupervisorHandleError> {
         let (reply, rx) = oneshot::channel();
@@ -307,6 +369,11 @@ pub fn spawn_supervisor(
     }));
     let now = Instant::now();
     let handle = SupervisorHandle {
+        rules: Arc::new(LocalRules {
+            accept_services: config.accept_services,
+            max_services: config.max_services,
+            pools: config.pools.clone(),
+        }),
         commands: commands_tx,
         audit: audit.clone(),
         audit_seq: seq_rx,
@@ -331,6 +398,9 @@ pub fn spawn_supervisor(
         instances_written: BTreeSet::new(),
         run_records: BTreeMap::new(),
         run_file: None,
+        run_writer: None,
+        cgroups: None,
+        refused: BTreeMap::new(),
         started_at_ms: now_ms(),
         state,
         commands,
@@ -368,8 +438,13 @@ struct SupervisorActor {
     instances_written: BTreeSet<String>,
     /// Running processes as recorded in the run file, by pid.
     run_records: BTreeMap<u32, RunRecord>,
-    /// Latest run state for the run file's writer task.
+    /// Latest run state for the run file's writer task, the file's only writer.
     run_file: Option<watch::Sender<RunState>>,
+    run_writer: Option<JoinHandle<()>>,
+    /// Service cgroups, when this node can use them.
+    cgroups: Option<ServiceCgroups>,
+    /// Services placed here that this node refuses to run, with the reason published.
+    refused: BTreeMap<String, String>,
     started_at_ms: i64,
     state: StateHandle,
     commands: mpsc::Receiver<SupervisorCommand>,
@@ -430,8 +505,10 @@ pub fn placed_on(spec: &ServiceSpec, updated_by: &str, node_id: &str, node_name:
 
 impl SupervisorActor {
     async fn run(mut self) {
+        self.open_cgroups().await;
         self.open_run_file().await;
         let mut doc = self.state.subscribe();
+        self.wait_for_first_sync(&mut doc).await;
         let mut lease_check = tokio::time::interval(LEASE_CHECK_INTERVAL);
         lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Requests made before this start are history, not orders.
@@ -468,30 +545,73 @@ impl SupervisorActor {
         self.stop_all().await;
     }
 
-    /// Deals with what a previous run left in the run file, then starts its writer task.
-    async fn open_run_file(&mut self) {
-        let Some(path) = self.config.run_file.clone() else {
+    /// Finds this node's service cgroups (when configured and possible).
+    async fn open_cgroups(&mut self) {
+        if !self.config.use_cgroups {
             return;
-        };
-        let previous = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || runfile::load(&path))
-                .await
-                .unwrap_or_default()
-        };
-        if previous.left_running {
-            for record in previous.processes.iter().filter(|r| runfile::is_alive(r)) {
-                tracing::warn!(service = %record.service, pid = record.pid, "left running by the previous agent run; not adopted: it runs unsupervised next to the copy this run starts");
+        }
+        let node_id = self.config.node_id.clone();
+        match tokio::task::spawn_blocking(move || ServiceCgroups::detect(&node_id)).await {
+            Ok(Ok(cgroups)) => {
+                tracing::info!(path = %cgroups.path("").display(), "each service runs in its own cgroup");
+                self.cgroups = Some(cgroups);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "no service cgroups: services are tracked by process group only (a process that leaves its group is not tracked)");
                 self.record(
-                    &record.service,
-                    "left-running-found",
+                    "-",
+                    "cgroups-unavailable",
+                    format!("services are tracked by process group only: {e}"),
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Before anything starts, stops what an earlier agent run left behind: everything in
+    /// this node's service cgroups, and (without cgroups, or for processes outside them) the
+    /// process groups of the run file's records, whether or not their leader is still alive.
+    /// This holds for a run that stopped with `--leave-services-running` too: services are
+    /// never adopted, so exactly one copy runs, the one this run starts. Then starts the run
+    /// file's writer task, its only writer.
+    async fn open_run_file(&mut self) {
+        let previous = match self.config.run_file.clone() {
+            Some(path) => tokio::task::spawn_blocking(move || runfile::load(&path))
+                .await
+                .unwrap_or_default(),
+            None => RunState::default(),
+        };
+        let why = if previous.left_running {
+            "left running by the previous agent run (--leave-services-running); this run starts its own copy"
+        } else {
+            "left behind by an agent that did not stop cleanly"
+        };
+        if let Some(cgroups) = self.cgroups.clone() {
+            let drained = tokio::task::spawn_blocking(move || {
+                cgroups
+                    .services()
+                    .into_iter()
+                    .map(|service| {
+                        let outcome = cgroups.drain_blocking(&service, runfile::LEFTOVER_GRACE);
+                        (service, outcome)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (service, (found, killed)) in drained.into_iter().filter(|(_, (n, _))| *n > 0) {
+                tracing::warn!(%service, processes = found, killed, "stopped processes an earlier agent run left in the service's cgroup");
+                self.record(
+                    &service,
+                    "leftover-stopped",
                     format!(
-                        "pid {} was left running by the previous agent run; it is not adopted",
-                        record.pid
+                        "{found} process(es) in its cgroup were {why}; stopped with {}",
+                        if killed { "SIGKILL" } else { "SIGTERM" }
                     ),
                 );
             }
-        } else if !previous.processes.is_empty() {
+        }
+        if !previous.processes.is_empty() {
             let records = previous.processes.clone();
             let stopped = tokio::task::spawn_blocking(move || {
                 runfile::stop_leftovers(&records, runfile::LEFTOVER_GRACE)
@@ -499,35 +619,93 @@ impl SupervisorActor {
             .await
             .unwrap_or_default();
             for (record, killed) in stopped {
-                tracing::warn!(service = %record.service, pid = record.pid, killed, "stopped a process the previous agent run left behind");
+                tracing::warn!(service = %record.service, pid = record.pid, killed, "stopped a process group the previous agent run left behind");
                 self.record(
                     &record.service,
                     "leftover-stopped",
                     format!(
-                        "pid {} was left behind by an agent that did not stop cleanly; stopped with {}",
+                        "process group {} was {why}; stopped with {}",
                         record.pid,
                         if killed { "SIGKILL" } else { "SIGTERM" }
                     ),
                 );
             }
         }
+        let Some(path) = self.config.run_file.clone() else {
+            return;
+        };
         let (tx, mut rx) = watch::channel(RunState::default());
-        let writer_path = path.clone();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             loop {
                 let state = rx.borrow_and_update().clone();
-                let path = writer_path.clone();
+                let target = path.clone();
                 let result =
-                    tokio::task::spawn_blocking(move || runfile::save(&path, &state)).await;
+                    tokio::task::spawn_blocking(move || runfile::save(&target, &state)).await;
                 if let Ok(Err(e)) = result {
-                    tracing::warn!(path = %writer_path.display(), error = %e, "cannot write the run file");
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the run file");
                 }
+                // Ends once the sender is dropped and its last value is written.
                 if rx.changed().await.is_err() {
                     return;
                 }
             }
         });
         self.run_file = Some(tx);
+        self.run_writer = Some(writer);
+    }
+
+    /// At start, when the persisted document knows other nodes: waits (bounded by
+    /// [`SupervisorConfig::startup_sync_wait`]) until it is in sync with one peer, so a
+    /// service removed or stopped while this node was down does not run again meanwhile.
+    /// Gives up, logs and records an event, then starts from the persisted state.
+    async fn wait_for_first_sync(&mut self, doc: &mut watch::Receiver<Arc<StateSnapshot>>) {
+        let wait = self.config.startup_sync_wait;
+        let others = doc
+            .borrow()
+            .state
+            .nodes
+            .keys()
+            .filter(|id| **id != self.config.node_id)
+            .count();
+        if others == 0 || wait.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        let deadline = started + wait;
+        loop {
+            let synced = doc
+                .borrow()
+                .peers
+                .iter()
+                .find(|p| p.status == crate::sync::SyncStatus::InSync)
+                .map(|p| p.peer.to_base58());
+            if let Some(peer) = synced {
+                tracing::info!(%peer, waited_ms = started.elapsed().as_millis() as u64, "in sync with a peer; starting services");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    waited_ms = wait.as_millis() as u64,
+                    known_nodes = others,
+                    "no peer synced in time; starting services from the persisted document"
+                );
+                self.record(
+                    "-",
+                    "startup-sync-timeout",
+                    format!(
+                        "no peer synced within {} ms of start; services start from the persisted document (changes made while this node was down apply once a peer syncs)",
+                        wait.as_millis()
+                    ),
+                );
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = doc.changed() => {}
+                _ = tokio::time::sleep(STARTUP_SYNC_POLL) => {}
+            }
+        }
     }
 
     /// Hands the current process set to the run file's writer (latest wins).
@@ -578,19 +756,21 @@ impl SupervisorActor {
         self.final_run_file(false).await;
     }
 
-    /// Writes the run file one last time, synchronously: the writer task may not get to it.
+    /// Hands the run file its last content and waits until the writer task (its only
+    /// writer) has written it.
     async fn final_run_file(&mut self, left_running: bool) {
-        let Some(path) = self.config.run_file.clone() else {
+        let Some(tx) = self.run_file.take() else {
             return;
         };
-        self.run_file = None;
-        let state = RunState {
+        tx.send_replace(RunState {
             left_running,
             processes: self.run_records.values().cloned().collect(),
-        };
-        let result = tokio::task::spawn_blocking(move || runfile::save(&path, &state)).await;
-        if let Ok(Err(e)) = result {
-            tracing::warn!(error = %e, "cannot write the run file");
+        });
+        drop(tx);
+        if let Some(writer) = self.run_writer.take()
+            && writer.await.is_err()
+        {
+            tracing::warn!("the run file writer failed");
         }
     }
 
@@ -669,6 +849,10 @@ impl SupervisorActor {
                         // Already gone: its exit report is on its way.
                         tracing::debug!(%service, pid, error = %e, "signal not delivered");
                     }
+                    // Whatever left the process group is still in the service's cgroup.
+                    if let Some(cgroups) = &self.cgroups {
+                        cgroups.signal(&service, signal);
+                    }
                 }
                 SupervisorAction::RunHealthCheck { service, pid } => self.probe(service, pid),
                 SupervisorAction::ScheduleTimer { .. } => {
@@ -716,19 +900,24 @@ impl SupervisorActor {
             Ok(ports) => ports,
             Err(error) => return failed(error),
         };
-        if spec.working_dir.is_none() {
+        if spec.working_dir.is_none() && (spec.user.is_some() || spec.group.is_some()) {
+            // The data dir is the agent's alone (0700): a service with its own account starts
+            // in `/`, as a systemd system service does.
+            spec.working_dir = Some(PathBuf::from("/"));
+        } else if spec.working_dir.is_none() {
             let dir = self.config.work_dir.join(&spec.name);
             if let Err(e) = tokio::fs::create_dir_all(&dir).await {
                 return failed(format!("cannot create working dir {}: {e}", dir.display()));
             }
             spec.working_dir = Some(dir);
         }
-        let launched = launcher::spawn_service(
+        let launched = launcher::spawn_service_in(
             &spec,
             &env,
             &self.config.node_name,
             &self.config.log_dir,
             self.config.log_limits,
+            self.cgroups.as_ref(),
         )
         .await;
         match launched {
@@ -755,6 +944,8 @@ impl SupervisorActor {
                 self.publish_leases().await;
                 let reports = self.reports_tx.clone();
                 let name = spec.name.clone();
+                let cgroups = self.cgroups.clone();
+                let grace = spec.stop_grace.min(runfile::LEFTOVER_GRACE);
                 tokio::spawn(async move {
                     let status = match process.wait().await {
                         Ok(status) => status,
@@ -763,6 +954,19 @@ impl SupervisorActor {
                             ExitStatus::Code(-1)
                         }
                     };
+                    // The main process is gone: what it left behind (in its cgroup, else its
+                    // process group) is stopped before the exit counts, so a restart never
+                    // runs next to an orphan of the previous start.
+                    let service = name.clone();
+                    let drained = tokio::task::spawn_blocking(move || match cgroups {
+                        Some(cgroups) => cgroups.drain_blocking(&service, grace),
+                        None => runfile::drain_group_blocking(pid, grace),
+                    })
+                    .await
+                    .unwrap_or_default();
+                    if drained.0 > 0 {
+                        tracing::info!(service = %name, pid, killed = drained.1, "stopped what the service's main process left behind");
+                    }
                     let _ = reports
                         .send(Report::Exited {
                             service: name,
@@ -1137,12 +1341,51 @@ impl SupervisorActor {
         }
     }
 
+    /// Publishes services this node refuses (state `refused`, with the reason) and records an
+    /// audit event per new refusal; withdraws refusals that no longer hold.
+    async fn publish_refusals(&mut self, refused: BTreeMap<String, String>) {
+        let mut writes = Vec::new();
+        for (service, reason) in &refused {
+            if self.refused.get(service) == Some(reason) {
+                continue;
+            }
+            tracing::warn!(%service, %reason, "refusing a service placed on this node");
+            self.record(service, "refused", reason.clone());
+            writes.push(EntryWrite::Instance {
+                key: instance_key(service, &self.config.node_id),
+                record: Some(InstanceRecord {
+                    service: service.clone(),
+                    node: self.config.node_id.clone(),
+                    state: REFUSED_STATE.to_string(),
+                    since_ms: now_ms(),
+                    reason: Some(reason.clone()),
+                    ..InstanceRecord::default()
+                }),
+            });
+        }
+        for service in self.refused.keys() {
+            // Accepted now: its machine publishes its state; gone: the entry goes.
+            if !refused.contains_key(service) && self.core.status(service).is_none() {
+                writes.push(EntryWrite::Instance {
+                    key: instance_key(service, &self.config.node_id),
+                    record: None,
+                });
+            }
+        }
+        self.refused = refused;
+        if !writes.is_empty()
+            && let Err(e) = self.state.write_detached(writes).await
+        {
+            tracing::warn!(error = %e, "cannot publish refused services");
+        }
+    }
+
     /// The document changed: apply placement, desired states, operator requests and remote
     /// dependency states.
     async fn on_document(&mut self, snap: &StateSnapshot) {
         let state = &snap.state;
         let node_id = self.config.node_id.clone();
-        let mut specs = Vec::new();
+        let mut placed = Vec::new();
         let mut desired = BTreeMap::new();
         for (name, record) in &state.services {
             if record.desired == "removed" {
@@ -1169,8 +1412,36 @@ impl SupervisorActor {
                 name.clone(),
                 (record.desired.clone(), record.updated_by.clone()),
             );
-            specs.push(spec);
+            // Documents older than `added_by` name only the last writer.
+            let added_by = record.added_by.as_ref().unwrap_or(&record.updated_by);
+            placed.push(Placed {
+                spec,
+                added_by: Some(added_by.clone()),
+                added_by_name: state.node_name(added_by),
+            });
         }
+        let running: BTreeSet<String> = self
+            .core
+            .statuses()
+            .into_iter()
+            .filter(|s| s.pid.is_some())
+            .map(|s| s.service)
+            .collect();
+        let screened = accept::screen(
+            placed,
+            self.config.accept_services,
+            &node_id,
+            self.config.max_services,
+            &running,
+            |spec| {
+                super::account::resolve(spec.user.as_deref(), spec.group.as_deref())
+                    .err()
+                    .map(|e| e.to_string())
+            },
+        );
+        let specs = screened.accepted;
+        desired.retain(|name, _| !screened.refused.contains_key(name));
+        self.publish_refusals(screened.refused).await;
         // Desired `stopped` must be known before the specs are applied, or a service added
         // as stopped would spawn once.
         for (name, (want, by)) in &desired {
@@ -1270,7 +1541,11 @@ impl SupervisorActor {
         let stale: Vec<String> = state
             .instances
             .iter()
-            .filter(|(_, i)| i.node == node_id && self.core.status(&i.service).is_none())
+            .filter(|(_, i)| {
+                i.node == node_id
+                    && self.core.status(&i.service).is_none()
+                    && !self.refused.contains_key(&i.service)
+            })
             .map(|(key, _)| key.clone())
             .collect();
         if !stale.is_empty() {

@@ -34,6 +34,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::account::{self, AccountError};
+use super::cgroup::ServiceCgroups;
 use super::machine::{ExitStatus, HealthOutcome, StopSignal};
 use super::spec::{HealthCheck, HealthSpec, ServiceSpec, expand_args};
 
@@ -93,6 +95,19 @@ pub enum LaunchError {
     Spawn {
         service: String,
         command: String,
+        source: io::Error,
+    },
+    #[error("service `{service}`: {source}")]
+    Account {
+        service: String,
+        source: AccountError,
+    },
+    #[error("service `{service}`: working_dir {} does not exist or is not a directory", path.display())]
+    WorkingDir { service: String, path: PathBuf },
+    #[error("service `{service}`: cannot prepare its cgroup {}: {source}", path.display())]
+    Cgroup {
+        service: String,
+        path: PathBuf,
         source: io::Error,
     },
     #[error("service `{service}`: the process exited before its pid could be read")]
@@ -161,18 +176,47 @@ pub fn rotated_log_path(log_dir: &Path, service: &str, index: usize) -> PathBuf 
 /// A command for `program args` in the service's working dir and environment: the agent's
 /// environment, then the spec's `env`, then `ports` (as built by [`ServiceSpec::port_env`]),
 /// `MESH_NODE` and `MESH_SERVICE`. Arguments are `$PORT`-expanded. A spec without a working
-/// dir runs in the agent's current directory.
+/// dir runs in the agent's current directory. With `user` / `group`, it runs with those ids
+/// (no supplementary groups) and `USER`, `LOGNAME`, `HOME` naming the user.
 fn service_command(
     spec: &ServiceSpec,
     program: &str,
     args: &[String],
     ports: &BTreeMap<String, u16>,
     node_name: &str,
-) -> Command {
+) -> Result<Command, LaunchError> {
+    let credentials =
+        account::resolve(spec.user.as_deref(), spec.group.as_deref()).map_err(|source| {
+            LaunchError::Account {
+                service: spec.name.clone(),
+                source,
+            }
+        })?;
+    if let Some(dir) = &spec.working_dir
+        && !dir.is_dir()
+    {
+        return Err(LaunchError::WorkingDir {
+            service: spec.name.clone(),
+            path: dir.clone(),
+        });
+    }
     let mut command = Command::new(program);
     command.args(expand_args(args, ports));
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
+    }
+    if let Some(credentials) = credentials {
+        if let Some((user, home)) = &credentials.user {
+            command
+                .env("USER", user)
+                .env("LOGNAME", user)
+                .env("HOME", home);
+        }
+        // std orders it in the child: setgid, setgroups(0) (when root sets a uid), setuid.
+        command.gid(credentials.gid);
+        if let Some(uid) = credentials.uid {
+            command.uid(uid);
+        }
     }
     command.envs(&spec.env);
     for (variable, port) in ports {
@@ -184,7 +228,7 @@ fn service_command(
     // terminal does not reach the service.
     command.process_group(0);
     command.stdin(Stdio::null());
-    command
+    Ok(command)
 }
 
 /// Starts a service's process: `spec.command` with `$PORT`-expanded `spec.args`, in its own
@@ -199,6 +243,19 @@ pub async fn spawn_service(
     log_dir: &Path,
     log_limits: LogLimits,
 ) -> Result<RunningProcess, LaunchError> {
+    spawn_service_in(spec, ports, node_name, log_dir, log_limits, None).await
+}
+
+/// [`spawn_service`], with the process placed in the service's cgroup (when `cgroups` is
+/// given) before it execs: it and everything it starts stay there.
+pub async fn spawn_service_in(
+    spec: &ServiceSpec,
+    ports: &BTreeMap<String, u16>,
+    node_name: &str,
+    log_dir: &Path,
+    log_limits: LogLimits,
+    cgroups: Option<&ServiceCgroups>,
+) -> Result<RunningProcess, LaunchError> {
     tokio::fs::create_dir_all(log_dir)
         .await
         .map_err(|source| LaunchError::LogDir {
@@ -207,7 +264,27 @@ pub async fn spawn_service(
         })?;
     let log = LogFile::open(log_dir, &spec.name, log_limits).await?;
 
-    let mut command = service_command(spec, &spec.command, &spec.args, ports, node_name);
+    let mut command = service_command(spec, &spec.command, &spec.args, ports, node_name)?;
+    if let Some(cgroups) = cgroups {
+        let procs = cgroups
+            .procs_file(&spec.name)
+            .map_err(|source| LaunchError::Cgroup {
+                service: spec.name.clone(),
+                path: cgroups.path(&spec.name),
+                source,
+            })?;
+        // SAFETY: the hook runs in the forked child before exec and only calls write(2) on a
+        // descriptor opened before the fork (async-signal-safe; no allocation, no lock).
+        // Writing "0" moves the writing process; the kernel checks the opener's (root's)
+        // credentials, so it works after the switch to the service's user too.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::write(&procs, b"0")
+                    .map(|_| ())
+                    .map_err(io::Error::from)
+            });
+        }
+    }
     command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -565,8 +642,10 @@ pub async fn probe_service(
             let Some((program, args)) = command.split_first() else {
                 return failed("the exec health check has no command");
             };
-            let command = service_command(spec, program, args, ports, node_name);
-            probe_exec(command, health.timeout).await
+            match service_command(spec, program, args, ports, node_name) {
+                Ok(command) => probe_exec(command, health.timeout).await,
+                Err(e) => failed(e.to_string()),
+            }
         }
         HealthCheck::Tcp | HealthCheck::Http { .. } => {
             let port = spec.health_port_index().and_then(|index| {
@@ -806,6 +885,25 @@ mod tests {
         .await
         .expect("spawn");
         assert_eq!(run_to_end(&mut process).await, ExitStatus::Signal(9));
+    }
+
+    #[tokio::test]
+    async fn a_missing_working_dir_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = sh("lost", "true");
+        spec.working_dir = Some(dir.path().join("gone"));
+        let err = spawn_service(
+            &spec,
+            &BTreeMap::new(),
+            "n1",
+            dir.path(),
+            LogLimits::default(),
+        )
+        .await
+        .expect_err("no such directory");
+        assert!(matches!(err, LaunchError::WorkingDir { .. }), "{err}");
+        assert!(err.to_string().contains("working_dir"), "{err}");
+        assert!(!err.to_string().contains("cannot start"), "{err}");
     }
 
     #[tokio::test]

@@ -90,28 +90,66 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
     data_dir.join("supervisor").join("processes.json")
 }
 
-/// Stops leftover processes that are still alive: SIGTERM to each group, then SIGKILL to
-/// those alive after `grace`. Returns, per process stopped, whether it needed SIGKILL.
-/// Blocking (polls every 20 ms); run it off the async threads.
+/// Whether any process is in process group `pgid` (`kill(-pgid, 0)`). The kernel does not
+/// hand out a pid that is still some group's id, so a group found here is the one the
+/// recorded leader created, even after the leader itself died.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
+    pgid > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+/// Whether anything of `record` is left: its leader (same pid and start time) or any
+/// member of its process group.
+fn leftover(record: &RunRecord) -> bool {
+    is_alive(record) || group_alive(record.pid)
+}
+
+/// Stops leftover processes: SIGTERM to each recorded process group that still has a
+/// member (its leader may be dead), then SIGKILL to those with members after `grace`.
+/// Returns, per group stopped, whether it needed SIGKILL. Blocking (polls every 20 ms); run
+/// it off the async threads.
 pub fn stop_leftovers(records: &[RunRecord], grace: Duration) -> Vec<(RunRecord, bool)> {
-    let alive: Vec<&RunRecord> = records.iter().filter(|r| is_alive(r)).collect();
+    let alive: Vec<&RunRecord> = records.iter().filter(|r| leftover(r)).collect();
     for record in &alive {
         let _ = signal_group(record.pid, StopSignal::Term);
     }
     let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline && alive.iter().any(|r| is_alive(r)) {
+    while std::time::Instant::now() < deadline && alive.iter().any(|r| leftover(r)) {
         std::thread::sleep(Duration::from_millis(20));
     }
     alive
         .into_iter()
         .map(|record| {
-            let killed = is_alive(record);
+            let killed = leftover(record);
             if killed {
                 let _ = signal_group(record.pid, StopSignal::Kill);
             }
             (record.clone(), killed)
         })
         .collect()
+}
+
+/// After a service's main process (leader of group `pgid`) exited: stops the rest of its
+/// process group, SIGTERM then SIGKILL after `grace`. The fallback of
+/// [`super::cgroup::ServiceCgroups::drain_blocking`] without cgroups: a process that left
+/// the group (`setsid`) is not reached. Returns (whether members were found, SIGKILL needed)
+/// in the same shape. Blocking.
+pub fn drain_group_blocking(pgid: u32, grace: Duration) -> (usize, bool) {
+    if !group_alive(pgid) {
+        return (0, false);
+    }
+    let _ = signal_group(pgid, StopSignal::Term);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && group_alive(pgid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = group_alive(pgid);
+    if killed {
+        let _ = signal_group(pgid, StopSignal::Kill);
+    }
+    (1, killed)
 }
 
 #[cfg(test)]
@@ -169,10 +207,45 @@ mod tests {
             pid,
             start_ticks: start_ticks(pid).unwrap(),
         };
+        // Reaped as soon as it dies: a zombie still counts as a member of its group.
+        let waiter = std::thread::spawn(move || child.wait().unwrap());
         let stopped = stop_leftovers(std::slice::from_ref(&record), Duration::from_secs(5));
-        // `sleep` dies on SIGTERM; it stays a zombie until reaped, which `is_alive` ignores.
         assert_eq!(stopped, vec![(record, false)]);
-        let status = child.wait().unwrap();
-        assert!(!status.success());
+        assert!(!waiter.join().unwrap().success());
+    }
+
+    #[test]
+    fn a_group_whose_leader_died_is_still_stopped() {
+        // The leader starts a background sleep in its group, prints its pid and exits.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 1000 >/dev/null 2>&1 & echo $!"])
+            .process_group(0)
+            .output()
+            .unwrap();
+        let member: u32 = String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let leader = std::fs::read_to_string(format!("/proc/{member}/stat"))
+            .unwrap()
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap();
+        let record = RunRecord {
+            service: "orphaned".into(),
+            pid: leader,
+            start_ticks: 1,
+        };
+        assert!(!is_alive(&record), "the leader is gone");
+        assert!(group_alive(leader), "its group is not");
+        let stopped = stop_leftovers(std::slice::from_ref(&record), Duration::from_secs(5));
+        assert_eq!(stopped.len(), 1);
+        assert!(start_ticks(member).is_none(), "the member was stopped");
     }
 }

@@ -30,6 +30,58 @@ pub const MAX_NAME_LEN: usize = 63;
 /// Longest node name accepted in `node = ...` (a full DNS name).
 pub const MAX_NODE_NAME_LEN: usize = 253;
 
+/// Most bytes of one spec as JSON (its form in the document). A real spec is a few hundred
+/// bytes; 64 KiB leaves room for long argument lists and environments while keeping one
+/// service from filling the replicated document (which has its own, larger bound).
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Longest `command` and `working_dir`, in bytes: Linux's `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most arguments (of the command, or of an `exec` health check). `ARG_MAX`-scale lists are
+/// scripts, not service specs.
+pub const MAX_ARGS: usize = 256;
+/// Longest single argument or environment value, in bytes.
+pub const MAX_ARG_BYTES: usize = 8 * 1024;
+/// Most environment variables a spec sets.
+pub const MAX_ENV_VARS: usize = 128;
+/// Longest user or group name: `useradd`'s limit.
+pub const MAX_ACCOUNT_NAME_LEN: usize = 32;
+/// Characters of a refused value echoed back in an error: enough to recognise it, never a
+/// megabyte of it.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// A value for an error message: at most [`MAX_ECHO_CHARS`] characters, with the full size
+/// said when cut.
+pub fn echo(value: &str) -> String {
+    let count = value.chars().count();
+    if count <= MAX_ECHO_CHARS {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(MAX_ECHO_CHARS).collect();
+    format!("{head}... ({} bytes)", value.len())
+}
+
+/// Checks a user or group name as written in a spec: a name of up to 32 characters of
+/// `[A-Za-z0-9_.-]` (and a trailing `$`, as Samba machine accounts have), not starting with
+/// `-`, or a numeric id. Whether it exists is the running node's question.
+pub fn check_account_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_ACCOUNT_NAME_LEN {
+        return Err("must be at most 32 characters");
+    }
+    let body = name.strip_suffix('$').unwrap_or(name);
+    if body.is_empty()
+        || body.starts_with('-')
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err("only letters, digits, '_', '.', '-' (not first) or a numeric id");
+    }
+    Ok(())
+}
+
 /// Environment variables mesh sets itself; a spec may not set them in `env`.
 pub const RESERVED_ENV: [&str; 3] = ["PORT", "MESH_NODE", "MESH_SERVICE"];
 
@@ -173,6 +225,19 @@ pub enum SpecError {
         second: String,
         port: u16,
         proto: Proto,
+    },
+    #[error("service `{service}`: {field} is too large: {limit}")]
+    TooLarge {
+        service: String,
+        field: String,
+        limit: String,
+    },
+    #[error("service `{service}`: bad {field} `{value}`: {reason}")]
+    BadAccount {
+        service: String,
+        field: &'static str,
+        value: String,
+        reason: &'static str,
     },
     #[error("bad --{flag} `{value}`: {reason}")]
     BadCliValue {
@@ -699,6 +764,14 @@ pub struct ServiceSpec {
     /// once it is healthy (`restart`).
     #[serde(default, skip_serializing_if = "DependencyRestart::is_default")]
     pub on_dependency_restart: DependencyRestart,
+    /// User the process runs as (a name from `/etc/passwd`, or a numeric uid), on the node
+    /// that runs it. `None`: the agent's own user (root for the packaged agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Group the process runs as (a name from `/etc/group`, or a numeric gid). `None`: the
+    /// primary group of `user`, or the agent's own group without `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The plain-string parts of `mesh service add NAME [--after DEP]... [--port auto|N]...
@@ -717,6 +790,10 @@ pub struct CliServiceParts {
     /// `--on-dependency-restart` value: `ride-through` or `restart`.
     pub on_dependency_restart: Option<String>,
     pub node: Option<String>,
+    /// `--user` value.
+    pub user: Option<String>,
+    /// `--group` value.
+    pub group: Option<String>,
     /// `CMD ARGS...` after `--`.
     pub command: Vec<String>,
 }
@@ -755,6 +832,8 @@ impl ServiceSpec {
             stop_grace: DEFAULT_STOP_GRACE,
             node: None,
             on_dependency_restart: DependencyRestart::RideThrough,
+            user: None,
+            group: None,
         }
     }
 
@@ -798,6 +877,8 @@ impl ServiceSpec {
             };
         }
         spec.node = parts.node;
+        spec.user = parts.user;
+        spec.group = parts.group;
         spec.validate()?;
         Ok(spec)
     }
@@ -848,9 +929,20 @@ impl ServiceSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let service = || self.name.clone();
         check_name(&self.name).map_err(|reason| SpecError::BadName {
-            name: self.name.clone(),
+            name: echo(&self.name),
             reason,
         })?;
+        self.validate_bounds()?;
+        for (field, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(value) = value {
+                check_account_name(value).map_err(|reason| SpecError::BadAccount {
+                    service: service(),
+                    field,
+                    value: echo(value),
+                    reason,
+                })?;
+            }
+        }
         if self.command.trim().is_empty() {
             return Err(SpecError::EmptyCommand { service: service() });
         }
@@ -904,6 +996,77 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// Size bounds, each refusal naming the field and the limit.
+    fn validate_bounds(&self) -> Result<(), SpecError> {
+        let too_large = |field: String, limit: String| SpecError::TooLarge {
+            service: self.name.clone(),
+            field,
+            limit,
+        };
+        if self.command.len() > MAX_PATH_BYTES {
+            return Err(too_large(
+                "command".to_string(),
+                format!(
+                    "{} bytes, the limit is {MAX_PATH_BYTES}",
+                    self.command.len()
+                ),
+            ));
+        }
+        if let Some(dir) = &self.working_dir
+            && dir.as_os_str().len() > MAX_PATH_BYTES
+        {
+            return Err(too_large(
+                "working_dir".to_string(),
+                format!("the limit is {MAX_PATH_BYTES} bytes"),
+            ));
+        }
+        let exec_args = match self.health.as_ref().map(|h| &h.check) {
+            Some(HealthCheck::Exec { command }) => command.as_slice(),
+            _ => &[],
+        };
+        for (what, list) in [
+            ("args", self.args.as_slice()),
+            ("health command", exec_args),
+        ] {
+            if list.len() > MAX_ARGS {
+                return Err(too_large(
+                    what.to_string(),
+                    format!("{} arguments, the limit is {MAX_ARGS}", list.len()),
+                ));
+            }
+            if let Some(index) = list.iter().position(|arg| arg.len() > MAX_ARG_BYTES) {
+                return Err(too_large(
+                    format!("{what} item {}", index + 1),
+                    format!("{} bytes, the limit is {MAX_ARG_BYTES}", list[index].len()),
+                ));
+            }
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(too_large(
+                "env".to_string(),
+                format!("{} variables, the limit is {MAX_ENV_VARS}", self.env.len()),
+            ));
+        }
+        if let Some((key, _)) = self
+            .env
+            .iter()
+            .find(|(key, value)| key.len() > MAX_ARG_BYTES || value.len() > MAX_ARG_BYTES)
+        {
+            return Err(too_large(
+                format!("env `{}`", echo(key)),
+                format!("names and values are at most {MAX_ARG_BYTES} bytes"),
+            ));
+        }
+        let bytes = serde_json::to_vec(self).map_or(usize::MAX, |json| json.len());
+        if bytes > MAX_SPEC_BYTES {
+            return Err(too_large(
+                "the spec".to_string(),
+                format!("{bytes} bytes as JSON, the limit is {MAX_SPEC_BYTES}"),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_env(&self) -> Result<(), SpecError> {
         for (key, value) in &self.env {
             let bad = |reason| SpecError::BadEnv {
@@ -935,7 +1098,7 @@ impl ServiceSpec {
         for dependency in &self.after {
             check_name(dependency).map_err(|reason| SpecError::BadDependencyName {
                 service: self.name.clone(),
-                dependency: dependency.clone(),
+                dependency: echo(dependency),
                 reason,
             })?;
             if *dependency == self.name {
@@ -962,7 +1125,7 @@ impl ServiceSpec {
                 Some(name) => {
                     check_name(name).map_err(|reason| SpecError::BadPortName {
                         service: service(),
-                        name: name.clone(),
+                        name: echo(name),
                         reason,
                     })?;
                     if !names.insert(name) {
@@ -2028,5 +2191,114 @@ mod tests {
         );
         assert_eq!(RestartPolicy::OnFailure.to_string(), "on-failure");
         assert!("On-Failure".parse::<RestartPolicy>().is_err());
+    }
+
+    #[test]
+    fn a_huge_name_is_refused_without_being_echoed_whole() {
+        let name = "n".repeat(10_000);
+        let err = ServiceSpec::new(name, "true").validate().unwrap_err();
+        let text = err.to_string();
+        assert!(text.len() < 200, "{} bytes", text.len());
+        assert!(text.contains("(10000 bytes)"), "{text}");
+        assert!(text.contains("at most 63 characters"), "{text}");
+    }
+
+    #[test]
+    fn each_bound_names_its_limit() {
+        let mut spec = ServiceSpec::new("big", "true");
+        spec.args = vec!["x".repeat(1_900_000)];
+        assert_eq!(
+            spec.validate().unwrap_err().to_string(),
+            "service `big`: args item 1 is too large: 1900000 bytes, the limit is 8192"
+        );
+        spec.args = vec!["x".to_string(); MAX_ARGS + 1];
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("the limit is 256")
+        );
+        // Within every per-field bound, over the whole-spec bound.
+        spec.args = vec!["x".repeat(MAX_ARG_BYTES); 9];
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("as JSON, the limit is 65536")
+        );
+        spec.args.clear();
+        spec.command = "/".repeat(MAX_PATH_BYTES + 1);
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("command is too large")
+        );
+        spec.command = "true".to_string();
+        spec.env = (0..=MAX_ENV_VARS)
+            .map(|i| (format!("V{i}"), String::new()))
+            .collect();
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("the limit is 128")
+        );
+        spec.env.clear();
+        spec.health = Some(HealthSpec::new(HealthCheck::Exec {
+            command: vec!["y".repeat(MAX_ARG_BYTES + 1)],
+        }));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("health command item 1 is too large")
+        );
+    }
+
+    #[test]
+    fn user_and_group_are_checked_for_form_only() {
+        let mut spec = ServiceSpec::new("svc", "true");
+        spec.user = Some("nobody".to_string());
+        spec.group = Some("65534".to_string());
+        assert!(
+            spec.validate().is_ok(),
+            "existence is the running node's question"
+        );
+        spec.user = Some("-rf".to_string());
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("bad user `-rf`")
+        );
+        spec.user = Some("a".repeat(33));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at most 32")
+        );
+        spec.user = Some("ok$".to_string());
+        spec.group = Some("bad group".to_string());
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("bad group")
+        );
+        // The CLI form carries them.
+        let spec = ServiceSpec::from_cli_parts(CliServiceParts {
+            name: "svc".to_string(),
+            user: Some("nobody".to_string()),
+            group: Some("nogroup".to_string()),
+            command: vec!["true".to_string()],
+            ..CliServiceParts::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (spec.user.as_deref(), spec.group.as_deref()),
+            (Some("nobody"), Some("nogroup"))
+        );
     }
 }

@@ -103,8 +103,55 @@ pub async fn add_services(
             "a service is listed twice in the request".to_string(),
         );
     }
-    if let Err(e) = validate_set(&all.into_values().collect::<Vec<_>>()) {
+    // One spelling per node (its id), so a fixed-port clash between a service placed by
+    // name and one placed by id is seen.
+    let canonical = |spec: &ServiceSpec| {
+        let placed = spec.node.as_deref().unwrap_or_default();
+        if placed == local.name || placed == local_id {
+            local_id.clone()
+        } else {
+            state
+                .nodes_named(placed)
+                .first()
+                .map_or_else(|| placed.to_string(), |id| id.to_string())
+        }
+    };
+    let set: Vec<ServiceSpec> = all
+        .values()
+        .map(|spec| {
+            let mut spec = spec.clone();
+            spec.node = Some(canonical(&spec));
+            spec
+        })
+        .collect();
+    if let Err(e) = validate_set(&set) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    // Services placed on this node: refused now if this node would refuse them later.
+    if let Some(supervisor) = node.supervisor() {
+        let rules = supervisor.rules();
+        for spec in incoming.iter().filter(|s| canonical(s) == local_id) {
+            if let Some(reason) = rules.refusal(spec) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("service `{}` cannot run on this node: {reason}", spec.name),
+                );
+            }
+        }
+        let here = set
+            .iter()
+            .filter(|s| s.node.as_deref() == Some(&local_id))
+            .count();
+        if here > rules.max_services {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this node would run {here} services; it runs at most {} (its profile's \
+                     max_services)",
+                    rules.max_services
+                ),
+            );
+        }
     }
     let now = now_ms();
     let mut writes = Vec::new();
@@ -130,6 +177,7 @@ pub async fn add_services(
                     updated_at_ms: now,
                     request: None,
                     request_at_ms: None,
+                    added_by: Some(local_id.clone()),
                 },
             });
         }
