@@ -109,6 +109,20 @@ fn add_sh(agent: &Agent, name: &str, flags: &[&str], script: &str) -> Output {
     agent.cli(&args)
 }
 
+/// [`add_sh`] for another node, retried while this node's document does not know that node
+/// yet (membership can be faster than the first sync).
+fn add_sh_remote(agent: &Agent, name: &str, flags: &[&str], script: &str) {
+    wait_until(&format!("{name} added through {}", agent.name), || {
+        let out = add_sh(agent, name, flags, script);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success() || err.contains("no node named"),
+            "{err}"
+        );
+        out.status.success().then_some(())
+    });
+}
+
 fn one_agent(dir: &Path, extra: &[&str]) -> (Agent, std::path::PathBuf) {
     let key = key_file(dir);
     (Agent::start_with(dir, "alpha", &key, &[], extra), key)
@@ -410,12 +424,12 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
     let seconds = unique_seconds(50);
     for target in ["own", "none"] {
         let name = format!("pushed-to-{target}");
-        ok(add_sh(
+        add_sh_remote(
             &a,
             &name,
             &["--node", target],
             &format!("exec sleep {seconds}"),
-        ));
+        );
         let row = wait_state(&a, &name, "refused");
         assert!(
             row["reason"]
@@ -428,6 +442,23 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
             has_event(&a, Some(target), &name, "refused").then_some(())
         });
     }
+    // A node that lacks a spec's account refuses it, visibly (the API of `own` cannot check
+    // another node's accounts).
+    add_sh_remote(
+        &own,
+        "ghost-on-alpha",
+        &["--node", "alpha", "--user", "mesh-no-such-user"],
+        "exit 0",
+    );
+    let row = wait_state(&a, "ghost-on-alpha", "refused");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("user `mesh-no-such-user` does not exist on this node"),
+        "{row}"
+    );
+    assert!(has_event(&a, None, "ghost-on-alpha", "refused"));
     // `own` runs what is added through its own API; `none` refuses even that, at add time.
     ok(add_sh(
         &own,

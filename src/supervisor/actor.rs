@@ -754,6 +754,9 @@ impl SupervisorActor {
         }
         self.check_leases().await;
         self.final_run_file(false).await;
+        if let Some(cgroups) = self.cgroups.clone() {
+            let _ = tokio::task::spawn_blocking(move || cgroups.remove_node_dir()).await;
+        }
     }
 
     /// Hands the run file its last content and waits until the writer task (its only
@@ -851,7 +854,7 @@ impl SupervisorActor {
                     }
                     // Whatever left the process group is still in the service's cgroup.
                     if let Some(cgroups) = &self.cgroups {
-                        cgroups.signal(&service, signal);
+                        cgroups.signal_outside_group(&service, signal, Some(pid));
                     }
                 }
                 SupervisorAction::RunHealthCheck { service, pid } => self.probe(service, pid),

@@ -132,13 +132,29 @@ impl ServiceCgroups {
     /// `cgroup.kill` (atomic: no fork escapes it), else to each listed process. Returns how
     /// many processes were there.
     pub fn signal(&self, service: &str, signal: StopSignal) -> usize {
+        self.signal_outside_group(service, signal, None)
+    }
+
+    /// [`ServiceCgroups::signal`], skipping SIGTERM for members of process group `pgid`
+    /// (already signalled through their group: a second SIGTERM means "hurry" to some
+    /// programs).
+    pub fn signal_outside_group(
+        &self,
+        service: &str,
+        signal: StopSignal,
+        pgid: Option<u32>,
+    ) -> usize {
         let dir = self.path(service);
-        let pids = read_pids(&dir);
+        let mut pids = read_pids(&dir);
         if pids.is_empty() {
             return 0;
         }
         if signal == StopSignal::Kill && std::fs::write(dir.join("cgroup.kill"), b"1").is_ok() {
             return pids.len();
+        }
+        let found = pids.len();
+        if let Some(pgid) = pgid {
+            pids.retain(|pid| process_group(*pid) != Some(pgid));
         }
         let signal = match signal {
             StopSignal::Term => Signal::SIGTERM,
@@ -149,7 +165,7 @@ impl ServiceCgroups {
                 let _ = kill(Pid::from_raw(pid), signal);
             }
         }
-        pids.len()
+        found
     }
 
     /// Removes the cgroup of `service` if it is empty (`rmdir` fails on a busy one).
@@ -157,6 +173,19 @@ impl ServiceCgroups {
         match std::fs::remove_dir(self.path(service)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
+        }
+    }
+
+    /// After a clean stop: removes this node's (empty) directory, and the shared
+    /// `mesh-services` one if no other node uses it. A busy directory stays (`rmdir` fails).
+    pub fn remove_node_dir(&self) {
+        for service in self.services() {
+            let _ = self.remove(&service);
+        }
+        if std::fs::remove_dir(&self.base).is_ok()
+            && let Some(parent) = self.base.parent()
+        {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 
@@ -191,6 +220,18 @@ fn wait_empty(empty: impl Fn() -> bool, ceiling: Duration) -> bool {
         }
         std::thread::sleep(DRAIN_POLL);
     }
+}
+
+/// The process group of `pid` (`/proc/PID/stat` field 5), if it is alive.
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp ...`; comm may hold spaces, so split after `)`.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 fn read_pids(dir: &Path) -> Vec<u32> {
@@ -277,6 +318,7 @@ mod tests {
             !cgroups.path("detacher").exists(),
             "the empty cgroup is removed"
         );
-        let _ = std::fs::remove_dir(&cgroups.base);
+        cgroups.remove_node_dir();
+        assert!(!cgroups.base.exists());
     }
 }
