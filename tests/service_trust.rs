@@ -9,7 +9,8 @@
 //! - `kill -9` of the agent and then of a service's main process leaves exactly one copy
 //!   after the agent restarts; so do restarts with `--leave-services-running`;
 //! - a service removed while its node was down does not run again when it comes back;
-//! - `--accept-services own|none` refuse services placed from another node, visibly;
+//! - `--accept-services own|none` refuse services placed from another node, visibly, and a
+//!   node restarted with `none` runs none of its own; a node lacking a spec's user refuses it;
 //! - add-time refusals: a port pool that does not exist, `max_services`, bounds.
 //!
 //! Needs root (uids, cgroups) and `sh`, `sleep`, `id`; without root each test prints
@@ -521,4 +522,37 @@ fn add_time_refusals_name_the_limit() {
     let name = "n".repeat(10_000);
     let err = refused(a.cli(&["service", "add", &name, "--", "true"]));
     assert!(err.len() < 500, "{} bytes echoed", err.len());
+}
+
+#[test]
+fn a_node_restarted_with_accept_services_none_runs_none_of_its_services() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, key) = one_agent(dir.path(), &[]);
+    let seconds = unique_seconds(60);
+    ok(add_sh(&a, "kept", &[], &format!("exec sleep {seconds}")));
+    wait_state(&a, "kept", "healthy");
+    a.signal("-TERM");
+    let a = Agent::start_with(
+        dir.path(),
+        "alpha",
+        &key,
+        &[],
+        &["--accept-services", "none"],
+    );
+    let row = wait_state(&a, "kept", "refused");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--accept-services none"),
+        "{row}"
+    );
+    assert!(has_event(&a, None, "kept", "refused"));
+    assert!(
+        sleeps(&seconds).is_empty(),
+        "a refused service never starts"
+    );
 }

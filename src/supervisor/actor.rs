@@ -1138,9 +1138,14 @@ impl SupervisorActor {
             let key = instance_key(&status.service, &self.config.node_id);
             let placed_here = self.core.spec(&status.service).is_some();
             if !placed_here && status.pid.is_none() {
-                // Removed (or moved away) and its process is gone: the entry goes.
+                // Removed (or moved away) and its process is gone: the entry goes, unless it
+                // now says why this node refuses the service.
                 self.instances_written.remove(&key);
-                writes.push(EntryWrite::Instance { key, record: None });
+                if !self.refused.contains_key(&status.service) {
+                    writes.push(EntryWrite::Instance { key, record: None });
+                }
+            } else if !placed_here && self.refused.contains_key(&status.service) {
+                // Still stopping: the `refused` entry stays until the process is gone.
             } else {
                 let ago = now_instant.saturating_duration_since(status.since);
                 let log_tail = (status.state == ServiceState::Failed).then(|| {
