@@ -225,7 +225,8 @@ impl LocalRules {
     /// knows the whole set.
     pub fn refusal(&self, spec: &ServiceSpec) -> Option<String> {
         // Through its own API a service is "own": only `none` refuses it.
-        accept::policy_refusal(self.accept_services, Some("local"), "", "local")
+        let own = "this node";
+        accept::policy_refusal(self.accept_services, Some(own), own, own)
             .or_else(|| {
                 super::account::resolve(spec.user.as_deref(), spec.group.as_deref())
                     .err()
