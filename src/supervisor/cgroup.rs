@@ -19,7 +19,9 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -45,6 +47,29 @@ pub enum CgroupError {
     NoOwnCgroup,
     #[error("cannot create {}: {source}", path.display())]
     Create { path: PathBuf, source: io::Error },
+    #[error("a process cannot join a cgroup under {}: {source}", path.display())]
+    Join { path: PathBuf, source: io::Error },
+}
+
+/// Name of the cgroup [`ServiceCgroups::detect`] tries joining once: it starts with a `.`,
+/// which no service name does.
+const PROBE: &str = ".probe";
+
+/// Makes the child of `command` join the cgroup whose `cgroup.procs` is `procs` (opened for
+/// writing, close-on-exec) after fork and before exec, so nothing it runs starts outside it.
+pub fn join_before_exec(command: &mut std::process::Command, procs: File) {
+    // SAFETY: the hook runs in the forked child before exec and only calls write(2) on a
+    // descriptor opened before the fork (async-signal-safe: no allocation, no lock). Writing
+    // "0" moves the writing process; the kernel checks the opener's (the agent's)
+    // credentials, so it also works after std's switch to the service's user, which comes
+    // before the hook.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::write(&procs, b"0")
+                .map(|_| ())
+                .map_err(io::Error::from)
+        });
+    }
 }
 
 /// The service cgroups of one node.
@@ -93,7 +118,31 @@ impl ServiceCgroups {
             path: base.clone(),
             source,
         })?;
-        Ok(Self { base })
+        let cgroups = Self { base };
+        cgroups.try_joining().map_err(|source| CgroupError::Join {
+            path: cgroups.base.clone(),
+            source,
+        })?;
+        Ok(cgroups)
+    }
+
+    /// Starts `true` in a probe cgroup once, so a node where joining fails (a delegation
+    /// that does not allow it, controllers that forbid it) falls back to process groups at
+    /// start instead of failing every spawn. A missing `true` proves nothing either way.
+    fn try_joining(&self) -> io::Result<()> {
+        let procs = self.procs_file(PROBE)?;
+        let mut probe = std::process::Command::new("true");
+        probe
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        join_before_exec(&mut probe, procs);
+        let outcome = probe.status();
+        let _ = self.remove(PROBE);
+        match outcome {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The cgroup directory of `service`.
@@ -125,6 +174,7 @@ impl ServiceCgroups {
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|name| super::spec::check_name(name).is_ok())
             .collect()
     }
 
@@ -182,6 +232,7 @@ impl ServiceCgroups {
         for service in self.services() {
             let _ = self.remove(&service);
         }
+        let _ = self.remove(PROBE);
         if std::fs::remove_dir(&self.base).is_ok()
             && let Some(parent) = self.base.parent()
         {

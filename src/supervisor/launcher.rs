@@ -273,17 +273,7 @@ pub async fn spawn_service_in(
                 path: cgroups.path(&spec.name),
                 source,
             })?;
-        // SAFETY: the hook runs in the forked child before exec and only calls write(2) on a
-        // descriptor opened before the fork (async-signal-safe; no allocation, no lock).
-        // Writing "0" moves the writing process; the kernel checks the opener's (root's)
-        // credentials, so it works after the switch to the service's user too.
-        unsafe {
-            command.pre_exec(move || {
-                nix::unistd::write(&procs, b"0")
-                    .map(|_| ())
-                    .map_err(io::Error::from)
-            });
-        }
+        super::cgroup::join_before_exec(command.as_std_mut(), procs);
     }
     command
         .stdout(Stdio::piped())
