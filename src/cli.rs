@@ -455,7 +455,7 @@ fn peers(args: PeersArgs) -> Result<(), ClientError> {
             Some(v) => format!("/v1/peers?wait={v}&timeout_ms=1000"),
             None => "/v1/peers".to_string(),
         };
-        let resp = client.get::<Vec<PeerEntry>>(&path)?;
+        let resp = client.get_waiting::<Vec<PeerEntry>>(&path)?;
         version = resp.version;
         // Clear the screen and home the cursor, then redraw.
         out!("\x1b[H\x1b[2J");
@@ -741,7 +741,7 @@ fn events(args: EventsArgs) -> Result<(), ClientError> {
     loop {
         let after = last_seq.to_string();
         let resp = client
-            .get::<EventsResponse>(&query_path(
+            .get_waiting::<EventsResponse>(&query_path(
                 "/v1/events",
                 &[
                     ("after", Some(&after)),

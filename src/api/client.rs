@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 use super::auth::ClientToken;
 use super::{ErrorBody, VERSION_HEADER};
 
+/// Pause before a long poll refused for want of slots is asked again: the agent's
+/// `Retry-After`.
+pub const LONG_POLL_BUSY_PAUSE: Duration = Duration::from_secs(1);
+
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -106,6 +110,22 @@ impl ApiClient {
             message: format!("unexpected response: {e}"),
         })?;
         Ok(Versioned { body, version })
+    }
+
+    /// [`Self::get`] for a long poll: while the agent's long-poll slots are all taken (503),
+    /// waits [`LONG_POLL_BUSY_PAUSE`] and asks again, as a follower should (Ctrl-C ends it).
+    pub fn get_waiting<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Versioned<T>, ClientError> {
+        loop {
+            match self.get(path) {
+                Err(ClientError::Api { status: 503, .. }) => {
+                    std::thread::sleep(LONG_POLL_BUSY_PAUSE);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A request with an optional JSON body, decoding a JSON answer.
