@@ -356,7 +356,9 @@ mod tests {
         // The variable beats the data dirs; an explicit file beats both.
         let te = generate_token();
         assert_eq!(
-            find_token(None, Some(&te), &[b.clone()]).token.as_deref(),
+            find_token(None, Some(&te), std::slice::from_ref(&b))
+                .token
+                .as_deref(),
             Some(te.as_str())
         );
         let explicit = find_token(Some(&b.join(TOKEN_FILE)), Some(&te), &[]);
