@@ -128,15 +128,23 @@ async fn long_polls_past_the_pool_answer_503_in_json() {
             .unwrap()
             .version
             .unwrap();
-        // Fill the pool with polls that wait (nothing changes on a lone node); like the CLI's
-        // followers, they ask again if a probe below holds a slot just then.
+        // Fill the pool with polls that wait, poll after poll until told to stop (a lone
+        // node's version may still move once after its start, which answers a poll early);
+        // like the CLI's followers, they ask again if a probe below holds a slot just then.
+        let stop_polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pollers: Vec<_> = (0..TEST_MAX_LONG_POLLS)
             .map(|_| {
                 let client = client.clone();
+                let stop = stop_polling.clone();
                 std::thread::spawn(move || {
-                    client.get_waiting::<Vec<PeerEntry>>(&format!(
-                        "/v1/peers?wait={version}&timeout_ms=10000"
-                    ))
+                    let mut seen = version;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let answer = client.get_waiting::<Vec<PeerEntry>>(&format!(
+                            "/v1/peers?wait={seen}&timeout_ms=1000"
+                        ))?;
+                        seen = answer.version.unwrap_or(seen);
+                    }
+                    Ok::<(), ClientError>(())
                 })
             })
             .collect();
@@ -152,6 +160,7 @@ async fn long_polls_past_the_pool_answer_503_in_json() {
         };
         // Plain reads are not long polls: still answered.
         client.get::<StatusResponse>("/v1/status").unwrap();
+        stop_polling.store(true, std::sync::atomic::Ordering::SeqCst);
         for p in pollers {
             p.join().unwrap().unwrap();
         }
