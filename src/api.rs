@@ -23,9 +23,14 @@
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 //!
+//! Reads (GET) are open to local users; every other method needs the API token
+//! ([`auth`]), `Content-Type: application/json`, no foreign `Origin`, and every request a
+//! `Host` naming the API (`server::guard`).
+//!
 //! Owns the wire types and their conversion from a [`NodeSnapshot`]. Does not own the HTTP
 //! server ([`server`]) or client ([`client`]) mechanics.
 
+pub mod auth;
 pub mod client;
 pub mod server;
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::builder::PossibleValuesParser;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use crate::api::auth::{TOKEN_ENV, TOKEN_FILE_ENV};
 use crate::api::client::{ApiClient, ClientError};
 use crate::api::{
     DEFAULT_API_ADDR, EventEntry, EventsResponse, ListeningResponse, LogsResponse, PeerEntry,
@@ -21,6 +22,23 @@ use crate::api::{
 use crate::daemon::{AgentOptions, LogFormat};
 use crate::state::now_ms;
 use crate::supervisor::{CliServiceParts, ServiceSpec, parse_service_file};
+
+/// `print!` to stdout that ends the command quietly once stdout is closed (`mesh ... | head`)
+/// instead of panicking: returns [`ClientError::OutputClosed`] from the enclosing function.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        if !emit(&format!($($arg)*)) {
+            return Err(ClientError::OutputClosed);
+        }
+    };
+}
+
+/// `eprintln!` that never panics (stderr may be a closed pipe too).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// Exit code when no agent answers.
 pub const EXIT_NO_AGENT: i32 = 2;
@@ -86,6 +104,42 @@ pub struct ClientArgs {
     /// API address of the agent to ask (HOST:PORT or http://HOST:PORT).
     #[arg(long, env = "MESH_API", default_value = DEFAULT_API_ADDR, global = true)]
     pub api: String,
+    /// File holding the agent's API token, needed to change anything [default: the first of
+    /// $MESH_API_TOKEN, then api.token in $MESH_DATA_DIR, this user's data dir and
+    /// /var/lib/mesh].
+    #[arg(long, env = TOKEN_FILE_ENV, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// A client of the agent at `--api`, with the API token found for state changes.
+    pub fn connect(&self) -> ApiClient {
+        let token = crate::api::auth::find_token(
+            self.token_file.as_deref(),
+            std::env::var(TOKEN_ENV).ok().as_deref(),
+            &token_dirs(),
+        );
+        ApiClient::new(&self.api).with_token(token)
+    }
+}
+
+/// Data dirs whose `api.token` the CLI tries, in order: `$MESH_DATA_DIR` (as `mesh agent`
+/// uses it), this user's default data dir, and the system agent's (for `mesh` group members).
+fn token_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("MESH_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    for dir in [
+        crate::daemon::default_data_dir(),
+        PathBuf::from(crate::daemon::SYSTEM_DATA_DIR),
+    ] {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
 }
 
 #[derive(Args, Debug)]
@@ -353,20 +407,13 @@ pub fn run(cli: Cli) -> i32 {
         Command::Ports(args) => ports(args),
         Command::Logs(args) => logs(args),
         Command::Events(args) => events(args),
-        Command::Key(KeyCommand::Generate) => {
-            println!("{}", crate::admission::MeshKey::generate().to_hex());
-            eprintln!(
-                "Save it to a file (chmod 600) on every machine and start each agent with \
-                 `mesh agent --mesh-key FILE`."
-            );
-            Ok(())
-        }
+        Command::Key(KeyCommand::Generate) => key_generate(),
         Command::Api(args) => api(args),
     };
     match result {
-        Ok(()) => 0,
+        Ok(()) | Err(ClientError::OutputClosed) => 0,
         Err(e) => {
-            eprintln!("mesh: {e}");
+            note!("mesh: {e}");
             match e {
                 ClientError::NoAgent { .. } => EXIT_NO_AGENT,
                 ClientError::Usage(_) => 1,
@@ -374,6 +421,15 @@ pub fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+fn key_generate() -> Result<(), ClientError> {
+    out!("{}\n", crate::admission::MeshKey::generate().to_hex());
+    note!(
+        "Save it to a file (chmod 600) on every machine and start each agent with \
+         `mesh agent --mesh-key FILE`."
+    );
+    Ok(())
 }
 
 fn run_agent(args: AgentArgs) -> i32 {
@@ -397,18 +453,17 @@ fn run_agent(args: AgentArgs) -> i32 {
     match crate::daemon::run(options) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("mesh: {e:#}");
+            note!("mesh: {e:#}");
             1
         }
     }
 }
 
 fn peers(args: PeersArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     if !args.watch {
         let rows = client.get::<Vec<PeerEntry>>("/v1/peers")?.body;
-        print_peers(&rows, args.json);
-        return Ok(());
+        return print_peers(&rows, args.json);
     }
     let mut version: Option<u64> = None;
     loop {
@@ -416,56 +471,56 @@ fn peers(args: PeersArgs) -> Result<(), ClientError> {
             Some(v) => format!("/v1/peers?wait={v}&timeout_ms=1000"),
             None => "/v1/peers".to_string(),
         };
-        let resp = client.get::<Vec<PeerEntry>>(&path)?;
+        let resp = client.get_waiting::<Vec<PeerEntry>>(&path)?;
         version = resp.version;
         // Clear the screen and home the cursor, then redraw.
-        print!("\x1b[H\x1b[2J");
-        print_peers(&resp.body, args.json);
-        let _ = std::io::stdout().flush();
+        out!("\x1b[H\x1b[2J");
+        print_peers(&resp.body, args.json)?;
     }
 }
 
-fn print_peers(rows: &[PeerEntry], json: bool) {
+fn print_peers(rows: &[PeerEntry], json: bool) -> Result<(), ClientError> {
     if json {
-        println!(
-            "{}",
+        out!(
+            "{}\n",
             serde_json::to_string_pretty(rows).expect("peer entries always serialize")
         );
     } else {
-        print!("{}", render_peers(rows));
+        out!("{}", render_peers(rows));
     }
+    Ok(())
 }
 
 fn status(args: StatusArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let s = client.get::<StatusResponse>("/v1/status")?.body;
     if args.json {
-        println!(
-            "{}",
+        out!(
+            "{}\n",
             serde_json::to_string_pretty(&s).expect("status always serializes")
         );
     } else {
-        print!("{}", render_status(&s));
+        out!("{}", render_status(&s));
     }
     Ok(())
 }
 
 fn state(args: StatusArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let s = client.get::<StateResponse>("/v1/state")?.body;
     if args.json {
-        println!(
-            "{}",
+        out!(
+            "{}\n",
             serde_json::to_string_pretty(&s).expect("state always serializes")
         );
     } else {
-        print!("{}", render_state(&s));
+        out!("{}", render_state(&s));
     }
     Ok(())
 }
 
 fn tag(args: TagArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let (method, path, body) = match &args.command {
         TagCommand::Add { tag } => {
             let Some((key, value)) = tag.split_once('=') else {
@@ -484,13 +539,13 @@ fn tag(args: TagArgs) -> Result<(), ClientError> {
     };
     let resp: TagResponse = client.send_json(method, &path, body.as_deref())?;
     if !resp.changed {
-        eprintln!("(no change)");
+        note!("(no change)");
     }
     Ok(())
 }
 
 fn service(args: ServiceArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let (method, path) = match args.command {
         ServiceCommand::Add(add) => return service_add(&client, add),
         ServiceCommand::Rm { name } => ("DELETE", format!("/v1/services/{}", urlencode(&name))),
@@ -499,7 +554,7 @@ fn service(args: ServiceArgs) -> Result<(), ClientError> {
         ServiceCommand::Restart { name } => ("POST", service_action_path(&name, "restart")),
     };
     let resp: ServiceActionResponse = client.send_json(method, &path, None)?;
-    println!("{}", render_service_action(&resp));
+    out!("{}\n", render_service_action(&resp));
     Ok(())
 }
 
@@ -552,7 +607,7 @@ fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientErr
     let resp: ServiceAddResponse =
         client.post_json("/v1/services", &ServiceAddRequest { services })?;
     for added in &resp.services {
-        println!("{} {} on node {}", added.outcome, added.name, added.node);
+        out!("{} {} on node {}\n", added.outcome, added.name, added.node);
     }
     Ok(())
 }
@@ -574,30 +629,30 @@ fn render_service_action(resp: &ServiceActionResponse) -> String {
 }
 
 fn services(args: ServicesArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let rows = client.get::<Vec<ServiceEntry>>("/v1/services")?.body;
     if args.json {
-        println!("{}", to_json_pretty(&rows));
+        out!("{}\n", to_json_pretty(&rows));
     } else {
-        print!("{}", render_services(&rows));
+        out!("{}", render_services(&rows));
     }
     Ok(())
 }
 
 fn ports(args: PortsArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let node = args.node.as_deref();
     if args.listening {
         let resp = client
             .get::<ListeningResponse>(&query_path("/v1/ports/listening", &[("node", node)]))?
             .body;
         if args.json {
-            println!("{}", to_json_pretty(&resp));
+            out!("{}\n", to_json_pretty(&resp));
         } else {
-            print!("{}", render_listening(&resp));
+            out!("{}", render_listening(&resp));
         }
         if !resp.complete {
-            eprintln!(
+            note!(
                 "note: some processes could not be read (run the agent as root to see every owner)"
             );
         }
@@ -606,16 +661,16 @@ fn ports(args: PortsArgs) -> Result<(), ClientError> {
             .get::<Vec<PortEntry>>(&query_path("/v1/ports", &[("node", node)]))?
             .body;
         if args.json {
-            println!("{}", to_json_pretty(&rows));
+            out!("{}\n", to_json_pretty(&rows));
         } else {
-            print!("{}", render_ports(&rows, now_ms()));
+            out!("{}", render_ports(&rows, now_ms()));
         }
     }
     Ok(())
 }
 
 fn logs(args: LogsArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let base = format!("/v1/services/{}/logs", urlencode(&args.name));
     let n = args.lines.to_string();
     let mut resp = client
@@ -656,7 +711,7 @@ fn render_log_lines(lines: &[String]) -> String {
 }
 
 fn events(args: EventsArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let node = args.node.as_deref();
     let limit = args.limit.to_string();
     let resp = client
@@ -704,7 +759,7 @@ fn events(args: EventsArgs) -> Result<(), ClientError> {
     loop {
         let after = last_seq.to_string();
         let resp = client
-            .get::<EventsResponse>(&query_path(
+            .get_waiting::<EventsResponse>(&query_path(
                 "/v1/events",
                 &[
                     ("after", Some(&after)),
@@ -738,7 +793,7 @@ fn events(args: EventsArgs) -> Result<(), ClientError> {
 /// Tells stderr about events lost from the node's ring, once per increase.
 fn note_dropped(resp: &EventsResponse, already_noted: u64) {
     if resp.dropped > already_noted {
-        eprintln!(
+        note!(
             "note: {} event{} of node {} fell out of its ring before {} could be read",
             resp.dropped,
             if resp.dropped == 1 { "" } else { "s" },
@@ -842,7 +897,7 @@ pub fn render_state(s: &StateResponse) -> String {
 }
 
 fn api(args: ApiArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(&args.client.api);
+    let client = args.client.connect();
     let (status, _, body) = client.request(
         &args.method.to_ascii_uppercase(),
         &args.path,
@@ -850,11 +905,11 @@ fn api(args: ApiArgs) -> Result<(), ClientError> {
     )?;
     // Pretty-print JSON bodies; pass anything else through.
     match serde_json::from_str::<serde_json::Value>(&body) {
-        Ok(v) => println!(
-            "{}",
+        Ok(v) => out!(
+            "{}\n",
             serde_json::to_string_pretty(&v).expect("a parsed value serializes")
         ),
-        Err(_) => println!("{body}"),
+        Err(_) => out!("{body}\n"),
     }
     if (200..300).contains(&status) {
         Ok(())

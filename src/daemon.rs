@@ -24,6 +24,15 @@ use crate::transport::parse_quic_addr;
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
 pub const API_ADDR_FILE: &str = "api.addr";
 
+/// Data dir of an agent run by root (the system agent).
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/mesh";
+
+/// Soft limit on open files the agent raises itself to (bounded by the hard limit): room for
+/// the API's connection cap, QUIC, service logs and pipes, far from a default 1,024.
+/// Services inherit it; a huge one (some systems allow 1,048,576) slows programs that close
+/// every descriptor up to the limit when they start, so not more.
+pub const NOFILE_SOFT_TARGET: u64 = 16_384;
+
 /// The QUIC port agents listen on by default (UDP).
 pub const DEFAULT_QUIC_PORT: u16 = 7400;
 
@@ -86,7 +95,7 @@ pub fn default_data_dir() -> PathBuf {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
     if is_root {
-        return PathBuf::from("/var/lib/mesh");
+        return PathBuf::from(SYSTEM_DATA_DIR);
     }
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(xdg).join("mesh");
@@ -164,7 +173,17 @@ fn node_name(options: &AgentOptions) -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// Raises the soft limit on open files to [`NOFILE_SOFT_TARGET`] (or the hard limit), so a
+/// flood of local connections cannot starve the agent's other files; logs the outcome.
+fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(NOFILE_SOFT_TARGET) {
+        Ok(soft) => tracing::debug!(soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
+    raise_nofile_limit();
     let data_dir = options.data_dir.clone().unwrap_or_else(default_data_dir);
     prepare_data_dir(&data_dir)?;
     let (keypair, created) = identity::load_or_create_keypair(&data_dir)?;
@@ -246,6 +265,13 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         })?;
 
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
+    let api_token = crate::api::auth::load_or_create(&data_dir)?;
+    tracing::info!(
+        file = %api_token.path.display(),
+        group = if api_token.group.is_some() { crate::api::auth::ADMIN_GROUP } else { "-" },
+        created = api_token.created,
+        "API token: state changes need it (reads do not)"
+    );
     // Tell local tools where the API is (it may be port 0 → a free port): `api.addr` in the
     // data dir, written atomically.
     let api_file = data_dir.join(API_ADDR_FILE);
@@ -297,9 +323,10 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     };
     let node = start_node(config).await?;
     let shutdown = CancellationToken::new();
-    let api_task = tokio::spawn(crate::api::server::serve(
+    let api_task = tokio::spawn(crate::api::server::serve_with(
         api_listener,
         node.clone(),
+        crate::api::server::ApiConfig::with_token(&api_token.token, api_token.path.clone()),
         shutdown.clone(),
     ));
     tracing::info!(

@@ -519,6 +519,8 @@ cmd_exec() {
 		ns=$(host_ns $((10#$k)))
 	fi
 	trap - ERR
+	# The host's data dir: where `mesh` finds the agent's API token for state changes.
+	[[ $k == hub ]] || export MESH_DATA_DIR="$LAB_DIR/h$((10#$k))/data"
 	exec ip netns exec "$ns" "$@"
 }
 

@@ -1,12 +1,20 @@
 //! The API's HTTP client, used by the CLI. Blocking (ureq): a CLI call is one request, and
 //! `--watch` is a loop of long polls.
+//!
+//! Every state change (any method but GET) carries `Content-Type: application/json` (with or
+//! without a body) and, when the CLI found one, the API token as `Authorization: Bearer`.
 
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::auth::ClientToken;
 use super::{ErrorBody, VERSION_HEADER};
+
+/// Pause before a long poll refused for want of slots is asked again: the agent's
+/// `Retry-After`.
+pub const LONG_POLL_BUSY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +26,9 @@ pub enum ClientError {
     NoAgent { url: String },
     #[error("{0}")]
     Usage(String),
+    /// Standard output was closed (`mesh ... | head`): the command ends quietly.
+    #[error("standard output is closed")]
+    OutputClosed,
     #[error("the agent answered {status}: {message}")]
     Api { status: u16, message: String },
     #[error("talking to the agent at {url}: {message}")]
@@ -25,10 +36,20 @@ pub enum ClientError {
 }
 
 /// A client of one agent's API.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     agent: ureq::Agent,
+    token: ClientToken,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token.token.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 /// A response body plus the snapshot version header, if present.
@@ -51,7 +72,27 @@ impl ApiClient {
             .timeout_global(Some(Duration::from_secs(40)))
             .build()
             .into();
-        Self { base, agent }
+        Self {
+            base,
+            agent,
+            token: ClientToken::default(),
+        }
+    }
+
+    /// This client with the API token for state changes (or the note why there is none,
+    /// added to a refusal).
+    pub fn with_token(mut self, token: ClientToken) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The URL of `path`; a path without its leading `/` (`v1/status`) gets one.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/{path}", self.base)
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -62,13 +103,29 @@ impl ApiClient {
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Versioned<T>, ClientError> {
         let (status, version, text) = self.request("GET", path, None)?;
         if !(200..300).contains(&status) {
-            return Err(api_error(status, &text));
+            return Err(self.api_error(status, &text));
         }
         let body = serde_json::from_str(&text).map_err(|e| ClientError::Other {
             url: self.base.clone(),
             message: format!("unexpected response: {e}"),
         })?;
         Ok(Versioned { body, version })
+    }
+
+    /// [`Self::get`] for a long poll: while the agent's long-poll slots are all taken (503),
+    /// waits [`LONG_POLL_BUSY_PAUSE`] and asks again, as a follower should (Ctrl-C ends it).
+    pub fn get_waiting<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Versioned<T>, ClientError> {
+        loop {
+            match self.get(path) {
+                Err(ClientError::Api { status: 503, .. }) => {
+                    std::thread::sleep(LONG_POLL_BUSY_PAUSE);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A request with an optional JSON body, decoding a JSON answer.
@@ -80,7 +137,7 @@ impl ApiClient {
     ) -> Result<T, ClientError> {
         let (status, _, text) = self.request(method, path, body)?;
         if !(200..300).contains(&status) {
-            return Err(api_error(status, &text));
+            return Err(self.api_error(status, &text));
         }
         serde_json::from_str(&text).map_err(|e| ClientError::Other {
             url: self.base.clone(),
@@ -108,20 +165,24 @@ impl ApiClient {
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, Option<u64>, String), ClientError> {
-        let url = format!("{}{}", self.base, path);
+        let url = self.url(path);
+        let bearer = self.token.token.as_ref().map(|t| format!("Bearer {t}"));
+        // State changes: JSON, even without a body (the agent refuses anything else), and the
+        // token when there is one.
+        macro_rules! change {
+            ($builder:expr) => {{
+                let builder = $builder.header("Content-Type", "application/json");
+                match &bearer {
+                    Some(b) => builder.header("Authorization", b),
+                    None => builder,
+                }
+            }};
+        }
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("POST", b) => self
-                .agent
-                .post(&url)
-                .content_type("application/json")
-                .send(b.unwrap_or("")),
-            ("PUT", b) => self
-                .agent
-                .put(&url)
-                .content_type("application/json")
-                .send(b.unwrap_or("")),
+            ("DELETE", _) => change!(self.agent.delete(&url)).call(),
+            ("POST", b) => change!(self.agent.post(&url)).send(b.unwrap_or("")),
+            ("PUT", b) => change!(self.agent.put(&url)).send(b.unwrap_or("")),
             _ => {
                 return Err(ClientError::Other {
                     url,
@@ -165,9 +226,15 @@ impl ApiClient {
     }
 }
 
-fn api_error(status: u16, text: &str) -> ClientError {
-    let message = serde_json::from_str::<ErrorBody>(text)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| text.chars().take(200).collect());
-    ClientError::Api { status, message }
+impl ApiClient {
+    /// The error of a non-2xx answer; a refused credential also says why this client had none.
+    fn api_error(&self, status: u16, text: &str) -> ClientError {
+        let mut message = serde_json::from_str::<ErrorBody>(text)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| text.chars().take(200).collect());
+        if let (401 | 403, Some(note)) = (status, &self.token.note) {
+            message.push_str(&format!(" (here: {note})"));
+        }
+        ClientError::Api { status, message }
+    }
 }

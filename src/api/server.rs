@@ -1,6 +1,12 @@
 //! The API's HTTP server (axum). Takes its listener and a shutdown token from the caller, so
 //! tests bind port 0 and stop it at will; reads the node only through its snapshot.
+//!
+//! Every request passes `guard` first (Host, Origin, Content-Type, the API token for state
+//! changes, long-poll slots) and every error leaves as JSON; connections are accepted by
+//! `listener` (connection limit with eviction, request-head timeout).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -14,12 +20,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod guard;
+mod listener;
 mod services;
+
+pub use guard::{host_allowed, is_json, origin_allowed};
+pub use listener::{MAX_CONNECTIONS, MAX_LONG_POLLS, REQUEST_HEAD_TIMEOUT, ServeLimits};
 
 use super::{
     ErrorBody, MAX_WAIT, TagRequest, TagResponse, VERSION_HEADER, peer_entries, state_summary,
     status,
 };
+use crate::api::auth::TokenVerifier;
 use crate::node::NodeHandle;
 use crate::state::StateError;
 
@@ -48,15 +60,66 @@ pub fn router(node: NodeHandle) -> Router {
         .with_state(node)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Who may change the agent, and the server's limits.
+#[derive(Debug)]
+pub struct ApiConfig {
+    /// Checks the `Authorization: Bearer` token of state changes.
+    pub verifier: TokenVerifier,
+    /// Where the token is, named in refusals (`DATA_DIR/api.token` when `None`).
+    pub token_file: Option<PathBuf>,
+    pub limits: ServeLimits,
+}
+
+impl ApiConfig {
+    /// State changes need `token`, kept in `token_file`.
+    pub fn with_token(token: &str, token_file: PathBuf) -> Self {
+        Self {
+            verifier: TokenVerifier::new(token),
+            token_file: Some(token_file),
+            limits: ServeLimits::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    /// Read-only: the token is one nobody knows, so every state change is refused.
+    fn default() -> Self {
+        Self {
+            verifier: TokenVerifier::unknowable(),
+            token_file: None,
+            limits: ServeLimits::default(),
+        }
+    }
+}
+
+/// Serves the API read-only (see [`ApiConfig::default`]) on `listener` until `shutdown` is
+/// cancelled.
 pub async fn serve(
     listener: TcpListener,
     node: NodeHandle,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(listener, node, ApiConfig::default(), shutdown).await
+}
+
+/// Serves the API on `listener` with `config` until `shutdown` is cancelled.
+pub async fn serve_with(
+    listener: TcpListener,
+    node: NodeHandle,
+    config: ApiConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let own = listener.local_addr()?;
+    let guard = Arc::new(guard::Guard::new(
+        own,
+        config.verifier,
+        config.token_file,
+        config.limits.max_long_polls,
+    ));
+    let app = router(node)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        .layer(axum::middleware::from_fn(guard::json_errors));
+    listener::run(listener, app, config.limits, shutdown).await
 }
 
 async fn not_found() -> Response {

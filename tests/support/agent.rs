@@ -48,6 +48,19 @@ impl Agent {
         peers: &[String],
         extra: &[&str],
     ) -> Agent {
+        Self::start_wrapped(dir, name, key, peers, extra, &[])
+    }
+
+    /// Starts an agent through `wrapper` (a command that runs the rest of its arguments, e.g.
+    /// `sh -c 'ulimit -n 1024 && exec "$0" "$@"'`), with extra `mesh agent` arguments.
+    pub fn start_wrapped(
+        dir: &Path,
+        name: &str,
+        key: &Path,
+        peers: &[String],
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Agent {
         let mut args = vec![
             "agent".to_string(),
             "--data-dir".into(),
@@ -68,7 +81,15 @@ impl Agent {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(MESH)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(MESH);
+                c
+            }
+            None => Command::new(MESH),
+        };
+        let child = command
             .args(&args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -96,9 +117,11 @@ impl Agent {
     /// Runs `mesh ARGS --api <this agent>`.
     pub fn cli(&self, args: &[&str]) -> Output {
         // Through the environment: a trailing `--api` would land in `service add ... -- CMD`.
+        // The data dir tells the CLI where this agent's API token is.
         Command::new(MESH)
             .args(args)
             .env("MESH_API", self.api())
+            .env("MESH_DATA_DIR", &self.dir)
             .output()
             .expect("run mesh")
     }
