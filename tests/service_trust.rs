@@ -504,7 +504,7 @@ fn add_time_refusals_name_the_limit() {
     // A huge argument list is refused with its limit; a huge name is not echoed whole.
     let big = "x".repeat(1_900_000);
     let body = serde_json::json!({"services": [{"name": "big", "command": "true", "args": [big]}]});
-    let client = mesh::api::client::ApiClient::new(&a.api());
+    let client = a.client();
     match client.post_json::<Value, Value>("/v1/services", &body) {
         Err(mesh::api::client::ClientError::Api { status, message }) => {
             assert_eq!(status, 400);

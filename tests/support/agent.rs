@@ -114,6 +114,17 @@ impl Agent {
         })
     }
 
+    /// A typed API client of this agent holding its token, as the CLI would find it.
+    #[allow(dead_code)]
+    pub fn client(&self) -> mesh::api::client::ApiClient {
+        let token = std::fs::read_to_string(self.dir.join("api.token"))
+            .expect("the agent wrote its API token");
+        mesh::api::client::ApiClient::new(&self.api()).with_token(mesh::api::auth::ClientToken {
+            token: Some(token.trim().to_string()),
+            note: None,
+        })
+    }
+
     /// Runs `mesh ARGS --api <this agent>`.
     pub fn cli(&self, args: &[&str]) -> Output {
         // Through the environment: a trailing `--api` would land in `service add ... -- CMD`.
