@@ -1,5 +1,5 @@
 //! What the real `mesh agent` refuses at start, and what it says when it does: a data dir
-//! already in use by a running agent. Agents run as
+//! already in use by a running agent, a QUIC port held by another program. Agents run as
 //! separate processes on loopback (static peers, no mDNS); waits are on conditions with
 //! generous ceilings.
 
@@ -103,4 +103,31 @@ fn a_second_agent_on_the_same_data_dir_exits_and_touches_nothing() {
     );
     assert_eq!(service_pid(&a, "sleeper"), Some(service), "not restarted");
     assert_eq!(a.id(), node_id, "the first agent still answers");
+}
+
+#[test]
+fn a_busy_quic_port_is_named_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let data_dir = dir.path().join("d").display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = agent_that_exits(&[
+        "--data-dir",
+        &data_dir,
+        "--listen",
+        &listen,
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains(&format!("UDP port {port}")), "{last}");
+    assert!(
+        last.contains("another mesh agent or another program"),
+        "{last}"
+    );
+    assert!(last.contains("--listen"), "{last}");
 }
