@@ -191,14 +191,21 @@ fn rr_config() -> request_response::Config {
         .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
 }
 
+/// The CBOR codec of one protocol with its size limits: what decodes every message a peer
+/// sends (also driven directly by the fuzz targets).
+pub fn limited_codec<Req, Resp>(
+    max_request: u64,
+    max_response: u64,
+) -> request_response::cbor::codec::Codec<Req, Resp> {
+    request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(max_request)
+        .set_response_size_maximum(max_response)
+}
+
 /// Builds the swarm: QUIC transport with LAN timeouts and the mesh behaviours.
 pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportError> {
-    let auth_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_AUTH_MESSAGE)
-        .set_response_size_maximum(MAX_AUTH_MESSAGE);
-    let membership_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_MEMBERSHIP_MESSAGE)
-        .set_response_size_maximum(MAX_MEMBERSHIP_MESSAGE);
+    let auth_codec = limited_codec(MAX_AUTH_MESSAGE, MAX_AUTH_MESSAGE);
+    let membership_codec = limited_codec(MAX_MEMBERSHIP_MESSAGE, MAX_MEMBERSHIP_MESSAGE);
     let behaviour = MeshBehaviour {
         auth: request_response::Behaviour::with_codec(
             auth_codec,
@@ -211,16 +218,12 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportEr
             rr_config(),
         ),
         sync: request_response::Behaviour::with_codec(
-            request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(MAX_SYNC_MESSAGE)
-                .set_response_size_maximum(MAX_SYNC_MESSAGE),
+            limited_codec(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
         query: request_response::Behaviour::with_codec(
-            request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(MAX_QUERY_REQUEST)
-                .set_response_size_maximum(MAX_QUERY_RESPONSE),
+            limited_codec(MAX_QUERY_REQUEST, MAX_QUERY_RESPONSE),
             [(QUERY_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
