@@ -43,8 +43,8 @@ pub const MAX_SYNC_MESSAGE: u64 = 8 * 1024 * 1024;
 /// Largest query request: a service name and a few numbers.
 pub const MAX_QUERY_REQUEST: u64 = 4 * 1024;
 /// Largest query answer: 5,000 log lines of up to 64 KiB each would be far more, so the
-/// answering node trims to this (see `query::MAX_LOG_LINES`); 4 MiB holds a page of logs or
-/// the sockets of a busy server.
+/// answering node keeps log text to a quarter of this (`query::MAX_LOG_ANSWER_BYTES`); 4 MiB
+/// holds a page of logs or the sockets of a busy server. An answer past it fails the request.
 pub const MAX_QUERY_RESPONSE: u64 = 4 * 1024 * 1024;
 /// A request without a response after this long has failed. Membership probes have their own,
 /// shorter deadline inside foca; this only frees the stream.
