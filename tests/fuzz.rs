@@ -379,6 +379,22 @@ fn fuzz_state_file() {
     });
 }
 
+/// A snapshot a peer sends (`SyncResponse::Snapshot`) when we adopt its newer epoch: loaded,
+/// its epoch read, and what only this node knew carried into it, as `adopt` does.
+#[test]
+fn fuzz_sync_snapshot() {
+    let seeds = state_seeds();
+    let (old, _) = hydrate_lenient(&doc_with_nodes(1));
+    run(seeds, |bytes| {
+        let Ok(mut new) = AutoCommit::load(bytes) else {
+            return;
+        };
+        let _ = mesh::state::epoch_of(&mut new);
+        let _ = mesh::state::migrate_into(&old, &mut new, "n0");
+        let _ = hydrate_lenient(&new);
+    });
+}
+
 fn peer_base58() -> String {
     static PEER: OnceLock<String> = OnceLock::new();
     PEER.get_or_init(|| peer().to_base58()).clone()
