@@ -113,9 +113,12 @@ impl MeshKey {
             path: path.to_path_buf(),
             source,
         })?;
-        text.trim().parse().map_err(|()| MeshKeyError::Malformed {
+        let key = text.trim().parse().map_err(|()| MeshKeyError::Malformed {
             path: path.to_path_buf(),
-        })
+        })?;
+        // Whoever reads the key can join the mesh: the same warning as for the node key.
+        crate::identity::warn_if_readable_by_others(path);
+        Ok(key)
     }
 
     /// Loads `data_dir/mesh.key`, creating a fresh key there on first start.
@@ -1017,6 +1020,24 @@ mod tests {
         std::fs::write(&bad, "not hex").unwrap();
         let err = MeshKey::read_file(&bad).unwrap_err().to_string();
         assert!(err.contains("64 hex characters"), "{err}");
+    }
+
+    #[test]
+    fn a_mesh_key_file_readable_by_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = MeshKey::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(MESH_KEY_FILE);
+        let (_, quiet) = crate::identity::tests::capture_logs(|| MeshKey::read_file(&path));
+        assert!(!quiet.contains("readable by other users"), "{quiet}");
+        for mode in [0o644, 0o666, 0o640] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let (read, logs) = crate::identity::tests::capture_logs(|| MeshKey::read_file(&path));
+            assert_eq!(read.unwrap(), key, "a warning, not a refusal");
+            assert!(logs.contains("readable by other users"), "{mode:o}: {logs}");
+            assert!(logs.contains("chmod 600"), "{logs}");
+            assert!(logs.contains(&path.display().to_string()), "{logs}");
+        }
     }
 
     #[test]

@@ -685,6 +685,9 @@ fn logs(args: LogsArgs) -> Result<(), ClientError> {
                 format!("{}\n", to_json_pretty(&resp))
             }
         } else {
+            if resp.truncated {
+                eprintln!("{}", truncated_logs_note(&resp));
+            }
             render_log_lines(&resp.lines)
         };
         if !emit(&text) || !args.follow {
@@ -699,6 +702,18 @@ fn logs(args: LogsArgs) -> Result<(), ClientError> {
             ))?
             .body;
     }
+}
+
+/// Said on stderr (stdout stays the log itself) when the agent cut a log answer short.
+fn truncated_logs_note(resp: &LogsResponse) -> String {
+    format!(
+        "mesh: showing the newest {} lines of {} only: an answer holds at most {} KiB of log \
+         text (the whole log is in the data dir of node {})",
+        resp.lines.len(),
+        resp.service,
+        crate::query::MAX_LOG_ANSWER_BYTES / 1024,
+        resp.node
+    )
 }
 
 fn render_log_lines(lines: &[String]) -> String {

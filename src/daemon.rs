@@ -21,6 +21,8 @@ use crate::supervisor::actor::SupervisorConfig;
 use crate::supervisor::launcher::LogLimits;
 use crate::transport::parse_quic_addr;
 
+pub mod lock;
+
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
 pub const API_ADDR_FILE: &str = "api.addr";
 
@@ -186,6 +188,8 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     raise_nofile_limit();
     let data_dir = options.data_dir.clone().unwrap_or_else(default_data_dir);
     prepare_data_dir(&data_dir)?;
+    // Before anything else reads or writes the data dir; held until the process exits.
+    let _data_dir_lock = lock::DataDirLock::acquire(&data_dir)?;
     let (keypair, created) = identity::load_or_create_keypair(&data_dir)?;
     let peer_id = keypair.public().to_peer_id();
     if created {

@@ -37,7 +37,10 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid node key ({reason}); move it aside to start with a new node id")]
+    #[error(
+        "{path} {reason}: restore it from a backup to keep this node's id, or move it aside to \
+         start with a new node id"
+    )]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -47,13 +50,24 @@ pub fn load_or_create_keypair(data_dir: &Path) -> Result<(Keypair, bool), Identi
     let path = data_dir.join(IDENTITY_FILE);
     match fs::read(&path) {
         Ok(bytes) => {
-            let keypair =
-                Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            warn_if_readable_by_others(&path);
-            Ok((keypair, false))
+            // An empty file decodes as a key of protobuf's default type (RSA), and libp2p then
+            // blames a cargo feature; its other errors name protobuf internals. Say what is
+            // actually wrong instead.
+            let reason = if bytes.is_empty() {
+                "is empty (written during a crash or on a full disk?)".to_string()
+            } else {
+                match Keypair::from_protobuf_encoding(&bytes) {
+                    Ok(keypair) => {
+                        warn_if_readable_by_others(&path);
+                        return Ok((keypair, false));
+                    }
+                    Err(_) => format!(
+                        "is corrupt ({} bytes that are not a libp2p Ed25519 key)",
+                        bytes.len()
+                    ),
+                }
+            };
+            Err(IdentityError::Corrupt { path, reason })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let keypair = Keypair::generate_ed25519();
@@ -107,7 +121,9 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), IdentityErr
     Ok(())
 }
 
-fn warn_if_readable_by_others(path: &Path) {
+/// Warns (once, at load) when a secret file can be read by other users: anyone who reads it
+/// can impersonate this node (node key) or join the mesh (mesh key).
+pub fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
@@ -120,8 +136,68 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A log sink shared between the subscriber and the test.
+    #[derive(Clone, Default)]
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SharedBuffer {
+        type Writer = SharedBuffer;
+        fn make_writer(&'a self) -> SharedBuffer {
+            self.clone()
+        }
+    }
+
+    /// Runs `f` with a subscriber that records every log line (no colours), and returns them.
+    pub(crate) fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let buffer = SharedBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .finish();
+        let value = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        (value, text)
+    }
+
+    #[test]
+    fn an_empty_key_file_is_named_empty_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(IDENTITY_FILE), b"").unwrap();
+        let err = load_or_create_keypair(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(!err.contains("rsa"), "no talk of cargo features: {err}");
+        assert!(err.contains("move it aside"), "{err}");
+        assert!(err.contains("backup"), "{err}");
+        assert_eq!(
+            fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
+            b"",
+            "the file is left for the user"
+        );
+    }
+
+    #[test]
+    fn a_node_key_readable_by_others_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create_keypair(dir.path()).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, logs) = capture_logs(|| load_or_create_keypair(dir.path()).unwrap());
+        assert!(logs.contains("readable by other users"), "{logs}");
+    }
 
     #[test]
     fn keypair_survives_restart_and_is_private() {
@@ -144,6 +220,7 @@ mod tests {
         fs::write(dir.path().join(IDENTITY_FILE), b"garbage").unwrap();
         let err = load_or_create_keypair(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("is corrupt (7 bytes"), "{err}");
         assert_eq!(
             fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
             b"garbage",

@@ -13,11 +13,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::ports::scan::ListeningProcess;
 use crate::supervisor::actor::{AuditRecord, SupervisorHandle};
+use crate::supervisor::spec::{MAX_NAME_LEN, check_name};
 
 /// Most log lines one query returns.
 pub const MAX_LOG_LINES: u32 = 5_000;
 /// Most events one query returns.
 pub const MAX_EVENTS: u32 = 5_000;
+/// Most bytes of log text one answer carries, counting each line's bytes plus one (its
+/// newline). A quarter of the 4 MiB query response limit (`transport::MAX_QUERY_RESPONSE`):
+/// CBOR adds at most 9 bytes per line on top, so the largest answer still fits with room to
+/// spare, and a local `mesh logs -n 5000` of a chatty service is ~1 MiB instead of tens of
+/// MB. A tail answer keeps the newest lines that fit and says it was truncated.
+pub const MAX_LOG_ANSWER_BYTES: usize = 1024 * 1024;
+// A follow answer (with `offset`) is one bounded read of the file: even if every byte were
+// invalid UTF-8 (each becomes the 3-byte U+FFFD) it stays within the answer bound, so follow
+// answers are never cut (cutting one would need the offset of raw bytes not returned).
+const _: () = assert!(
+    3 * crate::supervisor::launcher::LOG_READ_CHUNK as usize <= MAX_LOG_ANSWER_BYTES,
+    "a follow read must fit in one log answer"
+);
 /// Longest wait a remote events query may ask for: under the request timeout of the
 /// transport (5 s), so the answer arrives before the stream is given up.
 pub const MAX_REMOTE_WAIT: Duration = Duration::from_secs(3);
@@ -55,6 +69,10 @@ pub enum QueryResponse {
     Logs {
         lines: Vec<String>,
         offset: u64,
+        /// Older lines were left out to keep the answer within [`MAX_LOG_ANSWER_BYTES`].
+        /// Absent from older nodes' answers (read as false).
+        #[serde(default)]
+        truncated: bool,
     },
     Listening {
         rows: Vec<ListeningRow>,
@@ -72,12 +90,51 @@ pub enum QueryResponse {
     NotAdmitted,
 }
 
-/// Answers a query from this node's supervisor. `max_wait` caps an events wait.
+impl QueryRequest {
+    /// Checks what a peer (or the local API) sent before anything acts on it: a service name
+    /// follows the service naming rule, as it becomes part of a file path.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            QueryRequest::Logs { service, .. } => {
+                check_name(service).map_err(|why| {
+                    // The name is the peer's: shown shortened and escaped.
+                    let shown: String = service.chars().take(MAX_NAME_LEN + 1).collect();
+                    format!("invalid service name {shown:?}: {why}")
+                })
+            }
+            QueryRequest::Listening | QueryRequest::Events { .. } => Ok(()),
+        }
+    }
+}
+
+/// The newest of `lines` (oldest first) that fit in `budget` bytes (each line plus its
+/// newline), and whether older ones were left out.
+pub fn newest_lines_within(mut lines: Vec<String>, budget: usize) -> (Vec<String>, bool) {
+    let mut used = 0usize;
+    let mut keep = 0usize;
+    for line in lines.iter().rev() {
+        let cost = line.len().saturating_add(1);
+        if used.saturating_add(cost) > budget {
+            break;
+        }
+        used += cost;
+        keep += 1;
+    }
+    let truncated = keep < lines.len();
+    lines.drain(..lines.len() - keep);
+    (lines, truncated)
+}
+
+/// Answers a query from this node's supervisor. `max_wait` caps an events wait. Every
+/// request is validated first ([`QueryRequest::validate`]), whoever sent it.
 pub async fn answer(
     supervisor: Option<&SupervisorHandle>,
     request: QueryRequest,
     max_wait: Duration,
 ) -> QueryResponse {
+    if let Err(why) = request.validate() {
+        return QueryResponse::Error(why);
+    }
     let Some(supervisor) = supervisor else {
         return QueryResponse::Error("this node runs no supervisor".to_string());
     };
@@ -90,7 +147,18 @@ pub async fn answer(
             .logs(&service, lines.min(MAX_LOG_LINES) as usize, offset)
             .await
         {
-            Ok((lines, offset)) => QueryResponse::Logs { lines, offset },
+            Ok((lines, new_offset)) => {
+                // Follow answers are bounded by the read itself (see the assertion above).
+                let (lines, truncated) = match offset {
+                    Some(_) => (lines, false),
+                    None => newest_lines_within(lines, MAX_LOG_ANSWER_BYTES),
+                };
+                QueryResponse::Logs {
+                    lines,
+                    offset: new_offset,
+                    truncated,
+                }
+            }
             Err(e) => QueryResponse::Error(e.to_string()),
         },
         QueryRequest::Listening => match supervisor.listening().await {
@@ -123,5 +191,86 @@ pub async fn answer(
                 dropped: page.dropped,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(service: &str) -> QueryRequest {
+        QueryRequest::Logs {
+            service: service.to_string(),
+            lines: 10,
+            offset: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_query_for_a_name_that_is_not_a_service_name_is_refused_first() {
+        for bad in ["../../etc/shadow", "", "-x", "UPPER", "a.b", "a\0b"] {
+            // Refused before anything else is looked at: here, before the missing supervisor.
+            match answer(None, logs(bad), Duration::ZERO).await {
+                QueryResponse::Error(message) => {
+                    assert!(
+                        message.contains("invalid service name"),
+                        "{bad:?}: {message}"
+                    )
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let long = "a".repeat(4_000);
+        let QueryResponse::Error(message) = answer(None, logs(&long), Duration::ZERO).await else {
+            panic!("a 4,000-character name is refused");
+        };
+        assert!(message.len() < 200, "the name is shortened: {message}");
+        assert!(logs("web-1").validate().is_ok());
+        assert!(QueryRequest::Listening.validate().is_ok());
+    }
+
+    #[test]
+    fn newest_lines_within_keeps_the_newest_that_fit() {
+        let lines: Vec<String> = ["aaa", "bb", "c"].map(String::from).to_vec();
+        assert_eq!(
+            newest_lines_within(lines.clone(), 100),
+            (lines.clone(), false)
+        );
+        // "bb\n" + "c\n" = 5 bytes.
+        assert_eq!(
+            newest_lines_within(lines.clone(), 5),
+            (vec!["bb".to_string(), "c".to_string()], true)
+        );
+        assert_eq!(
+            newest_lines_within(lines.clone(), 4),
+            (vec!["c".to_string()], true)
+        );
+        assert_eq!(newest_lines_within(lines, 1), (Vec::<String>::new(), true));
+        assert_eq!(newest_lines_within(Vec::new(), 0), (Vec::new(), false));
+    }
+
+    #[test]
+    fn a_logs_answer_without_truncated_from_an_older_node_reads_as_whole() {
+        // What an older node sends: no `truncated` field.
+        #[derive(Serialize)]
+        enum OldResponse {
+            Logs { lines: Vec<String>, offset: u64 },
+        }
+        let old = OldResponse::Logs {
+            lines: vec!["x".into()],
+            offset: 2,
+        };
+        // The wire is CBOR; serde fills a missing field from its default alike in any
+        // self-describing format, and JSON keeps this test free of a CBOR dependency.
+        let bytes = serde_json::to_vec(&old).unwrap();
+        let new: QueryResponse = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            new,
+            QueryResponse::Logs {
+                lines: vec!["x".into()],
+                offset: 2,
+                truncated: false
+            }
+        );
     }
 }

@@ -148,6 +148,7 @@ impl SyncSessions {
         self.stats.bytes_in += bytes.len() as u64;
         let result = Message::decode(bytes)
             .map_err(|e| SyncError::Malformed(e.to_string()))
+            .and_then(|msg| check_blooms(&msg).map(|()| msg))
             .and_then(|msg| {
                 doc.sync()
                     .receive_sync_message(&mut session.state, msg)
@@ -251,6 +252,50 @@ impl SyncSessions {
             self.peers.remove(&oldest);
         }
     }
+}
+
+/// Most probes per hash a received Bloom filter may ask for. Automerge writes 7; each probe
+/// is work for every change we hold, so a hostile count (up to 2^32) would stall the actor.
+pub const MAX_BLOOM_PROBES: u64 = 64;
+
+/// Refuses Bloom filters Automerge 0.12 decodes but cannot use: entries with no bits (its
+/// probe arithmetic divides by the bit count and panics: found by `fuzz_sync_message`) and
+/// probe counts past [`MAX_BLOOM_PROBES`]. The filter's fields are private; its encoding is
+/// three LEB128 numbers (entries, bits per entry, probes) followed by the bits.
+fn check_blooms(msg: &Message) -> Result<(), SyncError> {
+    for have in &msg.have {
+        let bytes = have.bloom.to_bytes();
+        if bytes.is_empty() {
+            continue; // No entries: never probed.
+        }
+        let mut rest = &bytes[..];
+        let mut header = [0u64; 3];
+        for field in &mut header {
+            let mut shift = 0;
+            loop {
+                let Some((&byte, tail)) = rest.split_first() else {
+                    return Err(SyncError::Malformed("truncated Bloom filter".into()));
+                };
+                rest = tail;
+                *field |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+                if shift > 35 {
+                    return Err(SyncError::Malformed("oversized Bloom filter field".into()));
+                }
+            }
+        }
+        let probes = header[2];
+        if rest.is_empty() || probes > MAX_BLOOM_PROBES {
+            return Err(SyncError::Malformed(format!(
+                "unusable Bloom filter ({} bytes of bits, {probes} probes)",
+                rest.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn same_heads(a: &[automerge::ChangeHash], b: &[automerge::ChangeHash]) -> bool {
@@ -363,6 +408,43 @@ mod tests {
             s.on_message(p, &mut doc, b"\x42", now + MALFORMED_BACKOFF)
                 .is_err()
         );
+    }
+
+    /// A sync message whose `have` carries the given encoded Bloom filter.
+    fn message_with_bloom(bloom: &[u8]) -> Vec<u8> {
+        use automerge::sync::{BloomFilter, Have, MessageVersion};
+        Message {
+            heads: Vec::new(),
+            need: Vec::new(),
+            have: vec![Have {
+                last_sync: Vec::new(),
+                bloom: BloomFilter::try_from(bloom).expect("automerge decodes it"),
+            }],
+            changes: Vec::<Vec<u8>>::new().into(),
+            flags: None,
+            version: MessageVersion::V1,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn a_bloom_filter_automerge_cannot_use_is_malformed_not_a_panic() {
+        let p = peer();
+        let mut doc = genesis(ActorId::random());
+        put_entry(&mut doc, "nodes", "a", &NodeRecord::default()).unwrap();
+        doc.commit();
+        let now = Instant::now();
+        // One entry, zero bits per entry: no bits, and Automerge's probes divide by zero.
+        // Then 2^32-1 probes per hash over one byte of bits.
+        for bloom in [&[1u8, 0, 7][..], &[1, 8, 0xff, 0xff, 0xff, 0xff, 0x0f, 0]] {
+            let mut s = SyncSessions::new();
+            let result = s.on_message(p, &mut doc, &message_with_bloom(bloom), now);
+            assert!(matches!(result, Err(SyncError::Malformed(_))), "{result:?}");
+        }
+        // A usable filter still syncs.
+        let mut s = SyncSessions::new();
+        let ok = s.on_message(p, &mut doc, &message_with_bloom(&[1, 10, 7, 0, 0]), now);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub const MAX_SYNC_MESSAGE: u64 = 8 * 1024 * 1024;
 /// Largest query request: a service name and a few numbers.
 pub const MAX_QUERY_REQUEST: u64 = 4 * 1024;
 /// Largest query answer: 5,000 log lines of up to 64 KiB each would be far more, so the
-/// answering node trims to this (see `query::MAX_LOG_LINES`); 4 MiB holds a page of logs or
-/// the sockets of a busy server.
+/// answering node keeps log text to a quarter of this (`query::MAX_LOG_ANSWER_BYTES`); 4 MiB
+/// holds a page of logs or the sockets of a busy server. An answer past it fails the request.
 pub const MAX_QUERY_RESPONSE: u64 = 4 * 1024 * 1024;
 /// A request without a response after this long has failed. Membership probes have their own,
 /// shorter deadline inside foca; this only frees the stream.
@@ -191,14 +191,21 @@ fn rr_config() -> request_response::Config {
         .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
 }
 
+/// The CBOR codec of one protocol with its size limits: what decodes every message a peer
+/// sends (also driven directly by the fuzz targets).
+pub fn limited_codec<Req, Resp>(
+    max_request: u64,
+    max_response: u64,
+) -> request_response::cbor::codec::Codec<Req, Resp> {
+    request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(max_request)
+        .set_response_size_maximum(max_response)
+}
+
 /// Builds the swarm: QUIC transport with LAN timeouts and the mesh behaviours.
 pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportError> {
-    let auth_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_AUTH_MESSAGE)
-        .set_response_size_maximum(MAX_AUTH_MESSAGE);
-    let membership_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_MEMBERSHIP_MESSAGE)
-        .set_response_size_maximum(MAX_MEMBERSHIP_MESSAGE);
+    let auth_codec = limited_codec(MAX_AUTH_MESSAGE, MAX_AUTH_MESSAGE);
+    let membership_codec = limited_codec(MAX_MEMBERSHIP_MESSAGE, MAX_MEMBERSHIP_MESSAGE);
     let behaviour = MeshBehaviour {
         auth: request_response::Behaviour::with_codec(
             auth_codec,
@@ -211,16 +218,12 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportEr
             rr_config(),
         ),
         sync: request_response::Behaviour::with_codec(
-            request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(MAX_SYNC_MESSAGE)
-                .set_response_size_maximum(MAX_SYNC_MESSAGE),
+            limited_codec(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
         query: request_response::Behaviour::with_codec(
-            request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(MAX_QUERY_REQUEST)
-                .set_response_size_maximum(MAX_QUERY_RESPONSE),
+            limited_codec(MAX_QUERY_REQUEST, MAX_QUERY_RESPONSE),
             [(QUERY_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),

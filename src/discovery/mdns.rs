@@ -1204,6 +1204,71 @@ mod tests {
             .expect("valid config")
     }
 
+    /// Fuzz target (bolero; see `fuzz/README.md`): a TXT record's wire bytes, random or a
+    /// valid record of our mesh with byte-level mutations, parsed by mdns-sd and classified
+    /// with a random full name, port and addresses. Never a panic; a record taken as a peer
+    /// carries a peer id from its TXT, the instance name and at least one address.
+    #[test]
+    fn fuzz_txt_record() {
+        let me = local(random_peer());
+        let them = random_peer();
+        let id = them.to_base58();
+        let seed: Vec<u8> = {
+            let mut wire = Vec::new();
+            for (key, value) in [
+                ("id", id.as_bytes()),
+                ("mesh", MESH.as_bytes()),
+                ("pv", b"1".as_slice()),
+                ("v", b"0.1.0".as_slice()),
+            ] {
+                let entry = [key.as_bytes(), b"=", value].concat();
+                wire.push(u8::try_from(entry.len()).expect("short entries"));
+                wire.extend_from_slice(&entry);
+            }
+            wire
+        };
+        type Input = (Vec<u8>, Vec<(u8, u16, u8)>, String, u16, Vec<[u8; 4]>, bool);
+        bolero::check!()
+            .with_type::<Input>()
+            .with_test_time(Duration::from_millis(300))
+            .for_each(|(raw, mutations, fullname, port, v4, loopback)| {
+                let mut wire = if mutations.is_empty() {
+                    raw.clone()
+                } else {
+                    seed.clone()
+                };
+                for &(kind, at, value) in mutations.iter().take(16) {
+                    let at = usize::from(at) % wire.len().max(1);
+                    match (kind % 4, wire.is_empty()) {
+                        (0, false) => wire[at] ^= 1 << (value % 8),
+                        (1, false) => wire[at] = value,
+                        (2, _) => wire.insert(at.min(wire.len()), value),
+                        (3, _) => wire.truncate(at),
+                        _ => {}
+                    }
+                }
+                let txt = TxtProperties::from(&wire[..]);
+                let instance = instance_of(fullname);
+                let addrs: Vec<IpAddr> = v4.iter().map(|o| IpAddr::from(*o)).collect();
+                let record = ServiceRecord {
+                    instance,
+                    port: *port,
+                    addrs,
+                    txt: &txt,
+                };
+                let policy = if *loopback {
+                    InterfacePolicy::LoopbackOnly
+                } else {
+                    InterfacePolicy::Lan
+                };
+                if let Verdict::Peer(peer) = classify(&record, &me, policy) {
+                    assert_eq!(Ok(peer.peer_id), parse_peer_id(&txt));
+                    assert_eq!(peer.name, instance);
+                    assert!(!peer.addrs.is_empty());
+                }
+            });
+    }
+
     /// A TXT record as on the wire: length-prefixed `key=value` strings.
     fn txt(entries: &[(&str, &[u8])]) -> TxtProperties {
         let mut wire = Vec::new();

@@ -305,7 +305,7 @@ impl DocFile {
 }
 
 /// Loads the document from `path`: `(doc, corrupt_moved_aside, rewrite_needed)`.
-fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
+pub fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
     let bytes = match std::fs::read(path) {
         Ok(b) if !b.is_empty() => b,
         Ok(_) => return (genesis(actor.clone()), false, true),

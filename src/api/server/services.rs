@@ -448,11 +448,16 @@ pub async fn service_logs(
         offset: q.offset,
     };
     match ask(&node, target, request, Duration::ZERO).await {
-        Ok(QueryResponse::Logs { lines, offset }) => Json(LogsResponse {
+        Ok(QueryResponse::Logs {
+            lines,
+            offset,
+            truncated,
+        }) => Json(LogsResponse {
             service: name,
             node: node_label,
             lines,
             offset,
+            truncated,
         })
         .into_response(),
         Ok(_) => unexpected(),

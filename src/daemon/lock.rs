@@ -1,0 +1,148 @@
+//! The data dir lock: at most one agent per data dir.
+//!
+//! Two agents on one data dir would share a node id, stop each other's services as
+//! "leftovers" (the run file), overwrite `api.addr` and write the same document file. So the
+//! agent takes an exclusive advisory lock (`flock`) on `DATA_DIR/agent.lock` before it reads
+//! or writes anything else there, and holds it, with the file open, for the life of the
+//! process. The file holds the holder's pid, so a second agent can say which one runs.
+//!
+//! The lock is released by the kernel when the process ends, however it ends (`kill -9`
+//! included), so a crash never leaves a stale lock. The file stays: removing it on exit would
+//! race with an agent that has just opened it. The descriptor is close-on-exec (Rust opens
+//! every file so), so service processes never inherit the lock and cannot keep it after the
+//! agent is gone.
+//!
+//! Owns the lock file and its message. Does not own the data dir's creation (the daemon).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file in the data dir.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// Most bytes of the lock file read for the holder's pid: a pid and a newline are at most a
+/// dozen bytes; anything longer is not ours and is not shown in full.
+const MAX_PID_BYTES: u64 = 32;
+
+/// Errors taking the data dir lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another mesh agent ({holder}) is running on the data dir {dir}; stop it first, or give \
+         this agent its own --data-dir"
+    )]
+    Held { dir: PathBuf, holder: String },
+    #[error("cannot lock the data dir with {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// An exclusive lock on a data dir, held until dropped (for the agent: until it exits).
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// Kept open: closing the file releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Takes the lock on `dir` (which must exist) and records this process's pid in it. Fails
+    /// at once, without waiting, when another process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io_err = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Not truncated on open: the holder's pid must stay readable for the message.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    holder: holder_of(&mut file),
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(io_err(source)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io_err)?;
+        // Durable enough for a message; the lock itself lives in the kernel, not the file.
+        file.sync_data().map_err(io_err)?;
+        Ok(Self { _file: file, path })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// "pid N" from the lock file, or why it cannot say (the holder may not have written it yet).
+fn holder_of(file: &mut File) -> String {
+    let mut text = String::new();
+    let read = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.take(MAX_PID_BYTES).read_to_string(&mut text));
+    match read.ok().and_then(|_| text.trim().parse::<u32>().ok()) {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid not recorded yet".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_fails_naming_the_holder_and_first_release_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path()).unwrap();
+        let pid = std::fs::read_to_string(first.path()).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        // flock locks belong to the open file description: a second open conflicts even in
+        // the same process, as a second agent's would.
+        let err = DataDirLock::acquire(dir.path()).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, LockError::Held { .. }), "{message}");
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(first.path()).unwrap(),
+            pid,
+            "a refused agent leaves the holder's pid in place"
+        );
+        drop(first);
+        let again = DataDirLock::acquire(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(again.path()).unwrap().trim(),
+            std::process::id().to_string()
+        );
+    }
+
+    #[test]
+    fn garbage_in_the_lock_file_of_a_holder_is_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let holder = DataDirLock::acquire(dir.path()).unwrap();
+        std::fs::write(holder.path(), "x".repeat(10_000)).unwrap();
+        let message = DataDirLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("pid not recorded yet"), "{message}");
+        assert!(message.len() < 300, "{message}");
+    }
+}
