@@ -11,6 +11,7 @@
 //! forever (until an epoch reset), so only slowly-changing state belongs here.
 
 pub mod actor;
+pub mod file;
 
 use std::collections::BTreeMap;
 
@@ -214,6 +215,12 @@ pub enum StateError {
     Stopped,
     #[error("this node may not write another node's entry: {0}")]
     NotOwned(String),
+    /// The change could not be made durable (disk full, I/O error): it was not applied.
+    #[error(
+        "the change was not made: cannot write the state file ({0}); free space in the data dir \
+         and retry"
+    )]
+    NotDurable(String),
 }
 
 /// Checks a tag key and value: keys are `[a-z0-9._-]`, 1-63 characters, starting with a letter

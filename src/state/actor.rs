@@ -5,26 +5,25 @@
 //! Outputs: sync messages for the node actor to send ([`SyncOut`]), and an immutable
 //! [`StateSnapshot`] on a `watch` channel for readers.
 //!
-//! Persistence (file `state/doc.automerge` in the data dir): the file is a full `save()`
-//! followed by `save_incremental()` chunks, which Automerge loads as one document. A local write
-//! is appended and fsynced before its caller gets an answer; when the appended tail outgrows
-//! the full part, the file is rewritten atomically (temporary file, fsync, rename). A torn tail
-//! from a crash is ignored on load; an unreadable file is moved aside and the state is
-//! recovered from peers.
+//! Persistence (file `state/doc.automerge` in the data dir, format and recovery in [`super::file`]):
+//! a local write is committed, appended and fsynced before anyone sees it; if the disk refuses
+//! it, the change is undone in memory and the caller gets [`StateError::NotDurable`]: nothing
+//! unacknowledged is published or sent. A peer's change that cannot be saved stays in memory
+//! (the next append retries it; peers hold it anyway).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use automerge::{ActorId, AutoCommit, LoadOptions, OnPartialLoad};
+use automerge::{ActorId, AutoCommit, ChangeHash};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::file::DocFile;
 use super::{
     COMPACT_AT_CHANGES, EpochId, HydrateStats, InstanceRecord, LeaseRecord, MeshState, NodeRecord,
     ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
@@ -44,8 +43,6 @@ pub const ANTI_ENTROPY: Duration = Duration::from_secs(15);
 /// How often per-peer sync states are written to disk (if changed), so a reconnect after a
 /// restart only exchanges what is new.
 pub const SAVE_SYNC_STATES: Duration = Duration::from_secs(30);
-/// Rewrite the document file once its appended tail exceeds the full part and this floor.
-pub const MIN_COMPACT_TAIL: u64 = 64 * 1024;
 /// Least time between two compactions by this node: a burst of changes cannot make it compact
 /// over and over, and peers have time to adopt one epoch before the next.
 pub const MIN_COMPACT_INTERVAL: Duration = Duration::from_secs(60);
@@ -258,156 +255,11 @@ impl StateHandle {
     }
 }
 
-/// The document file: full save plus appended incremental chunks.
-struct DocFile {
-    path: PathBuf,
-    file: std::fs::File,
-    bytes: u64,
-    full_bytes: u64,
-}
-
-impl DocFile {
-    fn open_append(path: &Path, full_bytes: u64) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        let bytes = file.metadata()?.len();
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            bytes,
-            full_bytes,
-        })
-    }
-
-    fn append(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(chunk)?;
-        self.file.sync_data()?;
-        self.bytes += chunk.len() as u64;
-        Ok(())
-    }
-
-    fn rewrite(&mut self, full: &[u8]) -> std::io::Result<()> {
-        crate::identity::write_secret_file(&self.path, full)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        *self = Self::open_append(&self.path, full.len() as u64)?;
-        Ok(())
-    }
-
-    fn needs_compaction(&self) -> bool {
-        let tail = self.bytes.saturating_sub(self.full_bytes);
-        tail > MIN_COMPACT_TAIL && tail > self.full_bytes
-    }
-}
-
-/// Loads the document from `path`: `(doc, corrupt_moved_aside, rewrite_needed)`.
-fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
-    let bytes = match std::fs::read(path) {
-        Ok(b) if !b.is_empty() => b,
-        Ok(_) => return (genesis(actor.clone()), false, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (genesis(actor.clone()), false, true);
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the state file");
-            return (genesis(actor.clone()), false, true);
-        }
-    };
-    // The file is a sequence of Automerge chunks; a crash while appending leaves a partial
-    // last chunk. Load the whole chunks, and rewrite the file if a tail was cut off.
-    let whole = whole_chunks_len(&bytes);
-    let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
-    if whole > 0 {
-        match AutoCommit::load_with_options(&bytes[..whole], strict) {
-            Ok(doc) => {
-                let torn = whole < bytes.len();
-                if torn {
-                    tracing::warn!(
-                        path = %path.display(),
-                        dropped_bytes = bytes.len() - whole,
-                        "the state file ended in a torn write (crash while saving); kept \
-                         everything before it"
-                    );
-                }
-                return (doc.with_actor(actor.clone()), false, torn);
-            }
-            Err(e) => tracing::warn!(error = %e, "the state file does not load"),
-        }
-    }
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(
-        ".corrupt-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    ));
-    let aside = PathBuf::from(aside);
-    match std::fs::rename(path, &aside) {
-        Ok(()) => tracing::warn!(
-            moved_to = %aside.display(),
-            "the state file is unreadable; moved it aside and starting empty: the state will \
-             be recovered from peers"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "the state file is unreadable and could not be moved aside")
-        }
-    }
-    (genesis(actor.clone()), true, true)
-}
-
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => futures::future::pending().await,
     }
-}
-
-/// Magic bytes that open every Automerge chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-/// Length of the longest prefix of `bytes` made of whole Automerge chunks (magic, 4-byte
-/// checksum, 1-byte type, LEB128 length, data). Contents are verified by the loader, not here.
-pub fn whole_chunks_len(bytes: &[u8]) -> usize {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
-            break;
-        }
-        let mut len: u64 = 0;
-        let mut shift = 0;
-        let mut header = 9;
-        loop {
-            let Some(b) = rest.get(header) else {
-                return pos;
-            };
-            header += 1;
-            len |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return pos;
-            }
-        }
-        let Some(total) = usize::try_from(len)
-            .ok()
-            .and_then(|l| l.checked_add(header))
-        else {
-            break;
-        };
-        if total > rest.len() {
-            break;
-        }
-        pos += total;
-    }
-    pos
 }
 
 struct StateActor {
@@ -451,8 +303,9 @@ pub fn spawn_state(
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StateError::Load(format!("{}: {e}", dir.display())))?;
             let path = dir.join(DOC_FILE);
-            let (doc, recovered, rewrite) = load_doc(&path, &actor);
-            let file = DocFile::open_append(&path, 0)
+            let loaded = super::file::load(&path, &actor);
+            let (mut doc, recovered, rewrite) = (loaded.doc, loaded.damaged, loaded.rewrite);
+            let file = DocFile::open(&path, doc.get_heads(), loaded.full_bytes as u64)
                 .map_err(|e| StateError::Load(format!("{}: {e}", path.display())))?;
             let sync_path = dir.join(SYNC_FILE);
             let mut sessions = SyncSessions::new();
@@ -699,16 +552,15 @@ impl StateActor {
         if let Some(w) = writes.iter().find(|w| !w.owned_by(&local)) {
             return Err(StateError::NotOwned(format!("{w:?}")));
         }
+        let before = self.doc.get_heads();
         if let Err(e) = Self::apply_writes(&mut self.doc, &writes) {
             self.doc.rollback();
             return Err(e);
         }
-        if self.doc.commit().is_none() {
+        if !self.commit_durably(&before)? {
             return Ok(false);
         }
-        self.change_count += 1;
         self.publish_and_push().await;
-        self.persist();
         Ok(true)
     }
 
@@ -784,7 +636,7 @@ impl StateActor {
                 .filter(|(p, _)| repaired || *p != peer)
                 .collect();
             self.send_all(others).await;
-            self.persist();
+            self.persist_or_log();
         }
         Ok(reply)
     }
@@ -869,11 +721,14 @@ impl StateActor {
 
     /// Writes this node's record, commits, pushes to peers, and fsyncs before returning.
     async fn write_own(&mut self, record: NodeRecord) -> Result<(), StateError> {
-        if let Some((pending, _)) = self.pending_self.take() {
+        if let Some((pending, deadline)) = self.pending_self.take() {
             // A local write before any peer answered: the record is written now after all.
             let mut merged = record;
             merged.joined_at_ms = pending.joined_at_ms;
-            self.write_self_record_keep_tags(merged)?;
+            if let Err(e) = self.write_self_record_keep_tags(merged) {
+                self.pending_self = Some((pending, deadline));
+                return Err(e);
+            }
             self.publish();
             let msgs = self
                 .sessions
@@ -881,13 +736,14 @@ impl StateActor {
             self.send_all(msgs).await;
             return Ok(());
         }
-        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
-        if self.doc.commit().is_none() {
-            return Ok(());
+        let before = self.doc.get_heads();
+        if let Err(e) = put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record) {
+            self.doc.rollback();
+            return Err(e);
         }
-        self.change_count += 1;
-        self.publish_and_push().await;
-        self.persist();
+        if self.commit_durably(&before)? {
+            self.publish_and_push().await;
+        }
         Ok(())
     }
 
@@ -896,11 +752,12 @@ impl StateActor {
         if record.joined_at_ms <= 0 {
             record.joined_at_ms = now_ms();
         }
-        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
-        if self.doc.commit().is_some() {
-            self.change_count += 1;
-            self.persist();
+        let before = self.doc.get_heads();
+        if let Err(e) = put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record) {
+            self.doc.rollback();
+            return Err(e);
         }
+        self.commit_durably(&before)?;
         Ok(())
     }
 
@@ -920,7 +777,7 @@ impl StateActor {
         put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
         if self.doc.commit().is_some() {
             self.change_count += 1;
-            self.persist();
+            self.persist_or_log();
         }
         Ok(())
     }
@@ -1039,27 +896,65 @@ impl StateActor {
         }
     }
 
-    /// Appends what changed since the last save and fsyncs; compacts the file when due.
-    fn persist(&mut self) {
+    /// Appends what the file lacks and fsyncs; compacts the file when due. On error the file
+    /// is left without a torn chunk and the next call retries the same changes.
+    fn persist(&mut self) -> Result<(), StateError> {
         let Some(file) = self.file.as_mut() else {
-            return;
+            return Ok(());
         };
-        let chunk = self.doc.save_incremental();
-        if let Err(e) = file.append(&chunk) {
-            tracing::error!(error = %e, path = %file.path.display(), "cannot append to the state file");
-            return;
+        if let Err(e) = file.append(&mut self.doc) {
+            let path = file.path().display().to_string();
+            tracing::error!(error = %e, %path, "cannot append to the state file");
+            return Err(StateError::NotDurable(format!("{path}: {e}")));
         }
         if file.needs_compaction() {
             self.rewrite_file();
         }
+        Ok(())
+    }
+
+    /// Commits the open transaction as one local change and makes it durable before anyone
+    /// sees it. `Ok(false)`: nothing changed. When the change cannot be written to disk it is
+    /// undone in memory as well — never published, never sent — and the error says so.
+    fn commit_durably(&mut self, before: &[ChangeHash]) -> Result<bool, StateError> {
+        if self.doc.commit().is_none() {
+            return Ok(false);
+        }
+        self.change_count += 1;
+        if let Err(e) = self.persist() {
+            self.roll_back_to(before);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Undoes this node's last local change (not yet sent anywhere): the document as of
+    /// `heads`, with a fresh actor id so the undone change's sequence number is never reused
+    /// for different content.
+    fn roll_back_to(&mut self, heads: &[ChangeHash]) {
+        match self.doc.fork_at(heads) {
+            Ok(doc) => {
+                self.actor_id = ActorId::random();
+                self.doc = doc.with_actor(self.actor_id.clone());
+                self.change_count = self.change_count.saturating_sub(1);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot undo a change that was not saved"),
+        }
+    }
+
+    /// Logs a failed write of a change that is kept anyway (a peer's change, or this node's
+    /// record at start, both of which come back from peers or the next start).
+    fn persist_or_log(&mut self) {
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "a change is held in memory only until the disk accepts it");
+        }
     }
 
     fn rewrite_file(&mut self) {
-        let full = self.doc.save();
         if let Some(file) = self.file.as_mut()
-            && let Err(e) = file.rewrite(&full)
+            && let Err(e) = file.rewrite(&mut self.doc)
         {
-            tracing::error!(error = %e, "cannot rewrite the state file");
+            tracing::error!(error = %e, "cannot rewrite the state file; retried on the next write");
         }
     }
 
@@ -1102,7 +997,7 @@ impl StateActor {
             state,
             heads: heads.iter().map(|h| h.to_string()).collect(),
             changes: self.change_count,
-            file_bytes: self.file.as_ref().map_or(0, |f| f.bytes),
+            file_bytes: self.file.as_ref().map_or(0, DocFile::bytes),
             epoch: self.epoch.clone(),
             peers,
             sync: self.sessions.stats().clone(),
@@ -1110,29 +1005,5 @@ impl StateActor {
             recovered_from_corruption: self.recovered,
         };
         self.snapshot_tx.send_replace(Arc::new(snapshot));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn whole_chunks_stop_at_a_torn_tail() {
-        let mut doc = genesis(ActorId::random());
-        let mut bytes = doc.save();
-        let first = bytes.len();
-        put_entry(&mut doc, "nodes", "x", &NodeRecord::default()).unwrap();
-        doc.commit();
-        bytes.extend(doc.save_incremental());
-        let two = bytes.len();
-        assert_eq!(whole_chunks_len(&bytes), two);
-        for cut in [two - 1, first + 5, first + 1] {
-            assert_eq!(whole_chunks_len(&bytes[..cut]), first, "cut at {cut}");
-        }
-        let mut torn = bytes.clone();
-        torn.extend_from_slice(&[0x85, 0x6f, 0x4a, 0x83, 0x00, 0x17, 0xff]);
-        assert_eq!(whole_chunks_len(&torn), two);
-        assert_eq!(whole_chunks_len(b"garbage"), 0);
     }
 }
