@@ -771,9 +771,11 @@ fn urlencode(s: &str) -> String {
 /// Renders `mesh state`.
 pub fn render_state(s: &StateResponse) -> String {
     let mut out = format!(
-        "epoch    {}\nchanges  {}\nfile     {} bytes\nheads    {}\nentries  {} nodes, {} services, {} instances, {} leases\nsync     {} messages in ({} B), {} out ({} B), {} malformed\n",
+        "epoch    {}\nchanges  {}\nsize     {} of {} bytes\nfile     {} bytes\nheads    {}\nentries  {} nodes, {} services, {} instances, {} leases\nsync     {} messages in ({} B), {} out ({} B), {} malformed\n",
         s.epoch,
         s.changes,
+        s.value_bytes,
+        s.max_value_bytes,
         s.file_bytes,
         s.heads
             .iter()
@@ -816,10 +818,14 @@ pub fn render_state(s: &StateResponse) -> String {
                     crate::sync::SyncStatus::NeverSynced => "never synced",
                 }
                 .into(),
+                p.health.clone(),
             ]
         })
         .collect();
-    out.push_str(&format_table(&["PEER", "NODE", "CONNECTED", "SYNC"], &rows));
+    out.push_str(&format_table(
+        &["PEER", "NODE", "CONNECTED", "SYNC", "HEALTH"],
+        &rows,
+    ));
     out
 }
 
@@ -886,6 +892,7 @@ pub fn render_peers(rows: &[PeerEntry]) -> String {
         "NODE",
         "ADDRESS",
         "STATE",
+        "SYNC",
         "RTT",
         "LAST SEEN",
         "OS/ARCH",
@@ -906,6 +913,7 @@ pub fn render_peers(rows: &[PeerEntry]) -> String {
                 r.short_id.clone(),
                 display_addr(&r.addrs),
                 r.state.clone(),
+                r.sync.clone().unwrap_or_else(dash),
                 r.rtt_ms.map(|v| format!("{v:.1}ms")).unwrap_or_else(dash),
                 if r.is_self {
                     "-".into()

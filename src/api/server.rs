@@ -133,6 +133,7 @@ fn state_error(e: StateError) -> Response {
             error(StatusCode::BAD_REQUEST, e.to_string())
         }
         StateError::NotDurable(_) => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        StateError::DocumentTooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
 }

@@ -29,7 +29,7 @@ use super::{
     ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
-use crate::sync::{SyncSessions, SyncStats, SyncStatus};
+use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{SyncRequest, SyncResponse};
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
@@ -52,6 +52,12 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// a peer to send the existing one before writing it. Writing first would create a second,
 /// conflicting record object, and the mesh might keep the empty one (losing tags).
 pub const SELF_RECORD_GRACE: Duration = Duration::from_secs(2);
+/// How often peers' sync health is re-evaluated without another event (it changes with time
+/// alone when a peer stays unsynced past `sync::NEVER_SYNCED_AFTER`).
+pub const HEALTH_CHECK: Duration = Duration::from_secs(5);
+/// Least time between two warnings about the same peer's failing sync: one line a minute
+/// keeps a persistent split visible in the log without flooding it.
+pub const HEALTH_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// Directory in the data dir holding the state files.
 pub const STATE_DIR: &str = "state";
 const DOC_FILE: &str = "doc.automerge";
@@ -137,7 +143,11 @@ pub enum StateCommand {
         peer: PeerId,
         response: SyncResponse,
     },
-    SendFailed(PeerId),
+    /// A sync request to `peer` was not delivered, or got no answer.
+    SendFailed {
+        peer: PeerId,
+        reason: String,
+    },
 }
 
 /// Sync traffic for the node actor to move.
@@ -153,6 +163,7 @@ pub struct PeerSyncView {
     pub peer: PeerId,
     pub connected: bool,
     pub status: SyncStatus,
+    pub health: SyncHealth,
 }
 
 /// An immutable view of the document for readers.
@@ -172,6 +183,8 @@ pub struct StateSnapshot {
     pub hydrate: HydrateStats,
     /// The document file was unreadable at start and was moved aside.
     pub recovered_from_corruption: bool,
+    /// The document's value size, as [`super::MAX_DOCUMENT_BYTES`] bounds it.
+    pub value_bytes: u64,
 }
 
 /// A cloneable handle to the state actor.
@@ -271,6 +284,8 @@ struct StateActor {
     change_count: usize,
     /// The hydrated value and the heads it was read at.
     hydrated: (Vec<automerge::ChangeHash>, Arc<MeshState>, HydrateStats),
+    /// [`super::value_bytes`] of `hydrated`.
+    value_bytes: u64,
     last_compaction: Option<Instant>,
     /// A snapshot fetch under way: from whom, since when.
     fetching: Option<(PeerId, Instant)>,
@@ -285,6 +300,8 @@ struct StateActor {
     version: u64,
     recovered: bool,
     sync_states_dirty: bool,
+    /// Per peer: whether its sync health was last seen bad, and when we last warned of it.
+    health_warned: std::collections::HashMap<PeerId, (bool, Option<Instant>)>,
     shutdown: CancellationToken,
 }
 
@@ -351,6 +368,7 @@ pub fn spawn_state(
         sync: SyncStats::default(),
         hydrate: HydrateStats::default(),
         recovered_from_corruption: recovered,
+        value_bytes: 0,
     }));
     let mut actor = StateActor {
         local: config.local,
@@ -363,6 +381,7 @@ pub fn spawn_state(
             Arc::new(MeshState::default()),
             HydrateStats::default(),
         ),
+        value_bytes: 0,
         last_compaction: None,
         fetching: None,
         pending_self: None,
@@ -375,6 +394,7 @@ pub fn spawn_state(
         version: 0,
         recovered,
         sync_states_dirty: false,
+        health_warned: Default::default(),
         shutdown,
     };
     if rewrite {
@@ -401,6 +421,7 @@ impl StateActor {
     async fn run(mut self) {
         let mut anti_entropy = tokio::time::interval(ANTI_ENTROPY);
         let mut save_states = tokio::time::interval(SAVE_SYNC_STATES);
+        let mut health = tokio::time::interval(HEALTH_CHECK);
         loop {
             let self_deadline = self.pending_self.as_ref().map(|(_, t)| *t);
             tokio::select! {
@@ -419,6 +440,7 @@ impl StateActor {
                     }
                 }
                 _ = save_states.tick() => self.save_sync_states(),
+                _ = health.tick() => self.recheck_health(),
             }
         }
         self.sync_states_dirty = true;
@@ -501,6 +523,7 @@ impl StateActor {
                         }
                     }
                     SyncRequest::Sync { epoch, .. } => {
+                        self.sessions.on_epoch_mismatch(peer, epoch.to_string());
                         if epoch.supersedes(&self.epoch) {
                             self.fetch_snapshot(peer).await;
                         }
@@ -520,14 +543,25 @@ impl StateActor {
                         self.send(peer, reply).await;
                     }
                 }
-                SyncResponse::Message { .. } => {}
+                SyncResponse::Message { epoch, .. } => {
+                    if epoch == self.epoch {
+                        self.sessions.on_delivered(peer, now);
+                        self.publish();
+                    }
+                }
                 SyncResponse::EpochMismatch { epoch } => {
+                    self.sessions.on_epoch_mismatch(peer, epoch.to_string());
                     if epoch.supersedes(&self.epoch) {
                         self.fetch_snapshot(peer).await;
                     } else {
                         // The peer is behind; it fetches from us. Nothing was delivered.
-                        self.sessions.on_send_failed(peer);
+                        self.sessions.on_send_failed(
+                            peer,
+                            now,
+                            format!("it is on the older epoch {epoch}"),
+                        );
                     }
+                    self.publish();
                 }
                 SyncResponse::Snapshot { epoch, doc } => {
                     if self.fetching.is_some_and(|(p, _)| p == peer) {
@@ -539,19 +573,47 @@ impl StateActor {
                         tracing::warn!(%peer, error = %e, "cannot adopt the peer's state epoch");
                     }
                 }
-                SyncResponse::Refused | SyncResponse::NotAdmitted => {
-                    self.sessions.on_send_failed(peer);
+                SyncResponse::Refused => {
+                    self.sessions.on_send_failed(
+                        peer,
+                        now,
+                        "it refused our message (malformed, or we are in backoff)".into(),
+                    );
+                    self.publish();
+                }
+                SyncResponse::NotAdmitted => {
+                    self.sessions
+                        .on_send_failed(peer, now, "it has not admitted us".into());
+                    self.publish();
                 }
             },
-            StateCommand::SendFailed(peer) => self.sessions.on_send_failed(peer),
+            StateCommand::SendFailed { peer, reason } => {
+                self.sessions.on_send_failed(peer, now, reason);
+                self.publish();
+            }
         }
     }
 
-    async fn write_entries(&mut self, writes: Vec<EntryWrite>) -> Result<bool, StateError> {
+    async fn write_entries(&mut self, mut writes: Vec<EntryWrite>) -> Result<bool, StateError> {
         let local = self.local.to_base58();
         if let Some(w) = writes.iter().find(|w| !w.owned_by(&local)) {
             return Err(StateError::NotOwned(format!("{w:?}")));
         }
+        let heads = self.doc.get_heads();
+        self.ensure_hydrated(&heads);
+        let mut growth: i64 = 0;
+        for w in &mut writes {
+            if let EntryWrite::Service { name, record } = w {
+                // Every writer path (API, supervisor, tests) gets lean tombstones.
+                record.strip_if_removed();
+                let old = self.hydrated.1.services.get(name.as_str());
+                growth += super::entry_bytes(name, record) as i64
+                    - old.map_or(0, |o| super::entry_bytes(name, o) as i64);
+            }
+        }
+        // Services are what an operator adds without limit; instances and leases follow from
+        // them (bounded per service), so refusing those would only hide what runs.
+        self.check_bound(growth)?;
         let before = self.doc.get_heads();
         if let Err(e) = Self::apply_writes(&mut self.doc, &writes) {
             self.doc.rollback();
@@ -654,6 +716,13 @@ impl StateActor {
             None => rec.tags.remove(key).is_some(),
         };
         if changed {
+            let id = self.local.to_base58();
+            let heads = self.doc.get_heads();
+            self.ensure_hydrated(&heads);
+            let old = self.hydrated.1.nodes.get(&id);
+            let growth = super::entry_bytes(&id, &rec) as i64
+                - old.map_or(0, |o| super::entry_bytes(&id, o) as i64);
+            self.check_bound(growth)?;
             self.write_own(rec).await?;
         }
         Ok(changed)
@@ -975,22 +1044,91 @@ impl StateActor {
         self.sync_states_dirty = false;
     }
 
-    fn publish(&mut self) {
-        let heads = self.doc.get_heads();
+    /// Brings the hydrated value (and its size) up to `heads`.
+    fn ensure_hydrated(&mut self, heads: &[ChangeHash]) {
         if self.hydrated.0 != heads {
             let (state, stats) = hydrate_lenient(&self.doc);
-            self.hydrated = (heads.clone(), Arc::new(state), stats);
+            self.value_bytes = super::value_bytes(&state);
+            self.hydrated = (heads.to_vec(), Arc::new(state), stats);
         }
-        let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
-        let peers = self
+    }
+
+    /// Refuses a local write that would grow the document's value past
+    /// [`super::MAX_DOCUMENT_BYTES`] (`growth` bytes; shrinking always passes).
+    fn check_bound(&self, growth: i64) -> Result<(), StateError> {
+        let size = self.value_bytes.saturating_add_signed(growth);
+        if growth > 0 && size > super::MAX_DOCUMENT_BYTES {
+            return Err(StateError::DocumentTooLarge {
+                size,
+                limit: super::MAX_DOCUMENT_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    fn peer_views(&self, heads: &[ChangeHash]) -> Vec<PeerSyncView> {
+        let now = Instant::now().into_std();
+        let mut views: Vec<PeerSyncView> = self
             .sessions
             .peers()
             .map(|(p, connected)| PeerSyncView {
                 peer: *p,
                 connected,
-                status: self.sessions.status(p, &heads),
+                status: self.sessions.status(p, heads),
+                health: self.sessions.health(p, heads, now),
             })
             .collect();
+        views.sort_by_key(|v| v.peer);
+        views
+    }
+
+    /// Republishes if a peer's sync health changed with time alone (`never-synced` past its
+    /// deadline), so `mesh peers` and the log tell without any other event.
+    fn recheck_health(&mut self) {
+        let heads = self.doc.get_heads();
+        let views = self.peer_views(&heads);
+        if self.snapshot_tx.borrow().peers != views {
+            self.publish();
+        }
+    }
+
+    /// Logs a peer whose sync is failing (at most every [`HEALTH_WARN_INTERVAL`] per peer),
+    /// and when it works again.
+    fn warn_on_bad_health(&mut self, views: &[PeerSyncView]) {
+        let now = Instant::now();
+        for v in views {
+            let entry = self.health_warned.entry(v.peer).or_insert((false, None));
+            if v.health.is_bad() {
+                if entry
+                    .1
+                    .is_none_or(|t| now.duration_since(t) >= HEALTH_WARN_INTERVAL)
+                {
+                    tracing::warn!(
+                        peer = %v.peer,
+                        health = %v.health,
+                        "cannot sync the mesh state with this peer: our documents may differ \
+                         until this is fixed"
+                    );
+                    entry.1 = Some(now);
+                }
+                entry.0 = true;
+            } else if entry.0 && v.health == SyncHealth::Ok {
+                tracing::info!(peer = %v.peer, "state sync with this peer works again");
+                *entry = (false, None);
+            }
+        }
+        if self.health_warned.len() > crate::sync::MAX_SAVED_STATES {
+            let known: std::collections::HashSet<PeerId> = views.iter().map(|v| v.peer).collect();
+            self.health_warned.retain(|p, _| known.contains(p));
+        }
+    }
+
+    fn publish(&mut self) {
+        let heads = self.doc.get_heads();
+        self.ensure_hydrated(&heads);
+        let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
+        let peers = self.peer_views(&heads);
+        self.warn_on_bad_health(&peers);
         self.version += 1;
         let snapshot = StateSnapshot {
             version: self.version,
@@ -1003,7 +1141,109 @@ impl StateActor {
             sync: self.sessions.stats().clone(),
             hydrate,
             recovered_from_corruption: self.recovered,
+            value_bytes: self.value_bytes,
         };
         self.snapshot_tx.send_replace(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_memory() -> (StateHandle, CancellationToken) {
+        let shutdown = CancellationToken::new();
+        let local = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let (handle, _out, _task) = spawn_state(
+            StateConfig {
+                local,
+                data_dir: None,
+                self_record: NodeRecord::default(),
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
+        (handle, shutdown)
+    }
+
+    fn service(spec_bytes: usize, desired: &str) -> ServiceRecord {
+        ServiceRecord {
+            spec_json: format!("{{\"args\":\"{}\"}}", "a".repeat(spec_bytes)),
+            desired: desired.into(),
+            updated_by: "me".into(),
+            updated_at_ms: now_ms(),
+            request: Some("restart".into()),
+            request_at_ms: Some(1),
+        }
+    }
+
+    fn write(name: &str, record: ServiceRecord) -> Vec<EntryWrite> {
+        vec![EntryWrite::Service {
+            name: name.into(),
+            record,
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_removed_service_keeps_no_spec_whoever_writes_it() {
+        let (state, _stop) = in_memory();
+        state
+            .write(write("big", service(100_000, "running")))
+            .await
+            .unwrap();
+        let before = state.snapshot().value_bytes;
+        assert!(before > 100_000);
+        state
+            .write(write("big", service(100_000, "removed")))
+            .await
+            .unwrap();
+        let snap = state.snapshot();
+        let tomb = &snap.state.services["big"];
+        assert_eq!(tomb.desired, "removed");
+        assert_eq!(tomb.spec_json, "");
+        assert_eq!((tomb.request.as_deref(), tomb.request_at_ms), (None, None));
+        assert!(snap.value_bytes < 1_000, "{} bytes left", snap.value_bytes);
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_document_bound_are_refused_with_the_limit_named() {
+        let (state, _stop) = in_memory();
+        let spec = 256 * 1024;
+        let mut accepted = 0;
+        let err = loop {
+            match state
+                .write(write(&format!("s{accepted}"), service(spec, "running")))
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 100, "never refused");
+        };
+        assert_eq!(
+            accepted as u64,
+            super::super::MAX_DOCUMENT_BYTES / spec as u64 - 1
+        );
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StateError::DocumentTooLarge { limit, .. } if limit == super::super::MAX_DOCUMENT_BYTES),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&super::super::MAX_DOCUMENT_BYTES.to_string()),
+            "{msg}"
+        );
+        assert_eq!(state.snapshot().state.services.len(), accepted);
+        // Shrinking always passes, and makes room again.
+        state
+            .write(write("s0", service(10, "removed")))
+            .await
+            .unwrap();
+        state
+            .write(write(&format!("s{accepted}"), service(spec, "running")))
+            .await
+            .unwrap();
     }
 }
