@@ -36,6 +36,11 @@ pub const GENESIS_ACTOR: &[u8] = b"mesh-genesis-v1";
 /// history part of the document stays under ~200 KB, and loading stays in milliseconds
 /// (STACK-NOTES: load costs ~4.8 µs per change).
 pub const COMPACT_AT_CHANGES: usize = 1000;
+/// Bytes of history (the changes since the epoch began) at which the compaction leader starts
+/// a new epoch even below [`COMPACT_AT_CHANGES`]: a few edits of big specs otherwise keep every
+/// old version in everyone's memory and in every first sync. Twice [`MAX_DOCUMENT_BYTES`], so
+/// history never dominates a document within its bound.
+pub const COMPACT_AT_HISTORY_BYTES: u64 = 2 * MAX_DOCUMENT_BYTES;
 /// Largest the document's value may grow through this node's API, in bytes, counted as
 /// [`value_bytes`] (the JSON size of every entry and its key). Writes that would grow it past
 /// this are refused with [`StateError::DocumentTooLarge`]; writes that shrink it always pass.

@@ -236,6 +236,14 @@ impl SyncSessions {
         }
     }
 
+    /// A message generated for `peer` was not sent (it did not fit; the peer is offered a
+    /// snapshot instead): forget it was in flight, without counting a failure.
+    pub fn forget_in_flight(&mut self, peer: PeerId) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
+        }
+    }
+
     /// The peer answered our message without a message of its own: the exchange completed.
     pub fn on_delivered(&mut self, peer: PeerId, now: Instant) {
         if let Some(s) = self.peers.get_mut(&peer) {

@@ -30,7 +30,9 @@ use super::{
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
-use crate::transport::{SyncRequest, SyncResponse};
+use crate::transport::{
+    MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES, SyncRequest, SyncResponse,
+};
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
 /// (`try_send`), and a dropped sync message is recovered by anti-entropy.
@@ -46,7 +48,8 @@ pub const SAVE_SYNC_STATES: Duration = Duration::from_secs(30);
 /// Least time between two compactions by this node: a burst of changes cannot make it compact
 /// over and over, and peers have time to adopt one epoch before the next.
 pub const MIN_COMPACT_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a snapshot fetch may take before another peer is asked.
+/// How long a snapshot fetch may go without receiving a part before another fetch (from the
+/// same or another peer) may start.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node whose document lacks its own record (first start, or state lost) waits for
 /// a peer to send the existing one before writing it. Writing first would create a second,
@@ -268,11 +271,36 @@ impl StateHandle {
     }
 }
 
+/// Changes in a document's history and their bytes (walks the history: at start and on an
+/// epoch switch only).
+fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
+    let changes = doc.get_changes(&[]);
+    let bytes = changes.iter().map(|c| c.raw_bytes().len() as u64).sum();
+    (changes.len(), bytes)
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => futures::future::pending().await,
     }
+}
+
+/// A snapshot being fetched from a peer, part by part.
+struct SnapshotFetch {
+    peer: PeerId,
+    /// The last progress (start or a part); the fetch is abandoned [`FETCH_TIMEOUT`] after it.
+    since: Instant,
+    /// The snapshot's id, from its first part.
+    id: Option<u64>,
+    buf: Vec<u8>,
+}
+
+/// A snapshot we serve in parts.
+struct ServedSnapshot {
+    id: u64,
+    heads: Vec<ChangeHash>,
+    bytes: Arc<Vec<u8>>,
 }
 
 struct StateActor {
@@ -287,8 +315,15 @@ struct StateActor {
     /// [`super::value_bytes`] of `hydrated`.
     value_bytes: u64,
     last_compaction: Option<Instant>,
-    /// A snapshot fetch under way: from whom, since when.
-    fetching: Option<(PeerId, Instant)>,
+    /// A snapshot fetch under way.
+    fetching: Option<SnapshotFetch>,
+    /// The snapshot we serve in parts, while our heads stay the same.
+    served: Option<ServedSnapshot>,
+    /// Names the next snapshot we serve.
+    next_snapshot_id: u64,
+    /// Bytes of the changes in the document's history (what a full sync would send), kept up
+    /// to date without walking it; compaction folds it past [`super::COMPACT_AT_HISTORY_BYTES`].
+    history_bytes: u64,
     /// This node's record, held back until a peer had a chance to send the existing one.
     pending_self: Option<(NodeRecord, Instant)>,
     file: Option<DocFile>,
@@ -354,7 +389,7 @@ pub fn spawn_state(
         ),
     };
     let epoch = epoch_of(&mut doc);
-    let change_count = doc.get_changes(&[]).len();
+    let (change_count, history_bytes) = history_of(&mut doc);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
     let (out_tx, out_rx) = mpsc::channel(OUT_CHANNEL);
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
@@ -384,6 +419,9 @@ pub fn spawn_state(
         value_bytes: 0,
         last_compaction: None,
         fetching: None,
+        served: None,
+        next_snapshot_id: 1,
+        history_bytes,
         pending_self: None,
         file,
         sync_file,
@@ -495,7 +533,7 @@ impl StateActor {
             }
             StateCommand::PeerDown(peer) => {
                 self.sessions.on_peer_down(peer);
-                if self.fetching.is_some_and(|(p, _)| p == peer) {
+                if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
                     self.fetching = None;
                 }
                 self.publish();
@@ -509,12 +547,36 @@ impl StateActor {
                 request,
             } => {
                 let response = match request {
-                    SyncRequest::FetchSnapshot => SyncResponse::Snapshot {
-                        epoch: self.epoch.clone(),
-                        doc: self.doc.save(),
-                    },
+                    SyncRequest::FetchSnapshot => {
+                        let doc = self.doc.save();
+                        if doc.len() <= MAX_SYNC_PAYLOAD {
+                            SyncResponse::Snapshot {
+                                epoch: self.epoch.clone(),
+                                doc,
+                            }
+                        } else {
+                            SyncResponse::Refused
+                        }
+                    }
+                    SyncRequest::FetchSnapshotPart { offset, id } => self.snapshot_part(offset, id),
+                    SyncRequest::SnapshotOffer { epoch } => {
+                        if epoch == self.epoch || epoch.supersedes(&self.epoch) {
+                            self.fetch_snapshot(peer).await;
+                        }
+                        SyncResponse::Message {
+                            epoch: self.epoch.clone(),
+                            message: None,
+                        }
+                    }
                     SyncRequest::Sync { epoch, message } if epoch == self.epoch => {
                         match self.receive(peer, &message).await {
+                            Ok(Some(reply)) if reply.len() > MAX_SYNC_PAYLOAD => {
+                                // Too much for one message: they fetch our snapshot instead.
+                                self.sessions.forget_in_flight(peer);
+                                SyncResponse::SnapshotOffer {
+                                    epoch: self.epoch.clone(),
+                                }
+                            }
                             Ok(reply) => SyncResponse::Message {
                                 epoch: self.epoch.clone(),
                                 message: reply,
@@ -564,16 +626,30 @@ impl StateActor {
                     self.publish();
                 }
                 SyncResponse::Snapshot { epoch, doc } => {
-                    if self.fetching.is_some_and(|(p, _)| p == peer) {
+                    if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
                         self.fetching = None;
                     }
-                    if epoch.supersedes(&self.epoch)
-                        && let Err(e) = self.adopt(peer, &epoch, &doc).await
-                    {
-                        tracing::warn!(%peer, error = %e, "cannot adopt the peer's state epoch");
+                    self.on_snapshot(peer, epoch, doc).await;
+                }
+                SyncResponse::SnapshotPart {
+                    epoch,
+                    id,
+                    total,
+                    offset,
+                    bytes,
+                } => {
+                    self.on_snapshot_part(peer, epoch, id, total, offset, bytes)
+                        .await
+                }
+                SyncResponse::SnapshotOffer { epoch } => {
+                    if epoch == self.epoch || epoch.supersedes(&self.epoch) {
+                        self.fetch_snapshot(peer).await;
                     }
                 }
                 SyncResponse::Refused => {
+                    if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
+                        self.fetching = None;
+                    }
                     self.sessions.on_send_failed(
                         peer,
                         now,
@@ -674,8 +750,13 @@ impl StateActor {
                 return Err(());
             }
         };
-        let added = self.doc.get_changes(&before).len();
+        let added_changes = self.doc.get_changes(&before);
+        let added = added_changes.len();
         self.change_count += added;
+        self.history_bytes += added_changes
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
         let repaired =
             added > 0 && self.pending_self.is_none() && self.repair_own_record(mine_before);
         if self.pending_self.is_some()
@@ -770,7 +851,7 @@ impl StateActor {
         let ok =
             put_entry(&mut self.doc, "nodes", &id, &rec).is_ok() && self.doc.commit().is_some();
         if ok {
-            self.change_count += 1;
+            self.note_local_change();
         }
         ok
     }
@@ -845,7 +926,7 @@ impl StateActor {
         record.left_at_ms = None;
         put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
         if self.doc.commit().is_some() {
-            self.change_count += 1;
+            self.note_local_change();
             self.persist_or_log();
         }
         Ok(())
@@ -860,20 +941,167 @@ impl StateActor {
         self.send_all(msgs).await;
     }
 
-    /// Asks `peer` for its whole document, unless a fetch is already under way.
+    /// Starts fetching `peer`'s snapshot in parts, unless a fetch is already under way.
     async fn fetch_snapshot(&mut self, peer: PeerId) {
         let now = Instant::now();
         if self
             .fetching
-            .is_some_and(|(_, since)| now.duration_since(since) < FETCH_TIMEOUT)
+            .as_ref()
+            .is_some_and(|f| now.duration_since(f.since) < FETCH_TIMEOUT)
         {
             return;
         }
-        self.fetching = Some((peer, now));
+        self.fetching = Some(SnapshotFetch {
+            peer,
+            since: now,
+            id: None,
+            buf: Vec::new(),
+        });
         let _ = self
             .out
-            .send(SyncOut::Request(peer, SyncRequest::FetchSnapshot))
+            .send(SyncOut::Request(
+                peer,
+                SyncRequest::FetchSnapshotPart {
+                    offset: 0,
+                    id: None,
+                },
+            ))
             .await;
+    }
+
+    /// Serves one part of our snapshot: a new snapshot for a first part (reused while our
+    /// heads stay the same), else the one the requester started on.
+    fn snapshot_part(&mut self, offset: u64, id: Option<u64>) -> SyncResponse {
+        let heads = self.doc.get_heads();
+        if id.is_none() && self.served.as_ref().is_none_or(|s| s.heads != heads) {
+            let bytes = self.doc.save();
+            self.served = Some(ServedSnapshot {
+                id: self.next_snapshot_id,
+                heads,
+                bytes: Arc::new(bytes),
+            });
+            self.next_snapshot_id += 1;
+        }
+        let Some(served) = self
+            .served
+            .as_ref()
+            .filter(|s| id.is_none_or(|id| id == s.id))
+        else {
+            // That snapshot is gone (our document changed): the requester starts over.
+            return SyncResponse::Refused;
+        };
+        let total = served.bytes.len() as u64;
+        if total > MAX_SNAPSHOT_BYTES || offset > total {
+            return SyncResponse::Refused;
+        }
+        let start = offset as usize;
+        let end = (start + SNAPSHOT_PART_BYTES).min(served.bytes.len());
+        SyncResponse::SnapshotPart {
+            epoch: self.epoch.clone(),
+            id: served.id,
+            total,
+            offset,
+            bytes: served.bytes[start..end].to_vec(),
+        }
+    }
+
+    /// A part of the snapshot we are fetching: append it, ask for the next, or use the whole.
+    async fn on_snapshot_part(
+        &mut self,
+        peer: PeerId,
+        epoch: EpochId,
+        id: u64,
+        total: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) {
+        let now = Instant::now();
+        let Some(fetch) = self.fetching.as_mut().filter(|f| f.peer == peer) else {
+            return;
+        };
+        let fits = total <= MAX_SNAPSHOT_BYTES
+            && offset == fetch.buf.len() as u64
+            && fetch.id.is_none_or(|i| i == id)
+            && !bytes.is_empty()
+            && offset + bytes.len() as u64 <= total;
+        if !fits {
+            self.fetching = None;
+            let why = if total > MAX_SNAPSHOT_BYTES {
+                format!("its snapshot ({total} bytes) is larger than {MAX_SNAPSHOT_BYTES}")
+            } else {
+                "its snapshot changed or came out of order; retrying".to_string()
+            };
+            self.sessions
+                .on_send_failed(peer, now.into_std(), why.clone());
+            tracing::debug!(%peer, %why, "snapshot fetch abandoned");
+            self.publish();
+            return;
+        }
+        fetch.id = Some(id);
+        fetch.since = now;
+        fetch.buf.extend_from_slice(&bytes);
+        if (fetch.buf.len() as u64) < total {
+            let next = SyncRequest::FetchSnapshotPart {
+                offset: fetch.buf.len() as u64,
+                id: Some(id),
+            };
+            let _ = self.out.send(SyncOut::Request(peer, next)).await;
+            return;
+        }
+        let Some(fetch) = self.fetching.take() else {
+            return;
+        };
+        self.on_snapshot(peer, epoch, fetch.buf).await;
+    }
+
+    /// A whole snapshot from `peer`: adopted if its epoch supersedes ours, merged if it is ours.
+    async fn on_snapshot(&mut self, peer: PeerId, epoch: EpochId, bytes: Vec<u8>) {
+        let result = if epoch.supersedes(&self.epoch) {
+            self.adopt(peer, &epoch, &bytes).await
+        } else if epoch == self.epoch {
+            self.merge_snapshot(peer, &bytes).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(%peer, error = %e, "cannot use the peer's state snapshot");
+            self.sessions
+                .on_send_failed(peer, Instant::now().into_std(), e.to_string());
+            self.publish();
+        }
+    }
+
+    /// Merges a snapshot of our own epoch (the peer had more for us than fits one message).
+    async fn merge_snapshot(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), StateError> {
+        let mut other = AutoCommit::load(bytes)
+            .map_err(|e| StateError::Load(format!("snapshot from {peer}: {e}")))?;
+        let theirs = epoch_of(&mut other);
+        if theirs != self.epoch {
+            return Err(StateError::Load(format!(
+                "snapshot from {peer} is epoch {theirs}, not ours ({})",
+                self.epoch
+            )));
+        }
+        let before = self.doc.get_heads();
+        self.doc.merge(&mut other)?;
+        let added = self.doc.get_changes(&before);
+        self.change_count += added.len();
+        self.history_bytes += added
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
+        tracing::info!(%peer, changes = added.len(), bytes = bytes.len(), "merged a peer's state snapshot");
+        let now = Instant::now().into_std();
+        self.sessions.on_delivered(peer, now);
+        if !added.is_empty() {
+            self.publish();
+            self.persist_or_log();
+        }
+        // Everyone (the sender too) learns our new heads; what is left is small.
+        let msgs = self.sessions.generate_all(&mut self.doc, now);
+        self.send_all(msgs).await;
+        self.publish();
+        Ok(())
     }
 
     /// Switches to a newer epoch received from `peer`, carrying over what only we knew.
@@ -906,7 +1134,8 @@ impl StateActor {
     async fn maybe_compact(&mut self, force: bool) -> Result<bool, StateError> {
         let now = Instant::now();
         if !force {
-            if self.change_count < COMPACT_AT_CHANGES
+            if (self.change_count < COMPACT_AT_CHANGES
+                && self.history_bytes < super::COMPACT_AT_HISTORY_BYTES)
                 || self
                     .last_compaction
                     .is_some_and(|t| now.duration_since(t) < MIN_COMPACT_INTERVAL)
@@ -934,7 +1163,7 @@ impl StateActor {
     /// Replaces the document: new sync sessions (heads share nothing with the old epoch), the
     /// file rewritten, readers and peers told.
     async fn switch_epoch(&mut self, mut doc: AutoCommit, epoch: EpochId) {
-        self.change_count = doc.get_changes(&[]).len();
+        (self.change_count, self.history_bytes) = history_of(&mut doc);
         self.doc = doc;
         self.epoch = epoch;
         let connected = self.sessions.connected_peers();
@@ -952,9 +1181,17 @@ impl StateActor {
     }
 
     async fn send(&mut self, peer: PeerId, message: Vec<u8>) {
-        let req = SyncRequest::Sync {
-            epoch: self.epoch.clone(),
-            message,
+        let req = if message.len() > MAX_SYNC_PAYLOAD {
+            // Too much for one message: offer our snapshot, which travels in parts.
+            self.sessions.forget_in_flight(peer);
+            SyncRequest::SnapshotOffer {
+                epoch: self.epoch.clone(),
+            }
+        } else {
+            SyncRequest::Sync {
+                epoch: self.epoch.clone(),
+                message,
+            }
         };
         let _ = self.out.send(SyncOut::Request(peer, req)).await;
     }
@@ -985,11 +1222,19 @@ impl StateActor {
     /// Commits the open transaction as one local change and makes it durable before anyone
     /// sees it. `Ok(false)`: nothing changed. When the change cannot be written to disk it is
     /// undone in memory as well — never published, never sent — and the error says so.
+    /// Counts the change this node just committed.
+    fn note_local_change(&mut self) {
+        self.change_count += 1;
+        if let Some(c) = self.doc.get_last_local_change() {
+            self.history_bytes += c.raw_bytes().len() as u64;
+        }
+    }
+
     fn commit_durably(&mut self, before: &[ChangeHash]) -> Result<bool, StateError> {
         if self.doc.commit().is_none() {
             return Ok(false);
         }
-        self.change_count += 1;
+        self.note_local_change();
         if let Err(e) = self.persist() {
             self.roll_back_to(before);
             return Err(e);
