@@ -271,6 +271,44 @@ impl StateHandle {
     }
 }
 
+/// Most patches read one by one when bringing the hydrated value up to date; past it, the whole
+/// document is read again (a big merge or an adopted epoch touch most entries anyway).
+const MAX_INCREMENTAL_PATCHES: usize = 4096;
+
+/// Reads entry `key` of root map `map` again into `into`; returns its old and new sizes (as
+/// [`super::entry_bytes`] counts them). An entry that no longer fits the schema is dropped and
+/// counted, as full hydration would.
+fn reread<T: autosurgeon::Hydrate + serde::Serialize>(
+    doc: &AutoCommit,
+    into: &mut BTreeMap<String, T>,
+    map: &str,
+    key: &str,
+    stats: &mut HydrateStats,
+) -> (u64, u64) {
+    use automerge::ReadDoc;
+    let old = into.remove(key).map_or(0, |v| super::entry_bytes(key, &v));
+    let present = match doc.get(automerge::ROOT, map) {
+        Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) => {
+            matches!(doc.get(&obj, key), Ok(Some(_)))
+        }
+        _ => false,
+    };
+    if !present {
+        return (old, 0);
+    }
+    match get_entry::<T>(doc, map, key) {
+        Some(v) => {
+            let new = super::entry_bytes(key, &v);
+            into.insert(key.to_string(), v);
+            (old, new)
+        }
+        None => {
+            stats.skipped_entries += 1;
+            (old, 0)
+        }
+    }
+}
+
 /// Changes in a document's history and their bytes (walks the history: at start and on an
 /// epoch switch only).
 fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
@@ -1165,6 +1203,8 @@ impl StateActor {
     async fn switch_epoch(&mut self, mut doc: AutoCommit, epoch: EpochId) {
         (self.change_count, self.history_bytes) = history_of(&mut doc);
         self.doc = doc;
+        // The old heads mean nothing in the new document: read it whole.
+        self.hydrated.0.clear();
         self.epoch = epoch;
         let connected = self.sessions.connected_peers();
         let stats = self.sessions.stats().clone();
@@ -1251,6 +1291,7 @@ impl StateActor {
                 self.actor_id = ActorId::random();
                 self.doc = doc.with_actor(self.actor_id.clone());
                 self.change_count = self.change_count.saturating_sub(1);
+                self.hydrated.0.clear();
             }
             Err(e) => tracing::error!(error = %e, "cannot undo a change that was not saved"),
         }
@@ -1289,13 +1330,65 @@ impl StateActor {
         self.sync_states_dirty = false;
     }
 
-    /// Brings the hydrated value (and its size) up to `heads`.
+    /// Brings the hydrated value (and its size) up to `heads`: only the entries the changes
+    /// since the last hydration touched are read again (a write costs what it changed, not
+    /// what the document holds); after an epoch switch, a rollback, or a change to the root
+    /// itself, everything is.
     fn ensure_hydrated(&mut self, heads: &[ChangeHash]) {
-        if self.hydrated.0 != heads {
-            let (state, stats) = hydrate_lenient(&self.doc);
-            self.value_bytes = super::value_bytes(&state);
-            self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+        if self.hydrated.0 == heads {
+            return;
         }
+        let before = self.hydrated.0.clone();
+        if !before.is_empty()
+            && let Some(touched) = self.touched_entries(&before, heads)
+        {
+            let mut state = (*self.hydrated.1).clone();
+            let mut stats = self.hydrated.2.clone();
+            for (map, key) in touched {
+                let (old, new) = match map.as_str() {
+                    "nodes" => reread(&self.doc, &mut state.nodes, &map, &key, &mut stats),
+                    "services" => reread(&self.doc, &mut state.services, &map, &key, &mut stats),
+                    "instances" => reread(&self.doc, &mut state.instances, &map, &key, &mut stats),
+                    "leases" => reread(&self.doc, &mut state.leases, &map, &key, &mut stats),
+                    _ => (0, 0),
+                };
+                self.value_bytes = (self.value_bytes + new).saturating_sub(old);
+            }
+            self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+            return;
+        }
+        let (state, stats) = hydrate_lenient(&self.doc);
+        self.value_bytes = super::value_bytes(&state);
+        self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+    }
+
+    /// The `(root map, key)` entries the changes between `before` and `after` touched, from
+    /// Automerge's diff; `None` when a change reaches past the entries (the root itself) or
+    /// touches so many that reading everything is as cheap.
+    fn touched_entries(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+    ) -> Option<std::collections::BTreeSet<(String, String)>> {
+        use automerge::PatchAction;
+        use automerge::Prop;
+        let patches = self.doc.diff(before, after);
+        if patches.len() > MAX_INCREMENTAL_PATCHES {
+            return None;
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        for p in patches {
+            let entry = match (p.path.as_slice(), &p.action) {
+                ([(_, Prop::Map(map))], PatchAction::PutMap { key, .. })
+                | ([(_, Prop::Map(map))], PatchAction::DeleteMap { key }) => {
+                    (map.clone(), key.clone())
+                }
+                ([(_, Prop::Map(map)), (_, Prop::Map(key)), ..], _) => (map.clone(), key.clone()),
+                _ => return None,
+            };
+            touched.insert(entry);
+        }
+        Some(touched)
     }
 
     /// Refuses a local write that would grow the document's value past
@@ -1490,5 +1583,35 @@ mod tests {
             .write(write(&format!("s{accepted}"), service(spec, "running")))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_value_read_change_by_change_matches_a_full_read() {
+        let (state, _stop) = in_memory();
+        for i in 0..20 {
+            state
+                .write(write(&format!("s{i}"), service(100 + i, "running")))
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            state
+                .write(write(&format!("s{i}"), service(10, "removed")))
+                .await
+                .unwrap();
+        }
+        state.set_tag("role", Some("nas")).await.unwrap();
+        state.set_tag("zone", Some("attic")).await.unwrap();
+        state.set_tag("role", None).await.unwrap();
+        let incremental = state.snapshot();
+        assert_eq!(
+            incremental.value_bytes,
+            super::super::value_bytes(&incremental.state)
+        );
+        // A new epoch is read whole: the same value.
+        assert!(state.compact_now(true).await.unwrap());
+        let full = state.snapshot();
+        assert_eq!(*full.state, *incremental.state);
+        assert_eq!(full.value_bytes, incremental.value_bytes);
     }
 }
