@@ -1614,4 +1614,121 @@ mod tests {
         assert_eq!(*full.state, *incremental.state);
         assert_eq!(full.value_bytes, incremental.value_bytes);
     }
+
+    /// Incompressible text of `n` characters (xorshift over an alphanumeric alphabet).
+    fn noise(seed: u64, n: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+            })
+            .collect()
+    }
+
+    /// Moves one actor's sync traffic to the other, as the node actor would (two peers only,
+    /// so every response goes back to the one other peer).
+    fn wire(from: PeerId, mut out: mpsc::Receiver<SyncOut>, to: StateHandle) {
+        tokio::spawn(async move {
+            let mut token = 0;
+            while let Some(msg) = out.recv().await {
+                let cmd = match msg {
+                    SyncOut::Request(_, request) => {
+                        token += 1;
+                        StateCommand::Inbound {
+                            peer: from,
+                            token,
+                            request,
+                        }
+                    }
+                    SyncOut::Respond(_, response) => StateCommand::Response {
+                        peer: from,
+                        response,
+                    },
+                };
+                if !to.send(cmd).await {
+                    break;
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_peer_lacking_more_than_one_message_gets_the_snapshot_in_parts() {
+        let id = || {
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+        };
+        let (ida, idb) = (id(), id());
+        let start = |local| {
+            spawn_state(
+                StateConfig {
+                    local,
+                    data_dir: None,
+                    self_record: NodeRecord::default(),
+                },
+                CancellationToken::new(),
+            )
+            .unwrap()
+        };
+        let (a, mut out_a, _) = start(ida);
+        let (b, out_b, _) = start(idb);
+        // b counts as connected to a but hears nothing: a never compacts (a connected peer is
+        // not in sync), so b really lacks more than one sync message can carry.
+        assert!(a.send(StateCommand::PeerUp(idb)).await);
+        // ~7 MB of history (~5.3 MB as changes: more than MAX_SYNC_PAYLOAD), a small value.
+        for i in 0..10u64 {
+            let mut record = service(0, "running");
+            record.spec_json = format!("{{\"blob\":\"{}\"}}", noise(i, 700 * 1024));
+            a.write(write(&format!("s{i}"), record)).await.unwrap();
+            a.write(write(&format!("s{i}"), service(0, "removed")))
+                .await
+                .unwrap();
+        }
+        a.write(write("kept", service(1000, "running")))
+            .await
+            .unwrap();
+        assert!(a.send(StateCommand::PeerDown(idb)).await);
+        // What a sent while b was deaf is lost, as on a dropped connection.
+        a.write(Vec::new()).await.unwrap(); // a barrier: PeerDown was handled
+        while out_a.try_recv().is_ok() {}
+        wire(ida, out_a, b.clone());
+        wire(idb, out_b, a.clone());
+        assert!(b.send(StateCommand::PeerUp(ida)).await);
+        assert!(a.send(StateCommand::PeerUp(idb)).await);
+        let mut rx = b.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let mut heads = rx.borrow_and_update().heads.clone();
+                let mut want = a.snapshot().heads.clone();
+                heads.sort();
+                want.sort();
+                if heads == want && b.snapshot().state.services.contains_key("kept") {
+                    return;
+                }
+                // a's heads may move too (b's own record reaching it): poll both.
+                let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let (sa, sb) = (a.snapshot(), b.snapshot());
+            panic!(
+                "b does not hold a's document: a {} {:?} {:?}, b {} {:?} {:?}",
+                sa.epoch, sa.peers, sa.sync, sb.epoch, sb.peers, sb.sync
+            )
+        });
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        assert_eq!(sa.epoch, sb.epoch, "merged, not compacted");
+        assert_eq!(sb.state.services["kept"], sa.state.services["kept"]);
+        assert!(
+            sb.sync.bytes_in < MAX_SYNC_PAYLOAD as u64,
+            "the history came as a snapshot, not as sync messages ({} B)",
+            sb.sync.bytes_in
+        );
+    }
 }
