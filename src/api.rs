@@ -83,6 +83,11 @@ pub struct PeerEntry {
     pub version: Option<String>,
     /// The node's tags, from the replicated document (empty until synced).
     pub tags: BTreeMap<String, String>,
+    /// Whether state sync with this peer works: `ok`, `syncing`, `failing: REASON`,
+    /// `never-synced`, `epoch-mismatch: theirs EPOCH`, `disconnected`; `null` for self and
+    /// for agents that predate it.
+    #[serde(default)]
+    pub sync: Option<String>,
 }
 
 /// Body of `POST /v1/tags`.
@@ -105,6 +110,9 @@ pub struct PeerSyncEntry {
     pub name: Option<String>,
     pub connected: bool,
     pub status: SyncStatus,
+    /// Whether sync with it works (see [`PeerEntry::sync`]).
+    #[serde(default)]
+    pub health: String,
 }
 
 /// `GET /v1/state`: the replicated document at a glance.
@@ -117,6 +125,12 @@ pub struct StateResponse {
     pub heads: Vec<String>,
     /// Size of the document file on disk.
     pub file_bytes: u64,
+    /// Size of the document's value (every entry's key and JSON), and the most this node's
+    /// API lets it grow to.
+    #[serde(default)]
+    pub value_bytes: u64,
+    #[serde(default)]
+    pub max_value_bytes: u64,
     pub nodes: usize,
     pub services: usize,
     pub instances: usize,
@@ -219,6 +233,7 @@ pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) ->
         score: Some(hw.score),
         version: Some(crate::AGENT_VERSION.to_string()),
         tags: tags(&l.peer_id.to_base58()),
+        sync: None,
     }];
     for p in &snap.peers {
         let info = p.info.as_ref();
@@ -240,6 +255,14 @@ pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) ->
             score: info.map(|i| i.hardware.score),
             version: info.map(|i| i.agent_version.clone()),
             tags: tags(&p.peer_id.to_base58()),
+            sync: Some(
+                state
+                    .peers
+                    .iter()
+                    .find(|s| s.peer == p.peer_id)
+                    .map_or(crate::sync::SyncHealth::Disconnected, |s| s.health.clone())
+                    .to_string(),
+            ),
         });
     }
     rows
@@ -300,6 +323,8 @@ pub fn state_summary(state: &StateSnapshot) -> StateResponse {
         changes: state.changes,
         heads: state.heads.clone(),
         file_bytes: state.file_bytes,
+        value_bytes: state.value_bytes,
+        max_value_bytes: crate::state::MAX_DOCUMENT_BYTES,
         nodes: state.state.nodes.len(),
         services: state.state.services.len(),
         instances: state.state.instances.len(),
@@ -316,6 +341,7 @@ pub fn state_summary(state: &StateSnapshot) -> StateResponse {
                     .map(|n| n.name.clone()),
                 connected: p.connected,
                 status: p.status,
+                health: p.health.to_string(),
             })
             .collect(),
         sync: state.sync.clone(),

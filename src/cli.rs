@@ -859,9 +859,11 @@ fn urlencode(s: &str) -> String {
 /// Renders `mesh state`.
 pub fn render_state(s: &StateResponse) -> String {
     let mut out = format!(
-        "epoch    {}\nchanges  {}\nfile     {} bytes\nheads    {}\nentries  {} nodes, {} services, {} instances, {} leases\nsync     {} messages in ({} B), {} out ({} B), {} malformed\n",
+        "epoch    {}\nchanges  {}\nsize     {} of {} bytes\nfile     {} bytes\nheads    {}\nentries  {} nodes, {} services, {} instances, {} leases\nsync     {} messages in ({} B), {} out ({} B), {} malformed\n",
         s.epoch,
         s.changes,
+        s.value_bytes,
+        s.max_value_bytes,
         s.file_bytes,
         s.heads
             .iter()
@@ -904,10 +906,14 @@ pub fn render_state(s: &StateResponse) -> String {
                     crate::sync::SyncStatus::NeverSynced => "never synced",
                 }
                 .into(),
+                p.health.clone(),
             ]
         })
         .collect();
-    out.push_str(&format_table(&["PEER", "NODE", "CONNECTED", "SYNC"], &rows));
+    out.push_str(&format_table(
+        &["PEER", "NODE", "CONNECTED", "SYNC", "HEALTH"],
+        &rows,
+    ));
     out
 }
 
@@ -974,6 +980,7 @@ pub fn render_peers(rows: &[PeerEntry]) -> String {
         "NODE",
         "ADDRESS",
         "STATE",
+        "SYNC",
         "RTT",
         "LAST SEEN",
         "OS/ARCH",
@@ -994,6 +1001,7 @@ pub fn render_peers(rows: &[PeerEntry]) -> String {
                 r.short_id.clone(),
                 display_addr(&r.addrs),
                 r.state.clone(),
+                r.sync.clone().unwrap_or_else(dash),
                 r.rtt_ms.map(|v| format!("{v:.1}ms")).unwrap_or_else(dash),
                 if r.is_self {
                     "-".into()

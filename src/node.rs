@@ -690,7 +690,10 @@ impl NodeActor {
         match out {
             SyncOut::Request(peer, request) => {
                 if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
-                    self.state.try_send(StateCommand::SendFailed(peer));
+                    self.state.try_send(StateCommand::SendFailed {
+                        peer,
+                        reason: "not connected and admitted".into(),
+                    });
                     return;
                 }
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
@@ -837,7 +840,10 @@ impl NodeActor {
             } => {
                 self.sync_requests.remove(&request_id);
                 tracing::debug!(%peer, %error, "sync request failed");
-                self.state.try_send(StateCommand::SendFailed(peer));
+                self.state.try_send(StateCommand::SendFailed {
+                    peer,
+                    reason: format!("request failed: {error}"),
+                });
             }
             request_response::Event::InboundFailure { error, .. } => {
                 if matches!(error, request_response::InboundFailure::Io(_)) {

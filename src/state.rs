@@ -11,6 +11,7 @@
 //! forever (until an epoch reset), so only slowly-changing state belongs here.
 
 pub mod actor;
+pub mod file;
 
 use std::collections::BTreeMap;
 
@@ -35,6 +36,23 @@ pub const GENESIS_ACTOR: &[u8] = b"mesh-genesis-v1";
 /// history part of the document stays under ~200 KB, and loading stays in milliseconds
 /// (STACK-NOTES: load costs ~4.8 µs per change).
 pub const COMPACT_AT_CHANGES: usize = 1000;
+/// Bytes of history (the changes since the epoch began) at which the compaction leader starts
+/// a new epoch even below [`COMPACT_AT_CHANGES`]: a few edits of big specs otherwise keep every
+/// old version in everyone's memory and in every first sync. Twice [`MAX_DOCUMENT_BYTES`], so
+/// history never dominates a document within its bound.
+pub const COMPACT_AT_HISTORY_BYTES: u64 = 2 * MAX_DOCUMENT_BYTES;
+/// Largest the document's value may grow through this node's API, in bytes, counted as
+/// [`value_bytes`] (the JSON size of every entry and its key). Writes that would grow it past
+/// this are refused with [`StateError::DocumentTooLarge`]; writes that shrink it always pass.
+///
+/// Why 2 MiB: every member holds the whole document in memory (Automerge's in-memory form is
+/// several times the saved size, see BENCHMARKS.md) and loads it on every start, and a Pi Zero
+/// 2 has 512 MB for everything it runs. 2 MiB is ~30 services at the per-spec field limits, or
+/// several hundred typical (~1-4 KiB) specs, beside tags (at most 64 × 318 B per node) and the
+/// small per-instance and per-lease records. It also fixes the sizes on the wire: an epoch
+/// snapshot of a document within it is a few MiB at most and travels in parts of
+/// `transport::SNAPSHOT_PART_BYTES`, each well under `transport::MAX_SYNC_MESSAGE`.
+pub const MAX_DOCUMENT_BYTES: u64 = 2 * 1024 * 1024;
 /// Longest tag key, in characters.
 pub const MAX_TAG_KEY: usize = 63;
 /// Longest tag value, in characters.
@@ -209,6 +227,11 @@ pub enum StateError {
     InvalidTag(String),
     #[error("too many tags (at most {MAX_TAGS})")]
     TooManyTags,
+    #[error(
+        "the mesh state would grow to {size} bytes, past its limit of {limit} bytes: remove \
+         services (or shrink their specs) first"
+    )]
+    DocumentTooLarge { size: u64, limit: u64 },
     #[error("document error: {0}")]
     Automerge(#[from] automerge::AutomergeError),
     #[error("document write failed: {0}")]
@@ -219,6 +242,47 @@ pub enum StateError {
     Stopped,
     #[error("this node may not write another node's entry: {0}")]
     NotOwned(String),
+    /// The change could not be made durable (disk full, I/O error): it was not applied.
+    #[error(
+        "the change was not made: cannot write the state file ({0}); free space in the data dir \
+         and retry"
+    )]
+    NotDurable(String),
+}
+
+/// Bytes an entry counts for against [`MAX_DOCUMENT_BYTES`]: its key plus its JSON encoding.
+/// Proportional to what it adds to a snapshot and to everyone's memory, and cheap to compute
+/// for one entry.
+pub fn entry_bytes<T: Serialize>(key: &str, value: &T) -> u64 {
+    let json = serde_json::to_vec(value).map_or(0, |v| v.len());
+    (key.len() + json) as u64
+}
+
+/// The size of the document's value, as [`MAX_DOCUMENT_BYTES`] counts it.
+pub fn value_bytes(state: &MeshState) -> u64 {
+    fn sum<T: Serialize>(map: &BTreeMap<String, T>) -> u64 {
+        map.iter().map(|(k, v)| entry_bytes(k, v)).sum()
+    }
+    sum(&state.nodes) + sum(&state.services) + sum(&state.instances) + sum(&state.leases)
+}
+
+impl ServiceRecord {
+    /// Whether this is a tombstone (`desired = "removed"`).
+    pub fn is_removed(&self) -> bool {
+        self.desired == "removed"
+    }
+
+    /// Drops what a tombstone does not need: its spec and pending request. Removal only needs
+    /// the name (the map key), `desired`, and who removed it when (`updated_by`,
+    /// `updated_at_ms`, which epoch migration compares); the supervisor stops what it runs
+    /// from its own record of it, never from the tombstone's spec.
+    pub fn strip_if_removed(&mut self) {
+        if self.is_removed() {
+            self.spec_json.clear();
+            self.request = None;
+            self.request_at_ms = None;
+        }
+    }
 }
 
 /// Checks a tag key and value: keys are `[a-z0-9._-]`, 1-63 characters, starting with a letter
@@ -344,7 +408,10 @@ pub fn build_epoch(
         put_entry(&mut doc, "nodes", k, v)?;
     }
     for (k, v) in &state.services {
-        put_entry(&mut doc, "services", k, v)?;
+        // Tombstones written by older agents still carry their spec: not into the new epoch.
+        let mut v = v.clone();
+        v.strip_if_removed();
+        put_entry(&mut doc, "services", k, &v)?;
     }
     for (k, v) in &state.instances {
         put_entry(&mut doc, "instances", k, v)?;

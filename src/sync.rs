@@ -3,7 +3,8 @@
 //!
 //! Owns one `automerge::sync::State` per peer, what to send after a local change, on a new
 //! peer, on a received message, and as anti-entropy; per-peer status (in sync / behind / never
-//! synced); and the backoff of peers that send garbage. It takes the document by reference and
+//! synced) and health ([`SyncHealth`]: whether sync with the peer actually works, so a split
+//! is never silent); and the backoff of peers that send garbage. It takes the document by reference and
 //! returns the bytes to send: the state actor moves them over `/mesh/sync/1`.
 //!
 //! It does not own the document, persistence, or the transport.
@@ -19,6 +20,11 @@ use serde::{Deserialize, Serialize};
 /// How long a peer that sent a malformed sync message is ignored. Long enough that a broken
 /// peer costs us nothing measurable, short enough that a fixed one is back within a minute.
 pub const MALFORMED_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a connected peer may go without one completed exchange before its health says
+/// `never-synced`. A first sync on a LAN takes milliseconds, a snapshot of a document at its
+/// bound a few seconds on a Pi; 30 s is far past both, and short enough that an operator
+/// looking at `mesh peers` after a join sees the problem.
+pub const NEVER_SYNCED_AFTER: Duration = Duration::from_secs(30);
 /// Most peers whose sync state is kept while disconnected (their shared heads make the next
 /// sync cheap). Beyond it, states of peers not seen for longest are dropped.
 pub const MAX_SAVED_STATES: usize = 1024;
@@ -33,6 +39,47 @@ pub enum SyncStatus {
     Behind,
     /// We have never completed an exchange with it.
     NeverSynced,
+}
+
+/// Whether sync with one peer works, for `mesh peers` and `mesh state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncHealth {
+    /// Its last known heads equal ours.
+    Ok,
+    /// Exchanges complete, but one side still lacks changes (or the first exchange is under
+    /// way, for less than [`NEVER_SYNCED_AFTER`]).
+    Syncing,
+    /// The last attempt failed (and nothing succeeded since), with why.
+    Failing(String),
+    /// Connected for [`NEVER_SYNCED_AFTER`] without one completed exchange.
+    NeverSynced,
+    /// The peer is on another state epoch (shown until one side adopts the other's).
+    EpochMismatch(String),
+    /// No connection.
+    Disconnected,
+}
+
+impl SyncHealth {
+    /// Whether this is a problem worth a warning.
+    pub fn is_bad(&self) -> bool {
+        matches!(
+            self,
+            SyncHealth::Failing(_) | SyncHealth::NeverSynced | SyncHealth::EpochMismatch(_)
+        )
+    }
+}
+
+impl std::fmt::Display for SyncHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncHealth::Ok => f.write_str("ok"),
+            SyncHealth::Syncing => f.write_str("syncing"),
+            SyncHealth::Failing(why) => write!(f, "failing: {why}"),
+            SyncHealth::NeverSynced => f.write_str("never-synced"),
+            SyncHealth::EpochMismatch(theirs) => write!(f, "epoch-mismatch: theirs {theirs}"),
+            SyncHealth::Disconnected => f.write_str("disconnected"),
+        }
+    }
 }
 
 /// Errors of a sync exchange.
@@ -62,6 +109,14 @@ struct PeerSession {
     synced_once: bool,
     backoff_until: Option<Instant>,
     last_active: Option<Instant>,
+    /// When the current connection came up.
+    up_since: Option<Instant>,
+    /// The last completed exchange (a message of ours applied by the peer, or theirs by us).
+    last_ok: Option<Instant>,
+    /// The last failure since the connection came up, with why.
+    failure: Option<(Instant, String)>,
+    /// The peer's epoch, while it differs from ours.
+    their_epoch: Option<String>,
 }
 
 /// All sync sessions of one node.
@@ -120,6 +175,9 @@ impl SyncSessions {
         session.state = SyncState::decode(&session.state.encode()).unwrap_or_default();
         session.connected = true;
         session.last_active = Some(now);
+        session.up_since = Some(now);
+        session.failure = None;
+        session.their_epoch = None;
         self.generate(peer, doc)
     }
 
@@ -157,19 +215,80 @@ impl SyncSessions {
         if let Err(e) = result {
             self.stats.malformed += 1;
             session.backoff_until = Some(now + MALFORMED_BACKOFF);
+            session.failure = Some((now, format!("it sent a bad message: {e}")));
             // Start over with this peer once the backoff ends.
             session.state = SyncState::new();
             return Err(e);
         }
         session.synced_once = true;
         session.last_active = Some(now);
+        session.last_ok = Some(now);
+        session.failure = None;
+        session.their_epoch = None;
         Ok(self.generate(peer, doc))
     }
 
-    /// A message we sent was not delivered: forget it was in flight so it is sent again.
-    pub fn on_send_failed(&mut self, peer: PeerId) {
+    /// A message we sent was not delivered (or refused), for `reason`: forget it was in flight
+    /// so it is sent again, and remember the failure for [`SyncSessions::health`].
+    pub fn on_send_failed(&mut self, peer: PeerId, now: Instant, reason: String) {
         if let Some(s) = self.peers.get_mut(&peer) {
             s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
+            s.failure = Some((now, reason));
+        }
+    }
+
+    /// A message generated for `peer` was not sent (it did not fit; the peer is offered a
+    /// snapshot instead): forget it was in flight, without counting a failure.
+    pub fn forget_in_flight(&mut self, peer: PeerId) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
+        }
+    }
+
+    /// The peer answered our message without a message of its own: the exchange completed.
+    pub fn on_delivered(&mut self, peer: PeerId, now: Instant) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.synced_once = true;
+            s.last_ok = Some(now);
+            s.failure = None;
+            s.their_epoch = None;
+        }
+    }
+
+    /// The peer answered (or asked) for another epoch than ours.
+    pub fn on_epoch_mismatch(&mut self, peer: PeerId, theirs: String) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.their_epoch = Some(theirs);
+        }
+    }
+
+    /// Whether sync with `peer` works (see [`SyncHealth`]), given our heads and the time.
+    pub fn health(
+        &self,
+        peer: &PeerId,
+        our_heads: &[automerge::ChangeHash],
+        now: Instant,
+    ) -> SyncHealth {
+        let Some(s) = self.peers.get(peer).filter(|s| s.connected) else {
+            return SyncHealth::Disconnected;
+        };
+        if let Some(theirs) = &s.their_epoch {
+            return SyncHealth::EpochMismatch(theirs.clone());
+        }
+        if let Some((at, why)) = &s.failure
+            && s.last_ok.is_none_or(|ok| ok <= *at)
+        {
+            return SyncHealth::Failing(why.clone());
+        }
+        match self.status(peer, our_heads) {
+            SyncStatus::InSync => SyncHealth::Ok,
+            _ if s.last_ok.is_none()
+                && s.up_since
+                    .is_some_and(|up| now.saturating_duration_since(up) >= NEVER_SYNCED_AFTER) =>
+            {
+                SyncHealth::NeverSynced
+            }
+            _ => SyncHealth::Syncing,
         }
     }
 
@@ -477,6 +596,61 @@ mod tests {
             after - before < 2_000,
             "resync sent {} bytes",
             after - before
+        );
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use crate::state::genesis;
+    use automerge::ActorId;
+    use libp2p::identity::Keypair;
+
+    #[test]
+    fn health_tells_never_synced_failing_mismatch_and_ok() {
+        let (pa, pb) = (
+            Keypair::generate_ed25519().public().to_peer_id(),
+            Keypair::generate_ed25519().public().to_peer_id(),
+        );
+        let (mut da, mut db) = (genesis(ActorId::random()), genesis(ActorId::random()));
+        crate::state::put_entry(&mut da, "nodes", "a", &crate::state::NodeRecord::default())
+            .unwrap();
+        da.commit();
+        let (mut sa, mut sb) = (SyncSessions::new(), SyncSessions::new());
+        let t0 = Instant::now();
+        assert_eq!(
+            sa.health(&pb, &da.get_heads(), t0),
+            SyncHealth::Disconnected
+        );
+        let first = sa.on_peer_up(pb, &mut da, t0).unwrap();
+        sb.on_peer_up(pa, &mut db, t0);
+        let heads = da.get_heads();
+        assert_eq!(sa.health(&pb, &heads, t0), SyncHealth::Syncing);
+        assert_eq!(
+            sa.health(&pb, &heads, t0 + NEVER_SYNCED_AFTER),
+            SyncHealth::NeverSynced,
+            "connected past the deadline without one exchange"
+        );
+        sa.on_send_failed(pb, t0, "request failed: too large".into());
+        assert_eq!(
+            sa.health(&pb, &heads, t0),
+            SyncHealth::Failing("request failed: too large".into())
+        );
+        assert!(sa.health(&pb, &heads, t0).is_bad());
+        // An exchange completes: ok.
+        let mut to_b = Some(first);
+        while let Some(msg) = to_b.take() {
+            match sb.on_message(pa, &mut db, &msg, t0).unwrap() {
+                Some(reply) => to_b = sa.on_message(pb, &mut da, &reply, t0).unwrap(),
+                None => sa.on_delivered(pb, t0),
+            }
+        }
+        assert_eq!(sa.health(&pb, &da.get_heads(), t0), SyncHealth::Ok);
+        sa.on_epoch_mismatch(pb, "1/abc".into());
+        assert_eq!(
+            sa.health(&pb, &da.get_heads(), t0).to_string(),
+            "epoch-mismatch: theirs 1/abc"
         );
     }
 }

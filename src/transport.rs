@@ -37,9 +37,30 @@ pub const QUERY_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/query/1");
 pub const MAX_AUTH_MESSAGE: u64 = 16 * 1024;
 /// Largest membership message: foca's packet limit (8 KiB) plus framing.
 pub const MAX_MEMBERSHIP_MESSAGE: u64 = 9 * 1024;
-/// Largest sync message. A first sync of a bounded document (< 1 MB by design, see
-/// `protocol/state-schema.md`) fits with room to spare; anything larger is refused unread.
+/// Largest frame of `/mesh/sync/1` (request or response), the codec's limit: anything larger
+/// is refused unread. It agrees with what is sent: an Automerge sync message is at most
+/// [`MAX_SYNC_PAYLOAD`] and a snapshot part at most [`SNAPSHOT_PART_BYTES`], each plus a few
+/// hundred bytes of CBOR and epoch id; both are checked against it at compile time. Documents
+/// of any size within `state::MAX_DOCUMENT_BYTES` (2 MiB of value, plus history) therefore sync:
+/// what does not fit one message travels as a snapshot in parts.
 pub const MAX_SYNC_MESSAGE: u64 = 8 * 1024 * 1024;
+/// Largest Automerge sync message a node sends. One that would be larger (a peer lacking much
+/// history) is not sent; the peer is offered our snapshot instead ([`SyncRequest::SnapshotOffer`])
+/// and fetches it in parts. 4 MiB keeps a message well under [`MAX_SYNC_MESSAGE`] and under a
+/// second on a Pi's Wi-Fi.
+pub const MAX_SYNC_PAYLOAD: usize = 4 * 1024 * 1024;
+/// Bytes of a snapshot per [`SyncResponse::SnapshotPart`]. 1 MiB moves in ~0.1 s at Pi Wi-Fi
+/// speeds (far inside [`REQUEST_TIMEOUT`]) and bounds what one response holds in memory.
+pub const SNAPSHOT_PART_BYTES: usize = 1024 * 1024;
+/// Largest snapshot a node serves or assembles (memory bound). A document at its 2 MiB value
+/// bound saves to a few MiB; a history of one epoch adds at most the compaction threshold
+/// (`state::COMPACT_AT_HISTORY_BYTES`, 4 MiB) before it is folded. 64 MiB leaves a wide margin
+/// and still fits a Pi; past it, sync with that peer reports `failing`.
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024;
+/// CBOR framing, epoch id and snapshot id around a payload: generously bounded.
+const SYNC_FRAMING: u64 = 64 * 1024;
+const _: () = assert!(MAX_SYNC_PAYLOAD as u64 + SYNC_FRAMING <= MAX_SYNC_MESSAGE);
+const _: () = assert!(SNAPSHOT_PART_BYTES as u64 + SYNC_FRAMING <= MAX_SYNC_MESSAGE);
 /// Largest query request: a service name and a few numbers.
 pub const MAX_QUERY_REQUEST: u64 = 4 * 1024;
 /// Largest query answer: 5,000 log lines of up to 64 KiB each would be far more, so the
@@ -135,8 +156,15 @@ pub enum SyncRequest {
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
-    /// Asks for the receiver's whole document (the sender learned of a newer epoch).
+    /// Asks for the receiver's whole document in one response (first release; answered only
+    /// while it fits [`MAX_SYNC_PAYLOAD`]). Current nodes use [`SyncRequest::FetchSnapshotPart`].
     FetchSnapshot,
+    /// Asks for part of the receiver's snapshot (`save()` format): from `offset`, of the
+    /// snapshot `id` (`None` for the first part: the receiver takes a snapshot and names it).
+    FetchSnapshotPart { offset: u64, id: Option<u64> },
+    /// The sender has changes for the receiver that do not fit one sync message: fetch its
+    /// snapshot (in parts) and merge it.
+    SnapshotOffer { epoch: EpochId },
 }
 
 /// Responses of `/mesh/sync/1`.
@@ -156,6 +184,18 @@ pub enum SyncResponse {
         #[serde(with = "serde_bytes")]
         doc: Vec<u8>,
     },
+    /// One part of the receiver's snapshot: bytes `offset..offset + bytes.len()` of `total`.
+    /// Every part of one snapshot carries the same `id`.
+    SnapshotPart {
+        epoch: EpochId,
+        id: u64,
+        total: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The receiver's answer does not fit one sync message: fetch its snapshot and merge it.
+    SnapshotOffer { epoch: EpochId },
     /// The message was malformed, or the sender is in backoff for sending one.
     Refused,
     /// The receiver has not admitted the sender.

@@ -195,6 +195,8 @@ fn state_error(e: StateError) -> Response {
         StateError::InvalidTag(_) | StateError::TooManyTags | StateError::NotOwned(_) => {
             error(StatusCode::BAD_REQUEST, e.to_string())
         }
+        StateError::NotDurable(_) => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        StateError::DocumentTooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
 }

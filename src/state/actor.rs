@@ -5,33 +5,34 @@
 //! Outputs: sync messages for the node actor to send ([`SyncOut`]), and an immutable
 //! [`StateSnapshot`] on a `watch` channel for readers.
 //!
-//! Persistence (file `state/doc.automerge` in the data dir): the file is a full `save()`
-//! followed by `save_incremental()` chunks, which Automerge loads as one document. A local write
-//! is appended and fsynced before its caller gets an answer; when the appended tail outgrows
-//! the full part, the file is rewritten atomically (temporary file, fsync, rename). A torn tail
-//! from a crash is ignored on load; an unreadable file is moved aside and the state is
-//! recovered from peers.
+//! Persistence (file `state/doc.automerge` in the data dir, format and recovery in [`super::file`]):
+//! a local write is committed, appended and fsynced before anyone sees it; if the disk refuses
+//! it, the change is undone in memory and the caller gets [`StateError::NotDurable`]: nothing
+//! unacknowledged is published or sent. A peer's change that cannot be saved stays in memory
+//! (the next append retries it; peers hold it anyway).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use automerge::{ActorId, AutoCommit, LoadOptions, OnPartialLoad};
+use automerge::{ActorId, AutoCommit, ChangeHash};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::file::DocFile;
 use super::{
     COMPACT_AT_CHANGES, EpochId, HydrateStats, InstanceRecord, LeaseRecord, MeshState, NodeRecord,
     ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
-use crate::sync::{SyncSessions, SyncStats, SyncStatus};
-use crate::transport::{SyncRequest, SyncResponse};
+use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
+use crate::transport::{
+    MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES, SyncRequest, SyncResponse,
+};
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
 /// (`try_send`), and a dropped sync message is recovered by anti-entropy.
@@ -44,17 +45,22 @@ pub const ANTI_ENTROPY: Duration = Duration::from_secs(15);
 /// How often per-peer sync states are written to disk (if changed), so a reconnect after a
 /// restart only exchanges what is new.
 pub const SAVE_SYNC_STATES: Duration = Duration::from_secs(30);
-/// Rewrite the document file once its appended tail exceeds the full part and this floor.
-pub const MIN_COMPACT_TAIL: u64 = 64 * 1024;
 /// Least time between two compactions by this node: a burst of changes cannot make it compact
 /// over and over, and peers have time to adopt one epoch before the next.
 pub const MIN_COMPACT_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a snapshot fetch may take before another peer is asked.
+/// How long a snapshot fetch may go without receiving a part before another fetch (from the
+/// same or another peer) may start.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node whose document lacks its own record (first start, or state lost) waits for
 /// a peer to send the existing one before writing it. Writing first would create a second,
 /// conflicting record object, and the mesh might keep the empty one (losing tags).
 pub const SELF_RECORD_GRACE: Duration = Duration::from_secs(2);
+/// How often peers' sync health is re-evaluated without another event (it changes with time
+/// alone when a peer stays unsynced past `sync::NEVER_SYNCED_AFTER`).
+pub const HEALTH_CHECK: Duration = Duration::from_secs(5);
+/// Least time between two warnings about the same peer's failing sync: one line a minute
+/// keeps a persistent split visible in the log without flooding it.
+pub const HEALTH_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// Directory in the data dir holding the state files.
 pub const STATE_DIR: &str = "state";
 const DOC_FILE: &str = "doc.automerge";
@@ -140,7 +146,11 @@ pub enum StateCommand {
         peer: PeerId,
         response: SyncResponse,
     },
-    SendFailed(PeerId),
+    /// A sync request to `peer` was not delivered, or got no answer.
+    SendFailed {
+        peer: PeerId,
+        reason: String,
+    },
 }
 
 /// Sync traffic for the node actor to move.
@@ -156,6 +166,7 @@ pub struct PeerSyncView {
     pub peer: PeerId,
     pub connected: bool,
     pub status: SyncStatus,
+    pub health: SyncHealth,
 }
 
 /// An immutable view of the document for readers.
@@ -175,6 +186,8 @@ pub struct StateSnapshot {
     pub hydrate: HydrateStats,
     /// The document file was unreadable at start and was moved aside.
     pub recovered_from_corruption: bool,
+    /// The document's value size, as [`super::MAX_DOCUMENT_BYTES`] bounds it.
+    pub value_bytes: u64,
 }
 
 /// A cloneable handle to the state actor.
@@ -258,106 +271,50 @@ impl StateHandle {
     }
 }
 
-/// The document file: full save plus appended incremental chunks.
-struct DocFile {
-    path: PathBuf,
-    file: std::fs::File,
-    bytes: u64,
-    full_bytes: u64,
-}
+/// Most patches read one by one when bringing the hydrated value up to date; past it, the whole
+/// document is read again (a big merge or an adopted epoch touch most entries anyway).
+const MAX_INCREMENTAL_PATCHES: usize = 4096;
 
-impl DocFile {
-    fn open_append(path: &Path, full_bytes: u64) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        let bytes = file.metadata()?.len();
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            bytes,
-            full_bytes,
-        })
-    }
-
-    fn append(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
+/// Reads entry `key` of root map `map` again into `into`; returns its old and new sizes (as
+/// [`super::entry_bytes`] counts them). An entry that no longer fits the schema is dropped and
+/// counted, as full hydration would.
+fn reread<T: autosurgeon::Hydrate + serde::Serialize>(
+    doc: &AutoCommit,
+    into: &mut BTreeMap<String, T>,
+    map: &str,
+    key: &str,
+    stats: &mut HydrateStats,
+) -> (u64, u64) {
+    use automerge::ReadDoc;
+    let old = into.remove(key).map_or(0, |v| super::entry_bytes(key, &v));
+    let present = match doc.get(automerge::ROOT, map) {
+        Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) => {
+            matches!(doc.get(&obj, key), Ok(Some(_)))
         }
-        self.file.write_all(chunk)?;
-        self.file.sync_data()?;
-        self.bytes += chunk.len() as u64;
-        Ok(())
-    }
-
-    fn rewrite(&mut self, full: &[u8]) -> std::io::Result<()> {
-        crate::identity::write_secret_file(&self.path, full)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        *self = Self::open_append(&self.path, full.len() as u64)?;
-        Ok(())
-    }
-
-    fn needs_compaction(&self) -> bool {
-        let tail = self.bytes.saturating_sub(self.full_bytes);
-        tail > MIN_COMPACT_TAIL && tail > self.full_bytes
-    }
-}
-
-/// Loads the document from `path`: `(doc, corrupt_moved_aside, rewrite_needed)`.
-pub fn load_doc(path: &Path, actor: &ActorId) -> (AutoCommit, bool, bool) {
-    let bytes = match std::fs::read(path) {
-        Ok(b) if !b.is_empty() => b,
-        Ok(_) => return (genesis(actor.clone()), false, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (genesis(actor.clone()), false, true);
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the state file");
-            return (genesis(actor.clone()), false, true);
-        }
+        _ => false,
     };
-    // The file is a sequence of Automerge chunks; a crash while appending leaves a partial
-    // last chunk. Load the whole chunks, and rewrite the file if a tail was cut off.
-    let whole = whole_chunks_len(&bytes);
-    let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
-    if whole > 0 {
-        match AutoCommit::load_with_options(&bytes[..whole], strict) {
-            Ok(doc) => {
-                let torn = whole < bytes.len();
-                if torn {
-                    tracing::warn!(
-                        path = %path.display(),
-                        dropped_bytes = bytes.len() - whole,
-                        "the state file ended in a torn write (crash while saving); kept \
-                         everything before it"
-                    );
-                }
-                return (doc.with_actor(actor.clone()), false, torn);
-            }
-            Err(e) => tracing::warn!(error = %e, "the state file does not load"),
+    if !present {
+        return (old, 0);
+    }
+    match get_entry::<T>(doc, map, key) {
+        Some(v) => {
+            let new = super::entry_bytes(key, &v);
+            into.insert(key.to_string(), v);
+            (old, new)
+        }
+        None => {
+            stats.skipped_entries += 1;
+            (old, 0)
         }
     }
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(
-        ".corrupt-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    ));
-    let aside = PathBuf::from(aside);
-    match std::fs::rename(path, &aside) {
-        Ok(()) => tracing::warn!(
-            moved_to = %aside.display(),
-            "the state file is unreadable; moved it aside and starting empty: the state will \
-             be recovered from peers"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "the state file is unreadable and could not be moved aside")
-        }
-    }
-    (genesis(actor.clone()), true, true)
+}
+
+/// Changes in a document's history and their bytes (walks the history: at start and on an
+/// epoch switch only).
+fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
+    let changes = doc.get_changes(&[]);
+    let bytes = changes.iter().map(|c| c.raw_bytes().len() as u64).sum();
+    (changes.len(), bytes)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -367,47 +324,21 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Magic bytes that open every Automerge chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// A snapshot being fetched from a peer, part by part.
+struct SnapshotFetch {
+    peer: PeerId,
+    /// The last progress (start or a part); the fetch is abandoned [`FETCH_TIMEOUT`] after it.
+    since: Instant,
+    /// The snapshot's id, from its first part.
+    id: Option<u64>,
+    buf: Vec<u8>,
+}
 
-/// Length of the longest prefix of `bytes` made of whole Automerge chunks (magic, 4-byte
-/// checksum, 1-byte type, LEB128 length, data). Contents are verified by the loader, not here.
-pub fn whole_chunks_len(bytes: &[u8]) -> usize {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
-            break;
-        }
-        let mut len: u64 = 0;
-        let mut shift = 0;
-        let mut header = 9;
-        loop {
-            let Some(b) = rest.get(header) else {
-                return pos;
-            };
-            header += 1;
-            len |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return pos;
-            }
-        }
-        let Some(total) = usize::try_from(len)
-            .ok()
-            .and_then(|l| l.checked_add(header))
-        else {
-            break;
-        };
-        if total > rest.len() {
-            break;
-        }
-        pos += total;
-    }
-    pos
+/// A snapshot we serve in parts.
+struct ServedSnapshot {
+    id: u64,
+    heads: Vec<ChangeHash>,
+    bytes: Arc<Vec<u8>>,
 }
 
 struct StateActor {
@@ -419,9 +350,18 @@ struct StateActor {
     change_count: usize,
     /// The hydrated value and the heads it was read at.
     hydrated: (Vec<automerge::ChangeHash>, Arc<MeshState>, HydrateStats),
+    /// [`super::value_bytes`] of `hydrated`.
+    value_bytes: u64,
     last_compaction: Option<Instant>,
-    /// A snapshot fetch under way: from whom, since when.
-    fetching: Option<(PeerId, Instant)>,
+    /// A snapshot fetch under way.
+    fetching: Option<SnapshotFetch>,
+    /// The snapshot we serve in parts, while our heads stay the same.
+    served: Option<ServedSnapshot>,
+    /// Names the next snapshot we serve.
+    next_snapshot_id: u64,
+    /// Bytes of the changes in the document's history (what a full sync would send), kept up
+    /// to date without walking it; compaction folds it past [`super::COMPACT_AT_HISTORY_BYTES`].
+    history_bytes: u64,
     /// This node's record, held back until a peer had a chance to send the existing one.
     pending_self: Option<(NodeRecord, Instant)>,
     file: Option<DocFile>,
@@ -433,6 +373,8 @@ struct StateActor {
     version: u64,
     recovered: bool,
     sync_states_dirty: bool,
+    /// Per peer: whether its sync health was last seen bad, and when we last warned of it.
+    health_warned: std::collections::HashMap<PeerId, (bool, Option<Instant>)>,
     shutdown: CancellationToken,
 }
 
@@ -451,8 +393,9 @@ pub fn spawn_state(
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StateError::Load(format!("{}: {e}", dir.display())))?;
             let path = dir.join(DOC_FILE);
-            let (doc, recovered, rewrite) = load_doc(&path, &actor);
-            let file = DocFile::open_append(&path, 0)
+            let loaded = super::file::load(&path, &actor);
+            let (mut doc, recovered, rewrite) = (loaded.doc, loaded.damaged, loaded.rewrite);
+            let file = DocFile::open(&path, doc.get_heads(), loaded.full_bytes as u64)
                 .map_err(|e| StateError::Load(format!("{}: {e}", path.display())))?;
             let sync_path = dir.join(SYNC_FILE);
             let mut sessions = SyncSessions::new();
@@ -484,7 +427,7 @@ pub fn spawn_state(
         ),
     };
     let epoch = epoch_of(&mut doc);
-    let change_count = doc.get_changes(&[]).len();
+    let (change_count, history_bytes) = history_of(&mut doc);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
     let (out_tx, out_rx) = mpsc::channel(OUT_CHANNEL);
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
@@ -498,6 +441,7 @@ pub fn spawn_state(
         sync: SyncStats::default(),
         hydrate: HydrateStats::default(),
         recovered_from_corruption: recovered,
+        value_bytes: 0,
     }));
     let mut actor = StateActor {
         local: config.local,
@@ -510,8 +454,12 @@ pub fn spawn_state(
             Arc::new(MeshState::default()),
             HydrateStats::default(),
         ),
+        value_bytes: 0,
         last_compaction: None,
         fetching: None,
+        served: None,
+        next_snapshot_id: 1,
+        history_bytes,
         pending_self: None,
         file,
         sync_file,
@@ -522,6 +470,7 @@ pub fn spawn_state(
         version: 0,
         recovered,
         sync_states_dirty: false,
+        health_warned: Default::default(),
         shutdown,
     };
     if rewrite {
@@ -548,6 +497,7 @@ impl StateActor {
     async fn run(mut self) {
         let mut anti_entropy = tokio::time::interval(ANTI_ENTROPY);
         let mut save_states = tokio::time::interval(SAVE_SYNC_STATES);
+        let mut health = tokio::time::interval(HEALTH_CHECK);
         loop {
             let self_deadline = self.pending_self.as_ref().map(|(_, t)| *t);
             tokio::select! {
@@ -566,6 +516,7 @@ impl StateActor {
                     }
                 }
                 _ = save_states.tick() => self.save_sync_states(),
+                _ = health.tick() => self.recheck_health(),
             }
         }
         self.sync_states_dirty = true;
@@ -620,7 +571,7 @@ impl StateActor {
             }
             StateCommand::PeerDown(peer) => {
                 self.sessions.on_peer_down(peer);
-                if self.fetching.is_some_and(|(p, _)| p == peer) {
+                if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
                     self.fetching = None;
                 }
                 self.publish();
@@ -634,12 +585,36 @@ impl StateActor {
                 request,
             } => {
                 let response = match request {
-                    SyncRequest::FetchSnapshot => SyncResponse::Snapshot {
-                        epoch: self.epoch.clone(),
-                        doc: self.doc.save(),
-                    },
+                    SyncRequest::FetchSnapshot => {
+                        let doc = self.doc.save();
+                        if doc.len() <= MAX_SYNC_PAYLOAD {
+                            SyncResponse::Snapshot {
+                                epoch: self.epoch.clone(),
+                                doc,
+                            }
+                        } else {
+                            SyncResponse::Refused
+                        }
+                    }
+                    SyncRequest::FetchSnapshotPart { offset, id } => self.snapshot_part(offset, id),
+                    SyncRequest::SnapshotOffer { epoch } => {
+                        if epoch == self.epoch || epoch.supersedes(&self.epoch) {
+                            self.fetch_snapshot(peer).await;
+                        }
+                        SyncResponse::Message {
+                            epoch: self.epoch.clone(),
+                            message: None,
+                        }
+                    }
                     SyncRequest::Sync { epoch, message } if epoch == self.epoch => {
                         match self.receive(peer, &message).await {
+                            Ok(Some(reply)) if reply.len() > MAX_SYNC_PAYLOAD => {
+                                // Too much for one message: they fetch our snapshot instead.
+                                self.sessions.forget_in_flight(peer);
+                                SyncResponse::SnapshotOffer {
+                                    epoch: self.epoch.clone(),
+                                }
+                            }
                             Ok(reply) => SyncResponse::Message {
                                 epoch: self.epoch.clone(),
                                 message: reply,
@@ -648,6 +623,7 @@ impl StateActor {
                         }
                     }
                     SyncRequest::Sync { epoch, .. } => {
+                        self.sessions.on_epoch_mismatch(peer, epoch.to_string());
                         if epoch.supersedes(&self.epoch) {
                             self.fetch_snapshot(peer).await;
                         }
@@ -667,48 +643,100 @@ impl StateActor {
                         self.send(peer, reply).await;
                     }
                 }
-                SyncResponse::Message { .. } => {}
+                SyncResponse::Message { epoch, .. } => {
+                    if epoch == self.epoch {
+                        self.sessions.on_delivered(peer, now);
+                        self.publish();
+                    }
+                }
                 SyncResponse::EpochMismatch { epoch } => {
+                    self.sessions.on_epoch_mismatch(peer, epoch.to_string());
                     if epoch.supersedes(&self.epoch) {
                         self.fetch_snapshot(peer).await;
                     } else {
                         // The peer is behind; it fetches from us. Nothing was delivered.
-                        self.sessions.on_send_failed(peer);
+                        self.sessions.on_send_failed(
+                            peer,
+                            now,
+                            format!("it is on the older epoch {epoch}"),
+                        );
                     }
+                    self.publish();
                 }
                 SyncResponse::Snapshot { epoch, doc } => {
-                    if self.fetching.is_some_and(|(p, _)| p == peer) {
+                    if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
                         self.fetching = None;
                     }
-                    if epoch.supersedes(&self.epoch)
-                        && let Err(e) = self.adopt(peer, &epoch, &doc).await
-                    {
-                        tracing::warn!(%peer, error = %e, "cannot adopt the peer's state epoch");
+                    self.on_snapshot(peer, epoch, doc).await;
+                }
+                SyncResponse::SnapshotPart {
+                    epoch,
+                    id,
+                    total,
+                    offset,
+                    bytes,
+                } => {
+                    self.on_snapshot_part(peer, epoch, id, total, offset, bytes)
+                        .await
+                }
+                SyncResponse::SnapshotOffer { epoch } => {
+                    if epoch == self.epoch || epoch.supersedes(&self.epoch) {
+                        self.fetch_snapshot(peer).await;
                     }
                 }
-                SyncResponse::Refused | SyncResponse::NotAdmitted => {
-                    self.sessions.on_send_failed(peer);
+                SyncResponse::Refused => {
+                    if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
+                        self.fetching = None;
+                    }
+                    self.sessions.on_send_failed(
+                        peer,
+                        now,
+                        "it refused our message (malformed, or we are in backoff)".into(),
+                    );
+                    self.publish();
+                }
+                SyncResponse::NotAdmitted => {
+                    self.sessions
+                        .on_send_failed(peer, now, "it has not admitted us".into());
+                    self.publish();
                 }
             },
-            StateCommand::SendFailed(peer) => self.sessions.on_send_failed(peer),
+            StateCommand::SendFailed { peer, reason } => {
+                self.sessions.on_send_failed(peer, now, reason);
+                self.publish();
+            }
         }
     }
 
-    async fn write_entries(&mut self, writes: Vec<EntryWrite>) -> Result<bool, StateError> {
+    async fn write_entries(&mut self, mut writes: Vec<EntryWrite>) -> Result<bool, StateError> {
         let local = self.local.to_base58();
         if let Some(w) = writes.iter().find(|w| !w.owned_by(&local)) {
             return Err(StateError::NotOwned(format!("{w:?}")));
         }
+        let heads = self.doc.get_heads();
+        self.ensure_hydrated(&heads);
+        let mut growth: i64 = 0;
+        for w in &mut writes {
+            if let EntryWrite::Service { name, record } = w {
+                // Every writer path (API, supervisor, tests) gets lean tombstones.
+                record.strip_if_removed();
+                let old = self.hydrated.1.services.get(name.as_str());
+                growth += super::entry_bytes(name, record) as i64
+                    - old.map_or(0, |o| super::entry_bytes(name, o) as i64);
+            }
+        }
+        // Services are what an operator adds without limit; instances and leases follow from
+        // them (bounded per service), so refusing those would only hide what runs.
+        self.check_bound(growth)?;
+        let before = self.doc.get_heads();
         if let Err(e) = Self::apply_writes(&mut self.doc, &writes) {
             self.doc.rollback();
             return Err(e);
         }
-        if self.doc.commit().is_none() {
+        if !self.commit_durably(&before)? {
             return Ok(false);
         }
-        self.change_count += 1;
         self.publish_and_push().await;
-        self.persist();
         Ok(true)
     }
 
@@ -760,8 +788,13 @@ impl StateActor {
                 return Err(());
             }
         };
-        let added = self.doc.get_changes(&before).len();
+        let added_changes = self.doc.get_changes(&before);
+        let added = added_changes.len();
         self.change_count += added;
+        self.history_bytes += added_changes
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
         let repaired =
             added > 0 && self.pending_self.is_none() && self.repair_own_record(mine_before);
         if self.pending_self.is_some()
@@ -784,7 +817,7 @@ impl StateActor {
                 .filter(|(p, _)| repaired || *p != peer)
                 .collect();
             self.send_all(others).await;
-            self.persist();
+            self.persist_or_log();
         }
         Ok(reply)
     }
@@ -802,6 +835,13 @@ impl StateActor {
             None => rec.tags.remove(key).is_some(),
         };
         if changed {
+            let id = self.local.to_base58();
+            let heads = self.doc.get_heads();
+            self.ensure_hydrated(&heads);
+            let old = self.hydrated.1.nodes.get(&id);
+            let growth = super::entry_bytes(&id, &rec) as i64
+                - old.map_or(0, |o| super::entry_bytes(&id, o) as i64);
+            self.check_bound(growth)?;
             self.write_own(rec).await?;
         }
         Ok(changed)
@@ -849,7 +889,7 @@ impl StateActor {
         let ok =
             put_entry(&mut self.doc, "nodes", &id, &rec).is_ok() && self.doc.commit().is_some();
         if ok {
-            self.change_count += 1;
+            self.note_local_change();
         }
         ok
     }
@@ -869,11 +909,14 @@ impl StateActor {
 
     /// Writes this node's record, commits, pushes to peers, and fsyncs before returning.
     async fn write_own(&mut self, record: NodeRecord) -> Result<(), StateError> {
-        if let Some((pending, _)) = self.pending_self.take() {
+        if let Some((pending, deadline)) = self.pending_self.take() {
             // A local write before any peer answered: the record is written now after all.
             let mut merged = record;
             merged.joined_at_ms = pending.joined_at_ms;
-            self.write_self_record_keep_tags(merged)?;
+            if let Err(e) = self.write_self_record_keep_tags(merged) {
+                self.pending_self = Some((pending, deadline));
+                return Err(e);
+            }
             self.publish();
             let msgs = self
                 .sessions
@@ -881,13 +924,14 @@ impl StateActor {
             self.send_all(msgs).await;
             return Ok(());
         }
-        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
-        if self.doc.commit().is_none() {
-            return Ok(());
+        let before = self.doc.get_heads();
+        if let Err(e) = put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record) {
+            self.doc.rollback();
+            return Err(e);
         }
-        self.change_count += 1;
-        self.publish_and_push().await;
-        self.persist();
+        if self.commit_durably(&before)? {
+            self.publish_and_push().await;
+        }
         Ok(())
     }
 
@@ -896,11 +940,12 @@ impl StateActor {
         if record.joined_at_ms <= 0 {
             record.joined_at_ms = now_ms();
         }
-        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
-        if self.doc.commit().is_some() {
-            self.change_count += 1;
-            self.persist();
+        let before = self.doc.get_heads();
+        if let Err(e) = put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record) {
+            self.doc.rollback();
+            return Err(e);
         }
+        self.commit_durably(&before)?;
         Ok(())
     }
 
@@ -919,8 +964,8 @@ impl StateActor {
         record.left_at_ms = None;
         put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
         if self.doc.commit().is_some() {
-            self.change_count += 1;
-            self.persist();
+            self.note_local_change();
+            self.persist_or_log();
         }
         Ok(())
     }
@@ -934,20 +979,167 @@ impl StateActor {
         self.send_all(msgs).await;
     }
 
-    /// Asks `peer` for its whole document, unless a fetch is already under way.
+    /// Starts fetching `peer`'s snapshot in parts, unless a fetch is already under way.
     async fn fetch_snapshot(&mut self, peer: PeerId) {
         let now = Instant::now();
         if self
             .fetching
-            .is_some_and(|(_, since)| now.duration_since(since) < FETCH_TIMEOUT)
+            .as_ref()
+            .is_some_and(|f| now.duration_since(f.since) < FETCH_TIMEOUT)
         {
             return;
         }
-        self.fetching = Some((peer, now));
+        self.fetching = Some(SnapshotFetch {
+            peer,
+            since: now,
+            id: None,
+            buf: Vec::new(),
+        });
         let _ = self
             .out
-            .send(SyncOut::Request(peer, SyncRequest::FetchSnapshot))
+            .send(SyncOut::Request(
+                peer,
+                SyncRequest::FetchSnapshotPart {
+                    offset: 0,
+                    id: None,
+                },
+            ))
             .await;
+    }
+
+    /// Serves one part of our snapshot: a new snapshot for a first part (reused while our
+    /// heads stay the same), else the one the requester started on.
+    fn snapshot_part(&mut self, offset: u64, id: Option<u64>) -> SyncResponse {
+        let heads = self.doc.get_heads();
+        if id.is_none() && self.served.as_ref().is_none_or(|s| s.heads != heads) {
+            let bytes = self.doc.save();
+            self.served = Some(ServedSnapshot {
+                id: self.next_snapshot_id,
+                heads,
+                bytes: Arc::new(bytes),
+            });
+            self.next_snapshot_id += 1;
+        }
+        let Some(served) = self
+            .served
+            .as_ref()
+            .filter(|s| id.is_none_or(|id| id == s.id))
+        else {
+            // That snapshot is gone (our document changed): the requester starts over.
+            return SyncResponse::Refused;
+        };
+        let total = served.bytes.len() as u64;
+        if total > MAX_SNAPSHOT_BYTES || offset > total {
+            return SyncResponse::Refused;
+        }
+        let start = offset as usize;
+        let end = (start + SNAPSHOT_PART_BYTES).min(served.bytes.len());
+        SyncResponse::SnapshotPart {
+            epoch: self.epoch.clone(),
+            id: served.id,
+            total,
+            offset,
+            bytes: served.bytes[start..end].to_vec(),
+        }
+    }
+
+    /// A part of the snapshot we are fetching: append it, ask for the next, or use the whole.
+    async fn on_snapshot_part(
+        &mut self,
+        peer: PeerId,
+        epoch: EpochId,
+        id: u64,
+        total: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) {
+        let now = Instant::now();
+        let Some(fetch) = self.fetching.as_mut().filter(|f| f.peer == peer) else {
+            return;
+        };
+        let fits = total <= MAX_SNAPSHOT_BYTES
+            && offset == fetch.buf.len() as u64
+            && fetch.id.is_none_or(|i| i == id)
+            && !bytes.is_empty()
+            && offset + bytes.len() as u64 <= total;
+        if !fits {
+            self.fetching = None;
+            let why = if total > MAX_SNAPSHOT_BYTES {
+                format!("its snapshot ({total} bytes) is larger than {MAX_SNAPSHOT_BYTES}")
+            } else {
+                "its snapshot changed or came out of order; retrying".to_string()
+            };
+            self.sessions
+                .on_send_failed(peer, now.into_std(), why.clone());
+            tracing::debug!(%peer, %why, "snapshot fetch abandoned");
+            self.publish();
+            return;
+        }
+        fetch.id = Some(id);
+        fetch.since = now;
+        fetch.buf.extend_from_slice(&bytes);
+        if (fetch.buf.len() as u64) < total {
+            let next = SyncRequest::FetchSnapshotPart {
+                offset: fetch.buf.len() as u64,
+                id: Some(id),
+            };
+            let _ = self.out.send(SyncOut::Request(peer, next)).await;
+            return;
+        }
+        let Some(fetch) = self.fetching.take() else {
+            return;
+        };
+        self.on_snapshot(peer, epoch, fetch.buf).await;
+    }
+
+    /// A whole snapshot from `peer`: adopted if its epoch supersedes ours, merged if it is ours.
+    async fn on_snapshot(&mut self, peer: PeerId, epoch: EpochId, bytes: Vec<u8>) {
+        let result = if epoch.supersedes(&self.epoch) {
+            self.adopt(peer, &epoch, &bytes).await
+        } else if epoch == self.epoch {
+            self.merge_snapshot(peer, &bytes).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(%peer, error = %e, "cannot use the peer's state snapshot");
+            self.sessions
+                .on_send_failed(peer, Instant::now().into_std(), e.to_string());
+            self.publish();
+        }
+    }
+
+    /// Merges a snapshot of our own epoch (the peer had more for us than fits one message).
+    async fn merge_snapshot(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), StateError> {
+        let mut other = AutoCommit::load(bytes)
+            .map_err(|e| StateError::Load(format!("snapshot from {peer}: {e}")))?;
+        let theirs = epoch_of(&mut other);
+        if theirs != self.epoch {
+            return Err(StateError::Load(format!(
+                "snapshot from {peer} is epoch {theirs}, not ours ({})",
+                self.epoch
+            )));
+        }
+        let before = self.doc.get_heads();
+        self.doc.merge(&mut other)?;
+        let added = self.doc.get_changes(&before);
+        self.change_count += added.len();
+        self.history_bytes += added
+            .iter()
+            .map(|c| c.raw_bytes().len() as u64)
+            .sum::<u64>();
+        tracing::info!(%peer, changes = added.len(), bytes = bytes.len(), "merged a peer's state snapshot");
+        let now = Instant::now().into_std();
+        self.sessions.on_delivered(peer, now);
+        if !added.is_empty() {
+            self.publish();
+            self.persist_or_log();
+        }
+        // Everyone (the sender too) learns our new heads; what is left is small.
+        let msgs = self.sessions.generate_all(&mut self.doc, now);
+        self.send_all(msgs).await;
+        self.publish();
+        Ok(())
     }
 
     /// Switches to a newer epoch received from `peer`, carrying over what only we knew.
@@ -980,7 +1172,8 @@ impl StateActor {
     async fn maybe_compact(&mut self, force: bool) -> Result<bool, StateError> {
         let now = Instant::now();
         if !force {
-            if self.change_count < COMPACT_AT_CHANGES
+            if (self.change_count < COMPACT_AT_CHANGES
+                && self.history_bytes < super::COMPACT_AT_HISTORY_BYTES)
                 || self
                     .last_compaction
                     .is_some_and(|t| now.duration_since(t) < MIN_COMPACT_INTERVAL)
@@ -1008,8 +1201,10 @@ impl StateActor {
     /// Replaces the document: new sync sessions (heads share nothing with the old epoch), the
     /// file rewritten, readers and peers told.
     async fn switch_epoch(&mut self, mut doc: AutoCommit, epoch: EpochId) {
-        self.change_count = doc.get_changes(&[]).len();
+        (self.change_count, self.history_bytes) = history_of(&mut doc);
         self.doc = doc;
+        // The old heads mean nothing in the new document: read it whole.
+        self.hydrated.0.clear();
         self.epoch = epoch;
         let connected = self.sessions.connected_peers();
         let stats = self.sessions.stats().clone();
@@ -1026,9 +1221,17 @@ impl StateActor {
     }
 
     async fn send(&mut self, peer: PeerId, message: Vec<u8>) {
-        let req = SyncRequest::Sync {
-            epoch: self.epoch.clone(),
-            message,
+        let req = if message.len() > MAX_SYNC_PAYLOAD {
+            // Too much for one message: offer our snapshot, which travels in parts.
+            self.sessions.forget_in_flight(peer);
+            SyncRequest::SnapshotOffer {
+                epoch: self.epoch.clone(),
+            }
+        } else {
+            SyncRequest::Sync {
+                epoch: self.epoch.clone(),
+                message,
+            }
         };
         let _ = self.out.send(SyncOut::Request(peer, req)).await;
     }
@@ -1039,27 +1242,74 @@ impl StateActor {
         }
     }
 
-    /// Appends what changed since the last save and fsyncs; compacts the file when due.
-    fn persist(&mut self) {
+    /// Appends what the file lacks and fsyncs; compacts the file when due. On error the file
+    /// is left without a torn chunk and the next call retries the same changes.
+    fn persist(&mut self) -> Result<(), StateError> {
         let Some(file) = self.file.as_mut() else {
-            return;
+            return Ok(());
         };
-        let chunk = self.doc.save_incremental();
-        if let Err(e) = file.append(&chunk) {
-            tracing::error!(error = %e, path = %file.path.display(), "cannot append to the state file");
-            return;
+        if let Err(e) = file.append(&mut self.doc) {
+            let path = file.path().display().to_string();
+            tracing::error!(error = %e, %path, "cannot append to the state file");
+            return Err(StateError::NotDurable(format!("{path}: {e}")));
         }
         if file.needs_compaction() {
             self.rewrite_file();
         }
+        Ok(())
+    }
+
+    /// Commits the open transaction as one local change and makes it durable before anyone
+    /// sees it. `Ok(false)`: nothing changed. When the change cannot be written to disk it is
+    /// undone in memory as well — never published, never sent — and the error says so.
+    /// Counts the change this node just committed.
+    fn note_local_change(&mut self) {
+        self.change_count += 1;
+        if let Some(c) = self.doc.get_last_local_change() {
+            self.history_bytes += c.raw_bytes().len() as u64;
+        }
+    }
+
+    fn commit_durably(&mut self, before: &[ChangeHash]) -> Result<bool, StateError> {
+        if self.doc.commit().is_none() {
+            return Ok(false);
+        }
+        self.note_local_change();
+        if let Err(e) = self.persist() {
+            self.roll_back_to(before);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Undoes this node's last local change (not yet sent anywhere): the document as of
+    /// `heads`, with a fresh actor id so the undone change's sequence number is never reused
+    /// for different content.
+    fn roll_back_to(&mut self, heads: &[ChangeHash]) {
+        match self.doc.fork_at(heads) {
+            Ok(doc) => {
+                self.actor_id = ActorId::random();
+                self.doc = doc.with_actor(self.actor_id.clone());
+                self.change_count = self.change_count.saturating_sub(1);
+                self.hydrated.0.clear();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot undo a change that was not saved"),
+        }
+    }
+
+    /// Logs a failed write of a change that is kept anyway (a peer's change, or this node's
+    /// record at start, both of which come back from peers or the next start).
+    fn persist_or_log(&mut self) {
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "a change is held in memory only until the disk accepts it");
+        }
     }
 
     fn rewrite_file(&mut self) {
-        let full = self.doc.save();
         if let Some(file) = self.file.as_mut()
-            && let Err(e) = file.rewrite(&full)
+            && let Err(e) = file.rewrite(&mut self.doc)
         {
-            tracing::error!(error = %e, "cannot rewrite the state file");
+            tracing::error!(error = %e, "cannot rewrite the state file; retried on the next write");
         }
     }
 
@@ -1080,34 +1330,156 @@ impl StateActor {
         self.sync_states_dirty = false;
     }
 
-    fn publish(&mut self) {
-        let heads = self.doc.get_heads();
-        if self.hydrated.0 != heads {
-            let (state, stats) = hydrate_lenient(&self.doc);
-            self.hydrated = (heads.clone(), Arc::new(state), stats);
+    /// Brings the hydrated value (and its size) up to `heads`: only the entries the changes
+    /// since the last hydration touched are read again (a write costs what it changed, not
+    /// what the document holds); after an epoch switch, a rollback, or a change to the root
+    /// itself, everything is.
+    fn ensure_hydrated(&mut self, heads: &[ChangeHash]) {
+        if self.hydrated.0 == heads {
+            return;
         }
-        let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
-        let peers = self
+        let before = self.hydrated.0.clone();
+        if !before.is_empty()
+            && let Some(touched) = self.touched_entries(&before, heads)
+        {
+            let mut state = (*self.hydrated.1).clone();
+            let mut stats = self.hydrated.2.clone();
+            for (map, key) in touched {
+                let (old, new) = match map.as_str() {
+                    "nodes" => reread(&self.doc, &mut state.nodes, &map, &key, &mut stats),
+                    "services" => reread(&self.doc, &mut state.services, &map, &key, &mut stats),
+                    "instances" => reread(&self.doc, &mut state.instances, &map, &key, &mut stats),
+                    "leases" => reread(&self.doc, &mut state.leases, &map, &key, &mut stats),
+                    _ => (0, 0),
+                };
+                self.value_bytes = (self.value_bytes + new).saturating_sub(old);
+            }
+            self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+            return;
+        }
+        let (state, stats) = hydrate_lenient(&self.doc);
+        self.value_bytes = super::value_bytes(&state);
+        self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+    }
+
+    /// The `(root map, key)` entries the changes between `before` and `after` touched, from
+    /// Automerge's diff; `None` when a change reaches past the entries (the root itself) or
+    /// touches so many that reading everything is as cheap.
+    fn touched_entries(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+    ) -> Option<std::collections::BTreeSet<(String, String)>> {
+        use automerge::PatchAction;
+        use automerge::Prop;
+        let patches = self.doc.diff(before, after);
+        if patches.len() > MAX_INCREMENTAL_PATCHES {
+            return None;
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        for p in patches {
+            let entry = match (p.path.as_slice(), &p.action) {
+                ([(_, Prop::Map(map))], PatchAction::PutMap { key, .. })
+                | ([(_, Prop::Map(map))], PatchAction::DeleteMap { key }) => {
+                    (map.clone(), key.clone())
+                }
+                ([(_, Prop::Map(map)), (_, Prop::Map(key)), ..], _) => (map.clone(), key.clone()),
+                _ => return None,
+            };
+            touched.insert(entry);
+        }
+        Some(touched)
+    }
+
+    /// Refuses a local write that would grow the document's value past
+    /// [`super::MAX_DOCUMENT_BYTES`] (`growth` bytes; shrinking always passes).
+    fn check_bound(&self, growth: i64) -> Result<(), StateError> {
+        let size = self.value_bytes.saturating_add_signed(growth);
+        if growth > 0 && size > super::MAX_DOCUMENT_BYTES {
+            return Err(StateError::DocumentTooLarge {
+                size,
+                limit: super::MAX_DOCUMENT_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    fn peer_views(&self, heads: &[ChangeHash]) -> Vec<PeerSyncView> {
+        let now = Instant::now().into_std();
+        let mut views: Vec<PeerSyncView> = self
             .sessions
             .peers()
             .map(|(p, connected)| PeerSyncView {
                 peer: *p,
                 connected,
-                status: self.sessions.status(p, &heads),
+                status: self.sessions.status(p, heads),
+                health: self.sessions.health(p, heads, now),
             })
             .collect();
+        views.sort_by_key(|v| v.peer);
+        views
+    }
+
+    /// Republishes if a peer's sync health changed with time alone (`never-synced` past its
+    /// deadline), so `mesh peers` and the log tell without any other event.
+    fn recheck_health(&mut self) {
+        let heads = self.doc.get_heads();
+        let views = self.peer_views(&heads);
+        if self.snapshot_tx.borrow().peers != views {
+            self.publish();
+        }
+    }
+
+    /// Logs a peer whose sync is failing (at most every [`HEALTH_WARN_INTERVAL`] per peer),
+    /// and when it works again.
+    fn warn_on_bad_health(&mut self, views: &[PeerSyncView]) {
+        let now = Instant::now();
+        for v in views {
+            let entry = self.health_warned.entry(v.peer).or_insert((false, None));
+            if v.health.is_bad() {
+                if entry
+                    .1
+                    .is_none_or(|t| now.duration_since(t) >= HEALTH_WARN_INTERVAL)
+                {
+                    tracing::warn!(
+                        peer = %v.peer,
+                        health = %v.health,
+                        "cannot sync the mesh state with this peer: our documents may differ \
+                         until this is fixed"
+                    );
+                    entry.1 = Some(now);
+                }
+                entry.0 = true;
+            } else if entry.0 && v.health == SyncHealth::Ok {
+                tracing::info!(peer = %v.peer, "state sync with this peer works again");
+                *entry = (false, None);
+            }
+        }
+        if self.health_warned.len() > crate::sync::MAX_SAVED_STATES {
+            let known: std::collections::HashSet<PeerId> = views.iter().map(|v| v.peer).collect();
+            self.health_warned.retain(|p, _| known.contains(p));
+        }
+    }
+
+    fn publish(&mut self) {
+        let heads = self.doc.get_heads();
+        self.ensure_hydrated(&heads);
+        let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
+        let peers = self.peer_views(&heads);
+        self.warn_on_bad_health(&peers);
         self.version += 1;
         let snapshot = StateSnapshot {
             version: self.version,
             state,
             heads: heads.iter().map(|h| h.to_string()).collect(),
             changes: self.change_count,
-            file_bytes: self.file.as_ref().map_or(0, |f| f.bytes),
+            file_bytes: self.file.as_ref().map_or(0, DocFile::bytes),
             epoch: self.epoch.clone(),
             peers,
             sync: self.sessions.stats().clone(),
             hydrate,
             recovered_from_corruption: self.recovered,
+            value_bytes: self.value_bytes,
         };
         self.snapshot_tx.send_replace(Arc::new(snapshot));
     }
@@ -1117,22 +1489,247 @@ impl StateActor {
 mod tests {
     use super::*;
 
-    #[test]
-    fn whole_chunks_stop_at_a_torn_tail() {
-        let mut doc = genesis(ActorId::random());
-        let mut bytes = doc.save();
-        let first = bytes.len();
-        put_entry(&mut doc, "nodes", "x", &NodeRecord::default()).unwrap();
-        doc.commit();
-        bytes.extend(doc.save_incremental());
-        let two = bytes.len();
-        assert_eq!(whole_chunks_len(&bytes), two);
-        for cut in [two - 1, first + 5, first + 1] {
-            assert_eq!(whole_chunks_len(&bytes[..cut]), first, "cut at {cut}");
+    fn in_memory() -> (StateHandle, CancellationToken) {
+        let shutdown = CancellationToken::new();
+        let local = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let (handle, _out, _task) = spawn_state(
+            StateConfig {
+                local,
+                data_dir: None,
+                self_record: NodeRecord::default(),
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
+        (handle, shutdown)
+    }
+
+    fn service(spec_bytes: usize, desired: &str) -> ServiceRecord {
+        ServiceRecord {
+            spec_json: format!("{{\"args\":\"{}\"}}", "a".repeat(spec_bytes)),
+            desired: desired.into(),
+            updated_by: "me".into(),
+            updated_at_ms: now_ms(),
+            request: Some("restart".into()),
+            request_at_ms: Some(1),
+            added_by: None,
         }
-        let mut torn = bytes.clone();
-        torn.extend_from_slice(&[0x85, 0x6f, 0x4a, 0x83, 0x00, 0x17, 0xff]);
-        assert_eq!(whole_chunks_len(&torn), two);
-        assert_eq!(whole_chunks_len(b"garbage"), 0);
+    }
+
+    fn write(name: &str, record: ServiceRecord) -> Vec<EntryWrite> {
+        vec![EntryWrite::Service {
+            name: name.into(),
+            record,
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_removed_service_keeps_no_spec_whoever_writes_it() {
+        let (state, _stop) = in_memory();
+        state
+            .write(write("big", service(100_000, "running")))
+            .await
+            .unwrap();
+        let before = state.snapshot().value_bytes;
+        assert!(before > 100_000);
+        state
+            .write(write("big", service(100_000, "removed")))
+            .await
+            .unwrap();
+        let snap = state.snapshot();
+        let tomb = &snap.state.services["big"];
+        assert_eq!(tomb.desired, "removed");
+        assert_eq!(tomb.spec_json, "");
+        assert_eq!((tomb.request.as_deref(), tomb.request_at_ms), (None, None));
+        assert!(snap.value_bytes < 1_000, "{} bytes left", snap.value_bytes);
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_document_bound_are_refused_with_the_limit_named() {
+        let (state, _stop) = in_memory();
+        let spec = 256 * 1024;
+        let mut accepted = 0;
+        let err = loop {
+            match state
+                .write(write(&format!("s{accepted}"), service(spec, "running")))
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 100, "never refused");
+        };
+        assert_eq!(
+            accepted as u64,
+            super::super::MAX_DOCUMENT_BYTES / spec as u64 - 1
+        );
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StateError::DocumentTooLarge { limit, .. } if limit == super::super::MAX_DOCUMENT_BYTES),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&super::super::MAX_DOCUMENT_BYTES.to_string()),
+            "{msg}"
+        );
+        assert_eq!(state.snapshot().state.services.len(), accepted);
+        // Shrinking always passes, and makes room again.
+        state
+            .write(write("s0", service(10, "removed")))
+            .await
+            .unwrap();
+        state
+            .write(write(&format!("s{accepted}"), service(spec, "running")))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_value_read_change_by_change_matches_a_full_read() {
+        let (state, _stop) = in_memory();
+        for i in 0..20 {
+            state
+                .write(write(&format!("s{i}"), service(100 + i, "running")))
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            state
+                .write(write(&format!("s{i}"), service(10, "removed")))
+                .await
+                .unwrap();
+        }
+        state.set_tag("role", Some("nas")).await.unwrap();
+        state.set_tag("zone", Some("attic")).await.unwrap();
+        state.set_tag("role", None).await.unwrap();
+        let incremental = state.snapshot();
+        assert_eq!(
+            incremental.value_bytes,
+            super::super::value_bytes(&incremental.state)
+        );
+        // A new epoch is read whole: the same value.
+        assert!(state.compact_now(true).await.unwrap());
+        let full = state.snapshot();
+        assert_eq!(*full.state, *incremental.state);
+        assert_eq!(full.value_bytes, incremental.value_bytes);
+    }
+
+    /// Incompressible text of `n` characters (xorshift over an alphanumeric alphabet).
+    fn noise(seed: u64, n: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+            })
+            .collect()
+    }
+
+    /// Moves one actor's sync traffic to the other, as the node actor would (two peers only,
+    /// so every response goes back to the one other peer).
+    fn wire(from: PeerId, mut out: mpsc::Receiver<SyncOut>, to: StateHandle) {
+        tokio::spawn(async move {
+            let mut token = 0;
+            while let Some(msg) = out.recv().await {
+                let cmd = match msg {
+                    SyncOut::Request(_, request) => {
+                        token += 1;
+                        StateCommand::Inbound {
+                            peer: from,
+                            token,
+                            request,
+                        }
+                    }
+                    SyncOut::Respond(_, response) => StateCommand::Response {
+                        peer: from,
+                        response,
+                    },
+                };
+                if !to.send(cmd).await {
+                    break;
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_peer_lacking_more_than_one_message_gets_the_snapshot_in_parts() {
+        let id = || {
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+        };
+        let (ida, idb) = (id(), id());
+        let start = |local| {
+            spawn_state(
+                StateConfig {
+                    local,
+                    data_dir: None,
+                    self_record: NodeRecord::default(),
+                },
+                CancellationToken::new(),
+            )
+            .unwrap()
+        };
+        let (a, mut out_a, _) = start(ida);
+        let (b, out_b, _) = start(idb);
+        // b counts as connected to a but hears nothing: a never compacts (a connected peer is
+        // not in sync), so b really lacks more than one sync message can carry.
+        assert!(a.send(StateCommand::PeerUp(idb)).await);
+        // ~7 MB of history (~5.3 MB as changes: more than MAX_SYNC_PAYLOAD), a small value.
+        for i in 0..10u64 {
+            let mut record = service(0, "running");
+            record.spec_json = format!("{{\"blob\":\"{}\"}}", noise(i, 700 * 1024));
+            a.write(write(&format!("s{i}"), record)).await.unwrap();
+            a.write(write(&format!("s{i}"), service(0, "removed")))
+                .await
+                .unwrap();
+        }
+        a.write(write("kept", service(1000, "running")))
+            .await
+            .unwrap();
+        assert!(a.send(StateCommand::PeerDown(idb)).await);
+        // What a sent while b was deaf is lost, as on a dropped connection.
+        a.write(Vec::new()).await.unwrap(); // a barrier: PeerDown was handled
+        while out_a.try_recv().is_ok() {}
+        wire(ida, out_a, b.clone());
+        wire(idb, out_b, a.clone());
+        assert!(b.send(StateCommand::PeerUp(ida)).await);
+        assert!(a.send(StateCommand::PeerUp(idb)).await);
+        let mut rx = b.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let mut heads = rx.borrow_and_update().heads.clone();
+                let mut want = a.snapshot().heads.clone();
+                heads.sort();
+                want.sort();
+                if heads == want && b.snapshot().state.services.contains_key("kept") {
+                    return;
+                }
+                // a's heads may move too (b's own record reaching it): poll both.
+                let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let (sa, sb) = (a.snapshot(), b.snapshot());
+            panic!(
+                "b does not hold a's document: a {} {:?} {:?}, b {} {:?} {:?}",
+                sa.epoch, sa.peers, sa.sync, sb.epoch, sb.peers, sb.sync
+            )
+        });
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        assert_eq!(sa.epoch, sb.epoch, "merged, not compacted");
+        assert_eq!(sb.state.services["kept"], sa.state.services["kept"]);
+        assert!(
+            sb.sync.bytes_in < MAX_SYNC_PAYLOAD as u64,
+            "the history came as a snapshot, not as sync messages ({} B)",
+            sb.sync.bytes_in
+        );
     }
 }

@@ -396,6 +396,7 @@ pub fn spawn_supervisor(
         handled_requests: BTreeMap::new(),
         remote_sent: BTreeMap::new(),
         bad_specs: BTreeMap::new(),
+        sync_failing: Default::default(),
         instances_written: BTreeSet::new(),
         run_records: BTreeMap::new(),
         run_file: None,
@@ -435,6 +436,9 @@ struct SupervisorActor {
     remote_sent: BTreeMap<String, ServiceState>,
     /// Specs that did not parse, by service, with the `updated_at_ms` reported (once each).
     bad_specs: BTreeMap<String, i64>,
+    /// Peers whose state sync was last seen failing (the state actor's health), so the audit
+    /// trail records each turn once: `sync-failing`, then `sync-ok`.
+    sync_failing: std::collections::BTreeSet<libp2p::PeerId>,
     /// Instance keys this run has written (deleted when their service leaves this node).
     instances_written: BTreeSet<String>,
     /// Running processes as recorded in the run file, by pid.
@@ -537,6 +541,7 @@ impl SupervisorActor {
                         break;
                     }
                     let snap = doc.borrow_and_update().clone();
+                    self.note_sync_health(&snap);
                     self.on_document(&snap).await;
                 }
                 Some(command) = self.commands.recv() => self.on_command(command),
@@ -1391,6 +1396,29 @@ impl SupervisorActor {
 
     /// The document changed: apply placement, desired states, operator requests and remote
     /// dependency states.
+    /// Records in the audit trail a peer whose state sync starts failing, and when it works
+    /// again (a split between members is never silent; see `protocol/sync.md`).
+    fn note_sync_health(&mut self, snap: &StateSnapshot) {
+        for p in &snap.peers {
+            let name = snap.state.node_name(&p.peer.to_base58());
+            if p.health.is_bad() {
+                if self.sync_failing.insert(p.peer) {
+                    self.record(
+                        "-",
+                        "sync-failing",
+                        format!("state sync with {name}: {}", p.health),
+                    );
+                }
+            } else if p.health == crate::sync::SyncHealth::Ok && self.sync_failing.remove(&p.peer) {
+                self.record(
+                    "-",
+                    "sync-ok",
+                    format!("state sync with {name} works again"),
+                );
+            }
+        }
+    }
+
     async fn on_document(&mut self, snap: &StateSnapshot) {
         let state = &snap.state;
         let node_id = self.config.node_id.clone();
