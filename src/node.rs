@@ -46,7 +46,7 @@ use crate::transport::{
 pub const DISCOVERY_CHANNEL: usize = 256;
 /// Delay before the node with the *higher* id dials a newly discovered peer. The lower id dials
 /// at once; waiting lets its connection arrive first, so a pair ends up with one connection
-/// instead of two (STACK-NOTES: both sides dialing gives ~2 connections per pair).
+/// instead of two (measured: both sides dialing at once gives ~2 connections per pair).
 pub const DIAL_TIE_BREAK: Duration = Duration::from_millis(250);
 /// First redial delay after a failed dial; doubles up to [`NodeConfig::redial_max`].
 pub const REDIAL_MIN: Duration = Duration::from_millis(250);
@@ -102,7 +102,7 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     /// Longest wait between redials of a known, unconnected peer (the profile's
     /// `redial_interval`). A healed partition is noticed within this plus a QUIC handshake;
-    /// mDNS says nothing when a silent partition heals (STACK-NOTES).
+    /// mDNS says nothing when a silent partition heals (its records live 4,500 s).
     pub redial_max: Duration,
     /// Where the state document lives; `None` keeps it in memory (tests).
     pub data_dir: Option<std::path::PathBuf>,

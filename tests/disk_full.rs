@@ -112,6 +112,8 @@ impl Agent {
         Command::new(MESH)
             .args(args)
             .env("MESH_API", self.api().unwrap_or_default())
+            // Where the CLI finds the agent's API token.
+            .env("MESH_DATA_DIR", &self.dir)
             .output()
             .expect("run mesh")
     }

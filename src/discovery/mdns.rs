@@ -11,8 +11,8 @@
 //! # What it does not own
 //!
 //! Liveness and admission. A [`DiscoveryEvent::Found`] is a dial candidate, nothing more: mDNS
-//! records live 75 minutes and a peer that vanishes silently produces no event (see
-//! STACK-NOTES). [`DiscoveryEvent::Lost`] is only emitted when a peer says goodbye. The node
+//! records live 75 minutes and a peer that vanishes silently produces no event (measured: nothing
+//! at all when a silent partition heals). [`DiscoveryEvent::Lost`] is only emitted when a peer says goodbye. The node
 //! actor keeps its own peer table, membership decides who is alive and `/mesh/auth/1` decides
 //! who is admitted. Nor does it own the QUIC listener: it advertises the port it is given.
 //!
@@ -133,7 +133,7 @@ pub const SERVICE_TYPE: &str = "_mesh._udp.local.";
 
 /// Default for [`MdnsConfig::ip_check_interval`]. mdns-sd only uses interfaces that are
 /// oper-up and rescans every 5 s by default, so an agent started while its link comes up lost
-/// 5 s (STACK-NOTES); 1 s is the smallest interval mdns-sd accepts.
+/// 5 s (measured); 1 s is the smallest interval mdns-sd accepts.
 pub const DEFAULT_IP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// TXT key of the peer id (base58).

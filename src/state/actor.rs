@@ -352,6 +352,9 @@ struct StateActor {
     hydrated: (Vec<automerge::ChangeHash>, Arc<MeshState>, HydrateStats),
     /// [`super::value_bytes`] of `hydrated`.
     value_bytes: u64,
+    /// The value is past [`super::MAX_DOCUMENT_BYTES`]: local writes refuse that, so changes
+    /// from a peer (an older or hostile agent) took it there. Warned once per crossing.
+    over_bound: bool,
     last_compaction: Option<Instant>,
     /// A snapshot fetch under way.
     fetching: Option<SnapshotFetch>,
@@ -455,6 +458,7 @@ pub fn spawn_state(
             HydrateStats::default(),
         ),
         value_bytes: 0,
+        over_bound: false,
         last_compaction: None,
         fetching: None,
         served: None,
@@ -1355,11 +1359,34 @@ impl StateActor {
                 self.value_bytes = (self.value_bytes + new).saturating_sub(old);
             }
             self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+            self.note_bound();
             return;
         }
         let (state, stats) = hydrate_lenient(&self.doc);
         self.value_bytes = super::value_bytes(&state);
         self.hydrated = (heads.to_vec(), Arc::new(state), stats);
+        self.note_bound();
+    }
+
+    /// Says so when the document's value crosses its bound (never silently): `mesh state`
+    /// shows the size against the limit, and the log says who must act.
+    fn note_bound(&mut self) {
+        let over = self.value_bytes > super::MAX_DOCUMENT_BYTES;
+        if over && !self.over_bound {
+            tracing::warn!(
+                value_bytes = self.value_bytes,
+                limit = super::MAX_DOCUMENT_BYTES,
+                "the replicated document is past its bound (changes from a peer put it there; \
+                 this node refuses local writes that grow it): remove services or tags, and \
+                 check for an older or misbehaving agent in the mesh"
+            );
+        } else if !over && self.over_bound {
+            tracing::info!(
+                value_bytes = self.value_bytes,
+                "the replicated document is back within its bound"
+            );
+        }
+        self.over_bound = over;
     }
 
     /// The `(root map, key)` entries the changes between `before` and `after` touched, from
