@@ -22,7 +22,7 @@ mod agent;
 use std::path::Path;
 use std::process::Output;
 
-use agent::{Agent, key_file, wait_until};
+use agent::{Agent, key_file, ok, wait_until};
 use serde_json::Value;
 
 fn is_root() -> bool {
@@ -58,46 +58,14 @@ fn sleeps(seconds: &str) -> Vec<u32> {
     found
 }
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn refused(out: Output) -> String {
     assert!(!out.status.success(), "expected a refusal");
     String::from_utf8(out.stderr).unwrap()
 }
 
-fn service(agent: &Agent, name: &str) -> Option<Value> {
-    agent
-        .json(&["services"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .cloned()
-}
-
-fn wait_state(agent: &Agent, name: &str, want: &str) -> Value {
-    wait_until(&format!("{name} {want} on {}", agent.name), || {
-        service(agent, name).filter(|s| s["state"] == want)
-    })
-}
-
-fn events(agent: &Agent, node: Option<&str>) -> Vec<Value> {
-    let mut args = vec!["events", "-n", "1000"];
-    if let Some(node) = node {
-        args.extend(["--node", node]);
-    }
-    agent.json(&args)["events"].as_array().unwrap().clone()
-}
-
 fn has_event(agent: &Agent, node: Option<&str>, service: &str, kind: &str) -> bool {
-    events(agent, node)
+    agent
+        .events(node)
         .iter()
         .any(|e| e["service"] == service && e["kind"] == kind)
 }
@@ -158,7 +126,7 @@ fn a_service_with_a_user_runs_as_that_user_without_supplementary_groups() {
         d = out.path().display()
     );
     ok(add_sh(&a, "as-nobody", &["--user", "nobody"], &script));
-    let running = wait_state(&a, "as-nobody", "healthy");
+    let running = a.wait_service_state("as-nobody", "healthy");
     let read = |file: &str| {
         wait_until(&format!("{file} written"), || {
             std::fs::read_to_string(out.path().join(file))
@@ -198,7 +166,7 @@ fn a_service_with_a_user_runs_as_that_user_without_supplementary_groups() {
         err.contains("user `mesh-no-such-user` does not exist on this node"),
         "{err}"
     );
-    assert!(service(&a, "ghost").is_none());
+    assert!(a.service("ghost").is_none());
 }
 
 #[test]
@@ -229,7 +197,7 @@ fn daemonizing_services_leave_nothing_behind_after_restarts_removal_and_agent_st
     ));
     wait_until("both restarted at least three times", || {
         let restarts = |name| {
-            service(&a, name)
+            a.service(name)
                 .and_then(|s| s["restarts"].as_u64())
                 .unwrap_or(0)
         };
@@ -277,7 +245,9 @@ fn kill_9_of_the_agent_then_of_the_main_process_leaves_exactly_one_copy() {
         &[],
         &format!("sleep {child} & exec sleep {main}"),
     ));
-    let old = wait_state(&a, "pair", "healthy")["pid"].as_u64().unwrap();
+    let old = a.wait_service_state("pair", "healthy")["pid"]
+        .as_u64()
+        .unwrap();
     wait_until("the pair runs", || {
         (sleeps(&child).len() == 1 && sleeps(&main).len() == 1).then_some(())
     });
@@ -296,7 +266,8 @@ fn kill_9_of_the_agent_then_of_the_main_process_leaves_exactly_one_copy() {
 
     let a = Agent::start_with(dir.path(), "alpha", &key, &[], &[]);
     wait_until("a new pair", || {
-        service(&a, "pair").filter(|s| s["state"] == "healthy" && s["pid"] != old)
+        a.service("pair")
+            .filter(|s| s["state"] == "healthy" && s["pid"] != old)
     });
     wait_until("exactly one copy of each", || {
         (sleeps(&child).len() == 1 && sleeps(&main).len() == 1).then_some(())
@@ -304,7 +275,7 @@ fn kill_9_of_the_agent_then_of_the_main_process_leaves_exactly_one_copy() {
     assert!(
         has_event(&a, None, "pair", "leftover-stopped"),
         "{:#?}",
-        events(&a, None)
+        a.events(None)
     );
 }
 
@@ -318,7 +289,7 @@ fn restarts_with_leave_services_running_keep_exactly_one_copy() {
     let (mut a, key) = one_agent(dir.path(), &flags);
     let seconds = unique_seconds(30);
     ok(add_sh(&a, "lasting", &[], &format!("exec sleep {seconds}")));
-    wait_state(&a, "lasting", "healthy");
+    a.wait_service_state("lasting", "healthy");
     for round in 0..4 {
         a.signal("-TERM");
         let left = sleeps(&seconds);
@@ -328,7 +299,7 @@ fn restarts_with_leave_services_running_keep_exactly_one_copy() {
             let now = sleeps(&seconds);
             (now.len() == 1 && now != left).then_some(())
         });
-        wait_state(&a, "lasting", "healthy");
+        a.wait_service_state("lasting", "healthy");
     }
     let left = sleeps(&seconds);
     a.signal("-TERM");
@@ -356,8 +327,8 @@ fn a_service_removed_while_its_node_was_down_does_not_run_again() {
     let (removed, stopped) = (unique_seconds(40), unique_seconds(41));
     ok(add_sh(&b, "removed", &[], &format!("exec sleep {removed}")));
     ok(add_sh(&b, "stopped", &[], &format!("exec sleep {stopped}")));
-    wait_state(&a, "removed", "healthy");
-    wait_state(&a, "stopped", "healthy");
+    a.wait_service_state("removed", "healthy");
+    a.wait_service_state("stopped", "healthy");
     b.signal("-TERM");
     assert!(sleeps(&removed).is_empty() && sleeps(&stopped).is_empty());
     ok(a.cli(&["service", "rm", "removed"]));
@@ -366,14 +337,14 @@ fn a_service_removed_while_its_node_was_down_does_not_run_again() {
     // Back up: it learns of both changes before it starts anything.
     let b = Agent::start(dir.path(), "beta", &key, std::slice::from_ref(&seed));
     wait_until("beta has synced the removal", || {
-        service(&b, "removed").is_none().then_some(())
+        b.service("removed").is_none().then_some(())
     });
     wait_until("beta publishes `stopped` as stopped", || {
-        service(&b, "stopped").filter(|s| s["desired"] == "stopped")
+        b.service("stopped").filter(|s| s["desired"] == "stopped")
     });
     assert!(sleeps(&removed).is_empty(), "the removed service ran again");
     assert!(sleeps(&stopped).is_empty(), "the stopped service ran again");
-    let story = events(&b, None);
+    let story = b.events(None);
     assert!(
         !story
             .iter()
@@ -432,7 +403,7 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
             &["--node", target],
             &format!("exec sleep {seconds}"),
         );
-        let row = wait_state(&a, &name, "refused");
+        let row = a.wait_service_state(&name, "refused");
         assert!(
             row["reason"]
                 .as_str()
@@ -452,7 +423,7 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
         &["--node", "alpha", "--user", "mesh-no-such-user"],
         "exit 0",
     );
-    let row = wait_state(&a, "ghost-on-alpha", "refused");
+    let row = a.wait_service_state("ghost-on-alpha", "refused");
     assert!(
         row["reason"]
             .as_str()
@@ -468,7 +439,7 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
         &[],
         &format!("exec sleep {seconds}"),
     ));
-    wait_state(&a, "local-to-own", "healthy");
+    a.wait_service_state("local-to-own", "healthy");
     let err = refused(add_sh(&none, "local-to-none", &[], "exec sleep 1"));
     assert!(err.contains("--accept-services none"), "{err}");
     assert_eq!(sleeps(&seconds).len(), 1, "only the own service runs");
@@ -534,7 +505,7 @@ fn a_node_restarted_with_accept_services_none_runs_none_of_its_services() {
     let (mut a, key) = one_agent(dir.path(), &[]);
     let seconds = unique_seconds(60);
     ok(add_sh(&a, "kept", &[], &format!("exec sleep {seconds}")));
-    wait_state(&a, "kept", "healthy");
+    a.wait_service_state("kept", "healthy");
     a.signal("-TERM");
     let a = Agent::start_with(
         dir.path(),
@@ -543,7 +514,7 @@ fn a_node_restarted_with_accept_services_none_runs_none_of_its_services() {
         &[],
         &["--accept-services", "none"],
     );
-    let row = wait_state(&a, "kept", "refused");
+    let row = a.wait_service_state("kept", "refused");
     assert!(
         row["reason"]
             .as_str()

@@ -12,7 +12,7 @@ mod agent;
 use std::net::TcpListener;
 use std::path::Path;
 
-use agent::{Agent, key_file, wait_until};
+use agent::{Agent, key_file, ok, wait_until};
 use serde_json::Value;
 
 /// A service command: a web server on `$PORT`, on loopback only.
@@ -59,37 +59,6 @@ fn two_agents(dir: &Path, first: u16) -> (Agent, Agent) {
     (a, b)
 }
 
-fn services(agent: &Agent) -> Vec<Value> {
-    agent.json(&["services"]).as_array().unwrap().clone()
-}
-
-fn service(agent: &Agent, name: &str) -> Option<Value> {
-    services(agent).into_iter().find(|s| s["name"] == name)
-}
-
-fn wait_state(agent: &Agent, name: &str, want: &str) -> Value {
-    wait_until(&format!("{name} {want} on {}", agent.name), || {
-        service(agent, name).filter(|s| s["state"] == want)
-    })
-}
-
-fn events(agent: &Agent, node: Option<&str>) -> Vec<Value> {
-    let mut args = vec!["events", "-n", "1000"];
-    if let Some(node) = node {
-        args.extend(["--node", node]);
-    }
-    agent.json(&args)["events"].as_array().unwrap().clone()
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn add_http(agent: &Agent, name: &str, after: &[&str], health: &str) {
     let mut flags = vec!["--port", "auto", "--health", health];
     for dep in after {
@@ -124,14 +93,14 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
 
     // Healthy as seen from the other node, through the replicated document.
     for name in ["db", "api", "web"] {
-        let s = wait_state(&b, name, "healthy");
+        let s = b.wait_service_state(name, "healthy");
         assert_eq!(s["node"], "alpha");
         assert_eq!(s["health"], "healthy");
         assert!(s["pid"].as_u64().is_some());
         assert_eq!(s["ports"].as_array().unwrap().len(), 1);
     }
     // Started in dependency order: each spawned only after its dependency was healthy.
-    let trail = events(&a, None);
+    let trail = a.events(None);
     let at = |service: &str, kind: &str| {
         trail
             .iter()
@@ -161,15 +130,15 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
     assert_eq!(owners, ["api", "db", "web"]);
 
     // kill -9 the db: it comes back; its dependents ride through (same pids).
-    let db = service(&a, "db").unwrap();
+    let db = a.service("db").unwrap();
     // Placed on the other node from here, depending on a service of this node.
     ok(a.cli(&[
         "service", "add", "remote", "--node", "beta", "--after", "db", "--", "sleep", "100000",
     ]));
-    let remote = wait_state(&a, "remote", "healthy");
+    let remote = a.wait_service_state("remote", "healthy");
     assert_eq!(remote["node"], "beta");
-    let api_pid = service(&a, "api").unwrap()["pid"].clone();
-    let worker_pid = wait_state(&a, "worker", "healthy")["pid"].clone();
+    let api_pid = a.service("api").unwrap()["pid"].clone();
+    let worker_pid = a.wait_service_state("worker", "healthy")["pid"].clone();
     let db_pid = db["pid"].as_u64().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-9", &db_pid.to_string()])
@@ -177,30 +146,31 @@ fn chain_starts_in_order_is_healthy_everywhere_and_rides_through_kill_9() {
         .unwrap();
     assert!(killed.success());
     let back = wait_until("db back with a new pid", || {
-        service(&a, "db")
+        a.service("db")
             .filter(|s| s["state"] == "healthy" && s["pid"].as_u64().is_some_and(|p| p != db_pid))
     });
     assert_eq!(back["restarts"], 1);
     assert_eq!(back["ports"], db["ports"], "the db keeps its port");
     assert_eq!(
-        service(&a, "api").unwrap()["pid"],
+        a.service("api").unwrap()["pid"],
         api_pid,
         "api rode through"
     );
     assert_eq!(
-        service(&b, "remote").unwrap()["pid"],
+        b.service("remote").unwrap()["pid"],
         remote["pid"],
         "a dependent on another node rode through too"
     );
     let worker = wait_until("worker restarted with db", || {
-        service(&a, "worker").filter(|s| s["state"] == "healthy" && s["pid"] != worker_pid)
+        a.service("worker")
+            .filter(|s| s["state"] == "healthy" && s["pid"] != worker_pid)
     });
     assert_eq!(
         worker["restarts"], 0,
         "a restart with its dependency is not a failure"
     );
     // The story, with reasons, asked of alpha from beta through the mesh.
-    let story = events(&b, Some("alpha"));
+    let story = b.events(Some("alpha"));
     let exited = story
         .iter()
         .find(|e| e["service"] == "db" && e["kind"] == "exited")
@@ -292,16 +262,16 @@ health = {{ check = "http", path = "/", interval = "200ms" }}
     )
     .unwrap();
     ok(a.cli(&["service", "add", "-f", file.to_str().unwrap()]));
-    wait_state(&b, "app", "healthy");
+    b.wait_service_state("app", "healthy");
 
     // Break it: every start now exits at once.
     std::fs::remove_file(&marker).unwrap();
-    let pid = service(&a, "flaky").unwrap()["pid"].as_u64().unwrap();
+    let pid = a.service("flaky").unwrap()["pid"].as_u64().unwrap();
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
-    let failed = wait_state(&b, "flaky", "failed");
+    let failed = b.wait_service_state("flaky", "failed");
     assert_eq!(failed["last_exit"], "exit status 3");
     assert!(
         failed["log_tail"]
@@ -311,13 +281,14 @@ health = {{ check = "http", path = "/", interval = "200ms" }}
             .any(|l| l.as_str().unwrap().contains("no marker")),
         "the failure carries its log tail: {failed}"
     );
-    let app = wait_state(&b, "app", "stopped");
+    let app = b.wait_service_state("app", "stopped");
     assert!(
         app["reason"].as_str().unwrap().contains("dependency flaky"),
         "{app}"
     );
     // Delays doubled: 50, 100, 200 ms (jitter only shortens, by at most 10 %).
-    let delays: Vec<u64> = events(&a, None)
+    let delays: Vec<u64> = a
+        .events(None)
         .iter()
         .filter(|e| e["service"] == "flaky" && e["kind"] == "backoff")
         .map(|e| {
@@ -343,8 +314,8 @@ health = {{ check = "http", path = "/", interval = "200ms" }}
     // Fix it and restart it (from the other node): the chain comes back.
     std::fs::write(&marker, "").unwrap();
     ok(b.cli(&["service", "restart", "flaky"]));
-    wait_state(&b, "flaky", "healthy");
-    wait_state(&b, "app", "healthy");
+    b.wait_service_state("flaky", "healthy");
+    b.wait_service_state("app", "healthy");
 }
 
 #[test]
@@ -361,7 +332,7 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
     let a = Agent::start_with(dir.path(), "alpha", &key, &[], &["--port-pool", &pool]);
 
     add_http(&a, "one", &[], "tcp");
-    let one = wait_state(&a, "one", "healthy");
+    let one = a.wait_service_state("one", "healthy");
     let port = one["ports"][0].as_u64().unwrap();
     assert_ne!(port, u64::from(held), "auto never hands out a port in use");
 
@@ -378,7 +349,7 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
         err.contains("two") && err.contains(&fixed) && err.contains("fixed port"),
         "{err}"
     );
-    wait_state(&a, "two", "healthy");
+    a.wait_service_state("two", "healthy");
 
     // A fixed port held by a foreign process: the service cannot start, and says why.
     let held_text = held.to_string();
@@ -387,7 +358,7 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
         "four",
         &["--port", &held_text, "--restart", "never"],
     ));
-    let four = wait_state(&a, "four", "failed");
+    let four = a.wait_service_state("four", "failed");
     let reason = four["reason"].as_str().unwrap();
     assert!(
         reason.contains(&held_text) && reason.contains("in use by another process"),
@@ -407,11 +378,11 @@ fn ports_fixed_conflicts_are_refused_and_foreign_ports_skipped() {
     assert!(String::from_utf8_lossy(&rm.stderr).contains("six"));
     // Stop and start by request.
     ok(a.cli(&["service", "stop", "six"]));
-    wait_state(&a, "six", "stopped");
+    a.wait_service_state("six", "stopped");
     ok(a.cli(&["service", "start", "six"]));
-    wait_state(&a, "six", "healthy");
+    a.wait_service_state("six", "healthy");
     ok(a.cli(&["service", "rm", "six"]));
-    wait_until("six gone", || service(&a, "six").is_none().then_some(()));
+    wait_until("six gone", || a.service("six").is_none().then_some(()));
     drop(foreign);
 }
 
@@ -422,7 +393,7 @@ fn an_agent_crash_leaves_no_unsupervised_service_behind() {
     let pool = ["--port-pool", "default=31400-31499"];
     let mut a = Agent::start_with(dir.path(), "alpha", &key, &[], &pool);
     ok(a.cli(&["service", "add", "sleeper", "--", "sleep", "100000"]));
-    let old_pid = wait_state(&a, "sleeper", "healthy")["pid"]
+    let old_pid = a.wait_service_state("sleeper", "healthy")["pid"]
         .as_u64()
         .unwrap();
     let alive = |pid: u64| {
@@ -442,10 +413,11 @@ fn an_agent_crash_leaves_no_unsupervised_service_behind() {
     let a = Agent::start_with(dir.path(), "alpha", &key, &[], &pool);
     wait_until("the leftover stopped", || (!alive(old_pid)).then_some(()));
     let new = wait_until("a new sleeper", || {
-        service(&a, "sleeper").filter(|s| s["state"] == "healthy" && s["pid"] != old_pid)
+        a.service("sleeper")
+            .filter(|s| s["state"] == "healthy" && s["pid"] != old_pid)
     });
     assert!(alive(new["pid"].as_u64().unwrap()));
-    let story = events(&a, None);
+    let story = a.events(None);
     assert!(
         story
             .iter()

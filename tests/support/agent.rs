@@ -1,6 +1,6 @@
 //! A real `mesh agent` process for tests: started on loopback (no mDNS, static peers, API on
 //! a free port), driven through the real CLI, killed when dropped. Shared by
-//! `tests/agent_process.rs` and `tests/services.rs`.
+//! the integration tests that run real agents.
 
 #![allow(dead_code)]
 
@@ -14,6 +14,16 @@ pub const CEILING: Duration = Duration::from_secs(60);
 
 pub fn mesh(args: &[&str]) -> Output {
     Command::new(MESH).args(args).output().expect("run mesh")
+}
+
+/// The stdout of a command that must have succeeded (its stderr in the panic otherwise).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, panicking after [`CEILING`].
@@ -148,6 +158,38 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `mesh services --json` of this agent.
+    pub fn services(&self) -> Vec<serde_json::Value> {
+        self.json(&["services"])
+            .as_array()
+            .expect("services are an array")
+            .clone()
+    }
+
+    /// The row of service `name` in this agent's `mesh services`.
+    pub fn service(&self, name: &str) -> Option<serde_json::Value> {
+        self.services().into_iter().find(|s| s["name"] == name)
+    }
+
+    /// Waits until service `name` is in state `want` as this agent sees it.
+    pub fn wait_service_state(&self, name: &str, want: &str) -> serde_json::Value {
+        wait_until(&format!("{name} {want} on {}", self.name), || {
+            self.service(name).filter(|s| s["state"] == want)
+        })
+    }
+
+    /// The audit trail of this agent (`node: None`) or of another node, asked through it.
+    pub fn events(&self, node: Option<&str>) -> Vec<serde_json::Value> {
+        let mut args = vec!["events", "-n", "1000"];
+        if let Some(node) = node {
+            args.extend(["--node", node]);
+        }
+        self.json(&args)["events"]
+            .as_array()
+            .expect("events are an array")
+            .clone()
     }
 
     pub fn status(&self) -> Result<serde_json::Value, String> {
