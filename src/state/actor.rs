@@ -1553,6 +1553,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_whose_messages_cannot_be_applied_is_shown_failing_not_in_sync() {
+        let (a, shutdown) = in_memory();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        assert!(a.send(StateCommand::PeerUp(peer)).await);
+        assert!(
+            a.send(StateCommand::Inbound {
+                peer,
+                token: 1,
+                request: SyncRequest::Sync {
+                    epoch: a.snapshot().epoch.clone(),
+                    message: b"not an automerge sync message".to_vec(),
+                },
+            })
+            .await
+        );
+        let mut rx = a.subscribe();
+        let health = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let view = rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .find(|p| p.peer == peer)
+                    .map(|p| p.health.clone());
+                if let Some(health @ SyncHealth::Failing(_)) = view {
+                    return health;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the peer is not shown failing: {:?}", a.snapshot().peers));
+        assert!(health.to_string().contains("bad message"), "{health}");
+        assert!(health.is_bad());
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn a_removed_service_keeps_no_spec_whoever_writes_it() {
         let (state, _stop) = in_memory();
         state
