@@ -882,7 +882,8 @@ pub fn render_state(s: &StateResponse) -> String {
     );
     if s.recovered_from_corruption {
         out.push_str(
-            "note     the state file was unreadable at start and was recovered from peers\n",
+            "note     the state file was damaged at start: what loaded was kept, the rest was \
+             moved aside (see the agent's log) and comes back from peers\n",
         );
     }
     if s.skipped_entries > 0 {

@@ -150,6 +150,49 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
                 )
             })?;
     }
+    check_data_dir_owner(dir, nix::unistd::geteuid().as_raw())
+}
+
+/// Refuses a data dir that someone else could have prepared: the agent (often root) trusts what
+/// it finds there — the API token, its identity, the run file naming processes to stop, the
+/// log files it appends to — so the dir must belong to the agent's user and be writable by
+/// nobody else, and a symlink to it must belong to that user or root.
+fn check_data_dir_owner(dir: &Path, euid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let fix = |why: String| {
+        anyhow::anyhow!(
+            "refusing the data dir {}: {why}; another user could plant files the agent trusts \
+             (its API token, its identity, the logs it writes as its user). Fix it with \
+             `chown {euid} {dir} && chmod 700 {dir}`, or pass another --data-dir",
+            dir.display(),
+            dir = dir.display()
+        )
+    };
+    let link = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot read the data dir {}", dir.display()))?;
+    if link.file_type().is_symlink() && link.uid() != euid && link.uid() != 0 {
+        return Err(fix(format!("it is a symlink owned by uid {}", link.uid())));
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the data dir {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "the data dir {} is not a directory; pass another --data-dir",
+            dir.display()
+        );
+    }
+    if meta.uid() != euid {
+        return Err(fix(format!(
+            "it is owned by uid {}, not this agent's uid {euid}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(fix(format!(
+            "it is writable by its group or by everyone (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
     Ok(())
 }
 
@@ -365,4 +408,68 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {},
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn euid() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn a_private_data_dir_of_the_agents_user_is_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        prepare_data_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // A group search bit (the `mesh` group reading the token) is fine.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).unwrap();
+        check_data_dir_owner(&dir, euid()).unwrap();
+    }
+
+    #[test]
+    fn a_data_dir_others_can_write_is_refused_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_data_dir_owner(&dir, euid()).unwrap_err().to_string();
+        assert!(
+            err.contains("writable by its group or by everyone (mode 777)"),
+            "{err}"
+        );
+        assert!(err.contains("chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn a_data_dir_of_another_user_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        // As if the agent ran as another uid than the dir's owner.
+        let other = euid().wrapping_add(4242);
+        let err = check_data_dir_owner(&dir, other).unwrap_err().to_string();
+        assert!(err.contains("is owned by uid"), "{err}");
+        // A symlink owned by someone else than the agent's user or root.
+        if euid() == 0 {
+            let link = tmp.path().join("link");
+            std::os::unix::fs::symlink(&dir, &link).unwrap();
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &link,
+                Some(nix::unistd::Uid::from_raw(65534)),
+                None,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+            let err = check_data_dir_owner(&link, 4242).unwrap_err().to_string();
+            assert!(err.contains("symlink owned by uid 65534"), "{err}");
+        } else {
+            eprintln!("skipping the symlink case: needs root to chown a symlink");
+        }
+    }
 }

@@ -15,9 +15,11 @@ use std::path::Path;
 use agent::{Agent, key_file, ok, wait_until};
 use serde_json::Value;
 
-/// A service command: a web server on `$PORT`, on loopback only.
-const HTTP_SERVER: [&str; 6] = [
+/// A service command: a web server on `$PORT`, on loopback only, its output unbuffered (a
+/// service's environment is clean: nothing like `PYTHONUNBUFFERED` comes from the agent's).
+const HTTP_SERVER: [&str; 7] = [
     "python3",
+    "-u",
     "-m",
     "http.server",
     "--bind",
@@ -244,7 +246,7 @@ fn a_crashing_service_backs_off_fails_stops_its_dependents_and_comes_back() {
 [[service]]
 name = "flaky"
 command = "sh"
-args = ["-c", "test -f {marker} || {{ echo 'no marker, giving up' >&2; exit 3; }}; exec python3 -m http.server --bind 127.0.0.1 $PORT"]
+args = ["-c", "test -f {marker} || {{ echo 'no marker, giving up' >&2; exit 3; }}; exec python3 -u -m http.server --bind 127.0.0.1 $PORT"]
 ports = [{{}}]
 health = {{ check = "tcp", interval = "200ms" }}
 restart = {{ first_delay = "50ms", cap = "800ms", failed_after = 4, keep_retrying_when_failed = false }}
@@ -252,7 +254,7 @@ restart = {{ first_delay = "50ms", cap = "800ms", failed_after = 4, keep_retryin
 [[service]]
 name = "app"
 command = "python3"
-args = ["-m", "http.server", "--bind", "127.0.0.1", "$PORT"]
+args = ["-u", "-m", "http.server", "--bind", "127.0.0.1", "$PORT"]
 after = ["flaky"]
 ports = [{{}}]
 health = {{ check = "http", path = "/", interval = "200ms" }}

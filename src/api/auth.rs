@@ -101,6 +101,23 @@ pub fn group_id(group_file: &str, name: &str) -> Option<u32> {
 /// every start, so a group created later takes effect at the next restart.
 pub fn load_or_create(data_dir: &Path) -> Result<TokenFile, AuthError> {
     let path = data_dir.join(TOKEN_FILE);
+    // A token file this user did not write (or a link to one) may be known to whoever did:
+    // replace it rather than trust it.
+    if let Ok(meta) = fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        let euid = nix::unistd::geteuid().as_raw();
+        if meta.file_type().is_symlink() || meta.uid() != euid {
+            tracing::warn!(
+                path = %path.display(),
+                owner = meta.uid(),
+                "the API token file is not a plain file of this agent's user; writing a new token"
+            );
+            fs::remove_file(&path).map_err(|source| AuthError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
     let existing = match fs::read_to_string(&path) {
         Ok(text) => {
             let parsed = parse_token(&text);
@@ -338,6 +355,37 @@ mod tests {
         let replaced = load_or_create(dir.path()).unwrap();
         assert!(replaced.created);
         assert_ne!(replaced.token, first.token);
+    }
+
+    #[test]
+    fn a_token_file_planted_by_someone_else_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        let planted = "7".repeat(64);
+        // A link to a token the planter knows.
+        let elsewhere = dir.path().join("known");
+        fs::write(&elsewhere, format!("{planted}\n")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let loaded = load_or_create(dir.path()).unwrap();
+        assert!(loaded.created);
+        assert_ne!(loaded.token, planted);
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A plain file owned by another user (needs root to hand it over).
+        if nix::unistd::geteuid().is_root() {
+            fs::remove_file(&path).unwrap();
+            fs::write(&path, format!("{planted}\n")).unwrap();
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let loaded = load_or_create(dir.path()).unwrap();
+            assert!(loaded.created);
+            assert_ne!(loaded.token, planted);
+        } else {
+            eprintln!("skipping the foreign-owner case: needs root to chown");
+        }
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //!
 //! Two agents on one data dir would share a node id, stop each other's services as
 //! "leftovers" (the run file), overwrite `api.addr` and write the same document file. So the
-//! agent takes an exclusive advisory lock (`flock`) on `DATA_DIR/agent.lock` before it reads
-//! or writes anything else there, and holds it, with the file open, for the life of the
-//! process. The file holds the holder's pid, so a second agent can say which one runs.
+//! agent takes an exclusive advisory lock (`flock`) on the data dir itself before it reads or
+//! writes anything else there, and holds it, with the directory open, for the life of the
+//! process. Locking the directory rather than a file in it means that deleting or replacing a
+//! file ("a stale lock") cannot let a second agent in. `DATA_DIR/agent.lock` holds the
+//! holder's pid, written once the lock is taken, so a second agent can say which one runs.
 //!
 //! The lock is released by the kernel when the process ends, however it ends (`kill -9`
-//! included), so a crash never leaves a stale lock. The file stays: removing it on exit would
-//! race with an agent that has just opened it. The descriptor is close-on-exec (Rust opens
-//! every file so), so service processes never inherit the lock and cannot keep it after the
-//! agent is gone.
+//! included), so a crash never leaves a stale lock. The descriptor is close-on-exec (Rust
+//! opens every file so), so service processes never inherit the lock and cannot keep it after
+//! the agent is gone.
 //!
 //! Owns the lock file and its message. Does not own the data dir's creation (the daemon).
 
@@ -44,8 +45,8 @@ pub enum LockError {
 /// An exclusive lock on a data dir, held until dropped (for the agent: until it exits).
 #[derive(Debug)]
 pub struct DataDirLock {
-    /// Kept open: closing the file releases the lock.
-    _file: File,
+    /// The data dir, open and locked: closing it releases the lock.
+    _dir: File,
     path: PathBuf,
 }
 
@@ -54,36 +55,44 @@ impl DataDirLock {
     /// at once, without waiting, when another process holds it.
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let path = dir.join(LOCK_FILE);
-        let io_err = |source| LockError::Io {
-            path: path.clone(),
-            source,
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LockError::Io { path, source }
         };
-        // Not truncated on open: the holder's pid must stay readable for the message.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io_err)?;
-        match file.try_lock() {
+        // The lock is on the directory itself, not on a file in it: deleting or replacing
+        // `agent.lock` (a "stale lock" clean-up) must not let a second agent in.
+        let dir_file = File::open(dir).map_err(io_err(dir))?;
+        match dir_file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
+                let holder = OpenOptions::new()
+                    .read(true)
+                    .open(&path)
+                    .map(|mut f| holder_of(&mut f))
+                    .unwrap_or_else(|_| "pid not recorded".to_string());
                 return Err(LockError::Held {
                     dir: dir.to_path_buf(),
-                    holder: holder_of(&mut file),
+                    holder,
                 });
             }
-            Err(TryLockError::Error(source)) => return Err(io_err(source)),
+            Err(TryLockError::Error(source)) => return Err(io_err(dir)(source)),
         }
-        file.set_len(0).map_err(io_err)?;
-        file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        // The holder's pid, for the second agent's message; written only once the lock is ours.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err(&path))?;
         file.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .map_err(io_err)?;
+            .map_err(io_err(&path))?;
         // Durable enough for a message; the lock itself lives in the kernel, not the file.
-        file.sync_data().map_err(io_err)?;
-        Ok(Self { _file: file, path })
+        file.sync_data().map_err(io_err(&path))?;
+        Ok(Self {
+            _dir: dir_file,
+            path,
+        })
     }
 
     /// The lock file's path.
@@ -134,6 +143,16 @@ mod tests {
             std::fs::read_to_string(again.path()).unwrap().trim(),
             std::process::id().to_string()
         );
+    }
+
+    #[test]
+    fn deleting_the_pid_file_does_not_free_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let holder = DataDirLock::acquire(dir.path()).unwrap();
+        std::fs::remove_file(holder.path()).unwrap();
+        let err = DataDirLock::acquire(dir.path()).unwrap_err();
+        assert!(matches!(err, LockError::Held { .. }), "{err}");
+        assert!(err.to_string().contains("pid not recorded"), "{err}");
     }
 
     #[test]

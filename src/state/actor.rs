@@ -352,8 +352,8 @@ struct StateActor {
     hydrated: (Vec<automerge::ChangeHash>, Arc<MeshState>, HydrateStats),
     /// [`super::value_bytes`] of `hydrated`.
     value_bytes: u64,
-    /// The value is past [`super::MAX_DOCUMENT_BYTES`]: local writes refuse that, so changes
-    /// from a peer (an older or hostile agent) took it there. Warned once per crossing.
+    /// The value is past [`super::MAX_DOCUMENT_BYTES`] (instance and lease reports and peers'
+    /// changes are never refused, so it can be). Warned once per crossing.
     over_bound: bool,
     last_compaction: Option<Instant>,
     /// A snapshot fetch under way.
@@ -1376,9 +1376,10 @@ impl StateActor {
             tracing::warn!(
                 value_bytes = self.value_bytes,
                 limit = super::MAX_DOCUMENT_BYTES,
-                "the replicated document is past its bound (changes from a peer put it there; \
-                 this node refuses local writes that grow it): remove services or tags, and \
-                 check for an older or misbehaving agent in the mesh"
+                "the replicated document is past its bound: services and tags that grow it are \
+                 refused until it shrinks (what nodes report of their instances and leases, and \
+                 changes from peers, are never refused); remove services or tags, and check for \
+                 an older or misbehaving agent in the mesh"
             );
         } else if !over && self.over_bound {
             tracing::info!(

@@ -173,8 +173,19 @@ pub fn rotated_log_path(log_dir: &Path, service: &str, index: usize) -> PathBuf 
     log_dir.join(format!("{service}.log.{index}"))
 }
 
-/// A command for `program args` in the service's working dir and environment: the agent's
-/// environment, then the spec's `env`, then `ports` (as built by [`ServiceSpec::port_env`]),
+/// Variables a service inherits from the agent: where programs are, language and time zone,
+/// and (for a service without `user`, which runs as the agent's user) who it is. Everything
+/// else is set by the spec's `env`.
+fn inherited_variable(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    matches!(
+        name.as_ref(),
+        "PATH" | "LANG" | "LANGUAGE" | "TZ" | "HOME" | "USER" | "LOGNAME"
+    ) || name.starts_with("LC_")
+}
+
+/// A command for `program args` in the service's working dir and environment: a clean one
+/// holding only the agent's [`inherited_variable`]s, then the spec's `env`, then `ports` (as built by [`ServiceSpec::port_env`]),
 /// `MESH_NODE` and `MESH_SERVICE`. Arguments are `$PORT`-expanded. A spec without a working
 /// dir runs in the agent's current directory. With `user` / `group`, it runs with those ids
 /// (no supplementary groups) and `USER`, `LOGNAME`, `HOME` naming the user.
@@ -202,6 +213,11 @@ fn service_command(
     }
     let mut command = Command::new(program);
     command.args(expand_args(args, ports));
+    // A clean environment, as systemd gives its services: the agent's own variables (its
+    // working dir, shell, secrets an operator exported) are not the service's business, and a
+    // failed service's log tail is readable by every local user.
+    command.env_clear();
+    command.envs(std::env::vars_os().filter(|(k, _)| inherited_variable(k)));
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }
@@ -400,6 +416,9 @@ impl LogFile {
         tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            // Never through a symlink: the agent writes logs as root, and a planted link
+            // would let whoever planted it aim those writes at any file.
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
             .await
             .map_err(|source| LaunchError::LogFile {
@@ -875,6 +894,56 @@ mod tests {
         .await
         .expect("spawn");
         assert_eq!(run_to_end(&mut process).await, ExitStatus::Signal(9));
+    }
+
+    #[tokio::test]
+    async fn a_service_gets_a_clean_environment_not_the_agents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("env.txt");
+        let mut spec = sh("envy", &format!("env > {}", out.display()));
+        spec.env.insert("MINE".into(), "1".into());
+        let mut process = spawn_service(
+            &spec,
+            &BTreeMap::new(),
+            "n1",
+            dir.path(),
+            LogLimits::default(),
+        )
+        .await
+        .expect("spawn");
+        assert_eq!(run_to_end(&mut process).await, ExitStatus::Code(0));
+        let env = std::fs::read_to_string(&out).expect("the service wrote its environment");
+        let names: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        for wanted in ["PATH", "MINE", "MESH_NODE", "MESH_SERVICE"] {
+            assert!(names.contains(&wanted), "{wanted} missing: {names:?}");
+        }
+        // cargo sets these for the test process (the agent here): not the service's business.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn a_log_file_planted_as_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "ORIGINAL").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("planted.log")).unwrap();
+        let spec = sh("planted", "echo WRITTEN");
+        let err = spawn_service(
+            &spec,
+            &BTreeMap::new(),
+            "n1",
+            dir.path(),
+            LogLimits::default(),
+        )
+        .await
+        .expect_err("a symlinked log file is refused");
+        assert!(matches!(err, LaunchError::LogFile { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "ORIGINAL");
     }
 
     #[tokio::test]

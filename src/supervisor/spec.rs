@@ -43,6 +43,10 @@ pub const MAX_ARGS: usize = 256;
 pub const MAX_ARG_BYTES: usize = 8 * 1024;
 /// Most environment variables a spec sets.
 pub const MAX_ENV_VARS: usize = 128;
+/// Most ports one service asks for. Each becomes a lease record in the replicated document
+/// (outside the spec's bytes), so this bounds what one spec adds there: a real service has a
+/// handful; 3,000 in a 56 KB spec once filled the document past its bound.
+pub const MAX_PORTS: usize = 32;
 /// Longest user or group name: `useradd`'s limit.
 pub const MAX_ACCOUNT_NAME_LEN: usize = 32;
 /// Characters of a refused value echoed back in an error: enough to recognise it, never a
@@ -1040,6 +1044,12 @@ impl ServiceSpec {
                     format!("{} bytes, the limit is {MAX_ARG_BYTES}", list[index].len()),
                 ));
             }
+        }
+        if self.ports.len() > MAX_PORTS {
+            return Err(too_large(
+                "ports".to_string(),
+                format!("{} ports, the limit is {MAX_PORTS}", self.ports.len()),
+            ));
         }
         if self.env.len() > MAX_ENV_VARS {
             return Err(too_large(
@@ -2211,6 +2221,18 @@ mod tests {
             spec.validate().unwrap_err().to_string(),
             "service `big`: args item 1 is too large: 1900000 bytes, the limit is 8192"
         );
+        spec.args = Vec::new();
+        spec.ports = (0..=MAX_PORTS)
+            .map(|i| PortSpec {
+                name: Some(format!("p{i}")),
+                ..PortSpec::auto()
+            })
+            .collect();
+        assert_eq!(
+            spec.validate().unwrap_err().to_string(),
+            "service `big`: ports is too large: 33 ports, the limit is 32"
+        );
+        spec.ports = Vec::new();
         spec.args = vec!["x".to_string(); MAX_ARGS + 1];
         assert!(
             spec.validate()
