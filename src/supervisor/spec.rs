@@ -1565,8 +1565,13 @@ mod tests {
             }
         );
         assert!(web.args.iter().any(|arg| arg == "${PORT_HTTP}"));
+        let port_at = web
+            .args
+            .iter()
+            .position(|arg| arg == "${PORT_HTTP}")
+            .expect("web's args name its port");
         assert_eq!(
-            expand_args(&web.args, &web.port_env(&[20002]))[2],
+            expand_args(&web.args, &web.port_env(&[20002]))[port_at],
             "20002",
             "web's args expand"
         );
