@@ -69,6 +69,14 @@ struct Agent {
     dir: PathBuf,
 }
 
+/// A test that fails part-way still stops its agent (a stopped one is already reaped).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Agent {
     fn start(ns: &Namespace, dir: &Path, key: &Path, log: &Path) -> Agent {
         let _ = std::fs::remove_file(dir.join("api.addr"));
