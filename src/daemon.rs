@@ -221,7 +221,16 @@ fn node_name(options: &AgentOptions) -> anyhow::Result<String> {
 /// Raises the soft limit on open files to [`NOFILE_SOFT_TARGET`] (or the hard limit), so a
 /// flood of local connections cannot starve the agent's other files; logs the outcome.
 fn raise_nofile_limit() {
-    match rlimit::increase_nofile_limit(NOFILE_SOFT_TARGET) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        // `rlim_t` is 32 bits on 32-bit ARM; the target fits either way.
+        let target = hard.min(NOFILE_SOFT_TARGET as nix::libc::rlim_t);
+        if soft >= target {
+            return Ok(soft);
+        }
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard).map(|()| target)
+    });
+    match raised {
         Ok(soft) => tracing::debug!(soft, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }

@@ -828,6 +828,11 @@ mod tests {
         }
     }
 
+    /// Spawns `spec` with no ports on node `n1`, logging to `dir` with the default limits.
+    async fn spawn_plain(spec: &ServiceSpec, dir: &Path) -> Result<RunningProcess, LaunchError> {
+        spawn_service(spec, &BTreeMap::new(), "n1", dir, LogLimits::default()).await
+    }
+
     fn sh(name: &str, script: &str) -> ServiceSpec {
         let mut spec = ServiceSpec::new(name, "sh");
         spec.args = vec!["-c".to_string(), script.to_string()];
@@ -857,15 +862,7 @@ mod tests {
     async fn captures_exit_code_and_both_streams() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = sh("hello", "echo hi; echo err >&2; exit 3");
-        let mut process = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect("spawn");
+        let mut process = spawn_plain(&spec, dir.path()).await.expect("spawn");
         assert!(process.pid() > 1);
         assert_eq!(run_to_end(&mut process).await, ExitStatus::Code(3));
         let log = std::fs::read_to_string(log_path(dir.path(), "hello")).expect("log");
@@ -884,15 +881,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // `$$$$`: arguments are `$PORT`-expanded, where `$$` stands for `$`.
         let spec = sh("selfkill", "kill -9 $$$$");
-        let mut process = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect("spawn");
+        let mut process = spawn_plain(&spec, dir.path()).await.expect("spawn");
         assert_eq!(run_to_end(&mut process).await, ExitStatus::Signal(9));
     }
 
@@ -902,15 +891,7 @@ mod tests {
         let out = dir.path().join("env.txt");
         let mut spec = sh("envy", &format!("env > {}", out.display()));
         spec.env.insert("MINE".into(), "1".into());
-        let mut process = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect("spawn");
+        let mut process = spawn_plain(&spec, dir.path()).await.expect("spawn");
         assert_eq!(run_to_end(&mut process).await, ExitStatus::Code(0));
         let env = std::fs::read_to_string(&out).expect("the service wrote its environment");
         let names: Vec<&str> = env
@@ -933,15 +914,9 @@ mod tests {
         std::fs::write(&victim, "ORIGINAL").unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join("planted.log")).unwrap();
         let spec = sh("planted", "echo WRITTEN");
-        let err = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect_err("a symlinked log file is refused");
+        let err = spawn_plain(&spec, dir.path())
+            .await
+            .expect_err("a symlinked log file is refused");
         assert!(matches!(err, LaunchError::LogFile { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "ORIGINAL");
     }
@@ -951,15 +926,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut spec = sh("lost", "true");
         spec.working_dir = Some(dir.path().join("gone"));
-        let err = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect_err("no such directory");
+        let err = spawn_plain(&spec, dir.path())
+            .await
+            .expect_err("no such directory");
         assert!(matches!(err, LaunchError::WorkingDir { .. }), "{err}");
         assert!(err.to_string().contains("working_dir"), "{err}");
         assert!(!err.to_string().contains("cannot start"), "{err}");
@@ -969,15 +938,9 @@ mod tests {
     async fn spawn_failure_names_the_command() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = ServiceSpec::new("ghost", "/nonexistent/mesh-test-program");
-        let err = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect_err("no such program");
+        let err = spawn_plain(&spec, dir.path())
+            .await
+            .expect_err("no such program");
         assert!(matches!(err, LaunchError::Spawn { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/mesh-test-program"));
     }
@@ -1050,15 +1013,7 @@ mod tests {
     async fn signal_group_reaches_descendants() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = sh("group", "sleep 1000 & sleep 1000");
-        let mut process = spawn_service(
-            &spec,
-            &BTreeMap::new(),
-            "n1",
-            dir.path(),
-            LogLimits::default(),
-        )
-        .await
-        .expect("spawn");
+        let mut process = spawn_plain(&spec, dir.path()).await.expect("spawn");
         let pid = process.pid();
         wait_until("both sleeps run in the service's group", async || {
             group_members(pid).len() >= 2
