@@ -15,9 +15,11 @@
 use std::time::{Duration, Instant};
 
 use automerge::{ActorId, AutoCommit};
+use mesh::ports::LeaseState;
 use mesh::state::{
-    COMPACT_AT_CHANGES, EpochId, InstanceRecord, LeaseRecord, NodeRecord, ServiceRecord, compact,
-    delete_entry, epoch_of, genesis, get_entry, hydrate_lenient, migrate_into, put_entry,
+    COMPACT_AT_CHANGES, Desired, EpochId, InstanceRecord, InstanceState, LeaseRecord, NodeRecord,
+    ServiceRecord, compact, delete_entry, epoch_of, genesis, get_entry, hydrate_lenient,
+    migrate_into, put_entry,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -66,7 +68,7 @@ fn load_time(bytes: &[u8]) -> Duration {
 fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
     let online: Vec<usize> = (0..nodes.len()).filter(|i| nodes[*i].online).collect();
     let w = online[rng.random_range(0..online.len())];
-    let me = nodes[w].id.clone();
+    let me = mesh::state::NodeId::from(&nodes[w].id);
     let doc = &mut nodes[w].doc;
     match kind {
         0 => {
@@ -94,13 +96,14 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
                     ports: vec![20000 + svc as u64],
                     ..Default::default()
                 });
-            inst.state = states[rng.random_range(0..states.len())].into();
+            inst.state = InstanceState::parse(states[rng.random_range(0..states.len())])
+                .expect("a known instance state");
             inst.since_ms = now_ms;
             inst.pid = Some(rng.random_range(1000..100_000));
-            if inst.state == "starting" {
+            if inst.state == InstanceState::Starting {
                 inst.restarts += 1;
             }
-            if inst.state == "stopped" && rng.random_bool(0.5) {
+            if inst.state == InstanceState::Stopped && rng.random_bool(0.5) {
                 delete_entry(doc, "instances", &key).unwrap();
             } else {
                 put_entry(doc, "instances", &key, &inst).unwrap();
@@ -111,7 +114,7 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
             let port = 20000 + rng.random_range(0..LEASE_PORTS_PER_NODE);
             let key = format!("{me}/tcp/{port}");
             let lease = get_entry::<LeaseRecord>(doc, "leases", &key);
-            match lease.as_ref().map(|l| l.state.as_str()) {
+            match lease.as_ref().map(|l| l.state) {
                 None => put_entry(
                     doc,
                     "leases",
@@ -121,21 +124,21 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
                         port,
                         proto: "tcp".into(),
                         owner: format!("svc{}", port % SERVICES as u64),
-                        state: "allocated".into(),
+                        state: LeaseState::Allocated,
                         since_ms: now_ms,
                         ..Default::default()
                     },
                 )
                 .unwrap(),
-                Some("allocated") => {
+                Some(LeaseState::Allocated) => {
                     let mut l = lease.clone().expect("matched Some");
-                    l.state = "in-use".into();
+                    l.state = LeaseState::InUse;
                     l.since_ms = now_ms;
                     put_entry(doc, "leases", &key, &l).unwrap();
                 }
-                Some("in-use") => {
+                Some(LeaseState::InUse) => {
                     let mut l = lease.clone().expect("matched Some");
-                    l.state = "released".into();
+                    l.state = LeaseState::Released;
                     l.since_ms = now_ms;
                     put_entry(doc, "leases", &key, &l).unwrap();
                 }
@@ -146,9 +149,9 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
             // A service spec is added, edited, or removed (a tombstone: desired = removed).
             let svc = format!("svc{}", rng.random_range(0..SERVICES));
             let desired = if rng.random_bool(0.1) {
-                "removed"
+                Desired::Removed
             } else {
-                "running"
+                Desired::Running
             };
             let spec = format!(
                 r#"{{"name":"{svc}","command":"/usr/bin/{svc}","args":["--port","$PORT","--v","{}"],"after":[],"ports":["auto"],"health":"http:/health"}}"#,
@@ -160,7 +163,7 @@ fn event(rng: &mut StdRng, nodes: &mut [Node], now_ms: i64, kind: u32) {
                 &svc,
                 &ServiceRecord {
                     spec_json: spec,
-                    desired: desired.into(),
+                    desired,
                     updated_by: me.clone(),
                     updated_at_ms: now_ms,
                     ..Default::default()

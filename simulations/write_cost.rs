@@ -16,7 +16,7 @@ use mesh::admission::MeshKey;
 use mesh::discovery::memory::MemoryDiscovery;
 use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
 use mesh::state::actor::EntryWrite;
-use mesh::state::{ServiceRecord, now_ms};
+use mesh::state::{Desired, ServiceRecord, now_ms};
 
 /// Services added: the size at which the slowdown was reported.
 const SERVICES: usize = 200;
@@ -90,8 +90,8 @@ async fn main() {
                 "{{\"name\":\"svc{i}\",\"command\":[\"/usr/bin/server\",\"--port\",\"{i}\",\"{}\"]}}",
                 "x".repeat(900)
             ),
-            desired: "stopped".into(),
-            updated_by: writer.peer_id().to_base58(),
+            desired: Desired::Stopped,
+            updated_by: writer.peer_id().into(),
             updated_at_ms: now_ms(),
             ..Default::default()
         };

@@ -525,7 +525,7 @@ fn service_row(
         node,
         node_id: instance.map(|(id, _)| id.to_string()),
         desired: desired.to_string(),
-        state: instance.map_or_else(|| "pending".to_string(), |(_, i)| i.state.clone()),
+        state: instance.map_or_else(|| "pending".to_string(), |(_, i)| i.state.to_string()),
         pid: instance
             .and_then(|(_, i)| i.pid)
             .and_then(|p| u32::try_from(p).ok()),
@@ -561,46 +561,43 @@ fn service_row(
 /// The `mesh services` rows: every service of the desired state with the instance of the node
 /// it is placed on, then instances still running elsewhere (removed or moved services
 /// winding down). By name.
-pub fn service_entries(state: &MeshState, now_ms: i64) -> Vec<ServiceEntry> {
+pub fn service_entries(view: crate::services::View<'_>, now_ms: i64) -> Vec<ServiceEntry> {
+    let state = view.state;
     let mut rows = Vec::new();
-    let mut shown: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut shown: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for (name, record) in &state.services {
-        if record.desired == "removed" {
+        if record.is_removed() {
             continue;
         }
-        let spec: Option<ServiceSpec> = serde_json::from_str(&record.spec_json).ok();
-        let placed = spec
-            .as_ref()
-            .and_then(|s| s.node.clone())
-            .unwrap_or_else(|| record.updated_by.clone());
-        let ids = state.nodes_named(&placed);
-        let instance = ids.iter().find_map(|id| {
-            let key = format!("{name}@{id}");
-            state
-                .instances
-                .get_key_value(&key)
-                .map(|(k, i)| (k.as_str(), *id, i))
+        let spec = view.specs.get(name);
+        let placed = crate::services::placement(view, name);
+        let instance = placed.as_ref().and_then(|id| {
+            let key = crate::services::instance_key(name, id);
+            state.instances.get(&key).map(|i| (key, id.as_str(), i))
         });
-        if let Some((key, _, _)) = instance {
-            shown.insert(key);
+        if let Some((key, _, _)) = &instance {
+            shown.insert(key.clone());
         }
-        let node = instance.map_or(placed.clone(), |(_, id, _)| state.node_name(id));
+        let node = instance.as_ref().map_or_else(
+            || crate::services::placement_label(view, name),
+            |(_, id, _)| state.node_name(id),
+        );
         let mut row = service_row(
             name,
             node,
-            &record.desired,
-            spec.as_ref(),
-            instance.map(|(_, id, i)| (id, i)),
+            record.desired.as_str(),
+            spec,
+            instance.as_ref().map(|(_, id, i)| (*id, *i)),
             now_ms,
         );
-        if spec.is_none() {
+        if let Some(reason) = view.specs.error(name) {
             row.state = "invalid".to_string();
-            row.reason = Some("the spec in the document does not parse".to_string());
+            row.reason = Some(format!("the spec in the document does not parse: {reason}"));
         }
         rows.push(row);
     }
     for (key, instance) in &state.instances {
-        if shown.contains(key.as_str()) || instance.state == "stopped" {
+        if shown.contains(key.as_str()) || instance.state == crate::state::InstanceState::Stopped {
             continue;
         }
         let desired = state
@@ -628,17 +625,21 @@ pub fn port_entries(state: &MeshState, node: Option<&str>) -> Vec<PortEntry> {
         .values()
         .filter(|l| {
             node.is_none_or(|n| {
-                l.node == n || state.nodes.get(&l.node).is_some_and(|r| r.name == n)
+                let name = state
+                    .nodes
+                    .get(l.node.as_str())
+                    .map_or("", |r| r.name.as_str());
+                crate::services::node_match(&l.node, name, n).is_some()
             })
         })
         .filter_map(|l| {
             Some(PortEntry {
                 node: state.node_name(&l.node),
-                node_id: l.node.clone(),
+                node_id: l.node.to_string(),
                 port: u16::try_from(l.port).ok()?,
                 proto: l.proto.clone(),
                 service: l.owner.clone(),
-                state: l.state.clone(),
+                state: l.state.to_string(),
                 since_ms: l.since_ms,
                 pid: l.pid.and_then(|p| u32::try_from(p).ok()),
             })

@@ -1,5 +1,9 @@
 //! The node's persistent identity: an Ed25519 keypair in the data dir, and the node id (the
-//! libp2p `PeerId`) derived from it.
+//! libp2p `PeerId`) derived from it; the two ways a node is named in the mesh, [`NodeId`] and
+//! [`NodeName`], as distinct types.
+//!
+//! A leaf module: it imports nothing from the rest of the crate, so the wire types, the state
+//! schema and the services domain can all use [`NodeId`] and [`NodeName`].
 //!
 //! Owns the key file format and its crash-safe creation. Does not own the mesh key (see
 //! [`crate::admission`]), although both files live side by side and share [`write_secret_file`].
@@ -15,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
+use serde::{Deserialize, Serialize};
 
 /// File name of the node key inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -23,6 +28,138 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// start with the same `12D3KooW` prefix, so the tail is the part that tells nodes apart; ten
 /// base58 characters are ~58 bits, far from colliding in any mesh.
 pub const SHORT_ID_LEN: usize = 10;
+
+/// A node's id: its libp2p `PeerId` in base58, the key of `nodes` in the mesh state and the
+/// node part of instance and lease keys. Stable for the life of the data dir's key file.
+/// Stored in the document as a plain string (the encoding older agents wrote).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+/// A node's name: what its operator called it (`--name`, else the hostname). Chosen by people,
+/// so not unique and not stable; a service's target is resolved from it to a [`NodeId`] once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeName(String);
+
+macro_rules! string_newtype {
+    ($type:ident) => {
+        impl $type {
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::ops::Deref for $type {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $type {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $type {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $type {
+            fn from(value: &str) -> Self {
+                Self(value.to_string())
+            }
+        }
+
+        impl From<String> for $type {
+            fn from(value: String) -> Self {
+                Self(value)
+            }
+        }
+
+        impl From<&String> for $type {
+            fn from(value: &String) -> Self {
+                Self(value.clone())
+            }
+        }
+
+        impl PartialEq<str> for $type {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $type {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $type {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl autosurgeon::Hydrate for $type {
+            fn hydrate_string(value: &'_ str) -> Result<Self, autosurgeon::HydrateError> {
+                Ok(Self(value.to_string()))
+            }
+        }
+
+        impl autosurgeon::Reconcile for $type {
+            type Key<'a> = autosurgeon::reconcile::NoKey;
+            fn reconcile<R: autosurgeon::Reconciler>(&self, reconciler: R) -> Result<(), R::Error> {
+                self.0.reconcile(reconciler)
+            }
+        }
+    };
+}
+
+string_newtype!(NodeId);
+string_newtype!(NodeName);
+
+impl From<PeerId> for NodeId {
+    fn from(peer: PeerId) -> Self {
+        Self(peer.to_base58())
+    }
+}
+
+impl From<&PeerId> for NodeId {
+    fn from(peer: &PeerId) -> Self {
+        Self(peer.to_base58())
+    }
+}
+
+impl NodeId {
+    /// Whether `wanted` names this id: in full, or as its tail of at least
+    /// [`MIN_ID_SUFFIX`] characters (what `mesh peers` shows).
+    pub fn matches(&self, wanted: &str) -> bool {
+        self.0 == wanted || (wanted.len() >= MIN_ID_SUFFIX && self.0.ends_with(wanted))
+    }
+}
+
+/// Shortest tail of a node id that names it on the command line. Six base58 characters are
+/// ~35 bits: unique in any mesh, and short enough to type from the `mesh peers` table.
+pub const MIN_ID_SUFFIX: usize = 6;
 
 /// Errors loading or creating identity files.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,7 @@ pub mod membership;
 pub mod node;
 pub mod ports;
 pub mod query;
+pub mod services;
 pub mod state;
 pub mod supervisor;
 pub mod sync;

@@ -21,6 +21,10 @@ use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc};
 use autosurgeon::{Hydrate, Reconcile};
 use serde::{Deserialize, Serialize};
 
+pub use crate::identity::{NodeId, NodeName};
+use crate::ports::LeaseState;
+use crate::supervisor::spec::ServiceSpec;
+
 /// Version of the document schema. Written once, in the genesis change. A later schema adds
 /// fields with defaults (hydration tolerates missing fields) rather than a new genesis:
 /// documents with different genesis changes cannot merge without conflicting root maps.
@@ -119,36 +123,197 @@ impl From<&crate::hardware::HardwareInfo> for NodeHardware {
     }
 }
 
+/// Enums stored in the document as one lowercase string each (the encoding agents have always
+/// written, so older agents read them unchanged). A string this agent does not know makes the
+/// entry malformed: hydration skips and counts it, like any other bad entry.
+macro_rules! document_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $type:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $type {
+            $($(#[$variant_meta])* $variant,)*
+        }
+
+        impl $type {
+            /// Its encoding in the document and in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($type::$variant => $text,)*
+                }
+            }
+
+            /// The value `text` encodes, if any.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($type::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Self::parse(&text).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "unknown {} `{text}`",
+                        stringify!($type)
+                    ))
+                })
+            }
+        }
+
+        impl Hydrate for $type {
+            fn hydrate_string(text: &'_ str) -> Result<Self, autosurgeon::HydrateError> {
+                Self::parse(text).ok_or_else(|| {
+                    autosurgeon::HydrateError::unexpected(stringify!($type), text.to_string())
+                })
+            }
+        }
+
+        impl Reconcile for $type {
+            type Key<'a> = autosurgeon::reconcile::NoKey;
+            fn reconcile<R: autosurgeon::Reconciler>(
+                &self,
+                mut reconciler: R,
+            ) -> Result<(), R::Error> {
+                reconciler.str(self.as_str())
+            }
+        }
+    };
+}
+
+document_enum! {
+    /// What the mesh wants of a service.
+    #[derive(Default)]
+    pub enum Desired {
+        /// Run it (where it is placed).
+        #[default]
+        Running = "running",
+        /// Keep it, stopped.
+        Stopped = "stopped",
+        /// A tombstone: deletions must win over concurrent older writes, and epoch migration
+        /// compares `updated_at_ms`.
+        Removed = "removed",
+    }
+}
+
+document_enum! {
+    /// An operator request that is not a desired state.
+    pub enum OperatorRequest {
+        /// Start it, clearing `failed`.
+        Start = "start",
+        /// Stop it and start it again at once, forgetting past failures.
+        Restart = "restart",
+    }
+}
+
+document_enum! {
+    /// The state a node publishes for one of its instances: the supervisor's service state, or
+    /// `refused` (placed here, but this node will not run it).
+    #[derive(Default)]
+    pub enum InstanceState {
+        #[default]
+        Stopped = "stopped",
+        Starting = "starting",
+        Healthy = "healthy",
+        Unhealthy = "unhealthy",
+        Stopping = "stopping",
+        Backoff = "backoff",
+        Failed = "failed",
+        Refused = "refused",
+    }
+}
+
+/// A lease's state in the document: the allocator's [`LeaseState`], as `mesh ports` shows it.
+impl Hydrate for LeaseState {
+    fn hydrate_string(text: &'_ str) -> Result<Self, autosurgeon::HydrateError> {
+        match text {
+            "allocated" => Ok(LeaseState::Allocated),
+            "in-use" => Ok(LeaseState::InUse),
+            "released" => Ok(LeaseState::Released),
+            other => Err(autosurgeon::HydrateError::unexpected(
+                "allocated, in-use or released",
+                other.to_string(),
+            )),
+        }
+    }
+}
+
+/// For `LeaseRecord::default()`: a record built field by field starts released.
+impl Default for LeaseState {
+    fn default() -> Self {
+        LeaseState::Released
+    }
+}
+
+impl Reconcile for LeaseState {
+    type Key<'a> = autosurgeon::reconcile::NoKey;
+    fn reconcile<R: autosurgeon::Reconciler>(&self, mut reconciler: R) -> Result<(), R::Error> {
+        reconciler.str(self.to_string())
+    }
+}
+
 /// A desired service. The spec is replaced as a whole (last writer wins per service), so it is
 /// stored as its canonical JSON text rather than field by field.
 #[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub spec_json: String,
-    /// `running`, `stopped`, or `removed` (a tombstone: deletions must win over concurrent
-    /// older writes, and epoch migration compares `updated_at_ms`).
-    pub desired: String,
-    pub updated_by: String,
+    pub desired: Desired,
+    pub updated_by: NodeId,
     pub updated_at_ms: i64,
-    /// The last operator request that is not a desired state: `start` (clear `failed`) or
-    /// `restart`. The node running the service acts on a request newer than its own start.
+    /// The last operator request that is not a desired state. The node running the service
+    /// acts on it once: when `(request_generation, request_at_ms)` differs from the last pair
+    /// it handled (equality only; clocks of two machines are never compared).
     #[autosurgeon(missing = "Default::default")]
-    pub request: Option<String>,
+    pub request: Option<OperatorRequest>,
+    /// Wall-clock ms of the request on the requesting node: for display, and the dedup key
+    /// of requests written by agents older than `request_generation`.
     #[autosurgeon(missing = "Default::default")]
     pub request_at_ms: Option<i64>,
+    /// Counts the operator requests of this service: every writer of a request bumps it.
+    /// Absent in documents written before it existed.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_generation: Option<u64>,
     /// Node id whose API wrote the current spec (add or update; start/stop/remove keep it).
     /// Absent in documents written before it existed. A claim of the writer, not a proof.
     #[autosurgeon(missing = "Default::default")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub added_by: Option<String>,
+    pub added_by: Option<NodeId>,
+    /// The node the service is placed on, resolved from the spec's `node` (a name or an id)
+    /// once, when it was added. Absent in documents written before it existed: then the
+    /// spec's `node` is resolved by name, else it runs on `updated_by`
+    /// ([`crate::services::placement`]).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
 }
 
 /// A service instance on one node, updated on lifecycle transitions only.
 #[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub service: String,
-    pub node: String,
-    /// `starting`, `healthy`, `unhealthy`, `backoff`, `failed` or `stopped`.
-    pub state: String,
+    /// The node running it (the node part of its key).
+    pub node: NodeId,
+    pub state: InstanceState,
     pub since_ms: i64,
     pub pid: Option<i64>,
     pub restarts: u64,
@@ -168,14 +333,14 @@ pub struct InstanceRecord {
 /// A port lease held by one node.
 #[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct LeaseRecord {
-    pub node: String,
+    /// The node holding it (the node part of its key).
+    pub node: NodeId,
     pub port: u64,
     /// `tcp` or `udp`.
     pub proto: String,
     /// The service holding it.
     pub owner: String,
-    /// `allocated`, `in-use` or `released`.
-    pub state: String,
+    pub state: LeaseState,
     pub since_ms: i64,
     /// Which of the owner's ports (`PORT_<NAME>`); absent for a single unnamed port.
     #[autosurgeon(missing = "Default::default")]
@@ -201,16 +366,7 @@ pub fn system_time_ms(t: std::time::SystemTime) -> i64 {
 }
 
 impl MeshState {
-    /// The ids of the nodes a placement `node = NAME` names: by name or by id.
-    pub fn nodes_named(&self, node: &str) -> Vec<&str> {
-        self.nodes
-            .iter()
-            .filter(|(id, n)| n.name == node || id.as_str() == node)
-            .map(|(id, _)| id.as_str())
-            .collect()
-    }
-
-    /// A node's name from its record, else its id.
+    /// A node's name from its record, else its id (for display).
     pub fn node_name(&self, node_id: &str) -> String {
         self.nodes
             .get(node_id)
@@ -218,6 +374,68 @@ impl MeshState {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| node_id.to_string())
     }
+}
+
+/// The specs of the document's services (tombstones aside), parsed: every state snapshot
+/// carries them, so no reader parses `spec_json` again. A spec is parsed once per change of its
+/// text ([`ParsedSpecs::refresh`] reuses the others). A spec that does not parse, or names
+/// another service than its key, is kept as the reason.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedSpecs {
+    specs: BTreeMap<String, std::sync::Arc<Result<ServiceSpec, String>>>,
+}
+
+impl ParsedSpecs {
+    /// Parses every active service of `state`.
+    pub fn parse(state: &MeshState) -> Self {
+        Self::default().refresh(&MeshState::default(), state)
+    }
+
+    /// The specs of `new`, reusing those of `self` (parsed from `old`) whose text is unchanged.
+    pub fn refresh(&self, old: &MeshState, new: &MeshState) -> Self {
+        let specs = new
+            .services
+            .iter()
+            .filter(|(_, record)| !record.is_removed())
+            .map(|(name, record)| {
+                let kept = self.specs.get(name).filter(|_| {
+                    old.services
+                        .get(name)
+                        .is_some_and(|o| !o.is_removed() && o.spec_json == record.spec_json)
+                });
+                let parsed = match kept {
+                    Some(parsed) => parsed.clone(),
+                    None => std::sync::Arc::new(parse_spec(name, &record.spec_json)),
+                };
+                (name.clone(), parsed)
+            })
+            .collect();
+        Self { specs }
+    }
+
+    /// The spec of an active service, if it parses.
+    pub fn get(&self, name: &str) -> Option<&ServiceSpec> {
+        self.specs.get(name).and_then(|p| p.as_ref().as_ref().ok())
+    }
+
+    /// Why the spec of an active service is unusable, if it is.
+    pub fn error(&self, name: &str) -> Option<&str> {
+        self.specs
+            .get(name)
+            .and_then(|p| p.as_ref().as_ref().err())
+            .map(String::as_str)
+    }
+}
+
+fn parse_spec(name: &str, spec_json: &str) -> Result<ServiceSpec, String> {
+    let spec: ServiceSpec = serde_json::from_str(spec_json).map_err(|e| e.to_string())?;
+    if spec.name != name {
+        return Err(format!(
+            "the spec under `{name}` names another service, `{}`",
+            spec.name
+        ));
+    }
+    Ok(spec)
 }
 
 /// Errors of typed document access.
@@ -269,7 +487,7 @@ pub fn value_bytes(state: &MeshState) -> u64 {
 impl ServiceRecord {
     /// Whether this is a tombstone (`desired = "removed"`).
     pub fn is_removed(&self) -> bool {
-        self.desired == "removed"
+        self.desired == Desired::Removed
     }
 
     /// Drops what a tombstone does not need: its spec and pending request. Removal only needs
@@ -478,7 +696,7 @@ pub fn migrate_into(
 fn owned<T: Clone>(
     map: &BTreeMap<String, T>,
     local: &str,
-    node_of: impl Fn(&T) -> &String,
+    node_of: impl Fn(&T) -> &NodeId,
 ) -> BTreeMap<String, T> {
     map.iter()
         .filter(|(_, v)| node_of(v) == local)
@@ -667,7 +885,7 @@ mod tests {
         let (state, stats) = hydrate_lenient(&doc);
         assert_eq!(stats.skipped_entries, 0);
         assert_eq!(state.services["web"].request, None);
-        assert_eq!(state.services["web"].desired, "running");
+        assert_eq!(state.services["web"].desired, Desired::Running);
     }
 
     #[test]
@@ -734,7 +952,7 @@ mod tests {
         put_entry(&mut doc, "nodes", "me", &rec("me-renamed")).unwrap();
         let svc = ServiceRecord {
             spec_json: "{}".into(),
-            desired: "running".into(),
+            desired: Desired::Running,
             updated_by: "me".into(),
             updated_at_ms: 5,
             ..Default::default()

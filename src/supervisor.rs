@@ -33,6 +33,7 @@ pub mod account;
 pub mod actor;
 pub mod backoff;
 pub mod cgroup;
+pub mod desired;
 pub mod graph;
 pub mod launcher;
 pub mod machine;
@@ -43,6 +44,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub use backoff::{Backoff, BackoffConfig};
+pub use desired::{FollowRules, Followed, RequestStamp};
 pub use graph::DependencyGraph;
 pub use machine::{
     AuditEvent, AuditKind, Directive, ExitStatus, HealthOutcome, MachineEvent, ServiceMachine,
@@ -155,6 +157,8 @@ pub struct Supervisor {
     draining: BTreeMap<String, ServiceMachine>,
     shutdown: Option<ShutdownMode>,
     seed: u64,
+    /// What following the document has already acted on ([`desired`]).
+    document: desired::DocumentMemory,
 }
 
 /// FNV-1a: a stable per-service seed from the supervisor's seed (std's hasher is randomised).
@@ -195,6 +199,7 @@ impl Supervisor {
             draining: BTreeMap::new(),
             shutdown: None,
             seed,
+            document: desired::DocumentMemory::default(),
         })
     }
 

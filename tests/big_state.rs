@@ -15,7 +15,7 @@ use mesh::admission::MeshKey;
 use mesh::discovery::memory::MemoryDiscovery;
 use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
 use mesh::state::actor::{EntryWrite, StateSnapshot};
-use mesh::state::{MAX_DOCUMENT_BYTES, ServiceRecord, now_ms};
+use mesh::state::{Desired, MAX_DOCUMENT_BYTES, ServiceRecord, now_ms};
 use mesh::sync::SyncHealth;
 use mesh::transport::MAX_SYNC_MESSAGE;
 
@@ -42,7 +42,7 @@ fn noise(seed: u64, n: usize) -> String {
 fn service(seed: u64, desired: &str) -> ServiceRecord {
     ServiceRecord {
         spec_json: format!("{{\"blob\":\"{}\"}}", noise(seed, SPEC_BYTES)),
-        desired: desired.into(),
+        desired: Desired::parse(desired).expect("a desired state"),
         updated_by: "test".into(),
         updated_at_ms: now_ms(),
         ..Default::default()
@@ -170,7 +170,7 @@ async fn a_fresh_node_syncs_a_document_near_the_bound() {
         .state
         .services
         .values()
-        .filter(|s| s.desired == "removed")
+        .filter(|s| s.desired == Desired::Removed)
     {
         assert!(s.spec_json.is_empty(), "tombstones keep no spec");
     }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::file::DocFile;
 use super::{
     COMPACT_AT_CHANGES, EpochId, HydrateStats, InstanceRecord, LeaseRecord, MeshState, NodeRecord,
-    ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
+    ParsedSpecs, ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
@@ -176,6 +176,8 @@ pub struct StateSnapshot {
     pub version: u64,
     /// Shared between snapshots while the document does not change.
     pub state: Arc<MeshState>,
+    /// The specs of `state`'s services, parsed (each once per change of its text).
+    pub specs: Arc<ParsedSpecs>,
     pub heads: Vec<String>,
     pub changes: usize,
     /// Bytes of the document file (0 in memory).
@@ -350,6 +352,8 @@ struct StateActor {
     change_count: usize,
     /// The hydrated value and the heads it was read at.
     hydrated: (Vec<automerge::ChangeHash>, Arc<MeshState>, HydrateStats),
+    /// The specs parsed from a hydrated value (that value, to tell when to refresh them).
+    parsed: (Arc<MeshState>, Arc<ParsedSpecs>),
     /// [`super::value_bytes`] of `hydrated`.
     value_bytes: u64,
     /// The value is past [`super::MAX_DOCUMENT_BYTES`] (instance and lease reports and peers'
@@ -436,6 +440,7 @@ pub fn spawn_state(
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
         version: 0,
         state: Arc::new(MeshState::default()),
+        specs: Arc::new(ParsedSpecs::default()),
         heads: Vec::new(),
         changes: 0,
         file_bytes: 0,
@@ -456,6 +461,10 @@ pub fn spawn_state(
             Vec::new(),
             Arc::new(MeshState::default()),
             HydrateStats::default(),
+        ),
+        parsed: (
+            Arc::new(MeshState::default()),
+            Arc::new(ParsedSpecs::default()),
         ),
         value_bytes: 0,
         over_bound: false,
@@ -1493,12 +1502,18 @@ impl StateActor {
         let heads = self.doc.get_heads();
         self.ensure_hydrated(&heads);
         let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
+        if !Arc::ptr_eq(&self.parsed.0, &state) {
+            let specs = self.parsed.1.refresh(&self.parsed.0, &state);
+            self.parsed = (state.clone(), Arc::new(specs));
+        }
+        let specs = self.parsed.1.clone();
         let peers = self.peer_views(&heads);
         self.warn_on_bad_health(&peers);
         self.version += 1;
         let snapshot = StateSnapshot {
             version: self.version,
             state,
+            specs,
             heads: heads.iter().map(|h| h.to_string()).collect(),
             changes: self.change_count,
             file_bytes: self.file.as_ref().map_or(0, DocFile::bytes),
@@ -1537,12 +1552,14 @@ mod tests {
     fn service(spec_bytes: usize, desired: &str) -> ServiceRecord {
         ServiceRecord {
             spec_json: format!("{{\"args\":\"{}\"}}", "a".repeat(spec_bytes)),
-            desired: desired.into(),
+            desired: super::super::Desired::parse(desired).expect("a desired state"),
             updated_by: "me".into(),
             updated_at_ms: now_ms(),
-            request: Some("restart".into()),
+            request: Some(super::super::OperatorRequest::Restart),
             request_at_ms: Some(1),
+            request_generation: Some(1),
             added_by: None,
+            node_id: None,
         }
     }
 
@@ -1608,9 +1625,9 @@ mod tests {
             .unwrap();
         let snap = state.snapshot();
         let tomb = &snap.state.services["big"];
-        assert_eq!(tomb.desired, "removed");
+        assert_eq!(tomb.desired, super::super::Desired::Removed);
         assert_eq!(tomb.spec_json, "");
-        assert_eq!((tomb.request.as_deref(), tomb.request_at_ms), (None, None));
+        assert_eq!((tomb.request, tomb.request_at_ms), (None, None));
         assert!(snap.value_bytes < 1_000, "{} bytes left", snap.value_bytes);
     }
 

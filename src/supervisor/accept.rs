@@ -13,9 +13,6 @@ use std::str::FromStr;
 
 use super::spec::ServiceSpec;
 
-/// Instance state published for a service this node refuses to run.
-pub const REFUSED_STATE: &str = "refused";
-
 /// `mesh agent --accept-services`: whose services this node runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AcceptServices {

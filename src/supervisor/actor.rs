@@ -36,21 +36,24 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::accept::{self, AcceptServices, Placed, REFUSED_STATE};
+use super::accept::{self, AcceptServices};
 use super::cgroup::ServiceCgroups;
+use super::desired::{FollowRules, RequestStamp};
 use super::launcher::{self, LogLimits};
 use super::runfile::{self, RunRecord, RunState};
 use super::{
     AuditEvent, ExitStatus, HealthOutcome, ServiceSpec, ServiceState, ServiceStatus, ShutdownMode,
     Supervisor, SupervisorAction, SupervisorEvent,
 };
+use crate::identity::NodeId;
 use crate::ports::scan::{self, ListeningScan, ScanError};
 use crate::ports::{
     Lease, LeaseConfig, LeaseState, ListeningPorts, PoolSet, PortAllocator, PortRequest,
     PortSource, Proto,
 };
+use crate::services::{View, instance_key};
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
-use crate::state::{InstanceRecord, LeaseRecord, MeshState, now_ms, system_time_ms};
+use crate::state::{InstanceRecord, InstanceState, LeaseRecord, MeshState, now_ms, system_time_ms};
 
 /// Capacity of the channel of process reports (exits, health results). One report per
 /// process exit or probe; the actor drains it continuously.
@@ -392,10 +395,6 @@ pub fn spawn_supervisor(
         published_leases: BTreeMap::new(),
         ports: BTreeMap::new(),
         processes: BTreeMap::new(),
-        desired: BTreeMap::new(),
-        handled_requests: BTreeMap::new(),
-        remote_sent: BTreeMap::new(),
-        bad_specs: BTreeMap::new(),
         sync_failing: Default::default(),
         instances_written: BTreeSet::new(),
         run_records: BTreeMap::new(),
@@ -403,7 +402,6 @@ pub fn spawn_supervisor(
         run_writer: None,
         cgroups: None,
         refused: BTreeMap::new(),
-        started_at_ms: now_ms(),
         state,
         commands,
         reports,
@@ -428,14 +426,6 @@ struct SupervisorActor {
     ports: BTreeMap<String, (Vec<u16>, BTreeMap<String, u16>)>,
     /// Running processes by pid → service.
     processes: BTreeMap<u32, String>,
-    /// Desired state applied per local service (`running` / `stopped`).
-    desired: BTreeMap<String, String>,
-    /// Operator request time handled per service.
-    handled_requests: BTreeMap<String, i64>,
-    /// Remote dependency states last given to the core.
-    remote_sent: BTreeMap<String, ServiceState>,
-    /// Specs that did not parse, by service, with the `updated_at_ms` reported (once each).
-    bad_specs: BTreeMap<String, i64>,
     /// Peers whose state sync was last seen failing (the state actor's health), so the audit
     /// trail records each turn once: `sync-failing`, then `sync-ok`.
     sync_failing: std::collections::BTreeSet<libp2p::PeerId>,
@@ -450,7 +440,6 @@ struct SupervisorActor {
     cgroups: Option<ServiceCgroups>,
     /// Services placed here that this node refuses to run, with the reason published.
     refused: BTreeMap<String, String>,
-    started_at_ms: i64,
     state: StateHandle,
     commands: mpsc::Receiver<SupervisorCommand>,
     reports: mpsc::Receiver<Report>,
@@ -490,40 +479,23 @@ fn port_request(spec: &ServiceSpec, port: &super::PortSpec) -> PortRequest {
     }
 }
 
-/// The instance key of `service` on `node_id`.
-pub fn instance_key(service: &str, node_id: &str) -> String {
-    format!("{service}@{node_id}")
-}
-
 /// The lease key of a port on `node_id`.
 pub fn lease_key(node_id: &str, proto: Proto, port: u16) -> String {
     format!("{node_id}/{proto}/{port}")
 }
 
-/// Whether a service record's placement names this node (by name or id).
-pub fn placed_on(spec: &ServiceSpec, updated_by: &str, node_id: &str, node_name: &str) -> bool {
-    match spec.node.as_deref() {
-        Some(node) => node == node_name || node == node_id,
-        None => updated_by == node_id,
-    }
-}
-
 impl SupervisorActor {
     async fn run(mut self) {
         self.open_cgroups().await;
-        self.open_run_file().await;
+        let handled = self.open_run_file().await;
         let mut doc = self.state.subscribe();
         self.wait_for_first_sync(&mut doc).await;
         let mut lease_check = tokio::time::interval(LEASE_CHECK_INTERVAL);
         lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Requests made before this start are history, not orders.
         {
             let snap = doc.borrow_and_update().clone();
-            for (name, record) in &snap.state.services {
-                if let Some(at) = record.request_at_ms {
-                    self.handled_requests.insert(name.clone(), at);
-                }
-            }
+            self.core
+                .start_following(View::new(&snap.state, &snap.specs), handled);
             self.adopt_leases(&snap.state);
             self.on_document(&snap).await;
         }
@@ -580,7 +552,8 @@ impl SupervisorActor {
     /// This holds for a run that stopped with `--leave-services-running` too: services are
     /// never adopted, so exactly one copy runs, the one this run starts. Then starts the run
     /// file's writer task, its only writer.
-    async fn open_run_file(&mut self) {
+    /// Returns the operator requests the previous run handled.
+    async fn open_run_file(&mut self) -> BTreeMap<String, RequestStamp> {
         let previous = match self.config.run_file.clone() {
             Some(path) => tokio::task::spawn_blocking(move || runfile::load(&path))
                 .await
@@ -638,9 +611,12 @@ impl SupervisorActor {
             }
         }
         let Some(path) = self.config.run_file.clone() else {
-            return;
+            return previous.handled_requests;
         };
-        let (tx, mut rx) = watch::channel(RunState::default());
+        let (tx, mut rx) = watch::channel(RunState {
+            handled_requests: previous.handled_requests.clone(),
+            ..RunState::default()
+        });
         let writer = tokio::spawn(async move {
             loop {
                 let state = rx.borrow_and_update().clone();
@@ -658,6 +634,7 @@ impl SupervisorActor {
         });
         self.run_file = Some(tx);
         self.run_writer = Some(writer);
+        previous.handled_requests
     }
 
     /// At start, when the persisted document knows other nodes: waits (bounded by
@@ -720,6 +697,7 @@ impl SupervisorActor {
             tx.send_replace(RunState {
                 left_running: false,
                 processes: self.run_records.values().cloned().collect(),
+                handled_requests: self.core.handled_requests().clone(),
             });
         }
     }
@@ -774,6 +752,7 @@ impl SupervisorActor {
         tx.send_replace(RunState {
             left_running,
             processes: self.run_records.values().cloned().collect(),
+            handled_requests: self.core.handled_requests().clone(),
         });
         drop(tx);
         if let Some(writer) = self.run_writer.take()
@@ -1175,8 +1154,8 @@ impl SupervisorActor {
                     key,
                     record: Some(InstanceRecord {
                         service: status.service.clone(),
-                        node: self.config.node_id.clone(),
-                        state: status.state.to_string(),
+                        node: NodeId::from(&self.config.node_id),
+                        state: status.state.into(),
                         since_ms: now - ago.as_millis() as i64,
                         pid: status.pid.map(i64::from),
                         restarts: u64::from(status.restarts),
@@ -1240,11 +1219,11 @@ impl SupervisorActor {
             current.insert(
                 key,
                 LeaseRecord {
-                    node: self.config.node_id.clone(),
+                    node: NodeId::from(&self.config.node_id),
                     port: u64::from(lease.port),
                     proto: lease.proto.to_string(),
                     owner: lease.service.clone(),
-                    state: lease.state.to_string(),
+                    state: lease.state,
                     since_ms: system_time_ms(lease.since),
                     port_name: lease.port_name.clone(),
                     fixed: Some(lease.fixed),
@@ -1289,11 +1268,7 @@ impl SupervisorActor {
             let (Ok(port), Ok(proto)) = (u16::try_from(record.port), record.proto.parse()) else {
                 continue;
             };
-            let lease_state = match record.state.as_str() {
-                "allocated" => LeaseState::Allocated,
-                "in-use" => LeaseState::InUse,
-                _ => LeaseState::Released,
-            };
+            let lease_state = record.state;
             let since = UNIX_EPOCH + Duration::from_millis(record.since_ms.max(0) as u64);
             self.leases.push(Lease {
                 port,
@@ -1369,8 +1344,8 @@ impl SupervisorActor {
                 key: instance_key(service, &self.config.node_id),
                 record: Some(InstanceRecord {
                     service: service.clone(),
-                    node: self.config.node_id.clone(),
-                    state: REFUSED_STATE.to_string(),
+                    node: NodeId::from(&self.config.node_id),
+                    state: InstanceState::Refused,
                     since_ms: now_ms(),
                     reason: Some(reason.clone()),
                     ..InstanceRecord::default()
@@ -1419,163 +1394,52 @@ impl SupervisorActor {
         }
     }
 
+    /// The document changed: the core decides (placement, desired states, operator requests,
+    /// remote dependency states); this carries out its actions, publishes refusals, records
+    /// invalid specs, and removes this node's instances of services no longer here.
     async fn on_document(&mut self, snap: &StateSnapshot) {
-        let state = &snap.state;
-        let node_id = self.config.node_id.clone();
-        let mut placed = Vec::new();
-        let mut desired = BTreeMap::new();
-        for (name, record) in &state.services {
-            if record.desired == "removed" {
-                continue;
-            }
-            let spec: ServiceSpec = match serde_json::from_str(&record.spec_json) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    if self.bad_specs.insert(name.clone(), record.updated_at_ms)
-                        != Some(record.updated_at_ms)
-                    {
-                        tracing::warn!(service = %name, error = %e, "ignoring a service spec that does not parse");
-                        self.record(name, "spec-invalid", format!("spec ignored: {e}"));
-                    }
-                    continue;
-                }
-            };
-            if spec.name != *name
-                || !placed_on(&spec, &record.updated_by, &node_id, &self.config.node_name)
-            {
-                continue;
-            }
-            desired.insert(
-                name.clone(),
-                (record.desired.clone(), record.updated_by.clone()),
-            );
-            // Documents older than `added_by` name only the last writer.
-            let added_by = record.added_by.as_ref().unwrap_or(&record.updated_by);
-            placed.push(Placed {
-                spec,
-                added_by: Some(added_by.clone()),
-                added_by_name: state.node_name(added_by),
-            });
-        }
-        let running: BTreeSet<String> = self
+        let view = View::new(&snap.state, &snap.specs);
+        let node_id = NodeId::from(&self.config.node_id);
+        let account_error = |spec: &ServiceSpec| {
+            super::account::resolve(spec.user.as_deref(), spec.group.as_deref())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let rules = FollowRules {
+            node_id: &node_id,
+            accept_services: self.config.accept_services,
+            max_services: self.config.max_services,
+            account_error: &account_error,
+        };
+        let handled_before = self.core.handled_requests().clone();
+        let followed = self
             .core
-            .statuses()
-            .into_iter()
-            .filter(|s| s.pid.is_some())
-            .map(|s| s.service)
-            .collect();
-        let screened = accept::screen(
-            placed,
-            self.config.accept_services,
-            &node_id,
-            self.config.max_services,
-            &running,
-            |spec| {
-                super::account::resolve(spec.user.as_deref(), spec.group.as_deref())
-                    .err()
-                    .map(|e| e.to_string())
-            },
-        );
-        let specs = screened.accepted;
-        desired.retain(|name, _| !screened.refused.contains_key(name));
-        self.publish_refusals(screened.refused).await;
-        // Desired `stopped` must be known before the specs are applied, or a service added
-        // as stopped would spawn once.
-        for (name, (want, by)) in &desired {
-            if want == "stopped" && self.desired.get(name).map(String::as_str) != Some("stopped") {
-                let who = state.node_name(by);
-                self.core
-                    .request_stop(name, format!("stopped by request (from {who})"));
-            }
+            .follow_document(Instant::now().into_std(), view, &rules);
+        for (name, reason) in &followed.invalid {
+            tracing::warn!(service = %name, error = %reason, "ignoring a service spec that does not parse");
+            self.record(name, "spec-invalid", format!("spec ignored: {reason}"));
         }
-        let now = Instant::now().into_std();
-        match self.core.apply_specs(now, specs) {
-            Ok(actions) => {
-                let mut queue = VecDeque::new();
-                self.carry_out(actions, &mut queue).await;
-                while let Some(event) = queue.pop_front() {
-                    self.handle_event(event).await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the services placed here do not form a valid set; keeping the previous one");
-                self.record(
-                    "-",
-                    "spec-invalid",
-                    format!("services placed here refused: {e}"),
-                );
-                return;
-            }
+        self.publish_refusals(followed.refused).await;
+        if let Some(e) = followed.rejected {
+            tracing::warn!(error = %e, "the services placed here do not form a valid set; keeping the previous one");
+            self.record(
+                "-",
+                "spec-invalid",
+                format!("services placed here refused: {e}"),
+            );
+            return;
         }
-        for (name, (want, by)) in &desired {
-            let before = self.desired.get(name).map(String::as_str);
-            if want == "running" && before == Some("stopped") {
-                let who = state.node_name(by);
-                self.handle_event(SupervisorEvent::Start {
-                    service: name.clone(),
-                    reason: format!("started by request (from {who})"),
-                })
-                .await;
-            }
-        }
-        self.desired = desired
-            .iter()
-            .map(|(name, (want, _))| (name.clone(), want.clone()))
-            .collect();
-        // Operator requests, each once.
-        for (name, record) in &state.services {
-            let (Some(request), Some(at)) = (&record.request, record.request_at_ms) else {
-                continue;
-            };
-            if !self.desired.contains_key(name)
-                || at <= self.started_at_ms
-                || self.handled_requests.get(name).is_some_and(|h| *h >= at)
-            {
-                continue;
-            }
-            self.handled_requests.insert(name.clone(), at);
-            let who = state.node_name(&record.updated_by);
-            let reason = format!("{request} requested (from {who})");
-            let event = match request.as_str() {
-                "restart" => SupervisorEvent::Restart {
-                    service: name.clone(),
-                    reason,
-                },
-                _ => SupervisorEvent::Start {
-                    service: name.clone(),
-                    reason,
-                },
-            };
+        let mut queue = VecDeque::new();
+        self.carry_out(followed.actions, &mut queue).await;
+        while let Some(event) = queue.pop_front() {
             self.handle_event(event).await;
         }
-        // Dependencies placed on other nodes: their published state.
-        let mut remote = Vec::new();
-        for status in self.core.statuses() {
-            let Some(spec) = self.core.spec(&status.service) else {
-                continue;
-            };
-            for dependency in &spec.after {
-                if self.core.spec(dependency).is_some() {
-                    continue;
-                }
-                let published = remote_state(state, dependency);
-                if let Some(published) = published
-                    && self.remote_sent.get(dependency) != Some(&published)
-                {
-                    remote.push((dependency.clone(), published));
-                }
-            }
-        }
-        for (service, published) in remote {
-            self.remote_sent.insert(service.clone(), published);
-            self.handle_event(SupervisorEvent::RemoteState {
-                service,
-                state: published,
-            })
-            .await;
+        if *self.core.handled_requests() != handled_before {
+            self.update_run_file();
         }
         // Instances this node published for services no longer placed here and not running.
-        let stale: Vec<String> = state
+        let stale: Vec<String> = snap
+            .state
             .instances
             .iter()
             .filter(|(_, i)| {
@@ -1598,20 +1462,6 @@ impl SupervisorActor {
             }
         }
     }
-}
-
-/// The published state of `service` on the node it is placed on, if any.
-fn remote_state(state: &MeshState, service: &str) -> Option<ServiceState> {
-    let record = state.services.get(service)?;
-    if record.desired == "removed" {
-        return None;
-    }
-    let spec: ServiceSpec = serde_json::from_str(&record.spec_json).ok()?;
-    let placed = spec.node.as_deref().unwrap_or(&record.updated_by);
-    state.nodes_named(placed).into_iter().find_map(|id| {
-        let instance = state.instances.get(&instance_key(service, id))?;
-        serde_json::from_value(serde_json::Value::String(instance.state.clone())).ok()
-    })
 }
 
 #[cfg(test)]
@@ -1638,19 +1488,6 @@ mod tests {
         assert_eq!(after.events.len(), 1);
         assert_eq!(after.events[0].seq, 4);
         assert!(ring.page(Some(5), 10).events.is_empty());
-    }
-
-    #[test]
-    fn placement_defaults_to_the_node_that_added_the_service() {
-        let mut spec = ServiceSpec::new("web", "true");
-        assert!(placed_on(&spec, "id-a", "id-a", "a"));
-        assert!(!placed_on(&spec, "id-b", "id-a", "a"));
-        spec.node = Some("a".into());
-        assert!(placed_on(&spec, "id-b", "id-a", "a"));
-        spec.node = Some("id-a".into());
-        assert!(placed_on(&spec, "id-b", "id-a", "a"));
-        spec.node = Some("b".into());
-        assert!(!placed_on(&spec, "id-a", "id-a", "a"));
     }
 
     #[test]

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::spec::{HealthSpec, RestartPolicy, ServiceSpec};
+use crate::state::InstanceState;
 
 /// A service's state as published mesh-wide (`mesh services`, STATE column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,6 +71,36 @@ impl fmt::Display for ServiceState {
             ServiceState::Stopping => "stopping",
             ServiceState::Backoff => "backoff",
             ServiceState::Failed => "failed",
+        })
+    }
+}
+
+impl From<ServiceState> for InstanceState {
+    fn from(state: ServiceState) -> Self {
+        match state {
+            ServiceState::Stopped => InstanceState::Stopped,
+            ServiceState::Starting => InstanceState::Starting,
+            ServiceState::Healthy => InstanceState::Healthy,
+            ServiceState::Unhealthy => InstanceState::Unhealthy,
+            ServiceState::Stopping => InstanceState::Stopping,
+            ServiceState::Backoff => InstanceState::Backoff,
+            ServiceState::Failed => InstanceState::Failed,
+        }
+    }
+}
+
+impl ServiceState {
+    /// The supervisor state a published instance state stands for (`refused`: none).
+    pub fn published(state: InstanceState) -> Option<Self> {
+        Some(match state {
+            InstanceState::Stopped => ServiceState::Stopped,
+            InstanceState::Starting => ServiceState::Starting,
+            InstanceState::Healthy => ServiceState::Healthy,
+            InstanceState::Unhealthy => ServiceState::Unhealthy,
+            InstanceState::Stopping => ServiceState::Stopping,
+            InstanceState::Backoff => ServiceState::Backoff,
+            InstanceState::Failed => ServiceState::Failed,
+            InstanceState::Refused => return None,
         })
     }
 }

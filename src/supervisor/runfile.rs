@@ -3,7 +3,9 @@
 //! running unsupervised next to the copies it starts again.
 //!
 //! `DATA_DIR/supervisor/processes.json` holds `{"left_running": bool, "processes":
-//! [{"service", "pid", "start_ticks"}]}`: every spawned process until its exit is reaped. A
+//! [{"service", "pid", "start_ticks"}], "handled_requests": {SERVICE: {"generation", "at_ms"}}}`
+//! (the last operator request handled per service, so a restart of the agent does not replay
+//! it): every spawned process until its exit is reaped. A
 //! process is recognised by its pid *and* its start time (`/proc/PID/stat` field 22, clock
 //! ticks since boot), so a pid reused by an unrelated process is never signalled. At start:
 //! - a file with processes and `left_running = false` means the previous agent died without
@@ -15,6 +17,7 @@
 //! Owns the file format and the leftover stop. Does not own when processes spawn or exit
 //! (the actor tells it).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::StopSignal;
+use super::desired::RequestStamp;
 use super::launcher::signal_group;
 
 /// How long leftover processes get between SIGTERM and SIGKILL. Shorter than a service's
@@ -42,6 +46,10 @@ pub struct RunRecord {
 pub struct RunState {
     pub left_running: bool,
     pub processes: Vec<RunRecord>,
+    /// The last operator request handled per service, so that a restart of the agent does
+    /// not carry out a request again (absent in files written before it existed).
+    #[serde(default)]
+    pub handled_requests: BTreeMap<String, RequestStamp>,
 }
 
 /// The start time of `pid` in clock ticks since boot, if it is alive (not a zombie).
@@ -181,6 +189,14 @@ mod tests {
         let path = path_in(dir.path());
         assert_eq!(load(&path), RunState::default());
         let state = RunState {
+            handled_requests: [(
+                "db".to_string(),
+                RequestStamp {
+                    generation: 3,
+                    at_ms: 1_700_000_000_000,
+                },
+            )]
+            .into(),
             left_running: true,
             processes: vec![RunRecord {
                 service: "db".into(),

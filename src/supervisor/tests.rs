@@ -1130,3 +1130,296 @@ fn same_seed_same_story() {
     };
     assert_eq!(run(), run());
 }
+
+// ---------------------------------------------------------------------------------------
+// Following the document: placement, desired states, operator requests, remote states.
+// Two nodes share the document: `runner` (this supervisor's node) and `requester`, whose wall
+// clock is an hour behind the runner's.
+
+mod document {
+    use super::*;
+    use crate::identity::{NodeId, NodeName};
+    use crate::services::{self, ServiceAction, View, Writer};
+    use crate::state::actor::EntryWrite;
+    use crate::state::{InstanceRecord, InstanceState, MeshState, NodeRecord, ParsedSpecs};
+
+    /// The runner's wall clock when the scenario starts (ms since the Unix epoch).
+    const RUNNER_CLOCK_MS: i64 = 1_800_000_000_000;
+    /// How far the requester's wall clock is behind the runner's: an hour.
+    const REQUESTER_BEHIND_MS: i64 = 3_600_000;
+
+    fn runner_id() -> NodeId {
+        NodeId::from("id-runner")
+    }
+
+    fn requester_id() -> NodeId {
+        NodeId::from("id-requester")
+    }
+
+    /// A document that knows both nodes.
+    fn mesh() -> MeshState {
+        let mut state = MeshState::default();
+        for (id, name) in [(runner_id(), "runner"), (requester_id(), "requester")] {
+            state.nodes.insert(
+                id.to_string(),
+                NodeRecord {
+                    name: name.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        state
+    }
+
+    /// `node` writing at `now_ms` on its own clock.
+    fn writer(node: NodeId, now_ms: i64) -> Writer {
+        let name = if node == runner_id() {
+            "runner"
+        } else {
+            "requester"
+        };
+        Writer {
+            id: node,
+            name: NodeName::from(name),
+            now_ms,
+        }
+    }
+
+    /// What the state actor does with a write, for service entries.
+    fn write(state: &mut MeshState, writes: Vec<EntryWrite>) {
+        for entry in writes {
+            let EntryWrite::Service { name, record } = entry else {
+                panic!("operations write services only");
+            };
+            state.services.insert(name, record);
+        }
+    }
+
+    fn add(state: &mut MeshState, by: Writer, specs: Vec<ServiceSpec>) {
+        let specs_parsed = ParsedSpecs::parse(state);
+        let plan =
+            services::add(View::new(state, &specs_parsed), &by, specs, None).expect("a valid add");
+        write(state, plan.writes);
+    }
+
+    fn act(state: &mut MeshState, by: Writer, service: &str, action: ServiceAction) {
+        let specs = ParsedSpecs::parse(state);
+        let change =
+            services::act(View::new(state, &specs), &by, service, action).expect("a known service");
+        write(state, change.writes);
+    }
+
+    impl Sim {
+        fn follow(&mut self, state: &MeshState) {
+            let specs = ParsedSpecs::parse(state);
+            let node_id = runner_id();
+            let account_ok = |_: &ServiceSpec| None;
+            let rules = FollowRules {
+                node_id: &node_id,
+                accept_services: accept::AcceptServices::All,
+                max_services: 100,
+                account_error: &account_ok,
+            };
+            let followed =
+                self.supervisor
+                    .follow_document(self.now, View::new(state, &specs), &rules);
+            assert_eq!(followed.rejected, None);
+            self.enqueue(followed.actions);
+            self.settle();
+        }
+
+        /// A supervisor that starts following `state` (the run file's requests: `handled`).
+        fn following(state: &MeshState, handled: BTreeMap<String, RequestStamp>) -> Self {
+            let mut sim = Sim::new(Vec::new());
+            let specs = ParsedSpecs::parse(state);
+            sim.supervisor
+                .start_following(View::new(state, &specs), handled);
+            sim.follow(state);
+            sim
+        }
+    }
+
+    #[test]
+    fn a_restart_requested_from_a_node_whose_clock_is_an_hour_behind_is_carried_out() {
+        let mut state = mesh();
+        add(
+            &mut state,
+            writer(runner_id(), RUNNER_CLOCK_MS),
+            vec![service("db", &[])],
+        );
+        let mut sim = Sim::following(&state, BTreeMap::new());
+        sim.run_until(secs(5));
+        assert_eq!(sim.spawn_times("db"), [secs(0)]);
+        // Asked 5 s after the runner started, by a clock that reads an hour earlier.
+        let requester_now = RUNNER_CLOCK_MS + 5_000 - REQUESTER_BEHIND_MS;
+        act(
+            &mut state,
+            writer(requester_id(), requester_now),
+            "db",
+            ServiceAction::Restart,
+        );
+        sim.follow(&state);
+        sim.run_until(secs(10));
+        assert_eq!(sim.spawn_times("db"), [secs(0), secs(5)]);
+        assert_eq!(
+            sim.audit_reasons("db", AuditKind::Restart),
+            ["restart requested (from requester)"]
+        );
+        assert_eq!(sim.state("db"), ServiceState::Healthy);
+    }
+
+    #[test]
+    fn the_same_request_is_acted_on_once_and_the_next_one_again() {
+        let mut state = mesh();
+        add(
+            &mut state,
+            writer(runner_id(), RUNNER_CLOCK_MS),
+            vec![service("db", &[])],
+        );
+        let mut sim = Sim::following(&state, BTreeMap::new());
+        sim.run_until(secs(5));
+        act(
+            &mut state,
+            writer(requester_id(), 7),
+            "db",
+            ServiceAction::Restart,
+        );
+        sim.follow(&state);
+        sim.run_until(secs(6));
+        // The same document again, and one where only another service changed.
+        sim.follow(&state);
+        add(
+            &mut state,
+            writer(runner_id(), 8),
+            vec![service("cache", &[])],
+        );
+        sim.follow(&state);
+        sim.run_until(secs(10));
+        assert_eq!(sim.spawn_times("db"), [secs(0), secs(5)]);
+        // A second restart with the very same wall time still differs: its generation.
+        act(
+            &mut state,
+            writer(requester_id(), 7),
+            "db",
+            ServiceAction::Restart,
+        );
+        assert_eq!(state.services["db"].request_generation, Some(2));
+        sim.follow(&state);
+        sim.run_until(secs(15));
+        assert_eq!(sim.spawn_times("db"), [secs(0), secs(5), secs(10)]);
+    }
+
+    #[test]
+    fn requests_made_before_this_start_or_handled_by_the_previous_run_are_not_replayed() {
+        let mut state = mesh();
+        add(
+            &mut state,
+            writer(runner_id(), RUNNER_CLOCK_MS),
+            vec![service("db", &[])],
+        );
+        act(
+            &mut state,
+            writer(requester_id(), 1),
+            "db",
+            ServiceAction::Restart,
+        );
+        // Pending in the first document: history.
+        let mut sim = Sim::following(&state, BTreeMap::new());
+        sim.run_until(secs(5));
+        assert_eq!(sim.spawn_times("db"), [secs(0)]);
+        let handled = sim.supervisor.handled_requests().clone();
+        assert_eq!(handled["db"].generation, 1);
+        // The next run starts from a document that has not seen the request yet (recovered
+        // from a peer, say); the run file says it was handled: it is not carried out again.
+        let mut older = mesh();
+        add(
+            &mut older,
+            writer(runner_id(), RUNNER_CLOCK_MS),
+            vec![service("db", &[])],
+        );
+        let mut next_run = Sim::following(&older, handled);
+        next_run.run_until(secs(5));
+        next_run.follow(&state);
+        next_run.run_until(secs(10));
+        assert_eq!(next_run.spawn_times("db"), [secs(0)]);
+    }
+
+    #[test]
+    fn a_service_added_stopped_never_spawns_and_start_by_request_brings_it_up() {
+        let mut state = mesh();
+        add(&mut state, writer(runner_id(), 1), vec![service("db", &[])]);
+        act(
+            &mut state,
+            writer(requester_id(), 2),
+            "db",
+            ServiceAction::Stop,
+        );
+        let mut sim = Sim::following(&state, BTreeMap::new());
+        sim.run_until(secs(5));
+        assert!(sim.spawn_times("db").is_empty());
+        act(
+            &mut state,
+            writer(requester_id(), 3),
+            "db",
+            ServiceAction::Start,
+        );
+        sim.follow(&state);
+        sim.run_until(secs(10));
+        assert_eq!(sim.spawn_times("db"), [secs(5)]);
+        assert_eq!(sim.state("db"), ServiceState::Healthy);
+        act(
+            &mut state,
+            writer(requester_id(), 4),
+            "db",
+            ServiceAction::Stop,
+        );
+        sim.follow(&state);
+        sim.run_until(secs(15));
+        assert_eq!(sim.state("db"), ServiceState::Stopped);
+        assert!(
+            sim.audit_reasons("db", AuditKind::Stop)[0]
+                .starts_with("stopped by request (from requester); sending SIGTERM")
+        );
+    }
+
+    #[test]
+    fn a_dependency_placed_on_another_node_is_followed_through_its_published_instance() {
+        let mut state = mesh();
+        let mut db = service("db", &[]);
+        db.node = Some("requester".to_string());
+        add(
+            &mut state,
+            writer(runner_id(), 1),
+            vec![db, service("api", &["db"])],
+        );
+        assert_eq!(
+            state.services["db"].node_id,
+            Some(requester_id()),
+            "placed by name, stored by id"
+        );
+        let mut sim = Sim::following(&state, BTreeMap::new());
+        sim.run_until(secs(5));
+        assert!(sim.supervisor.status("db").is_none(), "db runs elsewhere");
+        assert!(sim.spawn_times("api").is_empty(), "db's state is unknown");
+        let publish = |state: &mut MeshState, published: InstanceState| {
+            state.instances.insert(
+                services::instance_key("db", &requester_id()),
+                InstanceRecord {
+                    service: "db".to_string(),
+                    node: requester_id(),
+                    state: published,
+                    ..Default::default()
+                },
+            );
+        };
+        publish(&mut state, InstanceState::Healthy);
+        sim.follow(&state);
+        sim.run_until(secs(10));
+        assert_eq!(sim.spawn_times("api"), [secs(5)]);
+        assert_eq!(sim.state("api"), ServiceState::Healthy);
+        publish(&mut state, InstanceState::Failed);
+        sim.follow(&state);
+        sim.run_until(secs(15));
+        assert_eq!(sim.state("api"), ServiceState::Stopped);
+    }
+}

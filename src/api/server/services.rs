@@ -5,7 +5,6 @@
 //! Helpers return `Result<_, Response>`: the error is the finished HTTP answer.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -22,12 +21,12 @@ use crate::api::{
     ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, now_ms,
     port_entries, service_entries,
 };
+use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
 use crate::node::NodeHandle;
 use crate::query::{self, QueryRequest, QueryResponse};
-use crate::state::actor::EntryWrite;
-use crate::state::{MeshState, ServiceRecord};
-use crate::supervisor::{ServiceSpec, validate_set};
+use crate::services::{self, Change, LocalCheck, ServiceAction, ServiceError, View, Writer};
+use crate::supervisor::ServiceSpec;
 
 /// Default number of log lines.
 const DEFAULT_LOG_LINES: u32 = 50;
@@ -36,21 +35,36 @@ const DEFAULT_EVENTS: u32 = 100;
 
 pub async fn list_services(State(node): State<NodeHandle>) -> Response {
     let snap = node.state().snapshot();
-    Json(service_entries(&snap.state, now_ms())).into_response()
+    Json(service_entries(
+        View::new(&snap.state, &snap.specs),
+        now_ms(),
+    ))
+    .into_response()
 }
 
-/// The services of the desired state (not removed), parsed.
-fn active_specs(state: &MeshState) -> BTreeMap<String, ServiceSpec> {
-    state
-        .services
-        .iter()
-        .filter(|(_, r)| r.desired != "removed")
-        .filter_map(|(name, r)| {
-            serde_json::from_str::<ServiceSpec>(&r.spec_json)
-                .ok()
-                .map(|spec| (name.clone(), spec))
-        })
-        .collect()
+/// The answer to a refused services operation.
+fn service_error(e: ServiceError) -> Response {
+    let status = match &e {
+        ServiceError::NotFound { .. } | ServiceError::UnknownAction { .. } => StatusCode::NOT_FOUND,
+        ServiceError::NeededBy { .. } => StatusCode::CONFLICT,
+        ServiceError::NothingToAdd
+        | ServiceError::ListedTwice
+        | ServiceError::UnknownNode { .. }
+        | ServiceError::InvalidSet(_)
+        | ServiceError::RefusedHere { .. }
+        | ServiceError::TooManyHere { .. } => StatusCode::BAD_REQUEST,
+    };
+    error(status, e.to_string())
+}
+
+/// This node as the writer of a change, now.
+fn writer(node: &NodeHandle) -> Writer {
+    let local = &node.snapshot().local;
+    Writer {
+        id: NodeId::from(local.peer_id),
+        name: NodeName::from(local.name.as_str()),
+        now_ms: now_ms(),
+    }
 }
 
 pub async fn add_services(
@@ -66,188 +80,58 @@ pub async fn add_services(
             );
         }
     };
-    if request.services.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no services to add".to_string());
-    }
     let snap = node.state().snapshot();
-    let state = &snap.state;
-    let local = node.snapshot().local.clone();
-    let local_id = local.peer_id.to_base58();
-    let mut incoming = request.services;
-    for spec in &mut incoming {
-        if spec.node.is_none() {
-            spec.node = Some(local.name.clone());
-        }
-        let placed = spec.node.as_deref().unwrap_or_default();
-        if placed != local.name && placed != local_id && state.nodes_named(placed).is_empty() {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "service `{}`: no node named `{placed}` in the mesh (see `mesh peers`)",
-                    spec.name
-                ),
-            );
-        }
-    }
-    // The whole mesh's services with these replacing theirs: names, dependencies, cycles and
-    // fixed ports are checked as one set.
-    let mut all = active_specs(state);
-    for spec in &incoming {
-        all.insert(spec.name.clone(), spec.clone());
-    }
-    let names: std::collections::BTreeSet<&str> =
-        incoming.iter().map(|s| s.name.as_str()).collect();
-    if names.len() != incoming.len() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "a service is listed twice in the request".to_string(),
-        );
-    }
-    // One spelling per node (its id), so a fixed-port clash between a service placed by
-    // name and one placed by id is seen.
-    let canonical = |spec: &ServiceSpec| {
-        let placed = spec.node.as_deref().unwrap_or_default();
-        if placed == local.name || placed == local_id {
-            local_id.clone()
-        } else {
-            state
-                .nodes_named(placed)
-                .first()
-                .map_or_else(|| placed.to_string(), |id| id.to_string())
-        }
+    let supervisor = node.supervisor();
+    let refusal = |spec: &ServiceSpec| supervisor.and_then(|s| s.rules().refusal(spec));
+    let local = supervisor.map(|s| LocalCheck {
+        refusal: &refusal,
+        max_services: s.rules().max_services,
+    });
+    let plan = match services::add(
+        View::new(&snap.state, &snap.specs),
+        &writer(&node),
+        request.services,
+        local,
+    ) {
+        Ok(plan) => plan,
+        Err(e) => return service_error(e),
     };
-    let set: Vec<ServiceSpec> = all
-        .values()
-        .map(|spec| {
-            let mut spec = spec.clone();
-            spec.node = Some(canonical(&spec));
-            spec
-        })
-        .collect();
-    if let Err(e) = validate_set(&set) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
-    }
-    // Services placed on this node: refused now if this node would refuse them later.
-    if let Some(supervisor) = node.supervisor() {
-        let rules = supervisor.rules();
-        for spec in incoming.iter().filter(|s| canonical(s) == local_id) {
-            if let Some(reason) = rules.refusal(spec) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("service `{}` cannot run on this node: {reason}", spec.name),
-                );
-            }
-        }
-        let here = set
-            .iter()
-            .filter(|s| s.node.as_deref() == Some(&local_id))
-            .count();
-        if here > rules.max_services {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "this node would run {here} services; it runs at most {} (its profile's \
-                     max_services)",
-                    rules.max_services
-                ),
-            );
-        }
-    }
-    let now = now_ms();
-    let mut writes = Vec::new();
-    let mut added = Vec::new();
-    for spec in incoming {
-        let spec_json = serde_json::to_string(&spec).expect("a spec always serializes");
-        let existing = state
-            .services
-            .get(&spec.name)
-            .filter(|r| r.desired != "removed");
-        let outcome = match existing {
-            None => "added",
-            Some(r) if r.spec_json == spec_json => "unchanged",
-            Some(_) => "updated",
-        };
-        if outcome != "unchanged" {
-            writes.push(EntryWrite::Service {
-                name: spec.name.clone(),
-                record: ServiceRecord {
-                    spec_json,
-                    desired: existing.map_or("running".to_string(), |r| r.desired.clone()),
-                    updated_by: local_id.clone(),
-                    updated_at_ms: now,
-                    request: None,
-                    request_at_ms: None,
-                    added_by: Some(local_id.clone()),
-                },
-            });
-        }
-        added.push(ServiceAdded {
-            node: spec.node.clone().unwrap_or_default(),
-            name: spec.name,
-            outcome: outcome.to_string(),
-        });
-    }
-    if !writes.is_empty()
-        && let Err(e) = node.state().write(writes).await
+    if !plan.writes.is_empty()
+        && let Err(e) = node.state().write(plan.writes).await
     {
         return state_error(e);
     }
-    Json(ServiceAddResponse { services: added }).into_response()
+    Json(ServiceAddResponse {
+        services: plan
+            .added
+            .into_iter()
+            .map(|added| ServiceAdded {
+                name: added.name,
+                node: added.node,
+                outcome: added.outcome.as_str().to_string(),
+            })
+            .collect(),
+    })
+    .into_response()
 }
 
-/// The record of an active service, or a 404 answer.
-fn active_record(state: &MeshState, name: &str) -> Result<(ServiceRecord, String), Response> {
-    let record = state
-        .services
-        .get(name)
-        .filter(|r| r.desired != "removed")
-        .cloned()
-        .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("no service `{name}` (see `mesh services`)"),
-            )
-        })?;
-    let node = serde_json::from_str::<ServiceSpec>(&record.spec_json)
-        .ok()
-        .and_then(|s| s.node)
-        .unwrap_or_else(|| state.node_name(&record.updated_by));
-    Ok((record, node))
+/// Writes a change's entries; answers whether the document changed.
+async fn write_change(node: &NodeHandle, change: Change) -> Result<bool, Response> {
+    if change.writes.is_empty() {
+        return Ok(false);
+    }
+    node.state().write(change.writes).await.map_err(state_error)
 }
 
 pub async fn remove_service(State(node): State<NodeHandle>, Path(name): Path<String>) -> Response {
     let snap = node.state().snapshot();
-    let (mut record, placed) = match active_record(&snap.state, &name) {
-        Ok(found) => found,
-        Err(response) => return response,
+    let view = View::new(&snap.state, &snap.specs);
+    let change = match services::remove(view, &writer(&node), &name) {
+        Ok(change) => change,
+        Err(e) => return service_error(e),
     };
-    let dependents: Vec<String> = active_specs(&snap.state)
-        .into_values()
-        .filter(|s| s.after.contains(&name))
-        .map(|s| s.name)
-        .collect();
-    if !dependents.is_empty() {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "service `{name}` is needed by {}; remove those first",
-                dependents.join(", ")
-            ),
-        );
-    }
-    record.desired = "removed".to_string();
-    record.updated_by = node.peer_id().to_base58();
-    record.updated_at_ms = now_ms();
-    record.request = None;
-    record.request_at_ms = None;
-    match node
-        .state()
-        .write(vec![EntryWrite::Service {
-            name: name.clone(),
-            record,
-        }])
-        .await
-    {
+    let placed = change.node.clone();
+    match write_change(&node, change).await {
         Ok(changed) => Json(ServiceActionResponse {
             name,
             node: placed,
@@ -255,7 +139,7 @@ pub async fn remove_service(State(node): State<NodeHandle>, Path(name): Path<Str
             changed,
         })
         .into_response(),
-        Err(e) => state_error(e),
+        Err(response) => response,
     }
 }
 
@@ -264,67 +148,24 @@ pub async fn service_action(
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
     let snap = node.state().snapshot();
-    let (mut record, placed) = match active_record(&snap.state, &name) {
-        Ok(found) => found,
-        Err(response) => return response,
+    let view = View::new(&snap.state, &snap.specs);
+    let change = match ServiceAction::parse(&action)
+        .and_then(|parsed| services::act(view, &writer(&node), &name, parsed))
+    {
+        Ok(change) => change,
+        Err(e) => return service_error(e),
     };
-    let now = now_ms();
-    let was_running = record.desired == "running";
-    let changed = match action.as_str() {
-        "stop" => {
-            record.desired = "stopped".to_string();
-            was_running
-        }
-        "start" => {
-            record.desired = "running".to_string();
-            record.request = Some("start".to_string());
-            record.request_at_ms = Some(now);
-            // Starting a `failed` service is a change too: it clears the failure.
-            !was_running || instance_state(&snap.state, &name) == Some("failed")
-        }
-        "restart" => {
-            record.desired = "running".to_string();
-            record.request = Some("restart".to_string());
-            record.request_at_ms = Some(now);
-            true
-        }
-        other => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("unknown action `{other}` (use start, stop or restart)"),
-            );
-        }
-    };
-    if changed {
-        record.updated_by = node.peer_id().to_base58();
-        record.updated_at_ms = now;
-        if let Err(e) = node
-            .state()
-            .write(vec![EntryWrite::Service {
-                name: name.clone(),
-                record,
-            }])
-            .await
-        {
-            return state_error(e);
-        }
+    let (placed, changed) = (change.node.clone(), change.changed);
+    match write_change(&node, change).await {
+        Ok(_) => Json(ServiceActionResponse {
+            name,
+            node: placed,
+            action,
+            changed,
+        })
+        .into_response(),
+        Err(response) => response,
     }
-    Json(ServiceActionResponse {
-        name,
-        node: placed,
-        action,
-        changed,
-    })
-    .into_response()
-}
-
-/// The published state of a service on any node.
-fn instance_state<'a>(state: &'a MeshState, service: &str) -> Option<&'a str> {
-    state
-        .instances
-        .values()
-        .find(|i| i.service == service)
-        .map(|i| i.state.as_str())
 }
 
 /// Where a query goes.
@@ -333,7 +174,7 @@ enum Target {
     Remote(PeerId),
 }
 
-/// Resolves a node name (or id, or short id) to this node or a connected peer.
+/// Resolves a node name (or id, or id tail) to this node or a connected peer.
 fn resolve(node: &NodeHandle, wanted: Option<&str>) -> Result<(Target, String), Response> {
     let snap = node.snapshot();
     let local = &snap.local;
@@ -341,19 +182,23 @@ fn resolve(node: &NodeHandle, wanted: Option<&str>) -> Result<(Target, String), 
         return Ok((Target::Local, local.name.clone()));
     };
     let local_id = local.peer_id.to_base58();
-    if wanted == local.name || wanted == local_id || local_id.ends_with(wanted) && wanted.len() >= 6
-    {
+    let peer_ids: Vec<String> = snap.peers.iter().map(|p| p.peer_id.to_base58()).collect();
+    let nodes = std::iter::once((local_id.as_str(), local.name.as_str())).chain(
+        snap.peers
+            .iter()
+            .zip(&peer_ids)
+            .map(|(p, id)| (id.as_str(), p.info.as_ref().map_or("", |i| i.name.as_str()))),
+    );
+    let found = services::resolve_node(nodes, wanted);
+    if found.contains(&local_id.as_str()) {
         return Ok((Target::Local, local.name.clone()));
     }
     let matches: Vec<_> = snap
         .peers
         .iter()
-        .filter(|p| {
-            let id = p.peer_id.to_base58();
-            p.info.as_ref().is_some_and(|i| i.name == wanted)
-                || id == wanted
-                || (wanted.len() >= 6 && id.ends_with(wanted))
-        })
+        .zip(&peer_ids)
+        .filter(|(_, id)| found.contains(&id.as_str()))
+        .map(|(p, _)| p)
         .collect();
     if let Some(peer) = matches
         .iter()
@@ -423,22 +268,12 @@ pub async fn service_logs(
     Query(q): Query<LogsQuery>,
 ) -> Response {
     let snap = node.state().snapshot();
-    let state = &snap.state;
-    // The node that runs it: its live instance, else where it is placed.
-    let running_on = state
-        .instances
-        .values()
-        .find(|i| i.service == name && i.state != "stopped")
-        .or_else(|| state.instances.values().find(|i| i.service == name))
-        .map(|i| state.node_name(&i.node));
-    let placed = match running_on {
-        Some(node) => node,
-        None => match active_record(state, &name) {
-            Ok((_, placed)) => placed,
-            Err(response) => return response,
-        },
+    let view = View::new(&snap.state, &snap.specs);
+    let runs_on = match services::runs_on(view, &name) {
+        Ok(node_id) => node_id,
+        Err(e) => return service_error(e),
     };
-    let (target, node_label) = match resolve(&node, Some(&placed)) {
+    let (target, node_label) = match resolve(&node, Some(runs_on.as_str())) {
         Ok(found) => found,
         Err(response) => return response,
     };
