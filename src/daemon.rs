@@ -375,6 +375,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
             max_services: settings.max_services as usize,
             startup_sync_wait: crate::supervisor::actor::DEFAULT_STARTUP_SYNC_WAIT,
             use_cgroups: true,
+            launcher: crate::supervisor::launcher::ProcessLauncher::shared(),
         }),
     };
     let node = start_node(config).await?;

@@ -43,6 +43,7 @@ async fn two_nodes(dir: &Path) -> (NodeHandle, NodeHandle) {
         max_services: 16,
         startup_sync_wait: Duration::ZERO,
         use_cgroups: false,
+        launcher: mesh::supervisor::launcher::ProcessLauncher::shared(),
     });
     let answerer = start_node(config).await.expect("answerer starts");
     let peer = answerer.peer_id();
