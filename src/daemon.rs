@@ -340,6 +340,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         mesh_key: mesh_key.clone(),
         name: name.clone(),
         listen,
+        transport: crate::transport::TransportKind::Quic,
         listen_required,
         static_peers,
         hardware: hardware.clone(),
