@@ -203,10 +203,21 @@ pub fn short(id: &str) -> String {
 pub async fn wait_states(
     nodes: &[&NodeHandle],
     what: &str,
+    pred: impl FnMut(&[Arc<StateSnapshot>]) -> bool,
+) -> Vec<Arc<StateSnapshot>> {
+    wait_states_within(CEILING, nodes, what, pred).await
+}
+
+/// [`wait_states`] with another ceiling (documents of several MiB take seconds to sync in a
+/// debug build).
+pub async fn wait_states_within(
+    ceiling: Duration,
+    nodes: &[&NodeHandle],
+    what: &str,
     mut pred: impl FnMut(&[Arc<StateSnapshot>]) -> bool,
 ) -> Vec<Arc<StateSnapshot>> {
     let mut rxs: Vec<_> = nodes.iter().map(|n| n.state().subscribe()).collect();
-    let result = tokio::time::timeout(CEILING, async {
+    let result = tokio::time::timeout(ceiling, async {
         loop {
             let snaps: Vec<Arc<StateSnapshot>> = rxs
                 .iter_mut()
@@ -246,7 +257,7 @@ pub async fn wait_states(
             })
             .collect();
         panic!(
-            "timed out after {CEILING:?} waiting for {what}; per node: (id, epoch, heads, \
+            "timed out after {ceiling:?} waiting for {what}; per node: (id, epoch, heads, \
              services, records as (tags, addrs, left_at_ms) by id, peer sync health): {view:?}"
         )
     })
