@@ -1,0 +1,163 @@
+//! The supervisor actor's handle: what the rest of the node (API, query answers) asks of it,
+//! and the rules it applies at add time to services placed on this node ([`LocalRules`]).
+//! Owns the command messages to the actor; does not own their handling (the actor's run loop).
+
+use super::*;
+
+/// Errors of the supervisor handle.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorHandleError {
+    #[error("the supervisor stopped")]
+    Stopped,
+    #[error("cannot read the listening sockets: {0}")]
+    Scan(#[from] ScanError),
+    #[error("cannot read the log of `{service}`: {source}")]
+    Log {
+        service: String,
+        source: std::io::Error,
+    },
+}
+
+/// The listening sockets of this node, annotated with the service leasing each port.
+#[derive(Clone, Debug)]
+pub struct ListeningReport {
+    pub scan: ListeningScan,
+    /// `(port, proto)` → service holding a live lease on it.
+    pub leased_to: BTreeMap<(u16, Proto), String>,
+}
+
+pub(super) enum SupervisorCommand {
+    Statuses {
+        reply: oneshot::Sender<Vec<ServiceStatus>>,
+    },
+    Leases {
+        reply: oneshot::Sender<Vec<Lease>>,
+    },
+}
+
+/// What the API checks at add time for a service placed on this node: the same rules the
+/// supervisor enforces when it reads the document.
+#[derive(Clone, Debug)]
+pub struct LocalRules {
+    pub accept_services: AcceptServices,
+    pub max_services: usize,
+    pub pools: PoolSet,
+}
+
+impl LocalRules {
+    /// Why this node would refuse `spec` (added through its own API), if it would: the
+    /// policy, the account, the port pools. `max_services` is checked by the caller, who
+    /// knows the whole set.
+    pub fn refusal(&self, spec: &ServiceSpec) -> Option<String> {
+        // Through its own API a service is "own": only `none` refuses it.
+        let own = "this node";
+        accept::policy_refusal(self.accept_services, Some(own), own, own)
+            .or_else(|| {
+                crate::supervisor::account::resolve(spec.user.as_deref(), spec.group.as_deref())
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .or_else(|| {
+                spec.ports.iter().find_map(|port| match &port.source {
+                    PortSource::Auto { pool } if self.pools.ranges(pool).is_err() => Some(format!(
+                        "port pool `{pool}` does not exist on this node (pools: {})",
+                        self.pools.names().collect::<Vec<_>>().join(", ")
+                    )),
+                    _ => None,
+                })
+            })
+    }
+}
+
+/// A cloneable handle to the supervisor actor.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    pub(super) rules: Arc<LocalRules>,
+    pub(super) commands: mpsc::Sender<SupervisorCommand>,
+    pub(super) audit: Arc<Mutex<AuditRing>>,
+    pub(super) audit_seq: watch::Receiver<u64>,
+    pub(super) log_dir: PathBuf,
+}
+
+impl SupervisorHandle {
+    /// The rules this node applies to services placed on it.
+    pub fn rules(&self) -> &LocalRules {
+        &self.rules
+    }
+
+    /// The local services' states, in start order.
+    pub async fn statuses(&self) -> Result<Vec<ServiceStatus>, SupervisorHandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(SupervisorCommand::Statuses { reply })
+            .await
+            .map_err(|_| SupervisorHandleError::Stopped)?;
+        rx.await.map_err(|_| SupervisorHandleError::Stopped)
+    }
+
+    /// This node's port leases, as the allocator holds them.
+    pub async fn leases(&self) -> Result<Vec<Lease>, SupervisorHandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(SupervisorCommand::Leases { reply })
+            .await
+            .map_err(|_| SupervisorHandleError::Stopped)?;
+        rx.await.map_err(|_| SupervisorHandleError::Stopped)
+    }
+
+    /// A page of the audit trail: with `after`, the events following it (oldest first, at
+    /// most `limit`); without, the newest `limit`. With `wait`, waits up to that long for an
+    /// event past `after` when there is none yet.
+    pub async fn events(&self, after: Option<u64>, limit: usize, wait: Duration) -> AuditPage {
+        if let Some(after) = after {
+            let mut seq = self.audit_seq.clone();
+            let _ = tokio::time::timeout(wait, seq.wait_for(|last| *last > after)).await;
+        }
+        self.audit
+            .lock()
+            .expect("the audit lock is never poisoned")
+            .page(after, limit)
+    }
+
+    /// Log lines of a local service: the last `n`, or with `offset` (from an earlier answer)
+    /// the lines written since, at most `n`. Returns the lines and the offset to follow from.
+    pub async fn logs(
+        &self,
+        service: &str,
+        n: usize,
+        offset: Option<u64>,
+    ) -> Result<(Vec<String>, u64), SupervisorHandleError> {
+        let dir = self.log_dir.clone();
+        let name = service.to_string();
+        let result = tokio::task::spawn_blocking(move || match offset {
+            Some(offset) => launcher::read_log_since(&dir, &name, offset, n),
+            None => {
+                // The length first: a line written between the two reads is shown again by
+                // the next follow request rather than lost.
+                let len = launcher::log_len(&dir, &name);
+                launcher::tail_log(&dir, &name, n).map(|lines| (lines, len))
+            }
+        })
+        .await
+        .map_err(|_| SupervisorHandleError::Stopped)?;
+        result.map_err(|source| SupervisorHandleError::Log {
+            service: service.to_string(),
+            source,
+        })
+    }
+
+    /// Every listening socket on this machine with its process, and which service leases it.
+    pub async fn listening(&self) -> Result<ListeningReport, SupervisorHandleError> {
+        let scan = tokio::task::spawn_blocking(scan::scan_listening)
+            .await
+            .map_err(|_| SupervisorHandleError::Stopped)??;
+        let leased_to = self
+            .leases()
+            .await?
+            .into_iter()
+            .filter(|lease| lease.state != LeaseState::Released)
+            .map(|lease| ((lease.port, lease.proto), lease.service))
+            .collect();
+        Ok(ListeningReport { scan, leased_to })
+    }
+}
