@@ -201,7 +201,7 @@ fn pick_kind(rng: &mut StdRng, per_hour: &[u32]) -> u32 {
 fn set_online(node: &mut Node, online: bool, now_ms: i64) {
     let mut rec =
         get_entry::<NodeRecord>(&node.doc, "nodes", &node.id).unwrap_or_else(|| NodeRecord {
-            name: node.id.clone(),
+            name: node.id.as_str().into(),
             joined_at_ms: now_ms,
             ..Default::default()
         });

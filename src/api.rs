@@ -338,7 +338,7 @@ pub fn state_summary(state: &StateSnapshot) -> StateResponse {
                     .state
                     .nodes
                     .get(&p.peer.to_base58())
-                    .map(|n| n.name.clone()),
+                    .map(|n| n.name.to_string()),
                 connected: p.connected,
                 status: p.status,
                 health: p.health.to_string(),

@@ -553,7 +553,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             local: local_peer,
             data_dir: config.data_dir.clone(),
             self_record: NodeRecord {
-                name: config.name.clone(),
+                name: config.name.as_str().into(),
                 addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
                 hardware: NodeHardware::from(&config.hardware),
                 version: crate::AGENT_VERSION.to_string(),

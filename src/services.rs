@@ -152,7 +152,7 @@ pub fn placement(view: View<'_>, name: &str) -> Option<NodeId> {
     if let Some(node) = &record.node_id {
         return Some(node.clone());
     }
-    match view.specs.get(name).and_then(|spec| spec.node.as_deref()) {
+    match view.specs.get(name).and_then(|spec| spec.target.as_deref()) {
         Some(target) => resolve_target(document_nodes(view.state), target)
             .first()
             .map(|id| NodeId::from(*id)),
@@ -164,7 +164,7 @@ pub fn placement(view: View<'_>, name: &str) -> Option<NodeId> {
 /// name of the node it runs on.
 pub fn placement_label(view: View<'_>, name: &str) -> String {
     view.spec(name)
-        .and_then(|spec| spec.node.clone())
+        .and_then(|spec| spec.target.clone())
         .or_else(|| placement(view, name).map(|id| view.state.node_name(&id)))
         .unwrap_or_default()
 }

@@ -193,7 +193,7 @@ fn doc_with_nodes(n: usize) -> AutoCommit {
             "nodes",
             &format!("n{i}"),
             &NodeRecord {
-                name: format!("node-{i}"),
+                name: format!("node-{i}").into(),
                 ..Default::default()
             },
         )

@@ -63,7 +63,7 @@ async fn api(node: &NodeHandle, method: &str, path: &str, body: Option<Value>) -
 /// `name` on `node`, with one auto port checked over HTTP, depending on `after`.
 fn http_service(name: &str, node: &str, after: &[&str]) -> ServiceSpec {
     let mut spec = ServiceSpec::new(name, "fake-server");
-    spec.node = Some(node.to_string());
+    spec.target = Some(node.to_string());
     spec.after = after.iter().map(|s| s.to_string()).collect();
     spec.ports = vec![PortSpec {
         name: Some("http".to_string()),

@@ -104,7 +104,7 @@ fn apply(doc: &mut AutoCommit, edit: &Edit) {
         Edit::RemoveTag { key, .. } => {
             record.tags.remove(&tag_key(*key));
         }
-        Edit::SetName { name, .. } => record.name = format!("name-{name}"),
+        Edit::SetName { name, .. } => record.name = format!("name-{name}").into(),
         Edit::SetAddrs { addrs, .. } => {
             record.addrs = addrs
                 .iter()
@@ -125,7 +125,7 @@ fn base_document() -> AutoCommit {
     let mut doc = genesis(ActorId::random());
     for n in 0..BASE_NODES {
         let record = NodeRecord {
-            name: format!("base-{n}"),
+            name: format!("base-{n}").into(),
             addrs: vec![format!("/ip4/10.0.0.{n}/udp/7000/quic-v1")],
             tags: [
                 (tag_key(0), "base".to_string()),

@@ -147,7 +147,7 @@ pub fn add(
     let mut placed = Vec::with_capacity(incoming.len());
     for mut spec in incoming {
         let target = spec
-            .node
+            .target
             .get_or_insert_with(|| writer.name.to_string())
             .clone();
         let node = resolve_target(nodes(), &target)
@@ -169,13 +169,13 @@ pub fn add(
         .active_specs()
         .map(|(name, _, spec)| {
             let mut spec = spec.clone();
-            spec.node = placement(view, name).map(NodeId::into_string);
+            spec.target = placement(view, name).map(NodeId::into_string);
             (name.to_string(), spec)
         })
         .collect();
     for (spec, node) in &placed {
         let mut spec = spec.clone();
-        spec.node = Some(node.to_string());
+        spec.target = Some(node.to_string());
         set.insert(spec.name.clone(), spec);
     }
     let set: Vec<ServiceSpec> = set.into_values().collect();
@@ -191,7 +191,7 @@ pub fn add(
         }
         let count = set
             .iter()
-            .filter(|s| s.node.as_deref() == Some(writer.id.as_str()))
+            .filter(|s| s.target.as_deref() == Some(writer.id.as_str()))
             .count();
         if count > local.max_services {
             return Err(ServiceError::TooManyHere {
@@ -232,7 +232,7 @@ pub fn add(
             });
         }
         added.push(Added {
-            node: spec.node.clone().unwrap_or_default(),
+            node: spec.target.clone().unwrap_or_default(),
             name: spec.name,
             outcome,
         });

@@ -11,7 +11,7 @@ fn mesh(nodes: &[(&str, &str)]) -> MeshState {
         state.nodes.insert(
             id.to_string(),
             NodeRecord {
-                name: name.to_string(),
+                name: NodeName::from(*name),
                 ..Default::default()
             },
         );
@@ -72,7 +72,7 @@ fn a_target_is_resolved_to_its_id_once_when_the_service_is_added() {
     let mut state = mesh(&[("id-a", "a"), ("id-b", "b")]);
     let by_a = writer("id-a", "a", 1);
     let mut web = ServiceSpec::new("web", "true");
-    web.node = Some("b".into());
+    web.target = Some("b".into());
     let plan = add(&mut state, &by_a, vec![web, ServiceSpec::new("db", "true")]).unwrap();
     assert_eq!(plan.added[0].node, "b");
     assert_eq!(plan.added[1].node, "a", "no target: the adding node");
@@ -110,13 +110,13 @@ fn records_without_a_stored_placement_resolve_their_target_else_run_on_their_wri
     };
     state.services.insert("web".into(), record(&spec, "id-a"));
     assert_eq!(placed(&state), Some(NodeId::from("id-a")));
-    spec.node = Some("b".into());
+    spec.target = Some("b".into());
     state.services.insert("web".into(), record(&spec, "id-a"));
     assert_eq!(placed(&state), Some(NodeId::from("id-b")));
-    spec.node = Some("id-a".into());
+    spec.target = Some("id-a".into());
     state.services.insert("web".into(), record(&spec, "id-b"));
     assert_eq!(placed(&state), Some(NodeId::from("id-a")));
-    spec.node = Some("nowhere".into());
+    spec.target = Some("nowhere".into());
     state.services.insert("web".into(), record(&spec, "id-a"));
     assert_eq!(placed(&state), None);
 }
@@ -126,7 +126,7 @@ fn adding_refuses_unknown_nodes_duplicates_and_fixed_port_clashes_across_spellin
     let mut state = mesh(&[("id-a", "a"), ("id-b", "b")]);
     let by_a = writer("id-a", "a", 1);
     let mut lost = ServiceSpec::new("web", "true");
-    lost.node = Some("c".into());
+    lost.target = Some("c".into());
     assert_eq!(
         add(&mut state, &by_a, vec![lost]).unwrap_err(),
         ServiceError::UnknownNode {
@@ -149,7 +149,7 @@ fn adding_refuses_unknown_nodes_duplicates_and_fixed_port_clashes_across_spellin
     );
     let fixed = |name: &str, node: &str| {
         let mut spec = ServiceSpec::new(name, "true");
-        spec.node = Some(node.into());
+        spec.target = Some(node.into());
         spec.ports = vec![crate::supervisor::PortSpec {
             source: crate::ports::PortSource::Fixed(8080),
             ..crate::supervisor::PortSpec::auto()

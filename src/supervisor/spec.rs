@@ -761,9 +761,11 @@ pub struct ServiceSpec {
     /// Time between SIGTERM and SIGKILL when stopping.
     #[serde(default = "default_stop_grace", with = "duration_text")]
     pub stop_grace: Duration,
-    /// Node that runs the service; `None` in a file means the node that adds it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    /// The node to run the service on, as the operator named it (a node name or id; `node`
+    /// in TOML and JSON); `None` in a file means the node that adds it. The control API
+    /// resolves it to a node id once, when the service is added ([`crate::services`]).
+    #[serde(rename = "node", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// While a dependency restarts: keep running (`ride-through`) or stop and start again
     /// once it is healthy (`restart`).
     #[serde(default, skip_serializing_if = "DependencyRestart::is_default")]
@@ -834,7 +836,7 @@ impl ServiceSpec {
             health: None,
             restart: RestartSpec::default(),
             stop_grace: DEFAULT_STOP_GRACE,
-            node: None,
+            target: None,
             on_dependency_restart: DependencyRestart::RideThrough,
             user: None,
             group: None,
@@ -880,7 +882,7 @@ impl ServiceSpec {
                 }
             };
         }
-        spec.node = parts.node;
+        spec.target = parts.node;
         spec.user = parts.user;
         spec.group = parts.group;
         spec.validate()?;
@@ -979,7 +981,7 @@ impl ServiceSpec {
                 field: "stop_grace",
             });
         }
-        if let Some(node) = &self.node {
+        if let Some(node) = &self.target {
             let reason = if node.is_empty() {
                 Some("must not be empty")
             } else if node.len() > MAX_NODE_NAME_LEN {
@@ -1338,7 +1340,7 @@ fn check_set(specs: &[ServiceSpec], allow_external: bool) -> Result<(), SpecErro
         for port in &spec.ports {
             if let PortSource::Fixed(number) = port.source
                 && let Some(first) =
-                    fixed.insert((spec.node.as_deref(), number, port.proto), &spec.name)
+                    fixed.insert((spec.target.as_deref(), number, port.proto), &spec.name)
             {
                 return Err(SpecError::FixedPortConflict {
                     first: first.to_string(),
@@ -1611,7 +1613,7 @@ mod tests {
         assert_eq!(health.start_grace, Duration::from_secs(10));
         assert_eq!(health.start_interval, Duration::from_millis(250));
         assert_eq!(health.failures_before_unhealthy, 3);
-        assert_eq!(spec.node, None);
+        assert_eq!(spec.target, None);
     }
 
     #[test]
@@ -1913,7 +1915,7 @@ mod tests {
         spec.stop_grace = Duration::ZERO;
         cases.push((spec, "stop_grace must be greater than zero"));
         let mut spec = base();
-        spec.node = Some("pi 1".to_string());
+        spec.target = Some("pi 1".to_string());
         cases.push((spec, "bad node name `pi 1`"));
 
         for (spec, needle) in cases {
@@ -1940,7 +1942,7 @@ mod tests {
                 source: PortSource::Fixed(8080),
                 ..PortSpec::auto()
             }];
-            spec.node = node.map(String::from);
+            spec.target = node.map(String::from);
             spec
         };
         let err =
@@ -1982,7 +1984,7 @@ mod tests {
             })
         );
         assert_eq!(spec.restart.policy, RestartPolicy::OnFailure);
-        assert_eq!(spec.node.as_deref(), Some("pi-1"));
+        assert_eq!(spec.target.as_deref(), Some("pi-1"));
     }
 
     #[test]

@@ -1163,7 +1163,7 @@ mod document {
             state.nodes.insert(
                 id.to_string(),
                 NodeRecord {
-                    name: name.to_string(),
+                    name: NodeName::from(name),
                     ..Default::default()
                 },
             );
@@ -1386,7 +1386,7 @@ mod document {
     fn a_dependency_placed_on_another_node_is_followed_through_its_published_instance() {
         let mut state = mesh();
         let mut db = service("db", &[]);
-        db.node = Some("requester".to_string());
+        db.target = Some("requester".to_string());
         add(
             &mut state,
             writer(runner_id(), 1),
