@@ -17,7 +17,8 @@
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
 //! | [`state`] | the replicated Automerge document: schema, typed access, its actor and file |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
-//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff (sans-IO); `supervisor::actor` runs them; `supervisor::launcher` spawns and probes |
+//! | [`services`] | the services domain (pure): where a service runs, which node a name means, add/remove/start/stop/restart as functions from the state to the entries to write |
+//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff, following the document (`supervisor::desired`) (sans-IO); `supervisor::actor` runs them; `supervisor::launcher` spawns and probes |
 //! | [`query`] | what one node answers about itself for another (`/mesh/query/1`): logs, listening sockets, events |
 //! | [`ports`] | port pools, leases, allocation (sans-IO); `ports::scan`: the listening-socket scan and bind test |
 //! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |

@@ -10,7 +10,7 @@
 //! - [`resolve_node`]: which node a name means (exact id, then name, then id tail).
 //! - [`instance_key`]: the key of a service's instance on a node.
 //! - the operations in [`ops`], which check a request against the whole mesh's services and
-//!   return the [`EntryWrite`]s to make, or one [`ServiceError`].
+//!   return the [`EntryWrite`](crate::state::actor::EntryWrite)s to make, or one [`ServiceError`].
 //!
 //! Does not own: I/O (the API handlers decode, call and encode; the state actor writes), the
 //! spec format ([`crate::supervisor::spec`]), nor what a node does with what is placed on it

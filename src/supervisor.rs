@@ -14,15 +14,18 @@
 //!   agent shutdown) go in reverse dependency order; shutdown may also leave services running.
 //!
 //! Inputs: [`SupervisorEvent`]s with `now` (operator start/stop/restart, process and health
-//! reports, timers, states of dependencies on other nodes, shutdown) and spec updates
-//! ([`Supervisor::apply_specs`]). Outputs: [`SupervisorAction`]s to carry out in order (spawn,
+//! reports, timers, states of dependencies on other nodes, shutdown), spec updates
+//! ([`Supervisor::apply_specs`]) and new versions of the document
+//! ([`Supervisor::follow_document`], which turns them into the former two). Outputs: [`SupervisorAction`]s to carry out in order (spawn,
 //! signal, health check, timer, audit, publish). It does no I/O and reads no clock; the
 //! launcher, prober, port leases and the replicated document are wired around it.
 //!
 //! Modules: [`spec`] (service specs, TOML and CLI forms, validation and bounds, `$PORT`
 //! expansion), [`graph`] (start/stop order, cycles), [`backoff`] (restart delays), [`machine`]
-//! (one service's lifecycle), [`accept`] (which placed services this node agrees to run:
-//! `--accept-services`, accounts, `max_services`; pure), and the I/O edges: [`launcher`]
+//! (one service's lifecycle), [`desired`] (following the document: placement, desired
+//! states, operator requests once each by their generation, remote dependency states; pure),
+//! [`accept`] (which placed services this node agrees to run: `--accept-services`, accounts,
+//! `max_services`; pure), and the I/O edges: [`launcher`]
 //! (spawning in a process group and cgroup, as the spec's account, with log capture and
 //! rotation, group signals, health probes), [`account`] (user and group lookup), [`cgroup`]
 //! (one cgroup v2 per service), [`runfile`] (what a crashed run left). Spec:

@@ -154,7 +154,7 @@ pub enum Directive {
     Stop { reason: String, cause: StopCause },
 }
 
-/// Inputs of a [`ServiceMachine`].
+/// Inputs of a [`ServiceMachine`](super::ServiceMachine).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MachineEvent {
     Directive(Directive),
@@ -203,7 +203,7 @@ pub enum SupervisorAction {
     /// `HealthChecked`.
     RunHealthCheck { service: String, pid: u32 },
     /// Deliver `TimerFired` at (or after) `at`. Timers that fire late or needlessly are
-    /// harmless; [`super::Supervisor::next_deadline`] gives the earliest one still needed.
+    /// harmless; [`crate::supervisor::Supervisor::next_deadline`] gives the earliest one still needed.
     ScheduleTimer { service: String, at: Instant },
     /// Append to the audit trail (`mesh events`).
     Audit(AuditEvent),
