@@ -1,6 +1,7 @@
 //! Transport: the libp2p swarm every mesh protocol runs on.
 //!
-//! Owns the swarm's construction (QUIC only, tuned for LAN liveness), the composed
+//! Owns the swarm's construction (QUIC tuned for LAN liveness; for in-process tests, the memory
+//! transport: [`TransportKind`]), the composed
 //! [`MeshBehaviour`], the protocol ids, and the wire types of the request-response protocols
 //! (CBOR-encoded, size-limited). It does not decide anything: the node actor drives the swarm
 //! and the sans-IO cores decide what to send.

@@ -3,12 +3,12 @@
 //! A lease binds one port/protocol on one node to one port of one service. Lifecycle:
 //!
 //! ```text
-//! allocated ──seen listening──▶ in-use ──released / owner gone──▶ released ──cooldown──▶ (free)
+//! allocated ──seen listening / health check connected──▶ in-use ──released / owner gone──▶ released ──cooldown──▶ (free)
 //!     └──owner gone, or not listening after listen_grace──▶ released
 //! ```
 //!
 //! Owns: the rules for which port a request gets ([`PortAllocator::allocate`]) and how leases
-//! age ([`PortAllocator::reconcile`]). Inputs are plain values: the leases known mesh-wide for
+//! age ([`PortAllocator::reconcile`], and [`confirm_in_use`] between scans). Inputs are plain values: the leases known mesh-wide for
 //! this node (replicated in the document, so they outlive this process and carry wall-clock
 //! times, [`SystemTime`]), the ports seen listening on the machine ([`ListeningPorts`], from
 //! [`super::procnet`]), a bind-test closure and an `is_alive(pid)` closure. Outputs are a

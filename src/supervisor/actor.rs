@@ -12,9 +12,10 @@
 //!   running), publish, and end.
 //!
 //! Outputs:
-//! - processes (through [`launcher`]), each in its own process group and cgroup
-//!   ([`super::cgroup`]) with `PORT*` from its leases, as the spec's `user`/`group`; what a
-//!   main process leaves behind is stopped before its exit counts;
+//! - processes (through the configured [`Launcher`]; real ones by [`launcher`]), each in its
+//!   own process group and cgroup ([`super::cgroup`]) with `PORT*` from its leases, as the
+//!   spec's `user`/`group`; what a main process leaves behind is stopped before its exit
+//!   counts;
 //! - before the first start: leftovers of an earlier run stopped, and (when the document
 //!   knows other nodes) a bounded wait for a first sync with a peer;
 //! - services it refuses ([`super::accept`]) published as `refused` with the reason;
