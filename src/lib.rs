@@ -9,7 +9,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`cli`] | clap types, rendering tables and JSON, exit codes |
+//! | [`cli`] | clap types (`args`), commands through the typed client, rendering tables and JSON (`render`), exit codes |
 //! | [`daemon`] | process concerns: tracing, signals, data dir, running the node |
 //! | [`node`] | the node actor: wires swarm, admission, membership, discovery; `NodeHandle` |
 //! | [`identity`] | the persistent Ed25519 node key and node id |

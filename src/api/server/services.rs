@@ -2,7 +2,8 @@
 //! [`crate::api`]). Desired state goes into the replicated document; logs, listening sockets
 //! and events are asked of the node concerned, here or through the mesh ([`crate::query`]).
 //!
-//! Helpers return `Result<_, Response>`: the error is the finished HTTP answer.
+//! Helpers return `Result<_, Response>`: the error is the finished HTTP answer, an
+//! [`crate::api::ApiError`] (through `error`, `state_error`, `body_error`).
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
@@ -14,19 +15,19 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use libp2p::PeerId;
-use serde::Deserialize;
 
-use super::{error, state_error};
-use crate::api::{
-    EventEntry, EventsResponse, ListeningEntry, ListeningResponse, LogsResponse, MAX_WAIT,
-    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, now_ms,
-    port_entries, service_entries,
+use super::convert::{port_entries, service_entries};
+use super::{body_error, error, state_error};
+use crate::api::contract::{
+    EventEntry, EventsQuery, EventsResponse, ListeningEntry, ListeningResponse, LogsQuery,
+    LogsResponse, MAX_WAIT, NodeQuery, ServiceActionResponse, ServiceAddRequest,
+    ServiceAddResponse, ServiceAdded,
 };
 use crate::membership::PeerState;
 use crate::node::NodeHandle;
 use crate::query::{self, QueryRequest, QueryResponse};
 use crate::state::actor::EntryWrite;
-use crate::state::{MeshState, ServiceRecord};
+use crate::state::{MeshState, ServiceRecord, now_ms};
 use crate::supervisor::{ServiceSpec, validate_set};
 
 /// Default number of log lines.
@@ -59,12 +60,7 @@ pub async fn add_services(
 ) -> Response {
     let Json(request) = match body {
         Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"services\": [SPEC, ...]}}: {e}"),
-            );
-        }
+        Err(e) => return body_error(e, r#"{"services": [SPEC, ...]}"#),
     };
     if request.services.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no services to add".to_string());
@@ -411,12 +407,6 @@ fn unexpected() -> Response {
     )
 }
 
-#[derive(Deserialize)]
-pub struct LogsQuery {
-    n: Option<u32>,
-    offset: Option<u64>,
-}
-
 pub async fn service_logs(
     State(node): State<NodeHandle>,
     Path(name): Path<String>,
@@ -465,11 +455,6 @@ pub async fn service_logs(
     }
 }
 
-#[derive(Deserialize)]
-pub struct NodeQuery {
-    node: Option<String>,
-}
-
 pub async fn list_ports(State(node): State<NodeHandle>, Query(q): Query<NodeQuery>) -> Response {
     let snap = node.state().snapshot();
     Json(port_entries(&snap.state, q.node.as_deref())).into_response()
@@ -503,14 +488,6 @@ pub async fn listening_ports(
         Ok(_) => unexpected(),
         Err(response) => response,
     }
-}
-
-#[derive(Deserialize)]
-pub struct EventsQuery {
-    node: Option<String>,
-    after: Option<u64>,
-    limit: Option<u32>,
-    wait_ms: Option<u64>,
 }
 
 pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQuery>) -> Response {
