@@ -10,7 +10,7 @@
 //! |---|---|---|---|---|
 //! | GET | `/v1/status` | `STATUS` | [`StatusResponse`] | `status` |
 //! | GET | `/v1/peers` | `PEERS` | array of [`PeerEntry`], self first; header `x-mesh-version` | `peers` |
-//! | GET | `/v1/peers?wait=V&timeout_ms=T` | `PEERS` | long poll: answers when the snapshot version differs from `V`, or after `T` ms (max 30000) | `peers_after` |
+//! | GET | `/v1/peers?wait=V&timeout_ms=T` | `PEERS` | long poll: answers when the snapshot version differs from `V`, or after `T` ms (max 30000) | `peers_poll` |
 //! | GET | `/v1/state` | `STATE` | [`StateResponse`] | `state` |
 //! | POST | `/v1/tags` | `TAGS` | body [`TagRequest`]; sets one of this node's tags; [`TagResponse`] | `set_tag` |
 //! | DELETE | `/v1/tags/{key}` | `TAG` | removes one of this node's tags; [`TagResponse`] | `remove_tag` |

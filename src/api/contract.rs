@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hardware::HardwareInfo;
-use crate::supervisor::ServiceSpec;
+use crate::supervisor::spec::ServiceSpec;
 
 /// Default address of the API: loopback only, so nothing off the machine can reach it.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7401";
@@ -307,6 +307,13 @@ pub enum ServiceAction {
 }
 
 impl ServiceAction {
+    /// The action a path segment names, if any.
+    pub fn parse(segment: &str) -> Option<Self> {
+        [Self::Start, Self::Stop, Self::Restart]
+            .into_iter()
+            .find(|a| a.as_str() == segment)
+    }
+
     /// The path segment (`start`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -676,6 +683,14 @@ mod tests {
             "/v1/services/web/logs?n=50"
         );
         assert_eq!(PeersQuery::default().to_path(), "/v1/peers");
+        for action in [
+            ServiceAction::Start,
+            ServiceAction::Stop,
+            ServiceAction::Restart,
+        ] {
+            assert_eq!(ServiceAction::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(ServiceAction::parse("explode"), None);
     }
 
     #[test]
