@@ -352,7 +352,7 @@ pub fn render_events(events: &[EventEntry], now_ms: i64) -> String {
 /// Smallest widths of the TIME, NODE, SERVICE and KIND columns of `mesh events -f`: a
 /// same-day time (`HH:MM:SS.mmmZ`), a short node name, a service name, the longest audit kind
 /// (`health-check-failing`).
-const EVENT_MIN_WIDTHS: [usize; 4] = [13, 8, 12, 20];
+pub const EVENT_MIN_WIDTHS: [usize; 4] = [13, 8, 12, 20];
 
 /// Widths of the TIME, NODE, SERVICE and KIND columns for `mesh events -f`: those of
 /// `events`, and at least [`EVENT_MIN_WIDTHS`].
