@@ -340,6 +340,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         mesh_key: mesh_key.clone(),
         name: name.clone(),
         listen,
+        transport: crate::transport::TransportKind::Quic,
         listen_required,
         static_peers,
         hardware: hardware.clone(),
@@ -375,6 +376,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
             max_services: settings.max_services as usize,
             startup_sync_wait: crate::supervisor::actor::DEFAULT_STARTUP_SYNC_WAIT,
             use_cgroups: true,
+            launcher: crate::supervisor::launcher::ProcessLauncher::shared(),
         }),
     };
     let node = start_node(config).await?;

@@ -92,6 +92,9 @@ pub struct NodeConfig {
     pub name: String,
     /// QUIC listen addresses; port 0 picks a free port (tests).
     pub listen: Vec<Multiaddr>,
+    /// QUIC (the agent), or the in-process memory transport (tests; `listen` then holds
+    /// `/memory/0`).
+    pub transport: transport::TransportKind,
     /// Whether a listen address that fails to bind is fatal (explicit `--listen`) or only a
     /// warning (the default IPv6 listener on a host without IPv6).
     pub listen_required: Vec<bool>,
@@ -123,6 +126,7 @@ impl NodeConfig {
                     .parse()
                     .expect("literal multiaddr"),
             ],
+            transport: transport::TransportKind::Quic,
             listen_required: vec![true],
             static_peers: Vec::new(),
             hardware: crate::hardware::probe(),
@@ -470,7 +474,7 @@ fn udp_socket_addr(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
 /// Starts a node: binds its listeners (reporting bind errors), then runs the actor.
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local_peer = config.keypair.public().to_peer_id();
-    let mut swarm = transport::build_swarm(config.keypair.clone())?;
+    let mut swarm = transport::build_swarm(config.keypair.clone(), config.transport)?;
     let mut bound = 0;
     for (i, addr) in config.listen.iter().enumerate() {
         match swarm.listen_on(addr.clone()) {

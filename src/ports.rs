@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lease::{
     DEFAULT_COOLDOWN, DEFAULT_LISTEN_GRACE, Lease, LeaseChange, LeaseConfig, LeaseState,
-    ListeningPorts, PortAllocator, PortGrant, PortRequest,
+    ListeningPorts, PortAllocator, PortGrant, PortRequest, confirm_in_use,
 };
 pub use pool::{DEFAULT_POOL, DEFAULT_POOL_RANGE, PoolSet, PortRange};
 pub use procnet::{

@@ -27,6 +27,16 @@
 //! rotation, group signals, health probes), [`account`] (user and group lookup), [`cgroup`]
 //! (one cgroup v2 per service), [`runfile`] (what a crashed run left). Spec:
 //! `protocol/service-spec.md`.
+//!
+//! The launcher seam: the [`actor`] reaches the operating system's processes only through a
+//! [`launcher::Launcher`] (spawn with spec, `PORT*` env, account and cgroup, answering a pid
+//! and a future of the exit; signal a process group and its cgroup; run one health probe),
+//! given in [`actor::SupervisorConfig::launcher`]. The agent passes
+//! [`launcher::ProcessLauncher`]; in-process tests pass a [`launcher::fake::FakeLauncher`]
+//! (processes that listen on their ports in memory, end on a signal, crash on request), so a
+//! mesh of nodes with services runs in one test process, in paused time. Leftovers of an
+//! earlier agent run (run file, cgroups) and the port scans stay with the actor and
+//! [`crate::ports`].
 
 pub mod accept;
 pub mod account;

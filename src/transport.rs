@@ -1,6 +1,7 @@
 //! Transport: the libp2p swarm every mesh protocol runs on.
 //!
-//! Owns the swarm's construction (QUIC only, tuned for LAN liveness), the composed
+//! Owns the swarm's construction (QUIC tuned for LAN liveness; for in-process tests, the memory
+//! transport: [`TransportKind`]), the composed
 //! [`MeshBehaviour`], the protocol ids, and the wire types of the request-response protocols
 //! (CBOR-encoded, size-limited). It does not decide anything: the node actor drives the swarm
 //! and the sans-IO cores decide what to send.
@@ -242,11 +243,25 @@ pub fn limited_codec<Req, Resp>(
         .set_response_size_maximum(max_response)
 }
 
-/// Builds the swarm: QUIC transport with LAN timeouts and the mesh behaviours.
-pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportError> {
+/// Which transport a swarm runs on: one constructor choice, everything above it is the same
+/// (admission, membership, sync and query run unchanged on either).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// QUIC over UDP with LAN timeouts: the agent's only transport.
+    #[default]
+    Quic,
+    /// libp2p's in-process memory transport (`/memory/N` addresses), upgraded with plaintext
+    /// (peer ids, no encryption) and yamux: for meshes of nodes inside one test process. It
+    /// has no sockets and no timers of its own, so tests may run it in paused tokio time, which
+    /// QUIC's idle and keep-alive timers do not survive. Never for real traffic.
+    Memory,
+}
+
+/// The mesh behaviours, each with its protocol and codec limits.
+fn behaviour() -> MeshBehaviour {
     let auth_codec = limited_codec(MAX_AUTH_MESSAGE, MAX_AUTH_MESSAGE);
     let membership_codec = limited_codec(MAX_MEMBERSHIP_MESSAGE, MAX_MEMBERSHIP_MESSAGE);
-    let behaviour = MeshBehaviour {
+    MeshBehaviour {
         auth: request_response::Behaviour::with_codec(
             auth_codec,
             [(AUTH_PROTOCOL, ProtocolSupport::Full)],
@@ -267,19 +282,41 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<MeshBehaviour>, TransportEr
             [(QUERY_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
+    }
+}
+
+/// Builds the swarm: the mesh behaviours on `kind` (QUIC with LAN timeouts for the agent).
+pub fn build_swarm(
+    keypair: Keypair,
+    kind: TransportKind,
+) -> Result<Swarm<MeshBehaviour>, TransportError> {
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match kind {
+        TransportKind::Quic => builder
+            .with_quic_config(|mut c| {
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c.keep_alive_interval = QUIC_KEEP_ALIVE;
+                c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
+                c
+            })
+            .with_behaviour(|_| behaviour())
+            .map_err(|e| TransportError::Build(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build(),
+        TransportKind::Memory => builder
+            .with_other_transport(|key| {
+                use libp2p::Transport as _;
+                libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(libp2p::plaintext::Config::new(key))
+                    .multiplex(libp2p::yamux::Config::default())
+            })
+            .map_err(|e| TransportError::Build(e.to_string()))?
+            .with_behaviour(|_| behaviour())
+            .map_err(|e| TransportError::Build(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build(),
     };
-    let swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_quic_config(|mut c| {
-            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-            c.keep_alive_interval = QUIC_KEEP_ALIVE;
-            c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
-            c
-        })
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| TransportError::Build(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build();
     Ok(swarm)
 }
 

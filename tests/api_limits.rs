@@ -3,16 +3,20 @@
 //! closed after the head timeout, a full table evicts them for a real request, and long polls
 //! past their pool answer 503 in JSON.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use mesh::admission::MeshKey;
 use mesh::api::client::{ApiClient, ClientError};
 use mesh::api::server::{ApiConfig, ServeLimits, serve_with};
 use mesh::api::{ErrorCode, PeerEntry, StatusResponse};
-use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
+use mesh::node::{DiscoveryMode, NodeHandle};
 use tokio_util::sync::CancellationToken;
+
+use cluster::Cluster;
 
 /// Ceiling of every wait.
 const CEILING: Duration = Duration::from_secs(30);
@@ -26,13 +30,10 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 const TEST_MAX_LONG_POLLS: usize = 2;
 
 async fn serve_one(limits: ServeLimits) -> (NodeHandle, SocketAddr, CancellationToken) {
-    let node = start_node(NodeConfig::for_test(
-        "limits",
-        MeshKey::generate(),
-        DiscoveryMode::Off,
-    ))
-    .await
-    .expect("start a node");
+    let cluster = Cluster::new();
+    let mut config = cluster.config("limits");
+    config.discovery = DiscoveryMode::Off;
+    let node = cluster.start(config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();

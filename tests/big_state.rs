@@ -7,17 +7,20 @@
 //! Spec texts are pseudo-random (incompressible), so Automerge's compression cannot make the
 //! documents small. Every wait is on a condition with a generous ceiling.
 
-use std::path::Path;
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::admission::MeshKey;
 use mesh::discovery::memory::MemoryDiscovery;
-use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
+use mesh::node::{DiscoveryMode, NodeHandle, start_node};
 use mesh::state::actor::{EntryWrite, StateSnapshot};
 use mesh::state::{MAX_DOCUMENT_BYTES, ServiceRecord, now_ms};
 use mesh::sync::SyncHealth;
 use mesh::transport::MAX_SYNC_MESSAGE;
+
+use cluster::Cluster;
 
 /// Ceiling of every wait: several MiB through debug-build Automerge on a loaded 2-core machine
 /// take seconds; the ceiling is far past that.
@@ -77,42 +80,13 @@ async fn churn(node: &NodeHandle, prefix: &str, rounds: u64, keep: u64) -> Vec<S
     names
 }
 
+/// [`cluster::wait_states`] with this file's [`CEILING`].
 async fn wait_states(
     nodes: &[&NodeHandle],
     what: &str,
-    mut pred: impl FnMut(&[Arc<StateSnapshot>]) -> bool,
+    pred: impl FnMut(&[Arc<StateSnapshot>]) -> bool,
 ) -> Vec<Arc<StateSnapshot>> {
-    let mut rxs: Vec<_> = nodes.iter().map(|n| n.state().subscribe()).collect();
-    let result = tokio::time::timeout(CEILING, async {
-        loop {
-            let snaps: Vec<Arc<StateSnapshot>> = rxs
-                .iter_mut()
-                .map(|rx| rx.borrow_and_update().clone())
-                .collect();
-            if pred(&snaps) {
-                return snaps;
-            }
-            let changed = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let (res, _, _) = futures::future::select_all(changed).await;
-            res.expect("a state actor stopped while a test waited on it");
-        }
-    })
-    .await;
-    result.unwrap_or_else(|_| {
-        let view: Vec<_> = nodes
-            .iter()
-            .map(|n| {
-                let s = n.state().snapshot();
-                (
-                    s.epoch.to_string(),
-                    s.heads.len(),
-                    s.state.services.len(),
-                    s.peers.iter().map(|p| p.health.to_string()).collect::<Vec<_>>(),
-                )
-            })
-            .collect();
-        panic!("timed out after {CEILING:?} waiting for {what}; (epoch, heads, services, peer health) per node: {view:?}")
-    })
+    cluster::wait_states_within(CEILING, nodes, what, pred).await
 }
 
 fn same_document(s: &[Arc<StateSnapshot>]) -> bool {
@@ -135,26 +109,11 @@ fn all_ok(s: &[Arc<StateSnapshot>]) -> bool {
     })
 }
 
-fn init_logs() {
-    // Logs only show with RUST_LOG set (and --nocapture).
-    if std::env::var_os("RUST_LOG").is_some() {
-        mesh::daemon::init_tracing(mesh::daemon::LogFormat::Human);
-    }
-}
-
-fn config(name: &str, key: &MeshKey, lan: &MemoryDiscovery, dir: Option<&Path>) -> NodeConfig {
-    let mut c = NodeConfig::for_test(name, key.clone(), DiscoveryMode::Memory(lan.clone()));
-    c.data_dir = dir.map(Path::to_path_buf);
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_node_syncs_a_document_near_the_bound() {
-    init_logs();
-    let key = MeshKey::generate();
-    let lan = MemoryDiscovery::new();
+    let cluster = Cluster::new();
     let dir_a = tempfile::TempDir::new().unwrap();
-    let a = start_node(config("a", &key, &lan, Some(dir_a.path())))
+    let a = start_node(cluster.config_in("a", Some(dir_a.path())))
         .await
         .unwrap();
     // ~9.5 MB of history (more than the sync frame) and ~2 MB of value (near the bound).
@@ -176,7 +135,7 @@ async fn a_fresh_node_syncs_a_document_near_the_bound() {
     }
 
     let dir_b = tempfile::TempDir::new().unwrap();
-    let b = start_node(config("b", &key, &lan, Some(dir_b.path())))
+    let b = start_node(cluster.config_in("b", Some(dir_b.path())))
         .await
         .unwrap();
     let snaps = wait_states(&[&a, &b], "the fresh node to hold the same document", |s| {
@@ -196,18 +155,21 @@ async fn a_fresh_node_syncs_a_document_near_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_compacted_big_documents_apart_settle_on_one_epoch() {
-    init_logs();
-    let key = MeshKey::generate();
-    let (lan_a, lan_b) = (MemoryDiscovery::new(), MemoryDiscovery::new());
+    // Two LANs, one mesh key.
+    let cluster_a = Cluster::new();
+    let cluster_b = Cluster {
+        lan: MemoryDiscovery::new(),
+        ..cluster_a.clone()
+    };
     let (dir_a, dir_b) = (
         tempfile::TempDir::new().unwrap(),
         tempfile::TempDir::new().unwrap(),
     );
     // Apart: each builds a big document of its own and compacts it.
-    let a = start_node(config("a", &key, &lan_a, Some(dir_a.path())))
+    let a = start_node(cluster_a.config_in("a", Some(dir_a.path())))
         .await
         .unwrap();
-    let mut cfg_b = config("b", &key, &lan_b, Some(dir_b.path()));
+    let mut cfg_b = cluster_b.config_in("b", Some(dir_b.path()));
     let b = start_node(cfg_b.clone()).await.unwrap();
     let kept_a = churn(&a, "a", 4, 4).await;
     let kept_b = churn(&b, "b", 4, 4).await;
@@ -222,7 +184,7 @@ async fn nodes_that_compacted_big_documents_apart_settle_on_one_epoch() {
     assert_ne!(ea, eb, "two epochs made apart");
     // b restarts on a's network: they meet.
     b.shutdown().await;
-    cfg_b.discovery = DiscoveryMode::Memory(lan_a.clone());
+    cfg_b.discovery = DiscoveryMode::Memory(cluster_a.lan.clone());
     let b = start_node(cfg_b).await.unwrap();
     let snaps = wait_states(&[&a, &b], "one epoch and the same document on both", |s| {
         same_document(s) && all_ok(s)

@@ -1,36 +1,12 @@
 //! State epochs over real sockets: a compaction on one node is adopted by the others, nothing
 //! is lost, and writes keep flowing in the new epoch. Waits are on conditions with ceilings.
 
-use std::time::Duration;
+#[path = "support/cluster.rs"]
+mod cluster;
 
-use mesh::admission::MeshKey;
-use mesh::discovery::memory::MemoryDiscovery;
-use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
+use mesh::node::NodeHandle;
 
-const CEILING: Duration = Duration::from_secs(20);
-
-async fn wait_state(
-    node: &NodeHandle,
-    what: &str,
-    mut pred: impl FnMut(&mesh::state::actor::StateSnapshot) -> bool,
-) {
-    let mut rx = node.state().subscribe();
-    let ok = tokio::time::timeout(CEILING, async {
-        loop {
-            if pred(&rx.borrow_and_update()) {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(
-        ok.is_ok() && pred(&node.state().snapshot()),
-        "timed out waiting for {what}"
-    );
-}
+use cluster::{Cluster, wait_state_of as wait_state};
 
 fn tag_of(node: &NodeHandle, owner: &NodeHandle, key: &str) -> Option<String> {
     node.state()
@@ -42,16 +18,10 @@ fn tag_of(node: &NodeHandle, owner: &NodeHandle, key: &str) -> Option<String> {
 }
 
 async fn mesh_of(n: usize) -> Vec<NodeHandle> {
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
+    let cluster = Cluster::new();
     let mut nodes = Vec::new();
     for i in 0..n {
-        let cfg = NodeConfig::for_test(
-            &format!("e{i}"),
-            key.clone(),
-            DiscoveryMode::Memory(lan.clone()),
-        );
-        nodes.push(start_node(cfg).await.unwrap());
+        nodes.push(cluster.start(cluster.config(&format!("e{i}"))).await);
     }
     // Everyone has everyone's node record.
     for a in &nodes {

@@ -1,8 +1,9 @@
 //! Lab test of supervision: three real agents in network namespaces (`simulations/lab/lab.sh`),
 //! found over real mDNS and linked over real QUIC, one of them running the example chain
 //! `deploy/examples/chain.toml` (db ← api ← web, each `python3 -m http.server $PORT` checked
-//! over HTTP). Every host's `mesh services` must show the chain healthy; the leases must show
-//! `in-use` from another host; a `kill -9` of the db must be healed and told in `mesh events`,
+//! over HTTP). Every host's `mesh services` must show the chain healthy, and its `mesh ports`
+//! the chain's leases `in-use` at that very moment (a passed health check marks them, no lease
+//! check has to run first); a `kill -9` of the db must be healed and told in `mesh events`,
 //! read from another host through the mesh.
 //!
 //! Requirements: root, `ip` (iproute2), `nft` (nftables) and python3. Without them the test
@@ -30,6 +31,32 @@ fn find<'a>(rows: &'a [Value], name: &str) -> Option<&'a Value> {
     rows.iter().find(|s| s["name"] == name)
 }
 
+/// `mesh ports` on host `k`: h1's live (not released) leases of `services`.
+fn live_leases(lab: &Lab, k: usize, services: &[&str]) -> Vec<Value> {
+    lab.mesh_json(k, &["ports", "--json"])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p["node"] == "h1"
+                && p["state"] != "released"
+                && services.iter().any(|name| p["service"] == *name)
+        })
+        .collect()
+}
+
+/// Asserts that host `k`, which has just shown `services` healthy in `mesh services`, shows
+/// their leases `in-use` in `mesh ports` read right after: a passed health check marks its
+/// lease at once, without waiting for the 2 s lease check.
+fn assert_leases_in_use(lab: &Lab, k: usize, services: &[&str]) {
+    let leases = live_leases(lab, k, services);
+    assert!(
+        leases.len() == services.len() && leases.iter().all(|p| p["state"] == "in-use"),
+        "h{k} shows {services:?} healthy, but `mesh ports` shows their leases as {leases:?}"
+    );
+}
+
 #[test]
 fn the_example_chain_runs_on_one_host_and_is_seen_healthy_from_all() {
     require_lab!();
@@ -48,14 +75,25 @@ fn the_example_chain_runs_on_one_host_and_is_seen_healthy_from_all() {
     let out = lab.exec(1, &[MESH_BIN, "service", "add", "-f", CHAIN]);
     check(&out, "h1: mesh service add -f chain.toml");
 
+    let chain = ["db", "api", "web"];
+    let mut seen_healthy = [false; 4];
     lab.wait(
         "the chain is healthy on h1 in every host's mesh services",
         || {
             (1..=3).all(|k| {
+                if seen_healthy[k] {
+                    return true;
+                }
                 let rows = services(&lab, k);
-                ["db", "api", "web"].iter().all(|name| {
+                let healthy = chain.iter().all(|name| {
                     find(&rows, name).is_some_and(|s| s["state"] == "healthy" && s["node"] == "h1")
-                })
+                });
+                if healthy {
+                    // The moment this host first shows the chain healthy.
+                    assert_leases_in_use(&lab, k, &chain);
+                    seen_healthy[k] = true;
+                }
+                healthy
             })
         },
     );
@@ -86,6 +124,7 @@ fn the_example_chain_runs_on_one_host_and_is_seen_healthy_from_all() {
                 && s["pid"].as_u64().is_some_and(|p| p != db_pid)
         })
     });
+    assert_leases_in_use(&lab, 2, &["db"]);
     let events = lab
         .mesh_json(2, &["events", "--node", "h1", "--json", "-n", "1000"])
         .expect("h2 reads h1's events");

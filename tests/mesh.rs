@@ -2,72 +2,29 @@
 //! found through the in-memory discovery registry. Every wait is on a condition with a
 //! generous ceiling; nothing sleeps a fixed time.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::time::Duration;
 
-use libp2p::PeerId;
 use mesh::admission::MeshKey;
 use mesh::api::PeerEntry;
 use mesh::api::client::ApiClient;
-use mesh::discovery::memory::MemoryDiscovery;
 use mesh::membership::PeerState;
-use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, NodeSnapshot, start_node};
+use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
 
-/// Ceiling for any convergence; CI is a loaded 2-core machine. Typical times are far lower.
-const CEILING: Duration = Duration::from_secs(20);
+use cluster::{CEILING, Cluster, peer_state as state_of, wait_peer_state as wait_state};
 
-fn state_of(snap: &NodeSnapshot, peer: PeerId) -> Option<PeerState> {
-    snap.peers
-        .iter()
-        .find(|p| p.peer_id == peer)
-        .map(|p| p.state)
-}
-
-async fn wait_state(observer: &NodeHandle, peer: PeerId, state: PeerState) {
-    let ok = observer
-        .wait_for(CEILING, |s| state_of(s, peer) == Some(state))
-        .await;
-    assert!(
-        ok.is_some(),
-        "{} never saw {peer} as {state}: {:?}",
-        observer.peer_id(),
-        observer
-            .snapshot()
-            .peers
-            .iter()
-            .map(|p| (p.peer_id, p.state))
-            .collect::<Vec<_>>()
-    );
-}
-
-async fn start_mesh(n: usize) -> (Vec<NodeHandle>, MemoryDiscovery, MeshKey) {
-    // Logs only show with RUST_LOG set (and --nocapture).
-    if std::env::var_os("RUST_LOG").is_some() {
-        mesh::daemon::init_tracing(mesh::daemon::LogFormat::Human);
-    }
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let config = NodeConfig::for_test(
-            &format!("n{i}"),
-            key.clone(),
-            DiscoveryMode::Memory(lan.clone()),
-        );
-        nodes.push(start_node(config).await.expect("node starts"));
-    }
-    for a in &nodes {
-        for b in &nodes {
-            if a.peer_id() != b.peer_id() {
-                wait_state(a, b.peer_id(), PeerState::Alive).await;
-            }
-        }
-    }
-    (nodes, lan, key)
+/// `n` linked nodes on QUIC over loopback, with the cluster (its LAN and key) they share.
+async fn start_mesh(n: usize) -> (Vec<NodeHandle>, Cluster) {
+    let cluster = Cluster::new();
+    let nodes = cluster.start_linked("n", n).await;
+    (nodes, cluster)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_see_each_other_with_names_and_hardware() {
-    let (nodes, _lan, _key) = start_mesh(3).await;
+    let (nodes, _cluster) = start_mesh(3).await;
     // A peer can be `alive` through gossip a moment before our own link to it is admitted:
     // wait for both links (with their handshake info), then check what they carry.
     let snap = nodes[0]
@@ -90,7 +47,7 @@ async fn three_nodes_see_each_other_with_names_and_hardware() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_is_dead_and_graceful_stop_is_left() {
-    let (nodes, _lan, _key) = start_mesh(4).await;
+    let (nodes, _cluster) = start_mesh(4).await;
     let (crashed, leaver) = (&nodes[2], &nodes[3]);
     crashed.abort();
     for n in &nodes[..2] {
@@ -111,8 +68,8 @@ async fn crash_is_dead_and_graceful_stop_is_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_keeps_its_id_and_is_alive_again() {
-    let (nodes, lan, key) = start_mesh(2).await;
-    let mut config = NodeConfig::for_test("again", key, DiscoveryMode::Memory(lan.clone()));
+    let (nodes, cluster) = start_mesh(2).await;
+    let mut config = cluster.config("again");
     let first = start_node(config.clone()).await.unwrap();
     let id = first.peer_id();
     wait_state(&nodes[0], id, PeerState::Alive).await;
@@ -132,7 +89,7 @@ async fn restarted_node_keeps_its_id_and_is_alive_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_with_another_key_is_refused_both_ways() {
-    let (nodes, _lan, _key) = start_mesh(2).await;
+    let (nodes, _cluster) = start_mesh(2).await;
     let target = nodes[0].snapshot().local.listen_addrs[0].clone();
     // The intruder knows the address (a static peer), but not the key.
     let mut config = NodeConfig::for_test("intruder", MeshKey::generate(), DiscoveryMode::Off);
@@ -168,8 +125,9 @@ async fn node_with_another_key_is_refused_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_peer_joins_without_discovery() {
-    let (nodes, _lan, key) = start_mesh(2).await;
-    let mut config = NodeConfig::for_test("static", key, DiscoveryMode::Off);
+    let (nodes, cluster) = start_mesh(2).await;
+    let mut config = cluster.config("static");
+    config.discovery = DiscoveryMode::Off;
     config.static_peers = vec![nodes[0].snapshot().local.listen_addrs[0].clone()];
     let joiner = start_node(config).await.unwrap();
     // It dialed only node 0, and learns node 1 through membership gossip.
@@ -185,7 +143,7 @@ async fn static_peer_joins_without_discovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_serves_peers_and_status_as_documented() {
-    let (nodes, _lan, _key) = start_mesh(2).await;
+    let (nodes, _cluster) = start_mesh(2).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -240,7 +198,7 @@ async fn api_serves_peers_and_status_as_documented() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_answers_on_change() {
-    let (nodes, _lan, _key) = start_mesh(2).await;
+    let (nodes, _cluster) = start_mesh(2).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

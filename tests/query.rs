@@ -2,58 +2,25 @@
 //! discovery): what a peer may ask, and how large an answer gets. Waits are on conditions with
 //! generous ceilings.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::path::Path;
 use std::time::Duration;
 
-use mesh::admission::MeshKey;
-use mesh::discovery::memory::MemoryDiscovery;
-use mesh::membership::PeerState;
-use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
+use mesh::node::NodeHandle;
 use mesh::query::{MAX_LOG_ANSWER_BYTES, QueryRequest, QueryResponse};
-use mesh::supervisor::ShutdownMode;
-use mesh::supervisor::actor::SupervisorConfig;
 
-/// Ceiling for convergence on a loaded 2-core machine; typical times are far lower.
-const CEILING: Duration = Duration::from_secs(20);
+use cluster::{CEILING, Cluster, ProcessLauncher, supervisor_config, wait_connected};
 
 /// An asker without services, and a node running a supervisor whose logs are in `dir/logs`.
 async fn two_nodes(dir: &Path) -> (NodeHandle, NodeHandle) {
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
-    let asker = start_node(NodeConfig::for_test(
-        "asker",
-        key.clone(),
-        DiscoveryMode::Memory(lan.clone()),
-    ))
-    .await
-    .expect("asker starts");
-    let mut config = NodeConfig::for_test("answerer", key, DiscoveryMode::Memory(lan));
-    config.supervisor = Some(SupervisorConfig {
-        node_id: String::new(),
-        node_name: String::new(),
-        log_dir: dir.join("logs"),
-        work_dir: dir.join("services"),
-        log_limits: Default::default(),
-        pools: Default::default(),
-        leases: Default::default(),
-        event_capacity: 100,
-        shutdown_mode: ShutdownMode::StopServices,
-        run_file: None,
-        accept_services: Default::default(),
-        max_services: 16,
-        startup_sync_wait: Duration::ZERO,
-        use_cgroups: false,
-    });
-    let answerer = start_node(config).await.expect("answerer starts");
-    let peer = answerer.peer_id();
-    asker
-        .wait_for(CEILING, |s| {
-            s.peers
-                .iter()
-                .any(|p| p.peer_id == peer && p.connected && p.state == PeerState::Alive)
-        })
-        .await
-        .expect("the nodes admit each other");
+    let cluster = Cluster::new();
+    let asker = cluster.start(cluster.config("asker")).await;
+    let mut config = cluster.config("answerer");
+    config.supervisor = Some(supervisor_config(dir, ProcessLauncher::shared()));
+    let answerer = cluster.start(config).await;
+    wait_connected(&asker, answerer.peer_id()).await;
     (asker, answerer)
 }
 

@@ -12,31 +12,24 @@
 //! Every wait is on a condition (a state or node snapshot) with a generous ceiling; nothing
 //! sleeps a fixed time.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use automerge::{AutoCommit, LoadOptions, OnPartialLoad};
 use libp2p::PeerId;
 use mesh::admission::MeshKey;
-use mesh::discovery::memory::MemoryDiscovery;
 use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
 use mesh::state::actor::{STATE_DIR, StateSnapshot};
 use tempfile::TempDir;
 
-/// Ceiling for any convergence; CI is a loaded 2-core machine. Typical times are milliseconds
-/// on loopback once nodes are linked, and well under a second to link.
-const CEILING: Duration = Duration::from_secs(20);
+use cluster::{CEILING, Cluster, init_logs, shutdown_all, wait_state_of, wait_states};
+
 /// The document file inside `DATA_DIR/state/` (private to the state actor).
 const DOC_FILE: &str = "doc.automerge";
-
-fn init_logs() {
-    // Logs only show with RUST_LOG set (and --nocapture).
-    if std::env::var_os("RUST_LOG").is_some() {
-        mesh::daemon::init_tracing(mesh::daemon::LogFormat::Human);
-    }
-}
 
 fn doc_path(data_dir: &Path) -> PathBuf {
     data_dir.join(STATE_DIR).join(DOC_FILE)
@@ -66,72 +59,10 @@ fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The last characters of a node id, enough to tell nodes apart in a failure message.
-fn short(id: &str) -> String {
-    // Node ids are base58, hence ASCII: byte slicing is safe.
-    id[id.len().saturating_sub(6)..].to_string()
-}
-
 fn sorted(heads: &[String]) -> Vec<String> {
     let mut h = heads.to_vec();
     h.sort();
     h
-}
-
-/// Waits until `pred` holds for the state snapshots of all `nodes` (taken together), waking on
-/// every state change of any of them. Panics after [`CEILING`] with `what` and the last view.
-async fn wait_states(
-    nodes: &[&NodeHandle],
-    what: &str,
-    mut pred: impl FnMut(&[Arc<StateSnapshot>]) -> bool,
-) -> Vec<Arc<StateSnapshot>> {
-    let mut rxs: Vec<_> = nodes.iter().map(|n| n.state().subscribe()).collect();
-    let result = tokio::time::timeout(CEILING, async {
-        loop {
-            let snaps: Vec<Arc<StateSnapshot>> = rxs
-                .iter_mut()
-                .map(|rx| rx.borrow_and_update().clone())
-                .collect();
-            if pred(&snaps) {
-                return snaps;
-            }
-            let changed = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let (res, _, _) = futures::future::select_all(changed).await;
-            res.expect("a state actor stopped while a test waited on it");
-        }
-    })
-    .await;
-    match result {
-        Ok(snaps) => snaps,
-        Err(_) => {
-            let view: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    let s = n.state().snapshot();
-                    let records: BTreeMap<_, _> = s
-                        .state
-                        .nodes
-                        .iter()
-                        .map(|(id, r)| (short(id), (r.tags.clone(), r.addrs.clone(), r.left_at_ms)))
-                        .collect();
-                    (short(&n.peer_id().to_base58()), records, s.heads.len())
-                })
-                .collect();
-            panic!(
-                "timed out after {CEILING:?} waiting for {what}; per node: (id, its records as \
-                 (tags, addrs, left_at_ms) by id, head count): {view:?}"
-            )
-        }
-    }
-}
-
-/// Waits until one node's state satisfies `pred`.
-async fn wait_state_of(
-    node: &NodeHandle,
-    what: &str,
-    mut pred: impl FnMut(&StateSnapshot) -> bool,
-) -> Arc<StateSnapshot> {
-    wait_states(&[node], what, |s| pred(&s[0])).await.remove(0)
 }
 
 /// Every node holds every node's record and the same heads.
@@ -150,28 +81,13 @@ async fn wait_converged(nodes: &[&NodeHandle]) -> Vec<Arc<StateSnapshot>> {
     wait_states(nodes, "converged documents", |s| converged(s, &ids)).await
 }
 
-/// A test node config on the shared in-memory LAN, with a data dir if given.
-fn config(name: &str, key: &MeshKey, lan: &MemoryDiscovery, data_dir: Option<&Path>) -> NodeConfig {
-    let mut config = NodeConfig::for_test(name, key.clone(), DiscoveryMode::Memory(lan.clone()));
-    config.data_dir = data_dir.map(Path::to_path_buf);
-    config
-}
-
-async fn shutdown_all(nodes: &[&NodeHandle]) {
-    for n in nodes {
-        n.shutdown().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_after_concurrent_edits() {
-    init_logs();
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
+    let cluster = Cluster::new();
     let (a, b, c) = (
-        start_node(config("a", &key, &lan, None)).await.unwrap(),
-        start_node(config("b", &key, &lan, None)).await.unwrap(),
-        start_node(config("c", &key, &lan, None)).await.unwrap(),
+        start_node(cluster.config_in("a", None)).await.unwrap(),
+        start_node(cluster.config_in("b", None)).await.unwrap(),
+        start_node(cluster.config_in("c", None)).await.unwrap(),
     );
     let all = [&a, &b, &c];
     wait_converged(&all).await;
@@ -274,15 +190,13 @@ async fn restart_after_a_crash_loads_the_document_from_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_document_is_moved_aside_and_recovered_from_peers() {
-    init_logs();
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
+    let cluster = Cluster::new();
     let dir_a = TempDir::new().unwrap();
     let dir_b = TempDir::new().unwrap();
-    let a = start_node(config("a", &key, &lan, Some(dir_a.path())))
+    let a = start_node(cluster.config_in("a", Some(dir_a.path())))
         .await
         .unwrap();
-    let cfg_b = config("b", &key, &lan, Some(dir_b.path()));
+    let cfg_b = cluster.config_in("b", Some(dir_b.path()));
     let b = start_node(cfg_b.clone()).await.unwrap();
     a.state().set_tag("role", Some("db")).await.unwrap();
     a.state().set_tag("zone", Some("attic")).await.unwrap();
@@ -354,12 +268,10 @@ async fn corrupt_document_is_moved_aside_and_recovered_from_peers() {
 /// one of the conditions below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovered_node_gets_its_own_tags_back_and_a_current_record() {
-    init_logs();
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
+    let cluster = Cluster::new();
     let dir_b = TempDir::new().unwrap();
-    let a = start_node(config("a", &key, &lan, None)).await.unwrap();
-    let cfg_b = config("b", &key, &lan, Some(dir_b.path()));
+    let a = start_node(cluster.config_in("a", None)).await.unwrap();
+    let cfg_b = cluster.config_in("b", Some(dir_b.path()));
     let b = start_node(cfg_b.clone()).await.unwrap();
     b.state().set_tag("role", Some("web")).await.unwrap();
     let b_tags = tags(&[("role", "web")]);
@@ -396,12 +308,10 @@ async fn recovered_node_gets_its_own_tags_back_and_a_current_record() {
 /// the current fields once the node rejoins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovered_node_cut_off_past_its_grace_still_gets_its_tags_back() {
-    init_logs();
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
+    let cluster = Cluster::new();
     let dir_b = TempDir::new().unwrap();
-    let a = start_node(config("a", &key, &lan, None)).await.unwrap();
-    let cfg_b = config("b", &key, &lan, Some(dir_b.path()));
+    let a = start_node(cluster.config_in("a", None)).await.unwrap();
+    let cfg_b = cluster.config_in("b", Some(dir_b.path()));
     let b = start_node(cfg_b.clone()).await.unwrap();
     b.state().set_tag("role", Some("web")).await.unwrap();
     let b_tags = tags(&[("role", "web")]);
@@ -496,11 +406,9 @@ async fn torn_tail_is_ignored_without_marking_corruption() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_with_another_key_never_receives_the_document() {
-    init_logs();
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
-    let a = start_node(config("a", &key, &lan, None)).await.unwrap();
-    let b = start_node(config("b", &key, &lan, None)).await.unwrap();
+    let cluster = Cluster::new();
+    let a = start_node(cluster.config_in("a", None)).await.unwrap();
+    let b = start_node(cluster.config_in("b", None)).await.unwrap();
     a.state()
         .set_tag("secret", Some("members-only"))
         .await
@@ -573,13 +481,11 @@ async fn node_with_another_key_never_receives_the_document() {
 /// packets between live agents is the lab's job (`tests/lab.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn divergent_edits_during_a_partition_merge_on_heal() {
-    init_logs();
-    let lan = MemoryDiscovery::new();
-    let key = MeshKey::generate();
+    let cluster = Cluster::new();
     let dir_b = TempDir::new().unwrap();
-    let a = start_node(config("a", &key, &lan, None)).await.unwrap();
-    let c = start_node(config("c", &key, &lan, None)).await.unwrap();
-    let cfg_b = config("b", &key, &lan, Some(dir_b.path()));
+    let a = start_node(cluster.config_in("a", None)).await.unwrap();
+    let c = start_node(cluster.config_in("c", None)).await.unwrap();
+    let cfg_b = cluster.config_in("b", Some(dir_b.path()));
     let b = start_node(cfg_b.clone()).await.unwrap();
     a.state().set_tag("role", Some("db")).await.unwrap();
     b.state().set_tag("role", Some("web")).await.unwrap();

@@ -3,12 +3,12 @@
 //! A lease binds one port/protocol on one node to one port of one service. Lifecycle:
 //!
 //! ```text
-//! allocated ──seen listening──▶ in-use ──released / owner gone──▶ released ──cooldown──▶ (free)
+//! allocated ──seen listening / health check connected──▶ in-use ──released / owner gone──▶ released ──cooldown──▶ (free)
 //!     └──owner gone, or not listening after listen_grace──▶ released
 //! ```
 //!
 //! Owns: the rules for which port a request gets ([`PortAllocator::allocate`]) and how leases
-//! age ([`PortAllocator::reconcile`]). Inputs are plain values: the leases known mesh-wide for
+//! age ([`PortAllocator::reconcile`], and [`confirm_in_use`] between scans). Inputs are plain values: the leases known mesh-wide for
 //! this node (replicated in the document, so they outlive this process and carry wall-clock
 //! times, [`SystemTime`]), the ports seen listening on the machine ([`ListeningPorts`], from
 //! [`super::procnet`]), a bind-test closure and an `is_alive(pid)` closure. Outputs are a
@@ -462,6 +462,37 @@ impl PortAllocator {
         });
         changes
     }
+}
+
+/// Marks `service`'s `allocated` lease of `port`/`proto` `in-use` at `now`, because its port
+/// was just seen accepting connections (a passed `tcp`/`http` health check connected to it):
+/// what [`PortAllocator::reconcile`] would conclude at its next table read, without waiting
+/// for it. Returns the change for the audit trail; `None` when no such lease is `allocated`
+/// (already `in-use`, released, or another service's).
+pub fn confirm_in_use(
+    leases: &mut [Lease],
+    now: SystemTime,
+    service: &str,
+    port: u16,
+    proto: Proto,
+    reason: &str,
+) -> Option<LeaseChange> {
+    let lease = leases.iter_mut().find(|l| {
+        l.service == service
+            && l.port == port
+            && l.proto == proto
+            && l.state == LeaseState::Allocated
+    })?;
+    lease.state = LeaseState::InUse;
+    lease.since = now;
+    Some(LeaseChange {
+        port,
+        proto,
+        service: service.to_string(),
+        from: LeaseState::Allocated,
+        to: Some(LeaseState::InUse),
+        reason: reason.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -951,5 +982,27 @@ mod tests {
             serde_json::to_string(&LeaseState::InUse).expect("serializes"),
             "\"in-use\""
         );
+    }
+
+    #[test]
+    fn a_port_seen_accepting_connections_is_in_use_at_once() {
+        let mut leases = vec![
+            lease("db", 20000, LeaseState::Allocated, t0()),
+            lease("api", 20001, LeaseState::Allocated, t0()),
+            lease("db", 20002, LeaseState::Released, t0()),
+        ];
+        let now = t0() + Duration::from_millis(300);
+        let change = confirm_in_use(&mut leases, now, "db", 20000, Proto::Tcp, "health check")
+            .expect("the allocated lease changes");
+        assert_eq!(change.to, Some(LeaseState::InUse));
+        assert_eq!(leases[0].state, LeaseState::InUse);
+        assert_eq!(leases[0].since, now);
+        // Only that lease: another service's port, a released lease and a lease already in
+        // use stay as they are.
+        assert_eq!(leases[1].state, LeaseState::Allocated);
+        assert!(confirm_in_use(&mut leases, now, "db", 20001, Proto::Tcp, "x").is_none());
+        assert!(confirm_in_use(&mut leases, now, "db", 20002, Proto::Tcp, "x").is_none());
+        assert!(confirm_in_use(&mut leases, now, "db", 20000, Proto::Tcp, "x").is_none());
+        assert!(confirm_in_use(&mut leases, now, "db", 20000, Proto::Udp, "x").is_none());
     }
 }

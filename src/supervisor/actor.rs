@@ -12,9 +12,10 @@
 //!   running), publish, and end.
 //!
 //! Outputs:
-//! - processes (through [`launcher`]), each in its own process group and cgroup
-//!   ([`super::cgroup`]) with `PORT*` from its leases, as the spec's `user`/`group`; what a
-//!   main process leaves behind is stopped before its exit counts;
+//! - processes (through the configured [`Launcher`]; real ones by [`launcher`]), each in its
+//!   own process group and cgroup ([`super::cgroup`]) with `PORT*` from its leases, as the
+//!   spec's `user`/`group`; what a main process leaves behind is stopped before its exit
+//!   counts;
 //! - before the first start: leftovers of an earlier run stopped, and (when the document
 //!   knows other nodes) a bounded wait for a first sync with a peer;
 //! - services it refuses ([`super::accept`]) published as `refused` with the reason;
@@ -38,16 +39,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::{self, AcceptServices, Placed, REFUSED_STATE};
 use super::cgroup::ServiceCgroups;
-use super::launcher::{self, LogLimits};
+use super::launcher::{self, Launch, Launched, Launcher, LogLimits};
 use super::runfile::{self, RunRecord, RunState};
 use super::{
-    AuditEvent, ExitStatus, HealthOutcome, ServiceSpec, ServiceState, ServiceStatus, ShutdownMode,
-    Supervisor, SupervisorAction, SupervisorEvent,
+    AuditEvent, ExitStatus, HealthCheck, HealthOutcome, ServiceSpec, ServiceState, ServiceStatus,
+    ShutdownMode, Supervisor, SupervisorAction, SupervisorEvent,
 };
 use crate::ports::scan::{self, ListeningScan, ScanError};
 use crate::ports::{
     Lease, LeaseConfig, LeaseState, ListeningPorts, PoolSet, PortAllocator, PortRequest,
-    PortSource, Proto,
+    PortSource, Proto, confirm_in_use,
 };
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
 use crate::state::{InstanceRecord, LeaseRecord, MeshState, now_ms, system_time_ms};
@@ -105,6 +106,9 @@ pub struct SupervisorConfig {
     /// Track each service in its own cgroup v2 where possible ([`super::cgroup`]); `false`:
     /// process groups only.
     pub use_cgroups: bool,
+    /// Spawns, signals and probes the service processes: [`launcher::ProcessLauncher`]
+    /// (real processes), or a fake one in tests ([`launcher::fake::FakeLauncher`]).
+    pub launcher: Arc<dyn Launcher>,
 }
 
 /// One entry of the audit trail.
@@ -815,11 +819,17 @@ impl SupervisorActor {
                 service,
                 pid,
                 outcome,
-            } => SupervisorEvent::HealthChecked {
-                service,
-                pid,
-                outcome,
-            },
+            } => {
+                if outcome == HealthOutcome::Passed {
+                    // Published before the `healthy` state the check may lead to.
+                    self.confirm_health_port_in_use(&service, pid).await;
+                }
+                SupervisorEvent::HealthChecked {
+                    service,
+                    pid,
+                    outcome,
+                }
+            }
         };
         self.handle_event(event).await;
     }
@@ -854,14 +864,9 @@ impl SupervisorActor {
                     pid,
                     signal,
                 } => {
-                    if let Err(e) = launcher::signal_group(pid, signal) {
-                        // Already gone: its exit report is on its way.
-                        tracing::debug!(%service, pid, error = %e, "signal not delivered");
-                    }
-                    // Whatever left the process group is still in the service's cgroup.
-                    if let Some(cgroups) = &self.cgroups {
-                        cgroups.signal_outside_group(&service, signal, Some(pid));
-                    }
+                    self.config
+                        .launcher
+                        .signal(&service, pid, signal, self.cgroups.as_ref());
                 }
                 SupervisorAction::RunHealthCheck { service, pid } => self.probe(service, pid),
                 SupervisorAction::ScheduleTimer { .. } => {
@@ -920,18 +925,20 @@ impl SupervisorActor {
             }
             spec.working_dir = Some(dir);
         }
-        let launched = launcher::spawn_service_in(
-            &spec,
-            &env,
-            &self.config.node_name,
-            &self.config.log_dir,
-            self.config.log_limits,
-            self.cgroups.as_ref(),
-        )
-        .await;
+        let launched = self
+            .config
+            .launcher
+            .spawn(Launch {
+                spec: &spec,
+                ports: &env,
+                node_name: &self.config.node_name,
+                log_dir: &self.config.log_dir,
+                log_limits: self.config.log_limits,
+                cgroups: self.cgroups.as_ref(),
+            })
+            .await;
         match launched {
-            Ok(mut process) => {
-                let pid = process.pid();
+            Ok(Launched { pid, exit }) => {
                 self.processes.insert(pid, spec.name.clone());
                 if let Some(start_ticks) = runfile::start_ticks(pid) {
                     self.run_records.insert(
@@ -953,29 +960,9 @@ impl SupervisorActor {
                 self.publish_leases().await;
                 let reports = self.reports_tx.clone();
                 let name = spec.name.clone();
-                let cgroups = self.cgroups.clone();
-                let grace = spec.stop_grace.min(runfile::LEFTOVER_GRACE);
                 tokio::spawn(async move {
-                    let status = match process.wait().await {
-                        Ok(status) => status,
-                        Err(e) => {
-                            tracing::warn!(service = %name, pid, error = %e, "cannot wait for the process");
-                            ExitStatus::Code(-1)
-                        }
-                    };
-                    // The main process is gone: what it left behind (in its cgroup, else its
-                    // process group) is stopped before the exit counts, so a restart never
-                    // runs next to an orphan of the previous start.
-                    let service = name.clone();
-                    let drained = tokio::task::spawn_blocking(move || match cgroups {
-                        Some(cgroups) => cgroups.drain_blocking(&service, grace),
-                        None => runfile::drain_group_blocking(pid, grace),
-                    })
-                    .await
-                    .unwrap_or_default();
-                    if drained.0 > 0 {
-                        tracing::info!(service = %name, pid, killed = drained.1, "stopped what the service's main process left behind");
-                    }
+                    // Resolves after what the main process left behind is stopped too.
+                    let status = exit.await;
                     let _ = reports
                         .send(Report::Exited {
                             service: name,
@@ -1122,8 +1109,9 @@ impl SupervisorActor {
             .unwrap_or_default();
         let node = self.config.node_name.clone();
         let reports = self.reports_tx.clone();
+        let probe = self.config.launcher.probe(spec, env, node, pid);
         tokio::spawn(async move {
-            let outcome = launcher::probe_service(&spec, &env, &node).await;
+            let outcome = probe.await;
             let _ = reports
                 .send(Report::Health {
                     service,
@@ -1351,6 +1339,48 @@ impl SupervisorActor {
             );
         }
         if !changes.is_empty() {
+            self.publish_leases().await;
+        }
+    }
+
+    /// After a passed `tcp`/`http` check of `pid`: the check connected to the service's
+    /// health port, so its lease is `in-use` now rather than at the next lease check
+    /// ([`LEASE_CHECK_INTERVAL`]); a healthy service never shows an `allocated` lease.
+    async fn confirm_health_port_in_use(&mut self, service: &str, pid: u32) {
+        if self.processes.get(&pid).map(String::as_str) != Some(service) {
+            return;
+        }
+        let Some(spec) = self.core.spec(service) else {
+            return;
+        };
+        let probes_port = spec
+            .health
+            .as_ref()
+            .is_some_and(|h| matches!(h.check, HealthCheck::Tcp | HealthCheck::Http { .. }));
+        let Some(index) = spec.health_port_index().filter(|_| probes_port) else {
+            return;
+        };
+        let Some(port) = self
+            .ports
+            .get(service)
+            .and_then(|(ports, _)| ports.get(index).copied())
+        else {
+            return;
+        };
+        let change = confirm_in_use(
+            &mut self.leases,
+            SystemTime::now(),
+            service,
+            port,
+            Proto::Tcp,
+            "health check connected",
+        );
+        if let Some(change) = change {
+            self.record(
+                service,
+                "port-in-use",
+                format!("{}/{}: {}", change.port, change.proto, change.reason),
+            );
             self.publish_leases().await;
         }
     }
