@@ -1,7 +1,10 @@
 //! The state actor: owns the live Automerge document, its file, and the sync sessions.
 //!
 //! Inputs ([`StateCommand`], from [`StateHandle`] and the node actor): local writes (tags, this
-//! node's record), peers coming up and down, sync messages received and delivery failures.
+//! node's record), sync messages received and delivery failures. Peers coming up and down and
+//! this node's listen addresses arrive apart, as [`Links`] on a `watch` that cannot drop them
+//! and is read before any command: a full command queue loses sync data (counted, recovered by
+//! anti-entropy), never a connection notice.
 //! Outputs: sync messages for the node actor to send ([`SyncOut`]), and an immutable
 //! [`StateSnapshot`] on a `watch` channel for readers.
 //!
@@ -45,7 +48,8 @@ use persistence::history_of;
 use snapshots::{ServedSnapshot, SnapshotFetch};
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
-/// (`try_send`), and a dropped sync message is recovered by anti-entropy.
+/// (`try_send`), and a dropped sync message is counted ([`StateHandle::dropped_commands`]) and
+/// recovered by anti-entropy. Connection notices do not use it (see [`Links`]).
 pub const COMMAND_CHANNEL: usize = 1024;
 /// Capacity of the outbound sync channel to the node actor.
 pub const OUT_CHANNEL: usize = 1024;
@@ -137,6 +141,8 @@ pub enum StateCommand {
     MarkLeft {
         reply: oneshot::Sender<()>,
     },
+    /// The node actor sends these through [`StateHandle::peer_up`] and
+    /// [`StateHandle::peer_down`] (never dropped); as commands they serve tests.
     PeerUp(PeerId),
     PeerDown(PeerId),
     /// Compact into a new epoch now if this node leads and everyone is in sync (tests,
@@ -200,11 +206,28 @@ pub struct StateSnapshot {
     pub value_bytes: u64,
 }
 
+/// What the node actor tells the state actor about connections, as a value on a `watch`:
+/// the latest value always arrives, so no notice can be dropped, and the actor reads it before
+/// any queued command (a peer is up before its first sync message is handled).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Links {
+    /// Admitted, connected peers, each with the number of the notice that brought it up: a
+    /// peer that went down and up again between two reads shows a new number.
+    pub peers: BTreeMap<PeerId, u64>,
+    /// Numbers the next up notice.
+    pub next_up: u64,
+    /// This node's listen addresses (multiaddrs); `None` until the node reports a change.
+    pub addrs: Option<Vec<String>>,
+}
+
 /// A cloneable handle to the state actor.
 #[derive(Clone)]
 pub struct StateHandle {
     commands: mpsc::Sender<StateCommand>,
     snapshot: watch::Receiver<Arc<StateSnapshot>>,
+    links: Arc<watch::Sender<Links>>,
+    /// Commands refused by a full queue ([`StateHandle::try_send`]).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateHandle {
@@ -270,10 +293,40 @@ impl StateHandle {
         self.snapshot.clone()
     }
 
-    /// For the node actor: never blocks; a full channel drops the command (counted by the
-    /// caller), which anti-entropy recovers from.
+    /// For the node actor: never blocks; a full channel drops the command (counted in
+    /// [`StateHandle::dropped_commands`]), which anti-entropy recovers from. Only for sync
+    /// data: connection notices go through [`StateHandle::peer_up`] and the like.
     pub(crate) fn try_send(&self, cmd: StateCommand) -> bool {
-        self.commands.try_send(cmd).is_ok()
+        let sent = self.commands.try_send(cmd).is_ok();
+        if !sent {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Sync messages and delivery reports dropped because the state actor's queue was full.
+    pub fn dropped_commands(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `peer` passed admission (a new connection): never dropped, never blocks.
+    pub fn peer_up(&self, peer: PeerId) {
+        self.links.send_modify(|l| {
+            l.next_up += 1;
+            l.peers.insert(peer, l.next_up);
+        });
+    }
+
+    /// The last connection to `peer` closed: never dropped, never blocks.
+    pub fn peer_down(&self, peer: PeerId) {
+        self.links
+            .send_if_modified(|l| l.peers.remove(&peer).is_some());
+    }
+
+    /// This node's listen addresses changed: never dropped, never blocks.
+    pub fn set_addrs(&self, addrs: Vec<String>) {
+        self.links.send_modify(|l| l.addrs = Some(addrs));
     }
 
     pub(crate) async fn send(&self, cmd: StateCommand) -> bool {
@@ -319,6 +372,9 @@ struct StateActor {
     sessions: SyncSessions,
     out: mpsc::Sender<SyncOut>,
     commands: mpsc::Receiver<StateCommand>,
+    links: watch::Receiver<Links>,
+    /// The [`Links`] acted on so far.
+    seen_links: Links,
     snapshot_tx: watch::Sender<Arc<StateSnapshot>>,
     version: u64,
     recovered: bool,
@@ -379,6 +435,7 @@ pub fn spawn_state(
     let epoch = epoch_of(&mut doc);
     let (change_count, history_bytes) = history_of(&mut doc);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
+    let (links_tx, links_rx) = watch::channel(Links::default());
     let (out_tx, out_rx) = mpsc::channel(OUT_CHANNEL);
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
         version: 0,
@@ -417,6 +474,8 @@ pub fn spawn_state(
         sessions,
         out: out_tx,
         commands: cmd_rx,
+        links: links_rx,
+        seen_links: Links::default(),
         snapshot_tx,
         version: 0,
         recovered,
@@ -437,6 +496,8 @@ pub fn spawn_state(
     Ok((
         StateHandle {
             commands: cmd_tx,
+            links: Arc::new(links_tx),
+            dropped: Default::default(),
             snapshot: snapshot_rx,
         },
         out_rx,
@@ -455,6 +516,7 @@ impl StateActor {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = sleep_until_opt(self_deadline) => self.flush_pending_self().await,
+                Ok(()) = self.links.changed() => self.apply_links().await,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -472,6 +534,28 @@ impl StateActor {
         }
         self.sync_states_dirty = true;
         self.save_sync_states();
+    }
+
+    /// Acts on what changed in [`Links`] since the last read: peers down (or down and up
+    /// again), peers up, new listen addresses.
+    async fn apply_links(&mut self) {
+        let links = self.links.borrow_and_update().clone();
+        let old = std::mem::replace(&mut self.seen_links, links.clone());
+        for (peer, n) in &old.peers {
+            if links.peers.get(peer) != Some(n) {
+                self.handle(StateCommand::PeerDown(*peer)).await;
+            }
+        }
+        for (peer, n) in &links.peers {
+            if old.peers.get(peer) != Some(n) {
+                self.handle(StateCommand::PeerUp(*peer)).await;
+            }
+        }
+        if links.addrs != old.addrs
+            && let Some(addrs) = links.addrs
+        {
+            self.handle(StateCommand::SetAddrs(addrs)).await;
+        }
     }
 
     async fn handle(&mut self, cmd: StateCommand) {
@@ -698,6 +782,118 @@ mod tests {
             name: name.into(),
             record,
         }]
+    }
+
+    #[tokio::test]
+    async fn a_peer_up_arrives_while_the_sync_queue_is_full_and_the_drops_are_counted() {
+        let shutdown = CancellationToken::new();
+        let local = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let (a, mut out, _task) = spawn_state(
+            StateConfig {
+                local,
+                data_dir: None,
+                self_record: NodeRecord::default(),
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        // Nobody reads the answers: the actor blocks once its outbound queue is full, and then
+        // its command queue fills too.
+        let mut token = 0;
+        let mut dropped_at = None;
+        for _ in 0..(OUT_CHANNEL + COMMAND_CHANNEL) * 4 {
+            token += 1;
+            let sent = a.try_send(StateCommand::Inbound {
+                peer,
+                token,
+                request: SyncRequest::FetchSnapshotPart {
+                    offset: 0,
+                    id: None,
+                },
+            });
+            if !sent {
+                dropped_at = Some(token);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(dropped_at.is_some(), "the command queue never filled");
+        assert!(a.dropped_commands() >= 1);
+        assert!(!a.try_send(StateCommand::SendFailed {
+            peer,
+            reason: "x".into()
+        }));
+        assert_eq!(a.dropped_commands(), 2);
+        // The notice cannot be refused, and is handled before the queued data.
+        a.peer_up(peer);
+        let drain = tokio::spawn(async move { while out.recv().await.is_some() {} });
+        let mut rx = a.subscribe();
+        let up = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .any(|p| p.peer == peer && p.connected)
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(up.is_ok(), "the peer never came up in the state actor");
+        shutdown.cancel();
+        drain.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_went_down_and_up_between_two_reads_gets_a_fresh_session() {
+        let (a, shutdown) = in_memory();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        a.peer_up(peer);
+        a.peer_down(peer);
+        a.peer_up(peer);
+        let mut rx = a.subscribe();
+        let up = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .any(|p| p.peer == peer && p.connected)
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(up.is_ok());
+        a.peer_down(peer);
+        let down = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .any(|p| p.peer == peer && !p.connected)
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(down.is_ok());
+        shutdown.cancel();
     }
 
     #[tokio::test]
