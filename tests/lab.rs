@@ -324,12 +324,18 @@ fn identities_that_came_and_went_at_one_address_are_no_longer_dialed() {
     for round in 0..IDENTITY_CHURN {
         lab.start(3, &key);
         let id = lab.node_id(3);
-        assert!(!gone.contains(&id), "round {round}: h3 kept an old identity");
-        lab.wait(&format!("h1 and h2 list identity {round} of h3 alive"), || {
-            [1, 2]
-                .iter()
-                .all(|&k| lab.state_of(k, &id).as_deref() == Some("alive"))
-        });
+        assert!(
+            !gone.contains(&id),
+            "round {round}: h3 kept an old identity"
+        );
+        lab.wait(
+            &format!("h1 and h2 list identity {round} of h3 alive"),
+            || {
+                [1, 2]
+                    .iter()
+                    .all(|&k| lab.state_of(k, &id).as_deref() == Some("alive"))
+            },
+        );
         lab.lab_ok(&["kill", "3"]);
         // A fresh data dir: a fresh identity at the same address next round.
         std::fs::remove_dir_all(lab.dir.join("h3").join("data")).expect("remove h3's data dir");

@@ -310,7 +310,9 @@ async fn a_pair_whose_dials_cross_keeps_one_connection() {
         let one_each = n
             .wait_for(CEILING, |s| {
                 s.stats.connections == nodes.len() - 1
-                    && s.peers.iter().all(|p| p.connected && p.state == PeerState::Alive)
+                    && s.peers
+                        .iter()
+                        .all(|p| p.connected && p.state == PeerState::Alive)
             })
             .await;
         assert!(

@@ -16,10 +16,12 @@
 //!   within a redial), then backs off to [`DEAD_REDIAL_MAX`].
 //! - A peer that left, or that discovery lost, is not dialed until discovered again.
 //! - Dead, left and lost peers are forgotten [`FORGET_AFTER`] after they went.
-//! - An address that answers with another peer id no longer belongs to the old one: it is
-//!   removed from the old identity's target, and a target without addresses is forgotten.
-//!   (A reinstalled host or a reused DHCP lease otherwise gets a QUIC handshake from every
-//!   agent every couple of seconds, for every identity it ever had.)
+//! - An address that answers with another peer id means the old identity is gone from that
+//!   host: the old identity's target is forgotten with all its addresses (its other ones are
+//!   the same host's, often unreachable ones such as a link-local address). A reinstalled host
+//!   or a reused DHCP lease otherwise gets a QUIC handshake from every agent every couple of
+//!   seconds, for every identity it ever had. A live peer that only moved is found again by
+//!   discovery, and dials us itself.
 //! - Static peers (`--peer`) are addresses: dialed until connected, never forgotten; the peer
 //!   id they answer with is learned, and replaced when another answers there.
 
@@ -220,8 +222,9 @@ impl DialPlanner {
         }
     }
 
-    /// A dial of `expected` at `addr` reached `obtained` instead: the address is no longer
-    /// `expected`'s. A static peer at that address is `obtained` from now on.
+    /// A dial of `expected` at `addr` reached `obtained` instead: `expected` is gone from that
+    /// host, and its target is forgotten (unless it is connected anyway). A static peer at
+    /// that address is `obtained` from now on.
     pub fn on_wrong_peer_id(
         &mut self,
         expected: &PeerId,
@@ -230,12 +233,8 @@ impl DialPlanner {
         _now: Instant,
     ) {
         self.stats.wrong_peer_id += 1;
-        if let Some(t) = self.targets.get_mut(expected) {
-            t.addrs.retain(|a| !same_endpoint(a, addr));
-            if t.addrs.is_empty() && !self.connected.contains(expected) {
-                self.targets.remove(expected);
-                self.stats.forgotten += 1;
-            }
+        if !self.connected.contains(expected) && self.targets.remove(expected).is_some() {
+            self.stats.forgotten += 1;
         }
         for s in &mut self.statics {
             if same_endpoint(&s.addr, addr) && s.peer == Some(*expected) {

@@ -188,21 +188,17 @@ fn dead_and_left_peers_are_forgotten_after_an_hour() {
 }
 
 #[test]
-fn an_address_that_answers_with_another_peer_id_is_no_longer_dialed_for_the_old_one() {
+fn an_address_that_answers_with_another_peer_id_ends_the_old_one_at_every_address() {
     let t0 = Instant::now();
     let mut p = planner(t0);
     let (old, new) = (peer(), peer());
+    // The second address is the same host's link-local one, which never answers.
     p.on_discovered(old, vec![addr(1), addr(2)], t0);
     assert_eq!(dialed(&p.poll(t0, never)), vec![old]);
     let reported: Multiaddr = format!("{}/p2p/{old}", addr(1)).parse().expect("multiaddr");
     p.on_wrong_peer_id(&old, new, &reported, t0 + ms(5));
-    assert_eq!(p.addrs_of(&old), &[addr(2)]);
-    p.on_wrong_peer_id(&old, new, &addr(2), t0 + ms(6));
-    assert_eq!(
-        p.stats().targets,
-        0,
-        "a target without addresses is forgotten"
-    );
+    assert!(p.addrs_of(&old).is_empty());
+    assert_eq!(p.stats().targets, 0);
     let times = dial_times(
         &mut p,
         old,
@@ -211,8 +207,38 @@ fn an_address_that_answers_with_another_peer_id_is_no_longer_dialed_for_the_old_
         ms(250),
     );
     assert!(times.is_empty(), "dialed at {times:?}");
-    assert_eq!(p.stats().wrong_peer_id, 2);
+    assert_eq!(p.stats().wrong_peer_id, 1);
+    assert_eq!(p.stats().forgotten, 1);
     assert_eq!(p.next_deadline(), None);
+}
+
+#[test]
+fn a_connected_peer_is_not_forgotten_for_a_wrong_peer_id_at_an_old_address() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let (moved, newcomer) = (peer(), peer());
+    p.on_discovered(moved, vec![addr(1)], t0);
+    p.on_connected(moved, None, t0);
+    p.on_wrong_peer_id(&moved, newcomer, &addr(1), t0);
+    assert_eq!(p.addrs_of(&moved), &[addr(1)]);
+}
+
+#[test]
+fn a_peer_forgotten_for_a_wrong_peer_id_is_dialed_again_when_discovered_again() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let (moved, newcomer) = (peer(), peer());
+    p.on_discovered(moved, vec![addr(1)], t0);
+    p.poll(t0, never);
+    p.on_wrong_peer_id(&moved, newcomer, &addr(1), t0 + ms(5));
+    p.on_discovered(moved, vec![addr(2)], t0 + ms(10));
+    assert_eq!(
+        p.poll(t0 + ms(10), never),
+        vec![Dial::Peer {
+            peer: moved,
+            addrs: vec![addr(2)]
+        }]
+    );
 }
 
 #[test]
