@@ -358,6 +358,7 @@ fn identities_that_came_and_went_at_one_address_are_no_longer_dialed() {
     let started = Instant::now();
     let mut last = [dials(1), dials(2)];
     let mut quiet_since = Instant::now();
+    let mut cpu_since = [1, 2, 3].map(|k| cpu_ticks(&lab, k));
     while quiet_since.elapsed() < DIAL_QUIET {
         assert!(
             started.elapsed() < DIAL_QUIET + CEILING,
@@ -372,6 +373,20 @@ fn identities_that_came_and_went_at_one_address_are_no_longer_dialed() {
         if now != last || now.contains(&None) {
             last = now;
             quiet_since = Instant::now();
+            cpu_since = [1, 2, 3].map(|k| cpu_ticks(&lab, k));
+        }
+    }
+    // For the record (a debug build, so only the order of magnitude means anything): CPU of
+    // each agent over the quiet window.
+    let window = quiet_since.elapsed().as_secs_f64();
+    for (i, before) in cpu_since.iter().enumerate() {
+        if let (Some(before), Some(after)) = (before, cpu_ticks(&lab, i + 1)) {
+            eprintln!(
+                "[{}] h{} CPU over the quiet {window:.1} s: {:.2} %",
+                lab.id,
+                i + 1,
+                (after - before) as f64 / CLOCK_TICKS / window * 100.0
+            );
         }
     }
     for k in [1, 2] {
@@ -389,4 +404,16 @@ fn identities_that_came_and_went_at_one_address_are_no_longer_dialed() {
             s["counters"]
         );
     }
+}
+
+/// Kernel clock ticks per second, the unit of `/proc/PID/stat` CPU times (100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU time (user + system, in clock ticks) of host `k`'s agent, from its pid file.
+fn cpu_ticks(lab: &Lab, k: usize) -> Option<u64> {
+    let pid = std::fs::read_to_string(lab.dir.join(format!("h{k}")).join("agent.pid")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    // Fields after the command name: state is the 3rd field, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
