@@ -337,7 +337,8 @@ pub struct PeerEntry {
     pub name: Option<String>,
     #[serde(rename = "self")]
     pub is_self: bool,
-    /// `alive`, `suspect`, `dead` or `left`.
+    /// `alive`, `suspect`, `dead` or `left`; `unknown` for a member known only from the
+    /// replicated document (not seen since this node started: it may be down).
     pub state: String,
     /// Milliseconds since `state` last changed.
     pub state_since_ms_ago: u64,
@@ -462,6 +463,21 @@ pub struct Counters {
     pub membership_datagrams_out: u64,
     pub membership_datagrams_rejected: u64,
     pub membership_datagrams_dropped: u64,
+    /// Dials started; dials that reached another peer id at the address (that address is then
+    /// dropped for the old id); peers this node may dial (absent from older agents).
+    #[serde(default)]
+    pub dials: u64,
+    #[serde(default)]
+    pub dial_wrong_peer_id: u64,
+    #[serde(default)]
+    pub dial_targets: usize,
+    /// Second connections of a pair closed (both sides dialed at once).
+    #[serde(default)]
+    pub duplicate_connections_closed: u64,
+    /// Sync messages dropped on the way to the state actor (its queue was full); anti-entropy
+    /// recovers them. Connection notices are never dropped.
+    #[serde(default)]
+    pub sync_messages_dropped: u64,
 }
 
 /// Where a peer's document stands relative to ours (`PeerSyncEntry::status`).

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-mod convert;
+pub mod convert;
 mod guard;
 mod listener;
 mod services;
