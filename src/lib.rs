@@ -38,11 +38,11 @@ pub mod identity;
 pub mod membership;
 pub mod node;
 pub mod ports;
-pub mod query;
 pub mod state;
 pub mod supervisor;
 pub mod sync;
 pub mod transport;
+pub mod wire;
 
 /// Version of this agent, as shown in `mesh peers` and advertised to peers.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

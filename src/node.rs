@@ -32,14 +32,15 @@ use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
 use crate::membership::{Membership, MembershipConfig, MembershipStats, PeerState};
-use crate::query::{self, QueryRequest, QueryResponse};
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
 use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervisor};
-use crate::transport::{
-    self, MembershipRequest, MembershipResponse, MeshBehaviour, MeshBehaviourEvent, NodeInfo,
-    SyncRequest, SyncResponse,
-};
+use crate::supervisor::query;
+use crate::transport::{self, MeshBehaviour, MeshBehaviourEvent};
+use crate::wire::auth::NodeInfo;
+use crate::wire::membership::{MembershipRequest, MembershipResponse};
+use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
+use crate::wire::sync::{SyncRequest, SyncResponse};
 
 /// Capacity of the discovery event channel. Discovery bursts are a handful of peers at start;
 /// a full channel only delays a source (backpressure), nothing is lost for mDNS.
@@ -758,8 +759,7 @@ impl NodeActor {
                     let answers = self.query_answers_tx.clone();
                     tokio::spawn(async move {
                         let answer =
-                            query::answer(supervisor.as_ref(), request, query::MAX_REMOTE_WAIT)
-                                .await;
+                            query::answer(supervisor.as_ref(), request, MAX_REMOTE_WAIT).await;
                         let _ = answers.send((token, answer)).await;
                     });
                 }
@@ -1182,8 +1182,8 @@ impl NodeActor {
     fn on_auth_event(
         &mut self,
         ev: request_response::Event<
-            crate::admission::AuthRequest<NodeInfo>,
-            crate::admission::AuthResponse<NodeInfo>,
+            crate::wire::auth::AuthRequest<NodeInfo>,
+            crate::wire::auth::AuthResponse<NodeInfo>,
         >,
         now: Instant,
     ) {

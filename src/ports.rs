@@ -21,11 +21,9 @@ pub mod pool;
 pub mod procnet;
 pub mod scan;
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
+pub use crate::wire::socket::Proto;
 pub use lease::{
     DEFAULT_COOLDOWN, DEFAULT_LISTEN_GRACE, Lease, LeaseChange, LeaseConfig, LeaseState,
     ListeningPorts, PortAllocator, PortGrant, PortRequest,
@@ -35,39 +33,6 @@ pub use procnet::{
     ListeningSocket, ProcNetFile, ProcNetSocket, listening_sockets, map_inodes_to_pids,
     parse_proc_net, parse_socket_link,
 };
-
-/// Transport protocol of a port. TCP and UDP port numbers are separate name spaces: a lease of
-/// 20000/tcp does not block 20000/udp.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    #[default]
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
-}
-
-impl FromStr for Proto {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "tcp" => Ok(Proto::Tcp),
-            "udp" => Ok(Proto::Udp),
-            other => Err(format!("unknown protocol `{other}` (expected tcp or udp)")),
-        }
-    }
-}
 
 /// Where a service's port comes from: any free port of a named pool, or one fixed number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ pub mod cgroup;
 pub mod graph;
 pub mod launcher;
 pub mod machine;
+pub mod query;
 pub mod runfile;
 pub mod spec;
 

@@ -9,9 +9,9 @@ use mesh::admission::MeshKey;
 use mesh::discovery::memory::MemoryDiscovery;
 use mesh::membership::PeerState;
 use mesh::node::{DiscoveryMode, NodeConfig, NodeHandle, start_node};
-use mesh::query::{MAX_LOG_ANSWER_BYTES, QueryRequest, QueryResponse};
 use mesh::supervisor::ShutdownMode;
 use mesh::supervisor::actor::SupervisorConfig;
+use mesh::wire::query::{MAX_LOG_ANSWER_BYTES, QueryRequest, QueryResponse};
 
 /// Ceiling for convergence on a loaded 2-core machine; typical times are far lower.
 const CEILING: Duration = Duration::from_secs(20);

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::PortsError;
-use crate::supervisor::spec::check_name;
+use crate::wire::name::check_name;
 
 /// Name of the pool used by `auto` ports that name no pool.
 pub const DEFAULT_POOL: &str = "default";

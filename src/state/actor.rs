@@ -30,9 +30,8 @@ use super::{
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
-use crate::transport::{
-    MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES, SyncRequest, SyncResponse,
-};
+use crate::transport::{MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES};
+use crate::wire::sync::{SyncRequest, SyncResponse};
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
 /// (`try_send`), and a dropped sync message is recovered by anti-entropy.

@@ -51,6 +51,7 @@ use crate::ports::{
 };
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
 use crate::state::{InstanceRecord, LeaseRecord, MeshState, now_ms, system_time_ms};
+pub use crate::wire::query::AuditRecord;
 
 /// Capacity of the channel of process reports (exits, health results). One report per
 /// process exit or probe; the actor drains it continuously.
@@ -105,18 +106,6 @@ pub struct SupervisorConfig {
     /// Track each service in its own cgroup v2 where possible ([`super::cgroup`]); `false`:
     /// process groups only.
     pub use_cgroups: bool,
-}
-
-/// One entry of the audit trail.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AuditRecord {
-    pub seq: u64,
-    /// Wall clock, milliseconds since the Unix epoch.
-    pub at_ms: i64,
-    pub service: String,
-    /// Kebab-case kind (`start`, `backoff`, `give-up`, `port-allocated`, ...).
-    pub kind: String,
-    pub reason: String,
 }
 
 /// A page of the audit trail.

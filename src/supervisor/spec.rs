@@ -22,10 +22,7 @@ use super::backoff::{
 };
 use super::graph::DependencyGraph;
 use crate::ports::{DEFAULT_POOL, PortSource, Proto};
-
-/// Longest service, port, pool or dependency name: a DNS label, so names can become host
-/// names (`NAME.mesh`) later without renaming.
-pub const MAX_NAME_LEN: usize = 63;
+pub use crate::wire::name::{MAX_NAME_LEN, check_name};
 
 /// Longest node name accepted in `node = ...` (a full DNS name).
 pub const MAX_NODE_NAME_LEN: usize = 253;
@@ -113,27 +110,6 @@ pub const DEFAULT_FAILED_AFTER: u32 = 5;
 /// enough to flush and close cleanly, short enough that a stuck service does not hold up a
 /// shutdown of the whole chain for long.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Checks a service, port, pool or dependency name: 1-63 characters of `[a-z0-9-]`, not
-/// starting or ending with `-` (a DNS label). Returns why not.
-pub fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("must not be empty");
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err("must be at most 63 characters");
-    }
-    if !name
-        .bytes()
-        .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
-    {
-        return Err("only lowercase letters a-z, digits 0-9 and '-' are allowed");
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err("must not start or end with '-'");
-    }
-    Ok(())
-}
 
 /// Why a spec (or a set of specs) is refused. Every message names the service and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

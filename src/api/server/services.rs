@@ -24,10 +24,11 @@ use crate::api::{
 };
 use crate::membership::PeerState;
 use crate::node::NodeHandle;
-use crate::query::{self, QueryRequest, QueryResponse};
 use crate::state::actor::EntryWrite;
 use crate::state::{MeshState, ServiceRecord};
+use crate::supervisor::query;
 use crate::supervisor::{ServiceSpec, validate_set};
+use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 
 /// Default number of log lines.
 const DEFAULT_LOG_LINES: u32 = 50;
@@ -520,7 +521,7 @@ pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQ
     };
     let max_wait = match target {
         Target::Local => MAX_WAIT,
-        Target::Remote(_) => query::MAX_REMOTE_WAIT,
+        Target::Remote(_) => MAX_REMOTE_WAIT,
     };
     let request = QueryRequest::Events {
         after: q.after,
