@@ -1,13 +1,14 @@
 //! Transport: the libp2p swarm every mesh protocol runs on.
 //!
 //! Owns the swarm's construction (QUIC only, tuned for LAN liveness), the composed
-//! [`MeshBehaviour`], the protocol ids, and the wire types of the request-response protocols
-//! (CBOR-encoded, size-limited). It does not decide anything: the node actor drives the swarm
+//! [`MeshBehaviour`], the protocol ids and the size limits of the request-response protocols
+//! (CBOR-encoded). Their messages are [`crate::wire`]'s, and it depends on nothing else of the
+//! crate. It does not decide anything: the node actor drives the swarm
 //! and the sans-IO cores decide what to send.
 //!
 //! No libp2p `identify` or `ping` behaviour runs: both would talk to a peer as soon as its
 //! connection opens, before admission, and leak our addresses and version to non-members. The
-//! handshake's [`NodeInfo`] replaces identify, and membership round trips measure RTT.
+//! handshake's [`crate::wire::auth::NodeInfo`] replaces identify, and membership round trips measure RTT.
 
 use std::time::Duration;
 
