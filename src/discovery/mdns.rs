@@ -107,12 +107,12 @@
 //!
 //! # Files
 //!
-//! [`config`] (configuration, statistics, errors, constants), [`record`] (the record both ways
-//! and the address rules, sans-IO), [`actor`] (the task), and here the start and the handle.
+//! [`config`] (configuration, statistics, errors, constants), `record` (the record both ways
+//! and the address rules, sans-IO), `actor` (the task), and here the start and the handle.
 
-pub mod actor;
+mod actor;
 pub mod config;
-pub mod record;
+mod record;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

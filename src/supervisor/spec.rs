@@ -10,7 +10,7 @@
 //!
 //! Files: [`service`] (the type, defaults, derived values), [`restart`], [`port`], [`health`]
 //! (the sections, with their TOML and CLI forms), [`bounds`] (limits and defaults), [`error`],
-//! [`validate`] (one spec, a set), [`cli`] (`mesh service add`), [`file`] (a TOML file of
+//! [`validate`] (one spec, a set), [`cli`] (`mesh service add`), [`file`](mod@file) (a TOML file of
 //! services), [`expand`] (`$PORT` in arguments), [`duration_text`]. The children import each
 //! other directly, never through this file, so that re-exporting them here forms no cycle.
 

@@ -71,7 +71,7 @@ pub(super) const MAX_TRACKED_INSTANCES: usize = 4096;
 /// flood of garbage records costs at most a warning per this many records.
 pub(super) const MAX_WARNED_INSTANCES: usize = 1024;
 
-/// What [`spawn_mdns`] needs to advertise this node and recognise its peers.
+/// What [`super::spawn_mdns`] needs to advertise this node and recognise its peers.
 #[derive(Debug, Clone)]
 pub struct MdnsConfig {
     /// DNS-SD instance name. Any UTF-8 without control characters; cut to 63 bytes.
@@ -113,7 +113,7 @@ impl MdnsConfig {
     }
 }
 
-/// Counters since [`spawn_mdns`]; read with [`MdnsHandle::stats`].
+/// Counters since [`super::spawn_mdns`]; read with [`super::MdnsHandle::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MdnsStats {
     /// `Found` events emitted.

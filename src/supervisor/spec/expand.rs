@@ -85,7 +85,7 @@ pub(super) fn referenced_port_variables(text: &str) -> Vec<String> {
 }
 
 /// Replaces `$PORT`, `${PORT}`, `$PORT_<NAME>`, `${PORT_<NAME>}` in one text with the values
-/// in `ports` (keyed by variable name, as [`ServiceSpec::port_env`] builds it) and `$$` with
+/// in `ports` (keyed by variable name, as [`ServiceSpec::port_env`](crate::supervisor::spec::ServiceSpec::port_env) builds it) and `$$` with
 /// `$`. Every other `$` reference (`$HOME`, an unknown `$PORT_X`) is left as written: there is
 /// no shell, and validation refuses unknown port variables before this runs.
 pub fn expand_port_variables(text: &str, ports: &BTreeMap<String, u16>) -> String {

@@ -74,7 +74,7 @@ impl DependencyRestart {
 }
 
 /// Restart policy and backoff (`[service.restart]` in TOML). See
-/// [`super::backoff`] for the delay formula.
+/// [`crate::supervisor::backoff`] for the delay formula.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {

@@ -109,7 +109,7 @@ impl ServiceSpec {
     }
 
     /// The `PORT*` environment for ports assigned in spec order (`assigned[i]` for
-    /// `ports[i]`), for the launcher to inject and to pass to [`expand_args`].
+    /// `ports[i]`), for the launcher to inject and to pass to [`expand_args`](super::expand::expand_args).
     pub fn port_env(&self, assigned: &[u16]) -> BTreeMap<String, u16> {
         debug_assert_eq!(assigned.len(), self.ports.len(), "one port per port spec");
         self.port_variables()
