@@ -37,7 +37,10 @@
 //! A file may import (`use crate::…`, `super::…`, or a `crate::…` path in code) only files of
 //! its own layer or lower ones, and no two files may import each other, directly or through
 //! others. `tests/architecture.rs` parses this table and enforces both; a row's module covers
-//! its files unless a deeper path has a row of its own (`supervisor::actor`).
+//! its files unless a deeper path has a row of its own (`supervisor::actor`). Declaring `mod child;` is
+//! not an import, but a parent re-exporting its child's items and a child using its parent's
+//! (`super::X`) are: both at once is a cycle. So a parent that re-exports (`supervisor/spec.rs`,
+//! `ports.rs`) keeps shared items in a child file its other children import directly.
 //!
 //! | layer | modules | why here |
 //! |---|---|---|
