@@ -39,16 +39,12 @@ pub use args::*;
 /// Exit code when no agent answers.
 pub const EXIT_NO_AGENT: i32 = 2;
 
-/// Default number of log lines `mesh logs` shows (like `tail`, a screenful and a bit).
-pub const DEFAULT_LOG_LINES: u64 = 50;
 /// Lines asked for per poll by `mesh logs -f`: more than a busy service writes in one poll
 /// interval, so a follower does not fall behind; the agent sends only what is new anyway.
 pub const FOLLOW_LOG_LINES: u64 = 1000;
 /// Time between polls of `mesh logs -f`: new lines show within half a second, and an idle
 /// follower costs the agent two cheap requests a second.
 pub const FOLLOW_LOG_INTERVAL: Duration = Duration::from_millis(500);
-/// Default number of events `mesh events` shows.
-pub const DEFAULT_EVENT_LIMIT: u64 = 100;
 /// Long-poll wait of `mesh events -f`, in milliseconds: under the server's 30 s cap
 /// ([`crate::api::MAX_WAIT`]) and the client's 40 s request timeout, so an idle poll ends in
 /// an empty answer, not an error.

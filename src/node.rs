@@ -30,34 +30,37 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, AdmissionAction, AdmissionStats, MeshId, MeshKey};
+use crate::admission::{Admission, AdmissionAction, MeshId, MeshKey};
 use crate::discovery::mdns::{self, MdnsConfig, MdnsHandle};
 use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
-use crate::membership::{Membership, MembershipConfig, MembershipStats, PeerState};
-use crate::query::{self, QueryRequest, QueryResponse};
+use crate::membership::{Membership, MembershipConfig, PeerState};
+use crate::supervisor::query;
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
 use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervisor};
-use crate::transport::{
-    self, MembershipRequest, MembershipResponse, MeshBehaviour, MeshBehaviourEvent, NodeInfo,
-    SyncRequest, SyncResponse,
-};
+use crate::transport::{self, MeshBehaviour, MeshBehaviourEvent};
+use crate::wire::auth::NodeInfo;
+use crate::wire::membership::{MembershipRequest, MembershipResponse};
+use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
+use crate::wire::sync::{SyncRequest, SyncResponse};
 
 mod addrs;
 mod children;
 pub mod dial;
 mod discovery_source;
+mod error;
 mod handle;
+mod publish;
 mod requests;
 mod snapshot;
 
 use addrs::{is_loopback, is_unspecified, listen_error_reason};
 use children::Children;
 use dial::{Dial, DialPlanner};
-use discovery_source::DiscoverySource;
 use handle::NodeCommand;
+pub use error::NodeError;
 pub use handle::NodeHandle;
 pub use snapshot::{LocalSnapshot, NodeSnapshot, NodeStats, PeerSnapshot};
 
@@ -155,25 +158,13 @@ impl NodeConfig {
     }
 }
 
-/// Errors starting a node.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error(transparent)]
-    Transport(#[from] transport::TransportError),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
-    #[error("no listen address could be bound")]
-    NoListener,
-    #[error("cannot start mDNS discovery: {0}")]
-    Discovery(String),
-    #[error("cannot open the state document: {0}")]
-    State(#[from] crate::state::StateError),
-    #[error("the node actor stopped")]
-    Stopped,
-    #[error("node {peer} is not connected")]
-    NotConnected { peer: PeerId },
-    #[error("asking node {peer} failed: {reason}")]
-    QueryFailed { peer: PeerId, reason: String },
+
+/// The running discovery source (started and stopped in [`discovery_source`]).
+enum DiscoverySource {
+    NotStarted,
+    Mdns(MdnsHandle),
+    Memory(MemoryDiscovery),
+    Off,
 }
 
 /// One open connection.

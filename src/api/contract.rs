@@ -616,7 +616,7 @@ pub struct LogsResponse {
     pub lines: Vec<String>,
     /// Pass back as `offset` to get what follows.
     pub offset: u64,
-    /// Older lines were left out to keep the answer within `query::MAX_LOG_ANSWER_BYTES`
+    /// Older lines were left out to keep the answer within `wire::query::MAX_LOG_ANSWER_BYTES`
     /// (absent, read as false, from older agents).
     #[serde(default)]
     pub truncated: bool,

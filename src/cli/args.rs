@@ -6,10 +6,14 @@ use std::path::PathBuf;
 use clap::builder::PossibleValuesParser;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use super::{DEFAULT_EVENT_LIMIT, DEFAULT_LOG_LINES};
 use crate::api::DEFAULT_API_ADDR;
 use crate::api::auth::{TOKEN_ENV, TOKEN_FILE_ENV};
 use crate::api::client::ApiClient;
+
+/// Default number of log lines `mesh logs` shows (like `tail`, a screenful and a bit).
+pub const DEFAULT_LOG_LINES: u64 = 50;
+/// Default number of events `mesh events` shows.
+pub const DEFAULT_EVENT_LIMIT: u64 = 100;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -33,7 +33,7 @@ pub fn truncated_logs_note(resp: &LogsResponse) -> String {
          text (the whole log is in the data dir of node {})",
         resp.lines.len(),
         resp.service,
-        crate::query::MAX_LOG_ANSWER_BYTES / 1024,
+        crate::wire::query::MAX_LOG_ANSWER_BYTES / 1024,
         resp.node
     )
 }

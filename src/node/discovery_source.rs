@@ -3,13 +3,6 @@
 
 use super::*;
 
-pub(super) enum DiscoverySource {
-    NotStarted,
-    Mdns(MdnsHandle),
-    Memory(MemoryDiscovery),
-    Off,
-}
-
 impl NodeActor {
     pub(super) async fn start_discovery(&mut self) -> Result<(), NodeError> {
         let port = self

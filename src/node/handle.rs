@@ -2,7 +2,18 @@
 //! actor questions through a bounded command channel and reads its snapshot; the lifecycles of
 //! the node's actors (start order, shutdown order, abort) belong to [`super::children`].
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::children::Children;
+use super::error::NodeError;
+use super::snapshot::NodeSnapshot;
+use crate::state::actor::StateHandle;
+use crate::supervisor::actor::SupervisorHandle;
+use crate::wire::query::{QueryRequest, QueryResponse};
 
 /// Commands to the node actor.
 pub(super) enum NodeCommand {

@@ -81,7 +81,7 @@ impl NodeActor {
                     let answers = self.query_answers_tx.clone();
                     tokio::spawn(async move {
                         let answer =
-                            query::answer(supervisor.as_ref(), request, query::MAX_REMOTE_WAIT)
+                            query::answer(supervisor.as_ref(), request, MAX_REMOTE_WAIT)
                                 .await;
                         let _ = answers.send((token, answer)).await;
                     });
@@ -180,8 +180,8 @@ impl NodeActor {
     pub(super) fn on_auth_event(
         &mut self,
         ev: request_response::Event<
-            crate::admission::AuthRequest<NodeInfo>,
-            crate::admission::AuthResponse<NodeInfo>,
+            crate::wire::auth::AuthRequest<NodeInfo>,
+            crate::wire::auth::AuthResponse<NodeInfo>,
         >,
         now: Instant,
     ) {

@@ -33,9 +33,8 @@ use super::{
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
-use crate::transport::{
-    MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES, SyncRequest, SyncResponse,
-};
+use crate::transport::{MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES};
+use crate::wire::sync::{SyncRequest, SyncResponse};
 
 mod hydration;
 mod local_writes;
@@ -44,8 +43,30 @@ mod publish;
 mod snapshots;
 mod sync_sessions;
 
-use persistence::history_of;
-use snapshots::{ServedSnapshot, SnapshotFetch};
+/// Changes in a document's history and their bytes (walks the history: at start and on an
+/// epoch switch only).
+fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
+    let changes = doc.get_changes(&[]);
+    let bytes = changes.iter().map(|c| c.raw_bytes().len() as u64).sum();
+    (changes.len(), bytes)
+}
+
+/// A snapshot being fetched from a peer, part by part.
+struct SnapshotFetch {
+    pub(super) peer: PeerId,
+    /// The last progress (start or a part); the fetch is abandoned [`FETCH_TIMEOUT`] after it.
+    pub(super) since: Instant,
+    /// The snapshot's id, from its first part.
+    pub(super) id: Option<u64>,
+    pub(super) buf: Vec<u8>,
+}
+
+/// A snapshot we serve in parts.
+struct ServedSnapshot {
+    pub(super) id: u64,
+    pub(super) heads: Vec<ChangeHash>,
+    pub(super) bytes: Arc<Vec<u8>>,
+}
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
 /// (`try_send`), and a dropped sync message is counted ([`StateHandle::dropped_commands`]) and

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::StopSignal;
-use super::launcher::signal_group;
+use super::launcher::process::signal_group;
 
 /// How long leftover processes get between SIGTERM and SIGKILL. Shorter than a service's
 /// usual stop grace: they run unsupervised, and the agent's own start waits for them.

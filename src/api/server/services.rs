@@ -1,6 +1,6 @@
 //! Handlers of the service, port, log and event routes (see the route table in
 //! [`crate::api`]). Desired state goes into the replicated document; logs, listening sockets
-//! and events are asked of the node concerned, here or through the mesh ([`crate::query`]).
+//! and events are asked of the node concerned, here or through the mesh ([`crate::wire::query`]).
 //!
 //! Helpers return `Result<_, Response>`: the error is the finished HTTP answer, an
 //! [`crate::api::ApiError`] (through `error`, `state_error`, `body_error`).
@@ -25,10 +25,11 @@ use crate::api::contract::{
 };
 use crate::membership::PeerState;
 use crate::node::NodeHandle;
-use crate::query::{self, QueryRequest, QueryResponse};
 use crate::state::actor::EntryWrite;
 use crate::state::{MeshState, ServiceRecord, now_ms};
+use crate::supervisor::query;
 use crate::supervisor::{ServiceSpec, validate_set};
+use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 
 /// Default number of log lines.
 const DEFAULT_LOG_LINES: u32 = 50;
@@ -497,7 +498,7 @@ pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQ
     };
     let max_wait = match target {
         Target::Local => MAX_WAIT,
-        Target::Remote(_) => query::MAX_REMOTE_WAIT,
+        Target::Remote(_) => MAX_REMOTE_WAIT,
     };
     let request = QueryRequest::Events {
         after: q.after,

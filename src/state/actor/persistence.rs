@@ -3,14 +3,6 @@
 
 use super::*;
 
-/// Changes in a document's history and their bytes (walks the history: at start and on an
-/// epoch switch only).
-pub(super) fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
-    let changes = doc.get_changes(&[]);
-    let bytes = changes.iter().map(|c| c.raw_bytes().len() as u64).sum();
-    (changes.len(), bytes)
-}
-
 impl StateActor {
     /// Appends what the file lacks and fsyncs; compacts the file when due. On error the file
     /// is left without a torn chunk and the next call retries the same changes.

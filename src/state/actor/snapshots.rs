@@ -4,23 +4,6 @@
 
 use super::*;
 
-/// A snapshot being fetched from a peer, part by part.
-pub(super) struct SnapshotFetch {
-    pub(super) peer: PeerId,
-    /// The last progress (start or a part); the fetch is abandoned [`FETCH_TIMEOUT`] after it.
-    pub(super) since: Instant,
-    /// The snapshot's id, from its first part.
-    pub(super) id: Option<u64>,
-    pub(super) buf: Vec<u8>,
-}
-
-/// A snapshot we serve in parts.
-pub(super) struct ServedSnapshot {
-    pub(super) id: u64,
-    pub(super) heads: Vec<ChangeHash>,
-    pub(super) bytes: Arc<Vec<u8>>,
-}
-
 impl StateActor {
     /// Starts fetching `peer`'s snapshot in parts, unless a fetch is already under way.
     pub(super) async fn fetch_snapshot(&mut self, peer: PeerId) {
