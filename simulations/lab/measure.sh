@@ -5,7 +5,7 @@
 #   (i)   join:  start of agent N (N-1 already running and linked)  -> `alive` on all N-1 others
 #   (ii)  crash: kill -9 of agent N                                  -> `dead` on all N-1 others
 #   (iii) leave: SIGTERM to agent N (restarted, same identity)       -> `left` on all N-1 others
-#   (iv)  idle, fresh mesh: CPU % (utime+stime over CPU_WINDOW s) and VmRSS of each of the N
+#   (iv)  idle, fresh mesh: CPU % (utime+stime over CPU_WINDOW s), VmRSS and RssAnon of the N
 #         agents, SETTLE s after all of them list each other alive (right after the join of (i))
 #   (v)   idle after identity churn (the reinstalled-Pi case), CHURN_TRIES labs: on host N,
 #         CHURN_IDENTITIES times start an agent with a fresh data dir (a new identity, same
@@ -223,6 +223,9 @@ wait_all_alive() {
 # Sum of utime+stime of PID (all threads, exited ones included), in clock ticks.
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# The private part of it (heap, stacks): VmRSS also counts the pages of the executable and of
+# libc that are mapped, which all agents of a machine share through the page cache.
+anon_kib() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status"; }
 # thread_ticks PID: "tid comm ticks" per live thread.
 thread_ticks() {
 	local f
@@ -234,7 +237,7 @@ thread_ticks() {
 
 # idle_window LABEL HOST...: sleeps SETTLE, then measures CPU % and VmRSS of each host's agent
 # over CPU_WINDOW s; sets IDLE_CPU[k] and IDLE_RSS[k] (KiB) per host.
-declare -A IDLE_CPU=() IDLE_RSS=()
+declare -A IDLE_CPU=() IDLE_RSS=() IDLE_ANON=()
 idle_window() {
 	local label=$1 k t0 t1 line="" tk0="" tkn=""
 	shift
@@ -250,7 +253,8 @@ idle_window() {
 		IDLE_CPU[$k]=$(awk -v a="${before[$k]}" -v b="$(cpu_ticks "${pid[$k]}")" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
 			'BEGIN { printf "%.3f", (b - a) / hz / (t1 - t0) * 100 }')
 		IDLE_RSS[$k]=$(rss_kib "${pid[$k]}")
-		line+=" h$k ${IDLE_RSS[$k]} KiB ${IDLE_CPU[$k]}%;"
+		IDLE_ANON[$k]=$(anon_kib "${pid[$k]}")
+		line+=" h$k ${IDLE_RSS[$k]} KiB (anon ${IDLE_ANON[$k]}) ${IDLE_CPU[$k]}%;"
 	done
 	log "$label idle:$line"
 	if [[ $THREAD_CPU == 1 ]]; then
@@ -264,7 +268,7 @@ thread_delta() {
 		<(echo "$1") <(echo "$2") | sort -rn | head -n 8 | awk '{ printf "%s:%d ", $2, $1 }'
 }
 
-JOIN=() CRASH=() LEAVE=() RSS=() CPU=() CHURN_CPU=() CHURN_CPU_NEW=() CHURN_RSS=() CHURN_RSS_NEW=()
+JOIN=() CRASH=() LEAVE=() RSS=() ANON=() CPU=() CHURN_STOP=() CHURN_CPU=() CHURN_CPU_NEW=() CHURN_RSS=() CHURN_RSS_NEW=()
 
 measure_latencies() {
 	local try=$1 t0 pid idn k
@@ -288,7 +292,7 @@ measure_latencies() {
 	wait_all_alive $(all_hosts)
 	# shellcheck disable=SC2046
 	idle_window "try $try" $(all_hosts)
-	for k in $(all_hosts); do CPU+=("${IDLE_CPU[$k]}"); RSS+=("${IDLE_RSS[$k]}"); done
+	for k in $(all_hosts); do CPU+=("${IDLE_CPU[$k]}"); RSS+=("${IDLE_RSS[$k]}"); ANON+=("${IDLE_ANON[$k]}"); done
 
 	# (ii) crash
 	# shellcheck disable=SC2046
@@ -338,6 +342,7 @@ measure_churn() {
 		t0=$(now)
 		"$LAB" stop "$HOSTS" "$CHURN_SIGNAL" >/dev/null
 		finish_observers "$t0"
+		CHURN_STOP+=("$RESULT")
 		log "churn $try.$i: identity ${id:0:16}… $CHURN_SIGNAL -> $CHURN_STATE on all others after $RESULT ms"
 	done
 	rm -rf -- "$data"
@@ -411,12 +416,14 @@ $version (\`$(basename "$(dirname "$MESH_BIN")")\` build), $(nproc) cores, $(dat
 | (iii) SIGTERM → \`left\` on all others (ms) | $(stats "${LEAVE[@]}") |
 | (iv) idle CPU, fresh mesh (% of one core) | $(stats "${CPU[@]}") |
 | (iv) idle VmRSS, fresh mesh (KiB) | $(stats "${RSS[@]}") |
+| (iv) of which anonymous (RssAnon: heap, stacks; KiB) | $(stats "${ANON[@]}") |
+| (v) each churned identity: $CHURN_SIGNAL → \`$CHURN_STATE\` on all others, while earlier ones linger (ms) | $(stats "${CHURN_STOP[@]}") |
 | (v) idle CPU after $CHURN_IDENTITIES identities came and went ($CHURN_SIGNAL), the $((HOSTS - 1)) old agents (%) | $(stats "${CHURN_CPU[@]}") |
 | (v) same, the agent now at the churned address (%) | $(stats "${CHURN_CPU_NEW[@]}") |
 | (v) idle VmRSS after the churn, old agents (KiB) | $(stats "${CHURN_RSS[@]}") |
 | (v) same, the agent now at the churned address (KiB) | $(stats "${CHURN_RSS_NEW[@]}") |
 
-n counts samples: one per try for (i)–(iii), one per agent for (iv) and (v).
+n counts samples: one per try for (i)–(iii), one per identity or per agent for (v), one per agent for (iv).
 
 | figure | mesh, median (max) |
 |---|---|
@@ -426,4 +433,5 @@ n counts samples: one per try for (i)–(iii), one per agent for (iv) and (v).
 | idle CPU per agent, fresh mesh | $(med_max "$P" " %" "${CPU[@]}") |
 | idle CPU per agent after $CHURN_IDENTITIES identities came and went | $(med_max "$P" " %" "${CHURN_CPU[@]}" "${CHURN_CPU_NEW[@]}") |
 | idle RSS per agent | $(med_max "$M" " MiB" "${RSS[@]}") |
+| idle RSS per agent, anonymous part only | $(med_max "$M" " MiB" "${ANON[@]}") |
 EOF
