@@ -66,7 +66,8 @@ pub struct PeerEntry {
     pub name: Option<String>,
     #[serde(rename = "self")]
     pub is_self: bool,
-    /// `alive`, `suspect`, `dead` or `left`.
+    /// `alive`, `suspect`, `dead` or `left`; `unknown` for a member known only from the
+    /// replicated document (not seen since this node started: it may be down).
     pub state: String,
     /// Milliseconds since `state` last changed.
     pub state_since_ms_ago: u64,
@@ -191,6 +192,21 @@ pub struct Counters {
     pub membership_datagrams_out: u64,
     pub membership_datagrams_rejected: u64,
     pub membership_datagrams_dropped: u64,
+    /// Dials started; dials that reached another peer id at the address (that address is then
+    /// dropped for the old id); peers this node may dial (absent from older agents).
+    #[serde(default)]
+    pub dials: u64,
+    #[serde(default)]
+    pub dial_wrong_peer_id: u64,
+    #[serde(default)]
+    pub dial_targets: usize,
+    /// Second connections of a pair closed (both sides dialed at once).
+    #[serde(default)]
+    pub duplicate_connections_closed: u64,
+    /// Sync messages dropped on the way to the state actor (its queue was full); anti-entropy
+    /// recovers them. Connection notices are never dropped.
+    #[serde(default)]
+    pub sync_messages_dropped: u64,
 }
 
 /// Error body of every non-2xx response.
@@ -265,6 +281,53 @@ pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) ->
             ),
         });
     }
+    rows.extend(document_only_members(snap, state));
+    rows
+}
+
+/// Members the replicated document knows that membership has not seen since this node
+/// started (one that died while this node was down): listed with what the document says, its
+/// state `left` (with when) if it stopped gracefully, else `unknown`.
+fn document_only_members(snap: &NodeSnapshot, state: &StateSnapshot) -> Vec<PeerEntry> {
+    let local = snap.local.peer_id.to_base58();
+    let seen: std::collections::HashSet<String> =
+        snap.peers.iter().map(|p| p.peer_id.to_base58()).collect();
+    let now_ms = crate::state::now_ms();
+    let mut rows: Vec<PeerEntry> = state
+        .state
+        .nodes
+        .iter()
+        .filter(|(id, _)| **id != local && !seen.contains(*id))
+        .filter_map(|(id, rec)| {
+            let peer: libp2p::PeerId = id.parse().ok()?;
+            let since_ms = |t: i64| u64::try_from(now_ms.saturating_sub(t)).unwrap_or(0);
+            Some(PeerEntry {
+                id: id.clone(),
+                short_id: short_id(&peer),
+                name: Some(rec.name.clone()),
+                is_self: false,
+                state: if rec.left_at_ms.is_some() {
+                    "left".into()
+                } else {
+                    "unknown".into()
+                },
+                state_since_ms_ago: rec.left_at_ms.map_or(0, since_ms),
+                connected: false,
+                addrs: rec.addrs.clone(),
+                rtt_ms: None,
+                last_seen_ms_ago: rec.left_at_ms.map(since_ms),
+                os: Some(rec.hardware.os.clone()),
+                arch: Some(rec.hardware.arch.clone()),
+                device_class: Some(rec.hardware.device_class.clone()),
+                profile: Some(rec.hardware.profile.clone()),
+                score: u8::try_from(rec.hardware.score).ok(),
+                version: Some(rec.version.clone()),
+                tags: rec.tags.clone(),
+                sync: Some(crate::sync::SyncHealth::Disconnected.to_string()),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     rows
 }
 
@@ -312,6 +375,11 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
             membership_datagrams_out: s.membership.datagrams_out,
             membership_datagrams_rejected: s.membership.datagrams_rejected,
             membership_datagrams_dropped: s.membership.datagrams_dropped,
+            dials: s.dials.dials,
+            dial_wrong_peer_id: s.dials.wrong_peer_id,
+            dial_targets: s.dials.targets,
+            duplicate_connections_closed: s.duplicate_connections_closed,
+            sync_messages_dropped: s.sync_messages_dropped,
         },
     }
 }

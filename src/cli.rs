@@ -1267,7 +1267,9 @@ pub fn render_status(s: &StatusResponse) -> String {
          services accepts {accept}\n\
          uptime   {uptime}\n\
          peers    {alive} alive, {suspect} suspect, {dead} dead, {left} left\n\
-         refused  {bad} bad proof, {denied} denied, {timeout} timed out, {backoff} in backoff\n",
+         refused  {bad} bad proof, {denied} denied, {timeout} timed out, {backoff} in backoff\n\
+         dials    {dials} started, {wrong} reached another node, {targets} targets\n\
+         dropped  {sync_dropped} sync messages (state queue full)\n",
         name = s.name,
         id = s.id,
         mesh = s.mesh_id,
@@ -1294,6 +1296,10 @@ pub fn render_status(s: &StatusResponse) -> String {
         denied = c.admission_denied,
         timeout = c.admission_timeout,
         backoff = c.refused_in_backoff,
+        dials = c.dials,
+        wrong = c.dial_wrong_peer_id,
+        targets = c.dial_targets,
+        sync_dropped = c.sync_messages_dropped,
     )
 }
 

@@ -420,7 +420,8 @@ fn status_answers_while_an_unprivileged_user_holds_1100_half_sent_requests() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the attacker");
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Bounded (clippy.toml): the test reads one line; the reader thread may block after that.
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
     let lines = BufReader::new(attacker.stdout.take().unwrap());
     std::thread::spawn(move || {
         for line in lines.lines().map_while(Result::ok) {
