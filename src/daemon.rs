@@ -22,7 +22,6 @@ use crate::supervisor::launcher::LogLimits;
 use crate::transport::parse_quic_addr;
 
 pub mod lock;
-pub mod resident;
 
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
 pub const API_ADDR_FILE: &str = "api.addr";
@@ -395,13 +394,6 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         api = %format!("http://{api_addr}"),
         "mesh agent running"
     );
-    tokio::spawn(async {
-        tokio::time::sleep(resident::RELEASE_STARTUP_PAGES_AFTER).await;
-        match resident::release_startup_pages() {
-            Ok(bytes) => tracing::debug!(bytes, "released the start-up code pages"),
-            Err(e) => tracing::debug!(error = %e, "cannot release the start-up code pages"),
-        }
-    });
 
     wait_for_signal().await?;
     tracing::info!("stopping: services first, then telling peers we leave");
