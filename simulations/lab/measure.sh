@@ -28,9 +28,9 @@
 # during an idle window. CPU is the process's own utime+stime (all its threads, exited ones
 # included), which stays fair on a loaded machine; latencies do not: note `uptime` with them.
 #
-# Usage (root, from anywhere):
+# Usage (root, from anywhere; -h prints this text):
 #   cargo build --release
-#   simulations/lab/measure.sh                       # 10 hosts, 5 tries, 1 churn lab
+#   simulations/lab/measure.sh                       # 10 hosts, 5 tries, 1 churn lab: ~10 min
 #   HOSTS=4 TRIES=3 CHURN_TRIES=0 simulations/lab/measure.sh
 # Environment: MESH_BIN (default: <repo>/target/release/mesh if built, else target/debug/mesh),
 #   HOSTS (10, at least 3), TRIES (5), CPU_WINDOW (30 s; one clock tick of 10 ms is
@@ -39,6 +39,13 @@
 #   THREAD_CPU (1: log the busiest threads of hosts 1 and N in each idle window),
 #   LAB_ID (ms<pid>), PYTHON (python3). Progress goes to stderr, the tables to stdout.
 set -euo pipefail
+
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+	# The comment block at the top of this file is the usage text.
+	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+	exit 0
+fi
+[[ $# -eq 0 ]] || { echo "measure.sh: no arguments (settings are environment variables); -h for help" >&2; exit 2; }
 
 SCRIPT_DIR=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
