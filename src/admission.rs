@@ -27,11 +27,10 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+pub use crate::wire::auth::{AuthRequest, AuthResponse, NONCE_LEN, Nonce, Proof, WireNonce};
+
 /// Length of the mesh key in bytes (256 bits: brute force is out of reach).
 pub const MESH_KEY_LEN: usize = 32;
-/// Length of a handshake nonce. 32 random bytes never repeat in practice, so a recorded proof
-/// can never be replayed against a fresh challenge.
-pub const NONCE_LEN: usize = 32;
 /// Bytes of the mesh id. 8 bytes (16 hex characters) keeps TXT records short while making an
 /// accidental collision between two meshes on one LAN negligible (2^-64).
 pub const MESH_ID_LEN: usize = 8;
@@ -207,77 +206,6 @@ impl fmt::Debug for MeshId {
     }
 }
 
-/// A handshake MAC (HMAC-SHA256 output).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proof(#[serde(with = "serde_bytes_32")] pub [u8; 32]);
-
-impl fmt::Debug for Proof {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Proof({}..)", hex::encode(&self.0[..4]))
-    }
-}
-
-/// A handshake nonce.
-pub type Nonce = [u8; NONCE_LEN];
-
-/// Serde for fixed 32-byte arrays as CBOR byte strings (compact, and length-checked on decode).
-mod serde_bytes_32 {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let bytes: serde_bytes_buf::Buf = Deserialize::deserialize(d)?;
-        bytes
-            .0
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("expected exactly 32 bytes"))
-    }
-    /// Accepts a byte string or a sequence of bytes.
-    pub mod serde_bytes_buf {
-        use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-        pub struct Buf(pub Vec<u8>);
-        impl<'de> Deserialize<'de> for Buf {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> Visitor<'de> for V {
-                    type Value = Buf;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("a byte string")
-                    }
-                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Buf, E> {
-                        if v.len() > 64 {
-                            return Err(E::custom("byte string too long"));
-                        }
-                        Ok(Buf(v.to_vec()))
-                    }
-                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buf, A::Error> {
-                        let mut out = Vec::new();
-                        while let Some(b) = seq.next_element::<u8>()? {
-                            if out.len() >= 64 {
-                                return Err(serde::de::Error::custom("byte string too long"));
-                            }
-                            out.push(b);
-                        }
-                        Ok(Buf(out))
-                    }
-                }
-                d.deserialize_bytes(V)
-            }
-        }
-    }
-}
-
-/// Nonces serialize as byte strings too.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireNonce(#[serde(with = "serde_bytes_32")] pub Nonce);
-
-impl fmt::Debug for WireNonce {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Nonce({}..)", hex::encode(&self.0[..4]))
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Dialer,
@@ -288,27 +216,6 @@ enum Role {
 struct Nonces {
     dialer: Nonce,
     listener: Nonce,
-}
-
-/// Requests of `/mesh/auth/1`, sent by the dialer. `I` is the node info payload.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum AuthRequest<I> {
-    Hello { nonce: WireNonce },
-    Proof { proof: Proof, info: I },
-}
-
-/// Responses of `/mesh/auth/1`, sent by the listener.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum AuthResponse<I> {
-    Challenge {
-        nonce: WireNonce,
-        proof: Proof,
-    },
-    Welcome {
-        info: I,
-    },
-    /// The listener refuses; it closes the connection right after.
-    Denied,
 }
 
 /// Why a peer failed admission. Counted per reason and logged.
@@ -355,18 +262,6 @@ pub enum AdmissionAction<I> {
         reason: AuthFailure,
         backoff: Duration,
     },
-}
-
-impl<I: PartialEq> PartialEq for AuthRequest<I> {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::Hello { nonce: a }, Self::Hello { nonce: b }) => a == b,
-            (Self::Proof { proof: a, info: x }, Self::Proof { proof: b, info: y }) => {
-                a == b && x == y
-            }
-            _ => false,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

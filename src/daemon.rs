@@ -207,12 +207,12 @@ fn node_name(options: &AgentOptions) -> anyhow::Result<String> {
             .unwrap_or_else(|| "mesh-node".into()),
     };
     if name.is_empty()
-        || name.chars().count() > crate::transport::MAX_NAME_LEN
+        || name.chars().count() > crate::wire::auth::MAX_NAME_LEN
         || name.chars().any(char::is_control)
     {
         bail!(
             "invalid --name {name:?}: use 1 to {} printable characters",
-            crate::transport::MAX_NAME_LEN
+            crate::wire::auth::MAX_NAME_LEN
         );
     }
     Ok(name)

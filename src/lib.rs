@@ -9,25 +9,50 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`cli`] | clap types, rendering tables and JSON, exit codes |
+//! | [`cli`] | clap types (`args`), commands through the typed client, rendering tables and JSON (`render`), exit codes |
 //! | [`daemon`] | process concerns: tracing, signals, data dir, running the node |
-//! | [`node`] | the node actor: wires swarm, admission, membership, discovery; `NodeHandle` |
-//! | [`identity`] | the persistent Ed25519 node key and node id |
+//! | [`api`] | local control API: route table and the typed contract shared by server and client |
+//! | [`node`] | the node actor: wires swarm, admission, membership, discovery and the child actors; `NodeHandle` |
+//! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids and frame limits |
+//! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
 //! | [`admission`] | mesh key, mesh id and the `/mesh/auth/1` handshake (sans-IO) |
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
-//! | [`state`] | the replicated Automerge document: schema, typed access, its actor and file |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
 //! | [`services`] | the services domain (pure): where a service runs, which node a name means, add/remove/start/stop/restart as functions from the state to the entries to write |
-//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff, following the document (`supervisor::desired`) (sans-IO); `supervisor::actor` runs them; `supervisor::launcher` spawns and probes |
-//! | [`query`] | what one node answers about itself for another (`/mesh/query/1`): logs, listening sockets, events |
+//! | [`state`] | the replicated Automerge document: schema, typed access; `state::actor` owns the live document and its file |
+//! | [`supervisor`] | local services: spec, dependency order, state machine, backoff, following the document (`supervisor::desired`) (sans-IO); `supervisor::launcher` spawns and probes; `supervisor::actor` runs them; `supervisor::query` answers `/mesh/query/1` from them |
 //! | [`ports`] | port pools, leases, allocation (sans-IO); `ports::scan`: the listening-socket scan and bind test |
-//! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
-//! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids |
 //! | [`hardware`] | sysinfo probe, device class, capability score, profile |
-//! | [`api`] | local control API: route table and the typed contract shared by server and client |
+//! | [`wire`] | every protocol message and the types it carries (auth, membership, sync, query), the name rule |
+//! | [`identity`] | the persistent Ed25519 node key, node id; `NodeId` and `NodeName` |
 //!
-//! Decision logic (admission, membership) is sans-IO: it takes `now` and inputs and returns
-//! actions. The node actor owns all I/O.
+//! Decision logic (admission, membership, sync, ports, the supervisor's state machine) is
+//! sans-IO: it takes `now` and inputs and returns actions. The I/O sits in a few actors around
+//! it, each owning its own: the node actor (swarm, discovery, membership timers), the state
+//! actor (the document and its file), the supervisor actor (processes, leases, the run file),
+//! and the API server.
+//!
+//! # Layers
+//!
+//! A file may import (`use crate::…`, `super::…`, or a `crate::…` path in code) only files of
+//! its own layer or lower ones, and no two files may import each other, directly or through
+//! others. `tests/architecture.rs` parses this table and enforces both; a row's module covers
+//! its files unless a deeper path has a row of its own (`supervisor::actor`). Declaring `mod child;` is
+//! not an import, but a parent re-exporting its child's items and a child using its parent's
+//! (`super::X`) are: both at once is a cycle. So a parent that re-exports (`supervisor/spec.rs`,
+//! `ports.rs`) keeps shared items in a child file its other children import directly.
+//!
+//! | layer | modules | why here |
+//! |---|---|---|
+//! | 0 | `crate`, `identity`, `hardware`, `wire` | leaves: import nothing above; `wire` carries `hardware`'s info |
+//! | 1 | `admission`, `membership`, `sync`, `ports`, `state`, `supervisor` | the cores (sans-IO) and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
+//! | 2 | `services` | the services domain, pure, over the state and supervisor cores |
+//! | 3 | `discovery`, `transport` | the network edges |
+//! | 4 | `state::actor`, `supervisor::actor`, `supervisor::query` | the actors over the cores, and what answers from them |
+//! | 5 | `node` | wires everything into one running node |
+//! | 6 | `api` | the local control API over a node |
+//! | 7 | `daemon` | the agent process: runs a node and its API |
+//! | 8 | `cli` | the `mesh` command: a client of the API, or the daemon |
 
 pub mod admission;
 pub mod api;
@@ -39,12 +64,12 @@ pub mod identity;
 pub mod membership;
 pub mod node;
 pub mod ports;
-pub mod query;
 pub mod services;
 pub mod state;
 pub mod supervisor;
 pub mod sync;
 pub mod transport;
+pub mod wire;
 
 /// Version of this agent, as shown in `mesh peers` and advertised to peers.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -133,18 +133,26 @@ pub struct MembershipConfig {
 }
 
 impl MembershipConfig {
-    /// Tuned for a LAN (sub-millisecond RTT, reliable QUIC streams underneath): a dead node is
-    /// probed within ~1 period, suspected at the end of that period, and dead 1 s later, so all
-    /// members mark it dead ~2 s after it stops. Datagrams ride QUIC streams, so 5 % packet loss
-    /// shows up as retransmission delay (tens of ms), far under the 200 ms probe RTT, not as
-    /// lost probes.
+    /// Tuned for a LAN (sub-millisecond RTT, reliable QUIC streams underneath). Crash to `dead`
+    /// on every member is: the wait until some member probes the dead one (each member probes
+    /// one member per period in a shuffled round, so with N members the first probe comes
+    /// after ~N/(N+1) periods: 0.45 s at 10 hosts), one period to suspicion, `suspect_to_dead`,
+    /// then the `down` verdict's gossip to the last member (one or two gossip rounds).
+    /// Measured in the 10-host lab (`simulations/lab/measure.sh`): with 1 s of suspicion and
+    /// 200 ms gossip, 2.5 s median and up to 3.1-4.1 s; 700 ms and 100 ms take 0.5 s off. A
+    /// wrongly suspected member hears of it and refutes within one or two gossip rounds
+    /// (100-200 ms) and its refutation spreads as fast, well inside 700 ms. Datagrams ride QUIC
+    /// streams, so 5 % packet loss shows up as retransmission delay (tens of ms), far under the
+    /// 200 ms probe RTT, not as lost probes (`tests/lab.rs` watches for false verdicts).
     pub fn lan() -> Self {
         Self {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
             indirect_probes: 3,
-            suspect_to_dead: Duration::from_millis(1000),
-            gossip_period: Duration::from_millis(200),
+            suspect_to_dead: Duration::from_millis(700),
+            // Gossip only sends when there are updates; the idle cost is one timer wake-up of
+            // the node actor per period (~10 per second, a few µs each).
+            gossip_period: Duration::from_millis(100),
         }
     }
 

@@ -2,12 +2,18 @@
 //!
 //! Inputs: swarm events (connections, auth and membership requests), discovery events (mDNS,
 //! in-memory, static peers), the shutdown token, and its own deadlines (membership timers,
-//! handshake timeouts, redials). Outputs: frames on the swarm, and an immutable
-//! [`NodeSnapshot`] published through a `watch` channel for readers (the API, tests).
+//! handshake timeouts, redials). Outputs: frames on the swarm, connection notices to the state
+//! actor (never dropped: [`StateHandle::peer_up`]), and an immutable [`NodeSnapshot`]
+//! published through a `watch` channel for readers (the API, tests).
 //!
-//! It decides nothing itself: [`Admission`] says who is in, [`Membership`] says who is alive.
-//! It owns the dial policy (who to dial, when to retry) and the mapping between cores and
-//! connections. The builder ([`NodeConfig`]) is where tests swap discovery and timing.
+//! It decides nothing itself: [`Admission`] says who is in, [`Membership`] says who is alive,
+//! the [`dial::DialPlanner`] says whom to dial and when. It owns the mapping between cores
+//! and connections. The builder ([`NodeConfig`]) is where tests swap discovery and timing.
+//!
+//! Files: `node/dial.rs` (the dial planner), `node/requests.rs` (the request-response
+//! protocols), `node/discovery_source.rs`, `node/snapshot.rs` (what readers see),
+//! `node/handle.rs` (the handle), `node/children.rs` (the actors' lifecycles and shutdown
+//! order), `node/addrs.rs` (multiaddr helpers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,40 +22,51 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
-use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, AdmissionAction, AdmissionStats, MeshId, MeshKey};
+use crate::admission::{Admission, AdmissionAction, MeshId, MeshKey};
 use crate::discovery::mdns::{self, MdnsConfig, MdnsHandle};
 use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
-use crate::membership::{Membership, MembershipConfig, MembershipStats, PeerState};
-use crate::query::{self, QueryRequest, QueryResponse};
+use crate::membership::{Membership, MembershipConfig, PeerState};
+use crate::supervisor::query;
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
 use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervisor};
-use crate::transport::{
-    self, MembershipRequest, MembershipResponse, MeshBehaviour, MeshBehaviourEvent, NodeInfo,
-    SyncRequest, SyncResponse,
-};
+use crate::transport::{self, MeshBehaviour, MeshBehaviourEvent};
+use crate::wire::auth::NodeInfo;
+use crate::wire::membership::{MembershipRequest, MembershipResponse};
+use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
+use crate::wire::sync::{SyncRequest, SyncResponse};
+
+mod addrs;
+mod children;
+pub mod dial;
+mod discovery_source;
+mod error;
+mod handle;
+mod publish;
+mod requests;
+mod snapshot;
+
+use addrs::{is_loopback, is_unspecified, listen_error_reason};
+use children::Children;
+use dial::{Dial, DialPlanner};
+use handle::NodeCommand;
+pub use error::NodeError;
+pub use handle::NodeHandle;
+pub use snapshot::{LocalSnapshot, NodeSnapshot, NodeStats, PeerSnapshot};
 
 /// Capacity of the discovery event channel. Discovery bursts are a handful of peers at start;
 /// a full channel only delays a source (backpressure), nothing is lost for mDNS.
 pub const DISCOVERY_CHANNEL: usize = 256;
-/// Delay before the node with the *higher* id dials a newly discovered peer. The lower id dials
-/// at once; waiting lets its connection arrive first, so a pair ends up with one connection
-/// instead of two (measured: both sides dialing at once gives ~2 connections per pair).
-pub const DIAL_TIE_BREAK: Duration = Duration::from_millis(250);
-/// First redial delay after a failed dial; doubles up to [`NodeConfig::redial_max`].
-pub const REDIAL_MIN: Duration = Duration::from_millis(250);
 /// How long a graceful shutdown waits for peers to acknowledge the leave notice. Peers mark
 /// us `left` on receipt, so this bounds shutdown time, not correctness.
 pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
@@ -68,9 +85,10 @@ pub const MARK_LEFT_TIMEOUT: Duration = Duration::from_millis(300);
 pub const MAX_PENDING_QUERIES: usize = 64;
 /// Capacity of the node's command channel (queries from the API).
 pub const NODE_COMMAND_CHANNEL: usize = 64;
-/// Most dial targets remembered (discovered or static). Bounds memory against a LAN flooded
-/// with fake advertisements; the oldest-failing target is evicted first.
-pub const MAX_DIAL_TARGETS: usize = 1024;
+/// Two connections of a pair established this close together are the two sides' crossing
+/// dials (a round trip and a handshake apart), and one is closed; an older connection is left
+/// alone (a stale one, from before the peer restarted, ends on the QUIC idle timeout).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How this node finds others.
 #[derive(Clone)]
@@ -104,8 +122,9 @@ pub struct NodeConfig {
     pub discovery: DiscoveryMode,
     pub membership: MembershipConfig,
     /// Longest wait between redials of a known, unconnected peer (the profile's
-    /// `redial_interval`). A healed partition is noticed within this plus a QUIC handshake;
-    /// mDNS says nothing when a silent partition heals (its records live 4,500 s).
+    /// `redial_interval`). A partition healed within [`dial::DEAD_GRACE`] is noticed within
+    /// this plus a QUIC handshake; a longer one within [`dial::DEAD_REDIAL_MAX`]. mDNS says
+    /// nothing when a silent partition heals (its records live 4,500 s).
     pub redial_max: Duration,
     /// Where the state document lives; `None` keeps it in memory (tests).
     pub data_dir: Option<std::path::PathBuf>,
@@ -139,238 +158,23 @@ impl NodeConfig {
     }
 }
 
-/// Errors starting a node.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error(transparent)]
-    Transport(#[from] transport::TransportError),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
-    #[error("no listen address could be bound")]
-    NoListener,
-    #[error("cannot start mDNS discovery: {0}")]
-    Discovery(String),
-    #[error("cannot open the state document: {0}")]
-    State(#[from] crate::state::StateError),
-    #[error("the node actor stopped")]
-    Stopped,
-    #[error("node {peer} is not connected")]
-    NotConnected { peer: PeerId },
-    #[error("asking node {peer} failed: {reason}")]
-    QueryFailed { peer: PeerId, reason: String },
-}
 
-/// Commands to the node actor.
-enum NodeCommand {
-    Query {
-        peer: PeerId,
-        request: QueryRequest,
-        reply: oneshot::Sender<Result<QueryResponse, NodeError>>,
-    },
-}
-
-/// This node, as the snapshot shows it.
-#[derive(Clone, Debug)]
-pub struct LocalSnapshot {
-    pub peer_id: PeerId,
-    pub name: String,
-    pub mesh_id: MeshId,
-    pub listen_addrs: Vec<Multiaddr>,
-    pub hardware: HardwareInfo,
-    pub started_at: Instant,
-    pub bump: u64,
-    /// Whose services this node runs; `None` without a supervisor.
-    pub accept_services: Option<crate::supervisor::accept::AcceptServices>,
-}
-
-/// One peer, as the snapshot shows it.
-#[derive(Clone, Debug)]
-pub struct PeerSnapshot {
-    pub peer_id: PeerId,
-    pub state: PeerState,
-    /// When `state` last changed.
-    pub since: Instant,
-    /// What the peer told us in its handshake; `None` for peers known only through gossip.
-    pub info: Option<NodeInfo>,
-    /// Addresses of open connections, else the addresses we would dial.
-    pub addrs: Vec<Multiaddr>,
-    pub connected: bool,
-    pub rtt: Option<Duration>,
-    pub last_seen: Option<Instant>,
-}
-
-/// Counters, for `mesh status`.
-#[derive(Clone, Debug, Default)]
-pub struct NodeStats {
-    pub admission: AdmissionStats,
-    pub membership: MembershipStats,
-    pub connections: usize,
-    pub mdns_foreign_mesh_ignored: u64,
-    /// Membership requests from peers we have not admitted (dropped).
-    pub unadmitted_requests: u64,
-    /// Malformed or oversized inbound messages (dropped).
-    pub malformed_inbound: u64,
-}
-
-/// An immutable view of the node for readers. Republished on every state change, and every
-/// [`VOLATILE_PUBLISH`] while RTTs and last-seen times move.
-#[derive(Clone, Debug)]
-pub struct NodeSnapshot {
-    /// Increases on every change of membership, peer info or listen addresses; not on RTT or
-    /// last-seen updates. Clients long-poll on it.
-    pub version: u64,
-    pub taken_at: Instant,
-    pub local: LocalSnapshot,
-    /// Peers ordered by name, then id.
-    pub peers: Vec<PeerSnapshot>,
-    pub stats: NodeStats,
-}
-
-/// A cloneable handle to a running node.
-#[derive(Clone)]
-pub struct NodeHandle {
-    snapshot: watch::Receiver<Arc<NodeSnapshot>>,
-    shutdown: CancellationToken,
-    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
-    state_abort: tokio::task::AbortHandle,
-    peer_id: PeerId,
-    state: StateHandle,
-    supervisor: Option<SupervisorHandle>,
-    supervisor_shutdown: CancellationToken,
-    supervisor_task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
-    commands: mpsc::Sender<NodeCommand>,
-}
-
-impl NodeHandle {
-    /// This node's supervisor, if it runs services.
-    pub fn supervisor(&self) -> Option<&SupervisorHandle> {
-        self.supervisor.as_ref()
-    }
-
-    /// Asks another node a question through the mesh (`/mesh/query/1`).
-    pub async fn query(
-        &self,
-        peer: PeerId,
-        request: QueryRequest,
-    ) -> Result<QueryResponse, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(NodeCommand::Query {
-                peer,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
-    }
-
-    pub fn peer_id(&self) -> PeerId {
-        self.peer_id
-    }
-
-    /// The replicated state document.
-    pub fn state(&self) -> &StateHandle {
-        &self.state
-    }
-
-    /// The latest snapshot.
-    pub fn snapshot(&self) -> Arc<NodeSnapshot> {
-        self.snapshot.borrow().clone()
-    }
-
-    /// A receiver that wakes on every republished snapshot.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<NodeSnapshot>> {
-        self.snapshot.clone()
-    }
-
-    /// Graceful stop: tells peers we leave, sends mDNS goodbyes, waits for the actor to end.
-    pub async fn shutdown(&self) {
-        // Services first (reverse dependency order), while the mesh can still hear their
-        // final states.
-        self.supervisor_shutdown.cancel();
-        let supervisor = self
-            .supervisor_task
-            .lock()
-            .expect("lock is never poisoned")
-            .take();
-        if let Some(task) = supervisor {
-            let _ = task.await;
-        }
-        self.shutdown.cancel();
-        let task = self.task.lock().expect("lock is never poisoned").take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-    }
-
-    /// Stops the actor at once, telling no one: what peers see of a crash (`kill -9`),
-    /// for tests.
-    pub fn abort(&self) {
-        if let Some(task) = self.task.lock().expect("lock is never poisoned").take() {
-            task.abort();
-        }
-        // Its services keep running, as they would after a real crash.
-        if let Some(task) = self
-            .supervisor_task
-            .lock()
-            .expect("lock is never poisoned")
-            .take()
-        {
-            task.abort();
-        }
-        self.state_abort.abort();
-    }
-
-    /// Waits until `pred` holds for a snapshot, or `timeout` passes. Returns the snapshot that
-    /// satisfied it.
-    pub async fn wait_for(
-        &self,
-        timeout: Duration,
-        mut pred: impl FnMut(&NodeSnapshot) -> bool,
-    ) -> Option<Arc<NodeSnapshot>> {
-        let mut rx = self.snapshot.clone();
-        tokio::time::timeout(timeout, async {
-            loop {
-                let snap = rx.borrow_and_update().clone();
-                if pred(&snap) {
-                    return Some(snap);
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-}
-
-/// A peer we may dial, and when.
-#[derive(Debug)]
-struct DialTarget {
-    addrs: Vec<Multiaddr>,
-    next_dial: Instant,
-    failures: u32,
-    /// The peer left gracefully or sent a goodbye: wait for it to be discovered again.
-    paused: bool,
-}
-
-#[derive(Debug)]
-struct StaticPeer {
-    addr: Multiaddr,
-    /// Learned on first connection.
-    peer: Option<PeerId>,
-    next_dial: Instant,
-    failures: u32,
-}
-
+/// The running discovery source (started and stopped in [`discovery_source`]).
 enum DiscoverySource {
     NotStarted,
     Mdns(MdnsHandle),
     Memory(MemoryDiscovery),
     Off,
+}
+
+/// One open connection.
+#[derive(Clone, Debug)]
+struct Connection {
+    id: ConnectionId,
+    remote: Multiaddr,
+    /// Whether this node dialed it.
+    we_dialed: bool,
+    established: Instant,
 }
 
 struct NodeActor {
@@ -391,10 +195,9 @@ struct NodeActor {
     discovery_rx: mpsc::Receiver<DiscoveryEvent>,
     /// Handshake info of admitted peers (kept after disconnect, for `mesh peers`).
     infos: HashMap<PeerId, NodeInfo>,
-    connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
-    targets: HashMap<PeerId, DialTarget>,
-    static_peers: Vec<StaticPeer>,
-    redial_max: Duration,
+    /// Open connections per peer, in the order they were established.
+    connections: HashMap<PeerId, Vec<Connection>>,
+    dials: DialPlanner,
     rtt_pending: HashMap<OutboundRequestId, (PeerId, Instant)>,
     leave_pending: HashSet<OutboundRequestId>,
     state: StateHandle,
@@ -402,8 +205,6 @@ struct NodeActor {
     sync_pending: HashMap<u64, request_response::ResponseChannel<SyncResponse>>,
     sync_requests: HashMap<OutboundRequestId, PeerId>,
     next_sync_token: u64,
-    state_shutdown: CancellationToken,
-    state_task: Option<JoinHandle<()>>,
     supervisor: Option<SupervisorHandle>,
     commands: mpsc::Receiver<NodeCommand>,
     /// Inbound queries being answered: token → where the answer goes.
@@ -419,56 +220,6 @@ struct NodeActor {
     last_publish: Instant,
     dirty: bool,
     shutdown: CancellationToken,
-}
-
-/// Why a listener could not be bound, in words a user can act on. libp2p's transport error
-/// prints nothing of its cause by itself and wraps the socket error in types that cannot be
-/// downcast from outside, so the text comes from its source chain, and a port in use is
-/// recognised by binding the same UDP address again: the kernel's answer, not a guess from
-/// error text. A busy port is named, with who may hold it and how to pick another.
-fn listen_error_reason(addr: &Multiaddr, err: &(dyn std::error::Error + 'static)) -> String {
-    let mut causes: Vec<String> = Vec::new();
-    // Bounded: error chains are a handful of links deep.
-    let mut next = Some(err);
-    while let Some(e) = next.take() {
-        let text = e.to_string();
-        if !text.is_empty() && !causes.iter().any(|c| c.contains(&text)) {
-            causes.push(text);
-        }
-        if causes.len() < 16 {
-            next = e.source();
-        }
-    }
-    if let Some(socket) = udp_socket_addr(addr)
-        && std::net::UdpSocket::bind(socket)
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
-    {
-        let port = socket.port();
-        return format!(
-            "UDP port {port} is in use by another mesh agent or another program (see `ss -ulpn \
-             'sport = :{port}'`); stop it, or choose another port with --listen IP:PORT"
-        );
-    }
-    if causes.is_empty() {
-        "the transport gave no reason".to_string()
-    } else {
-        causes.join(": ")
-    }
-}
-
-/// The UDP socket address of a QUIC multiaddr (`/ip4|ip6/A/udp/P/...`).
-fn udp_socket_addr(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
-    use libp2p::multiaddr::Protocol;
-    let mut parts = addr.iter();
-    let ip: std::net::IpAddr = match parts.next()? {
-        Protocol::Ip4(ip) => ip.into(),
-        Protocol::Ip6(ip) => ip.into(),
-        _ => return None,
-    };
-    match parts.next()? {
-        Protocol::Udp(port) => Some(std::net::SocketAddr::new(ip, port)),
-        _ => None,
-    }
 }
 
 /// Starts a node: binds its listeners (reporting bind errors), then runs the actor.
@@ -519,16 +270,12 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         peers: Vec::new(),
         stats: NodeStats::default(),
     }));
-    let static_peers = config
-        .static_peers
-        .iter()
-        .map(|addr| StaticPeer {
-            addr: addr.clone(),
-            peer: None,
-            next_dial: now,
-            failures: 0,
-        })
-        .collect();
+    let dials = DialPlanner::new(
+        local_peer,
+        &config.static_peers,
+        config.redial_max,
+        now.into_std(),
+    );
     // Wait for the listeners to report their concrete addresses (port 0 resolved), so this
     // node's record, its first snapshot and its discovery announcement carry them. Any other
     // event (an early incoming connection) is kept and handed to the actor once it exists.
@@ -592,9 +339,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         discovery_rx,
         infos: HashMap::new(),
         connections: HashMap::new(),
-        targets: HashMap::new(),
-        static_peers,
-        redial_max: config.redial_max,
+        dials,
         rtt_pending: HashMap::new(),
         leave_pending: HashSet::new(),
         state: state.clone(),
@@ -602,8 +347,6 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         sync_pending: HashMap::new(),
         sync_requests: HashMap::new(),
         next_sync_token: 0,
-        state_shutdown,
-        state_task: None,
         supervisor: supervisor.clone(),
         commands,
         query_pending: HashMap::new(),
@@ -618,47 +361,31 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         dirty: true,
         shutdown: shutdown.clone(),
     };
+    let mut children = Children {
+        node_shutdown: shutdown,
+        node_task: None,
+        state_shutdown,
+        state_task: Some(state_task),
+        supervisor_shutdown,
+        supervisor_task,
+    };
     for ev in early_events {
         actor.on_swarm_event(ev).await;
     }
-    actor.start_discovery().await?;
+    if let Err(e) = actor.start_discovery().await {
+        children.abort();
+        return Err(e);
+    }
     actor.publish(Instant::now());
-    // The actor awaits the state task on a graceful stop; the handle keeps an abort handle.
-    let state_abort = state_task.abort_handle();
-    actor.state_task = Some(state_task);
-    let task = tokio::spawn(actor.run());
-    Ok(NodeHandle {
-        snapshot: snapshot_rx,
-        shutdown,
-        task: Arc::new(std::sync::Mutex::new(Some(task))),
-        state_abort,
-        peer_id: local_peer,
+    children.node_task = Some(tokio::spawn(actor.run()));
+    Ok(NodeHandle::new(
+        snapshot_rx,
+        local_peer,
         state,
         supervisor,
-        supervisor_shutdown,
-        supervisor_task: Arc::new(std::sync::Mutex::new(supervisor_task)),
-        commands: commands_tx,
-    })
-}
-
-fn backoff(failures: u32, max: Duration) -> Duration {
-    REDIAL_MIN.saturating_mul(1u32 << failures.min(8)).min(max)
-}
-
-fn is_loopback(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
-}
-
-fn is_unspecified(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_unspecified(),
-        Protocol::Ip6(ip) => ip.is_unspecified(),
-        _ => false,
-    })
+        commands_tx,
+        children,
+    ))
 }
 
 impl NodeActor {
@@ -684,178 +411,6 @@ impl NodeActor {
             }
             self.tick(Instant::now());
         }
-        self.state_shutdown.cancel();
-        if let Some(task) = self.state_task.take() {
-            let _ = task.await;
-        }
-    }
-
-    fn on_sync_out(&mut self, out: SyncOut) {
-        match out {
-            SyncOut::Request(peer, request) => {
-                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
-                    self.state.try_send(StateCommand::SendFailed {
-                        peer,
-                        reason: "not connected and admitted".into(),
-                    });
-                    return;
-                }
-                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-                self.sync_requests.insert(id, peer);
-            }
-            SyncOut::Respond(token, response) => {
-                if let Some(channel) = self.sync_pending.remove(&token) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response);
-                }
-            }
-        }
-    }
-
-    fn on_command(&mut self, command: NodeCommand) {
-        match command {
-            NodeCommand::Query {
-                peer,
-                request,
-                reply,
-            } => {
-                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
-                    let _ = reply.send(Err(NodeError::NotConnected { peer }));
-                    return;
-                }
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .query
-                    .send_request(&peer, request);
-                self.query_requests.insert(id, reply);
-            }
-        }
-    }
-
-    fn on_query_event(&mut self, ev: request_response::Event<QueryRequest, QueryResponse>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let behaviour = &mut self.swarm.behaviour_mut().query;
-                    if !self.admission.is_admitted(&peer) {
-                        self.stats.unadmitted_requests += 1;
-                        let _ = behaviour.send_response(channel, QueryResponse::NotAdmitted);
-                        return;
-                    }
-                    if self.query_pending.len() >= MAX_PENDING_QUERIES {
-                        let _ = behaviour.send_response(
-                            channel,
-                            QueryResponse::Error("too many queries at once; retry".into()),
-                        );
-                        return;
-                    }
-                    let token = self.next_query_token;
-                    self.next_query_token += 1;
-                    self.query_pending.insert(token, channel);
-                    let supervisor = self.supervisor.clone();
-                    let answers = self.query_answers_tx.clone();
-                    tokio::spawn(async move {
-                        let answer =
-                            query::answer(supervisor.as_ref(), request, query::MAX_REMOTE_WAIT)
-                                .await;
-                        let _ = answers.send((token, answer)).await;
-                    });
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(reply) = self.query_requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.query_requests.remove(&request_id) {
-                    let _ = reply.send(Err(NodeError::QueryFailed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            request_response::Event::InboundFailure { error, .. } => {
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.stats.malformed_inbound += 1;
-                }
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    if !self.admission.is_admitted(&peer) {
-                        self.stats.unadmitted_requests += 1;
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .sync
-                            .send_response(channel, SyncResponse::NotAdmitted);
-                        return;
-                    }
-                    if self.sync_pending.len() >= MAX_PENDING_SYNC {
-                        // Dropping the channel fails the peer's request; it retries later.
-                        return;
-                    }
-                    let token = self.next_sync_token;
-                    self.next_sync_token += 1;
-                    if self.state.try_send(StateCommand::Inbound {
-                        peer,
-                        token,
-                        request,
-                    }) {
-                        self.sync_pending.insert(token, channel);
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    self.sync_requests.remove(&request_id);
-                    self.state
-                        .try_send(StateCommand::Response { peer, response });
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                self.sync_requests.remove(&request_id);
-                tracing::debug!(%peer, %error, "sync request failed");
-                self.state.try_send(StateCommand::SendFailed {
-                    peer,
-                    reason: format!("request failed: {error}"),
-                });
-            }
-            request_response::Event::InboundFailure { error, .. } => {
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.stats.malformed_inbound += 1;
-                }
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
     }
 
     fn next_deadline(&self) -> Instant {
@@ -868,20 +423,7 @@ impl NodeActor {
         };
         consider(self.membership.next_deadline().map(Instant::from_std));
         consider(self.admission.next_deadline().map(Instant::from_std));
-        consider(
-            self.targets
-                .iter()
-                .filter(|(p, t)| !t.paused && !self.connections.contains_key(p))
-                .map(|(_, t)| t.next_dial)
-                .min(),
-        );
-        consider(
-            self.static_peers
-                .iter()
-                .filter(|s| s.peer.is_none_or(|p| !self.connections.contains_key(&p)))
-                .map(|s| s.next_dial)
-                .min(),
-        );
+        consider(self.dials.next_deadline().map(Instant::from_std));
         consider(Some(self.last_publish + VOLATILE_PUBLISH));
         next.max(now)
     }
@@ -892,62 +434,15 @@ impl NodeActor {
         let actions = self.admission.poll_timeouts(std_now);
         self.apply_admission(actions, now);
         self.flush_membership(now);
-        self.redial(now);
         if self.membership.take_changed() {
             self.dirty = true;
+            for rec in self.membership.peers() {
+                self.dials.on_membership(&rec.peer, rec.state, std_now);
+            }
         }
+        self.dial(now);
         if self.dirty || now >= self.last_publish + VOLATILE_PUBLISH {
             self.publish(now);
-        }
-    }
-
-    async fn start_discovery(&mut self) -> Result<(), NodeError> {
-        let port = self
-            .listen_addrs
-            .iter()
-            .find_map(transport::quic_port)
-            .unwrap_or(0);
-        self.discovery = match self.discovery_mode.clone() {
-            DiscoveryMode::Mdns { ip_check_interval } => {
-                let handle = mdns::spawn_mdns(
-                    MdnsConfig {
-                        node_name: self.name.clone(),
-                        peer_id: self.local_peer,
-                        mesh_id: self.mesh_id.to_string(),
-                        protocol_version: crate::PROTOCOL_VERSION,
-                        agent_version: crate::AGENT_VERSION.to_string(),
-                        quic_port: port,
-                        ip_check_interval,
-                    },
-                    self.discovery_tx.clone(),
-                    self.shutdown.child_token(),
-                )
-                .map_err(|e| NodeError::Discovery(e.to_string()))?;
-                DiscoverySource::Mdns(handle)
-            }
-            DiscoveryMode::Memory(registry) => {
-                registry.announce(
-                    self.mesh_id,
-                    DiscoveredPeer {
-                        peer_id: self.local_peer,
-                        name: self.name.clone(),
-                        addrs: self.listen_addrs.clone(),
-                        version: crate::AGENT_VERSION.to_string(),
-                    },
-                    self.discovery_tx.clone(),
-                );
-                DiscoverySource::Memory(registry)
-            }
-            DiscoveryMode::Off => DiscoverySource::Off,
-        };
-        Ok(())
-    }
-
-    async fn stop_discovery(&mut self) {
-        match std::mem::replace(&mut self.discovery, DiscoverySource::Off) {
-            DiscoverySource::Mdns(handle) => handle.stop().await,
-            DiscoverySource::Memory(registry) => registry.withdraw(&self.local_peer),
-            DiscoverySource::NotStarted | DiscoverySource::Off => {}
         }
     }
 
@@ -964,109 +459,23 @@ impl NodeActor {
         }
     }
 
-    fn on_discovery(&mut self, ev: DiscoveryEvent) {
-        let now = Instant::now();
-        match ev {
-            DiscoveryEvent::Found(peer) => {
-                if peer.peer_id == self.local_peer {
-                    return;
-                }
-                let delay = if self.local_peer < peer.peer_id {
-                    Duration::ZERO
-                } else {
-                    DIAL_TIE_BREAK
-                };
-                self.make_target_room(&peer.peer_id);
-                let target = self
-                    .targets
-                    .entry(peer.peer_id)
-                    .or_insert_with(|| DialTarget {
-                        addrs: Vec::new(),
-                        next_dial: now + delay,
-                        failures: 0,
-                        paused: false,
-                    });
-                for addr in peer.addrs {
-                    if !target.addrs.contains(&addr) {
-                        target.addrs.push(addr);
-                    }
-                }
-                if target.paused {
-                    target.paused = false;
-                    target.failures = 0;
-                    target.next_dial = now + delay;
-                }
-                tracing::debug!(peer = %peer.peer_id, name = %peer.name, "discovered");
-            }
-            DiscoveryEvent::Lost(peer) => {
-                if let Some(t) = self.targets.get_mut(&peer) {
-                    t.paused = true;
-                }
-            }
-        }
-    }
-
-    fn make_target_room(&mut self, incoming: &PeerId) {
-        if self.targets.len() < MAX_DIAL_TARGETS || self.targets.contains_key(incoming) {
-            return;
-        }
-        if let Some(worst) = self
-            .targets
-            .iter()
-            .filter(|(p, _)| !self.connections.contains_key(p))
-            .max_by_key(|(_, t)| t.failures)
-            .map(|(p, _)| *p)
-        {
-            self.targets.remove(&worst);
-        }
-    }
-
-    fn redial(&mut self, now: Instant) {
-        let mut dials: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+    /// Starts the dials the planner says are due.
+    fn dial(&mut self, now: Instant) {
         let std_now = now.into_std();
-        for (peer, t) in self.targets.iter_mut() {
-            if t.paused
-                || t.next_dial > now
-                || t.addrs.is_empty()
-                || self.connections.contains_key(peer)
-                || self.admission.in_backoff(peer, std_now)
-            {
-                continue;
-            }
-            // Set the next attempt now; a success resets it on connection.
-            t.next_dial = now + backoff(t.failures, self.redial_max);
-            t.failures = t.failures.saturating_add(1);
-            dials.push((*peer, t.addrs.clone()));
-        }
-        for (peer, addrs) in dials {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::trace!(%peer, error = %e, "dial not started");
-            }
-        }
-        for s in self.static_peers.iter_mut() {
-            if s.next_dial > now || s.peer.is_some_and(|p| self.connections.contains_key(&p)) {
-                continue;
-            }
-            if s.peer
-                .is_some_and(|p| self.admission.in_backoff(&p, std_now))
-            {
-                continue;
-            }
-            s.next_dial = now + backoff(s.failures, self.redial_max);
-            s.failures = s.failures.saturating_add(1);
-            let opts = match s.peer {
-                Some(p) => DialOpts::peer_id(p)
-                    .addresses(vec![s.addr.clone()])
+        let admission = &self.admission;
+        let dials = self
+            .dials
+            .poll(std_now, |p| admission.in_backoff(p, std_now));
+        for dial in dials {
+            let opts = match dial {
+                Dial::Peer { peer, addrs } => DialOpts::peer_id(peer)
+                    .addresses(addrs)
                     .condition(PeerCondition::DisconnectedAndNotDialing)
                     .build(),
-                None => DialOpts::unknown_peer_id().address(s.addr.clone()).build(),
+                Dial::Address(addr) => DialOpts::unknown_peer_id().address(addr).build(),
             };
             if let Err(e) = self.swarm.dial(opts) {
-                tracing::trace!(addr = %s.addr, error = %e, "static dial not started");
+                tracing::trace!(error = %e, "dial not started");
             }
         }
     }
@@ -1079,9 +488,8 @@ impl NodeActor {
                 if !self.listen_addrs.contains(&address) {
                     self.listen_addrs.push(address);
                     self.dirty = true;
-                    self.state.try_send(StateCommand::SetAddrs(
-                        self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-                    ));
+                    self.state
+                        .set_addrs(self.listen_addrs.iter().map(|a| a.to_string()).collect());
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -1105,7 +513,7 @@ impl NodeActor {
                 ..
             } => {
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
-                    conns.retain(|(id, _)| *id != connection_id);
+                    conns.retain(|c| c.id != connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                     }
@@ -1113,20 +521,29 @@ impl NodeActor {
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
                     if self.admission.is_admitted(&peer_id) {
-                        self.state.try_send(StateCommand::PeerDown(peer_id));
+                        self.state.peer_down(peer_id);
                     }
                     self.membership.on_disconnected(&peer_id);
                     let actions = self.admission.on_disconnected(&peer_id, now.into_std());
                     self.apply_admission(actions, now);
-                    if let Some(t) = self.targets.get_mut(&peer_id) {
-                        t.next_dial = t.next_dial.min(now + REDIAL_MIN);
-                    }
+                    self.dials.on_disconnected(&peer_id, now.into_std());
                     self.dirty = true;
                     tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let (Some(expected), DialError::WrongPeerId { obtained, address }) =
+                    (peer_id, &error)
+                {
+                    tracing::debug!(
+                        %expected, %obtained, %address,
+                        "another node answers at this address now; no longer dialing it there"
+                    );
+                    self.dials
+                        .on_wrong_peer_id(&expected, *obtained, address, now.into_std());
+                } else {
+                    tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(error = %error, "incoming connection failed");
@@ -1161,265 +578,31 @@ impl NodeActor {
         }
         let we_dialed = endpoint.is_dialer();
         let remote = endpoint.get_remote_address().clone();
-        self.connections
-            .entry(peer)
-            .or_default()
-            .push((connection_id, remote.clone()));
-        if we_dialed {
-            if let Some(s) = self
-                .static_peers
-                .iter_mut()
-                .find(|s| s.addr == remote || s.peer == Some(peer))
-            {
-                s.peer = Some(peer);
-                s.failures = 0;
-            }
-            if let Some(t) = self.targets.get_mut(&peer) {
-                t.failures = 0;
-            }
+        self.dials
+            .on_connected(peer, we_dialed.then_some(&remote), std_now);
+        let conns = self.connections.entry(peer).or_default();
+        conns.push(Connection {
+            id: connection_id,
+            remote,
+            we_dialed,
+            established: now,
+        });
+        // Both sides dialed at once: keep the connection the lower id dialed, on both sides.
+        // The pair's admission is per peer and survives; a request in flight on the closed
+        // connection fails and is retried (admission at once, sync by anti-entropy). Older
+        // connections are left alone: a stale one (the peer restarted) ends by itself.
+        let pairs: Vec<(ConnectionId, bool)> = conns
+            .iter()
+            .filter(|c| now.duration_since(c.established) <= DUPLICATE_WINDOW)
+            .map(|c| (c.id, c.we_dialed))
+            .collect();
+        for id in dial::duplicates_to_close(self.local_peer < peer, &pairs) {
+            self.stats.duplicate_connections_closed += 1;
+            let _ = self.swarm.close_connection(id);
         }
         self.dirty = true;
         let actions = self.admission.on_connected(peer, we_dialed, std_now);
         self.apply_admission(actions, now);
-    }
-
-    fn on_auth_event(
-        &mut self,
-        ev: request_response::Event<
-            crate::admission::AuthRequest<NodeInfo>,
-            crate::admission::AuthResponse<NodeInfo>,
-        >,
-        now: Instant,
-    ) {
-        let std_now = now.into_std();
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let info = self.local_info();
-                    let (response, actions) =
-                        self.admission
-                            .on_request(peer, request, move || info, std_now);
-                    if let Some(response) = response {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .auth
-                            .send_response(channel, response);
-                    }
-                    self.apply_admission(actions, now);
-                }
-                request_response::Message::Response { response, .. } => {
-                    let info = self.local_info();
-                    let actions = self
-                        .admission
-                        .on_response(peer, response, move || info, std_now);
-                    self.apply_admission(actions, now);
-                }
-            },
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "auth request failed");
-                let unsupported = matches!(
-                    error,
-                    request_response::OutboundFailure::UnsupportedProtocols
-                );
-                let still_connected = self.connections.contains_key(&peer);
-                let actions = self.admission.on_transport_failure(
-                    peer,
-                    unsupported,
-                    still_connected,
-                    std_now,
-                );
-                self.apply_admission(actions, now);
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.stats.malformed_inbound += 1;
-                }
-                tracing::debug!(%peer, %error, "inbound auth failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn apply_admission(&mut self, actions: Vec<AdmissionAction<NodeInfo>>, now: Instant) {
-        for action in actions {
-            match action {
-                AdmissionAction::Send(peer, req) => {
-                    self.swarm.behaviour_mut().auth.send_request(&peer, req);
-                }
-                AdmissionAction::Admitted { peer, info } => {
-                    let info = info.sanitized();
-                    tracing::info!(%peer, name = %info.name, "peer admitted");
-                    self.learn_addrs(peer, &info);
-                    self.membership.on_admitted(peer, info.bump, now.into_std());
-                    self.state.try_send(StateCommand::PeerUp(peer));
-                    self.infos.insert(peer, info);
-                    self.dirty = true;
-                }
-                AdmissionAction::Reject {
-                    peer,
-                    reason,
-                    backoff,
-                } => {
-                    tracing::warn!(
-                        %peer,
-                        %reason,
-                        backoff_s = backoff.as_secs(),
-                        "peer failed admission; disconnecting and refusing it for a while"
-                    );
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
-        }
-    }
-
-    /// Remembers an admitted peer's listen addresses as dial targets, so it is redialed after a
-    /// disconnect even when discovery stays silent. Loopback addresses are kept only when we
-    /// reach the peer over loopback (same host); unspecified ones never.
-    fn learn_addrs(&mut self, peer: PeerId, info: &NodeInfo) {
-        let via_loopback = self
-            .connections
-            .get(&peer)
-            .is_some_and(|c| c.iter().any(|(_, a)| is_loopback(a)));
-        let addrs: Vec<Multiaddr> = info
-            .listen_addrs
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            .filter(|a| !is_unspecified(a) && (via_loopback || !is_loopback(a)))
-            .collect();
-        self.make_target_room(&peer);
-        let target = self.targets.entry(peer).or_insert_with(|| DialTarget {
-            addrs: Vec::new(),
-            next_dial: Instant::now(),
-            failures: 0,
-            paused: false,
-        });
-        target.paused = false;
-        for a in addrs {
-            if !target.addrs.contains(&a) {
-                target.addrs.push(a);
-            }
-        }
-    }
-
-    fn on_membership_event(
-        &mut self,
-        ev: request_response::Event<MembershipRequest, MembershipResponse>,
-        now: Instant,
-    ) {
-        let std_now = now.into_std();
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let response = if !self.admission.is_admitted(&peer) {
-                        self.stats.unadmitted_requests += 1;
-                        MembershipResponse::NotAdmitted
-                    } else {
-                        match request {
-                            MembershipRequest::Datagram(data) => {
-                                self.membership.on_datagram(peer, &data, std_now)
-                            }
-                            MembershipRequest::Leave {
-                                peer: relayed,
-                                bump,
-                            } => self.on_leave_notice(peer, relayed, bump, now),
-                        }
-                        MembershipResponse::Ack
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .membership
-                        .send_response(channel, response);
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    self.leave_pending.remove(&request_id);
-                    if let Some((peer, sent)) = self.rtt_pending.remove(&request_id)
-                        && response == MembershipResponse::Ack
-                    {
-                        self.membership.on_rtt(peer, now - sent, std_now);
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                self.leave_pending.remove(&request_id);
-                self.rtt_pending.remove(&request_id);
-                tracing::trace!(%error, "membership request failed");
-            }
-            request_response::Event::InboundFailure { error, .. } => {
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.stats.malformed_inbound += 1;
-                }
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    /// A leave notice, first-hand (`relayed` is `None`) or relayed by a member. News is
-    /// relayed once to every other admitted peer.
-    fn on_leave_notice(&mut self, from: PeerId, relayed: Option<Vec<u8>>, bump: u64, now: Instant) {
-        let leaver = match relayed {
-            None => from,
-            Some(bytes) => match PeerId::from_bytes(&bytes) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.stats.malformed_inbound += 1;
-                    return;
-                }
-            },
-        };
-        if !self
-            .membership
-            .on_leave_notice(from, leaver, bump, now.into_std())
-        {
-            return;
-        }
-        tracing::info!(peer = %leaver, via = %from, "peer is leaving");
-        if let Some(t) = self.targets.get_mut(&leaver) {
-            t.paused = true;
-        }
-        let others: Vec<PeerId> = self
-            .connections
-            .keys()
-            .filter(|p| **p != from && **p != leaver && self.admission.is_admitted(p))
-            .copied()
-            .collect();
-        for p in others {
-            self.swarm.behaviour_mut().membership.send_request(
-                &p,
-                MembershipRequest::Leave {
-                    peer: Some(leaver.to_bytes()),
-                    bump,
-                },
-            );
-        }
-    }
-
-    fn flush_membership(&mut self, now: Instant) {
-        let sends: Vec<_> = self.membership.poll_transmit().collect();
-        for (peer, data) in sends {
-            if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
-                self.membership.count_undeliverable();
-                continue;
-            }
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .membership
-                .send_request(&peer, MembershipRequest::Datagram(data.to_vec()));
-            if self.rtt_pending.len() < MAX_RTT_PENDING {
-                self.rtt_pending.insert(id, (peer, now));
-            }
-        }
     }
 
     /// Graceful leave: gossip our departure, tell every admitted peer directly, wait briefly
@@ -1463,67 +646,5 @@ impl NodeActor {
         }
         self.stop_discovery().await;
         tracing::info!("left the mesh");
-    }
-
-    fn publish(&mut self, now: Instant) {
-        if self.dirty {
-            self.version += 1;
-        }
-        self.dirty = false;
-        self.last_publish = now;
-        let mut peers: Vec<PeerSnapshot> = self
-            .membership
-            .peers()
-            .map(|rec| {
-                let conns = self.connections.get(&rec.peer);
-                let addrs = match conns {
-                    Some(c) => c.iter().map(|(_, a)| a.clone()).collect(),
-                    None => self
-                        .targets
-                        .get(&rec.peer)
-                        .map(|t| t.addrs.clone())
-                        .unwrap_or_default(),
-                };
-                PeerSnapshot {
-                    peer_id: rec.peer,
-                    state: rec.state,
-                    since: Instant::from_std(rec.since),
-                    info: self.infos.get(&rec.peer).cloned(),
-                    addrs,
-                    connected: conns.is_some(),
-                    rtt: rec.rtt,
-                    last_seen: rec.last_seen.map(Instant::from_std),
-                }
-            })
-            .collect();
-        peers.sort_by(|a, b| {
-            let an = a.info.as_ref().map(|i| i.name.as_str()).unwrap_or("");
-            let bn = b.info.as_ref().map(|i| i.name.as_str()).unwrap_or("");
-            an.cmp(bn).then(a.peer_id.cmp(&b.peer_id))
-        });
-        let mut stats = self.stats.clone();
-        stats.admission = self.admission.stats().clone();
-        stats.membership = self.membership.stats().clone();
-        stats.connections = self.connections.values().map(Vec::len).sum();
-        if let DiscoverySource::Mdns(h) = &self.discovery {
-            stats.mdns_foreign_mesh_ignored = h.stats().foreign_mesh_ignored;
-        }
-        let snapshot = NodeSnapshot {
-            version: self.version,
-            taken_at: now,
-            local: LocalSnapshot {
-                peer_id: self.local_peer,
-                name: self.name.clone(),
-                mesh_id: self.mesh_id,
-                listen_addrs: self.listen_addrs.clone(),
-                hardware: self.hardware.clone(),
-                started_at: self.started_at,
-                bump: self.bump,
-                accept_services: self.accept_services,
-            },
-            peers,
-            stats,
-        };
-        self.snapshot_tx.send_replace(Arc::new(snapshot));
     }
 }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::identity::{NodeId, NodeName};
 use crate::ports::LeaseState;
 use crate::supervisor::spec::ServiceSpec;
+pub use crate::wire::sync::EpochId;
 
 /// Version of the document schema. Written once, in the genesis change. A later schema adds
 /// fields with defaults (hydration tolerates missing fields) rather than a new genesis:
@@ -382,34 +383,6 @@ pub fn validate_tag(key: &str, value: &str) -> Result<(), StateError> {
         )));
     }
     Ok(())
-}
-
-/// Identifies a state epoch: its number and the hash of its base change (hex). Epoch 0's base
-/// is the genesis change.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct EpochId {
-    pub number: u64,
-    pub base: String,
-}
-
-impl EpochId {
-    /// Whether `self` replaces `other`: a higher number, or the same number with a lower base
-    /// hash (two members that compacted concurrently from different heads agree on the
-    /// winner without talking).
-    pub fn supersedes(&self, other: &EpochId) -> bool {
-        self.number > other.number || (self.number == other.number && self.base < other.base)
-    }
-}
-
-impl std::fmt::Display for EpochId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/{}",
-            self.number,
-            &self.base[..self.base.len().min(12)]
-        )
-    }
 }
 
 /// The epoch of a document: the number in its `epoch` root map (0 when absent) and the hash of

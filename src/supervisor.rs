@@ -28,7 +28,8 @@
 //! `max_services`; pure), and the I/O edges: [`launcher`]
 //! (spawning in a process group and cgroup, as the spec's account, with log capture and
 //! rotation, group signals, health probes), [`account`] (user and group lookup), [`cgroup`]
-//! (one cgroup v2 per service), [`runfile`] (what a crashed run left). Spec:
+//! (one cgroup v2 per service), [`runfile`] (what a crashed run left); [`actor`] runs it all and
+//! [`query`] answers `/mesh/query/1` from it. Spec:
 //! `protocol/service-spec.md`.
 //!
 //! The launcher seam: the [`actor`] reaches the operating system's processes only through a
@@ -50,6 +51,7 @@ pub mod desired;
 pub mod graph;
 pub mod launcher;
 pub mod machine;
+pub mod query;
 pub mod runfile;
 pub mod spec;
 

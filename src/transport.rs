@@ -1,14 +1,15 @@
 //! Transport: the libp2p swarm every mesh protocol runs on.
 //!
 //! Owns the swarm's construction (QUIC tuned for LAN liveness; for in-process tests, the memory
-//! transport: [`TransportKind`]), the composed
-//! [`MeshBehaviour`], the protocol ids, and the wire types of the request-response protocols
-//! (CBOR-encoded, size-limited). It does not decide anything: the node actor drives the swarm
+//! transport: [`TransportKind`]), the composed [`MeshBehaviour`], the protocol ids and the size
+//! limits of the request-response protocols (CBOR-encoded). Their messages are
+//! [`crate::wire`]'s, and it depends on nothing else of the crate. It does not decide anything:
+//! the node actor drives the swarm
 //! and the sans-IO cores decide what to send.
 //!
 //! No libp2p `identify` or `ping` behaviour runs: both would talk to a peer as soon as its
 //! connection opens, before admission, and leak our addresses and version to non-members. The
-//! handshake's [`NodeInfo`] replaces identify, and membership round trips measure RTT.
+//! handshake's [`crate::wire::auth::NodeInfo`] replaces identify, and membership round trips measure RTT.
 
 use std::time::Duration;
 
@@ -16,12 +17,11 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
-use serde::{Deserialize, Serialize};
 
-use crate::admission::{AuthRequest, AuthResponse};
-use crate::hardware::HardwareInfo;
-use crate::query::{QueryRequest, QueryResponse};
-use crate::state::EpochId;
+use crate::wire::auth::{AuthRequest, AuthResponse, NodeInfo};
+use crate::wire::membership::{MembershipRequest, MembershipResponse};
+use crate::wire::query::{QueryRequest, QueryResponse};
+use crate::wire::sync::{SyncRequest, SyncResponse};
 
 /// The admission handshake (spec: `protocol/auth.md`).
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
@@ -65,7 +65,7 @@ const _: () = assert!(SNAPSHOT_PART_BYTES as u64 + SYNC_FRAMING <= MAX_SYNC_MESS
 /// Largest query request: a service name and a few numbers.
 pub const MAX_QUERY_REQUEST: u64 = 4 * 1024;
 /// Largest query answer: 5,000 log lines of up to 64 KiB each would be far more, so the
-/// answering node keeps log text to a quarter of this (`query::MAX_LOG_ANSWER_BYTES`); 4 MiB
+/// answering node keeps log text to a quarter of this (`wire::query::MAX_LOG_ANSWER_BYTES`); 4 MiB
 /// holds a page of logs or the sockets of a busy server. An answer past it fails the request.
 pub const MAX_QUERY_RESPONSE: u64 = 4 * 1024 * 1024;
 /// A request without a response after this long has failed. Membership probes have their own,
@@ -87,121 +87,6 @@ pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the swarm keeps a connection with no open stream. Membership traffic flows every
 /// few hundred ms between members, so only dead or unadmitted connections ever reach this.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What a node tells an admitted peer about itself, inside the handshake (replaces identify).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub name: String,
-    pub agent_version: String,
-    pub protocol_version: u32,
-    /// Membership incarnation (see [`crate::membership::MemberId`]).
-    pub bump: u64,
-    /// Addresses the node listens on, as multiaddr strings.
-    pub listen_addrs: Vec<String>,
-    pub hardware: HardwareInfo,
-}
-
-/// Bounds applied to a received [`NodeInfo`] before it is stored or shown.
-pub const MAX_NAME_LEN: usize = 64;
-pub const MAX_LISTEN_ADDRS: usize = 16;
-
-impl NodeInfo {
-    /// Truncates fields a hostile or buggy peer could make unreasonably large.
-    pub fn sanitized(mut self) -> Self {
-        truncate_chars(&mut self.name, MAX_NAME_LEN);
-        truncate_chars(&mut self.agent_version, 32);
-        self.listen_addrs.truncate(MAX_LISTEN_ADDRS);
-        truncate_chars(&mut self.hardware.cpu_model, 128);
-        truncate_chars(&mut self.hardware.os, 32);
-        truncate_chars(&mut self.hardware.os_version, 64);
-        truncate_chars(&mut self.hardware.arch, 32);
-        self
-    }
-}
-
-fn truncate_chars(s: &mut String, max: usize) {
-    if let Some((idx, _)) = s.char_indices().nth(max) {
-        s.truncate(idx);
-    }
-}
-
-/// Requests of `/mesh/membership/1`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum MembershipRequest {
-    /// One foca datagram.
-    Datagram(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// A node is shutting down gracefully: the sender itself when `peer` is `None`, else a
-    /// node whose notice the sender received first-hand and relays once. `bump` is the leaving
-    /// node's incarnation.
-    Leave {
-        #[serde(default, with = "serde_bytes")]
-        peer: Option<Vec<u8>>,
-        bump: u64,
-    },
-}
-
-/// Responses of `/mesh/membership/1`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum MembershipResponse {
-    Ack,
-    /// The receiver has not admitted the sender; nothing was processed.
-    NotAdmitted,
-}
-
-/// Requests of `/mesh/sync/1`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum SyncRequest {
-    /// One Automerge sync message, for the sender's state epoch.
-    Sync {
-        epoch: EpochId,
-        #[serde(with = "serde_bytes")]
-        message: Vec<u8>,
-    },
-    /// Asks for the receiver's whole document in one response (first release; answered only
-    /// while it fits [`MAX_SYNC_PAYLOAD`]). Current nodes use [`SyncRequest::FetchSnapshotPart`].
-    FetchSnapshot,
-    /// Asks for part of the receiver's snapshot (`save()` format): from `offset`, of the
-    /// snapshot `id` (`None` for the first part: the receiver takes a snapshot and names it).
-    FetchSnapshotPart { offset: u64, id: Option<u64> },
-    /// The sender has changes for the receiver that do not fit one sync message: fetch its
-    /// snapshot (in parts) and merge it.
-    SnapshotOffer { epoch: EpochId },
-}
-
-/// Responses of `/mesh/sync/1`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum SyncResponse {
-    /// The receiver's next sync message, if it has one.
-    Message {
-        epoch: EpochId,
-        #[serde(default, with = "serde_bytes")]
-        message: Option<Vec<u8>>,
-    },
-    /// The receiver is on another state epoch (the side on the older one fetches a snapshot).
-    EpochMismatch { epoch: EpochId },
-    /// The receiver's whole document (`save()` format).
-    Snapshot {
-        epoch: EpochId,
-        #[serde(with = "serde_bytes")]
-        doc: Vec<u8>,
-    },
-    /// One part of the receiver's snapshot: bytes `offset..offset + bytes.len()` of `total`.
-    /// Every part of one snapshot carries the same `id`.
-    SnapshotPart {
-        epoch: EpochId,
-        id: u64,
-        total: u64,
-        offset: u64,
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
-    /// The receiver's answer does not fit one sync message: fetch its snapshot and merge it.
-    SnapshotOffer { epoch: EpochId },
-    /// The message was malformed, or the sender is in backoff for sending one.
-    Refused,
-    /// The receiver has not admitted the sender.
-    NotAdmitted,
-}
 
 pub type AuthBehaviour =
     request_response::cbor::Behaviour<AuthRequest<NodeInfo>, AuthResponse<NodeInfo>>;
@@ -387,23 +272,5 @@ mod tests {
             quic_port(&"/ip4/1.2.3.4/udp/9/quic-v1".parse().unwrap()),
             Some(9)
         );
-    }
-
-    #[test]
-    fn node_info_is_bounded() {
-        let mut hw = crate::hardware::probe();
-        hw.cpu_model = "x".repeat(10_000);
-        let info = NodeInfo {
-            name: "é".repeat(1000),
-            agent_version: "1".into(),
-            protocol_version: 1,
-            bump: 1,
-            listen_addrs: vec!["/ip4/1.2.3.4/udp/1/quic-v1".into(); 100],
-            hardware: hw,
-        }
-        .sanitized();
-        assert_eq!(info.name.chars().count(), MAX_NAME_LEN);
-        assert_eq!(info.listen_addrs.len(), MAX_LISTEN_ADDRS);
-        assert_eq!(info.hardware.cpu_model.len(), 128);
     }
 }

@@ -113,13 +113,17 @@ fn raw(api: &str, request: &str) -> (u16, String) {
     (status, body)
 }
 
-fn error_of(body: &str) -> String {
+/// The `code` and `message` of an error body (`{"code": "...", "message": "..."}`).
+fn error_of(body: &str) -> (String, String) {
     let json: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
-    json["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error field: {body}"))
-        .to_string()
+    let field = |name: &str| {
+        json[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} field: {body}"))
+            .to_string()
+    };
+    (field("code"), field("message"))
 }
 
 fn start(dir: &std::path::Path, name: &str) -> Agent {
@@ -255,7 +259,8 @@ fn root_changes_through_the_cli_and_web_pages_are_refused() {
             ),
         );
         assert_eq!(code, 403, "{body}");
-        assert!(error_of(&body).contains("origin"), "{body}");
+        assert_eq!(error_of(&body).0, "forbidden", "{body}");
+        assert!(error_of(&body).1.contains("origin"), "{body}");
     }
     // The same without Origin (a `<form>` of a page loaded from file://, a no-cors fetch):
     // not JSON, refused.
@@ -267,6 +272,7 @@ fn root_changes_through_the_cli_and_web_pages_are_refused() {
         ),
     );
     assert_eq!(code, 415, "{body}");
+    assert_eq!(error_of(&body).0, "unsupported_media_type", "{body}");
     // DNS rebinding: the page's own host name resolves to 127.0.0.1; even reads are refused.
     let (code, body) = raw(
         &api,
@@ -275,7 +281,8 @@ fn root_changes_through_the_cli_and_web_pages_are_refused() {
         ),
     );
     assert_eq!(code, 403, "{body}");
-    assert!(error_of(&body).contains("Host"), "{body}");
+    assert_eq!(error_of(&body).0, "forbidden", "{body}");
+    assert!(error_of(&body).1.contains("Host"), "{body}");
     let rows = agent.json(&["services"]);
     let web = rows
         .as_array()
@@ -303,7 +310,8 @@ fn root_changes_through_the_cli_and_web_pages_are_refused() {
         ),
     );
     assert_eq!(code, 405);
-    assert!(error_of(&body).contains("PUT"), "{body}");
+    assert_eq!(error_of(&body).0, "method_not_allowed", "{body}");
+    assert!(error_of(&body).1.contains("PUT"), "{body}");
     let (code, body) = raw(
         &api,
         &format!(
@@ -312,7 +320,8 @@ fn root_changes_through_the_cli_and_web_pages_are_refused() {
         ),
     );
     assert_eq!(code, 400);
-    assert!(error_of(&body).contains("after"), "{body}");
+    assert_eq!(error_of(&body).0, "bad_request", "{body}");
+    assert!(error_of(&body).1.contains("after"), "{body}");
     ok(agent.cli(&["service", "rm", "web"]), "mesh service rm");
 }
 
@@ -420,7 +429,8 @@ fn status_answers_while_an_unprivileged_user_holds_1100_half_sent_requests() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the attacker");
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Bounded (clippy.toml): the test reads one line; the reader thread may block after that.
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
     let lines = BufReader::new(attacker.stdout.take().unwrap());
     std::thread::spawn(move || {
         for line in lines.lines().map_while(Result::ok) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mesh::api::client::{ApiClient, ClientError};
 use mesh::api::server::{ApiConfig, ServeLimits, serve_with};
-use mesh::api::{PeerEntry, StatusResponse};
+use mesh::api::{ErrorCode, PeerEntry, StatusResponse};
 use mesh::node::{DiscoveryMode, NodeHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -170,6 +170,16 @@ async fn long_polls_past_the_pool_answer_503_in_json() {
     .await
     .unwrap();
     let refused = refused.expect("a long poll past the pool is refused");
+    assert!(
+        matches!(
+            refused,
+            ClientError::Api {
+                code: ErrorCode::TooManyLongPolls,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
     assert!(
         refused.to_string().contains("too many waiting requests"),
         "{refused}"

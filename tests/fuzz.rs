@@ -28,15 +28,16 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::Codec;
 use mesh::api::{ServiceAddRequest, TagRequest};
 use mesh::membership::{Membership, MembershipConfig};
-use mesh::query::{QueryRequest, QueryResponse};
 use mesh::state::{NodeRecord, genesis, hydrate_lenient, put_entry};
 use mesh::supervisor::spec::{ServiceSpec, parse_service_file, validate_set};
 use mesh::sync::SyncSessions;
 use mesh::transport::{
     MAX_MEMBERSHIP_MESSAGE, MAX_QUERY_REQUEST, MAX_QUERY_RESPONSE, MAX_SYNC_MESSAGE,
-    MEMBERSHIP_PROTOCOL, MembershipRequest, MembershipResponse, QUERY_PROTOCOL, SYNC_PROTOCOL,
-    SyncRequest, SyncResponse, limited_codec,
+    MEMBERSHIP_PROTOCOL, QUERY_PROTOCOL, SYNC_PROTOCOL, limited_codec,
 };
+use mesh::wire::membership::{MembershipRequest, MembershipResponse};
+use mesh::wire::query::{QueryRequest, QueryResponse};
+use mesh::wire::sync::{SyncRequest, SyncResponse};
 
 /// Random-input time per target in the normal suite: ten targets in a few seconds on 2 cores.
 const SHORT_RUN: Duration = Duration::from_millis(300);
@@ -330,7 +331,11 @@ fn fuzz_query_request() {
             );
         }
         // The answer path with no supervisor: validation first, never a panic.
-        let answer = block_on(mesh::query::answer(None, request, Duration::ZERO));
+        let answer = block_on(mesh::supervisor::query::answer(
+            None,
+            request,
+            Duration::ZERO,
+        ));
         if !valid {
             assert!(matches!(answer, QueryResponse::Error(_)));
         }

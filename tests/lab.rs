@@ -30,6 +30,12 @@ use lab::{CEILING, Lab, POLL, check, sees_exactly, start_converged, state_in, su
 const BROWSE_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/browse_mesh.py");
 /// How long the loss test watches the mesh for false `dead` verdicts.
 const LOSS_WATCH: Duration = Duration::from_secs(20);
+/// Identities that come and go at h3's address in the churn test (the report had ten; five
+/// show the same cost at half the run time).
+const IDENTITY_CHURN: usize = 5;
+/// How long the churn test wants h1 and h2 without a single dial: several redial intervals
+/// of every profile but `low` (0.5 s to 2 s), so a dead identity still dialed would show.
+const DIAL_QUIET: Duration = Duration::from_secs(8);
 
 // ------------------------------------------------------------------------------ tests
 
@@ -302,4 +308,112 @@ fn no_false_dead_at_5_percent_loss() {
         dead.join("\n"),
         lab.views()
     );
+}
+
+/// Identities that came and went at one address (a reinstalled host, a reused DHCP lease)
+/// stop being dialed: once another agent answers there, a dial of an old identity fails on
+/// the peer id and that address is dropped for it. Before, every agent redialed every dead
+/// identity every couple of seconds, each dial a full QUIC handshake with the new agent.
+#[test]
+fn identities_that_came_and_went_at_one_address_are_no_longer_dialed() {
+    require_lab!();
+    let lab = Lab::up("t6", 3);
+    let key = lab.new_key("mesh.key");
+    start_converged(&lab, 2, &key);
+    let mut gone = Vec::new();
+    for round in 0..IDENTITY_CHURN {
+        lab.start(3, &key);
+        let id = lab.node_id(3);
+        assert!(
+            !gone.contains(&id),
+            "round {round}: h3 kept an old identity"
+        );
+        lab.wait(
+            &format!("h1 and h2 list identity {round} of h3 alive"),
+            || {
+                [1, 2]
+                    .iter()
+                    .all(|&k| lab.state_of(k, &id).as_deref() == Some("alive"))
+            },
+        );
+        lab.lab_ok(&["kill", "3"]);
+        // A fresh data dir: a fresh identity at the same address next round.
+        std::fs::remove_dir_all(lab.dir.join("h3").join("data")).expect("remove h3's data dir");
+        gone.push(id);
+    }
+    lab.start(3, &key);
+    let current = lab.node_id(3);
+    lab.wait("h1 and h2 list h3's current identity alive", || {
+        [1, 2]
+            .iter()
+            .all(|&k| lab.state_of(k, &current).as_deref() == Some("alive"))
+    });
+    // Quiet: no dial on h1 or h2 for a whole window. Old identities still dialed at a
+    // redial pace would never let this hold.
+    let dials = |k: usize| {
+        lab.status(k)
+            .ok()
+            .and_then(|s| s["counters"]["dials"].as_u64())
+    };
+    let started = Instant::now();
+    let mut last = [dials(1), dials(2)];
+    let mut quiet_since = Instant::now();
+    let mut cpu_since = [1, 2, 3].map(|k| cpu_ticks(&lab, k));
+    while quiet_since.elapsed() < DIAL_QUIET {
+        assert!(
+            started.elapsed() < DIAL_QUIET + CEILING,
+            "h1 and h2 keep dialing {:?} after {:?}: dials {last:?}, statuses:\nh1 {:?}\nh2 {:?}",
+            gone,
+            started.elapsed(),
+            lab.status(1).map(|s| s["counters"].clone()),
+            lab.status(2).map(|s| s["counters"].clone()),
+        );
+        std::thread::sleep(POLL * 10);
+        let now = [dials(1), dials(2)];
+        if now != last || now.contains(&None) {
+            last = now;
+            quiet_since = Instant::now();
+            cpu_since = [1, 2, 3].map(|k| cpu_ticks(&lab, k));
+        }
+    }
+    // For the record (a debug build, so only the order of magnitude means anything): CPU of
+    // each agent over the quiet window.
+    let window = quiet_since.elapsed().as_secs_f64();
+    for (i, before) in cpu_since.iter().enumerate() {
+        if let (Some(before), Some(after)) = (before, cpu_ticks(&lab, i + 1)) {
+            eprintln!(
+                "[{}] h{} CPU over the quiet {window:.1} s: {:.2} %",
+                lab.id,
+                i + 1,
+                (after - before) as f64 / CLOCK_TICKS / window * 100.0
+            );
+        }
+    }
+    for k in [1, 2] {
+        let s = lab.status(k).expect("status answers");
+        eprintln!(
+            "[{}] h{k} after {IDENTITY_CHURN} identities at one address: quiet for {DIAL_QUIET:?} \
+             after {:?}; counters {}",
+            lab.id,
+            started.elapsed(),
+            s["counters"]
+        );
+        assert!(
+            s["counters"]["dial_wrong_peer_id"].as_u64() >= Some(1),
+            "h{k} never met another identity at an old one's address: {}",
+            s["counters"]
+        );
+    }
+}
+
+/// Kernel clock ticks per second, the unit of `/proc/PID/stat` CPU times (100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU time (user + system, in clock ticks) of host `k`'s agent, from its pid file.
+fn cpu_ticks(lab: &Lab, k: usize) -> Option<u64> {
+    let pid = std::fs::read_to_string(lab.dir.join(format!("h{k}")).join("agent.pid")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    // Fields after the command name: state is the 3rd field, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }

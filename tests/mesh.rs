@@ -258,3 +258,60 @@ async fn long_poll_answers_on_change() {
         n.shutdown().await;
     }
 }
+
+/// Both sides dial as soon as they learn of each other (no tie-break delay); when the dials
+/// cross, both keep the same one connection, and the pair is admitted and synced all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_whose_dials_cross_keeps_one_connection() {
+    let (nodes, _cluster) = start_mesh(4).await;
+    for n in &nodes {
+        let one_each = n
+            .wait_for(CEILING, |s| {
+                s.stats.connections == nodes.len() - 1
+                    && s.peers
+                        .iter()
+                        .all(|p| p.connected && p.state == PeerState::Alive)
+            })
+            .await;
+        assert!(
+            one_each.is_some(),
+            "{} does not settle on one connection per peer: {:?}",
+            n.peer_id(),
+            n.snapshot().stats
+        );
+    }
+    // Sync runs over what is left: a tag written on one node reaches every other.
+    nodes[0]
+        .state()
+        .set_tag("zone", Some("attic"))
+        .await
+        .expect("tag written");
+    let id = nodes[0].peer_id().to_base58();
+    for n in &nodes[1..] {
+        let mut rx = n.state().subscribe();
+        let seen = tokio::time::timeout(CEILING, async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .state
+                    .nodes
+                    .get(&id)
+                    .is_some_and(|r| r.tags.get("zone").map(String::as_str) == Some("attic"))
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "{} never got the tag", n.peer_id());
+    }
+    let closed: u64 = nodes
+        .iter()
+        .map(|n| n.snapshot().stats.duplicate_connections_closed)
+        .sum();
+    eprintln!("duplicate connections closed across 4 nodes: {closed}");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mesh::node::NodeHandle;
-use mesh::query::{MAX_LOG_ANSWER_BYTES, QueryRequest, QueryResponse};
+use mesh::wire::query::{MAX_LOG_ANSWER_BYTES, QueryRequest, QueryResponse};
 
 use cluster::{CEILING, Cluster, ProcessLauncher, supervisor_config, wait_connected};
 

@@ -477,8 +477,13 @@ fn add_time_refusals_name_the_limit() {
     let body = serde_json::json!({"services": [{"name": "big", "command": "true", "args": [big]}]});
     let client = a.client();
     match client.post_json::<Value, Value>("/v1/services", &body) {
-        Err(mesh::api::client::ClientError::Api { status, message }) => {
+        Err(mesh::api::client::ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
             assert_eq!(status, 400);
+            assert_eq!(code, mesh::api::ErrorCode::BadRequest);
             assert!(
                 message.contains("the limit is 8192"),
                 "{}",

@@ -188,6 +188,55 @@ async fn restart_after_a_crash_loads_the_document_from_disk() {
     second.shutdown().await;
 }
 
+/// A member that died while this node was down (so membership never saw it) is still listed
+/// in `mesh peers`, from the document: `unknown` if it crashed, `left` (with when) if it
+/// stopped gracefully before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_went_while_this_node_was_down_are_listed_from_the_document() {
+    init_logs();
+    let cluster = Cluster::new();
+    let dir_b = TempDir::new().unwrap();
+    let a = start_node(cluster.config("a")).await.unwrap();
+    let cfg_b = cluster.config_in("b", Some(dir_b.path()));
+    let b = start_node(cfg_b.clone()).await.unwrap();
+    let c = start_node(cluster.config("c")).await.unwrap();
+    wait_converged(&[&a, &b, &c]).await;
+    // c stops gracefully while b runs: b's document says when.
+    let c_id = c.peer_id().to_base58();
+    c.shutdown().await;
+    wait_state_of(&b, "c's leave in b's document", |s| {
+        s.state
+            .nodes
+            .get(&c_id)
+            .is_some_and(|r| r.left_at_ms.is_some())
+    })
+    .await;
+    // b goes down; a crashes while b is down.
+    b.shutdown().await;
+    a.abort();
+    // b comes back alone: its membership never sees a or c.
+    let mut cfg_b = cfg_b;
+    cfg_b.discovery = DiscoveryMode::Off;
+    let b = start_node(cfg_b).await.unwrap();
+    let rows = mesh::api::server::convert::peer_entries(
+        &b.snapshot(),
+        &b.state().snapshot(),
+        tokio::time::Instant::now(),
+    );
+    let row = |id: &str| rows.iter().find(|r| r.id == id).cloned();
+    let a_row = row(&a.peer_id().to_base58()).expect("a is listed");
+    assert_eq!(a_row.state, "unknown");
+    assert_eq!(a_row.name.as_deref(), Some("a"));
+    assert!(!a_row.connected);
+    assert_eq!(a_row.last_seen_ms_ago, None);
+    let c_row = row(&c_id).expect("c is listed");
+    assert_eq!(c_row.state, "left");
+    assert_eq!(c_row.name.as_deref(), Some("c"));
+    assert!(c_row.last_seen_ms_ago.is_some(), "{c_row:?}");
+    assert_eq!(rows.len(), 3, "self, a and c: {rows:?}");
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_document_is_moved_aside_and_recovered_from_peers() {
     let cluster = Cluster::new();

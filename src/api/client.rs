@@ -1,8 +1,12 @@
 //! The API's HTTP client, used by the CLI. Blocking (ureq): a CLI call is one request, and
 //! `--watch` is a loop of long polls.
 //!
-//! Every state change (any method but GET) carries `Content-Type: application/json` (with or
-//! without a body) and, when the CLI found one, the API token as `Authorization: Bearer`.
+//! One typed method per route of the contract ([`crate::api::contract`]), built on a generic
+//! layer ([`ApiClient::get`], [`ApiClient::send_json`], [`ApiClient::request`]) that the raw
+//! `mesh api` and tests use too. Every state change (any method but GET) carries
+//! `Content-Type: application/json` (with or without a body) and, when the CLI found one, the
+//! API token as `Authorization: Bearer`. Error answers decode to [`ClientError::Api`] with the
+//! server's [`ErrorCode`].
 
 use std::time::Duration;
 
@@ -10,7 +14,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::auth::ClientToken;
-use super::{ErrorBody, VERSION_HEADER};
+use super::contract::{
+    ApiError, ErrorCode, EventsQuery, EventsResponse, ListeningResponse, LogsQuery, LogsResponse,
+    NodeQuery, PeerEntry, PeersQuery, PortEntry, ServiceAction, ServiceActionResponse,
+    ServiceAddRequest, ServiceAddResponse, ServiceEntry, StateResponse, StatusResponse, TagRequest,
+    TagResponse, VERSION_HEADER, routes,
+};
 
 /// Pause before a long poll refused for want of slots is asked again: the agent's
 /// `Retry-After`.
@@ -29,8 +38,14 @@ pub enum ClientError {
     /// Standard output was closed (`mesh ... | head`): the command ends quietly.
     #[error("standard output is closed")]
     OutputClosed,
+    /// An error answer: its status, the server's code (from the status for agents that
+    /// predate codes) and message.
     #[error("the agent answered {status}: {message}")]
-    Api { status: u16, message: String },
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("talking to the agent at {url}: {message}")]
     Other { url: String, message: String },
 }
@@ -112,15 +127,19 @@ impl ApiClient {
         Ok(Versioned { body, version })
     }
 
-    /// [`Self::get`] for a long poll: while the agent's long-poll slots are all taken (503),
-    /// waits [`LONG_POLL_BUSY_PAUSE`] and asks again, as a follower should (Ctrl-C ends it).
+    /// [`Self::get`] for a long poll: while the agent's long-poll slots are all taken
+    /// ([`ErrorCode::TooManyLongPolls`]), waits [`LONG_POLL_BUSY_PAUSE`] and asks again, as a
+    /// follower should (Ctrl-C ends it).
     pub fn get_waiting<T: DeserializeOwned>(
         &self,
         path: &str,
     ) -> Result<Versioned<T>, ClientError> {
         loop {
             match self.get(path) {
-                Err(ClientError::Api { status: 503, .. }) => {
+                Err(ClientError::Api {
+                    code: ErrorCode::TooManyLongPolls,
+                    ..
+                }) => {
                     std::thread::sleep(LONG_POLL_BUSY_PAUSE);
                 }
                 other => return other,
@@ -229,12 +248,133 @@ impl ApiClient {
 impl ApiClient {
     /// The error of a non-2xx answer; a refused credential also says why this client had none.
     fn api_error(&self, status: u16, text: &str) -> ClientError {
-        let mut message = serde_json::from_str::<ErrorBody>(text)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| text.chars().take(200).collect());
+        let ApiError { code, mut message } = decode_error(status, text);
         if let (401 | 403, Some(note)) = (status, &self.token.note) {
             message.push_str(&format!(" (here: {note})"));
         }
-        ClientError::Api { status, message }
+        ClientError::Api {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+/// The body of an error answer as an [`ApiError`]: this version's shape, else the
+/// `{"error": "..."}` of agents that predate codes, else the text itself (cut to 200
+/// characters), the code then taken from the status.
+pub fn decode_error(status: u16, text: &str) -> ApiError {
+    /// The error body of agents older than [`ApiError`].
+    #[derive(serde::Deserialize)]
+    struct LegacyError {
+        error: String,
+    }
+    if let Ok(error) = serde_json::from_str::<ApiError>(text) {
+        return error;
+    }
+    let message = serde_json::from_str::<LegacyError>(text)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| text.chars().take(200).collect());
+    let code = if status == 503 && message.starts_with("too many waiting requests") {
+        ErrorCode::TooManyLongPolls
+    } else {
+        ErrorCode::for_status(status)
+    };
+    ApiError { code, message }
+}
+
+/// One method per route (see the route table in [`crate::api`]).
+impl ApiClient {
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self.get(routes::STATUS)?.body)
+    }
+
+    /// `GET /v1/peers`, with the snapshot version to long-poll on.
+    pub fn peers(&self) -> Result<Versioned<Vec<PeerEntry>>, ClientError> {
+        self.get(routes::PEERS)
+    }
+
+    /// `GET /v1/peers?wait=V&timeout_ms=T`: a long poll, asked again while the agent's
+    /// long-poll slots are all taken.
+    pub fn peers_poll(&self, query: &PeersQuery) -> Result<Versioned<Vec<PeerEntry>>, ClientError> {
+        self.get_waiting(&query.to_path())
+    }
+
+    /// `GET /v1/state`.
+    pub fn state(&self) -> Result<StateResponse, ClientError> {
+        Ok(self.get(routes::STATE)?.body)
+    }
+
+    /// `POST /v1/tags`: sets one of this node's tags.
+    pub fn set_tag(&self, request: &TagRequest) -> Result<TagResponse, ClientError> {
+        self.post_json(routes::TAGS, request)
+    }
+
+    /// `DELETE /v1/tags/{key}`: removes one of this node's tags.
+    pub fn remove_tag(&self, key: &str) -> Result<TagResponse, ClientError> {
+        self.send_json("DELETE", &routes::path(routes::TAG, &[("key", key)]), None)
+    }
+
+    /// `GET /v1/services`.
+    pub fn services(&self) -> Result<Vec<ServiceEntry>, ClientError> {
+        Ok(self.get(routes::SERVICES)?.body)
+    }
+
+    /// `POST /v1/services`.
+    pub fn add_services(
+        &self,
+        request: &ServiceAddRequest,
+    ) -> Result<ServiceAddResponse, ClientError> {
+        self.post_json(routes::SERVICES, request)
+    }
+
+    /// `DELETE /v1/services/{name}`.
+    pub fn remove_service(&self, name: &str) -> Result<ServiceActionResponse, ClientError> {
+        self.send_json(
+            "DELETE",
+            &routes::path(routes::SERVICE, &[("name", name)]),
+            None,
+        )
+    }
+
+    /// `POST /v1/services/{name}/{start|stop|restart}`.
+    pub fn service_action(
+        &self,
+        name: &str,
+        action: ServiceAction,
+    ) -> Result<ServiceActionResponse, ClientError> {
+        let path = routes::path(
+            routes::SERVICE_ACTION,
+            &[("name", name), ("action", action.as_str())],
+        );
+        self.send_json("POST", &path, None)
+    }
+
+    /// `GET /v1/services/{name}/logs?n=N&offset=O`.
+    pub fn logs(&self, service: &str, query: &LogsQuery) -> Result<LogsResponse, ClientError> {
+        Ok(self.get(&query.to_path(service))?.body)
+    }
+
+    /// `GET /v1/ports?node=NAME`.
+    pub fn ports(&self, query: &NodeQuery) -> Result<Vec<PortEntry>, ClientError> {
+        Ok(self.get(&query.to_path(routes::PORTS))?.body)
+    }
+
+    /// `GET /v1/ports/listening?node=NAME`.
+    pub fn listening(&self, query: &NodeQuery) -> Result<ListeningResponse, ClientError> {
+        Ok(self.get(&query.to_path(routes::PORTS_LISTENING))?.body)
+    }
+
+    /// `GET /v1/events?...`; with `wait_ms` a long poll, asked again while the agent's
+    /// long-poll slots are all taken.
+    pub fn events(&self, query: &EventsQuery) -> Result<EventsResponse, ClientError> {
+        let path = query.to_path();
+        let answer = if query.wait_ms.is_some_and(|w| w > 0) {
+            self.get_waiting(&path)?
+        } else {
+            self.get(&path)?
+        };
+        Ok(answer.body)
     }
 }

@@ -2,24 +2,28 @@
 //! tests bind port 0 and stop it at will; reads the node only through its snapshot.
 //!
 //! Every request passes `guard` first (Host, Origin, Content-Type, the API token for state
-//! changes, long-poll slots) and every error leaves as JSON; connections are accepted by
-//! `listener` (connection limit with eviction, request-head timeout).
+//! changes, long-poll slots) and every error leaves as an [`ApiError`] (handlers answer one;
+//! `guard::json_errors` turns the framework's rejections into one); connections are accepted
+//! by `listener` (connection limit with eviction, request-head timeout). `convert` builds the
+//! contract's answers from the node's snapshots.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub mod convert;
 mod guard;
 mod listener;
 mod services;
@@ -27,35 +31,32 @@ mod services;
 pub use guard::{host_allowed, is_json, origin_allowed};
 pub use listener::{MAX_CONNECTIONS, MAX_LONG_POLLS, REQUEST_HEAD_TIMEOUT, ServeLimits};
 
-use super::{
-    ErrorBody, MAX_WAIT, TagRequest, TagResponse, VERSION_HEADER, peer_entries, state_summary,
-    status,
+use super::contract::{
+    ApiError, ErrorCode, MAX_WAIT, PeersQuery, TagRequest, TagResponse, VERSION_HEADER, routes,
 };
 use crate::api::auth::TokenVerifier;
 use crate::node::NodeHandle;
 use crate::state::StateError;
+use convert::{peer_entries, state_summary, status};
 
 /// Builds the router of the route table in [`crate::api`].
 pub fn router(node: NodeHandle) -> Router {
     Router::new()
-        .route("/v1/status", get(get_status))
-        .route("/v1/peers", get(get_peers))
-        .route("/v1/state", get(get_state))
-        .route("/v1/tags", axum::routing::post(post_tag))
-        .route("/v1/tags/{key}", delete(delete_tag))
+        .route(routes::STATUS, get(get_status))
+        .route(routes::PEERS, get(get_peers))
+        .route(routes::STATE, get(get_state))
+        .route(routes::TAGS, post(post_tag))
+        .route(routes::TAG, delete(delete_tag))
         .route(
-            "/v1/services",
+            routes::SERVICES,
             get(services::list_services).post(services::add_services),
         )
-        .route("/v1/services/{name}", delete(services::remove_service))
-        .route("/v1/services/{name}/logs", get(services::service_logs))
-        .route(
-            "/v1/services/{name}/{action}",
-            axum::routing::post(services::service_action),
-        )
-        .route("/v1/ports", get(services::list_ports))
-        .route("/v1/ports/listening", get(services::listening_ports))
-        .route("/v1/events", get(services::list_events))
+        .route(routes::SERVICE, delete(services::remove_service))
+        .route(routes::SERVICE_LOGS, get(services::service_logs))
+        .route(routes::SERVICE_ACTION, post(services::service_action))
+        .route(routes::PORTS, get(services::list_ports))
+        .route(routes::PORTS_LISTENING, get(services::listening_ports))
+        .route(routes::EVENTS, get(services::list_events))
         .fallback(not_found)
         .with_state(node)
 }
@@ -122,27 +123,46 @@ pub async fn serve_with(
     listener::run(listener, app, config.limits, shutdown).await
 }
 
+/// `Retry-After` of a long poll refused for want of a slot, in seconds: slots free up as
+/// other polls answer (within 30 s at most), and a follower retrying every second costs little.
+const LONG_POLL_RETRY_AFTER_S: u32 = 1;
+
+impl IntoResponse for ApiError {
+    /// The error's status and JSON body, with the headers its code calls for: the scheme to
+    /// authenticate with on a 401, when to retry a refused long poll.
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = self.code;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        match code {
+            ErrorCode::Unauthorized => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mesh\""),
+                );
+            }
+            ErrorCode::TooManyLongPolls => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(LONG_POLL_RETRY_AFTER_S));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(ErrorBody {
-            error: "no such route; see `mesh api GET /v1/status` and protocol/control-api.md"
-                .into(),
-        }),
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; see `mesh api GET /v1/status` and protocol/control-api.md",
     )
-        .into_response()
+    .into_response()
 }
 
 async fn get_status(State(node): State<NodeHandle>) -> Response {
     let snap = node.snapshot();
     Json(status(&snap, Instant::now())).into_response()
-}
-
-#[derive(Deserialize)]
-struct PeersQuery {
-    /// Long poll: return once the snapshot version differs from this one.
-    wait: Option<u64>,
-    timeout_ms: Option<u64>,
 }
 
 async fn get_peers(State(node): State<NodeHandle>, Query(q): Query<PeersQuery>) -> Response {
@@ -186,33 +206,47 @@ async fn get_state(State(node): State<NodeHandle>) -> Response {
     Json(state_summary(&node.state().snapshot())).into_response()
 }
 
+/// An error answer with the usual code of `status` ([`ErrorCode::for_status`]).
 fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(ErrorBody { error: message })).into_response()
+    ApiError::new(ErrorCode::for_status(status.as_u16()), message).into_response()
+}
+
+/// The error of a write the state actor refused.
+fn state_error_of(e: StateError) -> ApiError {
+    let code = match e {
+        StateError::InvalidTag(_) | StateError::TooManyTags | StateError::NotOwned(_) => {
+            ErrorCode::BadRequest
+        }
+        StateError::NotDurable(_) => ErrorCode::NotDurable,
+        StateError::DocumentTooLarge { .. } => ErrorCode::DocumentTooLarge,
+        // The document or its actor failed: nothing the request could change.
+        _ => ErrorCode::Unavailable,
+    };
+    ApiError::new(code, e.to_string())
 }
 
 fn state_error(e: StateError) -> Response {
-    match e {
-        StateError::InvalidTag(_) | StateError::TooManyTags | StateError::NotOwned(_) => {
-            error(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        StateError::NotDurable(_) => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
-        StateError::DocumentTooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-        other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
-    }
+    state_error_of(e).into_response()
+}
+
+/// The error of a JSON body that could not be read: 413 past the body limit, else 400 with
+/// the shape that was `expected`.
+fn body_error(e: JsonRejection, expected: &str) -> Response {
+    let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::PayloadTooLarge
+    } else {
+        ErrorCode::BadRequest
+    };
+    ApiError::new(code, format!("expected {expected}: {e}")).into_response()
 }
 
 async fn post_tag(
     State(node): State<NodeHandle>,
-    body: Result<Json<TagRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<TagRequest>, JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"key\": \"...\", \"value\": \"...\"}}: {e}"),
-            );
-        }
+        Err(e) => return body_error(e, r#"{"key": "...", "value": "..."}"#),
     };
     match node.state().set_tag(&req.key, Some(&req.value)).await {
         Ok(changed) => Json(TagResponse { changed }).into_response(),
@@ -224,5 +258,43 @@ async fn delete_tag(State(node): State<NodeHandle>, Path(key): Path<String>) -> 
     match node.state().set_tag(&key, None).await {
         Ok(changed) => Json(TagResponse { changed }).into_response(),
         Err(e) => state_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_writes_have_their_own_codes() {
+        let code = |e: StateError| state_error_of(e).code;
+        assert_eq!(
+            code(StateError::NotDurable("disk full".into())),
+            ErrorCode::NotDurable
+        );
+        assert_eq!(ErrorCode::NotDurable.status(), 507);
+        assert_eq!(
+            code(StateError::DocumentTooLarge { size: 2, limit: 1 }),
+            ErrorCode::DocumentTooLarge
+        );
+        assert_eq!(ErrorCode::DocumentTooLarge.status(), 413);
+        assert_eq!(code(StateError::TooManyTags), ErrorCode::BadRequest);
+        assert_eq!(code(StateError::Stopped), ErrorCode::Unavailable);
+    }
+
+    #[test]
+    fn error_answers_carry_the_headers_of_their_code() {
+        let unauthorized = ApiError::new(ErrorCode::Unauthorized, "token").into_response();
+        assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+        assert!(unauthorized.headers().contains_key(WWW_AUTHENTICATE));
+        let busy = ApiError::new(ErrorCode::TooManyLongPolls, "busy").into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        let not_durable = error(StatusCode::INSUFFICIENT_STORAGE, "disk".into());
+        assert_eq!(not_durable.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(
+            not_durable.headers()[axum::http::header::CONTENT_TYPE],
+            "application/json"
+        );
     }
 }

@@ -24,8 +24,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::PortsError;
+use super::pool::{PoolSet, PortSource};
 use super::procnet::ListeningSocket;
-use super::{PoolSet, PortSource, PortsError, Proto};
+use crate::wire::socket::Proto;
 
 /// How long a released port stays unavailable to other services. Clients of the old service
 /// (retrying connections, cached addresses, a dependent that has not restarted yet) must not

@@ -11,8 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::PortsError;
-use crate::supervisor::spec::check_name;
+use super::error::PortsError;
+use crate::wire::name::check_name;
 
 /// Name of the pool used by `auto` ports that name no pool.
 pub const DEFAULT_POOL: &str = "default";
@@ -234,6 +234,25 @@ impl TryFrom<BTreeMap<String, Vec<PortRange>>> for PoolSet {
 impl From<PoolSet> for BTreeMap<String, Vec<PortRange>> {
     fn from(set: PoolSet) -> Self {
         set.pools
+    }
+}
+
+/// Where a service's port comes from: any free port of a named pool, or one fixed number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortSource {
+    /// The lowest free port of the named pool (see [`super::PortAllocator::allocate`]).
+    Auto { pool: String },
+    /// Exactly this port; refused if another service holds it or a foreign process listens on it.
+    Fixed(u16),
+}
+
+impl PortSource {
+    /// `auto` from the [`DEFAULT_POOL`].
+    pub fn auto_default() -> Self {
+        PortSource::Auto {
+            pool: DEFAULT_POOL.to_string(),
+        }
     }
 }
 

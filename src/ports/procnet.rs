@@ -21,7 +21,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{PortsError, Proto};
+use super::error::PortsError;
+use crate::wire::socket::Proto;
 
 /// `st` of a listening TCP socket (`TCP_LISTEN`).
 pub const TCP_LISTEN: u8 = 0x0A;

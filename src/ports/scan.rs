@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::wire::socket::ListeningProcess;
+
 use super::{
     ListeningPorts, ListeningSocket, PortsError, ProcNetFile, ProcNetSocket, Proto,
     listening_sockets, map_inodes_to_pids, parse_socket_link,
@@ -161,20 +163,6 @@ impl ListeningScan {
         rows.dedup();
         rows
     }
-}
-
-/// A listening socket and one process holding it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ListeningProcess {
-    pub port: u16,
-    pub proto: Proto,
-    /// Local address: `0.0.0.0` / `::` for every interface.
-    pub addr: IpAddr,
-    /// `None`: the holder's fds could not be read (another user's process, or the scan's
-    /// limits), or it exited during the scan.
-    pub pid: Option<u32>,
-    /// The holder's `comm` (executable name, at most 15 bytes); `None` if unreadable.
-    pub process: Option<String>,
 }
 
 /// Scans `/proc` with the default limits. Blocking.

@@ -1,7 +1,10 @@
 //! The state actor: owns the live Automerge document, its file, and the sync sessions.
 //!
 //! Inputs ([`StateCommand`], from [`StateHandle`] and the node actor): local writes (tags, this
-//! node's record), peers coming up and down, sync messages received and delivery failures.
+//! node's record), sync messages received and delivery failures. Peers coming up and down and
+//! this node's listen addresses arrive apart, as [`Links`] on a `watch` that cannot drop them
+//! and is read before any command: a full command queue loses sync data (counted, recovered by
+//! anti-entropy), never a connection notice.
 //! Outputs: sync messages for the node actor to send ([`SyncOut`]), and an immutable
 //! [`StateSnapshot`] on a `watch` channel for readers.
 //!
@@ -30,12 +33,44 @@ use super::{
     hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
-use crate::transport::{
-    MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES, SyncRequest, SyncResponse,
-};
+use crate::transport::{MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES};
+use crate::wire::sync::{SyncRequest, SyncResponse};
+
+mod hydration;
+mod local_writes;
+mod persistence;
+mod publish;
+mod snapshots;
+mod sync_sessions;
+
+/// Changes in a document's history and their bytes (walks the history: at start and on an
+/// epoch switch only).
+fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
+    let changes = doc.get_changes(&[]);
+    let bytes = changes.iter().map(|c| c.raw_bytes().len() as u64).sum();
+    (changes.len(), bytes)
+}
+
+/// A snapshot being fetched from a peer, part by part.
+struct SnapshotFetch {
+    pub(super) peer: PeerId,
+    /// The last progress (start or a part); the fetch is abandoned [`FETCH_TIMEOUT`] after it.
+    pub(super) since: Instant,
+    /// The snapshot's id, from its first part.
+    pub(super) id: Option<u64>,
+    pub(super) buf: Vec<u8>,
+}
+
+/// A snapshot we serve in parts.
+struct ServedSnapshot {
+    pub(super) id: u64,
+    pub(super) heads: Vec<ChangeHash>,
+    pub(super) bytes: Arc<Vec<u8>>,
+}
 
 /// Capacity of the command channel. Commands are small; the node actor never blocks on it
-/// (`try_send`), and a dropped sync message is recovered by anti-entropy.
+/// (`try_send`), and a dropped sync message is counted ([`StateHandle::dropped_commands`]) and
+/// recovered by anti-entropy. Connection notices do not use it (see [`Links`]).
 pub const COMMAND_CHANNEL: usize = 1024;
 /// Capacity of the outbound sync channel to the node actor.
 pub const OUT_CHANNEL: usize = 1024;
@@ -127,6 +162,8 @@ pub enum StateCommand {
     MarkLeft {
         reply: oneshot::Sender<()>,
     },
+    /// The node actor sends these through [`StateHandle::peer_up`] and
+    /// [`StateHandle::peer_down`] (never dropped); as commands they serve tests.
     PeerUp(PeerId),
     PeerDown(PeerId),
     /// Compact into a new epoch now if this node leads and everyone is in sync (tests,
@@ -192,11 +229,28 @@ pub struct StateSnapshot {
     pub value_bytes: u64,
 }
 
+/// What the node actor tells the state actor about connections, as a value on a `watch`:
+/// the latest value always arrives, so no notice can be dropped, and the actor reads it before
+/// any queued command (a peer is up before its first sync message is handled).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Links {
+    /// Admitted, connected peers, each with the number of the notice that brought it up: a
+    /// peer that went down and up again between two reads shows a new number.
+    pub peers: BTreeMap<PeerId, u64>,
+    /// Numbers the next up notice.
+    pub next_up: u64,
+    /// This node's listen addresses (multiaddrs); `None` until the node reports a change.
+    pub addrs: Option<Vec<String>>,
+}
+
 /// A cloneable handle to the state actor.
 #[derive(Clone)]
 pub struct StateHandle {
     commands: mpsc::Sender<StateCommand>,
     snapshot: watch::Receiver<Arc<StateSnapshot>>,
+    links: Arc<watch::Sender<Links>>,
+    /// Commands refused by a full queue ([`StateHandle::try_send`]).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateHandle {
@@ -262,10 +316,40 @@ impl StateHandle {
         self.snapshot.clone()
     }
 
-    /// For the node actor: never blocks; a full channel drops the command (counted by the
-    /// caller), which anti-entropy recovers from.
+    /// For the node actor: never blocks; a full channel drops the command (counted in
+    /// [`StateHandle::dropped_commands`]), which anti-entropy recovers from. Only for sync
+    /// data: connection notices go through [`StateHandle::peer_up`] and the like.
     pub(crate) fn try_send(&self, cmd: StateCommand) -> bool {
-        self.commands.try_send(cmd).is_ok()
+        let sent = self.commands.try_send(cmd).is_ok();
+        if !sent {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Sync messages and delivery reports dropped because the state actor's queue was full.
+    pub fn dropped_commands(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `peer` passed admission (a new connection): never dropped, never blocks.
+    pub fn peer_up(&self, peer: PeerId) {
+        self.links.send_modify(|l| {
+            l.next_up += 1;
+            l.peers.insert(peer, l.next_up);
+        });
+    }
+
+    /// The last connection to `peer` closed: never dropped, never blocks.
+    pub fn peer_down(&self, peer: PeerId) {
+        self.links
+            .send_if_modified(|l| l.peers.remove(&peer).is_some());
+    }
+
+    /// This node's listen addresses changed: never dropped, never blocks.
+    pub fn set_addrs(&self, addrs: Vec<String>) {
+        self.links.send_modify(|l| l.addrs = Some(addrs));
     }
 
     pub(crate) async fn send(&self, cmd: StateCommand) -> bool {
@@ -273,74 +357,11 @@ impl StateHandle {
     }
 }
 
-/// Most patches read one by one when bringing the hydrated value up to date; past it, the whole
-/// document is read again (a big merge or an adopted epoch touch most entries anyway).
-const MAX_INCREMENTAL_PATCHES: usize = 4096;
-
-/// Reads entry `key` of root map `map` again into `into`; returns its old and new sizes (as
-/// [`super::entry_bytes`] counts them). An entry that no longer fits the schema is dropped and
-/// counted, as full hydration would.
-fn reread<T: autosurgeon::Hydrate + serde::Serialize>(
-    doc: &AutoCommit,
-    into: &mut BTreeMap<String, T>,
-    map: &str,
-    key: &str,
-    stats: &mut HydrateStats,
-) -> (u64, u64) {
-    use automerge::ReadDoc;
-    let old = into.remove(key).map_or(0, |v| super::entry_bytes(key, &v));
-    let present = match doc.get(automerge::ROOT, map) {
-        Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) => {
-            matches!(doc.get(&obj, key), Ok(Some(_)))
-        }
-        _ => false,
-    };
-    if !present {
-        return (old, 0);
-    }
-    match get_entry::<T>(doc, map, key) {
-        Some(v) => {
-            let new = super::entry_bytes(key, &v);
-            into.insert(key.to_string(), v);
-            (old, new)
-        }
-        None => {
-            stats.skipped_entries += 1;
-            (old, 0)
-        }
-    }
-}
-
-/// Changes in a document's history and their bytes (walks the history: at start and on an
-/// epoch switch only).
-fn history_of(doc: &mut AutoCommit) -> (usize, u64) {
-    let changes = doc.get_changes(&[]);
-    let bytes = changes.iter().map(|c| c.raw_bytes().len() as u64).sum();
-    (changes.len(), bytes)
-}
-
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => futures::future::pending().await,
     }
-}
-
-/// A snapshot being fetched from a peer, part by part.
-struct SnapshotFetch {
-    peer: PeerId,
-    /// The last progress (start or a part); the fetch is abandoned [`FETCH_TIMEOUT`] after it.
-    since: Instant,
-    /// The snapshot's id, from its first part.
-    id: Option<u64>,
-    buf: Vec<u8>,
-}
-
-/// A snapshot we serve in parts.
-struct ServedSnapshot {
-    id: u64,
-    heads: Vec<ChangeHash>,
-    bytes: Arc<Vec<u8>>,
 }
 
 struct StateActor {
@@ -376,6 +397,9 @@ struct StateActor {
     sessions: SyncSessions,
     out: mpsc::Sender<SyncOut>,
     commands: mpsc::Receiver<StateCommand>,
+    links: watch::Receiver<Links>,
+    /// The [`Links`] acted on so far.
+    seen_links: Links,
     snapshot_tx: watch::Sender<Arc<StateSnapshot>>,
     version: u64,
     recovered: bool,
@@ -436,6 +460,7 @@ pub fn spawn_state(
     let epoch = epoch_of(&mut doc);
     let (change_count, history_bytes) = history_of(&mut doc);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
+    let (links_tx, links_rx) = watch::channel(Links::default());
     let (out_tx, out_rx) = mpsc::channel(OUT_CHANNEL);
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(StateSnapshot {
         version: 0,
@@ -479,6 +504,8 @@ pub fn spawn_state(
         sessions,
         out: out_tx,
         commands: cmd_rx,
+        links: links_rx,
+        seen_links: Links::default(),
         snapshot_tx,
         version: 0,
         recovered,
@@ -499,6 +526,8 @@ pub fn spawn_state(
     Ok((
         StateHandle {
             commands: cmd_tx,
+            links: Arc::new(links_tx),
+            dropped: Default::default(),
             snapshot: snapshot_rx,
         },
         out_rx,
@@ -517,6 +546,7 @@ impl StateActor {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = sleep_until_opt(self_deadline) => self.flush_pending_self().await,
+                Ok(()) = self.links.changed() => self.apply_links().await,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -534,6 +564,28 @@ impl StateActor {
         }
         self.sync_states_dirty = true;
         self.save_sync_states();
+    }
+
+    /// Acts on what changed in [`Links`] since the last read: peers down (or down and up
+    /// again), peers up, new listen addresses.
+    async fn apply_links(&mut self) {
+        let links = self.links.borrow_and_update().clone();
+        let old = std::mem::replace(&mut self.seen_links, links.clone());
+        for (peer, n) in &old.peers {
+            if links.peers.get(peer) != Some(n) {
+                self.handle(StateCommand::PeerDown(*peer)).await;
+            }
+        }
+        for (peer, n) in &links.peers {
+            if old.peers.get(peer) != Some(n) {
+                self.handle(StateCommand::PeerUp(*peer)).await;
+            }
+        }
+        if links.addrs != old.addrs
+            && let Some(addrs) = links.addrs
+        {
+            self.handle(StateCommand::SetAddrs(addrs)).await;
+        }
     }
 
     async fn handle(&mut self, cmd: StateCommand) {
@@ -720,812 +772,6 @@ impl StateActor {
             }
         }
     }
-
-    async fn write_entries(&mut self, mut writes: Vec<EntryWrite>) -> Result<bool, StateError> {
-        let local = self.local.to_base58();
-        if let Some(w) = writes.iter().find(|w| !w.owned_by(&local)) {
-            return Err(StateError::NotOwned(format!("{w:?}")));
-        }
-        let heads = self.doc.get_heads();
-        self.ensure_hydrated(&heads);
-        let mut growth: i64 = 0;
-        for w in &mut writes {
-            if let EntryWrite::Service { name, record } = w {
-                // Every writer path (API, supervisor, tests) gets lean tombstones.
-                record.strip_if_removed();
-                let old = self.hydrated.1.services.get(name.as_str());
-                growth += super::entry_bytes(name, record) as i64
-                    - old.map_or(0, |o| super::entry_bytes(name, o) as i64);
-            }
-        }
-        // Services are what an operator adds without limit; instances and leases follow from
-        // them (bounded per service), so refusing those would only hide what runs.
-        self.check_bound(growth)?;
-        let before = self.doc.get_heads();
-        if let Err(e) = Self::apply_writes(&mut self.doc, &writes) {
-            self.doc.rollback();
-            return Err(e);
-        }
-        if !self.commit_durably(&before)? {
-            return Ok(false);
-        }
-        self.publish_and_push().await;
-        Ok(true)
-    }
-
-    fn apply_writes(doc: &mut AutoCommit, writes: &[EntryWrite]) -> Result<(), StateError> {
-        for write in writes {
-            match write {
-                EntryWrite::Service { name, record } => put_entry(doc, "services", name, record)?,
-                EntryWrite::Instance {
-                    key,
-                    record: Some(r),
-                } => put_entry(doc, "instances", key, r)?,
-                EntryWrite::Lease {
-                    key,
-                    record: Some(r),
-                } => put_entry(doc, "leases", key, r)?,
-                EntryWrite::Instance { key, record: None } => delete_entry(doc, "instances", key)?,
-                EntryWrite::Lease { key, record: None } => delete_entry(doc, "leases", key)?,
-            }
-        }
-        Ok(())
-    }
-
-    fn has_own_record(&self) -> bool {
-        get_entry::<NodeRecord>(&self.doc, "nodes", &self.local.to_base58()).is_some()
-    }
-
-    /// Writes the held-back record (see [`SELF_RECORD_GRACE`]), merged with whatever the mesh
-    /// already holds for us.
-    async fn flush_pending_self(&mut self) {
-        let Some((record, _)) = self.pending_self.take() else {
-            return;
-        };
-        if let Err(e) = self.write_self_record(record) {
-            tracing::warn!(error = %e, "cannot write this node's record");
-            return;
-        }
-        self.publish_and_push().await;
-    }
-
-    /// Applies a sync message; on news, persists it, republishes, and forwards to other peers.
-    async fn receive(&mut self, peer: PeerId, bytes: &[u8]) -> Result<Option<Vec<u8>>, ()> {
-        let before = self.doc.get_heads();
-        let mine_before = self.own_record();
-        let now = Instant::now().into_std();
-        let reply = match self.sessions.on_message(peer, &mut self.doc, bytes, now) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "dropped a sync message");
-                return Err(());
-            }
-        };
-        let added_changes = self.doc.get_changes(&before);
-        let added = added_changes.len();
-        self.change_count += added;
-        self.history_bytes += added_changes
-            .iter()
-            .map(|c| c.raw_bytes().len() as u64)
-            .sum::<u64>();
-        let repaired =
-            added > 0 && self.pending_self.is_none() && self.repair_own_record(mine_before);
-        if self.pending_self.is_some()
-            && (self.has_own_record()
-                || self.sessions.status(&peer, &self.doc.get_heads()) == SyncStatus::InSync)
-        {
-            self.flush_pending_self().await;
-        }
-        if added == 0 {
-            // Their heads may have changed what `mesh state` shows.
-            self.publish();
-        } else {
-            // Visible first (propagation latency), durable right after: a remote change lost
-            // in a crash is fetched again from peers.
-            self.publish();
-            let others: Vec<(PeerId, Vec<u8>)> = self
-                .sessions
-                .generate_all(&mut self.doc, now)
-                .into_iter()
-                .filter(|(p, _)| repaired || *p != peer)
-                .collect();
-            self.send_all(others).await;
-            self.persist_or_log();
-        }
-        Ok(reply)
-    }
-
-    async fn set_tag(&mut self, key: &str, value: Option<&str>) -> Result<bool, StateError> {
-        let mut rec = self.own_record();
-        let changed = match value {
-            Some(v) => {
-                validate_tag(key, v)?;
-                if !rec.tags.contains_key(key) && rec.tags.len() >= super::MAX_TAGS {
-                    return Err(StateError::TooManyTags);
-                }
-                rec.tags.insert(key.to_string(), v.to_string()) != Some(v.to_string())
-            }
-            None => rec.tags.remove(key).is_some(),
-        };
-        if changed {
-            let id = self.local.to_base58();
-            let heads = self.doc.get_heads();
-            self.ensure_hydrated(&heads);
-            let old = self.hydrated.1.nodes.get(&id);
-            let growth = super::entry_bytes(&id, &rec) as i64
-                - old.map_or(0, |o| super::entry_bytes(&id, o) as i64);
-            self.check_bound(growth)?;
-            self.write_own(rec).await?;
-        }
-        Ok(changed)
-    }
-
-    /// Repairs concurrent creations of our own record (a node that lost its state and wrote its
-    /// record before a peer sent the old one): Automerge keeps one copy whole, so the winning
-    /// copy is rewritten with the tags of every copy (ours win on a clash), the earliest join
-    /// time, and every other field as this run has them. Idempotent: once merged, nothing is
-    /// written. Returns whether it wrote.
-    fn repair_own_record(&mut self, mine_before: NodeRecord) -> bool {
-        use automerge::{ObjType, ROOT, ReadDoc, Value};
-        use autosurgeon::Hydrate;
-        let id = self.local.to_base58();
-        let Ok(Some((Value::Object(ObjType::Map), nodes))) = self.doc.get(ROOT, "nodes") else {
-            return false;
-        };
-        let Ok(all) = self.doc.get_all(&nodes, id.as_str()) else {
-            return false;
-        };
-        if all.len() < 2 {
-            return false;
-        }
-        let mine: Option<NodeRecord> = Some(mine_before);
-        let mut tags = BTreeMap::new();
-        let mut joined = i64::MAX;
-        for (v, obj) in &all {
-            if !matches!(v, Value::Object(ObjType::Map)) {
-                continue;
-            }
-            let Ok(rec) = NodeRecord::hydrate_map(&self.doc, obj) else {
-                continue;
-            };
-            if rec.joined_at_ms > 0 {
-                joined = joined.min(rec.joined_at_ms);
-            }
-            tags.extend(rec.tags);
-        }
-        let Some(mut rec) = mine else { return false };
-        tags.extend(std::mem::take(&mut rec.tags));
-        rec.tags = tags;
-        if joined != i64::MAX {
-            rec.joined_at_ms = joined;
-        }
-        let ok =
-            put_entry(&mut self.doc, "nodes", &id, &rec).is_ok() && self.doc.commit().is_some();
-        if ok {
-            self.note_local_change();
-        }
-        ok
-    }
-
-    fn own_record(&self) -> NodeRecord {
-        if let Some((pending, _)) = &self.pending_self {
-            return pending.clone();
-        }
-        self.snapshot_tx
-            .borrow()
-            .state
-            .nodes
-            .get(&self.local.to_base58())
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Writes this node's record, commits, pushes to peers, and fsyncs before returning.
-    async fn write_own(&mut self, record: NodeRecord) -> Result<(), StateError> {
-        if let Some((pending, deadline)) = self.pending_self.take() {
-            // A local write before any peer answered: the record is written now after all.
-            let mut merged = record;
-            merged.joined_at_ms = pending.joined_at_ms;
-            if let Err(e) = self.write_self_record_keep_tags(merged) {
-                self.pending_self = Some((pending, deadline));
-                return Err(e);
-            }
-            self.publish();
-            let msgs = self
-                .sessions
-                .generate_all(&mut self.doc, Instant::now().into_std());
-            self.send_all(msgs).await;
-            return Ok(());
-        }
-        let before = self.doc.get_heads();
-        if let Err(e) = put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record) {
-            self.doc.rollback();
-            return Err(e);
-        }
-        if self.commit_durably(&before)? {
-            self.publish_and_push().await;
-        }
-        Ok(())
-    }
-
-    /// Like [`StateActor::write_self_record`], but with the tags of `record` itself.
-    fn write_self_record_keep_tags(&mut self, mut record: NodeRecord) -> Result<(), StateError> {
-        if record.joined_at_ms <= 0 {
-            record.joined_at_ms = now_ms();
-        }
-        let before = self.doc.get_heads();
-        if let Err(e) = put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record) {
-            self.doc.rollback();
-            return Err(e);
-        }
-        self.commit_durably(&before)?;
-        Ok(())
-    }
-
-    /// At start: this node's record, keeping tags and first-join time from the document.
-    fn write_self_record(&mut self, mut record: NodeRecord) -> Result<(), StateError> {
-        let existing = get_entry::<NodeRecord>(&self.doc, "nodes", &self.local.to_base58());
-        record.tags = existing
-            .as_ref()
-            .map(|r| r.tags.clone())
-            .unwrap_or_default();
-        record.joined_at_ms = existing
-            .as_ref()
-            .map(|r| r.joined_at_ms)
-            .filter(|t| *t > 0)
-            .unwrap_or_else(now_ms);
-        record.left_at_ms = None;
-        put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
-        if self.doc.commit().is_some() {
-            self.note_local_change();
-            self.persist_or_log();
-        }
-        Ok(())
-    }
-
-    /// Republishes the snapshot and sends every connected peer what it is missing.
-    async fn publish_and_push(&mut self) {
-        self.publish();
-        let msgs = self
-            .sessions
-            .generate_all(&mut self.doc, Instant::now().into_std());
-        self.send_all(msgs).await;
-    }
-
-    /// Starts fetching `peer`'s snapshot in parts, unless a fetch is already under way.
-    async fn fetch_snapshot(&mut self, peer: PeerId) {
-        let now = Instant::now();
-        if self
-            .fetching
-            .as_ref()
-            .is_some_and(|f| now.duration_since(f.since) < FETCH_TIMEOUT)
-        {
-            return;
-        }
-        self.fetching = Some(SnapshotFetch {
-            peer,
-            since: now,
-            id: None,
-            buf: Vec::new(),
-        });
-        let _ = self
-            .out
-            .send(SyncOut::Request(
-                peer,
-                SyncRequest::FetchSnapshotPart {
-                    offset: 0,
-                    id: None,
-                },
-            ))
-            .await;
-    }
-
-    /// Serves one part of our snapshot: a new snapshot for a first part (reused while our
-    /// heads stay the same), else the one the requester started on.
-    fn snapshot_part(&mut self, offset: u64, id: Option<u64>) -> SyncResponse {
-        let heads = self.doc.get_heads();
-        if id.is_none() && self.served.as_ref().is_none_or(|s| s.heads != heads) {
-            let bytes = self.doc.save();
-            self.served = Some(ServedSnapshot {
-                id: self.next_snapshot_id,
-                heads,
-                bytes: Arc::new(bytes),
-            });
-            self.next_snapshot_id += 1;
-        }
-        let Some(served) = self
-            .served
-            .as_ref()
-            .filter(|s| id.is_none_or(|id| id == s.id))
-        else {
-            // That snapshot is gone (our document changed): the requester starts over.
-            return SyncResponse::Refused;
-        };
-        let total = served.bytes.len() as u64;
-        if total > MAX_SNAPSHOT_BYTES || offset > total {
-            return SyncResponse::Refused;
-        }
-        let start = offset as usize;
-        let end = (start + SNAPSHOT_PART_BYTES).min(served.bytes.len());
-        SyncResponse::SnapshotPart {
-            epoch: self.epoch.clone(),
-            id: served.id,
-            total,
-            offset,
-            bytes: served.bytes[start..end].to_vec(),
-        }
-    }
-
-    /// A part of the snapshot we are fetching: append it, ask for the next, or use the whole.
-    async fn on_snapshot_part(
-        &mut self,
-        peer: PeerId,
-        epoch: EpochId,
-        id: u64,
-        total: u64,
-        offset: u64,
-        bytes: Vec<u8>,
-    ) {
-        let now = Instant::now();
-        let Some(fetch) = self.fetching.as_mut().filter(|f| f.peer == peer) else {
-            return;
-        };
-        let fits = total <= MAX_SNAPSHOT_BYTES
-            && offset == fetch.buf.len() as u64
-            && fetch.id.is_none_or(|i| i == id)
-            && !bytes.is_empty()
-            && offset + bytes.len() as u64 <= total;
-        if !fits {
-            self.fetching = None;
-            let why = if total > MAX_SNAPSHOT_BYTES {
-                format!("its snapshot ({total} bytes) is larger than {MAX_SNAPSHOT_BYTES}")
-            } else {
-                "its snapshot changed or came out of order; retrying".to_string()
-            };
-            self.sessions
-                .on_send_failed(peer, now.into_std(), why.clone());
-            tracing::debug!(%peer, %why, "snapshot fetch abandoned");
-            self.publish();
-            return;
-        }
-        fetch.id = Some(id);
-        fetch.since = now;
-        fetch.buf.extend_from_slice(&bytes);
-        if (fetch.buf.len() as u64) < total {
-            let next = SyncRequest::FetchSnapshotPart {
-                offset: fetch.buf.len() as u64,
-                id: Some(id),
-            };
-            let _ = self.out.send(SyncOut::Request(peer, next)).await;
-            return;
-        }
-        let Some(fetch) = self.fetching.take() else {
-            return;
-        };
-        self.on_snapshot(peer, epoch, fetch.buf).await;
-    }
-
-    /// A whole snapshot from `peer`: adopted if its epoch supersedes ours, merged if it is ours.
-    async fn on_snapshot(&mut self, peer: PeerId, epoch: EpochId, bytes: Vec<u8>) {
-        let result = if epoch.supersedes(&self.epoch) {
-            self.adopt(peer, &epoch, &bytes).await
-        } else if epoch == self.epoch {
-            self.merge_snapshot(peer, &bytes).await
-        } else {
-            Ok(())
-        };
-        if let Err(e) = result {
-            tracing::warn!(%peer, error = %e, "cannot use the peer's state snapshot");
-            self.sessions
-                .on_send_failed(peer, Instant::now().into_std(), e.to_string());
-            self.publish();
-        }
-    }
-
-    /// Merges a snapshot of our own epoch (the peer had more for us than fits one message).
-    async fn merge_snapshot(&mut self, peer: PeerId, bytes: &[u8]) -> Result<(), StateError> {
-        let mut other = AutoCommit::load(bytes)
-            .map_err(|e| StateError::Load(format!("snapshot from {peer}: {e}")))?;
-        let theirs = epoch_of(&mut other);
-        if theirs != self.epoch {
-            return Err(StateError::Load(format!(
-                "snapshot from {peer} is epoch {theirs}, not ours ({})",
-                self.epoch
-            )));
-        }
-        let before = self.doc.get_heads();
-        self.doc.merge(&mut other)?;
-        let added = self.doc.get_changes(&before);
-        self.change_count += added.len();
-        self.history_bytes += added
-            .iter()
-            .map(|c| c.raw_bytes().len() as u64)
-            .sum::<u64>();
-        tracing::info!(%peer, changes = added.len(), bytes = bytes.len(), "merged a peer's state snapshot");
-        let now = Instant::now().into_std();
-        self.sessions.on_delivered(peer, now);
-        if !added.is_empty() {
-            self.publish();
-            self.persist_or_log();
-        }
-        // Everyone (the sender too) learns our new heads; what is left is small.
-        let msgs = self.sessions.generate_all(&mut self.doc, now);
-        self.send_all(msgs).await;
-        self.publish();
-        Ok(())
-    }
-
-    /// Switches to a newer epoch received from `peer`, carrying over what only we knew.
-    async fn adopt(
-        &mut self,
-        peer: PeerId,
-        epoch: &EpochId,
-        bytes: &[u8],
-    ) -> Result<(), StateError> {
-        let mut new = AutoCommit::load(bytes)
-            .map_err(|e| StateError::Load(format!("snapshot from {peer}: {e}")))?
-            .with_actor(self.actor_id.clone());
-        let actual = epoch_of(&mut new);
-        if actual != *epoch || !actual.supersedes(&self.epoch) {
-            return Err(StateError::Load(format!(
-                "snapshot from {peer} is epoch {actual}, announced {epoch}"
-            )));
-        }
-        let (old, _) = hydrate_lenient(&self.doc);
-        migrate_into(&old, &mut new, &self.local.to_base58())?;
-        tracing::info!(from = %self.epoch, to = %actual, via = %peer, "adopted a new state epoch");
-        self.switch_epoch(new, actual).await;
-        Ok(())
-    }
-
-    /// Compacts into a new epoch when due (or when forced): past [`COMPACT_AT_CHANGES`], at most
-    /// every [`MIN_COMPACT_INTERVAL`], by the leader (lowest node id among this node and its
-    /// connected peers), once every connected peer is in sync — so members rarely compact at
-    /// once, and when they do the epoch order picks one winner.
-    async fn maybe_compact(&mut self, force: bool) -> Result<bool, StateError> {
-        let now = Instant::now();
-        if !force {
-            if (self.change_count < COMPACT_AT_CHANGES
-                && self.history_bytes < super::COMPACT_AT_HISTORY_BYTES)
-                || self
-                    .last_compaction
-                    .is_some_and(|t| now.duration_since(t) < MIN_COMPACT_INTERVAL)
-            {
-                return Ok(false);
-            }
-            let heads = self.doc.get_heads();
-            let connected = self.sessions.connected_peers();
-            let leader = connected.iter().all(|p| self.local < *p);
-            let in_sync = connected
-                .iter()
-                .all(|p| self.sessions.status(p, &heads) == SyncStatus::InSync);
-            if !leader || !in_sync {
-                return Ok(false);
-            }
-        }
-        let mut new = compact(&mut self.doc, self.actor_id.clone())?;
-        let epoch = epoch_of(&mut new);
-        tracing::info!(from = %self.epoch, to = %epoch, "compacted the state into a new epoch");
-        self.last_compaction = Some(now);
-        self.switch_epoch(new, epoch).await;
-        Ok(true)
-    }
-
-    /// Replaces the document: new sync sessions (heads share nothing with the old epoch), the
-    /// file rewritten, readers and peers told.
-    async fn switch_epoch(&mut self, mut doc: AutoCommit, epoch: EpochId) {
-        (self.change_count, self.history_bytes) = history_of(&mut doc);
-        self.doc = doc;
-        // The old heads mean nothing in the new document: read it whole.
-        self.hydrated.0.clear();
-        self.epoch = epoch;
-        let connected = self.sessions.connected_peers();
-        let stats = self.sessions.stats().clone();
-        self.sessions = SyncSessions::with_stats(stats);
-        self.rewrite_file();
-        self.sync_states_dirty = true;
-        self.publish();
-        let now = Instant::now().into_std();
-        for peer in connected {
-            if let Some(msg) = self.sessions.on_peer_up(peer, &mut self.doc, now) {
-                self.send(peer, msg).await;
-            }
-        }
-    }
-
-    async fn send(&mut self, peer: PeerId, message: Vec<u8>) {
-        let req = if message.len() > MAX_SYNC_PAYLOAD {
-            // Too much for one message: offer our snapshot, which travels in parts.
-            self.sessions.forget_in_flight(peer);
-            SyncRequest::SnapshotOffer {
-                epoch: self.epoch.clone(),
-            }
-        } else {
-            SyncRequest::Sync {
-                epoch: self.epoch.clone(),
-                message,
-            }
-        };
-        let _ = self.out.send(SyncOut::Request(peer, req)).await;
-    }
-
-    async fn send_all(&mut self, msgs: Vec<(PeerId, Vec<u8>)>) {
-        for (peer, msg) in msgs {
-            self.send(peer, msg).await;
-        }
-    }
-
-    /// Appends what the file lacks and fsyncs; compacts the file when due. On error the file
-    /// is left without a torn chunk and the next call retries the same changes.
-    fn persist(&mut self) -> Result<(), StateError> {
-        let Some(file) = self.file.as_mut() else {
-            return Ok(());
-        };
-        if let Err(e) = file.append(&mut self.doc) {
-            let path = file.path().display().to_string();
-            tracing::error!(error = %e, %path, "cannot append to the state file");
-            return Err(StateError::NotDurable(format!("{path}: {e}")));
-        }
-        if file.needs_compaction() {
-            self.rewrite_file();
-        }
-        Ok(())
-    }
-
-    /// Commits the open transaction as one local change and makes it durable before anyone
-    /// sees it. `Ok(false)`: nothing changed. When the change cannot be written to disk it is
-    /// undone in memory as well — never published, never sent — and the error says so.
-    /// Counts the change this node just committed.
-    fn note_local_change(&mut self) {
-        self.change_count += 1;
-        if let Some(c) = self.doc.get_last_local_change() {
-            self.history_bytes += c.raw_bytes().len() as u64;
-        }
-    }
-
-    fn commit_durably(&mut self, before: &[ChangeHash]) -> Result<bool, StateError> {
-        if self.doc.commit().is_none() {
-            return Ok(false);
-        }
-        self.note_local_change();
-        if let Err(e) = self.persist() {
-            self.roll_back_to(before);
-            return Err(e);
-        }
-        Ok(true)
-    }
-
-    /// Undoes this node's last local change (not yet sent anywhere): the document as of
-    /// `heads`, with a fresh actor id so the undone change's sequence number is never reused
-    /// for different content.
-    fn roll_back_to(&mut self, heads: &[ChangeHash]) {
-        match self.doc.fork_at(heads) {
-            Ok(doc) => {
-                self.actor_id = ActorId::random();
-                self.doc = doc.with_actor(self.actor_id.clone());
-                self.change_count = self.change_count.saturating_sub(1);
-                self.hydrated.0.clear();
-            }
-            Err(e) => tracing::error!(error = %e, "cannot undo a change that was not saved"),
-        }
-    }
-
-    /// Logs a failed write of a change that is kept anyway (a peer's change, or this node's
-    /// record at start, both of which come back from peers or the next start).
-    fn persist_or_log(&mut self) {
-        if let Err(e) = self.persist() {
-            tracing::warn!(error = %e, "a change is held in memory only until the disk accepts it");
-        }
-    }
-
-    fn rewrite_file(&mut self) {
-        if let Some(file) = self.file.as_mut()
-            && let Err(e) = file.rewrite(&mut self.doc)
-        {
-            tracing::error!(error = %e, "cannot rewrite the state file; retried on the next write");
-        }
-    }
-
-    fn save_sync_states(&mut self) {
-        let (Some(path), true) = (&self.sync_file, self.sync_states_dirty) else {
-            return;
-        };
-        let map: BTreeMap<String, String> = self
-            .sessions
-            .encode_states()
-            .into_iter()
-            .map(|(k, v)| (k, hex::encode(v)))
-            .collect();
-        let text = serde_json::to_vec(&map).expect("a string map always serializes");
-        if let Err(e) = crate::identity::write_secret_file(path, &text) {
-            tracing::warn!(error = %e, "cannot save sync states");
-        }
-        self.sync_states_dirty = false;
-    }
-
-    /// Brings the hydrated value (and its size) up to `heads`: only the entries the changes
-    /// since the last hydration touched are read again (a write costs what it changed, not
-    /// what the document holds); after an epoch switch, a rollback, or a change to the root
-    /// itself, everything is.
-    fn ensure_hydrated(&mut self, heads: &[ChangeHash]) {
-        if self.hydrated.0 == heads {
-            return;
-        }
-        let before = self.hydrated.0.clone();
-        if !before.is_empty()
-            && let Some(touched) = self.touched_entries(&before, heads)
-        {
-            let mut state = (*self.hydrated.1).clone();
-            let mut stats = self.hydrated.2.clone();
-            for (map, key) in touched {
-                let (old, new) = match map.as_str() {
-                    "nodes" => reread(&self.doc, &mut state.nodes, &map, &key, &mut stats),
-                    "services" => reread(&self.doc, &mut state.services, &map, &key, &mut stats),
-                    "instances" => reread(&self.doc, &mut state.instances, &map, &key, &mut stats),
-                    "leases" => reread(&self.doc, &mut state.leases, &map, &key, &mut stats),
-                    _ => (0, 0),
-                };
-                self.value_bytes = (self.value_bytes + new).saturating_sub(old);
-            }
-            self.hydrated = (heads.to_vec(), Arc::new(state), stats);
-            self.note_bound();
-            return;
-        }
-        let (state, stats) = hydrate_lenient(&self.doc);
-        self.value_bytes = super::value_bytes(&state);
-        self.hydrated = (heads.to_vec(), Arc::new(state), stats);
-        self.note_bound();
-    }
-
-    /// Says so when the document's value crosses its bound (never silently): `mesh state`
-    /// shows the size against the limit, and the log says who must act.
-    fn note_bound(&mut self) {
-        let over = self.value_bytes > super::MAX_DOCUMENT_BYTES;
-        if over && !self.over_bound {
-            tracing::warn!(
-                value_bytes = self.value_bytes,
-                limit = super::MAX_DOCUMENT_BYTES,
-                "the replicated document is past its bound: services and tags that grow it are \
-                 refused until it shrinks (what nodes report of their instances and leases, and \
-                 changes from peers, are never refused); remove services or tags, and check for \
-                 an older or misbehaving agent in the mesh"
-            );
-        } else if !over && self.over_bound {
-            tracing::info!(
-                value_bytes = self.value_bytes,
-                "the replicated document is back within its bound"
-            );
-        }
-        self.over_bound = over;
-    }
-
-    /// The `(root map, key)` entries the changes between `before` and `after` touched, from
-    /// Automerge's diff; `None` when a change reaches past the entries (the root itself) or
-    /// touches so many that reading everything is as cheap.
-    fn touched_entries(
-        &mut self,
-        before: &[ChangeHash],
-        after: &[ChangeHash],
-    ) -> Option<std::collections::BTreeSet<(String, String)>> {
-        use automerge::PatchAction;
-        use automerge::Prop;
-        let patches = self.doc.diff(before, after);
-        if patches.len() > MAX_INCREMENTAL_PATCHES {
-            return None;
-        }
-        let mut touched = std::collections::BTreeSet::new();
-        for p in patches {
-            let entry = match (p.path.as_slice(), &p.action) {
-                ([(_, Prop::Map(map))], PatchAction::PutMap { key, .. })
-                | ([(_, Prop::Map(map))], PatchAction::DeleteMap { key }) => {
-                    (map.clone(), key.clone())
-                }
-                ([(_, Prop::Map(map)), (_, Prop::Map(key)), ..], _) => (map.clone(), key.clone()),
-                _ => return None,
-            };
-            touched.insert(entry);
-        }
-        Some(touched)
-    }
-
-    /// Refuses a local write that would grow the document's value past
-    /// [`super::MAX_DOCUMENT_BYTES`] (`growth` bytes; shrinking always passes).
-    fn check_bound(&self, growth: i64) -> Result<(), StateError> {
-        let size = self.value_bytes.saturating_add_signed(growth);
-        if growth > 0 && size > super::MAX_DOCUMENT_BYTES {
-            return Err(StateError::DocumentTooLarge {
-                size,
-                limit: super::MAX_DOCUMENT_BYTES,
-            });
-        }
-        Ok(())
-    }
-
-    fn peer_views(&self, heads: &[ChangeHash]) -> Vec<PeerSyncView> {
-        let now = Instant::now().into_std();
-        let mut views: Vec<PeerSyncView> = self
-            .sessions
-            .peers()
-            .map(|(p, connected)| PeerSyncView {
-                peer: *p,
-                connected,
-                status: self.sessions.status(p, heads),
-                health: self.sessions.health(p, heads, now),
-            })
-            .collect();
-        views.sort_by_key(|v| v.peer);
-        views
-    }
-
-    /// Republishes if a peer's sync health changed with time alone (`never-synced` past its
-    /// deadline), so `mesh peers` and the log tell without any other event.
-    fn recheck_health(&mut self) {
-        let heads = self.doc.get_heads();
-        let views = self.peer_views(&heads);
-        if self.snapshot_tx.borrow().peers != views {
-            self.publish();
-        }
-    }
-
-    /// Logs a peer whose sync is failing (at most every [`HEALTH_WARN_INTERVAL`] per peer),
-    /// and when it works again.
-    fn warn_on_bad_health(&mut self, views: &[PeerSyncView]) {
-        let now = Instant::now();
-        for v in views {
-            let entry = self.health_warned.entry(v.peer).or_insert((false, None));
-            if v.health.is_bad() {
-                if entry
-                    .1
-                    .is_none_or(|t| now.duration_since(t) >= HEALTH_WARN_INTERVAL)
-                {
-                    tracing::warn!(
-                        peer = %v.peer,
-                        health = %v.health,
-                        "cannot sync the mesh state with this peer: our documents may differ \
-                         until this is fixed"
-                    );
-                    entry.1 = Some(now);
-                }
-                entry.0 = true;
-            } else if entry.0 && v.health == SyncHealth::Ok {
-                tracing::info!(peer = %v.peer, "state sync with this peer works again");
-                *entry = (false, None);
-            }
-        }
-        if self.health_warned.len() > crate::sync::MAX_SAVED_STATES {
-            let known: std::collections::HashSet<PeerId> = views.iter().map(|v| v.peer).collect();
-            self.health_warned.retain(|p, _| known.contains(p));
-        }
-    }
-
-    fn publish(&mut self) {
-        let heads = self.doc.get_heads();
-        self.ensure_hydrated(&heads);
-        let (state, hydrate) = (self.hydrated.1.clone(), self.hydrated.2.clone());
-        if !Arc::ptr_eq(&self.parsed.0, &state) {
-            let specs = self.parsed.1.refresh(&self.parsed.0, &state);
-            self.parsed = (state.clone(), Arc::new(specs));
-        }
-        let specs = self.parsed.1.clone();
-        let peers = self.peer_views(&heads);
-        self.warn_on_bad_health(&peers);
-        self.version += 1;
-        let snapshot = StateSnapshot {
-            version: self.version,
-            state,
-            specs,
-            heads: heads.iter().map(|h| h.to_string()).collect(),
-            changes: self.change_count,
-            file_bytes: self.file.as_ref().map_or(0, DocFile::bytes),
-            epoch: self.epoch.clone(),
-            peers,
-            sync: self.sessions.stats().clone(),
-            hydrate,
-            recovered_from_corruption: self.recovered,
-            value_bytes: self.value_bytes,
-        };
-        self.snapshot_tx.send_replace(Arc::new(snapshot));
-    }
 }
 
 #[cfg(test)]
@@ -1568,6 +814,118 @@ mod tests {
             name: name.into(),
             record,
         }]
+    }
+
+    #[tokio::test]
+    async fn a_peer_up_arrives_while_the_sync_queue_is_full_and_the_drops_are_counted() {
+        let shutdown = CancellationToken::new();
+        let local = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let (a, mut out, _task) = spawn_state(
+            StateConfig {
+                local,
+                data_dir: None,
+                self_record: NodeRecord::default(),
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        // Nobody reads the answers: the actor blocks once its outbound queue is full, and then
+        // its command queue fills too.
+        let mut token = 0;
+        let mut dropped_at = None;
+        for _ in 0..(OUT_CHANNEL + COMMAND_CHANNEL) * 4 {
+            token += 1;
+            let sent = a.try_send(StateCommand::Inbound {
+                peer,
+                token,
+                request: SyncRequest::FetchSnapshotPart {
+                    offset: 0,
+                    id: None,
+                },
+            });
+            if !sent {
+                dropped_at = Some(token);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(dropped_at.is_some(), "the command queue never filled");
+        assert!(a.dropped_commands() >= 1);
+        assert!(!a.try_send(StateCommand::SendFailed {
+            peer,
+            reason: "x".into()
+        }));
+        assert_eq!(a.dropped_commands(), 2);
+        // The notice cannot be refused, and is handled before the queued data.
+        a.peer_up(peer);
+        let drain = tokio::spawn(async move { while out.recv().await.is_some() {} });
+        let mut rx = a.subscribe();
+        let up = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .any(|p| p.peer == peer && p.connected)
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(up.is_ok(), "the peer never came up in the state actor");
+        shutdown.cancel();
+        drain.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_went_down_and_up_between_two_reads_gets_a_fresh_session() {
+        let (a, shutdown) = in_memory();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        a.peer_up(peer);
+        a.peer_down(peer);
+        a.peer_up(peer);
+        let mut rx = a.subscribe();
+        let up = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .any(|p| p.peer == peer && p.connected)
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(up.is_ok());
+        a.peer_down(peer);
+        let down = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .peers
+                    .iter()
+                    .any(|p| p.peer == peer && !p.connected)
+                {
+                    return;
+                }
+                rx.changed().await.expect("the state actor runs");
+            }
+        })
+        .await;
+        assert!(down.is_ok());
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -61,6 +61,7 @@ use crate::ports::{
 use crate::services::{View, instance_key};
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
 use crate::state::{InstanceRecord, InstanceState, LeaseRecord, MeshState, now_ms, system_time_ms};
+pub use crate::wire::query::AuditRecord;
 
 mod handle;
 mod leases;
@@ -127,18 +128,6 @@ pub struct SupervisorConfig {
     /// Spawns, signals and probes the service processes: [`launcher::ProcessLauncher`]
     /// (real processes), or a fake one in tests ([`launcher::fake::FakeLauncher`]).
     pub launcher: Arc<dyn Launcher>,
-}
-
-/// One entry of the audit trail.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AuditRecord {
-    pub seq: u64,
-    /// Wall clock, milliseconds since the Unix epoch.
-    pub at_ms: i64,
-    pub service: String,
-    /// Kebab-case kind (`start`, `backoff`, `give-up`, `port-allocated`, ...).
-    pub kind: String,
-    pub reason: String,
 }
 
 /// A page of the audit trail.

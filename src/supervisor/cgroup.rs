@@ -174,7 +174,7 @@ impl ServiceCgroups {
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().to_str().map(String::from))
-            .filter(|name| super::spec::check_name(name).is_ok())
+            .filter(|name| crate::wire::name::check_name(name).is_ok())
             .collect()
     }
 

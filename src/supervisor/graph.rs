@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::spec::{ServiceSpec, SpecError};
+use super::spec::error::SpecError;
+use super::spec::service::ServiceSpec;
 
 /// Dependencies among a set of services. Edges point from a service to what it runs after.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

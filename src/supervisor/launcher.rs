@@ -36,13 +36,13 @@
 //! Spec: `protocol/service-spec.md`.
 
 pub mod fake;
+mod error;
 mod logs;
 mod probe;
-mod process;
+pub(crate) mod process;
+mod seam;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -57,61 +57,11 @@ pub use logs::{
     MAX_LOG_LINE_BYTES, log_len, log_path, read_log_since, rotated_log_path, tail_log,
 };
 pub use probe::{EXEC_REAP_CEILING, MAX_HTTP_RESPONSE_BYTES, probe, probe_service};
+pub use error::LaunchError;
+pub use seam::{Launch, Launched, Launcher};
 pub use process::{
-    LaunchError, RunningProcess, exit_status, signal_group, spawn_service, spawn_service_in,
+    RunningProcess, exit_status, signal_group, spawn_service, spawn_service_in,
 };
-
-/// What the supervisor actor asks a [`Launcher`] to start: one process of one service.
-#[derive(Clone, Copy, Debug)]
-pub struct Launch<'a> {
-    /// The spec, with its working dir already decided.
-    pub spec: &'a ServiceSpec,
-    /// `PORT` / `PORT_<NAME>` → leased port ([`ServiceSpec::port_env`]).
-    pub ports: &'a BTreeMap<String, u16>,
-    /// This node's name (`MESH_NODE`).
-    pub node_name: &'a str,
-    pub log_dir: &'a Path,
-    pub log_limits: LogLimits,
-    /// This node's service cgroups, when it uses them.
-    pub cgroups: Option<&'a ServiceCgroups>,
-}
-
-/// A started service process.
-pub struct Launched {
-    /// Its id, also its process-group id (for a fake launcher: an id no real process has).
-    pub pid: u32,
-    /// Resolves once the process has exited and what it left behind has been stopped, so a
-    /// restart never runs next to an orphan of the previous start. The actor awaits it in
-    /// a task of its own.
-    pub exit: BoxFuture<'static, ExitStatus>,
-}
-
-impl fmt::Debug for Launched {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Launched").field("pid", &self.pid).finish()
-    }
-}
-
-/// What the supervisor actor needs from the operating system for its service processes.
-/// One instance per node; calls for different services may overlap.
-pub trait Launcher: Send + Sync + fmt::Debug {
-    /// Starts one process of `launch.spec`.
-    fn spawn<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Launched, LaunchError>>;
-
-    /// Sends `signal` to the process `pid` of `service` and everything it started. A process
-    /// already gone is not an error worth reporting: its exit is on its way.
-    fn signal(&self, service: &str, pid: u32, signal: StopSignal, cgroups: Option<&ServiceCgroups>);
-
-    /// Runs `spec`'s health check once against process `pid`, with its `PORT*` map. A
-    /// service without a health check passes.
-    fn probe(
-        &self,
-        spec: ServiceSpec,
-        ports: BTreeMap<String, u16>,
-        node_name: String,
-        pid: u32,
-    ) -> BoxFuture<'static, HealthOutcome>;
-}
 
 /// The real launcher: processes in their own process group (and cgroup), logs on disk,
 /// probes over loopback.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StopSignal;
 use super::desired::RequestStamp;
-use super::launcher::signal_group;
+use super::launcher::process::signal_group;
 
 /// How long leftover processes get between SIGTERM and SIGKILL. Shorter than a service's
 /// usual stop grace: they run unsupervised, and the agent's own start waits for them.

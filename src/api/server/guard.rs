@@ -6,8 +6,9 @@
 //! state changes (every method but GET and HEAD): no foreign `Origin` (a web page's form or
 //! fetch), `Content-Type: application/json` (which a page cannot send cross-origin without a
 //! CORS preflight, and this API answers none), and the API token as `Authorization: Bearer`.
-//! Last, long polls take a slot from a bounded pool. [`json_errors`] turns any non-JSON error
-//! (axum's plain-text rejections, the empty 405) into `{"error": "..."}`.
+//! Last, long polls take a slot from a bounded pool. Every refusal is an [`ApiError`], and
+//! [`json_errors`] turns any other error answer (axum's plain-text rejections of a bad query
+//! string or body, the empty 405) into one, its code taken from the status.
 //!
 //! Owns the decisions ([`Guard::check`] is plain data in, refusal out) and their middleware.
 //! Does not own the token file ([`crate::api::auth`]) nor connection limits (`listener`).
@@ -16,32 +17,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::header::{
-    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
-};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use crate::api::ErrorBody;
 use crate::api::auth::{ADMIN_GROUP, TOKEN_FILE, TOKEN_FILE_ENV, TokenVerifier};
+use crate::api::contract::{ApiError, ErrorCode, routes};
 
 /// Largest non-JSON error body [`json_errors`] reads to wrap: axum's rejection texts are one
 /// line; anything longer is cut.
 const MAX_WRAPPED_ERROR_BYTES: usize = 4 * 1024;
-/// `Retry-After` of a long poll refused for want of a slot, in seconds: slots free up as
-/// other polls answer (within 30 s at most), and a follower retrying every second costs little.
-const LONG_POLL_RETRY_AFTER_S: u32 = 1;
-
-/// A request refused before any handler ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub message: String,
-}
 
 /// What the checks need: the API's own address, the token verifier, where the token lives
 /// (for the messages), and the long-poll slots.
@@ -78,11 +66,8 @@ impl Guard {
     }
 
     /// The checks of the module doc, on the method and headers of one request.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
-        let forbidden = |message: String| Refusal {
-            status: StatusCode::FORBIDDEN,
-            message,
-        };
+    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        let forbidden = |message: String| ApiError::new(ErrorCode::Forbidden, message);
         let port = self.own.port();
         let host = headers.get(HOST).and_then(|h| h.to_str().ok());
         match host {
@@ -95,13 +80,13 @@ impl Guard {
                 )));
             }
             None => {
-                return Err(Refusal {
-                    status: StatusCode::BAD_REQUEST,
-                    message: format!(
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
                         "a Host header is required (http://127.0.0.1:{port} or \
                          http://localhost:{port})"
                     ),
-                });
+                ));
             }
         }
         if *method == Method::GET || *method == Method::HEAD {
@@ -122,13 +107,13 @@ impl Guard {
             .map(|v| v.to_str().unwrap_or("?"))
             .unwrap_or("");
         if !is_json(content_type) {
-            return Err(Refusal {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                message: format!(
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
                     "state changes must be sent with `Content-Type: application/json` (this \
                      one had `{content_type}`), even without a body"
                 ),
-            });
+            ));
         }
         let file = self.token_file();
         let how = format!(
@@ -137,10 +122,10 @@ impl Guard {
              --token-file / {TOKEN_FILE_ENV}). Reads (GET) need no token."
         );
         let Some(auth) = headers.get(AUTHORIZATION) else {
-            return Err(Refusal {
-                status: StatusCode::UNAUTHORIZED,
-                message: format!("changing the agent needs its API token: {how}"),
-            });
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("changing the agent needs its API token: {how}"),
+            ));
         };
         let token = auth
             .to_str()
@@ -245,49 +230,30 @@ pub fn is_long_poll(uri: &Uri) -> bool {
             .map(|(_, v)| v)
     };
     match uri.path() {
-        "/v1/peers" => param("wait").is_some(),
-        "/v1/events" => param("wait_ms").is_some_and(|v| v != "0"),
+        routes::PEERS => param("wait").is_some(),
+        routes::EVENTS => param("wait_ms").is_some_and(|v| v != "0"),
         _ => false,
     }
-}
-
-fn refusal_response(refusal: Refusal) -> Response {
-    let mut response = (
-        refusal.status,
-        Json(ErrorBody {
-            error: refusal.message,
-        }),
-    )
-        .into_response();
-    if refusal.status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"mesh\""),
-        );
-    }
-    response
 }
 
 /// Middleware: [`Guard::check`], then a long-poll slot for long polls.
 pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     if let Err(refusal) = guard.check(request.method(), request.headers()) {
-        return refusal_response(refusal);
+        return refusal.into_response();
     }
     let _slot = if is_long_poll(request.uri()) {
         match guard.long_polls.clone().try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(_) => {
-                let mut response = refusal_response(Refusal {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: format!(
+                // `Retry-After` comes with the code.
+                return ApiError::new(
+                    ErrorCode::TooManyLongPolls,
+                    format!(
                         "too many waiting requests ({} long polls at once); retry in a second",
                         guard.max_long_polls
                     ),
-                });
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(LONG_POLL_RETRY_AFTER_S));
-                return response;
+                )
+                .into_response();
             }
         }
     } else {
@@ -296,8 +262,9 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
     next.run(request).await
 }
 
-/// Middleware: every error answer as `{"error": "..."}`. Bodies that are not JSON (axum's
-/// plain-text rejections, the empty 405) become the message, or the status's own words.
+/// Middleware: every error answer as an [`ApiError`]. Bodies that are not JSON (axum's
+/// plain-text rejections, the empty 405) become the message, or the status's own words; the
+/// code is the status's ([`ErrorCode::for_status`]); headers (`Allow`) are kept.
 pub async fn json_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -332,7 +299,14 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     };
     parts.headers.remove(CONTENT_TYPE);
     parts.headers.remove(CONTENT_LENGTH);
-    let json = Json(ErrorBody { error: message }).into_response();
+    let code = ErrorCode::for_status(status.as_u16());
+    // One status per code: a 422 (a body that decodes to the wrong shape) answers 400.
+    if code != ErrorCode::Internal
+        && let Ok(status) = StatusCode::from_u16(code.status())
+    {
+        parts.status = status;
+    }
+    let json = ApiError::new(code, message).into_response();
     let (json_parts, json_body) = json.into_parts();
     parts.headers.extend(json_parts.headers);
     Response::from_parts(parts, json_body)
@@ -341,6 +315,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     fn own() -> SocketAddr {
         "127.0.0.1:7401".parse().unwrap()
@@ -434,7 +409,7 @@ mod tests {
             guard
                 .check(&method, &headers(pairs))
                 .err()
-                .map(|r| r.status.as_u16())
+                .map(|r| r.status())
         };
         let host = ("host", "127.0.0.1:7401");
         let json = ("content-type", "application/json");
@@ -494,6 +469,7 @@ mod tests {
         let unauthorized = guard
             .check(&Method::POST, &headers(&[host, json]))
             .unwrap_err();
+        assert_eq!(unauthorized.code, ErrorCode::Unauthorized);
         assert!(unauthorized.message.contains("`mesh` group"));
         assert!(unauthorized.message.contains("api.token"));
     }

@@ -1,8 +1,9 @@
 //! Handlers of the service, port, log and event routes (see the route table in
 //! [`crate::api`]). Desired state goes into the replicated document; logs, listening sockets
-//! and events are asked of the node concerned, here or through the mesh ([`crate::query`]).
+//! and events are asked of the node concerned, here or through the mesh ([`crate::wire::query`]).
 //!
-//! Helpers return `Result<_, Response>`: the error is the finished HTTP answer.
+//! Helpers return `Result<_, Response>`: the error is the finished HTTP answer, an
+//! [`crate::api::ApiError`] (through `error`, `state_error`, `body_error`).
 #![allow(clippy::result_large_err)]
 
 use std::time::Duration;
@@ -13,20 +14,22 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use libp2p::PeerId;
-use serde::Deserialize;
 
-use super::{error, state_error};
-use crate::api::{
-    EventEntry, EventsResponse, ListeningEntry, ListeningResponse, LogsResponse, MAX_WAIT,
-    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, now_ms,
-    port_entries, service_entries,
+use super::convert::{port_entries, service_entries};
+use super::{body_error, error, state_error};
+use crate::api::contract::{
+    EventEntry, EventsQuery, EventsResponse, ListeningEntry, ListeningResponse, LogsQuery,
+    LogsResponse, MAX_WAIT, NodeQuery, ServiceActionResponse, ServiceAddRequest,
+    ServiceAddResponse, ServiceAdded,
 };
 use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
 use crate::node::NodeHandle;
-use crate::query::{self, QueryRequest, QueryResponse};
 use crate::services::{self, Change, LocalCheck, ServiceAction, ServiceError, View, Writer};
+use crate::state::now_ms;
+use crate::supervisor::query;
 use crate::supervisor::ServiceSpec;
+use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 
 /// Default number of log lines.
 const DEFAULT_LOG_LINES: u32 = 50;
@@ -73,12 +76,7 @@ pub async fn add_services(
 ) -> Response {
     let Json(request) = match body {
         Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"services\": [SPEC, ...]}}: {e}"),
-            );
-        }
+        Err(e) => return body_error(e, r#"{"services": [SPEC, ...]}"#),
     };
     let snap = node.state().snapshot();
     let supervisor = node.supervisor();
@@ -256,12 +254,6 @@ fn unexpected() -> Response {
     )
 }
 
-#[derive(Deserialize)]
-pub struct LogsQuery {
-    n: Option<u32>,
-    offset: Option<u64>,
-}
-
 pub async fn service_logs(
     State(node): State<NodeHandle>,
     Path(name): Path<String>,
@@ -300,11 +292,6 @@ pub async fn service_logs(
     }
 }
 
-#[derive(Deserialize)]
-pub struct NodeQuery {
-    node: Option<String>,
-}
-
 pub async fn list_ports(State(node): State<NodeHandle>, Query(q): Query<NodeQuery>) -> Response {
     let snap = node.state().snapshot();
     Json(port_entries(&snap.state, q.node.as_deref())).into_response()
@@ -340,14 +327,6 @@ pub async fn listening_ports(
     }
 }
 
-#[derive(Deserialize)]
-pub struct EventsQuery {
-    node: Option<String>,
-    after: Option<u64>,
-    limit: Option<u32>,
-    wait_ms: Option<u64>,
-}
-
 pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQuery>) -> Response {
     let (target, node_label) = match resolve(&node, q.node.as_deref()) {
         Ok(found) => found,
@@ -355,7 +334,7 @@ pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQ
     };
     let max_wait = match target {
         Target::Local => MAX_WAIT,
-        Target::Remote(_) => query::MAX_REMOTE_WAIT,
+        Target::Remote(_) => MAX_REMOTE_WAIT,
     };
     let request = QueryRequest::Events {
         after: q.after,

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use super::{Launch, LaunchError, Launched, Launcher};
+use super::error::LaunchError;
+use super::seam::{Launch, Launched, Launcher};
 use crate::supervisor::cgroup::ServiceCgroups;
 use crate::supervisor::machine::{ExitStatus, HealthOutcome, StopSignal};
 use crate::supervisor::spec::{HealthCheck, ServiceSpec};

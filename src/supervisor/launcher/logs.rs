@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use super::LaunchError;
+use super::error::LaunchError;
 
 /// Default size at which a service's log file is rotated, in bytes. 4 MiB holds hours of
 /// ordinary service chatter, and with [`DEFAULT_LOG_KEEP`] bounds one service's logs to

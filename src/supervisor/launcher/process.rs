@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
@@ -15,40 +15,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::logs::{LOG_CHANNEL_CAPACITY, LogFile, LogLimits, pump_lines};
-use crate::supervisor::account::{self, AccountError};
+use crate::supervisor::account;
 use crate::supervisor::cgroup::ServiceCgroups;
 use crate::supervisor::machine::{ExitStatus, StopSignal};
 use crate::supervisor::spec::{ServiceSpec, expand_args};
+use super::error::LaunchError;
 
-/// Why a service could not be launched.
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error("cannot create the log directory {}: {source}", path.display())]
-    LogDir { path: PathBuf, source: io::Error },
-    #[error("cannot open the log file {}: {source}", path.display())]
-    LogFile { path: PathBuf, source: io::Error },
-    #[error("service `{service}`: cannot start `{command}`: {source}")]
-    Spawn {
-        service: String,
-        command: String,
-        source: io::Error,
-    },
-    #[error("service `{service}`: {source}")]
-    Account {
-        service: String,
-        source: AccountError,
-    },
-    #[error("service `{service}`: working_dir {} does not exist or is not a directory", path.display())]
-    WorkingDir { service: String, path: PathBuf },
-    #[error("service `{service}`: cannot prepare its cgroup {}: {source}", path.display())]
-    Cgroup {
-        service: String,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("service `{service}`: the process exited before its pid could be read")]
-    NoPid { service: String },
-}
 
 /// A spawned service process: its pid (also its process-group id) and its log pumps.
 #[derive(Debug)]

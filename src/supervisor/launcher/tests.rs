@@ -2,6 +2,8 @@
 
 use super::logs::read_line_bounded;
 use super::probe::parse_status_line;
+use std::path::Path;
+
 use super::*;
 use crate::supervisor::spec::{HealthCheck, HealthSpec};
 use std::net::TcpListener;

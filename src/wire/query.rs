@@ -1,19 +1,17 @@
-//! Queries one node answers about itself for another, through the mesh (`/mesh/query/1`):
-//! a service's log lines, the machine's listening sockets, and the audit trail. None of it is
-//! replicated (it is volatile or large); `mesh logs`, `mesh ports --listening --node` and
-//! `mesh events --node` ask the node concerned. Spec: `protocol/query.md`.
+//! Messages of `/mesh/query/1` (spec: `protocol/query.md`): questions one node answers about
+//! itself for another (a service's log lines, the listening sockets, the audit trail), the
+//! rows the answers carry, and the bounds of both.
 //!
-//! Owns the wire types and [`answer`], which both the remote path (the node actor, for an
-//! admitted peer) and the local API call, so a query reads the same whether it is answered
-//! here or there. Does not own the transport (the node actor sends and receives).
+//! Owns the types, [`QueryRequest::validate`] (what every receiver checks first) and the
+//! answer bounds. Does not own answering: `supervisor::query::answer` reads the supervisor,
+//! the node actor and the local API call it.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ports::scan::ListeningProcess;
-use crate::supervisor::actor::{AuditRecord, SupervisorHandle};
-use crate::supervisor::spec::{MAX_NAME_LEN, check_name};
+use super::name::{MAX_NAME_LEN, check_name};
+use super::socket::ListeningProcess;
 
 /// Most log lines one query returns.
 pub const MAX_LOG_LINES: u32 = 5_000;
@@ -25,13 +23,6 @@ pub const MAX_EVENTS: u32 = 5_000;
 /// spare, and a local `mesh logs -n 5000` of a chatty service is ~1 MiB instead of tens of
 /// MB. A tail answer keeps the newest lines that fit and says it was truncated.
 pub const MAX_LOG_ANSWER_BYTES: usize = 1024 * 1024;
-// A follow answer (with `offset`) is one bounded read of the file: even if every byte were
-// invalid UTF-8 (each becomes the 3-byte U+FFFD) it stays within the answer bound, so follow
-// answers are never cut (cutting one would need the offset of raw bytes not returned).
-const _: () = assert!(
-    3 * crate::supervisor::launcher::LOG_READ_CHUNK as usize <= MAX_LOG_ANSWER_BYTES,
-    "a follow read must fit in one log answer"
-);
 /// Longest wait a remote events query may ask for: under the request timeout of the
 /// transport (5 s), so the answer arrives before the stream is given up.
 pub const MAX_REMOTE_WAIT: Duration = Duration::from_secs(3);
@@ -61,6 +52,18 @@ pub enum QueryRequest {
 pub struct ListeningRow {
     pub socket: ListeningProcess,
     pub service: Option<String>,
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub service: String,
+    /// Kebab-case kind (`start`, `backoff`, `give-up`, `port-allocated`, ...).
+    pub kind: String,
+    pub reason: String,
 }
 
 /// The answer.
@@ -125,75 +128,6 @@ pub fn newest_lines_within(mut lines: Vec<String>, budget: usize) -> (Vec<String
     (lines, truncated)
 }
 
-/// Answers a query from this node's supervisor. `max_wait` caps an events wait. Every
-/// request is validated first ([`QueryRequest::validate`]), whoever sent it.
-pub async fn answer(
-    supervisor: Option<&SupervisorHandle>,
-    request: QueryRequest,
-    max_wait: Duration,
-) -> QueryResponse {
-    if let Err(why) = request.validate() {
-        return QueryResponse::Error(why);
-    }
-    let Some(supervisor) = supervisor else {
-        return QueryResponse::Error("this node runs no supervisor".to_string());
-    };
-    match request {
-        QueryRequest::Logs {
-            service,
-            lines,
-            offset,
-        } => match supervisor
-            .logs(&service, lines.min(MAX_LOG_LINES) as usize, offset)
-            .await
-        {
-            Ok((lines, new_offset)) => {
-                // Follow answers are bounded by the read itself (see the assertion above).
-                let (lines, truncated) = match offset {
-                    Some(_) => (lines, false),
-                    None => newest_lines_within(lines, MAX_LOG_ANSWER_BYTES),
-                };
-                QueryResponse::Logs {
-                    lines,
-                    offset: new_offset,
-                    truncated,
-                }
-            }
-            Err(e) => QueryResponse::Error(e.to_string()),
-        },
-        QueryRequest::Listening => match supervisor.listening().await {
-            Ok(report) => QueryResponse::Listening {
-                complete: report.scan.coverage.is_complete(),
-                rows: report
-                    .scan
-                    .processes()
-                    .into_iter()
-                    .map(|socket| ListeningRow {
-                        service: report.leased_to.get(&(socket.port, socket.proto)).cloned(),
-                        socket,
-                    })
-                    .collect(),
-            },
-            Err(e) => QueryResponse::Error(e.to_string()),
-        },
-        QueryRequest::Events {
-            after,
-            limit,
-            wait_ms,
-        } => {
-            let wait = Duration::from_millis(wait_ms).min(max_wait);
-            let page = supervisor
-                .events(after, limit.min(MAX_EVENTS) as usize, wait)
-                .await;
-            QueryResponse::Events {
-                events: page.events,
-                last_seq: page.last_seq,
-                dropped: page.dropped,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,26 +140,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_log_query_for_a_name_that_is_not_a_service_name_is_refused_first() {
-        for bad in ["../../etc/shadow", "", "-x", "UPPER", "a.b", "a\0b"] {
-            // Refused before anything else is looked at: here, before the missing supervisor.
-            match answer(None, logs(bad), Duration::ZERO).await {
-                QueryResponse::Error(message) => {
-                    assert!(
-                        message.contains("invalid service name"),
-                        "{bad:?}: {message}"
-                    )
-                }
-                other => panic!("{bad:?}: {other:?}"),
-            }
-        }
-        let long = "a".repeat(4_000);
-        let QueryResponse::Error(message) = answer(None, logs(&long), Duration::ZERO).await else {
-            panic!("a 4,000-character name is refused");
-        };
-        assert!(message.len() < 200, "the name is shortened: {message}");
+    #[test]
+    fn a_log_query_names_a_service_by_the_naming_rule() {
         assert!(logs("web-1").validate().is_ok());
+        assert!(logs("../../etc/shadow").validate().is_err());
         assert!(QueryRequest::Listening.validate().is_ok());
     }
 

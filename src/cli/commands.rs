@@ -1,0 +1,389 @@
+//! What each `mesh` command does: reads its arguments, calls the agent through the typed
+//! client (one method per route; `mesh api` alone sends a raw request), and prints through
+//! `render`. `mesh agent` hands a plain [`AgentOptions`] to the daemon instead.
+//!
+//! Every command returns `Result<(), ClientError>`; [`super::run`] turns that into the exit
+//! code. Output goes through `out!` (ends quietly on a closed stdout) and `note!` (stderr).
+
+use super::args::{
+    AgentArgs, ApiArgs, EventsArgs, LogFormatArg, LogsArgs, PeersArgs, PortsArgs, ServiceAddArgs,
+    ServiceArgs, ServiceCommand, ServicesArgs, StatusArgs, TagArgs, TagCommand,
+};
+use super::render::{
+    EVENT_HEADER, event_line, event_row, event_widths, render_events, render_listening,
+    render_log_lines, render_peers, render_ports, render_service_action, render_services,
+    render_state, render_status, to_json_pretty, truncated_logs_note,
+};
+use super::{FOLLOW_EVENTS_WAIT_MS, FOLLOW_LOG_INTERVAL, FOLLOW_LOG_LINES, emit};
+use crate::api::client::{ApiClient, ClientError};
+use crate::api::{
+    EventEntry, EventsQuery, EventsResponse, LogsQuery, NodeQuery, PeerEntry, PeersQuery,
+    ServiceAction, ServiceAddRequest, TagRequest,
+};
+use crate::daemon::{AgentOptions, LogFormat};
+use crate::state::now_ms;
+use crate::supervisor::{CliServiceParts, ServiceSpec, parse_service_file};
+
+/// Wait of one `mesh peers --watch` long poll, in ms: the table redraws at once on a change
+/// and at least every second otherwise (RTTs and last-seen times move).
+const WATCH_PEERS_TIMEOUT_MS: u64 = 1000;
+
+pub fn key_generate() -> Result<(), ClientError> {
+    out!("{}\n", crate::admission::MeshKey::generate().to_hex());
+    note!(
+        "Save it to a file (chmod 600) on every machine and start each agent with \
+         `mesh agent --mesh-key FILE`."
+    );
+    Ok(())
+}
+
+/// `mesh agent`: runs the daemon until it stops; the process exit code.
+pub fn run_agent(args: AgentArgs) -> i32 {
+    let options = AgentOptions {
+        data_dir: args.data_dir,
+        name: args.name,
+        mesh_key_file: args.mesh_key,
+        listen: args.listen,
+        peers: args.peer,
+        api: args.api,
+        log_format: match args.log_format {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        },
+        mdns: !args.no_mdns,
+        profile: args.profile,
+        port_pools: args.port_pool,
+        leave_services_running: args.leave_services_running,
+        accept_services: args.accept_services.parse().unwrap_or_default(),
+    };
+    match crate::daemon::run(options) {
+        Ok(()) => 0,
+        Err(e) => {
+            note!("mesh: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn peers(args: PeersArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    if !args.watch {
+        let rows = client.peers()?.body;
+        return print_peers(&rows, args.json);
+    }
+    let mut version: Option<u64> = None;
+    loop {
+        let resp = client.peers_poll(&PeersQuery {
+            wait: version,
+            timeout_ms: version.map(|_| WATCH_PEERS_TIMEOUT_MS),
+        })?;
+        version = resp.version;
+        // Clear the screen and home the cursor, then redraw.
+        out!("\x1b[H\x1b[2J");
+        print_peers(&resp.body, args.json)?;
+    }
+}
+
+fn print_peers(rows: &[PeerEntry], json: bool) -> Result<(), ClientError> {
+    if json {
+        out!("{}\n", to_json_pretty(rows));
+    } else {
+        out!("{}", render_peers(rows));
+    }
+    Ok(())
+}
+
+pub fn status(args: StatusArgs) -> Result<(), ClientError> {
+    let s = args.client.connect().status()?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&s));
+    } else {
+        out!("{}", render_status(&s));
+    }
+    Ok(())
+}
+
+pub fn state(args: StatusArgs) -> Result<(), ClientError> {
+    let s = args.client.connect().state()?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&s));
+    } else {
+        out!("{}", render_state(&s));
+    }
+    Ok(())
+}
+
+pub fn tag(args: TagArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let resp = match &args.command {
+        TagCommand::Add { tag } => {
+            let Some((key, value)) = tag.split_once('=') else {
+                return Err(ClientError::Usage(format!(
+                    "expected KEY=VALUE, e.g. `mesh tag add role=nas`, got {tag:?}"
+                )));
+            };
+            client.set_tag(&TagRequest {
+                key: key.trim().to_string(),
+                value: value.to_string(),
+            })?
+        }
+        TagCommand::Rm { key } => client.remove_tag(key)?,
+    };
+    if !resp.changed {
+        note!("(no change)");
+    }
+    Ok(())
+}
+
+pub fn service(args: ServiceArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let resp = match args.command {
+        ServiceCommand::Add(add) => return service_add(&client, add),
+        ServiceCommand::Rm { name } => client.remove_service(&name)?,
+        ServiceCommand::Start { name } => client.service_action(&name, ServiceAction::Start)?,
+        ServiceCommand::Stop { name } => client.service_action(&name, ServiceAction::Stop)?,
+        ServiceCommand::Restart { name } => client.service_action(&name, ServiceAction::Restart)?,
+    };
+    out!("{}\n", render_service_action(&resp));
+    Ok(())
+}
+
+/// `mesh service add`: specs are built and validated here, so a mistake is named before
+/// anything is sent; the agent validates them again together with the mesh's other services.
+fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientError> {
+    let services = match (args.file, args.name) {
+        (Some(file), _) => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            }
+            .map_err(|e| ClientError::Usage(format!("reading {}: {e}", file.display())))?;
+            parse_service_file(&text).map_err(|e| ClientError::Usage(e.to_string()))?
+        }
+        (None, Some(name)) => {
+            let spec = ServiceSpec::from_cli_parts(CliServiceParts {
+                name,
+                after: args.after,
+                ports: args.port,
+                health: args.health,
+                restart: args.restart,
+                on_dependency_restart: args.on_dependency_restart,
+                node: args.node,
+                user: args.user,
+                group: args.group,
+                command: args.command,
+            })
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+            vec![spec]
+        }
+        (None, None) => {
+            // clap's `source` group requires one of them.
+            return Err(ClientError::Usage(
+                "name a service (`mesh service add NAME -- CMD ARGS...`) or a file (`-f FILE`)"
+                    .into(),
+            ));
+        }
+    };
+    if services.is_empty() {
+        return Err(ClientError::Usage(
+            "the file defines no services (expected `[[service]]` tables)".into(),
+        ));
+    }
+    let resp = client.add_services(&ServiceAddRequest { services })?;
+    for added in &resp.services {
+        out!("{} {} on node {}\n", added.outcome, added.name, added.node);
+    }
+    Ok(())
+}
+
+pub fn services(args: ServicesArgs) -> Result<(), ClientError> {
+    let rows = args.client.connect().services()?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&rows));
+    } else {
+        out!("{}", render_services(&rows));
+    }
+    Ok(())
+}
+
+pub fn ports(args: PortsArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let query = NodeQuery {
+        node: args.node.clone(),
+    };
+    if args.listening {
+        let resp = client.listening(&query)?;
+        if args.json {
+            out!("{}\n", to_json_pretty(&resp));
+        } else {
+            out!("{}", render_listening(&resp));
+        }
+        if !resp.complete {
+            note!(
+                "note: some processes could not be read (run the agent as root to see every owner)"
+            );
+        }
+    } else {
+        let rows = client.ports(&query)?;
+        if args.json {
+            out!("{}\n", to_json_pretty(&rows));
+        } else {
+            out!("{}", render_ports(&rows, now_ms()));
+        }
+    }
+    Ok(())
+}
+
+/// A count for a query field of the API (`u32`), saturating.
+fn count(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+pub fn logs(args: LogsArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let mut resp = client.logs(
+        &args.name,
+        &LogsQuery {
+            n: Some(count(args.lines)),
+            offset: None,
+        },
+    )?;
+    loop {
+        let text = if args.json {
+            if args.follow {
+                format!("{}\n", serde_json::to_string(&resp).expect("serializable"))
+            } else {
+                format!("{}\n", to_json_pretty(&resp))
+            }
+        } else {
+            if resp.truncated {
+                note!("{}", truncated_logs_note(&resp));
+            }
+            render_log_lines(&resp.lines)
+        };
+        if !emit(&text) || !args.follow {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_LOG_INTERVAL);
+        resp = client.logs(
+            &args.name,
+            &LogsQuery {
+                n: Some(count(FOLLOW_LOG_LINES)),
+                offset: Some(resp.offset),
+            },
+        )?;
+    }
+}
+
+pub fn events(args: EventsArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let resp = client.events(&EventsQuery {
+        node: args.node.clone(),
+        limit: Some(count(args.limit)),
+        ..EventsQuery::default()
+    })?;
+    note_dropped(&resp, 0);
+    if !args.follow {
+        let text = if args.json {
+            format!("{}\n", to_json_pretty(&resp))
+        } else {
+            render_events(&resp.events, now_ms())
+        };
+        emit(&text);
+        return Ok(());
+    }
+    // Following: columns cannot be sized for events not seen yet, so lines use the widths of
+    // the first answer (at least those of a typical event) and overflow past them.
+    let widths = event_widths(&resp.events, now_ms());
+    let render = |events: &[EventEntry]| -> String {
+        let now = now_ms();
+        events
+            .iter()
+            .map(|e| {
+                if args.json {
+                    serde_json::to_string(e).expect("events always serialize") + "\n"
+                } else {
+                    event_line(e, &widths, now)
+                }
+            })
+            .collect()
+    };
+    let mut first = render(&resp.events);
+    if !args.json {
+        first.insert_str(0, &event_row(EVENT_HEADER, &widths));
+    }
+    if !emit(&first) {
+        return Ok(());
+    }
+    let mut last_seq = resp.last_seq;
+    let mut dropped = resp.dropped;
+    loop {
+        let resp = client.events(&EventsQuery {
+            node: args.node.clone(),
+            after: Some(last_seq),
+            limit: None,
+            wait_ms: Some(FOLLOW_EVENTS_WAIT_MS),
+        })?;
+        // A lower sequence than printed means the node's trail started over (agent restart):
+        // take everything it sends from there.
+        let restarted = resp.last_seq < last_seq;
+        if restarted {
+            last_seq = 0;
+            dropped = 0;
+        }
+        note_dropped(&resp, dropped);
+        dropped = dropped.max(resp.dropped);
+        // Skip anything at or below what was printed, should a node resend it.
+        let fresh: Vec<EventEntry> = resp
+            .events
+            .into_iter()
+            .filter(|e| e.seq > last_seq)
+            .collect();
+        last_seq = last_seq.max(resp.last_seq);
+        if !fresh.is_empty() && !emit(&render(&fresh)) {
+            return Ok(());
+        }
+    }
+}
+
+/// Tells stderr about events lost from the node's ring, once per increase.
+fn note_dropped(resp: &EventsResponse, already_noted: u64) {
+    if resp.dropped > already_noted {
+        note!(
+            "note: {} event{} of node {} fell out of its ring before {} could be read",
+            resp.dropped,
+            if resp.dropped == 1 { "" } else { "s" },
+            resp.node,
+            if resp.dropped == 1 { "it" } else { "they" },
+        );
+    }
+}
+
+/// `mesh api METHOD PATH [BODY]`: the raw escape hatch, any path, the body printed as is
+/// (pretty when JSON).
+pub fn api(args: ApiArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let (status, _, body) = client.request(
+        &args.method.to_ascii_uppercase(),
+        &args.path,
+        args.body.as_deref(),
+    )?;
+    // Pretty-print JSON bodies; pass anything else through.
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) => out!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).expect("a parsed value serializes")
+        ),
+        Err(_) => out!("{body}\n"),
+    }
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(ClientError::Api {
+            status,
+            code: crate::api::client::decode_error(status, &body).code,
+            message: "see the body above".into(),
+        })
+    }
+}

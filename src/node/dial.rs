@@ -1,0 +1,424 @@
+//! The dial planner: who this node dials, and when. Sans-IO: it takes `now` and events, and
+//! returns the dials to start; the node actor does the dialing.
+//!
+//! Inputs: discovery (found, lost), admission (a peer's listen addresses), connections (up,
+//! down), dial failures (an address that answered with another peer id), membership (a peer
+//! declared dead, or gone for good). Output: [`Dial`]s from [`DialPlanner::poll`], and
+//! [`DialStats`] for `mesh status`. It does not own connections, admission or membership.
+//!
+//! The rules:
+//! - A newly discovered peer is dialed at once, whichever id is lower: the side that learns
+//!   first dials. When both dial at the same time, the pair briefly holds two connections, and
+//!   [`duplicates_to_close`] keeps one (the one the lower id dialed) on both sides.
+//! - A target that is not connected is redialed with a doubling backoff from [`REDIAL_MIN`] up
+//!   to the profile's `redial_max`.
+//! - A peer declared dead keeps that pace for [`DEAD_GRACE`] (a healed partition is noticed
+//!   within a redial), then backs off to [`DEAD_REDIAL_MAX`].
+//! - A peer that left, or that discovery lost, is not dialed until discovered again.
+//! - Dead, left and lost peers are forgotten [`FORGET_AFTER`] after they went.
+//! - An address that answers with another peer id means the old identity is gone from that
+//!   host: the old identity's target is forgotten with all its addresses (its other ones are
+//!   the same host's, often unreachable ones such as a link-local address). A reinstalled host
+//!   or a reused DHCP lease otherwise gets a QUIC handshake from every agent every couple of
+//!   seconds, for every identity it ever had. A live peer that only moved is found again by
+//!   discovery, and dials us itself.
+//! - Static peers (`--peer`) are addresses: dialed until connected, never forgotten; the peer
+//!   id they answer with is learned, and replaced when another answers there.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+
+use crate::membership::PeerState;
+
+/// First redial delay after a failed dial; doubles up to the profile's `redial_max`.
+pub const REDIAL_MIN: Duration = Duration::from_millis(250);
+/// How long a peer declared dead is still redialed at the profile's pace: a partition shorter
+/// than this is healed within one `redial_max` (the heal benchmark partitions for 30 s).
+pub const DEAD_GRACE: Duration = Duration::from_secs(60);
+/// Longest wait between redials of a peer dead for longer than [`DEAD_GRACE`]: one QUIC
+/// initial a minute per dead identity costs nothing, and a longer partition still heals
+/// within a minute (at once when discovery announces the peer again).
+pub const DEAD_REDIAL_MAX: Duration = Duration::from_secs(60);
+/// How long a dead, left or lost peer is remembered as a dial target. Discovery adds it back
+/// if it returns; the bound keeps identity churn from growing the target list forever.
+pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Most dial targets remembered (discovered or learned). Bounds memory against a LAN flooded
+/// with fake advertisements; the target with the most failed dials is evicted first.
+pub const MAX_DIAL_TARGETS: usize = 1024;
+
+/// A dial for the node actor to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// Dial `peer` at any of `addrs` (the connection must prove it is `peer`).
+    Peer { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Dial a static address whose peer id is not known yet.
+    Address(Multiaddr),
+}
+
+/// Counters for `mesh status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DialStats {
+    /// Dials started (peers and static addresses).
+    pub dials: u64,
+    /// Dials that reached another peer id than the one dialed.
+    pub wrong_peer_id: u64,
+    /// Targets forgotten (dead, left or lost too long, or no address left).
+    pub forgotten: u64,
+    /// Targets remembered now.
+    pub targets: usize,
+}
+
+/// Why a target is, or is not, dialed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Dialed while not connected.
+    Active,
+    /// Left, or lost by discovery: not dialed until discovered again.
+    Paused { since: Instant },
+    /// Declared dead by membership: dialed, slower after [`DEAD_GRACE`].
+    Dead { since: Instant },
+}
+
+/// A peer we may dial, and when.
+#[derive(Debug)]
+struct Target {
+    addrs: Vec<Multiaddr>,
+    next_dial: Instant,
+    failures: u32,
+    standing: Standing,
+}
+
+/// A `--peer` address.
+#[derive(Debug)]
+struct StaticPeer {
+    addr: Multiaddr,
+    /// Learned on connection; replaced when another peer answers at the address.
+    peer: Option<PeerId>,
+    next_dial: Instant,
+    failures: u32,
+}
+
+/// Who to dial and when (see the module doc for the rules).
+#[derive(Debug)]
+pub struct DialPlanner {
+    local: PeerId,
+    redial_max: Duration,
+    targets: HashMap<PeerId, Target>,
+    statics: Vec<StaticPeer>,
+    connected: HashSet<PeerId>,
+    stats: DialStats,
+}
+
+/// The wait before the next redial after `failures` failed dials, at most `max`.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    REDIAL_MIN.saturating_mul(1u32 << failures.min(8)).min(max)
+}
+
+impl DialPlanner {
+    /// A planner for `local`; static peers are dialed at the first [`DialPlanner::poll`].
+    pub fn new(
+        local: PeerId,
+        static_peers: &[Multiaddr],
+        redial_max: Duration,
+        now: Instant,
+    ) -> Self {
+        Self {
+            local,
+            redial_max,
+            targets: HashMap::new(),
+            statics: static_peers
+                .iter()
+                .map(|addr| StaticPeer {
+                    addr: addr.clone(),
+                    peer: None,
+                    next_dial: now,
+                    failures: 0,
+                })
+                .collect(),
+            connected: HashSet::new(),
+            stats: DialStats::default(),
+        }
+    }
+
+    /// Discovery found `peer` at `addrs`: dialed at once if new, or back from being gone.
+    pub fn on_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Instant) {
+        if peer == self.local {
+            return;
+        }
+        self.make_room(&peer);
+        let target = self.targets.entry(peer).or_insert(Target {
+            addrs: Vec::new(),
+            next_dial: now,
+            failures: 0,
+            standing: Standing::Active,
+        });
+        for addr in addrs {
+            if !target.addrs.contains(&addr) {
+                target.addrs.push(addr);
+            }
+        }
+        if target.standing != Standing::Active {
+            target.standing = Standing::Active;
+            target.failures = 0;
+            target.next_dial = now;
+        }
+    }
+
+    /// Discovery says `peer` withdrew (goodbye, or its record expired): stop dialing it.
+    pub fn on_discovery_lost(&mut self, peer: &PeerId, now: Instant) {
+        self.pause(peer, now);
+    }
+
+    /// An admitted peer told us its listen addresses: remember them, so it is redialed after a
+    /// disconnect even when discovery stays silent.
+    pub fn on_listen_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Instant) {
+        if peer == self.local {
+            return;
+        }
+        self.make_room(&peer);
+        let target = self.targets.entry(peer).or_insert(Target {
+            addrs: Vec::new(),
+            next_dial: now,
+            failures: 0,
+            standing: Standing::Active,
+        });
+        target.standing = Standing::Active;
+        for addr in addrs {
+            if !target.addrs.contains(&addr) {
+                target.addrs.push(addr);
+            }
+        }
+    }
+
+    /// A connection to `peer` is up. `dialed` is the address we dialed it at (`None` when it
+    /// dialed us).
+    pub fn on_connected(&mut self, peer: PeerId, dialed: Option<&Multiaddr>, now: Instant) {
+        self.connected.insert(peer);
+        if let Some(t) = self.targets.get_mut(&peer) {
+            t.standing = Standing::Active;
+            if dialed.is_some() {
+                t.failures = 0;
+            }
+            t.next_dial = t.next_dial.max(now);
+        }
+        if let Some(addr) = dialed
+            && let Some(s) = self
+                .statics
+                .iter_mut()
+                .find(|s| s.addr == *addr || s.peer == Some(peer))
+        {
+            s.peer = Some(peer);
+            s.failures = 0;
+        }
+    }
+
+    /// The last connection to `peer` closed: redialed soon, unless it is gone.
+    pub fn on_disconnected(&mut self, peer: &PeerId, now: Instant) {
+        self.connected.remove(peer);
+        if let Some(t) = self.targets.get_mut(peer) {
+            t.next_dial = t.next_dial.min(now + REDIAL_MIN);
+        }
+    }
+
+    /// A dial of `expected` at `addr` reached `obtained` instead: `expected` is gone from that
+    /// host, and its target is forgotten (unless it is connected anyway). A static peer at
+    /// that address is `obtained` from now on.
+    pub fn on_wrong_peer_id(
+        &mut self,
+        expected: &PeerId,
+        obtained: PeerId,
+        addr: &Multiaddr,
+        _now: Instant,
+    ) {
+        self.stats.wrong_peer_id += 1;
+        if !self.connected.contains(expected) && self.targets.remove(expected).is_some() {
+            self.stats.forgotten += 1;
+        }
+        for s in &mut self.statics {
+            if same_endpoint(&s.addr, addr) && s.peer == Some(*expected) {
+                s.peer = Some(obtained);
+            }
+        }
+    }
+
+    /// Membership's verdict on `peer` changed: dead peers are redialed slower, peers that left
+    /// are not redialed until discovered again, and a live one is dialed normally.
+    pub fn on_membership(&mut self, peer: &PeerId, state: PeerState, now: Instant) {
+        match state {
+            PeerState::Dead => {
+                if let Some(t) = self.targets.get_mut(peer)
+                    && t.standing == Standing::Active
+                    && !self.connected.contains(peer)
+                {
+                    t.standing = Standing::Dead { since: now };
+                }
+            }
+            PeerState::Left => self.pause(peer, now),
+            PeerState::Alive | PeerState::Suspect => {
+                if let Some(t) = self.targets.get_mut(peer)
+                    && matches!(t.standing, Standing::Dead { .. })
+                {
+                    // Back: dialed at once, with a fresh backoff.
+                    t.standing = Standing::Active;
+                    t.failures = 0;
+                    t.next_dial = now;
+                }
+            }
+        }
+    }
+
+    /// The dials due at `now`; targets whose peer is in admission backoff (`in_backoff`) wait.
+    /// Forgets targets gone longer than [`FORGET_AFTER`].
+    pub fn poll(&mut self, now: Instant, in_backoff: impl Fn(&PeerId) -> bool) -> Vec<Dial> {
+        let before = self.targets.len();
+        self.targets.retain(|_, t| match t.standing {
+            Standing::Active => true,
+            Standing::Paused { since } | Standing::Dead { since } => {
+                now.saturating_duration_since(since) < FORGET_AFTER
+            }
+        });
+        self.stats.forgotten += (before - self.targets.len()) as u64;
+        let mut dials = Vec::new();
+        for (peer, t) in self.targets.iter_mut() {
+            if matches!(t.standing, Standing::Paused { .. })
+                || t.next_dial > now
+                || t.addrs.is_empty()
+                || self.connected.contains(peer)
+                || in_backoff(peer)
+            {
+                continue;
+            }
+            let max = match t.standing {
+                Standing::Dead { since } if now.saturating_duration_since(since) >= DEAD_GRACE => {
+                    DEAD_REDIAL_MAX
+                }
+                _ => self.redial_max,
+            };
+            // Set the next attempt now; a connection resets it.
+            t.next_dial = now + backoff(t.failures, max);
+            t.failures = t.failures.saturating_add(1);
+            dials.push(Dial::Peer {
+                peer: *peer,
+                addrs: t.addrs.clone(),
+            });
+        }
+        for s in &mut self.statics {
+            if s.next_dial > now
+                || s.peer
+                    .is_some_and(|p| self.connected.contains(&p) || in_backoff(&p))
+            {
+                continue;
+            }
+            s.next_dial = now + backoff(s.failures, self.redial_max);
+            s.failures = s.failures.saturating_add(1);
+            dials.push(match s.peer {
+                Some(peer) => Dial::Peer {
+                    peer,
+                    addrs: vec![s.addr.clone()],
+                },
+                None => Dial::Address(s.addr.clone()),
+            });
+        }
+        self.stats.dials += dials.len() as u64;
+        dials
+    }
+
+    /// When [`DialPlanner::poll`] next has something to do, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let targets = self
+            .targets
+            .iter()
+            .filter(|(p, t)| {
+                !matches!(t.standing, Standing::Paused { .. })
+                    && !t.addrs.is_empty()
+                    && !self.connected.contains(p)
+            })
+            .map(|(_, t)| t.next_dial);
+        let statics = self
+            .statics
+            .iter()
+            .filter(|s| s.peer.is_none_or(|p| !self.connected.contains(&p)))
+            .map(|s| s.next_dial);
+        let forget = self.targets.values().filter_map(|t| match t.standing {
+            Standing::Active => None,
+            Standing::Paused { since } | Standing::Dead { since } => Some(since + FORGET_AFTER),
+        });
+        targets.chain(statics).chain(forget).min()
+    }
+
+    /// The addresses we would dial `peer` at.
+    pub fn addrs_of(&self, peer: &PeerId) -> &[Multiaddr] {
+        self.targets.get(peer).map_or(&[], |t| t.addrs.as_slice())
+    }
+
+    pub fn stats(&self) -> DialStats {
+        DialStats {
+            targets: self.targets.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    fn pause(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(t) = self.targets.get_mut(peer)
+            && !matches!(t.standing, Standing::Paused { .. })
+        {
+            t.standing = Standing::Paused { since: now };
+        }
+    }
+
+    /// Makes room for a target for `incoming` past [`MAX_DIAL_TARGETS`]: evicts the
+    /// unconnected target with the most failed dials.
+    fn make_room(&mut self, incoming: &PeerId) {
+        if self.targets.len() < MAX_DIAL_TARGETS || self.targets.contains_key(incoming) {
+            return;
+        }
+        if let Some(worst) = self
+            .targets
+            .iter()
+            .filter(|(p, _)| !self.connected.contains(p))
+            .max_by_key(|(_, t)| t.failures)
+            .map(|(p, _)| *p)
+        {
+            self.targets.remove(&worst);
+            self.stats.forgotten += 1;
+        }
+    }
+}
+
+/// Whether two multiaddrs name the same transport endpoint (a `/p2p/ID` suffix aside: libp2p
+/// reports the dialed address with it).
+fn same_endpoint(a: &Multiaddr, b: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let strip = |m: &Multiaddr| -> Multiaddr {
+        m.iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect()
+    };
+    strip(a) == strip(b)
+}
+
+/// Which connections of a pair to close when it holds more than one (both sides dialed at
+/// once). Both sides keep the same one: the first that the lower id dialed, else the first;
+/// the others are closed. `connections` are in the order they were established, each with
+/// whether this node dialed it; `local_is_lower` says whether this node has the lower id.
+pub fn duplicates_to_close<C: Copy>(local_is_lower: bool, connections: &[(C, bool)]) -> Vec<C> {
+    if connections.len() < 2 {
+        return Vec::new();
+    }
+    let keep = connections
+        .iter()
+        .position(|(_, we_dialed)| *we_dialed == local_is_lower)
+        .unwrap_or(0);
+    connections
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != keep)
+        .map(|(_, (c, _))| *c)
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "dial/tests.rs"]
+mod tests;

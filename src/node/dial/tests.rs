@@ -1,0 +1,342 @@
+//! Tests of the dial planner: every timing is exact (the planner takes `now`).
+
+use super::*;
+
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+
+fn peer() -> PeerId {
+    libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+}
+
+fn addr(port: u16) -> Multiaddr {
+    format!("/ip4/10.0.0.1/udp/{port}/quic-v1")
+        .parse()
+        .expect("literal multiaddr")
+}
+
+fn planner(t0: Instant) -> DialPlanner {
+    DialPlanner::new(peer(), &[], REDIAL_MAX, t0)
+}
+
+fn never(_: &PeerId) -> bool {
+    false
+}
+
+fn dialed(dials: &[Dial]) -> Vec<PeerId> {
+    dials
+        .iter()
+        .filter_map(|d| match d {
+            Dial::Peer { peer, .. } => Some(*peer),
+            Dial::Address(_) => None,
+        })
+        .collect()
+}
+
+/// Polls every `step` from `from` to `to` (inclusive) and returns the times `peer` was dialed.
+fn dial_times(
+    p: &mut DialPlanner,
+    peer: PeerId,
+    from: Instant,
+    to: Instant,
+    step: Duration,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    let mut now = from;
+    while now <= to {
+        if dialed(&p.poll(now, never)).contains(&peer) {
+            times.push(now - from);
+        }
+        now += step;
+    }
+    times
+}
+
+#[test]
+fn a_discovered_peer_is_dialed_at_once_whichever_id_is_lower() {
+    let t0 = Instant::now();
+    for _ in 0..8 {
+        let mut p = planner(t0);
+        let other = peer();
+        p.on_discovered(other, vec![addr(1)], t0);
+        assert_eq!(
+            p.poll(t0, never),
+            vec![Dial::Peer {
+                peer: other,
+                addrs: vec![addr(1)]
+            }]
+        );
+        assert_eq!(p.stats().dials, 1);
+    }
+}
+
+#[test]
+fn a_failing_peer_is_redialed_with_a_doubling_backoff_up_to_redial_max() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let other = peer();
+    p.on_discovered(other, vec![addr(1)], t0);
+    let times = dial_times(&mut p, other, t0, t0 + Duration::from_secs(10), ms(50));
+    // 0, then +0.25, +0.5, +1, +2, +2, ...
+    let expected: Vec<Duration> = [0, 250, 750, 1750, 3750, 5750, 7750, 9750]
+        .into_iter()
+        .map(ms)
+        .collect();
+    assert_eq!(times, expected);
+}
+
+#[test]
+fn a_connected_peer_is_not_dialed_and_is_redialed_as_soon_as_it_disconnects() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let other = peer();
+    p.on_discovered(other, vec![addr(1)], t0);
+    assert_eq!(dialed(&p.poll(t0, never)), vec![other]);
+    p.on_connected(other, Some(&addr(1)), t0 + ms(10));
+    assert!(p.poll(t0 + Duration::from_secs(30), never).is_empty());
+    let down = t0 + Duration::from_secs(30);
+    p.on_disconnected(&other, down);
+    assert_eq!(dialed(&p.poll(down, never)), vec![other]);
+    assert!(p.poll(down + ms(249), never).is_empty());
+    assert_eq!(dialed(&p.poll(down + ms(250), never)), vec![other]);
+}
+
+#[test]
+fn a_peer_in_admission_backoff_waits() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let other = peer();
+    p.on_discovered(other, vec![addr(1)], t0);
+    assert!(p.poll(t0, |_| true).is_empty());
+    assert_eq!(dialed(&p.poll(t0 + ms(1), never)), vec![other]);
+}
+
+#[test]
+fn a_peer_that_left_is_not_dialed_until_discovered_again() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let other = peer();
+    p.on_discovered(other, vec![addr(1)], t0);
+    p.on_connected(other, Some(&addr(1)), t0);
+    p.on_membership(&other, PeerState::Left, t0 + ms(100));
+    p.on_disconnected(&other, t0 + ms(100));
+    let times = dial_times(&mut p, other, t0, t0 + Duration::from_secs(60), ms(100));
+    assert!(times.is_empty(), "dialed at {times:?}");
+    let back = t0 + Duration::from_secs(61);
+    p.on_discovered(other, vec![addr(1)], back);
+    assert_eq!(dialed(&p.poll(back, never)), vec![other]);
+}
+
+#[test]
+fn a_dead_peer_is_redialed_at_the_normal_pace_for_a_minute_then_once_a_minute() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let other = peer();
+    p.on_discovered(other, vec![addr(1)], t0);
+    p.on_connected(other, Some(&addr(1)), t0);
+    p.on_disconnected(&other, t0);
+    p.on_membership(&other, PeerState::Dead, t0);
+    let times = dial_times(&mut p, other, t0, t0 + Duration::from_secs(300), ms(250));
+    let in_grace = times.iter().filter(|t| **t < DEAD_GRACE).count();
+    // 0.25, 0.5, 1, 2, 2, ... up to 60 s: about 30 dials, at most 2 s apart.
+    assert!(in_grace >= 29, "{in_grace} dials in the grace: {times:?}");
+    let after: Vec<Duration> = times.into_iter().filter(|t| *t >= DEAD_GRACE).collect();
+    // The first dial past the grace sets the long interval: then one a minute.
+    assert!(after.len() <= 5, "dials after the grace: {after:?}");
+    for pair in after.windows(2).skip(1) {
+        assert_eq!(pair[1] - pair[0], DEAD_REDIAL_MAX, "{after:?}");
+    }
+}
+
+#[test]
+fn a_peer_back_from_the_dead_is_dialed_normally() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let other = peer();
+    p.on_discovered(other, vec![addr(1)], t0);
+    p.on_membership(&other, PeerState::Dead, t0);
+    let later = t0 + Duration::from_secs(120);
+    dial_times(&mut p, other, t0, later, ms(500));
+    p.on_membership(&other, PeerState::Alive, later);
+    let times = dial_times(
+        &mut p,
+        other,
+        later,
+        later + Duration::from_secs(20),
+        ms(250),
+    );
+    assert!(times.len() >= 9, "dialed at {times:?}");
+}
+
+#[test]
+fn dead_and_left_peers_are_forgotten_after_an_hour() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let (dead, left) = (peer(), peer());
+    p.on_discovered(dead, vec![addr(1)], t0);
+    p.on_discovered(left, vec![addr(2)], t0);
+    p.on_membership(&dead, PeerState::Dead, t0);
+    p.on_membership(&left, PeerState::Left, t0);
+    p.poll(t0 + FORGET_AFTER - ms(1), never);
+    assert_eq!(p.stats().targets, 2);
+    assert!(p.next_deadline() <= Some(t0 + FORGET_AFTER));
+    p.poll(t0 + FORGET_AFTER, never);
+    assert_eq!(p.stats().targets, 0);
+    assert_eq!(p.stats().forgotten, 2);
+    assert_eq!(p.next_deadline(), None);
+}
+
+#[test]
+fn an_address_that_answers_with_another_peer_id_ends_the_old_one_at_every_address() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let (old, new) = (peer(), peer());
+    // The second address is the same host's link-local one, which never answers.
+    p.on_discovered(old, vec![addr(1), addr(2)], t0);
+    assert_eq!(dialed(&p.poll(t0, never)), vec![old]);
+    let reported: Multiaddr = format!("{}/p2p/{old}", addr(1)).parse().expect("multiaddr");
+    p.on_wrong_peer_id(&old, new, &reported, t0 + ms(5));
+    assert!(p.addrs_of(&old).is_empty());
+    assert_eq!(p.stats().targets, 0);
+    let times = dial_times(
+        &mut p,
+        old,
+        t0 + ms(10),
+        t0 + Duration::from_secs(600),
+        ms(250),
+    );
+    assert!(times.is_empty(), "dialed at {times:?}");
+    assert_eq!(p.stats().wrong_peer_id, 1);
+    assert_eq!(p.stats().forgotten, 1);
+    assert_eq!(p.next_deadline(), None);
+}
+
+#[test]
+fn a_connected_peer_is_not_forgotten_for_a_wrong_peer_id_at_an_old_address() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let (moved, newcomer) = (peer(), peer());
+    p.on_discovered(moved, vec![addr(1)], t0);
+    p.on_connected(moved, None, t0);
+    p.on_wrong_peer_id(&moved, newcomer, &addr(1), t0);
+    assert_eq!(p.addrs_of(&moved), &[addr(1)]);
+}
+
+#[test]
+fn a_peer_forgotten_for_a_wrong_peer_id_is_dialed_again_when_discovered_again() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let (moved, newcomer) = (peer(), peer());
+    p.on_discovered(moved, vec![addr(1)], t0);
+    p.poll(t0, never);
+    p.on_wrong_peer_id(&moved, newcomer, &addr(1), t0 + ms(5));
+    p.on_discovered(moved, vec![addr(2)], t0 + ms(10));
+    assert_eq!(
+        p.poll(t0 + ms(10), never),
+        vec![Dial::Peer {
+            peer: moved,
+            addrs: vec![addr(2)]
+        }]
+    );
+}
+
+#[test]
+fn identities_that_came_and_went_at_one_address_stop_being_dialed_after_one_dial_each() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let identities: Vec<PeerId> = (0..10).map(|_| peer()).collect();
+    let current = peer();
+    for id in &identities {
+        p.on_discovered(*id, vec![addr(1)], t0);
+        p.on_membership(id, PeerState::Dead, t0);
+    }
+    let dials = p.poll(t0, never);
+    assert_eq!(dials.len(), 10);
+    for id in &identities {
+        p.on_wrong_peer_id(id, current, &addr(1), t0 + ms(5));
+    }
+    let mut later = 0;
+    let mut now = t0 + ms(10);
+    while now < t0 + Duration::from_secs(600) {
+        later += p.poll(now, never).len();
+        now += ms(250);
+    }
+    assert_eq!(later, 0);
+    assert_eq!(p.stats().dials, 10);
+}
+
+#[test]
+fn a_static_peer_is_dialed_by_address_then_by_the_id_it_answered_with() {
+    let t0 = Instant::now();
+    let mut p = DialPlanner::new(peer(), &[addr(9)], REDIAL_MAX, t0);
+    assert_eq!(p.poll(t0, never), vec![Dial::Address(addr(9))]);
+    let first = peer();
+    p.on_connected(first, Some(&addr(9)), t0 + ms(5));
+    assert!(p.poll(t0 + Duration::from_secs(10), never).is_empty());
+    p.on_disconnected(&first, t0 + Duration::from_secs(10));
+    assert_eq!(
+        p.poll(t0 + Duration::from_secs(11), never),
+        vec![Dial::Peer {
+            peer: first,
+            addrs: vec![addr(9)]
+        }]
+    );
+    // The host was reinstalled: another identity answers there now.
+    let second = peer();
+    p.on_wrong_peer_id(&first, second, &addr(9), t0 + Duration::from_secs(11));
+    assert_eq!(
+        p.poll(t0 + Duration::from_secs(20), never),
+        vec![Dial::Peer {
+            peer: second,
+            addrs: vec![addr(9)]
+        }]
+    );
+}
+
+#[test]
+fn the_target_list_is_bounded_and_evicts_the_most_failing_target() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let first = peer();
+    p.on_discovered(first, vec![addr(1)], t0);
+    for i in 0..5 {
+        p.poll(t0 + Duration::from_secs(10 * i), never);
+    }
+    for i in 1..MAX_DIAL_TARGETS {
+        p.on_discovered(peer(), vec![addr(i as u16)], t0);
+    }
+    assert_eq!(p.stats().targets, MAX_DIAL_TARGETS);
+    p.on_discovered(peer(), vec![addr(1)], t0);
+    assert_eq!(p.stats().targets, MAX_DIAL_TARGETS);
+    assert!(
+        p.addrs_of(&first).is_empty(),
+        "the most failing target went"
+    );
+}
+
+#[test]
+fn both_sides_keep_the_connection_the_lower_id_dialed() {
+    // The lower id sees: its own dial (kept), then the higher's dial (closed).
+    assert_eq!(duplicates_to_close(true, &[(1, true), (2, false)]), vec![2]);
+    // The higher id may see them in the other order: it closes its own dial.
+    assert_eq!(
+        duplicates_to_close(false, &[(2, true), (1, false)]),
+        vec![2]
+    );
+    assert_eq!(
+        duplicates_to_close(false, &[(1, false), (2, true)]),
+        vec![2]
+    );
+    // One connection: nothing to settle.
+    assert!(duplicates_to_close(true, &[(1, false)]).is_empty());
+    // Only the higher id dialed (twice): the first stays.
+    assert_eq!(
+        duplicates_to_close(true, &[(1, false), (2, false)]),
+        vec![2]
+    );
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}

@@ -1,0 +1,147 @@
+//! The handle to a running node: what the API, the daemon and tests hold. It asks the node
+//! actor questions through a bounded command channel and reads its snapshot; the lifecycles of
+//! the node's actors (start order, shutdown order, abort) belong to [`super::children`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::children::Children;
+use super::error::NodeError;
+use super::snapshot::NodeSnapshot;
+use crate::state::actor::StateHandle;
+use crate::supervisor::actor::SupervisorHandle;
+use crate::wire::query::{QueryRequest, QueryResponse};
+
+/// Commands to the node actor.
+pub(super) enum NodeCommand {
+    Query {
+        peer: PeerId,
+        request: QueryRequest,
+        reply: oneshot::Sender<Result<QueryResponse, NodeError>>,
+    },
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    snapshot: watch::Receiver<Arc<NodeSnapshot>>,
+    peer_id: PeerId,
+    state: StateHandle,
+    supervisor: Option<SupervisorHandle>,
+    commands: mpsc::Sender<NodeCommand>,
+    /// The running actors; taken by the first [`NodeHandle::shutdown`] or
+    /// [`NodeHandle::abort`].
+    children: Arc<std::sync::Mutex<Option<Children>>>,
+}
+
+impl NodeHandle {
+    pub(super) fn new(
+        snapshot: watch::Receiver<Arc<NodeSnapshot>>,
+        peer_id: PeerId,
+        state: StateHandle,
+        supervisor: Option<SupervisorHandle>,
+        commands: mpsc::Sender<NodeCommand>,
+        children: Children,
+    ) -> Self {
+        Self {
+            snapshot,
+            peer_id,
+            state,
+            supervisor,
+            commands,
+            children: Arc::new(std::sync::Mutex::new(Some(children))),
+        }
+    }
+
+    fn take_children(&self) -> Option<Children> {
+        self.children
+            .lock()
+            .expect("the lock is never held across a panic")
+            .take()
+    }
+
+    /// This node's supervisor, if it runs services.
+    pub fn supervisor(&self) -> Option<&SupervisorHandle> {
+        self.supervisor.as_ref()
+    }
+
+    /// Asks another node a question through the mesh (`/mesh/query/1`).
+    pub async fn query(
+        &self,
+        peer: PeerId,
+        request: QueryRequest,
+    ) -> Result<QueryResponse, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(NodeCommand::Query {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The replicated state document.
+    pub fn state(&self) -> &StateHandle {
+        &self.state
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<NodeSnapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every republished snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<NodeSnapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// Graceful stop: services first, then tells peers we leave and sends mDNS goodbyes, then
+    /// stops the state actor (see [`Children::shutdown`]). Later calls return at once.
+    pub async fn shutdown(&self) {
+        if let Some(children) = self.take_children() {
+            children.shutdown().await;
+        }
+    }
+
+    /// Stops the actors at once, telling no one: what peers see of a crash (`kill -9`),
+    /// for tests. Services keep running, as they would after a real crash.
+    pub fn abort(&self) {
+        if let Some(children) = self.take_children() {
+            children.abort();
+        }
+    }
+
+    /// Waits until `pred` holds for a snapshot, or `timeout` passes. Returns the snapshot that
+    /// satisfied it.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&NodeSnapshot) -> bool,
+    ) -> Option<Arc<NodeSnapshot>> {
+        let mut rx = self.snapshot.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                if pred(&snap) {
+                    return Some(snap);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}

@@ -1,0 +1,68 @@
+//! Publishing the node's [`NodeSnapshot`]: built from the actor's state on every change, and
+//! every [`VOLATILE_PUBLISH`] while only RTTs and last-seen times move.
+
+use super::*;
+
+impl NodeActor {
+    /// Publishes a new snapshot; its version increases only when something other than RTTs
+    /// and last-seen times changed (`dirty`).
+    pub(super) fn publish(&mut self, now: Instant) {
+        if self.dirty {
+            self.version += 1;
+        }
+        self.dirty = false;
+        self.last_publish = now;
+        let mut peers: Vec<PeerSnapshot> = self
+            .membership
+            .peers()
+            .map(|rec| {
+                let conns = self.connections.get(&rec.peer);
+                let addrs = match conns {
+                    Some(c) => c.iter().map(|c| c.remote.clone()).collect(),
+                    None => self.dials.addrs_of(&rec.peer).to_vec(),
+                };
+                PeerSnapshot {
+                    peer_id: rec.peer,
+                    state: rec.state,
+                    since: Instant::from_std(rec.since),
+                    info: self.infos.get(&rec.peer).cloned(),
+                    addrs,
+                    connected: conns.is_some(),
+                    rtt: rec.rtt,
+                    last_seen: rec.last_seen.map(Instant::from_std),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| {
+            let an = a.info.as_ref().map(|i| i.name.as_str()).unwrap_or("");
+            let bn = b.info.as_ref().map(|i| i.name.as_str()).unwrap_or("");
+            an.cmp(bn).then(a.peer_id.cmp(&b.peer_id))
+        });
+        let mut stats = self.stats.clone();
+        stats.admission = self.admission.stats().clone();
+        stats.membership = self.membership.stats().clone();
+        stats.connections = self.connections.values().map(Vec::len).sum();
+        stats.dials = self.dials.stats();
+        stats.sync_messages_dropped = self.state.dropped_commands();
+        if let DiscoverySource::Mdns(h) = &self.discovery {
+            stats.mdns_foreign_mesh_ignored = h.stats().foreign_mesh_ignored;
+        }
+        let snapshot = NodeSnapshot {
+            version: self.version,
+            taken_at: now,
+            local: LocalSnapshot {
+                peer_id: self.local_peer,
+                name: self.name.clone(),
+                mesh_id: self.mesh_id,
+                listen_addrs: self.listen_addrs.clone(),
+                hardware: self.hardware.clone(),
+                started_at: self.started_at,
+                bump: self.bump,
+                accept_services: self.accept_services,
+            },
+            peers,
+            stats,
+        };
+        self.snapshot_tx.send_replace(Arc::new(snapshot));
+    }
+}

@@ -1,0 +1,416 @@
+//! The node actor's request-response protocols: admission handshakes (`/mesh/auth`),
+//! membership datagrams and leave notices (`/mesh/membership`), sync traffic between the swarm
+//! and the state actor (`/mesh/sync`), and queries (`/mesh/query`). Each correlates requests
+//! with their answers; the decisions stay in the cores ([`Admission`], [`Membership`]).
+
+use super::*;
+
+impl NodeActor {
+    pub(super) fn on_sync_out(&mut self, out: SyncOut) {
+        match out {
+            SyncOut::Request(peer, request) => {
+                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
+                    self.state.try_send(StateCommand::SendFailed {
+                        peer,
+                        reason: "not connected and admitted".into(),
+                    });
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.sync_requests.insert(id, peer);
+            }
+            SyncOut::Respond(token, response) => {
+                if let Some(channel) = self.sync_pending.remove(&token) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_command(&mut self, command: NodeCommand) {
+        match command {
+            NodeCommand::Query {
+                peer,
+                request,
+                reply,
+            } => {
+                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
+                    let _ = reply.send(Err(NodeError::NotConnected { peer }));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .query
+                    .send_request(&peer, request);
+                self.query_requests.insert(id, reply);
+            }
+        }
+    }
+
+    pub(super) fn on_query_event(
+        &mut self,
+        ev: request_response::Event<QueryRequest, QueryResponse>,
+    ) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let behaviour = &mut self.swarm.behaviour_mut().query;
+                    if !self.admission.is_admitted(&peer) {
+                        self.stats.unadmitted_requests += 1;
+                        let _ = behaviour.send_response(channel, QueryResponse::NotAdmitted);
+                        return;
+                    }
+                    if self.query_pending.len() >= MAX_PENDING_QUERIES {
+                        let _ = behaviour.send_response(
+                            channel,
+                            QueryResponse::Error("too many queries at once; retry".into()),
+                        );
+                        return;
+                    }
+                    let token = self.next_query_token;
+                    self.next_query_token += 1;
+                    self.query_pending.insert(token, channel);
+                    let supervisor = self.supervisor.clone();
+                    let answers = self.query_answers_tx.clone();
+                    tokio::spawn(async move {
+                        let answer =
+                            query::answer(supervisor.as_ref(), request, MAX_REMOTE_WAIT)
+                                .await;
+                        let _ = answers.send((token, answer)).await;
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.query_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.query_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NodeError::QueryFailed {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.stats.malformed_inbound += 1;
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    pub(super) fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    if !self.admission.is_admitted(&peer) {
+                        self.stats.unadmitted_requests += 1;
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, SyncResponse::NotAdmitted);
+                        return;
+                    }
+                    if self.sync_pending.len() >= MAX_PENDING_SYNC {
+                        // Dropping the channel fails the peer's request; it retries later.
+                        return;
+                    }
+                    let token = self.next_sync_token;
+                    self.next_sync_token += 1;
+                    if self.state.try_send(StateCommand::Inbound {
+                        peer,
+                        token,
+                        request,
+                    }) {
+                        self.sync_pending.insert(token, channel);
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.sync_requests.remove(&request_id);
+                    self.state
+                        .try_send(StateCommand::Response { peer, response });
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.sync_requests.remove(&request_id);
+                tracing::debug!(%peer, %error, "sync request failed");
+                self.state.try_send(StateCommand::SendFailed {
+                    peer,
+                    reason: format!("request failed: {error}"),
+                });
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.stats.malformed_inbound += 1;
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    pub(super) fn on_auth_event(
+        &mut self,
+        ev: request_response::Event<
+            crate::wire::auth::AuthRequest<NodeInfo>,
+            crate::wire::auth::AuthResponse<NodeInfo>,
+        >,
+        now: Instant,
+    ) {
+        let std_now = now.into_std();
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let info = self.local_info();
+                    let (response, actions) =
+                        self.admission
+                            .on_request(peer, request, move || info, std_now);
+                    if let Some(response) = response {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .auth
+                            .send_response(channel, response);
+                    }
+                    self.apply_admission(actions, now);
+                }
+                request_response::Message::Response { response, .. } => {
+                    let info = self.local_info();
+                    let actions = self
+                        .admission
+                        .on_response(peer, response, move || info, std_now);
+                    self.apply_admission(actions, now);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "auth request failed");
+                let unsupported = matches!(
+                    error,
+                    request_response::OutboundFailure::UnsupportedProtocols
+                );
+                let still_connected = self.connections.contains_key(&peer);
+                let actions = self.admission.on_transport_failure(
+                    peer,
+                    unsupported,
+                    still_connected,
+                    std_now,
+                );
+                self.apply_admission(actions, now);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.stats.malformed_inbound += 1;
+                }
+                tracing::debug!(%peer, %error, "inbound auth failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    pub(super) fn apply_admission(
+        &mut self,
+        actions: Vec<AdmissionAction<NodeInfo>>,
+        now: Instant,
+    ) {
+        for action in actions {
+            match action {
+                AdmissionAction::Send(peer, req) => {
+                    self.swarm.behaviour_mut().auth.send_request(&peer, req);
+                }
+                AdmissionAction::Admitted { peer, info } => {
+                    let info = info.sanitized();
+                    tracing::info!(%peer, name = %info.name, "peer admitted");
+                    self.learn_addrs(peer, &info);
+                    self.membership.on_admitted(peer, info.bump, now.into_std());
+                    self.state.peer_up(peer);
+                    self.infos.insert(peer, info);
+                    self.dirty = true;
+                }
+                AdmissionAction::Reject {
+                    peer,
+                    reason,
+                    backoff,
+                } => {
+                    tracing::warn!(
+                        %peer,
+                        %reason,
+                        backoff_s = backoff.as_secs(),
+                        "peer failed admission; disconnecting and refusing it for a while"
+                    );
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    /// Remembers an admitted peer's listen addresses as dial targets, so it is redialed after a
+    /// disconnect even when discovery stays silent. Loopback addresses are kept only when we
+    /// reach the peer over loopback (same host); unspecified ones never.
+    pub(super) fn learn_addrs(&mut self, peer: PeerId, info: &NodeInfo) {
+        let via_loopback = self
+            .connections
+            .get(&peer)
+            .is_some_and(|c| c.iter().any(|c| is_loopback(&c.remote)));
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter(|a| !is_unspecified(a) && (via_loopback || !is_loopback(a)))
+            .collect();
+        self.dials
+            .on_listen_addrs(peer, addrs, Instant::now().into_std());
+    }
+
+    pub(super) fn on_membership_event(
+        &mut self,
+        ev: request_response::Event<MembershipRequest, MembershipResponse>,
+        now: Instant,
+    ) {
+        let std_now = now.into_std();
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = if !self.admission.is_admitted(&peer) {
+                        self.stats.unadmitted_requests += 1;
+                        MembershipResponse::NotAdmitted
+                    } else {
+                        match request {
+                            MembershipRequest::Datagram(data) => {
+                                self.membership.on_datagram(peer, &data, std_now)
+                            }
+                            MembershipRequest::Leave {
+                                peer: relayed,
+                                bump,
+                            } => self.on_leave_notice(peer, relayed, bump, now),
+                        }
+                        MembershipResponse::Ack
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .membership
+                        .send_response(channel, response);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.leave_pending.remove(&request_id);
+                    if let Some((peer, sent)) = self.rtt_pending.remove(&request_id)
+                        && response == MembershipResponse::Ack
+                    {
+                        self.membership.on_rtt(peer, now - sent, std_now);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                self.leave_pending.remove(&request_id);
+                self.rtt_pending.remove(&request_id);
+                tracing::trace!(%error, "membership request failed");
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.stats.malformed_inbound += 1;
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A leave notice, first-hand (`relayed` is `None`) or relayed by a member. News is
+    /// relayed once to every other admitted peer.
+    pub(super) fn on_leave_notice(
+        &mut self,
+        from: PeerId,
+        relayed: Option<Vec<u8>>,
+        bump: u64,
+        now: Instant,
+    ) {
+        let leaver = match relayed {
+            None => from,
+            Some(bytes) => match PeerId::from_bytes(&bytes) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.stats.malformed_inbound += 1;
+                    return;
+                }
+            },
+        };
+        if !self
+            .membership
+            .on_leave_notice(from, leaver, bump, now.into_std())
+        {
+            return;
+        }
+        tracing::info!(peer = %leaver, via = %from, "peer is leaving");
+        self.dials
+            .on_membership(&leaver, PeerState::Left, now.into_std());
+        let others: Vec<PeerId> = self
+            .connections
+            .keys()
+            .filter(|p| **p != from && **p != leaver && self.admission.is_admitted(p))
+            .copied()
+            .collect();
+        for p in others {
+            self.swarm.behaviour_mut().membership.send_request(
+                &p,
+                MembershipRequest::Leave {
+                    peer: Some(leaver.to_bytes()),
+                    bump,
+                },
+            );
+        }
+    }
+
+    pub(super) fn flush_membership(&mut self, now: Instant) {
+        let sends: Vec<_> = self.membership.poll_transmit().collect();
+        for (peer, data) in sends {
+            if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
+                self.membership.count_undeliverable();
+                continue;
+            }
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .membership
+                .send_request(&peer, MembershipRequest::Datagram(data.to_vec()));
+            if self.rtt_pending.len() < MAX_RTT_PENDING {
+                self.rtt_pending.insert(id, (peer, now));
+            }
+        }
+    }
+}
