@@ -45,14 +45,13 @@
 //! | layer | modules | why here |
 //! |---|---|---|
 //! | 0 | `crate`, `identity`, `hardware`, `wire` | leaves: import nothing above; `wire` carries `hardware`'s info |
-//! | 1 | `admission`, `membership`, `sync`, `ports`, `state`, `supervisor` | the cores (sans-IO) and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
-//! | 2 | `services` | the services domain, pure, over the state and supervisor cores |
-//! | 3 | `discovery`, `transport` | the network edges |
-//! | 4 | `state::actor`, `supervisor::actor`, `supervisor::query` | the actors over the cores, and what answers from them |
-//! | 5 | `node` | wires everything into one running node |
-//! | 6 | `api` | the local control API over a node |
-//! | 7 | `daemon` | the agent process: runs a node and its API |
-//! | 8 | `cli` | the `mesh` command: a client of the API, or the daemon |
+//! | 1 | `admission`, `membership`, `sync`, `ports`, `state`, `supervisor`, `services` | the cores (sans-IO), the services domain over them (pure), and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
+//! | 2 | `discovery`, `transport` | the network edges |
+//! | 3 | `state::actor`, `supervisor::actor`, `supervisor::query` | the actors over the cores, and what answers from them |
+//! | 4 | `node` | wires everything into one running node |
+//! | 5 | `api` | the local control API over a node |
+//! | 6 | `daemon` | the agent process: runs a node and its API |
+//! | 7 | `cli` | the `mesh` command: a client of the API, or the daemon |
 
 pub mod admission;
 pub mod api;

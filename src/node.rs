@@ -36,10 +36,10 @@ use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
 use crate::membership::{Membership, MembershipConfig, PeerState};
-use crate::supervisor::query;
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
 use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervisor};
+use crate::supervisor::query;
 use crate::transport::{self, MeshBehaviour, MeshBehaviourEvent};
 use crate::wire::auth::NodeInfo;
 use crate::wire::membership::{MembershipRequest, MembershipResponse};
@@ -59,8 +59,8 @@ mod snapshot;
 use addrs::{is_loopback, is_unspecified, listen_error_reason};
 use children::Children;
 use dial::{Dial, DialPlanner};
-use handle::NodeCommand;
 pub use error::NodeError;
+use handle::NodeCommand;
 pub use handle::NodeHandle;
 pub use snapshot::{LocalSnapshot, NodeSnapshot, NodeStats, PeerSnapshot};
 
@@ -157,7 +157,6 @@ impl NodeConfig {
         }
     }
 }
-
 
 /// The running discovery source (started and stopped in [`discovery_source`]).
 enum DiscoverySource {

@@ -652,6 +652,40 @@ pub fn delete_entry(doc: &mut AutoCommit, map: &str, key: &str) -> Result<(), St
     Ok(())
 }
 
+/// One entry written by [`actor::StateHandle::write`]. `None` deletes the entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryWrite {
+    /// Shared desired state: any member may write any service (last writer wins per service).
+    Service { name: String, record: ServiceRecord },
+    /// Key `service@node-id`: only that node writes it (checked).
+    Instance {
+        key: String,
+        record: Option<InstanceRecord>,
+    },
+    /// Key `node-id/proto/port`: only that node writes it (checked).
+    Lease {
+        key: String,
+        record: Option<LeaseRecord>,
+    },
+}
+
+impl EntryWrite {
+    /// Whether this node may write the entry: instances and leases only its own.
+    pub(crate) fn owned_by(&self, local: &str) -> bool {
+        match self {
+            EntryWrite::Service { .. } => true,
+            EntryWrite::Instance { key, record } => {
+                key.rsplit_once('@').is_some_and(|(_, node)| node == local)
+                    && record.as_ref().is_none_or(|r| r.node == local)
+            }
+            EntryWrite::Lease { key, record } => {
+                key.split_once('/').is_some_and(|(node, _)| node == local)
+                    && record.as_ref().is_none_or(|r| r.node == local)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

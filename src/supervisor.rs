@@ -58,8 +58,13 @@ pub mod spec;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+use crate::state::{Desired, ServiceRecord};
+use accept::AcceptServices;
+
 pub use backoff::{Backoff, BackoffConfig};
-pub use desired::{FollowRules, Followed, RequestStamp};
 pub use graph::DependencyGraph;
 pub use machine::{
     AuditEvent, AuditKind, Directive, ExitStatus, HealthOutcome, MachineEvent, ServiceMachine,
@@ -173,7 +178,7 @@ pub struct Supervisor {
     shutdown: Option<ShutdownMode>,
     seed: u64,
     /// What following the document has already acted on ([`desired`]).
-    document: desired::DocumentMemory,
+    document: DocumentMemory,
 }
 
 /// FNV-1a: a stable per-service seed from the supervisor's seed (std's hasher is randomised).
@@ -214,7 +219,7 @@ impl Supervisor {
             draining: BTreeMap::new(),
             shutdown: None,
             seed,
-            document: desired::DocumentMemory::default(),
+            document: DocumentMemory::default(),
         })
     }
 
@@ -719,6 +724,61 @@ impl Supervisor {
             })
             .map(String::from)
     }
+}
+
+/// What identifies one operator request of a service: the generation its writer bumped and
+/// the writer's wall-clock time (which alone tells apart the requests of agents older than
+/// generations). Only ever compared for equality.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestStamp {
+    pub generation: u64,
+    pub at_ms: i64,
+}
+
+impl RequestStamp {
+    /// The stamp of a record's pending request, if it has one.
+    pub fn of(record: &ServiceRecord) -> Option<Self> {
+        record.request?;
+        Some(Self {
+            generation: record.request_generation.unwrap_or(0),
+            at_ms: record.request_at_ms.unwrap_or(0),
+        })
+    }
+}
+
+/// This node's rules for what is placed on it.
+pub struct FollowRules<'a> {
+    pub node_id: &'a NodeId,
+    pub accept_services: AcceptServices,
+    pub max_services: usize,
+    /// Why a spec's account cannot be used on this node, if it cannot.
+    pub account_error: &'a (dyn Fn(&ServiceSpec) -> Option<String> + Sync),
+}
+
+/// What following one document asks of the actor.
+#[derive(Debug, Default, PartialEq)]
+pub struct Followed {
+    /// To carry out in order.
+    pub actions: Vec<SupervisorAction>,
+    /// Services placed here that this node refuses, with the reason (all of them, every time).
+    pub refused: BTreeMap<String, String>,
+    /// Specs found unusable since the last document (each reported once per version).
+    pub invalid: Vec<(String, String)>,
+    /// The services placed here do not form a valid set: the previous set stays.
+    pub rejected: Option<SpecError>,
+}
+
+/// The core's memory of the document between changes.
+#[derive(Debug, Default)]
+pub struct DocumentMemory {
+    /// Desired state last applied, per service placed here.
+    desired: BTreeMap<String, Desired>,
+    /// The last operator request handled, per service.
+    handled: BTreeMap<String, RequestStamp>,
+    /// Remote dependency states already passed on.
+    remote_sent: BTreeMap<String, ServiceState>,
+    /// Unusable specs already reported, with the `updated_at_ms` of the version reported.
+    invalid: BTreeMap<String, i64>,
 }
 
 #[cfg(test)]

@@ -81,8 +81,7 @@ impl NodeActor {
                     let answers = self.query_answers_tx.clone();
                     tokio::spawn(async move {
                         let answer =
-                            query::answer(supervisor.as_ref(), request, MAX_REMOTE_WAIT)
-                                .await;
+                            query::answer(supervisor.as_ref(), request, MAX_REMOTE_WAIT).await;
                         let _ = answers.send((token, answer)).await;
                     });
                 }

@@ -8,9 +8,11 @@
 
 use std::collections::BTreeSet;
 
-use super::{View, document_nodes, placement, placement_label, published_state, resolve_target};
+use super::view::{
+    View, document_nodes, placement, placement_label, published_state, resolve_target,
+};
 use crate::identity::{NodeId, NodeName};
-use crate::state::actor::EntryWrite;
+use crate::state::EntryWrite;
 use crate::state::{Desired, InstanceState, OperatorRequest, ServiceRecord};
 use crate::supervisor::spec::{ServiceSpec, SpecError, validate_set};
 

@@ -1,9 +1,10 @@
 //! The services rules: placement, node resolution, the operations and their errors.
 
 use super::*;
-use crate::identity::NodeName;
+use crate::identity::{NodeId, NodeName};
 use crate::state::actor::EntryWrite;
-use crate::state::{NodeRecord, OperatorRequest};
+use crate::state::{Desired, MeshState, NodeRecord, OperatorRequest, ParsedSpecs, ServiceRecord};
+use crate::supervisor::spec::ServiceSpec;
 
 fn mesh(nodes: &[(&str, &str)]) -> MeshState {
     let mut state = MeshState::default();

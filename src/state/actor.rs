@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::file::DocFile;
 use super::{
-    COMPACT_AT_CHANGES, EpochId, HydrateStats, InstanceRecord, LeaseRecord, MeshState, NodeRecord,
-    ParsedSpecs, ServiceRecord, StateError, compact, delete_entry, epoch_of, genesis, get_entry,
-    hydrate_lenient, migrate_into, now_ms, put_entry, validate_tag,
+    COMPACT_AT_CHANGES, EpochId, HydrateStats, MeshState, NodeRecord, ParsedSpecs, StateError,
+    compact, delete_entry, epoch_of, genesis, get_entry, hydrate_lenient, migrate_into, now_ms,
+    put_entry, validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES};
@@ -112,39 +112,7 @@ pub struct StateConfig {
     pub self_record: NodeRecord,
 }
 
-/// One entry written by [`StateHandle::write`]. `None` deletes the entry.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EntryWrite {
-    /// Shared desired state: any member may write any service (last writer wins per service).
-    Service { name: String, record: ServiceRecord },
-    /// Key `service@node-id`: only that node writes it (checked).
-    Instance {
-        key: String,
-        record: Option<InstanceRecord>,
-    },
-    /// Key `node-id/proto/port`: only that node writes it (checked).
-    Lease {
-        key: String,
-        record: Option<LeaseRecord>,
-    },
-}
-
-impl EntryWrite {
-    /// Whether this node may write the entry: instances and leases only its own.
-    fn owned_by(&self, local: &str) -> bool {
-        match self {
-            EntryWrite::Service { .. } => true,
-            EntryWrite::Instance { key, record } => {
-                key.rsplit_once('@').is_some_and(|(_, node)| node == local)
-                    && record.as_ref().is_none_or(|r| r.node == local)
-            }
-            EntryWrite::Lease { key, record } => {
-                key.split_once('/').is_some_and(|(node, _)| node == local)
-                    && record.as_ref().is_none_or(|r| r.node == local)
-            }
-        }
-    }
-}
+pub use super::EntryWrite;
 
 /// Commands to the state actor.
 pub enum StateCommand {
@@ -777,6 +745,7 @@ impl StateActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ServiceRecord;
 
     fn in_memory() -> (StateHandle, CancellationToken) {
         let shutdown = CancellationToken::new();

@@ -38,22 +38,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::accept::{self, AcceptServices};
+use super::accept::AcceptServices;
 use super::cgroup::ServiceCgroups;
-use super::desired::{FollowRules, RequestStamp};
 use super::launcher::{self, Launch, Launched, Launcher, LogLimits};
 use super::runfile::{self, RunRecord, RunState};
 use super::{
     AuditEvent, ExitStatus, HealthCheck, HealthOutcome, ServiceSpec, ServiceState, ServiceStatus,
     ShutdownMode, Supervisor, SupervisorAction, SupervisorEvent,
 };
+use super::{FollowRules, RequestStamp};
 use crate::identity::NodeId;
-use crate::ports::scan::{self, ListeningScan, ScanError};
+use crate::ports::scan;
 use crate::ports::{
     Lease, LeaseConfig, LeaseState, ListeningPorts, PoolSet, PortAllocator, PortRequest,
     PortSource, Proto, confirm_in_use,
@@ -63,14 +63,16 @@ use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
 use crate::state::{InstanceRecord, InstanceState, LeaseRecord, MeshState, now_ms, system_time_ms};
 pub use crate::wire::query::AuditRecord;
 
+mod audit;
 mod handle;
 mod leases;
 mod lifecycle;
 mod publish;
 
+pub use audit::AuditPage;
+use audit::AuditRing;
 use handle::SupervisorCommand;
 pub use handle::{ListeningReport, LocalRules, SupervisorHandle, SupervisorHandleError};
-pub use leases::lease_key;
 
 /// Capacity of the channel of process reports (exits, health results). One report per
 /// process exit or probe; the actor drains it continuously.
@@ -128,66 +130,6 @@ pub struct SupervisorConfig {
     /// Spawns, signals and probes the service processes: [`launcher::ProcessLauncher`]
     /// (real processes), or a fake one in tests ([`launcher::fake::FakeLauncher`]).
     pub launcher: Arc<dyn Launcher>,
-}
-
-/// A page of the audit trail.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AuditPage {
-    pub events: Vec<AuditRecord>,
-    /// The newest sequence number given out.
-    pub last_seq: u64,
-    /// Events pushed out of the ring so far.
-    pub dropped: u64,
-}
-
-/// The bounded audit ring: shared between the actor (writer) and handles (readers).
-#[derive(Debug)]
-struct AuditRing {
-    capacity: usize,
-    events: VecDeque<AuditRecord>,
-    last_seq: u64,
-    dropped: u64,
-}
-
-impl AuditRing {
-    fn push(&mut self, service: &str, kind: &str, reason: String) -> u64 {
-        self.last_seq += 1;
-        if self.events.len() >= self.capacity.max(1) {
-            self.events.pop_front();
-            self.dropped += 1;
-        }
-        self.events.push_back(AuditRecord {
-            seq: self.last_seq,
-            at_ms: now_ms(),
-            service: service.to_string(),
-            kind: kind.to_string(),
-            reason,
-        });
-        self.last_seq
-    }
-
-    /// Events after `after`: the oldest `limit` of them when paging forward (`after` given),
-    /// else the newest `limit`.
-    fn page(&self, after: Option<u64>, limit: usize) -> AuditPage {
-        let events: Vec<AuditRecord> = match after {
-            Some(after) => self
-                .events
-                .iter()
-                .filter(|e| e.seq > after)
-                .take(limit)
-                .cloned()
-                .collect(),
-            None => {
-                let skip = self.events.len().saturating_sub(limit);
-                self.events.iter().skip(skip).cloned().collect()
-            }
-        };
-        AuditPage {
-            events,
-            last_seq: self.last_seq,
-            dropped: self.dropped,
-        }
-    }
 }
 
 /// A report from a process task.
@@ -632,6 +574,33 @@ impl SupervisorActor {
             }
         }
     }
+}
+
+/// Whether `pid` names a live process (not a zombie) on this machine.
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the `(comm)` that may hold spaces: `Z` is a zombie.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// What the allocator is asked for one port of a spec.
+fn port_request(spec: &ServiceSpec, port: &crate::supervisor::PortSpec) -> PortRequest {
+    PortRequest {
+        service: spec.name.clone(),
+        port_name: port.name.clone(),
+        proto: port.proto,
+        source: port.source.clone(),
+    }
+}
+
+/// The lease key of a port on `node_id`.
+pub fn lease_key(node_id: &str, proto: Proto, port: u16) -> String {
+    format!("{node_id}/{proto}/{port}")
 }
 
 #[cfg(test)]

@@ -35,8 +35,8 @@
 //! slows the service down (its pipe fills) rather than dropping lines or growing memory.
 //! Spec: `protocol/service-spec.md`.
 
-pub mod fake;
 mod error;
+pub mod fake;
 mod logs;
 mod probe;
 pub(crate) mod process;
@@ -52,16 +52,14 @@ use super::machine::{ExitStatus, HealthOutcome, StopSignal};
 use super::runfile;
 use super::spec::ServiceSpec;
 
+pub use error::LaunchError;
 pub use logs::{
     DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES, LOG_CHANNEL_CAPACITY, LOG_READ_CHUNK, LogLimits,
     MAX_LOG_LINE_BYTES, log_len, log_path, read_log_since, rotated_log_path, tail_log,
 };
 pub use probe::{EXEC_REAP_CEILING, MAX_HTTP_RESPONSE_BYTES, probe, probe_service};
-pub use error::LaunchError;
+pub use process::{RunningProcess, exit_status, signal_group, spawn_service, spawn_service_in};
 pub use seam::{Launch, Launched, Launcher};
-pub use process::{
-    RunningProcess, exit_status, signal_group, spawn_service, spawn_service_in,
-};
 
 /// The real launcher: processes in their own process group (and cgroup), logs on disk,
 /// probes over loopback.

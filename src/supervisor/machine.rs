@@ -48,7 +48,6 @@ pub use events::{
     AuditEvent, AuditKind, Directive, ExitStatus, HealthOutcome, MachineEvent, ServiceState,
     ServiceStatus, StopCause, StopSignal, SupervisorAction,
 };
-use restart::FailureCause;
 
 /// A point in time a restart waits for; `Due` once passed while held by a directive, so it
 /// no longer counts as a deadline.
@@ -655,6 +654,23 @@ pub fn human_duration(duration: Duration) -> String {
         format!("{:.1} s", duration.as_secs_f64())
     } else {
         format!("{} s", duration.as_secs_f64().round())
+    }
+}
+
+/// Why a process is gone, for the restart decision.
+enum FailureCause {
+    Exited(ExitStatus),
+    SpawnFailed(String),
+    Unhealthy(String),
+}
+
+impl fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureCause::Exited(status) => write!(f, "exited with {status}"),
+            FailureCause::SpawnFailed(error) => write!(f, "could not spawn: {error}"),
+            FailureCause::Unhealthy(detail) => write!(f, "unhealthy ({detail})"),
+        }
     }
 }
 

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::RequestStamp;
 use super::StopSignal;
-use super::desired::RequestStamp;
 use super::launcher::process::signal_group;
 
 /// How long leftover processes get between SIGTERM and SIGKILL. Shorter than a service's

@@ -27,8 +27,8 @@ use crate::membership::PeerState;
 use crate::node::NodeHandle;
 use crate::services::{self, Change, LocalCheck, ServiceAction, ServiceError, View, Writer};
 use crate::state::now_ms;
-use crate::supervisor::query;
 use crate::supervisor::ServiceSpec;
+use crate::supervisor::query;
 use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 
 /// Default number of log lines.

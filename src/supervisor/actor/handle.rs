@@ -2,7 +2,19 @@
 //! and the rules it applies at add time to services placed on this node ([`LocalRules`]).
 //! Owns the command messages to the actor; does not own their handling (the actor's run loop).
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::audit::{AuditPage, AuditRing};
+use crate::ports::scan::{self, ListeningScan, ScanError};
+use crate::ports::{Lease, LeaseState, PoolSet, PortSource, Proto};
+use crate::supervisor::accept::{self, AcceptServices};
+use crate::supervisor::launcher;
+use crate::supervisor::{ServiceSpec, ServiceStatus};
 
 /// Errors of the supervisor handle.
 #[derive(Debug, thiserror::Error)]

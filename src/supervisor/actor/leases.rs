@@ -5,33 +5,6 @@
 
 use super::*;
 
-/// Whether `pid` names a live process (not a zombie) on this machine.
-pub(super) fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3, after the `(comm)` that may hold spaces: `Z` is a zombie.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
-}
-
-/// What the allocator is asked for one port of a spec.
-pub(super) fn port_request(spec: &ServiceSpec, port: &crate::supervisor::PortSpec) -> PortRequest {
-    PortRequest {
-        service: spec.name.clone(),
-        port_name: port.name.clone(),
-        proto: port.proto,
-        source: port.source.clone(),
-    }
-}
-
-/// The lease key of a port on `node_id`.
-pub fn lease_key(node_id: &str, proto: Proto, port: u16) -> String {
-    format!("{node_id}/{proto}/{port}")
-}
-
 impl SupervisorActor {
     /// Allocates (or takes back) a lease for every port of `spec`. Returns the ports in spec
     /// order and the `PORT*` environment, or why not (a fixed port held by someone else).

@@ -14,13 +14,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::error::LaunchError;
 use super::logs::{LOG_CHANNEL_CAPACITY, LogFile, LogLimits, pump_lines};
 use crate::supervisor::account;
 use crate::supervisor::cgroup::ServiceCgroups;
 use crate::supervisor::machine::{ExitStatus, StopSignal};
 use crate::supervisor::spec::{ServiceSpec, expand_args};
-use super::error::LaunchError;
-
 
 /// A spawned service process: its pid (also its process-group id) and its log pumps.
 #[derive(Debug)]

@@ -4,23 +4,6 @@
 
 use super::*;
 
-/// Why a process is gone, for the restart decision.
-pub(super) enum FailureCause {
-    Exited(ExitStatus),
-    SpawnFailed(String),
-    Unhealthy(String),
-}
-
-impl fmt::Display for FailureCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FailureCause::Exited(status) => write!(f, "exited with {status}"),
-            FailureCause::SpawnFailed(error) => write!(f, "could not spawn: {error}"),
-            FailureCause::Unhealthy(detail) => write!(f, "unhealthy ({detail})"),
-        }
-    }
-}
-
 impl ServiceMachine {
     pub(super) fn on_exited(
         &mut self,
