@@ -147,13 +147,7 @@ impl DialPlanner {
         if peer == self.local {
             return;
         }
-        self.make_room(&peer);
-        let target = self.targets.entry(peer).or_insert(Target {
-            addrs: Vec::new(),
-            next_dial: now,
-            failures: 0,
-            standing: Standing::Active,
-        });
+        let target = self.target_entry(peer, now);
         for addr in addrs {
             if !target.addrs.contains(&addr) {
                 target.addrs.push(addr);
@@ -164,6 +158,17 @@ impl DialPlanner {
             target.failures = 0;
             target.next_dial = now;
         }
+    }
+
+    /// `peer`'s target, made (active, due at `now`) if it is new; room is made for it first.
+    fn target_entry(&mut self, peer: PeerId, now: Instant) -> &mut Target {
+        self.make_room(&peer);
+        self.targets.entry(peer).or_insert(Target {
+            addrs: Vec::new(),
+            next_dial: now,
+            failures: 0,
+            standing: Standing::Active,
+        })
     }
 
     /// Discovery says `peer` withdrew (goodbye, or its record expired): stop dialing it.
@@ -177,13 +182,7 @@ impl DialPlanner {
         if peer == self.local {
             return;
         }
-        self.make_room(&peer);
-        let target = self.targets.entry(peer).or_insert(Target {
-            addrs: Vec::new(),
-            next_dial: now,
-            failures: 0,
-            standing: Standing::Active,
-        });
+        let target = self.target_entry(peer, now);
         target.standing = Standing::Active;
         for addr in addrs {
             if !target.addrs.contains(&addr) {

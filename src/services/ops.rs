@@ -126,6 +126,15 @@ impl ServiceAction {
             }),
         }
     }
+
+    /// The path segment of the route (`start`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Restart => "restart",
+        }
+    }
 }
 
 /// Adds or replaces services. Each target (`node`, the writer when absent) is resolved to a
