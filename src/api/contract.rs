@@ -6,7 +6,8 @@
 //! Owns: the types as they travel (serde), the route constants ([`routes`]), [`ApiError`] with
 //! its stable [`ErrorCode`]s. Does not own how they are built from the node's state (the
 //! server's `convert`) nor HTTP mechanics. Free of the node and the state actor: it imports
-//! only the documented formats it carries (a service spec, a hardware profile).
+//! only the documented formats it carries (a service spec, a hardware profile) and the services
+//! domain's action enum.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
