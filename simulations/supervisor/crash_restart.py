@@ -24,7 +24,8 @@ def main():
     data = tempfile.mkdtemp(prefix="mesh-restart-")
     api = f"127.0.0.1:{free_port()}"
     quic = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, MESH_API=api)
+    # The CLI finds the API token in the agent's data dir.
+    env = dict(os.environ, MESH_API=api, MESH_DATA_DIR=data)
     agent = subprocess.Popen(
         [args.binary, "agent", "--data-dir", data, "--name", "bench", "--api", api,
          "--listen", quic, "--no-mdns"],

@@ -237,12 +237,7 @@ impl Launcher for FakeLauncher {
                     detail: format!("fake: process {pid} is gone"),
                 },
                 HealthCheck::Tcp | HealthCheck::Http { .. } => {
-                    let port = spec.health_port_index().and_then(|index| {
-                        spec.port_variables()
-                            .into_iter()
-                            .find(|(port_index, _)| *port_index == index)
-                            .and_then(|(_, variable)| ports.get(&variable).copied())
-                    });
+                    let port = spec.health_port(&ports);
                     match port {
                         Some(port) if world.processes.values().any(|p| p.ports.contains(&port)) => {
                             HealthOutcome::Passed

@@ -47,12 +47,7 @@ pub async fn probe_service(
             }
         }
         HealthCheck::Tcp | HealthCheck::Http { .. } => {
-            let port = spec.health_port_index().and_then(|index| {
-                spec.port_variables()
-                    .into_iter()
-                    .find(|(port_index, _)| *port_index == index)
-                    .and_then(|(_, variable)| ports.get(&variable).copied())
-            });
+            let port = spec.health_port(&ports);
             probe(health, port, health.timeout).await
         }
     }

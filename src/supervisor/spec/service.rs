@@ -120,6 +120,16 @@ impl ServiceSpec {
             .collect()
     }
 
+    /// The port a `tcp`/`http` health check probes, given the `PORT*` map of a running
+    /// process ([`Self::port_env`]).
+    pub fn health_port(&self, ports: &BTreeMap<String, u16>) -> Option<u16> {
+        let index = self.health_port_index()?;
+        self.port_variables()
+            .into_iter()
+            .find(|(port_index, _)| *port_index == index)
+            .and_then(|(_, variable)| ports.get(&variable).copied())
+    }
+
     /// The index into `ports` of the port a `tcp`/`http` health check probes.
     pub fn health_port_index(&self) -> Option<usize> {
         let health = self.health.as_ref()?;
