@@ -94,10 +94,15 @@ import json, os, random, subprocess, sys, time, urllib.request
 API = "http://127.0.0.1:7401"
 mono = lambda: time.clock_gettime(time.CLOCK_MONOTONIC)
 
+# Changes need the agent's API token; `lab.sh exec` sets MESH_DATA_DIR to the host's data dir.
+TOKEN_FILE = os.path.join(os.environ.get("MESH_DATA_DIR", ""), "api.token")
+
 def http(method, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(API + path, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if method != "GET" and os.path.exists(TOKEN_FILE):
+        headers["authorization"] = "Bearer " + open(TOKEN_FILE).read().strip()
+    req = urllib.request.Request(API + path, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read()), r.headers.get("x-mesh-version")
 
