@@ -728,7 +728,10 @@ mod tests {
         // Node 0 is still connected to p2's incarnation 1: close it, once.
         assert_eq!(sim.nodes[0].1.take_dead_connected(), vec![p2]);
         sim.run_for(Duration::from_secs(1));
-        assert!(sim.nodes[0].1.take_dead_connected().is_empty(), "asked once");
+        assert!(
+            sim.nodes[0].1.take_dead_connected().is_empty(),
+            "asked once"
+        );
         // Node 1 lost the connection first (idle timeout, reset): nothing to close.
         let mut fresh = Sim::new(3);
         fresh.run_for(Duration::from_secs(2));
@@ -746,7 +749,11 @@ mod tests {
         sim.run_for(Duration::from_secs(5));
         let now = sim.now;
         let node = &sim.nodes[0].1;
-        assert_eq!(node.foca.updates_backlog(), 0, "a quiet mesh has nothing to spread");
+        assert_eq!(
+            node.foca.updates_backlog(),
+            0,
+            "a quiet mesh has nothing to spread"
+        );
         let next = node.next_deadline().expect("probe timers are pending");
         assert!(
             next >= now + Duration::from_millis(100)
@@ -758,7 +765,10 @@ mod tests {
         sim.down.insert(sim.nodes[2].0);
         let start = sim.now;
         while (0..2).any(|i| sim.state_at(i, 2) != Some(PeerState::Dead)) {
-            assert!(sim.now - start < Duration::from_secs(3), "crash not detected in 3 s");
+            assert!(
+                sim.now - start < Duration::from_secs(3),
+                "crash not detected in 3 s"
+            );
             sim.run_for(Duration::from_millis(10));
         }
     }

@@ -239,6 +239,10 @@ impl PeersQuery {
     }
 }
 
+/// Log lines a logs request gets when it names no count (`n`), and what `mesh logs` asks
+/// for by default (like `tail`, a screenful and a bit).
+pub const DEFAULT_LOG_LINES: u32 = 50;
+
 /// `GET /v1/services/{name}/logs?n=N&offset=O`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogsQuery {

@@ -10,8 +10,8 @@ use crate::api::DEFAULT_API_ADDR;
 use crate::api::auth::{TOKEN_ENV, TOKEN_FILE_ENV};
 use crate::api::client::ApiClient;
 
-/// Default number of log lines `mesh logs` shows (like `tail`, a screenful and a bit).
-pub const DEFAULT_LOG_LINES: u64 = 50;
+/// Default number of log lines `mesh logs` shows: the API's default.
+pub const DEFAULT_LOG_LINES: u64 = crate::api::contract::DEFAULT_LOG_LINES as u64;
 /// Default number of events `mesh events` shows.
 pub const DEFAULT_EVENT_LIMIT: u64 = 100;
 

@@ -31,8 +31,6 @@ use crate::supervisor::ServiceSpec;
 use crate::supervisor::query;
 use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 
-/// Default number of log lines.
-const DEFAULT_LOG_LINES: u32 = 50;
 /// Default number of events.
 const DEFAULT_EVENTS: u32 = 100;
 
@@ -271,7 +269,7 @@ pub async fn service_logs(
     };
     let request = QueryRequest::Logs {
         service: name.clone(),
-        lines: q.n.unwrap_or(DEFAULT_LOG_LINES),
+        lines: q.n.unwrap_or(crate::api::contract::DEFAULT_LOG_LINES),
         offset: q.offset,
     };
     match ask(&node, target, request, Duration::ZERO).await {

@@ -47,7 +47,7 @@ pub async fn probe_service(
             }
         }
         HealthCheck::Tcp | HealthCheck::Http { .. } => {
-            let port = spec.health_port(&ports);
+            let port = spec.health_port(ports);
             probe(health, port, health.timeout).await
         }
     }
