@@ -240,9 +240,6 @@ pub struct Membership {
     reannouncing: bool,
     /// Set when any peer's state changed since the last [`Membership::take_changed`].
     changed: bool,
-    /// Connected peers whose connected incarnation was declared `dead` since the last
-    /// [`Membership::take_dead_connected`].
-    dead_connected: Vec<PeerId>,
     left: bool,
 }
 
@@ -269,7 +266,6 @@ impl Membership {
             connected: HashMap::new(),
             reannouncing: false,
             changed: false,
-            dead_connected: Vec::new(),
             left: false,
         }
     }
@@ -295,15 +291,6 @@ impl Membership {
     /// Whether anything visible changed since the last call; resets the flag.
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)
-    }
-
-    /// Peers declared `dead` since the last call whose connection is to that same incarnation:
-    /// the caller closes those connections. Failure detection is foca's job, not the QUIC idle
-    /// timeout's, so the connection goes as soon as the verdict does (a partition then heals
-    /// by a redial and a fresh handshake, as after a crash); a newer incarnation's connection
-    /// is never in this list.
-    pub fn take_dead_connected(&mut self) -> Vec<PeerId> {
-        std::mem::take(&mut self.dead_connected)
     }
 
     /// A peer passed admission and told us its incarnation: join it (or greet it again).
@@ -564,13 +551,6 @@ impl Membership {
                         state
                     };
                     if rec.state != state || rec.bump != id.bump {
-                        if state == PeerState::Dead
-                            && rec.state != PeerState::Dead
-                            && self.connected.get(&peer) == Some(&id.bump)
-                            && !self.dead_connected.contains(&peer)
-                        {
-                            self.dead_connected.push(peer);
-                        }
                         rec.state = state;
                         rec.bump = id.bump;
                         rec.since = now;
@@ -713,34 +693,6 @@ mod tests {
         }
         let took = dead_at.expect("crashed node never marked dead by all");
         assert!(took <= Duration::from_secs(3), "took {took:?}");
-    }
-
-    #[test]
-    fn a_dead_verdict_asks_once_to_close_that_incarnations_connection() {
-        let mut sim = Sim::new(3);
-        sim.run_for(Duration::from_secs(2));
-        for i in 0..3 {
-            assert!(sim.nodes[i].1.take_dead_connected().is_empty(), "all alive");
-        }
-        let p2 = sim.nodes[2].0;
-        sim.down.insert(p2);
-        sim.run_for(Duration::from_secs(5));
-        // Node 0 is still connected to p2's incarnation 1: close it, once.
-        assert_eq!(sim.nodes[0].1.take_dead_connected(), vec![p2]);
-        sim.run_for(Duration::from_secs(1));
-        assert!(
-            sim.nodes[0].1.take_dead_connected().is_empty(),
-            "asked once"
-        );
-        // Node 1 lost the connection first (idle timeout, reset): nothing to close.
-        let mut fresh = Sim::new(3);
-        fresh.run_for(Duration::from_secs(2));
-        let q2 = fresh.nodes[2].0;
-        fresh.nodes[1].1.on_disconnected(&q2);
-        fresh.down.insert(q2);
-        fresh.run_for(Duration::from_secs(5));
-        assert_eq!(fresh.state_at(1, 2), Some(PeerState::Dead));
-        assert!(fresh.nodes[1].1.take_dead_connected().is_empty());
     }
 
     #[test]

@@ -433,7 +433,6 @@ impl NodeActor {
         let actions = self.admission.poll_timeouts(std_now);
         self.apply_admission(actions, now);
         self.flush_membership(now);
-        self.close_dead_connections();
         if self.membership.take_changed() {
             self.dirty = true;
             for rec in self.membership.peers() {

@@ -74,20 +74,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent streams per connection per protocol. Membership sends a few datagrams per
 /// probe period; 64 absorbs bursts without letting one peer open unbounded streams.
 pub const MAX_CONCURRENT_STREAMS: usize = 64;
-/// QUIC idle timeout: a connection that hears nothing for this long is closed. It is only a
-/// backstop: failure detection is membership's (foca), and the node closes a peer's connection
-/// as soon as membership declares it `dead` (~1.7 s after a crash at 10 hosts), which is what
-/// ends sync sessions and lets the redial heal a partition. Three keep-alive intervals, so a
-/// PING lost even twice (it is retransmitted within a PTO anyway) does not close a live link.
-pub const QUIC_IDLE_TIMEOUT_MS: u32 = 15_000;
-/// QUIC keep-alive interval: quinn sends a PING only after this long without receiving
-/// anything, so between members, whose probes cross every few seconds, it rarely fires.
-/// It was 1 s (with a 3 s idle timeout that was the failure detector of a silent partition):
-/// PINGs and their ACKs were half of an idle agent's packets, ~0.04 % of a core per peer
-/// (10-host lab, `simulations/lab/measure.sh`: idle CPU 0.77 % -> 0.67 % per agent with the
-/// close-on-dead change; crash -> dead unchanged at ~1.6 s). 5 s keeps UDP conntrack and
-/// NAT mappings (30 s on Linux) warm on quiet links.
-pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// QUIC idle timeout: a peer that goes silent (crashed, partitioned) loses its connection after
+/// this long. With a 1 s keep-alive, 3 s notices a silent partition in ~3.1 s (measured; the libp2p defaults, 10 s and 5 s, take ~12 s).
+pub const QUIC_IDLE_TIMEOUT_MS: u32 = 3_000;
+/// QUIC keep-alive interval (see [`QUIC_IDLE_TIMEOUT_MS`]).
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi (the first of a process
 /// ~40 ms: aws-lc-rs's first random draw); 500 ms leaves a tenfold margin. A dial started just before a partition
 /// heals has its first packets dropped and only ends at this deadline, so it bounds how long a

@@ -395,18 +395,6 @@ impl NodeActor {
         }
     }
 
-    /// Closes the connections of peers membership just declared `dead` (see
-    /// [`crate::membership::Membership::take_dead_connected`]): the QUIC idle timeout is only a
-    /// backstop, so the connection's end (sync's `PeerDown`, the redial that heals a
-    /// partition) follows the failure detector, not the keep-alive.
-    pub(super) fn close_dead_connections(&mut self) {
-        for peer in self.membership.take_dead_connected() {
-            if self.swarm.disconnect_peer_id(peer).is_ok() {
-                tracing::debug!(%peer, "declared dead; closing its connection");
-            }
-        }
-    }
-
     pub(super) fn flush_membership(&mut self, now: Instant) {
         let sends: Vec<_> = self.membership.poll_transmit().collect();
         for (peer, data) in sends {
