@@ -21,6 +21,7 @@
 //! | [`services`] | the services domain (pure): where a service runs, which node a name means, add/remove/start/stop/restart as functions from the state to the entries to write |
 //! | [`state`] | the replicated Automerge document: schema, typed access; `state::actor` owns the live document and its file |
 //! | [`supervisor`] | local services: spec, dependency order, state machine, backoff, following the document (`supervisor::desired`) (sans-IO); `supervisor::launcher` spawns and probes; `supervisor::actor` runs them; `supervisor::query` answers `/mesh/query/1` from them |
+//! | [`placement`] | which nodes own each service's copies, from the document and the membership view; what this node runs, hands over or waits for (sans-IO) |
 //! | [`ports`] | port pools, leases, allocation (sans-IO); `ports::scan`: the listening-socket scan and bind test |
 //! | [`hardware`] | sysinfo probe, device class, capability score, profile |
 //! | [`wire`] | every protocol message and the types it carries (auth, membership, sync, query), the name rule |
@@ -45,7 +46,7 @@
 //! | layer | modules | why here |
 //! |---|---|---|
 //! | 0 | `crate`, `identity`, `hardware`, `wire` | leaves: import nothing above; `wire` carries `hardware`'s info |
-//! | 1 | `admission`, `membership`, `sync`, `ports`, `state`, `supervisor`, `services` | the cores (sans-IO), the services domain over them (pure), and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
+//! | 1 | `admission`, `membership`, `sync`, `ports`, `state`, `supervisor`, `services`, `placement` | the cores (sans-IO), the services domain over them (pure), and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
 //! | 2 | `discovery`, `transport` | the network edges |
 //! | 3 | `state::actor`, `supervisor::actor`, `supervisor::query` | the actors over the cores, and what answers from them |
 //! | 4 | `node` | wires everything into one running node |
@@ -62,6 +63,7 @@ pub mod hardware;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod placement;
 pub mod ports;
 pub mod services;
 pub mod state;

@@ -21,7 +21,7 @@ mod view;
 
 pub use ops::{
     AddOutcome, AddPlan, Added, Change, LocalCheck, ServiceAction, ServiceError, Writer, act, add,
-    remove, runs_on,
+    rebalance, remove, runs_on,
 };
 pub use view::*;
 

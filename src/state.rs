@@ -97,6 +97,10 @@ pub struct NodeRecord {
     pub joined_at_ms: i64,
     /// Wall-clock ms of its last graceful stop; `None` while running.
     pub left_at_ms: Option<i64>,
+    /// Drained (`mesh drain`): no service is placed on it until `mesh undrain`.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<bool>,
 }
 
 /// The stable part of a hardware profile. Battery level is volatile and stays out.
@@ -161,6 +165,16 @@ pub struct ServiceRecord {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<NodeId>,
+    /// The spec's `nodes` (its eligible set), resolved to ids when it was added; absent: any
+    /// node.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible: Option<Vec<NodeId>>,
+    /// Counts `mesh service rebalance`s: copies claimed under an older generation are no
+    /// longer sticky ([`crate::placement`]). Absent: 0.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_generation: Option<u64>,
 }
 
 /// A service instance on one node, updated on lifecycle transitions only.
@@ -184,6 +198,16 @@ pub struct InstanceRecord {
     /// Whether a health check is configured (the HEALTH column says `none` otherwise).
     #[autosurgeon(missing = "Default::default")]
     pub health_check: Option<bool>,
+    /// The service's fencing token when this copy was claimed (`MESH_EPOCH`): one more than
+    /// the highest of the service's instances the claiming node saw. Absent in records
+    /// written before placement.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The service's `placement_generation` when this copy was claimed.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// A port lease held by one node.

@@ -40,7 +40,7 @@ pub enum ServiceError {
         service: String,
         dependents: Vec<String>,
     },
-    #[error("unknown action `{action}` (use start, stop or restart)")]
+    #[error("unknown action `{action}` (use start, stop, restart or rebalance)")]
     UnknownAction { action: String },
 }
 
@@ -113,6 +113,8 @@ pub enum ServiceAction {
     Start,
     Stop,
     Restart,
+    /// Move the copies to where the ranking puts them now ([`rebalance`]).
+    Rebalance,
 }
 
 impl ServiceAction {
@@ -121,6 +123,7 @@ impl ServiceAction {
             "start" => Ok(Self::Start),
             "stop" => Ok(Self::Stop),
             "restart" => Ok(Self::Restart),
+            "rebalance" => Ok(Self::Rebalance),
             other => Err(ServiceError::UnknownAction {
                 action: other.to_string(),
             }),
@@ -133,6 +136,7 @@ impl ServiceAction {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Restart => "restart",
+            Self::Rebalance => "rebalance",
         }
     }
 }
@@ -168,9 +172,21 @@ pub fn add(
                 service: spec.name.clone(),
                 node: target.clone(),
             })?;
-        placed.push((spec, NodeId::from(node)));
+        let mut eligible = Vec::with_capacity(spec.placement.nodes.len());
+        for wanted in &spec.placement.nodes {
+            let id = resolve_target(nodes(), wanted)
+                .first()
+                .copied()
+                .ok_or_else(|| ServiceError::UnknownNode {
+                    service: spec.name.clone(),
+                    node: wanted.clone(),
+                })?;
+            eligible.push(NodeId::from(id));
+        }
+        let eligible = (!spec.placement.nodes.is_empty()).then_some(eligible);
+        placed.push((spec, NodeId::from(node), eligible));
     }
-    let names: BTreeSet<&str> = placed.iter().map(|(s, _)| s.name.as_str()).collect();
+    let names: BTreeSet<&str> = placed.iter().map(|(s, _, _)| s.name.as_str()).collect();
     if names.len() != placed.len() {
         return Err(ServiceError::ListedTwice);
     }
@@ -184,7 +200,7 @@ pub fn add(
             (name.to_string(), spec)
         })
         .collect();
-    for (spec, node) in &placed {
+    for (spec, node, _) in &placed {
         let mut spec = spec.clone();
         spec.target = Some(node.to_string());
         set.insert(spec.name.clone(), spec);
@@ -192,7 +208,7 @@ pub fn add(
     let set: Vec<ServiceSpec> = set.into_values().collect();
     validate_set(&set)?;
     if let Some(local) = local {
-        for (spec, _) in placed.iter().filter(|(_, node)| *node == writer.id) {
+        for (spec, _, _) in placed.iter().filter(|(_, node, _)| *node == writer.id) {
             if let Some(reason) = (local.refusal)(spec) {
                 return Err(ServiceError::RefusedHere {
                     service: spec.name.clone(),
@@ -213,12 +229,12 @@ pub fn add(
     }
     let mut writes = Vec::new();
     let mut added = Vec::new();
-    for (spec, node) in placed {
+    for (spec, node, eligible) in placed {
         let spec_json = serde_json::to_string(&spec).expect("a spec always serializes");
         let existing = view.active(&spec.name);
         let outcome = match existing {
             None => AddOutcome::Added,
-            Some(r) if r.spec_json == spec_json => AddOutcome::Unchanged,
+            Some(r) if r.spec_json == spec_json && r.eligible == eligible => AddOutcome::Unchanged,
             Some(_) => AddOutcome::Updated,
         };
         if outcome != AddOutcome::Unchanged {
@@ -239,6 +255,9 @@ pub fn add(
                         .and_then(|r| r.request_generation),
                     added_by: Some(writer.id.clone()),
                     node_id: Some(node),
+                    eligible,
+                    // Kept across updates: an update is not a rebalance.
+                    placement_generation: existing.and_then(|r| r.placement_generation),
                 },
             });
         }
@@ -317,6 +336,7 @@ pub fn act(
             request(&mut record, OperatorRequest::Restart, writer);
             true
         }
+        ServiceAction::Rebalance => return rebalance(view, writer, name),
     };
     if !changed {
         return Ok(Change {
@@ -356,4 +376,23 @@ pub fn runs_on(view: View<'_>, name: &str) -> Result<NodeId, ServiceError> {
         .ok_or_else(|| ServiceError::NotFound {
             service: name.to_string(),
         })
+}
+
+/// Moves a service's copies to where the ranking puts them now (`mesh service rebalance`):
+/// bumps its `placement_generation`, so copies claimed before are no longer sticky. Each new
+/// copy starts before the one it replaces stops (non-exclusive services).
+pub fn rebalance(view: View<'_>, writer: &Writer, name: &str) -> Result<Change, ServiceError> {
+    let mut record = active(view, name)?;
+    let node = placement_label(view, name);
+    record.placement_generation = Some(record.placement_generation.unwrap_or(0) + 1);
+    record.updated_by = writer.id.clone();
+    record.updated_at_ms = writer.now_ms;
+    Ok(Change {
+        writes: vec![EntryWrite::Service {
+            name: name.to_string(),
+            record,
+        }],
+        node,
+        changed: true,
+    })
 }

@@ -127,6 +127,10 @@ pub enum StateCommand {
         reply: oneshot::Sender<Result<bool, StateError>>,
     },
     SetAddrs(Vec<String>),
+    SetDrained {
+        drained: bool,
+        reply: oneshot::Sender<Result<bool, StateError>>,
+    },
     MarkLeft {
         reply: oneshot::Sender<()>,
     },
@@ -318,6 +322,26 @@ impl StateHandle {
     /// This node's listen addresses changed: never dropped, never blocks.
     pub fn set_addrs(&self, addrs: Vec<String>) {
         self.links.send_modify(|l| l.addrs = Some(addrs));
+    }
+
+    /// Sets or clears this node's `drained` mark: placement moves every service off a drained
+    /// node and places none on it. Answers whether it changed; returns once on disk.
+    pub async fn set_drained(&self, drained: bool) -> Result<bool, StateError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(StateCommand::SetDrained { drained, reply }).await {
+            return Err(StateError::Stopped);
+        }
+        rx.await.map_err(|_| StateError::Stopped)?
+    }
+
+    /// Records this node's leave (`left_at_ms`) in the document and waits until it is
+    /// written. Placement moves services off a leaving node at once.
+    pub async fn mark_left(&self) -> Result<(), StateError> {
+        let (reply, done) = oneshot::channel();
+        if !self.send(StateCommand::MarkLeft { reply }).await {
+            return Err(StateError::Stopped);
+        }
+        done.await.map_err(|_| StateError::Stopped)
     }
 
     pub(crate) async fn send(&self, cmd: StateCommand) -> bool {
@@ -568,6 +592,9 @@ impl StateActor {
                     let _ = reply.send(result);
                 }
             }
+            StateCommand::SetDrained { drained, reply } => {
+                let _ = reply.send(self.set_drained(drained).await);
+            }
             StateCommand::SetTag { key, value, reply } => {
                 let result = self.set_tag(&key, value.as_deref()).await;
                 let _ = reply.send(result);
@@ -775,6 +802,8 @@ mod tests {
             request_generation: Some(1),
             added_by: None,
             node_id: None,
+            eligible: None,
+            placement_generation: None,
         }
     }
 

@@ -64,7 +64,10 @@ pub fn check_account_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// Environment variables mesh sets itself; a spec may not set them in `env`.
-pub const RESERVED_ENV: [&str; 3] = ["PORT", "MESH_NODE", "MESH_SERVICE"];
+pub const RESERVED_ENV: [&str; 4] = ["PORT", "MESH_NODE", "MESH_SERVICE", "MESH_EPOCH"];
+/// Prefix of the variables the agent sets for dependencies on other nodes
+/// (`MESH_ENDPOINT_<DEP>=host:port`); a spec may not set them.
+pub const RESERVED_ENV_PREFIX: &str = "MESH_ENDPOINT_";
 
 /// Default time between health checks once a service is healthy (or unhealthy). 2 s notices a
 /// hung service within [`DEFAULT_FAILURES_BEFORE_UNHEALTHY`] × 2 s = 6 s while costing nothing

@@ -23,6 +23,17 @@ pub struct CliServiceParts {
     /// `--on-dependency-restart` value: `ride-through` or `restart`.
     pub on_dependency_restart: Option<String>,
     pub node: Option<String>,
+    /// `--replicas` value.
+    pub replicas: Option<u32>,
+    /// `--exclusive`, `--pinned`, `--not-sticky`.
+    pub exclusive: bool,
+    pub pinned: bool,
+    pub not_sticky: bool,
+    /// Each `--on` value (the eligible nodes).
+    pub nodes: Vec<String>,
+    /// Each `--require` value: `tag.KEY=VALUE`, `arch=…`, `os=…`, `device_class=…`,
+    /// `profile=…`, `min_score=N`, `min_memory_mb=N`.
+    pub require: Vec<String>,
     /// `--user` value.
     pub user: Option<String>,
     /// `--group` value.
@@ -72,9 +83,56 @@ impl ServiceSpec {
             };
         }
         spec.target = parts.node;
+        if let Some(replicas) = parts.replicas {
+            spec.placement.replicas = replicas;
+        }
+        spec.placement.exclusive = parts.exclusive;
+        spec.placement.pinned = parts.pinned;
+        spec.placement.sticky = !parts.not_sticky;
+        spec.placement.nodes = parts.nodes;
+        for text in &parts.require {
+            apply_requirement(&mut spec.placement.require, text)?;
+        }
         spec.user = parts.user;
         spec.group = parts.group;
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// Applies one `--require KEY=VALUE` to `require`.
+fn apply_requirement(require: &mut super::placement::Require, text: &str) -> Result<(), SpecError> {
+    let bad = |reason: &str| SpecError::BadCliValue {
+        flag: "require",
+        value: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| bad("expected KEY=VALUE, e.g. tag.room=kitchen or arch=aarch64"))?;
+    let number = || {
+        value
+            .parse::<u64>()
+            .map_err(|_| bad("expected a whole number"))
+    };
+    match key {
+        "arch" => require.arch = Some(value.to_string()),
+        "os" => require.os = Some(value.to_string()),
+        "device_class" => require.device_class = Some(value.to_string()),
+        "profile" => require.profile = Some(value.to_string()),
+        "min_score" => require.min_score = Some(number()?),
+        "min_memory_mb" => require.min_memory_mb = Some(number()?),
+        _ => match key.strip_prefix("tag.") {
+            Some(tag) if !tag.is_empty() => {
+                require.tags.insert(tag.to_string(), value.to_string());
+            }
+            _ => {
+                return Err(bad(
+                    "unknown key: use tag.KEY, arch, os, device_class, profile, min_score or \
+                     min_memory_mb",
+                ));
+            }
+        },
+    }
+    Ok(())
 }

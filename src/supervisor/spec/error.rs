@@ -84,6 +84,8 @@ pub enum SpecError {
     },
     #[error("service `{service}`: bad restart settings: {reason}")]
     BadRestart { service: String, reason: String },
+    #[error("service `{service}`: bad placement: {reason}")]
+    BadPlacement { service: String, reason: String },
     #[error("service `{service}`: bad node name `{node}`: {reason}")]
     BadNode {
         service: String,

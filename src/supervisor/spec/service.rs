@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::bounds::*;
 use super::duration_text;
 use super::health::HealthSpec;
+use super::placement::PlacementSpec;
 use super::port::PortSpec;
 use super::restart::{DependencyRestart, RestartSpec};
 use crate::supervisor::backoff::BackoffConfig;
@@ -55,6 +56,10 @@ pub struct ServiceSpec {
     /// resolves it to a node id once, when the service is added ([`crate::services`]).
     #[serde(rename = "node", default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// How many copies run, where they may run and how they move (top-level keys:
+    /// `replicas`, `pinned`, `exclusive`, `sticky`, `nodes`, `require`).
+    #[serde(flatten)]
+    pub placement: PlacementSpec,
     /// While a dependency restarts: keep running (`ride-through`) or stop and start again
     /// once it is healthy (`restart`).
     #[serde(default, skip_serializing_if = "DependencyRestart::is_default")]
@@ -84,6 +89,7 @@ impl ServiceSpec {
             restart: RestartSpec::default(),
             stop_grace: DEFAULT_STOP_GRACE,
             target: None,
+            placement: PlacementSpec::default(),
             on_dependency_restart: DependencyRestart::RideThrough,
             user: None,
             group: None,

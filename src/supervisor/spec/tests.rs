@@ -812,3 +812,77 @@ fn user_and_group_are_checked_for_form_only() {
         (Some("nobody"), Some("nogroup"))
     );
 }
+
+#[test]
+fn placement_keys_sit_at_the_top_level_of_a_service_and_typos_are_still_refused() {
+    let text = "[[service]]\nname = \"web\"\ncommand = \"x\"\nreplicas = 2\nsticky = false\n\
+                nodes = [\"pi-1\", \"pi-2\"]\n[service.require]\narch = \"aarch64\"\n\
+                min_memory_mb = 512\ntags = { room = \"kitchen\" }\n";
+    let specs = parse_service_file(text).expect("parses");
+    let placement = &specs[0].placement;
+    assert_eq!(placement.replicas, 2);
+    assert!(!placement.sticky);
+    assert_eq!(placement.nodes, ["pi-1", "pi-2"]);
+    assert_eq!(placement.require.arch.as_deref(), Some("aarch64"));
+    assert_eq!(placement.require.tags["room"], "kitchen");
+    // Defaults are not written out, so specs without placement keep their JSON text.
+    let plain = ServiceSpec::new("a", "x");
+    let json = serde_json::to_string(&plain).expect("json");
+    assert!(
+        !json.contains("replicas") && !json.contains("sticky"),
+        "{json}"
+    );
+    for (text, needle) in [
+        (
+            "[[service]]\nname = \"a\"\ncommand = \"x\"\nreplica = 2\n",
+            "unknown field `replica`",
+        ),
+        (
+            "[[service]]\nname = \"a\"\ncommand = \"x\"\nreplicas = 0\n",
+            "replicas must be between 1 and 64",
+        ),
+        (
+            "[[service]]\nname = \"a\"\ncommand = \"x\"\nreplicas = 2\nexclusive = true\n",
+            "an exclusive service runs one copy",
+        ),
+        (
+            "[[service]]\nname = \"a\"\ncommand = \"x\"\n[service.require]\ncpu = \"fast\"\n",
+            "unknown field `cpu`",
+        ),
+    ] {
+        let err = parse_service_file(text).expect_err(needle).to_string();
+        assert!(err.contains(needle), "{err} should contain {needle}");
+    }
+}
+
+#[test]
+fn placement_flags_on_the_command_line() {
+    let spec = ServiceSpec::from_cli_parts(CliServiceParts {
+        name: "cam".into(),
+        command: vec!["motion".into()],
+        replicas: Some(2),
+        not_sticky: true,
+        nodes: vec!["pi-1".into(), "pi-2".into()],
+        require: vec![
+            "tag.room=kitchen".into(),
+            "arch=aarch64".into(),
+            "min_memory_mb=512".into(),
+        ],
+        ..Default::default()
+    })
+    .expect("valid");
+    assert_eq!(spec.placement.replicas, 2);
+    assert!(!spec.placement.sticky);
+    assert_eq!(spec.placement.require.tags["room"], "kitchen");
+    assert_eq!(spec.placement.require.arch.as_deref(), Some("aarch64"));
+    assert_eq!(spec.placement.require.min_memory_mb, Some(512));
+    let err = ServiceSpec::from_cli_parts(CliServiceParts {
+        name: "cam".into(),
+        command: vec!["motion".into()],
+        require: vec!["cpu=fast".into()],
+        ..Default::default()
+    })
+    .expect_err("unknown key")
+    .to_string();
+    assert!(err.contains("unknown key"), "{err}");
+}

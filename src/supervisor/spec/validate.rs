@@ -59,6 +59,7 @@ impl ServiceSpec {
         self.validate_ports()?;
         self.validate_health()?;
         self.validate_restart()?;
+        self.placement.validate(&self.name)?;
         if self.stop_grace.is_zero() {
             return Err(SpecError::ZeroDuration {
                 service: service(),
@@ -179,7 +180,10 @@ impl ServiceSpec {
                     "names are letters, digits and '_', not starting with a digit",
                 ));
             }
-            if RESERVED_ENV.contains(&key.as_str()) || key.starts_with("PORT_") {
+            if RESERVED_ENV.contains(&key.as_str())
+                || key.starts_with("PORT_")
+                || key.starts_with(RESERVED_ENV_PREFIX)
+            {
                 return Err(bad("reserved: mesh sets it"));
             }
             if value.contains('\0') {

@@ -1,0 +1,443 @@
+//! Placement as a pure function: the same owners everywhere, distinct eligible nodes, minimal
+//! movement, weights, stickiness, hand-over and the exclusive fence.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::identity::NodeName;
+use crate::services::View;
+use crate::state::{Desired, InstanceRecord, MeshState, NodeHardware, NodeRecord, ParsedSpecs};
+
+fn node(name: &str, score: u64) -> NodeRecord {
+    NodeRecord {
+        name: NodeName::from(name),
+        hardware: NodeHardware {
+            score,
+            arch: "x86_64".into(),
+            memory_bytes: 8 << 30,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A mesh of nodes `n0..n{count}` (ids `id-0`…) with the given scores.
+fn mesh(scores: &[u64]) -> MeshState {
+    let mut state = MeshState::default();
+    for (i, score) in scores.iter().enumerate() {
+        state
+            .nodes
+            .insert(format!("id-{i}"), node(&format!("n{i}"), *score));
+    }
+    state
+}
+
+fn add_service(state: &mut MeshState, spec: ServiceSpec, home: &str) {
+    state.services.insert(
+        spec.name.clone(),
+        ServiceRecord {
+            spec_json: serde_json::to_string(&spec).expect("serializes"),
+            desired: Desired::Running,
+            updated_by: NodeId::from(home),
+            node_id: Some(NodeId::from(home)),
+            ..Default::default()
+        },
+    );
+}
+
+fn claim(state: &mut MeshState, service: &str, node: &str, st: InstanceState, epoch: u64) {
+    state.instances.insert(
+        instance_key(service, node),
+        InstanceRecord {
+            service: service.into(),
+            node: NodeId::from(node),
+            state: st,
+            epoch: Some(epoch),
+            generation: Some(0),
+            ..Default::default()
+        },
+    );
+}
+
+fn all_alive(state: &MeshState) -> LivenessView {
+    LivenessView {
+        peers: state
+            .nodes
+            .keys()
+            .map(|id| (NodeId::from(id.as_str()), Liveness::Alive))
+            .collect(),
+        running_for: Duration::from_secs(60),
+    }
+}
+
+fn owners_from(
+    state: &MeshState,
+    local: &str,
+    liveness: &LivenessView,
+) -> BTreeMap<String, Vec<NodeId>> {
+    let specs = ParsedSpecs::parse(state);
+    let local = NodeId::from(local);
+    let input = PlacementInput {
+        view: View::new(state, &specs),
+        local: &local,
+        liveness,
+    };
+    place_all(input)
+        .into_iter()
+        .map(|(name, p)| (name, p.owners))
+        .collect()
+}
+
+fn spec(name: &str, replicas: u32) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(name, "x");
+    spec.placement.replicas = replicas;
+    spec
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_node_computes_the_same_owners_on_distinct_eligible_nodes(
+        scores in proptest::collection::vec(1u64..2000, 1..9),
+        services in proptest::collection::vec((1u32..4, 0usize..9, any::<bool>()), 1..20),
+    ) {
+        let mut state = mesh(&scores);
+        // Half the nodes carry a tag some services require.
+        for (i, record) in state.nodes.values_mut().enumerate() {
+            if i % 2 == 0 {
+                record.tags.insert("room".into(), "kitchen".into());
+            }
+        }
+        for (k, (replicas, home, tagged)) in services.iter().enumerate() {
+            let mut s = spec(&format!("s{k}"), *replicas);
+            if *tagged {
+                s.placement.require.tags.insert("room".into(), "kitchen".into());
+            }
+            add_service(&mut state, s, &format!("id-{}", home % scores.len()));
+        }
+        let liveness = all_alive(&state);
+        let first = owners_from(&state, "id-0", &liveness);
+        for i in 1..scores.len() {
+            prop_assert_eq!(&owners_from(&state, &format!("id-{i}"), &liveness), &first);
+        }
+        for (k, (replicas, _, tagged)) in services.iter().enumerate() {
+            let owners = &first[&format!("s{k}")];
+            let eligible = state
+                .nodes
+                .values()
+                .filter(|n| !tagged || n.tags.contains_key("room"))
+                .count();
+            prop_assert_eq!(owners.len(), (*replicas as usize).min(eligible));
+            let distinct: std::collections::BTreeSet<_> = owners.iter().collect();
+            prop_assert_eq!(distinct.len(), owners.len());
+            for owner in owners {
+                let record = &state.nodes[owner.as_str()];
+                prop_assert!(!tagged || record.tags.contains_key("room"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_going_away_moves_only_its_own_copies(
+        scores in proptest::collection::vec(1u64..2000, 2..9),
+        count in 1usize..40,
+        gone in 0usize..9,
+    ) {
+        let mut state = mesh(&scores);
+        let gone = NodeId::from(format!("id-{}", gone % scores.len()));
+        for k in 0..count {
+            // Homes spread over the nodes; no copy claimed yet (pure ranking).
+            add_service(&mut state, spec(&format!("s{k}"), 1), &format!("id-{}", k % scores.len()));
+        }
+        let mut liveness = all_alive(&state);
+        let before = owners_from(&state, "id-0", &liveness);
+        liveness.peers.insert(gone.clone(), Liveness::Dead { since: Duration::from_secs(1) });
+        let local = if gone.as_str() == "id-0" { "id-1" } else { "id-0" };
+        let after = owners_from(&state, local, &liveness);
+        for (service, owners) in &before {
+            if !owners.contains(&gone) {
+                prop_assert_eq!(&after[service], owners, "{} moved", service);
+            } else {
+                prop_assert!(!after[service].contains(&gone));
+            }
+        }
+    }
+}
+
+#[test]
+fn heavier_nodes_take_proportionally_more_services() {
+    // Homes on a node outside the mesh, so only the weights rank.
+    let mut state = mesh(&[100, 300]);
+    for k in 0..4000 {
+        add_service(&mut state, spec(&format!("svc-{k}"), 1), "elsewhere");
+    }
+    let owners = owners_from(&state, "id-0", &all_alive(&state));
+    let heavy = owners.values().filter(|o| o[0].as_str() == "id-1").count();
+    // Weighted rendezvous: P(heavy) = 300 / (100 + 300) = 0.75.
+    let share = heavy as f64 / 4000.0;
+    assert!((0.72..0.78).contains(&share), "heavy node took {share}");
+}
+
+#[test]
+fn the_home_node_ranks_first_and_failure_moves_the_copy_to_the_best_other() {
+    let mut state = mesh(&[10, 10, 10]);
+    add_service(&mut state, spec("web", 1), "id-2");
+    let mut liveness = all_alive(&state);
+    assert_eq!(
+        owners_from(&state, "id-0", &liveness)["web"],
+        [NodeId::from("id-2")]
+    );
+    liveness
+        .peers
+        .insert(NodeId::from("id-2"), Liveness::Suspect);
+    assert_eq!(
+        owners_from(&state, "id-0", &liveness)["web"],
+        [NodeId::from("id-2")],
+        "suspect alone never moves a copy"
+    );
+    liveness.peers.insert(
+        NodeId::from("id-2"),
+        Liveness::Dead {
+            since: Duration::ZERO,
+        },
+    );
+    let moved = owners_from(&state, "id-0", &liveness)["web"].clone();
+    assert_eq!(moved.len(), 1);
+    assert_ne!(moved[0].as_str(), "id-2");
+}
+
+#[test]
+fn a_sticky_copy_stays_when_the_home_returns_and_a_rebalance_moves_it_back() {
+    let mut state = mesh(&[10, 10, 10]);
+    add_service(&mut state, spec("web", 1), "id-2");
+    // It failed over to id-1 while id-2 was dead; id-2 is back.
+    claim(&mut state, "web", "id-1", InstanceState::Healthy, 2);
+    let liveness = all_alive(&state);
+    assert_eq!(
+        owners_from(&state, "id-0", &liveness)["web"],
+        [NodeId::from("id-1")]
+    );
+    // Not sticky: back home.
+    let mut loose = spec("web", 1);
+    loose.placement.sticky = false;
+    add_service(&mut state, loose, "id-2");
+    assert_eq!(
+        owners_from(&state, "id-0", &liveness)["web"],
+        [NodeId::from("id-2")]
+    );
+    // Sticky again, then a rebalance: claims of older generations are not sticky.
+    add_service(&mut state, spec("web", 1), "id-2");
+    state
+        .services
+        .get_mut("web")
+        .expect("added")
+        .placement_generation = Some(1);
+    assert_eq!(
+        owners_from(&state, "id-0", &liveness)["web"],
+        [NodeId::from("id-2")]
+    );
+}
+
+#[test]
+fn a_service_no_node_can_take_is_unplaced_with_the_reason() {
+    let mut state = mesh(&[10, 10]);
+    let mut s = spec("cam", 1);
+    s.placement
+        .require
+        .tags
+        .insert("room".into(), "kitchen".into());
+    add_service(&mut state, s, "id-0");
+    let specs = ParsedSpecs::parse(&state);
+    let liveness = all_alive(&state);
+    let local = NodeId::from("id-0");
+    let input = PlacementInput {
+        view: View::new(&state, &specs),
+        local: &local,
+        liveness: &liveness,
+    };
+    let placed = &place_all(input)["cam"];
+    assert!(placed.owners.is_empty());
+    assert_eq!(
+        placed.unplaced.as_deref(),
+        Some("no node can take it (2 of 2 nodes: 2 tags differ)")
+    );
+    // Eligible but dead.
+    state
+        .nodes
+        .get_mut("id-1")
+        .expect("node")
+        .tags
+        .insert("room".into(), "kitchen".into());
+    let mut liveness = all_alive(&state);
+    liveness.peers.insert(
+        NodeId::from("id-1"),
+        Liveness::Dead {
+            since: Duration::ZERO,
+        },
+    );
+    let specs = ParsedSpecs::parse(&state);
+    let input = PlacementInput {
+        view: View::new(&state, &specs),
+        local: &local,
+        liveness: &liveness,
+    };
+    assert_eq!(
+        place_all(input)["cam"].unplaced.as_deref(),
+        Some("none of the 1 eligible nodes is alive")
+    );
+}
+
+fn plan_of(state: &MeshState, local: &str, liveness: &LivenessView) -> LocalPlan {
+    let specs = ParsedSpecs::parse(state);
+    let local = NodeId::from(local);
+    let input = PlacementInput {
+        view: View::new(state, &specs),
+        local: &local,
+        liveness,
+    };
+    decide_local(input, &place_all(input))
+}
+
+#[test]
+fn a_replaced_copy_is_kept_until_the_new_owner_is_ready() {
+    let mut state = mesh(&[10, 10, 10]);
+    let mut s = spec("web", 1);
+    s.placement.sticky = false;
+    add_service(&mut state, s, "id-2");
+    claim(&mut state, "web", "id-1", InstanceState::Healthy, 1);
+    let liveness = all_alive(&state);
+    let plan = plan_of(&state, "id-1", &liveness);
+    assert_eq!(plan.roles["web"].0, LocalRole::HandOver);
+    claim(&mut state, "web", "id-2", InstanceState::Starting, 2);
+    assert_eq!(
+        plan_of(&state, "id-1", &liveness).roles["web"].0,
+        LocalRole::HandOver
+    );
+    claim(&mut state, "web", "id-2", InstanceState::Healthy, 2);
+    assert!(!plan_of(&state, "id-1", &liveness).roles.contains_key("web"));
+    // The owner keeps the epoch it claimed with.
+    assert_eq!(
+        plan_of(&state, "id-2", &liveness).roles["web"].0,
+        LocalRole::Run {
+            epoch: 2,
+            generation: 0
+        }
+    );
+}
+
+#[test]
+fn an_exclusive_copy_needs_a_majority_and_waits_out_the_fence() {
+    let mut state = mesh(&[10, 10, 10]);
+    let mut s = spec("lock", 1);
+    s.placement.exclusive = true;
+    s.stop_grace = Duration::from_secs(1);
+    add_service(&mut state, s, "id-0");
+    claim(&mut state, "lock", "id-0", InstanceState::Healthy, 4);
+    // id-0 is cut off: from its side both others are suspect, so it has no majority and
+    // stops its copy.
+    let mut cut = all_alive(&state);
+    cut.peers.insert(NodeId::from("id-1"), Liveness::Suspect);
+    cut.peers.insert(NodeId::from("id-2"), Liveness::Suspect);
+    let plan = plan_of(&state, "id-0", &cut);
+    assert!(!plan.majority);
+    assert!(!plan.roles.contains_key("lock"));
+    // The majority side: id-0 dead for 0.5 s; the fence is stop_grace + 0.5 s.
+    let mut majority = all_alive(&state);
+    majority.peers.insert(
+        NodeId::from("id-0"),
+        Liveness::Dead {
+            since: Duration::from_millis(500),
+        },
+    );
+    let owner = owners_from(&state, "id-1", &majority)["lock"][0].clone();
+    let plan = plan_of(&state, owner.as_str(), &majority);
+    assert!(plan.majority);
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert_eq!(plan.recheck_in, Some(Duration::from_secs(1)));
+    majority.peers.insert(
+        NodeId::from("id-0"),
+        Liveness::Dead {
+            since: Duration::from_millis(1500),
+        },
+    );
+    assert_eq!(
+        plan_of(&state, owner.as_str(), &majority).roles["lock"].0,
+        LocalRole::Run {
+            epoch: 5,
+            generation: 0
+        },
+        "the fencing token grows with the change of owner"
+    );
+}
+
+#[test]
+fn a_two_node_mesh_cannot_fail_over_an_exclusive_service() {
+    let mut state = mesh(&[10, 10]);
+    let mut s = spec("lock", 1);
+    s.placement.exclusive = true;
+    add_service(&mut state, s, "id-0");
+    let mut liveness = all_alive(&state);
+    liveness.peers.insert(
+        NodeId::from("id-0"),
+        Liveness::Dead {
+            since: Duration::from_secs(60),
+        },
+    );
+    let plan = plan_of(&state, "id-1", &liveness);
+    assert!(!plan.majority, "1 of 2 members is not a majority");
+    assert!(!plan.roles.contains_key("lock"));
+}
+
+#[test]
+fn unknown_nodes_count_as_alive_only_just_after_start() {
+    let state = mesh(&[10, 10]);
+    let mut liveness = LivenessView {
+        peers: BTreeMap::new(),
+        running_for: Duration::from_secs(1),
+    };
+    let local = NodeId::from("id-0");
+    let other = NodeId::from("id-1");
+    let record = state.nodes.get("id-1");
+    assert_eq!(liveness.of(&local, &other, record), Liveness::Alive);
+    liveness.running_for = UNKNOWN_GRACE + Duration::from_secs(2);
+    assert_eq!(
+        liveness.of(&local, &other, record),
+        Liveness::Dead {
+            since: Duration::from_secs(2)
+        }
+    );
+}
+
+#[test]
+fn ln_matches_the_c_library_closely_and_hash_units_stay_inside_zero_one() {
+    for x in [1e-300, 1e-9, 0.001, 0.1, 0.25, 0.5, 0.7, 0.999_999, 1.0] {
+        let ours = ln(x);
+        let libm = x.ln();
+        assert!(
+            (ours - libm).abs() <= 1e-12 * libm.abs().max(1.0),
+            "{x}: {ours} vs {libm}"
+        );
+    }
+    for i in 0..1000 {
+        let u = hash_unit("svc", &format!("node-{i}"));
+        assert!(u > 0.0 && u < 1.0);
+    }
+    // Fixed values: every agent, on every platform and version, must compute these.
+    // Pinned: a change here changes every mesh's placement (a wire-level change).
+    assert_eq!(hash_unit("web", "id-0").to_bits(), 4601271148787832417);
+
+    assert_eq!(ordinal(1), "1st");
+    assert_eq!(ordinal(12), "12th");
+    assert_eq!(ordinal(23), "23rd");
+}
+
+#[test]
+fn tag_bounds_of_requirements_are_those_of_node_tags() {
+    use crate::supervisor::spec::placement::{MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN};
+    assert_eq!(MAX_TAG_KEY_LEN, crate::state::MAX_TAG_KEY);
+    assert_eq!(MAX_TAG_VALUE_LEN, crate::state::MAX_TAG_VALUE);
+}
