@@ -17,7 +17,9 @@
 //! | GET | `/v1/services` | `SERVICES` | array of [`ServiceEntry`], mesh-wide, by name | `services` |
 //! | POST | `/v1/services` | `SERVICES` | body [`ServiceAddRequest`]; [`ServiceAddResponse`] | `add_services` |
 //! | DELETE | `/v1/services/{name}` | `SERVICE` | removes a service (stops it); [`ServiceActionResponse`] | `remove_service` |
-//! | POST | `/v1/services/{name}/{action}` | `SERVICE_ACTION` | `start`, `stop`, `restart`; [`ServiceActionResponse`] | `service_action` |
+//! | POST | `/v1/services/{name}/{action}` | `SERVICE_ACTION` | `start`, `stop`, `restart`, `rebalance`; [`ServiceActionResponse`] | `service_action` |
+//! | GET | `/v1/services/{name}/endpoints` | `SERVICE_ENDPOINTS` | array of [`EndpointEntry`]: the healthy copies, `host:port` | `endpoints` |
+//! | POST | `/v1/nodes/{node}/{action}` | `NODE_ACTION` | `drain`, `undrain`, asked of that node; [`DrainResponse`] | `drain` |
 //! | GET | `/v1/services/{name}/logs?n=N&offset=O` | `SERVICE_LOGS` | [`LogsResponse`], from the node running it | `logs` |
 //! | GET | `/v1/ports?node=NAME` | `PORTS` | array of [`PortEntry`] (leases, mesh-wide or one node) | `ports` |
 //! | GET | `/v1/ports/listening?node=NAME` | `PORTS_LISTENING` | [`ListeningResponse`], asked of that node | `listening` |

@@ -36,6 +36,7 @@ use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
 use crate::membership::{Membership, MembershipConfig, PeerState};
+use crate::placement::MembershipSnapshot;
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
 use crate::state::{NodeHardware, NodeRecord};
 use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervisor};
@@ -215,6 +216,8 @@ struct NodeActor {
     query_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<QueryResponse, NodeError>>>,
     stats: NodeStats,
     snapshot_tx: watch::Sender<Arc<NodeSnapshot>>,
+    /// Peers' membership states for placement (the supervisor), sent only when one changes.
+    membership_tx: watch::Sender<MembershipSnapshot>,
     version: u64,
     last_publish: Instant,
     dirty: bool,
@@ -269,6 +272,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         peers: Vec::new(),
         stats: NodeStats::default(),
     }));
+    let (membership_tx, membership_rx) = watch::channel(MembershipSnapshot::new(now.into_std()));
     let dials = DialPlanner::new(
         local_peer,
         &config.static_peers,
@@ -313,7 +317,12 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         Some(mut sup) => {
             sup.node_id = local_peer.to_base58();
             sup.node_name = config.name.clone();
-            let (handle, task) = spawn_supervisor(sup, state.clone(), supervisor_shutdown.clone());
+            let (handle, task) = spawn_supervisor(
+                sup,
+                state.clone(),
+                membership_rx,
+                supervisor_shutdown.clone(),
+            );
             (Some(handle), Some(task))
         }
         None => (None, None),
@@ -355,6 +364,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         query_requests: HashMap::new(),
         stats: NodeStats::default(),
         snapshot_tx,
+        membership_tx,
         version: 0,
         last_publish: now,
         dirty: true,

@@ -749,6 +749,8 @@ impl RequestStamp {
 /// This node's rules for what is placed on it.
 pub struct FollowRules<'a> {
     pub node_id: &'a NodeId,
+    /// The services placement gives this node ([`crate::placement::decide_local`]).
+    pub runs_here: &'a std::collections::BTreeSet<String>,
     pub accept_services: AcceptServices,
     pub max_services: usize,
     /// Why a spec's account cannot be used on this node, if it cannot.

@@ -325,8 +325,20 @@ fn a_service_removed_while_its_node_was_down_does_not_run_again() {
     let seed = a.quic_addr();
     let mut b = Agent::start(dir.path(), "beta", &key, std::slice::from_ref(&seed));
     let (removed, stopped) = (unique_seconds(40), unique_seconds(41));
-    ok(add_sh(&b, "removed", &[], &format!("exec sleep {removed}")));
-    ok(add_sh(&b, "stopped", &[], &format!("exec sleep {stopped}")));
+    // Pinned: this is about what beta does when it returns, so they must not fail over to
+    // alpha while beta is down.
+    ok(add_sh(
+        &b,
+        "removed",
+        &["--pinned"],
+        &format!("exec sleep {removed}"),
+    ));
+    ok(add_sh(
+        &b,
+        "stopped",
+        &["--pinned"],
+        &format!("exec sleep {stopped}"),
+    ));
     a.wait_service_state("removed", "healthy");
     a.wait_service_state("stopped", "healthy");
     b.signal("-TERM");
@@ -397,10 +409,11 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
     let seconds = unique_seconds(50);
     for target in ["own", "none"] {
         let name = format!("pushed-to-{target}");
+        // Pinned: refused there, it stays there (an unpinned one moves on, below).
         add_sh_remote(
             &a,
             &name,
-            &["--node", target],
+            &["--node", target, "--pinned"],
             &format!("exec sleep {seconds}"),
         );
         let row = a.wait_service_state(&name, "refused");
@@ -420,7 +433,7 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
     add_sh_remote(
         &own,
         "ghost-on-alpha",
-        &["--node", "alpha", "--user", "mesh-no-such-user"],
+        &["--node", "alpha", "--pinned", "--user", "mesh-no-such-user"],
         "exit 0",
     );
     let row = a.wait_service_state("ghost-on-alpha", "refused");
@@ -443,6 +456,37 @@ fn accept_services_own_and_none_refuse_services_placed_from_another_node() {
     let err = refused(add_sh(&none, "local-to-none", &[], "exec sleep 1"));
     assert!(err.contains("--accept-services none"), "{err}");
     assert_eq!(sleeps(&seconds).len(), 1, "only the own service runs");
+    // Not pinned: `none` refuses it, and placement moves it to a node that takes it (alpha
+    // is the only one), where it stays; the refusal stays published, so nothing flaps.
+    let moving = unique_seconds(52);
+    add_sh_remote(
+        &a,
+        "moves-on",
+        &["--node", "none"],
+        &format!("exec sleep {moving}"),
+    );
+    wait_until("moves-on runs on alpha", || {
+        a.services()
+            .into_iter()
+            .find(|s| s["name"] == "moves-on" && s["state"] == "healthy" && s["node"] == "alpha")
+    });
+    let rows: Vec<_> = a
+        .services()
+        .into_iter()
+        .filter(|s| s["name"] == "moves-on")
+        .map(|s| {
+            (
+                s["node"].as_str().unwrap().to_string(),
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.contains(&("none".into(), "refused".into())),
+        "{rows:?}"
+    );
+    assert_eq!(sleeps(&moving).len(), 1);
+    assert!(has_event(&a, None, "moves-on", "placement-take"));
 }
 
 #[test]

@@ -15,10 +15,10 @@ use serde::de::DeserializeOwned;
 
 use super::auth::ClientToken;
 use super::contract::{
-    ApiError, ErrorCode, EventsQuery, EventsResponse, ListeningResponse, LogsQuery, LogsResponse,
-    NodeQuery, PeerEntry, PeersQuery, PortEntry, ServiceAction, ServiceActionResponse,
-    ServiceAddRequest, ServiceAddResponse, ServiceEntry, StateResponse, StatusResponse, TagRequest,
-    TagResponse, VERSION_HEADER, routes,
+    ApiError, DrainResponse, EndpointEntry, ErrorCode, EventsQuery, EventsResponse,
+    ListeningResponse, LogsQuery, LogsResponse, NodeQuery, PeerEntry, PeersQuery, PortEntry,
+    ServiceAction, ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceEntry,
+    StateResponse, StatusResponse, TagRequest, TagResponse, VERSION_HEADER, routes,
 };
 
 /// Pause before a long poll refused for want of slots is asked again: the agent's
@@ -348,6 +348,19 @@ impl ApiClient {
             routes::SERVICE_ACTION,
             &[("name", name), ("action", action.as_str())],
         );
+        self.send_json("POST", &path, None)
+    }
+
+    /// `GET /v1/services/{name}/endpoints`.
+    pub fn endpoints(&self, name: &str) -> Result<Vec<EndpointEntry>, ClientError> {
+        let path = routes::path(routes::SERVICE_ENDPOINTS, &[("name", name)]);
+        Ok(self.get(&path)?.body)
+    }
+
+    /// `POST /v1/nodes/{node}/{drain|undrain}`.
+    pub fn drain(&self, node: &str, drained: bool) -> Result<DrainResponse, ClientError> {
+        let action = if drained { "drain" } else { "undrain" };
+        let path = routes::path(routes::NODE_ACTION, &[("node", node), ("action", action)]);
         self.send_json("POST", &path, None)
     }
 

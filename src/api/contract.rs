@@ -36,6 +36,8 @@ pub mod routes {
     pub const SERVICE: &str = "/v1/services/{name}";
     pub const SERVICE_LOGS: &str = "/v1/services/{name}/logs";
     pub const SERVICE_ACTION: &str = "/v1/services/{name}/{action}";
+    pub const SERVICE_ENDPOINTS: &str = "/v1/services/{name}/endpoints";
+    pub const NODE_ACTION: &str = "/v1/nodes/{node}/{action}";
     pub const PORTS: &str = "/v1/ports";
     pub const PORTS_LISTENING: &str = "/v1/ports/listening";
     pub const EVENTS: &str = "/v1/events";
@@ -552,6 +554,54 @@ pub struct ServiceEntry {
     pub log_tail: Vec<String>,
     pub after: Vec<String>,
     pub command: Vec<String>,
+    /// Copies running mesh-wide out of those wanted (`1/2`).
+    #[serde(default)]
+    pub copies: String,
+    /// Copies wanted (`replicas`).
+    #[serde(default)]
+    pub replicas: u32,
+    /// The nodes that should run the copies, as this node computes it.
+    #[serde(default)]
+    pub owners: Vec<OwnerEntry>,
+    #[serde(default)]
+    pub exclusive: bool,
+    /// The fencing token of this copy (`MESH_EPOCH`), else the service's highest.
+    #[serde(default)]
+    pub epoch: u64,
+    /// `placed`, `moving` (copies starting or being handed over) or `unplaced`.
+    #[serde(default)]
+    pub placement: String,
+}
+
+/// One ready copy of a service (`GET /v1/services/{name}/endpoints`, `mesh resolve`): where
+/// to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointEntry {
+    pub node: String,
+    pub node_id: String,
+    /// The node's address (IPv6 in brackets).
+    pub host: String,
+    /// The copy's first port (`$PORT`).
+    pub port: u16,
+    /// `host:port`.
+    pub endpoint: String,
+    pub state: String,
+}
+
+/// Answer of `POST /v1/nodes/{node}/{drain|undrain}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainResponse {
+    pub node: String,
+    pub drained: bool,
+    /// Whether the mark changed (false: it already was so).
+    pub changed: bool,
+}
+
+/// A node that should run a copy of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerEntry {
+    pub id: String,
+    pub name: String,
 }
 
 /// One row of `mesh ports` (`GET /v1/ports[?node=NAME]`): a port lease from the document.

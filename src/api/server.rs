@@ -54,6 +54,8 @@ pub fn router(node: NodeHandle) -> Router {
         .route(routes::SERVICE, delete(services::remove_service))
         .route(routes::SERVICE_LOGS, get(services::service_logs))
         .route(routes::SERVICE_ACTION, post(services::service_action))
+        .route(routes::SERVICE_ENDPOINTS, get(services::service_endpoints))
+        .route(routes::NODE_ACTION, post(services::node_action))
         .route(routes::PORTS, get(services::list_ports))
         .route(routes::PORTS_LISTENING, get(services::listening_ports))
         .route(routes::EVENTS, get(services::list_events))

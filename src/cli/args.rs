@@ -45,6 +45,12 @@ pub enum Command {
     Services(ServicesArgs),
     /// List port leases (mesh-wide or one node), or a node's listening sockets.
     Ports(PortsArgs),
+    /// Print where a service's ready copies are reached, one `host:port` per line.
+    Resolve(ResolveArgs),
+    /// Move every service off a node and place none on it, until `mesh undrain`.
+    Drain(DrainArgs),
+    /// Let a drained node take services again.
+    Undrain(DrainArgs),
     /// Print a service's log, from the node that runs it.
     Logs(LogsArgs),
     /// Print a node's audit trail: starts, exits, restarts, port changes.
@@ -214,6 +220,9 @@ pub enum ServiceCommand {
     Stop { name: String },
     /// Restart a service: `mesh service restart web`.
     Restart { name: String },
+    /// Move a service's copies to where the ranking puts them now (a sticky copy otherwise
+    /// stays where it runs): `mesh service rebalance web`.
+    Rebalance { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -225,7 +234,7 @@ pub struct ServiceAddArgs {
         short = 'f',
         long = "file",
         value_name = "FILE",
-        conflicts_with_all = ["after", "port", "health", "restart", "node", "command"]
+        conflicts_with_all = ["after", "port", "health", "restart", "node", "command", "replicas", "exclusive", "pinned", "not_sticky", "nodes", "require"]
     )]
     pub file: Option<PathBuf>,
     /// Name of the service (lowercase letters, digits, '-'); the command follows `--`.
@@ -257,9 +266,29 @@ pub struct ServiceAddArgs {
         value_parser = PossibleValuesParser::new(["ride-through", "restart"])
     )]
     pub on_dependency_restart: Option<String>,
-    /// Node to run it on [default: the node of the agent asked].
+    /// Node to run it on; it fails over elsewhere unless `--pinned` [default: the node of the
+    /// agent asked].
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
+    /// Copies to run mesh-wide, each on its own node [default: 1].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// Never run two copies at once, even across a partition (needs a majority of members).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Run only on its node (`--node`, else this one); never fail over.
+    #[arg(long)]
+    pub pinned: bool,
+    /// Let copies follow the ranking (move back when a better node returns).
+    #[arg(long)]
+    pub not_sticky: bool,
+    /// The nodes it may run on (repeatable; names or ids) [default: any node].
+    #[arg(long = "on", value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// A requirement on the node (repeatable): `tag.KEY=VALUE`, `arch=`, `os=`,
+    /// `device_class=`, `profile=`, `min_score=N`, `min_memory_mb=N`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub require: Vec<String>,
     /// User to run it as, on the node that runs it [default: the agent's user, root when
     /// packaged].
     #[arg(long, value_name = "USER")]
@@ -296,6 +325,28 @@ pub struct PortsArgs {
     /// Every listening socket of the node, with its process and service, not just leases.
     #[arg(long)]
     pub listening: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Service name.
+    pub name: String,
+    /// Print the copies as JSON (node, node_id, host, port, endpoint, state).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Node name or id [default: the node of the agent asked].
+    pub node: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -437,6 +488,7 @@ mod tests {
             user: add.user,
             group: add.group,
             command: add.command,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(spec.command, "python3");

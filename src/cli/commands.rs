@@ -6,8 +6,9 @@
 //! code. Output goes through `out!` (ends quietly on a closed stdout) and `note!` (stderr).
 
 use super::args::{
-    AgentArgs, ApiArgs, EventsArgs, LogFormatArg, LogsArgs, PeersArgs, PortsArgs, ServiceAddArgs,
-    ServiceArgs, ServiceCommand, ServicesArgs, StatusArgs, TagArgs, TagCommand,
+    AgentArgs, ApiArgs, DrainArgs, EventsArgs, LogFormatArg, LogsArgs, PeersArgs, PortsArgs,
+    ResolveArgs, ServiceAddArgs, ServiceArgs, ServiceCommand, ServicesArgs, StatusArgs, TagArgs,
+    TagCommand,
 };
 use super::render::{
     EVENT_HEADER, event_line, event_row, event_widths, render_events, render_listening,
@@ -143,6 +144,9 @@ pub fn service(args: ServiceArgs) -> Result<(), ClientError> {
         ServiceCommand::Start { name } => client.service_action(&name, ServiceAction::Start)?,
         ServiceCommand::Stop { name } => client.service_action(&name, ServiceAction::Stop)?,
         ServiceCommand::Restart { name } => client.service_action(&name, ServiceAction::Restart)?,
+        ServiceCommand::Rebalance { name } => {
+            client.service_action(&name, ServiceAction::Rebalance)?
+        }
     };
     out!("{}\n", render_service_action(&resp));
     Ok(())
@@ -170,6 +174,12 @@ fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientErr
                 restart: args.restart,
                 on_dependency_restart: args.on_dependency_restart,
                 node: args.node,
+                replicas: args.replicas,
+                exclusive: args.exclusive,
+                pinned: args.pinned,
+                not_sticky: args.not_sticky,
+                nodes: args.nodes,
+                require: args.require,
                 user: args.user,
                 group: args.group,
                 command: args.command,
@@ -203,6 +213,48 @@ pub fn services(args: ServicesArgs) -> Result<(), ClientError> {
         out!("{}\n", to_json_pretty(&rows));
     } else {
         out!("{}", render_services(&rows));
+    }
+    Ok(())
+}
+
+pub fn resolve(args: ResolveArgs) -> Result<(), ClientError> {
+    let rows = args.client.connect().endpoints(&args.name)?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        return Err(ClientError::Usage(format!(
+            "no ready copy of {} (see `mesh services`)",
+            args.name
+        )));
+    }
+    for row in &rows {
+        out!("{}\n", row.endpoint);
+    }
+    Ok(())
+}
+
+pub fn drain(args: DrainArgs, drained: bool) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let node = match args.node {
+        Some(node) => node,
+        None => client.status()?.name,
+    };
+    let resp = client.drain(&node, drained)?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&resp));
+        return Ok(());
+    }
+    let what = if drained { "drained" } else { "undrained" };
+    if resp.changed {
+        out!("{} {what}", resp.node);
+        if drained {
+            out!(": its services move to other nodes (see `mesh services`, `mesh events`)");
+        }
+        out!("\n");
+    } else {
+        out!("{} was already {what}\n", resp.node);
     }
     Ok(())
 }

@@ -20,6 +20,12 @@ pub fn render_service_action(resp: &ServiceActionResponse) -> String {
         "restart" => ("restarted", "restarted"),
         other => (other, other),
     };
+    if resp.action == "rebalance" {
+        return format!(
+            "rebalancing {}: copies move to their best-ranked nodes (see `mesh services`)",
+            resp.name
+        );
+    }
     if resp.changed {
         format!("{done} {} on node {}", resp.name, resp.node)
     } else {
@@ -252,6 +258,13 @@ pub fn render_services(rows: &[ServiceEntry]) -> String {
         .map(|r| {
             vec![
                 r.name.clone(),
+                if r.copies.is_empty() {
+                    dash()
+                } else if r.placement == "moving" {
+                    format!("{} moving", r.copies)
+                } else {
+                    r.copies.clone()
+                },
                 r.node.clone(),
                 r.state.clone(),
                 r.pid.map(|p| p.to_string()).unwrap_or_else(dash),
@@ -272,10 +285,20 @@ pub fn render_services(rows: &[ServiceEntry]) -> String {
         .collect();
     let mut out = format_table(
         &[
-            "NAME", "NODE", "STATE", "PID", "PORTS", "RESTARTS", "UPTIME", "HEALTH",
+            "NAME", "COPIES", "NODE", "STATE", "PID", "PORTS", "RESTARTS", "UPTIME", "HEALTH",
         ],
         &table,
     );
+    let mut told = std::collections::BTreeSet::new();
+    for r in rows.iter().filter(|r| r.state == "unplaced") {
+        if told.insert(&r.name) {
+            out.push_str(&format!(
+                "\n{} unplaced: {}\n",
+                r.name,
+                r.reason.as_deref().unwrap_or("no eligible node")
+            ));
+        }
+    }
     for r in rows.iter().filter(|r| r.state == "failed") {
         out.push('\n');
         out.push_str(&format!(
@@ -539,6 +562,12 @@ mod tests {
             log_tail: Vec::new(),
             after: Vec::new(),
             command: vec!["true".into()],
+            copies: "1/1".into(),
+            replicas: 1,
+            owners: Vec::new(),
+            exclusive: false,
+            epoch: 1,
+            placement: "placed".into(),
         }
     }
 
@@ -562,9 +591,9 @@ mod tests {
         let out = render_services(&[db, web]);
         assert_eq!(
             out,
-            "NAME  NODE  STATE    PID   PORTS      RESTARTS  UPTIME  HEALTH\n\
-             db    pi    failed   -     -          5         -       -\n\
-             web   pi    healthy  4242  8000,8001  2         5m12s   healthy\n\
+            "NAME  COPIES  NODE  STATE    PID   PORTS      RESTARTS  UPTIME  HEALTH\n\
+             db    1/1     pi    failed   -     -          5         -       -\n\
+             web   1/1     pi    healthy  4242  8000,8001  2         5m12s   healthy\n\
              \n\
              db failed: exited with status 1 (last exit: exit status 1)\n  \
              starting\n  \
@@ -572,6 +601,16 @@ mod tests {
         );
         let healthy_only = render_services(&[service_entry("web", "healthy")]);
         assert!(!healthy_only.contains("failed"));
+        let cam = ServiceEntry {
+            reason: Some("no node can take it (2 of 2 nodes: 2 tags differ)".into()),
+            copies: "0/1".into(),
+            placement: "unplaced".into(),
+            ..service_entry("cam", "unplaced")
+        };
+        assert!(
+            render_services(&[cam])
+                .ends_with("\ncam unplaced: no node can take it (2 of 2 nodes: 2 tags differ)\n")
+        );
     }
 
     #[test]

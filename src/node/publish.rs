@@ -2,6 +2,7 @@
 //! every [`VOLATILE_PUBLISH`] while only RTTs and last-seen times move.
 
 use super::*;
+use crate::identity::NodeId;
 
 impl NodeActor {
     /// Publishes a new snapshot; its version increases only when something other than RTTs
@@ -63,6 +64,18 @@ impl NodeActor {
             peers,
             stats,
         };
+        let membership: std::collections::BTreeMap<_, _> = snapshot
+            .peers
+            .iter()
+            .map(|p| (NodeId::from(&p.peer_id), (p.state, p.since.into_std())))
+            .collect();
+        self.membership_tx.send_if_modified(|current| {
+            let changed = current.peers != membership;
+            if changed {
+                current.peers = membership;
+            }
+            changed
+        });
         self.snapshot_tx.send_replace(Arc::new(snapshot));
     }
 }

@@ -53,6 +53,7 @@ use super::{
 };
 use super::{FollowRules, RequestStamp};
 use crate::identity::NodeId;
+use crate::placement::{LocalPlan, MembershipSnapshot};
 use crate::ports::scan;
 use crate::ports::{
     Lease, LeaseConfig, LeaseState, ListeningPorts, PoolSet, PortAllocator, PortRequest,
@@ -67,6 +68,7 @@ mod audit;
 mod handle;
 mod leases;
 mod lifecycle;
+mod placing;
 mod publish;
 
 pub use audit::AuditPage;
@@ -152,6 +154,7 @@ enum Report {
 pub fn spawn_supervisor(
     config: SupervisorConfig,
     state: StateHandle,
+    membership: watch::Receiver<MembershipSnapshot>,
     shutdown: CancellationToken,
 ) -> (SupervisorHandle, JoinHandle<()>) {
     let (commands_tx, commands) = mpsc::channel(COMMAND_CHANNEL);
@@ -194,6 +197,12 @@ pub fn spawn_supervisor(
         run_writer: None,
         cgroups: None,
         refused: BTreeMap::new(),
+        refused_versions: BTreeMap::new(),
+        membership,
+        claims: BTreeMap::new(),
+        plan: LocalPlan::default(),
+        placement_recheck: None,
+        unplaced: BTreeMap::new(),
         state,
         commands,
         reports,
@@ -232,6 +241,19 @@ struct SupervisorActor {
     cgroups: Option<ServiceCgroups>,
     /// Services placed here that this node refuses to run, with the reason published.
     refused: BTreeMap<String, String>,
+    /// The refusals with the `updated_at_ms` of the record refused: kept while it is
+    /// unchanged (see `publish_refusals`).
+    refused_versions: BTreeMap<String, (String, i64)>,
+    /// Peers' membership states, from the node: placement's liveness view.
+    membership: watch::Receiver<MembershipSnapshot>,
+    /// Copies this node claimed (runs or hands over): fencing token, generation, endpoints.
+    claims: BTreeMap<String, placing::Claim>,
+    /// The last placement plan (decisions are told in the audit trail when they change).
+    plan: LocalPlan,
+    /// When placement must look again though nothing changed (an exclusive fence ends).
+    placement_recheck: Option<Instant>,
+    /// Services last seen unplaced, with the reason told.
+    unplaced: BTreeMap<String, String>,
     state: StateHandle,
     commands: mpsc::Receiver<SupervisorCommand>,
     reports: mpsc::Receiver<Report>,
@@ -264,8 +286,17 @@ impl SupervisorActor {
             self.adopt_leases(&snap.state);
             self.on_document(&snap).await;
         }
+        let mut membership = self.membership.clone();
+        let mut membership_open = true;
+        // Nodes membership has not heard of count as alive only for a while after start:
+        // look again when that grace ends.
+        let mut grace_end = Some(Instant::now() + crate::placement::UNKNOWN_GRACE);
         loop {
             let deadline = self.core.next_deadline().map(Instant::from_std);
+            let recheck = match (self.placement_recheck, grace_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -279,6 +310,24 @@ impl SupervisorActor {
                     }
                     let snap = doc.borrow_and_update().clone();
                     self.note_sync_health(&snap);
+                    self.on_document(&snap).await;
+                }
+                changed = membership.changed(), if membership_open => {
+                    if changed.is_err() {
+                        // The node is gone: nothing more changes; keep following the document.
+                        membership_open = false;
+                        continue;
+                    }
+                    membership.borrow_and_update();
+                    let snap = doc.borrow().clone();
+                    self.on_document(&snap).await;
+                }
+                _ = sleep_until_opt(recheck) => {
+                    if grace_end.is_some_and(|end| end <= Instant::now()) {
+                        grace_end = None;
+                    }
+                    self.placement_recheck = None;
+                    let snap = doc.borrow().clone();
                     self.on_document(&snap).await;
                 }
                 Some(command) = self.commands.recv() => self.on_command(command),
@@ -295,6 +344,26 @@ impl SupervisorActor {
             }
             SupervisorCommand::Leases { reply } => {
                 let _ = reply.send(self.leases.clone());
+            }
+            SupervisorCommand::SetDrained { drained, reply } => {
+                let me = &self.config.node_name;
+                let (kind, reason) = if drained {
+                    (
+                        "placement-drain",
+                        format!("{me} drained: its services move elsewhere"),
+                    )
+                } else {
+                    (
+                        "placement-undrain",
+                        format!("{me} undrained: it takes services again"),
+                    )
+                };
+                self.record("-", kind, reason);
+                // The write waits for the disk; the actor does not.
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(state.set_drained(drained).await.map_err(Into::into));
+                });
             }
         }
     }
@@ -411,6 +480,9 @@ impl SupervisorActor {
         let Some(mut spec) = self.core.spec(service).cloned() else {
             return failed("no spec for this service".to_string());
         };
+        if let Some(claim) = self.claims.get(service) {
+            spec.env.extend(claim.env());
+        }
         let (assigned, env) = match self.lease_ports(&spec).await {
             Ok(ports) => ports,
             Err(error) => return failed(error),
@@ -517,8 +589,11 @@ impl SupervisorActor {
                 .err()
                 .map(|e| e.to_string())
         };
+        let mut queue = VecDeque::new();
+        let runs_here = self.place_here(snap, &mut queue);
         let rules = FollowRules {
             node_id: &node_id,
+            runs_here: &runs_here,
             accept_services: self.config.accept_services,
             max_services: self.config.max_services,
             account_error: &account_error,
@@ -531,7 +606,7 @@ impl SupervisorActor {
             tracing::warn!(service = %name, error = %reason, "ignoring a service spec that does not parse");
             self.record(name, "spec-invalid", format!("spec ignored: {reason}"));
         }
-        self.publish_refusals(followed.refused).await;
+        self.publish_refusals(followed.refused, &snap.state).await;
         if let Some(e) = followed.rejected {
             tracing::warn!(error = %e, "the services placed here do not form a valid set; keeping the previous one");
             self.record(
@@ -541,7 +616,6 @@ impl SupervisorActor {
             );
             return;
         }
-        let mut queue = VecDeque::new();
         self.carry_out(followed.actions, &mut queue).await;
         while let Some(event) = queue.pop_front() {
             self.handle_event(event).await;

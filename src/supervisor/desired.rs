@@ -74,7 +74,7 @@ impl Supervisor {
             let Some(spec) = view.specs.get(name) else {
                 continue;
             };
-            if services::placement(view, name).as_ref() != Some(rules.node_id) {
+            if !rules.runs_here.contains(name) {
                 continue;
             }
             wanted.insert(name, record);

@@ -57,6 +57,10 @@ pub async fn answer(
             }
             Err(e) => QueryResponse::Error(e.to_string()),
         },
+        QueryRequest::Drain { drained } => match supervisor.set_drained(drained).await {
+            Ok(changed) => QueryResponse::Drained { changed },
+            Err(e) => QueryResponse::Error(e.to_string()),
+        },
         QueryRequest::Listening => match supervisor.listening().await {
             Ok(report) => QueryResponse::Listening {
                 complete: report.scan.coverage.is_complete(),

@@ -1214,8 +1214,16 @@ mod document {
             let specs = ParsedSpecs::parse(state);
             let node_id = runner_id();
             let account_ok = |_: &ServiceSpec| None;
+            // Placed on the runner: its home (the actor asks `crate::placement`).
+            let view = View::new(state, &specs);
+            let runs_here = view
+                .active_specs()
+                .filter(|(name, _, _)| services::placement(view, name).as_ref() == Some(&node_id))
+                .map(|(name, _, _)| name.to_string())
+                .collect();
             let rules = FollowRules {
                 node_id: &node_id,
+                runs_here: &runs_here,
                 accept_services: accept::AcceptServices::All,
                 max_services: 100,
                 account_error: &account_ok,

@@ -45,6 +45,10 @@ pub enum QueryRequest {
         limit: u32,
         wait_ms: u64,
     },
+    /// Drain the node (`true`: move every service off it and place none on it) or undrain it.
+    /// A change of desired state, sent only by a member whose local API checked the
+    /// operator's credential.
+    Drain { drained: bool },
 }
 
 /// One listening socket, with the service holding a lease on its port.
@@ -87,6 +91,8 @@ pub enum QueryResponse {
         last_seq: u64,
         dropped: u64,
     },
+    /// The answer to [`QueryRequest::Drain`]: whether the mark changed.
+    Drained { changed: bool },
     /// The node could not answer (no supervisor, unreadable log, ...).
     Error(String),
     /// The asker is not an admitted member.
@@ -105,7 +111,9 @@ impl QueryRequest {
                     format!("invalid service name {shown:?}: {why}")
                 })
             }
-            QueryRequest::Listening | QueryRequest::Events { .. } => Ok(()),
+            QueryRequest::Listening | QueryRequest::Events { .. } | QueryRequest::Drain { .. } => {
+                Ok(())
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::api::contract::{
-    Counters, PeerCounts, PeerEntry, PeerSyncEntry, PeerSyncStatus, PortEntry, ServiceEntry,
-    StateResponse, StatusResponse, SyncCounters,
+    Counters, OwnerEntry, PeerCounts, PeerEntry, PeerSyncEntry, PeerSyncStatus, PortEntry,
+    ServiceEntry, StateResponse, StatusResponse, SyncCounters,
 };
 use crate::identity::short_id;
 use crate::node::NodeSnapshot;
@@ -297,49 +297,149 @@ fn service_row(
                     .collect()
             })
             .unwrap_or_default(),
+        copies: String::new(),
+        replicas: spec.map_or(1, |s| s.placement.replicas),
+        owners: Vec::new(),
+        exclusive: spec.is_some_and(|s| s.placement.exclusive),
+        epoch: instance.and_then(|(_, i)| i.epoch).unwrap_or(0),
+        placement: String::new(),
     }
 }
 
-/// The `mesh services` rows: every service of the desired state with the instance of the node
-/// it is placed on, then instances still running elsewhere (removed or moved services
-/// winding down). By name.
-pub fn service_entries(view: crate::services::View<'_>, now_ms: i64) -> Vec<ServiceEntry> {
+/// Placement as this node sees it now: the document of `state` and the membership of `node`.
+pub fn placements(
+    node: &NodeSnapshot,
+    state: crate::services::View<'_>,
+) -> std::collections::BTreeMap<String, crate::placement::ServicePlacement> {
+    let mut membership =
+        crate::placement::MembershipSnapshot::new(node.local.started_at.into_std());
+    membership.peers = node
+        .peers
+        .iter()
+        .map(|p| {
+            (
+                crate::identity::NodeId::from(&p.peer_id),
+                (p.state, p.since.into_std()),
+            )
+        })
+        .collect();
+    let liveness = membership.at(std::time::Instant::now());
+    let local = crate::identity::NodeId::from(&node.local.peer_id);
+    crate::placement::place_all(crate::placement::PlacementInput {
+        view: state,
+        local: &local,
+        liveness: &liveness,
+    })
+}
+
+/// The `mesh services` rows: for every service of the desired state, one row per copy its
+/// nodes published (a running, starting, failed or stopping instance), or one row saying why
+/// none runs (`pending`, `unplaced`, `stopped`); then instances still running for services
+/// that were removed. By name, then node. `placements`: [`crate::placement::place_all`] as
+/// this node sees the mesh.
+pub fn service_entries(
+    view: crate::services::View<'_>,
+    placements: &std::collections::BTreeMap<String, crate::placement::ServicePlacement>,
+    now_ms: i64,
+) -> Vec<ServiceEntry> {
+    use crate::state::{Desired, InstanceState};
     let state = view.state;
     let mut rows = Vec::new();
-    let mut shown: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut shown: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     for (name, record) in &state.services {
         if record.is_removed() {
             continue;
         }
         let spec = view.specs.get(name);
-        let placed = crate::services::placement(view, name);
-        let instance = placed.as_ref().and_then(|id| {
-            let key = crate::services::instance_key(name, id);
-            state.instances.get(&key).map(|i| (key, id.as_str(), i))
-        });
-        if let Some((key, _, _)) = &instance {
-            shown.insert(key.clone());
+        let placed = placements.get(name);
+        let copies: Vec<(&String, &InstanceRecord)> = state
+            .instances
+            .iter()
+            .filter(|(_, i)| i.service == *name)
+            .filter(|(_, i)| {
+                // A stopped copy is shown where the service should run (stopped by request,
+                // or because a dependency failed), not where it ran before it moved.
+                i.state != InstanceState::Stopped
+                    || record.desired == Desired::Stopped
+                    || placed.is_some_and(|p| p.owners.contains(&i.node))
+            })
+            .collect();
+        let decorate = |row: &mut ServiceEntry, instance: Option<&InstanceRecord>| {
+            let Some(p) = placed else {
+                return;
+            };
+            let running = p
+                .holders
+                .iter()
+                .filter(|h| {
+                    state
+                        .instances
+                        .get(&crate::services::instance_key(name, h.as_str()))
+                        .is_some_and(|i| crate::placement::runs(i.state))
+                })
+                .count();
+            row.copies = format!("{running}/{}", p.replicas);
+            row.replicas = p.replicas;
+            row.owners = p
+                .owners
+                .iter()
+                .map(|id| OwnerEntry {
+                    id: id.to_string(),
+                    name: state.node_name(id),
+                })
+                .collect();
+            row.exclusive = p.exclusive;
+            row.epoch = instance.and_then(|i| i.epoch).unwrap_or(p.epoch);
+            row.placement = if p.unplaced.is_some() {
+                "unplaced"
+            } else if p.is_moving() {
+                "moving"
+            } else {
+                "placed"
+            }
+            .to_string();
+        };
+        if copies.is_empty() {
+            let node = match placed {
+                Some(p) if !p.owners.is_empty() => p
+                    .owners
+                    .iter()
+                    .map(|o| state.node_name(o))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => crate::services::placement_label(view, name),
+            };
+            let mut row = service_row(name, node, record.desired.as_str(), spec, None, now_ms);
+            decorate(&mut row, None);
+            if let Some(why) = placed.and_then(|p| p.unplaced.as_ref())
+                && record.desired == Desired::Running
+            {
+                row.state = "unplaced".to_string();
+                row.reason = Some(why.clone());
+            }
+            if let Some(reason) = view.specs.error(name) {
+                row.state = "invalid".to_string();
+                row.reason = Some(format!("the spec in the document does not parse: {reason}"));
+            }
+            rows.push(row);
+            continue;
         }
-        let node = instance.as_ref().map_or_else(
-            || crate::services::placement_label(view, name),
-            |(_, id, _)| state.node_name(id),
-        );
-        let mut row = service_row(
-            name,
-            node,
-            record.desired.as_str(),
-            spec,
-            instance.as_ref().map(|(_, id, i)| (*id, *i)),
-            now_ms,
-        );
-        if let Some(reason) = view.specs.error(name) {
-            row.state = "invalid".to_string();
-            row.reason = Some(format!("the spec in the document does not parse: {reason}"));
+        for (key, instance) in copies {
+            shown.insert(key.as_str());
+            let mut row = service_row(
+                name,
+                state.node_name(&instance.node),
+                record.desired.as_str(),
+                spec,
+                Some((instance.node.as_str(), instance)),
+                now_ms,
+            );
+            decorate(&mut row, Some(instance));
+            rows.push(row);
         }
-        rows.push(row);
     }
     for (key, instance) in &state.instances {
-        if shown.contains(key.as_str()) || instance.state == crate::state::InstanceState::Stopped {
+        if shown.contains(key.as_str()) || instance.state == InstanceState::Stopped {
             continue;
         }
         let desired = state

@@ -15,12 +15,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use libp2p::PeerId;
 
-use super::convert::{port_entries, service_entries};
+use super::convert::{placements, port_entries, service_entries};
 use super::{body_error, error, state_error};
 use crate::api::contract::{
-    EventEntry, EventsQuery, EventsResponse, ListeningEntry, ListeningResponse, LogsQuery,
-    LogsResponse, MAX_WAIT, NodeQuery, ServiceActionResponse, ServiceAddRequest,
-    ServiceAddResponse, ServiceAdded,
+    DrainResponse, EndpointEntry, EventEntry, EventsQuery, EventsResponse, ListeningEntry,
+    ListeningResponse, LogsQuery, LogsResponse, MAX_WAIT, NodeQuery, ServiceActionResponse,
+    ServiceAddRequest, ServiceAddResponse, ServiceAdded,
 };
 use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
@@ -36,11 +36,9 @@ const DEFAULT_EVENTS: u32 = 100;
 
 pub async fn list_services(State(node): State<NodeHandle>) -> Response {
     let snap = node.state().snapshot();
-    Json(service_entries(
-        View::new(&snap.state, &snap.specs),
-        now_ms(),
-    ))
-    .into_response()
+    let view = View::new(&snap.state, &snap.specs);
+    let placements = placements(&node.snapshot(), view);
+    Json(service_entries(view, &placements, now_ms())).into_response()
 }
 
 /// The answer to a refused services operation.
@@ -283,6 +281,78 @@ pub async fn service_logs(
             lines,
             offset,
             truncated,
+        })
+        .into_response(),
+        Ok(_) => unexpected(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/services/{name}/endpoints`: the copies that are ready (healthy), where to reach
+/// each: its node's address and its first port.
+pub async fn service_endpoints(
+    State(node): State<NodeHandle>,
+    Path(name): Path<String>,
+) -> Response {
+    let snap = node.state().snapshot();
+    let view = View::new(&snap.state, &snap.specs);
+    if view.active(&name).is_none() {
+        return service_error(ServiceError::NotFound { service: name });
+    }
+    let state = &snap.state;
+    let mut rows: Vec<EndpointEntry> = state
+        .instances
+        .values()
+        .filter(|i| i.service == name && crate::placement::is_ready(i))
+        .filter_map(|i| {
+            let host = crate::placement::node_host(state.nodes.get(i.node.as_str())?)?;
+            let port = u16::try_from(*i.ports.first()?).ok()?;
+            Some(EndpointEntry {
+                node: state.node_name(&i.node),
+                node_id: i.node.to_string(),
+                endpoint: format!("{host}:{port}"),
+                host,
+                port,
+                state: i.state.to_string(),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.node.cmp(&b.node));
+    Json(rows).into_response()
+}
+
+/// `POST /v1/nodes/{node}/{drain|undrain}`: asks that node (here or through the mesh) to
+/// set or clear its `drained` mark.
+pub async fn node_action(
+    State(node): State<NodeHandle>,
+    Path((wanted, action)): Path<(String, String)>,
+) -> Response {
+    let drained = match action.as_str() {
+        "drain" => true,
+        "undrain" => false,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("unknown node action `{other}` (use drain or undrain)"),
+            );
+        }
+    };
+    let (target, label) = match resolve(&node, Some(&wanted)) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match ask(
+        &node,
+        target,
+        QueryRequest::Drain { drained },
+        Duration::ZERO,
+    )
+    .await
+    {
+        Ok(QueryResponse::Drained { changed }) => Json(DrainResponse {
+            node: label,
+            drained,
+            changed,
         })
         .into_response(),
         Ok(_) => unexpected(),

@@ -108,6 +108,19 @@ impl StateActor {
         Ok(changed)
     }
 
+    /// Sets or clears this node's `drained` mark (`mesh drain` / `mesh undrain`); answers
+    /// whether it changed.
+    pub(super) async fn set_drained(&mut self, drained: bool) -> Result<bool, StateError> {
+        let mut rec = self.own_record();
+        let wanted = drained.then_some(true);
+        if rec.drained == wanted {
+            return Ok(false);
+        }
+        rec.drained = wanted;
+        self.write_own(rec).await?;
+        Ok(true)
+    }
+
     /// Repairs concurrent creations of our own record (a node that lost its state and wrote its
     /// record before a peer sent the old one): Automerge keeps one copy whole, so the winning
     /// copy is rewritten with the tags of every copy (ours win on a clash), the earliest join
@@ -226,6 +239,8 @@ impl StateActor {
             .filter(|t| *t > 0)
             .unwrap_or_else(now_ms);
         record.left_at_ms = None;
+        // A drained node stays drained across restarts, until `mesh undrain`.
+        record.drained = existing.as_ref().and_then(|r| r.drained);
         put_entry(&mut self.doc, "nodes", &self.local.to_base58(), &record)?;
         if self.doc.commit().is_some() {
             self.note_local_change();

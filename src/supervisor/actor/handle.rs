@@ -21,6 +21,8 @@ use crate::supervisor::{ServiceSpec, ServiceStatus};
 pub enum SupervisorHandleError {
     #[error("the supervisor stopped")]
     Stopped,
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
     #[error("cannot read the listening sockets: {0}")]
     Scan(#[from] ScanError),
     #[error("cannot read the log of `{service}`: {source}")]
@@ -44,6 +46,10 @@ pub(super) enum SupervisorCommand {
     },
     Leases {
         reply: oneshot::Sender<Vec<Lease>>,
+    },
+    SetDrained {
+        drained: bool,
+        reply: oneshot::Sender<Result<bool, SupervisorHandleError>>,
     },
 }
 
@@ -105,6 +111,17 @@ impl SupervisorHandle {
             .await
             .map_err(|_| SupervisorHandleError::Stopped)?;
         rx.await.map_err(|_| SupervisorHandleError::Stopped)
+    }
+
+    /// Drains this node (every service moves off it; none is placed on it) or undrains it.
+    /// Answers whether the mark changed.
+    pub async fn set_drained(&self, drained: bool) -> Result<bool, SupervisorHandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(SupervisorCommand::SetDrained { drained, reply })
+            .await
+            .map_err(|_| SupervisorHandleError::Stopped)?;
+        rx.await.map_err(|_| SupervisorHandleError::Stopped)?
     }
 
     /// This node's port leases, as the allocator holds them.

@@ -191,6 +191,18 @@ impl SupervisorActor {
     /// their exits, then publishes their final state.
     pub(super) async fn stop_all(&mut self) {
         let mode = self.config.shutdown_mode;
+        if mode != ShutdownMode::LeaveRunning && !self.core.statuses().is_empty() {
+            // Tell the mesh first that this node leaves: placement on the other nodes starts
+            // its services elsewhere while they stop here (exclusive ones only once stopped).
+            if let Err(e) = self.state.mark_left().await {
+                tracing::warn!(error = %e, "cannot record the leave before stopping services");
+            }
+            self.record(
+                "-",
+                "placement-leave",
+                format!("{} leaves: its services move", self.config.node_name),
+            );
+        }
         self.handle_event(SupervisorEvent::Shutdown { mode }).await;
         if mode == ShutdownMode::LeaveRunning {
             self.final_run_file(true).await;

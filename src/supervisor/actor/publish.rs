@@ -56,6 +56,8 @@ impl SupervisorActor {
                         reason: Some(status.reason.clone()),
                         log_tail,
                         health_check,
+                        epoch: self.claims.get(&status.service).map(|c| c.epoch),
+                        generation: self.claims.get(&status.service).map(|c| c.generation),
                     }),
                 });
             }
@@ -80,7 +82,33 @@ impl SupervisorActor {
 
     /// Publishes services this node refuses (state `refused`, with the reason) and records an
     /// audit event per new refusal; withdraws refusals that no longer hold.
-    pub(super) async fn publish_refusals(&mut self, refused: BTreeMap<String, String>) {
+    pub(super) async fn publish_refusals(
+        &mut self,
+        mut refused: BTreeMap<String, String>,
+        state: &MeshState,
+    ) {
+        // A refusal stands while the service's record is the one refused: placement moves the
+        // service away from this node because of it, and withdrawing it then would make this
+        // node eligible again, refuse again, and so on (a write loop). A changed spec (or an
+        // agent restarted with other rules) is judged anew.
+        for (service, (reason, version)) in &self.refused_versions {
+            let same = state
+                .services
+                .get(service)
+                .is_some_and(|r| !r.is_removed() && r.updated_at_ms == *version);
+            if same && self.core.status(service).is_none() {
+                refused
+                    .entry(service.clone())
+                    .or_insert_with(|| reason.clone());
+            }
+        }
+        self.refused_versions = refused
+            .iter()
+            .filter_map(|(service, reason)| {
+                let version = state.services.get(service)?.updated_at_ms;
+                Some((service.clone(), (reason.clone(), version)))
+            })
+            .collect();
         let mut writes = Vec::new();
         for (service, reason) in &refused {
             if self.refused.get(service) == Some(reason) {
