@@ -172,6 +172,7 @@ fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientErr
                 node: args.node,
                 user: args.user,
                 group: args.group,
+                advertise: args.advertise,
                 command: args.command,
             })
             .map_err(|e| ClientError::Usage(e.to_string()))?;
