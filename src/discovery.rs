@@ -5,7 +5,11 @@
 //! for tests and simulation). Discovery says nothing about liveness or admission: a discovered
 //! peer is only a dial candidate; the node actor decides whether to dial and membership decides
 //! whether it is alive.
+//!
+//! Also [`advertise`]: the services this node advertises on the LAN as DNS-SD services of
+//! their own (`advertise = "_http._tcp"` in a spec), for browsers that are not mesh members.
 
+pub mod advertise;
 pub mod mdns;
 pub mod memory;
 

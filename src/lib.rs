@@ -12,9 +12,9 @@
 //! | [`cli`] | clap types (`args`), commands through the typed client, rendering tables and JSON (`render`), exit codes |
 //! | [`daemon`] | process concerns: tracing, signals, data dir, running the node |
 //! | [`api`] | local control API: route table and the typed contract shared by server and client |
-//! | [`node`] | the node actor: wires swarm, admission, membership, discovery and the child actors; `NodeHandle` |
+//! | [`node`] | the node actor: wires swarm, admission, membership, discovery and the child actors (state, supervisor, the LAN advertiser `node::advertise`); `NodeHandle` |
 //! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids and frame limits |
-//! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type |
+//! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type; `discovery::advertise`: which services this node advertises on the LAN as DNS-SD services of their own (pure, from the state) and their mdns-sd registrations |
 //! | [`admission`] | mesh key, mesh id and the `/mesh/auth/1` handshake (sans-IO) |
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |

@@ -13,7 +13,8 @@
 //! Files: `node/dial.rs` (the dial planner), `node/requests.rs` (the request-response
 //! protocols), `node/discovery_source.rs`, `node/snapshot.rs` (what readers see),
 //! `node/handle.rs` (the handle), `node/children.rs` (the actors' lifecycles and shutdown
-//! order), `node/addrs.rs` (multiaddr helpers).
+//! order), `node/advertise.rs` (the task that advertises this node's services on the LAN),
+//! `node/addrs.rs` (multiaddr helpers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 use crate::wire::sync::{SyncRequest, SyncResponse};
 
 mod addrs;
+mod advertise;
 mod children;
 pub mod dial;
 mod discovery_source;
@@ -58,6 +60,7 @@ mod requests;
 mod snapshot;
 
 use addrs::{is_loopback, is_unspecified, listen_error_reason};
+use advertise::{AdvertiserConfig, spawn_advertiser};
 use children::Children;
 use dial::{Dial, DialPlanner};
 pub use error::NodeError;
@@ -327,6 +330,21 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         }
         None => (None, None),
     };
+    // Only a node that runs services has copies to advertise.
+    let advertiser_shutdown = CancellationToken::new();
+    let advertiser_task = supervisor.as_ref().map(|_| {
+        let mdns = match &config.discovery {
+            DiscoveryMode::Mdns { ip_check_interval } => Some(*ip_check_interval),
+            DiscoveryMode::Memory(_) | DiscoveryMode::Off => None,
+        };
+        let advertiser = AdvertiserConfig {
+            node_id: local_peer.into(),
+            node_name: config.name.clone(),
+            peer_id: local_peer,
+            mdns,
+        };
+        spawn_advertiser(advertiser, state.subscribe(), advertiser_shutdown.clone())
+    });
     let (commands_tx, commands) = mpsc::channel(NODE_COMMAND_CHANNEL);
     let (query_answers_tx, query_answers) = mpsc::channel(MAX_PENDING_QUERIES);
     let mut actor = NodeActor {
@@ -377,6 +395,8 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         state_task: Some(state_task),
         supervisor_shutdown,
         supervisor_task,
+        advertiser_shutdown,
+        advertiser_task,
     };
     for ev in early_events {
         actor.on_swarm_event(ev).await;

@@ -234,7 +234,7 @@ pub struct ServiceAddArgs {
         short = 'f',
         long = "file",
         value_name = "FILE",
-        conflicts_with_all = ["after", "port", "health", "restart", "node", "command", "replicas", "exclusive", "pinned", "not_sticky", "nodes", "require"]
+        conflicts_with_all = ["after", "port", "health", "restart", "node", "advertise", "command", "replicas", "exclusive", "pinned", "not_sticky", "nodes", "require"]
     )]
     pub file: Option<PathBuf>,
     /// Name of the service (lowercase letters, digits, '-'); the command follows `--`.
@@ -296,6 +296,10 @@ pub struct ServiceAddArgs {
     /// Group to run it as [default: the user's primary group].
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
+    /// Advertise it on the LAN as this DNS-SD service type (`_http._tcp`), from the node
+    /// that runs it: instance name = the service name, port = its first port.
+    #[arg(long, value_name = "TYPE")]
+    pub advertise: Option<String>,
     /// The command and its arguments, after `--`. The agent replaces `$PORT` and
     /// `$PORT_<NAME>` with the assigned ports when it starts the service: single-quote them
     /// (`'$PORT'`) so your shell passes them on literally.
@@ -487,6 +491,7 @@ mod tests {
             node: add.node,
             user: add.user,
             group: add.group,
+            advertise: add.advertise,
             command: add.command,
             ..Default::default()
         })

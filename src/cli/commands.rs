@@ -182,6 +182,7 @@ fn service_add(client: &ApiClient, args: ServiceAddArgs) -> Result<(), ClientErr
                 require: args.require,
                 user: args.user,
                 group: args.group,
+                advertise: args.advertise,
                 command: args.command,
             })
             .map_err(|e| ClientError::Usage(e.to_string()))?;

@@ -1,12 +1,15 @@
 //! The lifecycles of a node's actors, in one place: the node actor (swarm, discovery), the
-//! state actor (document) and the supervisor (services, when it runs any). Started by
-//! [`super::start_node`] (state, then supervisor, then node); stopped here in the one order
-//! that loses nothing:
+//! state actor (document), the supervisor (services, when it runs any) and the advertiser
+//! (their LAN records, with the supervisor). Started by [`super::start_node`] (state, then
+//! supervisor and advertiser, then node); stopped here in the one order that loses nothing:
 //!
 //! 1. the supervisor stops the services (reverse dependency order) while the mesh can still
 //!    hear their final states;
-//! 2. the node actor records the leave in the document, tells peers, and sends mDNS goodbyes;
-//! 3. the state actor saves its sync states and ends.
+//! 2. the advertiser withdraws the services it advertised on the LAN (most already went as
+//!    their copies stopped; with `--leave-services-running` all of them: no agent answers for
+//!    them any more);
+//! 3. the node actor records the leave in the document, tells peers, and sends mDNS goodbyes;
+//! 4. the state actor saves its sync states and ends.
 //!
 //! It does not own the discovery source: the node actor starts and stops that itself.
 
@@ -21,6 +24,8 @@ pub(crate) struct Children {
     pub(super) state_task: Option<JoinHandle<()>>,
     pub(super) supervisor_shutdown: CancellationToken,
     pub(super) supervisor_task: Option<JoinHandle<()>>,
+    pub(super) advertiser_shutdown: CancellationToken,
+    pub(super) advertiser_task: Option<JoinHandle<()>>,
 }
 
 impl Children {
@@ -28,6 +33,10 @@ impl Children {
     pub(super) async fn shutdown(mut self) {
         self.supervisor_shutdown.cancel();
         if let Some(task) = self.supervisor_task.take() {
+            let _ = task.await;
+        }
+        self.advertiser_shutdown.cancel();
+        if let Some(task) = self.advertiser_task.take() {
             let _ = task.await;
         }
         self.node_shutdown.cancel();
@@ -46,6 +55,7 @@ impl Children {
         for task in [
             self.node_task.take(),
             self.supervisor_task.take(),
+            self.advertiser_task.take(),
             self.state_task.take(),
         ]
         .into_iter()

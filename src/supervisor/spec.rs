@@ -38,7 +38,7 @@ pub use placement::{PlacementSpec, Require};
 pub use port::PortSpec;
 pub use restart::{DependencyRestart, RestartPolicy, RestartSpec};
 pub use service::ServiceSpec;
-pub use validate::validate_set;
+pub use validate::{check_service_type, validate_set};
 
 #[cfg(test)]
 mod tests;

@@ -8,8 +8,8 @@ use super::restart::DependencyRestart;
 use super::service::ServiceSpec;
 
 /// The plain-string parts of `mesh service add NAME [--after DEP]... [--port auto|N]...
-/// [--health tcp|http:PATH|exec:CMD] [--restart always|on-failure|never] [--node NAME] -- CMD
-/// ARGS...`, as the CLI parsed them.
+/// [--health tcp|http:PATH|exec:CMD] [--restart always|on-failure|never] [--node NAME]
+/// [--advertise TYPE] -- CMD ARGS...`, as the CLI parsed them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CliServiceParts {
     pub name: String,
@@ -38,6 +38,8 @@ pub struct CliServiceParts {
     pub user: Option<String>,
     /// `--group` value.
     pub group: Option<String>,
+    /// `--advertise` value: a DNS-SD service type such as `_http._tcp`.
+    pub advertise: Option<String>,
     /// `CMD ARGS...` after `--`.
     pub command: Vec<String>,
 }
@@ -95,6 +97,7 @@ impl ServiceSpec {
         }
         spec.user = parts.user;
         spec.group = parts.group;
+        spec.advertise = parts.advertise;
         spec.validate()?;
         Ok(spec)
     }

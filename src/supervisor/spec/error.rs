@@ -114,6 +114,12 @@ pub enum SpecError {
         value: String,
         reason: &'static str,
     },
+    #[error("service `{service}`: bad advertise `{value}`: {reason}")]
+    BadAdvertise {
+        service: String,
+        value: String,
+        reason: String,
+    },
     #[error("bad --{flag} `{value}`: {reason}")]
     BadCliValue {
         flag: &'static str,

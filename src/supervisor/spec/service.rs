@@ -72,6 +72,11 @@ pub struct ServiceSpec {
     /// primary group of `user`, or the agent's own group without `user`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// DNS-SD service type (`_http._tcp`) under which the node running a copy advertises it
+    /// on the LAN, with the service name as instance name and its first port (`$PORT`);
+    /// `None`: not advertised. See `crate::discovery::advertise`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 impl ServiceSpec {
@@ -93,6 +98,7 @@ impl ServiceSpec {
             on_dependency_restart: DependencyRestart::RideThrough,
             user: None,
             group: None,
+            advertise: None,
         }
     }
 

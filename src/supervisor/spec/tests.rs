@@ -886,3 +886,86 @@ fn placement_flags_on_the_command_line() {
     .to_string();
     assert!(err.contains("unknown key"), "{err}");
 }
+
+#[test]
+fn advertise_takes_a_dns_sd_type_matching_the_first_port() {
+    for good in [
+        "_http._tcp",
+        "_ipp._tcp",
+        "_x-1._udp",
+        "_a1b2c3d4e5f6g7h._tcp",
+        "_HTTP._tcp",
+    ] {
+        assert!(check_service_type(good).is_ok(), "{good} is a service type");
+    }
+    assert_eq!(check_service_type("_http._tcp"), Ok(Proto::Tcp));
+    assert_eq!(check_service_type("_sip._udp"), Ok(Proto::Udp));
+    for bad in [
+        "",
+        "http",
+        "_http",
+        "http._tcp",
+        "_http._sctp",
+        "_http._tcp.local.",
+        "_._tcp",
+        "_-http._tcp",
+        "_http-._tcp",
+        "_ht--tp._tcp",
+        "_1234._tcp",
+        "_a1b2c3d4e5f6g7h8._tcp",
+        "_ht tp._tcp",
+        "_ht.tp._tcp",
+    ] {
+        assert!(check_service_type(bad).is_err(), "{bad:?} is refused");
+    }
+
+    let toml = r#"
+[[service]]
+name = "web"
+command = "python3"
+args = ["-m", "http.server", "$PORT"]
+ports = [{}]
+advertise = "_http._tcp"
+"#;
+    let specs = parse_service_file(toml).expect("valid");
+    assert_eq!(specs[0].advertise.as_deref(), Some("_http._tcp"));
+    // JSON (the document's form) carries it under the same key, and omits it when absent.
+    let json = serde_json::to_value(&specs[0]).expect("serialises");
+    assert_eq!(json["advertise"], "_http._tcp");
+    let plain = serde_json::to_value(ServiceSpec::new("a", "true")).expect("serialises");
+    assert!(plain.get("advertise").is_none(), "{plain}");
+
+    let mut spec = specs[0].clone();
+    spec.advertise = Some("_http".to_string());
+    let err = spec.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("bad advertise `_http`") && err.contains("_<name>._tcp"),
+        "{err}"
+    );
+    spec.advertise = Some("_dns._udp".to_string());
+    let err = spec.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("the first port ($PORT, the one advertised) is tcp"),
+        "{err}"
+    );
+    spec.ports.clear();
+    spec.args.clear();
+    spec.advertise = Some("_http._tcp".to_string());
+    let err = spec.validate().unwrap_err().to_string();
+    assert!(err.contains("declares no ports"), "{err}");
+
+    // The CLI form carries it.
+    let spec = ServiceSpec::from_cli_parts(CliServiceParts {
+        ports: vec!["auto".to_string()],
+        advertise: Some("_http._tcp".to_string()),
+        ..cli("web", &["python3", "-m", "http.server", "$PORT"])
+    })
+    .expect("valid");
+    assert_eq!(spec.advertise.as_deref(), Some("_http._tcp"));
+    let err = ServiceSpec::from_cli_parts(CliServiceParts {
+        advertise: Some("_http._tcp".to_string()),
+        ..cli("web", &["true"])
+    })
+    .unwrap_err();
+    assert!(matches!(err, SpecError::BadAdvertise { .. }), "{err}");
+}

@@ -1,6 +1,8 @@
 //! Validation of specs: one spec on its own ([`ServiceSpec::validate`]: names, bounds,
-//! environment, dependencies, ports, health, restart) and a whole set ([`validate_set`]:
-//! dependencies known and acyclic, no fixed port twice on a node).
+//! environment, dependencies, ports, health, restart, advertisement) and a whole set
+//! ([`validate_set`]: dependencies known and acyclic, no fixed port twice on a node). Also the
+//! DNS-SD service type rule of `advertise` ([`check_service_type`]), which the advertiser
+//! applies again to specs read from the document.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -60,6 +62,7 @@ impl ServiceSpec {
         self.validate_health()?;
         self.validate_restart()?;
         self.placement.validate(&self.name)?;
+        self.validate_advertise()?;
         if self.stop_grace.is_zero() {
             return Err(SpecError::ZeroDuration {
                 service: service(),
@@ -401,6 +404,65 @@ impl ServiceSpec {
         }
         Ok(())
     }
+
+    /// `advertise`: a DNS-SD service type whose transport is that of the first port, which is
+    /// the one advertised.
+    fn validate_advertise(&self) -> Result<(), SpecError> {
+        let Some(service_type) = &self.advertise else {
+            return Ok(());
+        };
+        let bad = |reason: String| SpecError::BadAdvertise {
+            service: self.name.clone(),
+            value: echo(service_type),
+            reason,
+        };
+        let proto = check_service_type(service_type).map_err(|reason| bad(reason.to_string()))?;
+        let first = self.ports.first().ok_or_else(|| {
+            bad("the service declares no ports; it advertises its first port ($PORT)".to_string())
+        })?;
+        if first.proto != proto {
+            return Err(bad(format!(
+                "the type says {proto}, but the first port ($PORT, the one advertised) is {}",
+                first.proto
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Longest service name in a DNS-SD service type: RFC 6335 section 5.1 allows 15 characters,
+/// so that `_<name>._tcp` fits the label limits of every DNS-SD implementation.
+pub const MAX_SERVICE_TYPE_NAME_LEN: usize = 15;
+
+/// Checks a DNS-SD service type as `advertise` takes it, `_<name>._tcp` or `_<name>._udp`
+/// (RFC 6763 section 7, without the `.local.` domain), and returns its transport. `<name>` is
+/// an RFC 6335 service name: 1-15 of `[A-Za-z0-9-]`, at least one letter, no `-` at either
+/// end nor two in a row.
+pub fn check_service_type(text: &str) -> Result<Proto, &'static str> {
+    const FORM: &str = "expected `_<name>._tcp` or `_<name>._udp`, e.g. `_http._tcp`";
+    let (name, proto) = if let Some(name) = text.strip_suffix("._tcp") {
+        (name, Proto::Tcp)
+    } else if let Some(name) = text.strip_suffix("._udp") {
+        (name, Proto::Udp)
+    } else {
+        return Err(FORM);
+    };
+    let name = name.strip_prefix('_').ok_or(FORM)?;
+    let valid = (1..=MAX_SERVICE_TYPE_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        && name.bytes().any(|byte| byte.is_ascii_alphabetic())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if !valid {
+        return Err(
+            "the name between `_` and `._tcp`/`._udp` is 1-15 letters, digits and '-', with at \
+             least one letter and no '-' at either end or twice in a row (RFC 6335)",
+        );
+    }
+    Ok(proto)
 }
 
 /// Validates a whole set of specs: each on its own, then names unique, every dependency
