@@ -578,7 +578,9 @@ pub fn majority(input: PlacementInput<'_>) -> (usize, usize) {
             }
         }
         members += 1;
-        if input.liveness.of(input.local, &node, record) == Liveness::Alive {
+        // Only what membership confirms: a node not heard of yet (just after start) does not
+        // make a majority.
+        if node == *input.local || input.liveness.peers.get(&node) == Some(&Liveness::Alive) {
             seen += 1;
         }
     }
