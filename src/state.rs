@@ -61,6 +61,16 @@ pub const COMPACT_AT_HISTORY_BYTES: u64 = 2 * MAX_DOCUMENT_BYTES;
 /// snapshot of a document within it is a few MiB at most and travels in parts of
 /// `transport::SNAPSHOT_PART_BYTES`, each well under `transport::MAX_SYNC_MESSAGE`.
 pub const MAX_DOCUMENT_BYTES: u64 = 2 * 1024 * 1024;
+/// How long a removed service's tombstone is kept, in ms: compaction into a new epoch drops
+/// older ones, and a node adopting that epoch does not carry back a service record older than
+/// this bound that the epoch lacks (it was collected). A member offline for longer than this
+/// that still holds the removed service in its old document would bring it back otherwise; a
+/// week covers holidays, and a tombstone is ~100 bytes.
+pub const TOMBSTONE_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How long after a node left (gracefully) its instances and leases are kept, in ms: a node
+/// that left for good leaves no records behind after the next epoch past this bound. A node
+/// that returns writes its own records again.
+pub const LEFT_RETENTION_MS: i64 = 3600 * 1000;
 /// Longest tag key, in characters.
 pub const MAX_TAG_KEY: usize = 63;
 /// Longest tag value, in characters.
@@ -500,16 +510,58 @@ pub fn build_epoch(
 
 /// Compacts `doc` into the next epoch: its current value as one deterministic change.
 pub fn compact(doc: &mut AutoCommit, actor: ActorId) -> Result<AutoCommit, StateError> {
-    let (state, _) = hydrate_lenient(doc);
+    let (mut state, _) = hydrate_lenient(doc);
     let heads = doc.get_heads();
     let number = epoch_of(doc).number + 1;
-    // Deterministic "when": the newest change time among the heads.
+    // Deterministic "when": the newest time the value holds (writers stamp their records with
+    // their wall clock; Automerge's own change times are 0 unless set), or the newest change
+    // time among the heads if later.
     let compacted_at_ms = heads
         .iter()
         .filter_map(|h| doc.get_change_by_hash(h).map(|c| c.timestamp()))
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(newest_time(&state));
+    collect_garbage(&mut state, compacted_at_ms);
     build_epoch(&state, number, &heads, compacted_at_ms, actor)
+}
+
+/// The newest wall-clock time written in `state`'s records (ms).
+fn newest_time(state: &MeshState) -> i64 {
+    let nodes = state
+        .nodes
+        .values()
+        .flat_map(|n| [Some(n.joined_at_ms), n.left_at_ms].into_iter().flatten());
+    let services = state.services.values().map(|s| s.updated_at_ms);
+    let instances = state.instances.values().map(|i| i.since_ms);
+    let leases = state.leases.values().map(|l| l.since_ms);
+    nodes
+        .chain(services)
+        .chain(instances)
+        .chain(leases)
+        .max()
+        .unwrap_or(0)
+}
+
+/// What a new epoch leaves out, judged at `at_ms` (its deterministic compaction time):
+/// tombstones older than [`TOMBSTONE_RETENTION_MS`], and the instances and leases of nodes
+/// that left more than [`LEFT_RETENTION_MS`] before. Returns how many entries went.
+pub fn collect_garbage(state: &mut MeshState, at_ms: i64) -> usize {
+    let before = state.services.len() + state.instances.len() + state.leases.len();
+    state
+        .services
+        .retain(|_, r| !(r.is_removed() && r.updated_at_ms < at_ms - TOMBSTONE_RETENTION_MS));
+    let gone: std::collections::BTreeSet<String> = state
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.left_at_ms.is_some_and(|t| t < at_ms - LEFT_RETENTION_MS))
+        .map(|(id, _)| id.clone())
+        .collect();
+    state
+        .instances
+        .retain(|_, i| !gone.contains(i.node.as_str()));
+    state.leases.retain(|_, l| !gone.contains(l.node.as_str()));
+    before - (state.services.len() + state.instances.len() + state.leases.len())
 }
 
 /// Carries into `new` (a newer epoch) what only this node can know: its own records
@@ -533,9 +585,12 @@ pub fn migrate_into(
     let old_leases = owned(&old.leases, local, |r| &r.node);
     let new_leases = owned(&current.leases, local, |r| &r.node);
     sync_owned(new, "leases", &old_leases, &new_leases)?;
+    // A record the new epoch lacks and that is older than its collection bound was collected
+    // (a tombstone, or a service removed and then collected): not brought back.
+    let collected_before = epoch_compacted_at(new) - TOMBSTONE_RETENTION_MS;
     for (name, svc) in &old.services {
         let newer = match current.services.get(name) {
-            None => true,
+            None => svc.updated_at_ms >= collected_before,
             Some(n) => svc.updated_at_ms > n.updated_at_ms,
         };
         if newer {
@@ -853,6 +908,75 @@ mod tests {
         assert_eq!(merged.services["web"], svc);
         // Nothing to carry: no change.
         assert!(!migrate_into(&merged, &mut new, "me").unwrap());
+    }
+
+    #[test]
+    fn a_new_epoch_drops_old_tombstones_and_the_records_of_nodes_gone_for_good() {
+        let day = 24 * 3600 * 1000;
+        let now = 100 * day;
+        let mut state = MeshState::default();
+        let tomb = |at| ServiceRecord {
+            desired: Desired::Removed,
+            updated_by: "me".into(),
+            updated_at_ms: at,
+            ..Default::default()
+        };
+        state.services.insert("old".into(), tomb(now - 8 * day));
+        state.services.insert("recent".into(), tomb(now - day));
+        let mut gone = rec("gone");
+        gone.left_at_ms = Some(now - 2 * 3600 * 1000);
+        let mut back_soon = rec("back-soon");
+        back_soon.left_at_ms = Some(now - 60_000);
+        state.nodes.insert("gone".into(), gone);
+        state.nodes.insert("back-soon".into(), back_soon);
+        for node in ["gone", "back-soon"] {
+            state.instances.insert(
+                format!("web@{node}"),
+                InstanceRecord {
+                    service: "web".into(),
+                    node: node.into(),
+                    ..Default::default()
+                },
+            );
+        }
+        assert_eq!(collect_garbage(&mut state, now), 2);
+        assert!(!state.services.contains_key("old"));
+        assert!(state.services.contains_key("recent"));
+        assert!(!state.instances.contains_key("web@gone"));
+        assert!(state.instances.contains_key("web@back-soon"));
+        assert!(
+            state.nodes.contains_key("gone"),
+            "node records stay (names in history)"
+        );
+
+        // A member that was away keeps the collected tombstone's service, in an older
+        // version: adopting the epoch does not bring it back; a recent one it lacks does.
+        let mut doc = genesis(actor());
+        put_entry(&mut doc, "services", "old", &tomb(now - 8 * day)).unwrap();
+        let mut me = rec("me");
+        me.joined_at_ms = now;
+        put_entry(&mut doc, "nodes", "me", &me).unwrap();
+        doc.commit();
+        let mut new = compact(&mut doc, actor()).unwrap();
+        let compacted = epoch_compacted_at(&new);
+        let mut old = MeshState::default();
+        let live = |at| ServiceRecord {
+            spec_json: "{}".into(),
+            desired: Desired::Running,
+            updated_by: "away".into(),
+            updated_at_ms: at,
+            ..Default::default()
+        };
+        old.services
+            .insert("old".into(), live(compacted - TOMBSTONE_RETENTION_MS - 1));
+        old.services.insert("fresh".into(), live(compacted));
+        migrate_into(&old, &mut new, "away").unwrap();
+        let merged = hydrate_lenient(&new).0;
+        assert!(
+            !merged.services.contains_key("old"),
+            "collected, not resurrected"
+        );
+        assert!(merged.services.contains_key("fresh"));
     }
 
     #[test]
