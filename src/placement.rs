@@ -194,6 +194,9 @@ pub struct ServicePlacement {
     pub owners: Vec<NodeId>,
     /// Nodes that hold a copy (a live claim in the document) and are up, best-ranked first.
     pub holders: Vec<NodeId>,
+    /// Nodes whose instance says a copy runs but that are not up (dead, left): their copy is
+    /// lost as far as this node can tell.
+    pub lost: Vec<NodeId>,
     /// Alive eligible nodes, the owners among them.
     pub eligible_alive: usize,
     /// Why there is no owner, when there is none.
@@ -315,6 +318,17 @@ pub fn place(
             owners.push(id.clone());
         }
     }
+    let lost = instances
+        .iter()
+        .filter(|(id, i)| {
+            occupies(i.state)
+                && !input
+                    .liveness
+                    .of(input.local, id, state.nodes.get(id.as_str()))
+                    .is_up()
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
     // Owners in rank order, so every node lists them alike.
     owners.sort_by_key(|id| ranked.iter().position(|(_, r)| r == id));
     let unplaced = owners.is_empty().then(|| {
@@ -334,6 +348,7 @@ pub fn place(
         exclusive: spec.placement.exclusive,
         owners,
         holders,
+        lost,
         eligible_alive: ranked.len(),
         unplaced,
         epoch,

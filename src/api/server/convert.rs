@@ -435,6 +435,16 @@ pub fn service_entries(
                 now_ms,
             );
             decorate(&mut row, Some(instance));
+            if placed.is_some_and(|p| p.lost.contains(&instance.node)) {
+                row.state = "lost".to_string();
+                row.pid = None;
+                row.uptime_s = None;
+                row.health = "-".to_string();
+                row.reason = Some(format!(
+                    "{} is dead or left; its copy runs elsewhere or will",
+                    row.node
+                ));
+            }
             rows.push(row);
         }
     }

@@ -184,11 +184,17 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
     let gone: Vec<String> = state
         .instances
         .values()
-        .filter(|i| i.service == service && i.node != *input.local && placement::holds(i.state))
+        .filter(|i| i.service == service && i.node != *input.local && placement::occupies(i.state))
         .filter_map(|i| {
             let record = state.nodes.get(i.node.as_str());
             let liveness = input.liveness.of(input.local, &i.node, record);
             let who = state.node_name(&i.node);
+            if record.is_some_and(|r| r.left_at_ms.is_some()) && liveness.is_up() {
+                return Some(format!("{who} is leaving"));
+            }
+            if record.is_some_and(|r| r.drained == Some(true)) {
+                return Some(format!("{who} is drained"));
+            }
             match liveness {
                 placement::Liveness::Dead { since } => {
                     Some(format!("{who} dead for {:.1} s", since.as_secs_f64()))
