@@ -733,6 +733,46 @@ fn fence(input: PlacementInput<'_>, name: &str, spec: &ServiceSpec) -> Fence {
     }
 }
 
+/// `MESH_ENDPOINT_<DEP>=host:port` for each dependency of `spec` with a ready copy on another
+/// node (a dependency running here is reached as usual, on its `PORT`).
+pub fn dependency_endpoints(
+    input: PlacementInput<'_>,
+    spec: &ServiceSpec,
+) -> BTreeMap<String, String> {
+    let state = input.view.state;
+    let mut env = BTreeMap::new();
+    for dependency in &spec.after {
+        let here = state
+            .instances
+            .get(&instance_key(dependency, input.local.as_str()))
+            .is_some_and(|i| holds(i.state));
+        if here {
+            continue;
+        }
+        let found = state
+            .instances
+            .values()
+            .filter(|i| i.service == *dependency && is_ready(i))
+            .find_map(|i| {
+                let record = state.nodes.get(i.node.as_str())?;
+                if !input
+                    .liveness
+                    .of(input.local, &i.node, Some(record))
+                    .is_up()
+                {
+                    return None;
+                }
+                let host = node_host(record)?;
+                let port = i.ports.first()?;
+                Some(format!("{host}:{port}"))
+            });
+        if let Some(endpoint) = found {
+            env.insert(endpoint_variable(dependency), endpoint);
+        }
+    }
+    env
+}
+
 /// `MESH_ENDPOINT_` and the service name in upper case, `-` as `_`.
 pub fn endpoint_variable(service: &str) -> String {
     format!(

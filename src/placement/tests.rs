@@ -441,3 +441,56 @@ fn tag_bounds_of_requirements_are_those_of_node_tags() {
     assert_eq!(MAX_TAG_KEY_LEN, crate::state::MAX_TAG_KEY);
     assert_eq!(MAX_TAG_VALUE_LEN, crate::state::MAX_TAG_VALUE);
 }
+
+#[test]
+fn a_dependency_on_another_node_is_reached_at_its_nodes_address_and_first_port() {
+    let mut state = mesh(&[10, 10, 10]);
+    state.nodes.get_mut("id-1").expect("node").addrs = vec![
+        "/ip4/127.0.0.1/udp/7400/quic-v1".into(),
+        "/ip4/192.168.1.20/udp/7400/quic-v1".into(),
+    ];
+    state.nodes.get_mut("id-2").expect("node").addrs = vec!["/ip6/fd00::2/udp/7400/quic-v1".into()];
+    let mut app = spec("app", 1);
+    app.after = vec!["db-main".into()];
+    add_service(&mut state, spec("db-main", 1), "id-1");
+    add_service(&mut state, app.clone(), "id-0");
+    let mut db = InstanceRecord {
+        service: "db-main".into(),
+        node: NodeId::from("id-1"),
+        state: InstanceState::Healthy,
+        ports: vec![5432],
+        ..Default::default()
+    };
+    state
+        .instances
+        .insert(instance_key("db-main", "id-1"), db.clone());
+    let specs = ParsedSpecs::parse(&state);
+    let mut liveness = all_alive(&state);
+    let local = NodeId::from("id-0");
+    let env = |liveness: &LivenessView, state: &MeshState| {
+        let input = PlacementInput {
+            view: View::new(state, &specs),
+            local: &local,
+            liveness,
+        };
+        dependency_endpoints(input, &app)
+    };
+    assert_eq!(
+        env(&liveness, &state)["MESH_ENDPOINT_DB_MAIN"],
+        "192.168.1.20:5432"
+    );
+    // Its node dead: no endpoint from it; a copy on id-2 (IPv6) is used instead.
+    liveness.peers.insert(
+        NodeId::from("id-1"),
+        Liveness::Dead {
+            since: Duration::ZERO,
+        },
+    );
+    assert!(env(&liveness, &state).is_empty());
+    db.node = NodeId::from("id-2");
+    state.instances.insert(instance_key("db-main", "id-2"), db);
+    assert_eq!(
+        env(&liveness, &state)["MESH_ENDPOINT_DB_MAIN"],
+        "[fd00::2]:5432"
+    );
+}

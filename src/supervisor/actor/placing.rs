@@ -61,7 +61,7 @@ impl SupervisorActor {
             let Some(spec) = input.view.spec(name) else {
                 continue;
             };
-            let fresh = endpoints(input, spec);
+            let fresh = placement::dependency_endpoints(input, spec);
             let claim = self.claims.entry(name.clone()).or_insert_with(|| Claim {
                 epoch,
                 generation,
@@ -207,33 +207,4 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
         })
         .collect();
     (!gone.is_empty()).then(|| gone.join(", "))
-}
-
-/// `MESH_ENDPOINT_<DEP>=host:port` for each dependency of `spec` with a ready copy on another
-/// node (a dependency running here is reached as usual, on its `PORT`).
-fn endpoints(input: PlacementInput<'_>, spec: &ServiceSpec) -> BTreeMap<String, String> {
-    let state = input.view.state;
-    let mut env = BTreeMap::new();
-    for dependency in &spec.after {
-        let here = state
-            .instances
-            .get(&instance_key(dependency, input.local.as_str()))
-            .is_some_and(|i| placement::holds(i.state));
-        if here {
-            continue;
-        }
-        let found = state
-            .instances
-            .values()
-            .filter(|i| i.service == *dependency && placement::is_ready(i))
-            .find_map(|i| {
-                let host = placement::node_host(state.nodes.get(i.node.as_str())?)?;
-                let port = i.ports.first()?;
-                Some(format!("{host}:{port}"))
-            });
-        if let Some(endpoint) = found {
-            env.insert(placement::endpoint_variable(dependency), endpoint);
-        }
-    }
-    env
 }
