@@ -21,6 +21,7 @@ use crate::supervisor::actor::SupervisorConfig;
 use crate::supervisor::launcher::LogLimits;
 use crate::transport::parse_quic_addr;
 
+pub mod config;
 pub mod lock;
 
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
@@ -46,7 +47,7 @@ pub enum LogFormat {
 }
 
 /// What `mesh agent` was asked to do, free of any CLI library type.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     pub name: Option<String>,

@@ -107,6 +107,10 @@ fn token_dirs() -> Vec<PathBuf> {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
+    /// Configuration file (TOML, one key per flag; flags override it) [default:
+    /// /etc/mesh/config.toml when it exists and the agent runs as root].
+    #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Data directory [default: $XDG_DATA_HOME/mesh or ~/.local/share/mesh; /var/lib/mesh as root].
     #[arg(long, env = "MESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,12 +128,12 @@ pub struct AgentArgs {
     /// Peer to dial directly, beyond what mDNS finds (repeatable): IP:PORT or a multiaddr.
     #[arg(long)]
     pub peer: Vec<String>,
-    /// Address of the local control API (keep it on loopback).
-    #[arg(long, default_value = DEFAULT_API_ADDR)]
-    pub api: String,
-    /// Log format; RUST_LOG sets the level (default: info).
-    #[arg(long, value_enum, default_value_t = LogFormatArg::Human)]
-    pub log_format: LogFormatArg,
+    /// Address of the local control API (keep it on loopback) [default: 127.0.0.1:7401].
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Log format; RUST_LOG sets the level (default: info) [default: human].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
     /// Do not use mDNS/DNS-SD (only --peer addresses are dialed).
     #[arg(long)]
     pub no_mdns: bool,
@@ -145,10 +149,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub leave_services_running: bool,
     /// Whose services this node runs: all (placed from any node), own (added through this
-    /// node's API only), none.
-    #[arg(long, value_name = "WHOSE", default_value = "all",
+    /// node's API only), none [default: all].
+    #[arg(long, value_name = "WHOSE",
           value_parser = PossibleValuesParser::new(["all", "own", "none"]))]
-    pub accept_services: String,
+    pub accept_services: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

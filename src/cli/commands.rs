@@ -40,22 +40,12 @@ pub fn key_generate() -> Result<(), ClientError> {
 
 /// `mesh agent`: runs the daemon until it stops; the process exit code.
 pub fn run_agent(args: AgentArgs) -> i32 {
-    let options = AgentOptions {
-        data_dir: args.data_dir,
-        name: args.name,
-        mesh_key_file: args.mesh_key,
-        listen: args.listen,
-        peers: args.peer,
-        api: args.api,
-        log_format: match args.log_format {
-            LogFormatArg::Human => LogFormat::Human,
-            LogFormatArg::Json => LogFormat::Json,
-        },
-        mdns: !args.no_mdns,
-        profile: args.profile,
-        port_pools: args.port_pool,
-        leave_services_running: args.leave_services_running,
-        accept_services: args.accept_services.parse().unwrap_or_default(),
+    let options = match agent_options(args) {
+        Ok(options) => options,
+        Err(e) => {
+            note!("mesh: {e:#}");
+            return 1;
+        }
     };
     match crate::daemon::run(options) {
         Ok(()) => 0,
@@ -64,6 +54,51 @@ pub fn run_agent(args: AgentArgs) -> i32 {
             1
         }
     }
+}
+
+/// The agent's options: each flag, else the configuration file's key, else the default.
+pub fn agent_options(args: AgentArgs) -> anyhow::Result<AgentOptions> {
+    use crate::daemon::config;
+    let is_root = nix::unistd::geteuid().is_root();
+    let file = match config::default_path(args.config.as_deref(), is_root) {
+        Some(path) => config::load(&path)?,
+        None => config::ConfigFile::default(),
+    };
+    let or_file =
+        |flags: Vec<String>, file: Vec<String>| if flags.is_empty() { file } else { flags };
+    let log_format = match (args.log_format, file.log_format.as_deref()) {
+        (Some(LogFormatArg::Json), _) | (None, Some("json")) => LogFormat::Json,
+        _ => LogFormat::Human,
+    };
+    let profile = match (args.profile, &file.profile) {
+        (Some(profile), _) => Some(profile),
+        (None, Some(text)) => Some(text.parse().map_err(|e| anyhow::anyhow!("profile: {e}"))?),
+        (None, None) => None,
+    };
+    Ok(AgentOptions {
+        data_dir: args.data_dir.or(file.data_dir),
+        name: args.name.or(file.name),
+        mesh_key_file: args.mesh_key.or(file.mesh_key),
+        listen: or_file(args.listen, file.listen),
+        peers: or_file(args.peer, file.peers),
+        api: args
+            .api
+            .or(file.api)
+            .unwrap_or_else(|| crate::api::DEFAULT_API_ADDR.to_string()),
+        log_format,
+        mdns: !args.no_mdns && file.mdns != Some(false),
+        profile,
+        port_pools: or_file(args.port_pool, file.port_pools),
+        leave_services_running: args.leave_services_running
+            || file.leave_services_running == Some(true),
+        accept_services: args
+            .accept_services
+            .or(file.accept_services)
+            .as_deref()
+            .unwrap_or("all")
+            .parse()
+            .unwrap_or_default(),
+    })
 }
 
 pub fn peers(args: PeersArgs) -> Result<(), ClientError> {
@@ -438,5 +473,101 @@ pub fn api(args: ApiArgs) -> Result<(), ClientError> {
             code: crate::api::client::decode_error(status, &body).code,
             message: "see the body above".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+
+    fn agent_args(argv: &[&str]) -> AgentArgs {
+        let mut full = vec!["mesh", "agent"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).expect("parses").command {
+            Command::Agent(args) => args,
+            _ => panic!("an agent command"),
+        }
+    }
+
+    #[test]
+    fn the_config_file_sets_every_flag_and_flags_override_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            r#"
+name = "pi-kitchen"
+data_dir = "/srv/mesh"
+mesh_key = "/etc/mesh/mesh.key"
+listen = ["0.0.0.0:7500"]
+peers = ["10.0.0.2:7400", "10.0.0.3:7400"]
+api = "127.0.0.1:7501"
+log_format = "json"
+mdns = false
+profile = "edge"
+port_pools = ["default=21000-21999"]
+leave_services_running = true
+accept_services = "own"
+"#,
+        )
+        .expect("write");
+        let config = path.to_str().expect("utf-8");
+        let from_file = agent_options(agent_args(&["--config", config])).expect("loads");
+        // The same settings as flags give the same options: the file holds every flag.
+        let from_flags = agent_options(agent_args(&[
+            "--name",
+            "pi-kitchen",
+            "--data-dir",
+            "/srv/mesh",
+            "--mesh-key",
+            "/etc/mesh/mesh.key",
+            "--listen",
+            "0.0.0.0:7500",
+            "--peer",
+            "10.0.0.2:7400",
+            "--peer",
+            "10.0.0.3:7400",
+            "--api",
+            "127.0.0.1:7501",
+            "--log-format",
+            "json",
+            "--no-mdns",
+            "--profile",
+            "edge",
+            "--port-pool",
+            "default=21000-21999",
+            "--leave-services-running",
+            "--accept-services",
+            "own",
+            // An empty config, so that /etc/mesh/config.toml (if any) is not read.
+            "--config",
+            "/dev/null",
+        ]))
+        .expect("flags");
+        assert_eq!(from_file, from_flags);
+        // Flags win over the file.
+        let both = agent_options(agent_args(&[
+            "--config",
+            config,
+            "--name",
+            "other",
+            "--api",
+            "127.0.0.1:9",
+            "--peer",
+            "10.9.9.9:1",
+        ]))
+        .expect("both");
+        assert_eq!(both.name.as_deref(), Some("other"));
+        assert_eq!(both.api, "127.0.0.1:9");
+        assert_eq!(both.peers, ["10.9.9.9:1"]);
+        assert_eq!(both.data_dir, from_file.data_dir);
+        // A typo is refused with its name.
+        std::fs::write(&path, "mdsn = false\n").expect("write");
+        let err = agent_options(agent_args(&["--config", config])).expect_err("typo");
+        let err = format!("{err:#}");
+        assert!(err.contains("unknown field `mdsn`"), "{err}");
     }
 }
