@@ -397,8 +397,11 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         api = %format!("http://{api_addr}"),
         "mesh agent running"
     );
+    // The API listens (bound above) and the node runs: ready, for a `Type=notify` unit.
+    notify_systemd("READY=1");
 
     wait_for_signal().await?;
+    notify_systemd("STOPPING=1");
     tracing::info!("stopping: services first, then telling peers we leave");
     node.shutdown().await;
     shutdown.cancel();
@@ -483,5 +486,51 @@ mod tests {
         } else {
             eprintln!("skipping the symlink case: needs root to chown a symlink");
         }
+    }
+}
+
+/// Tells systemd about the agent's state (`READY=1`, `STOPPING=1`) through `$NOTIFY_SOCKET`,
+/// as `sd_notify(3)` does, for a `Type=notify` unit; nothing without the variable. A failure is
+/// logged, never fatal: systemd then times the start out and says so.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify systemd");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        // An abstract socket: `@name`.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => socket.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, socket = ?path, "cannot notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod notify_tests {
+    #[test]
+    fn readiness_reaches_the_notify_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        // SAFETY of set_var: this test alone reads NOTIFY_SOCKET, and no other test sets it.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        super::notify_systemd("READY=1");
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).expect("a datagram");
+        assert_eq!(&buf[..n], b"READY=1");
     }
 }
