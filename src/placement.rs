@@ -23,10 +23,10 @@
 //!    `ln` is computed with basic IEEE operations only ([`ln`]), so nodes of different
 //!    architectures and C libraries rank alike.
 //! 4. **Owners**: for a `sticky` service (the default), the alive eligible nodes already
-//!    holding a copy claimed under the current `placement_generation` keep it (best-ranked
-//!    first, up to `replicas`), and the rest of the copies go to the best-ranked others;
-//!    otherwise simply the `replicas` best-ranked. Fewer than `replicas` alive eligible nodes:
-//!    fewer copies; none: `unplaced`, with the reason.
+//!    holding a copy claimed under the current `placement_generation` keep it (newest claim,
+//!    the highest epoch, first, then best-ranked; up to `replicas`), and the rest of the
+//!    copies go to the best-ranked others; otherwise simply the `replicas` best-ranked. Fewer
+//!    than `replicas` alive eligible nodes: fewer copies; none: `unplaced`, with the reason.
 //!
 //! # What this node does ([`decide_local`])
 //! - An owner runs its copy. For an `exclusive` service only while it sees a strict majority
@@ -299,13 +299,15 @@ pub fn place(
         .collect();
     let mut owners: Vec<NodeId> = Vec::with_capacity(replicas);
     if spec.placement.sticky {
-        owners.extend(
-            holders
-                .iter()
-                .filter(|id| instances[*id].generation.unwrap_or(0) >= generation)
-                .take(replicas)
-                .cloned(),
-        );
+        // Newest claim first (then rank): an older claim is a copy from before a failover,
+        // such as the record a crashed node left of the copy that died with it, which it
+        // finds again when it returns; the copy that replaced it stays.
+        let mut sticky: Vec<&NodeId> = holders
+            .iter()
+            .filter(|id| instances[*id].generation.unwrap_or(0) >= generation)
+            .collect();
+        sticky.sort_by_key(|id| std::cmp::Reverse(instances[*id].epoch.unwrap_or(0)));
+        owners.extend(sticky.into_iter().take(replicas).cloned());
     }
     for (_, id) in &ranked {
         if owners.len() >= replicas {

@@ -243,6 +243,26 @@ fn a_sticky_copy_stays_when_the_home_returns_and_a_rebalance_moves_it_back() {
 }
 
 #[test]
+fn a_returning_node_does_not_reclaim_a_copy_with_the_record_it_left_behind() {
+    let mut state = mesh(&[10, 10, 10]);
+    add_service(&mut state, spec("web", 1), "id-2");
+    // id-2 crashed while running web (its record still says healthy, epoch 1); id-1 took it
+    // over (epoch 2); id-2 is back, alive, with that old record in the document.
+    claim(&mut state, "web", "id-2", InstanceState::Healthy, 1);
+    claim(&mut state, "web", "id-1", InstanceState::Healthy, 2);
+    let liveness = all_alive(&state);
+    for local in ["id-0", "id-1", "id-2"] {
+        assert_eq!(
+            owners_from(&state, local, &liveness)["web"],
+            [NodeId::from("id-1")],
+            "as {local} sees it: the newest claim keeps the copy, the home ranking first or not"
+        );
+    }
+    // The copy that replaced it is not handed back, so it is not stopped for a record.
+    assert!(plan_of(&state, "id-1", &liveness).roles["web"].0 != LocalRole::HandOver);
+}
+
+#[test]
 fn a_service_no_node_can_take_is_unplaced_with_the_reason() {
     let mut state = mesh(&[10, 10]);
     let mut s = spec("cam", 1);
