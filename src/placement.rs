@@ -30,10 +30,11 @@
 //!
 //! # What this node does ([`decide_local`])
 //! - An owner runs its copy. For an `exclusive` service only while it sees a strict majority
-//!   of the members (document nodes not left; dead ones count) as `alive`, and only once no
-//!   other node occupies a copy: an alive holder must stop first (break before make), and a
-//!   dead or departed one must have been gone for [`fence_delay`], long enough for it to have
-//!   noticed it lost the majority and stopped its copy.
+//!   of the members (document nodes not left; dead ones count) as `alive` (else it is
+//!   [`LocalRole::Fenced`], saying so), and only once no other node occupies a copy: an alive
+//!   holder must stop first (break before make), and a dead or departed one must have been
+//!   gone for [`fence_delay`], long enough for it to have noticed it lost the majority and
+//!   stopped its copy.
 //! - A holder that is not an owner keeps a non-exclusive copy until every owner's copy is ready
 //!   (`healthy`, or `starting`/running without a health check... see [`is_ready`]): make before
 //!   break. It stops an exclusive copy at once.
@@ -540,7 +541,8 @@ pub enum LocalRole {
     Run { epoch: u64, generation: u64 },
     /// Not an owner, but keep the copy until the owners' copies are ready (make before break).
     HandOver,
-    /// An exclusive owner that must wait before starting: another node may still run it.
+    /// An exclusive owner that must not start: it sees no majority, or another node may
+    /// still run it.
     Fenced,
 }
 
@@ -628,7 +630,13 @@ pub fn decide_local(
                 continue;
             }
             if !has_majority {
-                // Not even fenced: it must not run, and says why where it is shown.
+                // It must not run; the role says why (the audit trail tells it).
+                let why = format!(
+                    "no majority: sees {seen} of {members} members alive (an exclusive service \
+                     runs only where a strict majority is seen; a two-node mesh needs a third \
+                     node to fail one over)"
+                );
+                plan.roles.insert(name.clone(), (LocalRole::Fenced, why));
                 continue;
             }
             match fence(input, name, spec) {

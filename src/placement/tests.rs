@@ -364,7 +364,8 @@ fn an_exclusive_copy_needs_a_majority_and_waits_out_the_fence() {
     cut.peers.insert(NodeId::from("id-2"), Liveness::Suspect);
     let plan = plan_of(&state, "id-0", &cut);
     assert!(!plan.majority);
-    assert!(!plan.roles.contains_key("lock"));
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert!(plan.runs().next().is_none());
     // The majority side: id-0 dead for 0.5 s; the fence is stop_grace + 0.5 s.
     let mut majority = all_alive(&state);
     majority.peers.insert(
@@ -409,7 +410,12 @@ fn a_two_node_mesh_cannot_fail_over_an_exclusive_service() {
     );
     let plan = plan_of(&state, "id-1", &liveness);
     assert!(!plan.majority, "1 of 2 members is not a majority");
-    assert!(!plan.roles.contains_key("lock"));
+    let (role, why) = &plan.roles["lock"];
+    assert_eq!(*role, LocalRole::Fenced, "it owns lock but must not run it");
+    assert!(
+        why.starts_with("no majority: sees 1 of 2 members alive"),
+        "{why}"
+    );
 }
 
 #[test]

@@ -131,9 +131,11 @@ impl SupervisorActor {
             self.record(name, kind, reason);
         }
         for (name, (role, _)) in &self.plan.roles.clone() {
-            if plan.roles.contains_key(name)
-                || !matches!(role, LocalRole::Run { .. } | LocalRole::HandOver)
-            {
+            let still_runs = plan
+                .roles
+                .get(name)
+                .is_some_and(|(r, _)| !matches!(r, LocalRole::Fenced));
+            if still_runs || !matches!(role, LocalRole::Run { .. } | LocalRole::HandOver) {
                 continue;
             }
             let reason = match placements.get(name) {
