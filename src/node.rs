@@ -230,7 +230,7 @@ struct NodeActor {
 /// Starts a node: binds its listeners (reporting bind errors), then runs the actor.
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local_peer = config.keypair.public().to_peer_id();
-    let mut swarm = transport::build_swarm(config.keypair.clone(), config.transport)?;
+    let mut swarm = transport::build_swarm(config.keypair.clone(), config.transport.clone())?;
     let mut bound = 0;
     for (i, addr) in config.listen.iter().enumerate() {
         match swarm.listen_on(addr.clone()) {

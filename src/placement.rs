@@ -23,17 +23,18 @@
 //!    `ln` is computed with basic IEEE operations only ([`ln`]), so nodes of different
 //!    architectures and C libraries rank alike.
 //! 4. **Owners**: for a `sticky` service (the default), the alive eligible nodes already
-//!    holding a copy claimed under the current `placement_generation` keep it (best-ranked
-//!    first, up to `replicas`), and the rest of the copies go to the best-ranked others;
-//!    otherwise simply the `replicas` best-ranked. Fewer than `replicas` alive eligible nodes:
-//!    fewer copies; none: `unplaced`, with the reason.
+//!    holding a copy claimed under the current `placement_generation` keep it (newest claim,
+//!    the highest epoch, first, then best-ranked; up to `replicas`), and the rest of the
+//!    copies go to the best-ranked others; otherwise simply the `replicas` best-ranked. Fewer
+//!    than `replicas` alive eligible nodes: fewer copies; none: `unplaced`, with the reason.
 //!
 //! # What this node does ([`decide_local`])
 //! - An owner runs its copy. For an `exclusive` service only while it sees a strict majority
-//!   of the members (document nodes not left; dead ones count) as `alive`, and only once no
-//!   other node occupies a copy: an alive holder must stop first (break before make), and a
-//!   dead or departed one must have been gone for [`fence_delay`], long enough for it to have
-//!   noticed it lost the majority and stopped its copy.
+//!   of the members (document nodes not left; dead ones count) as `alive` (else it is
+//!   [`LocalRole::Fenced`], saying so), and only once no other node occupies a copy: an alive
+//!   holder must stop first (break before make), and a dead or departed one must have been
+//!   gone for [`fence_delay`], long enough for it to have noticed it lost the majority and
+//!   stopped its copy.
 //! - A holder that is not an owner keeps a non-exclusive copy until every owner's copy is ready
 //!   (`healthy`, or `starting`/running without a health check... see [`is_ready`]): make before
 //!   break. It stops an exclusive copy at once.
@@ -302,13 +303,15 @@ pub fn place(
         .collect();
     let mut owners: Vec<NodeId> = Vec::with_capacity(replicas);
     if spec.placement.sticky {
-        owners.extend(
-            holders
-                .iter()
-                .filter(|id| instances[*id].generation.unwrap_or(0) >= generation)
-                .take(replicas)
-                .cloned(),
-        );
+        // Newest claim first (then rank): an older claim is a copy from before a failover,
+        // such as the record a crashed node left of the copy that died with it, which it
+        // finds again when it returns; the copy that replaced it stays.
+        let mut sticky: Vec<&NodeId> = holders
+            .iter()
+            .filter(|id| instances[*id].generation.unwrap_or(0) >= generation)
+            .collect();
+        sticky.sort_by_key(|id| std::cmp::Reverse(instances[*id].epoch.unwrap_or(0)));
+        owners.extend(sticky.into_iter().take(replicas).cloned());
     }
     for (_, id) in &ranked {
         if owners.len() >= replicas {
@@ -553,7 +556,8 @@ pub enum LocalRole {
     Run { epoch: u64, generation: u64 },
     /// Not an owner, but keep the copy until the owners' copies are ready (make before break).
     HandOver,
-    /// An exclusive owner that must wait before starting: another node may still run it.
+    /// An exclusive owner that must not start: it sees no majority, or another node may
+    /// still run it.
     Fenced,
 }
 
@@ -641,7 +645,13 @@ pub fn decide_local(
                 continue;
             }
             if !has_majority {
-                // Not even fenced: it must not run, and says why where it is shown.
+                // It must not run; the role says why (the audit trail tells it).
+                let why = format!(
+                    "no majority: sees {seen} of {members} members alive (an exclusive service \
+                     runs only where a strict majority is seen; a two-node mesh needs a third \
+                     node to fail one over)"
+                );
+                plan.roles.insert(name.clone(), (LocalRole::Fenced, why));
                 continue;
             }
             match fence(input, name, spec) {

@@ -1,11 +1,11 @@
 //! Transport: the libp2p swarm every mesh protocol runs on.
 //!
 //! Owns the swarm's construction (QUIC tuned for LAN liveness; for in-process tests, the memory
-//! transport: [`TransportKind`]), the composed [`MeshBehaviour`], the protocol ids and the size
-//! limits of the request-response protocols (CBOR-encoded). Their messages are
-//! [`crate::wire`]'s, and it depends on nothing else of the crate. It does not decide anything:
-//! the node actor drives the swarm
-//! and the sans-IO cores decide what to send.
+//! transport, whose links a test may cut to partition a mesh: [`TransportKind`], `memory`), the
+//! composed [`MeshBehaviour`], the protocol ids and the size limits of the request-response
+//! protocols (CBOR-encoded). Their messages are [`crate::wire`]'s, and it depends on nothing
+//! else of the crate. It does not decide anything: the node actor drives the swarm and the
+//! sans-IO cores decide what to send.
 //!
 //! No libp2p `identify` or `ping` behaviour runs: both would talk to a peer as soon as its
 //! connection opens, before admission, and leak our addresses and version to non-members. The
@@ -22,6 +22,10 @@ use crate::wire::auth::{AuthRequest, AuthResponse, NodeInfo};
 use crate::wire::membership::{MembershipRequest, MembershipResponse};
 use crate::wire::query::{QueryRequest, QueryResponse};
 use crate::wire::sync::{SyncRequest, SyncResponse};
+
+mod memory;
+
+pub use memory::MemoryLinks;
 
 /// The admission handshake (spec: `protocol/auth.md`).
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
@@ -130,7 +134,7 @@ pub fn limited_codec<Req, Resp>(
 
 /// Which transport a swarm runs on: one constructor choice, everything above it is the same
 /// (admission, membership, sync and query run unchanged on either).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TransportKind {
     /// QUIC over UDP with LAN timeouts: the agent's only transport.
     #[default]
@@ -138,8 +142,9 @@ pub enum TransportKind {
     /// libp2p's in-process memory transport (`/memory/N` addresses), upgraded with plaintext
     /// (peer ids, no encryption) and yamux: for meshes of nodes inside one test process. It
     /// has no sockets and no timers of its own, so tests may run it in paused tokio time, which
-    /// QUIC's idle and keep-alive timers do not survive. Never for real traffic.
-    Memory,
+    /// QUIC's idle and keep-alive timers do not survive. The [`MemoryLinks`] shared by the
+    /// nodes of one such mesh let a test partition it and heal it. Never for real traffic.
+    Memory(MemoryLinks),
 }
 
 /// The mesh behaviours, each with its protocol and codec limits.
@@ -188,14 +193,8 @@ pub fn build_swarm(
             .map_err(|e| TransportError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build(),
-        TransportKind::Memory => builder
-            .with_other_transport(|key| {
-                use libp2p::Transport as _;
-                libp2p::core::transport::MemoryTransport::default()
-                    .upgrade(libp2p::core::upgrade::Version::V1)
-                    .authenticate(libp2p::plaintext::Config::new(key))
-                    .multiplex(libp2p::yamux::Config::default())
-            })
+        TransportKind::Memory(links) => builder
+            .with_other_transport(|key| memory::transport(key, links))
             .map_err(|e| TransportError::Build(e.to_string()))?
             .with_behaviour(|_| behaviour())
             .map_err(|e| TransportError::Build(e.to_string()))?

@@ -243,6 +243,26 @@ fn a_sticky_copy_stays_when_the_home_returns_and_a_rebalance_moves_it_back() {
 }
 
 #[test]
+fn a_returning_node_does_not_reclaim_a_copy_with_the_record_it_left_behind() {
+    let mut state = mesh(&[10, 10, 10]);
+    add_service(&mut state, spec("web", 1), "id-2");
+    // id-2 crashed while running web (its record still says healthy, epoch 1); id-1 took it
+    // over (epoch 2); id-2 is back, alive, with that old record in the document.
+    claim(&mut state, "web", "id-2", InstanceState::Healthy, 1);
+    claim(&mut state, "web", "id-1", InstanceState::Healthy, 2);
+    let liveness = all_alive(&state);
+    for local in ["id-0", "id-1", "id-2"] {
+        assert_eq!(
+            owners_from(&state, local, &liveness)["web"],
+            [NodeId::from("id-1")],
+            "as {local} sees it: the newest claim keeps the copy, the home ranking first or not"
+        );
+    }
+    // The copy that replaced it is not handed back, so it is not stopped for a record.
+    assert!(plan_of(&state, "id-1", &liveness).roles["web"].0 != LocalRole::HandOver);
+}
+
+#[test]
 fn a_service_no_node_can_take_is_unplaced_with_the_reason() {
     let mut state = mesh(&[10, 10]);
     let mut s = spec("cam", 1);
@@ -344,7 +364,8 @@ fn an_exclusive_copy_needs_a_majority_and_waits_out_the_fence() {
     cut.peers.insert(NodeId::from("id-2"), Liveness::Suspect);
     let plan = plan_of(&state, "id-0", &cut);
     assert!(!plan.majority);
-    assert!(!plan.roles.contains_key("lock"));
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert!(plan.runs().next().is_none());
     // The majority side: id-0 dead for 0.5 s; the fence is stop_grace + 0.5 s.
     let mut majority = all_alive(&state);
     majority.peers.insert(
@@ -389,7 +410,12 @@ fn a_two_node_mesh_cannot_fail_over_an_exclusive_service() {
     );
     let plan = plan_of(&state, "id-1", &liveness);
     assert!(!plan.majority, "1 of 2 members is not a majority");
-    assert!(!plan.roles.contains_key("lock"));
+    let (role, why) = &plan.roles["lock"];
+    assert_eq!(*role, LocalRole::Fenced, "it owns lock but must not run it");
+    assert!(
+        why.starts_with("no majority: sees 1 of 2 members alive"),
+        "{why}"
+    );
 }
 
 #[test]

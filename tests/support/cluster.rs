@@ -6,7 +6,8 @@
 //! Seams, each chosen per cluster or per node:
 //! - transport: [`Cluster::new`] links the nodes over QUIC on loopback (real sockets: keep
 //!   tokio time running); [`Cluster::in_memory`] over libp2p's memory transport
-//!   ([`TransportKind::Memory`]), with admission and every protocol unchanged;
+//!   ([`TransportKind::Memory`]), with admission and every protocol unchanged, whose links
+//!   [`Cluster::partition`] cuts between groups of nodes and [`Cluster::heal`] restores;
 //! - discovery: the cluster's [`MemoryDiscovery`] (`cluster.lan`), or any [`DiscoveryMode`] set
 //!   on a config from [`Cluster::config`];
 //! - launcher: [`supervisor_config`] takes the node's [`Launcher`], real
@@ -37,7 +38,7 @@ use mesh::supervisor::actor::SupervisorConfig;
 use mesh::supervisor::launcher::Launcher;
 #[allow(unused_imports)]
 pub use mesh::supervisor::launcher::{ProcessLauncher, fake::FakeLauncher};
-use mesh::transport::TransportKind;
+use mesh::transport::{MemoryLinks, TransportKind};
 
 /// Ceiling of every wait; CI is a loaded 2-core machine. Typical times are far lower.
 pub const CEILING: Duration = Duration::from_secs(20);
@@ -71,8 +72,29 @@ impl Cluster {
     /// Nodes on the in-process memory transport: no sockets, fit for paused time.
     pub fn in_memory() -> Self {
         Self {
-            transport: TransportKind::Memory,
+            transport: TransportKind::Memory(MemoryLinks::default()),
             ..Self::new()
+        }
+    }
+
+    /// Cuts every link between nodes of different `groups` (memory transport only): open
+    /// connections close at once, new ones fail, until [`Cluster::heal`].
+    pub fn partition(&self, groups: &[&[&NodeHandle]]) {
+        let TransportKind::Memory(links) = &self.transport else {
+            panic!("only a cluster on the memory transport can be partitioned");
+        };
+        let ids: Vec<Vec<PeerId>> = groups
+            .iter()
+            .map(|g| g.iter().map(|n| n.peer_id()).collect())
+            .collect();
+        let groups: Vec<&[PeerId]> = ids.iter().map(Vec::as_slice).collect();
+        links.partition(&groups);
+    }
+
+    /// Restores every link [`Cluster::partition`] cut.
+    pub fn heal(&self) {
+        if let TransportKind::Memory(links) = &self.transport {
+            links.heal();
         }
     }
 
@@ -84,8 +106,8 @@ impl Cluster {
             self.key.clone(),
             DiscoveryMode::Memory(self.lan.clone()),
         );
-        if self.transport == TransportKind::Memory {
-            config.transport = TransportKind::Memory;
+        if let TransportKind::Memory(_) = &self.transport {
+            config.transport = self.transport.clone();
             config.listen = vec!["/memory/0".parse().expect("literal multiaddr")];
         }
         config

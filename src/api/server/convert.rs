@@ -323,7 +323,8 @@ pub fn placements(
             )
         })
         .collect();
-    let liveness = membership.at(std::time::Instant::now());
+    // The node's clock (tokio's), which stamped the peers' states.
+    let liveness = membership.at(tokio::time::Instant::now().into_std());
     let local = crate::identity::NodeId::from(&node.local.peer_id);
     crate::placement::place_all(crate::placement::PlacementInput {
         view: state,

@@ -3,8 +3,6 @@
 //! (fencing token, generation) remembered for the instance records, and the environment the
 //! agent adds to each copy (`MESH_EPOCH`, `MESH_ENDPOINT_<DEP>`).
 
-use std::time::Instant as StdInstant;
-
 use super::*;
 use crate::placement::{self, LocalPlan, LocalRole, PlacementInput, ServicePlacement};
 use crate::supervisor::spec::DependencyRestart;
@@ -36,7 +34,9 @@ impl SupervisorActor {
         snap: &StateSnapshot,
         queue: &mut VecDeque<SupervisorEvent>,
     ) -> BTreeSet<String> {
-        let now = StdInstant::now();
+        // The node stamps membership changes with tokio's clock: read the same one (they differ
+        // in paused time, where the fence would otherwise never end).
+        let now = Instant::now().into_std();
         let liveness = self.membership.borrow().at(now);
         let node_id = NodeId::from(&self.config.node_id);
         let input = PlacementInput {
@@ -131,9 +131,11 @@ impl SupervisorActor {
             self.record(name, kind, reason);
         }
         for (name, (role, _)) in &self.plan.roles.clone() {
-            if plan.roles.contains_key(name)
-                || !matches!(role, LocalRole::Run { .. } | LocalRole::HandOver)
-            {
+            let still_runs = plan
+                .roles
+                .get(name)
+                .is_some_and(|(r, _)| !matches!(r, LocalRole::Fenced));
+            if still_runs || !matches!(role, LocalRole::Run { .. } | LocalRole::HandOver) {
                 continue;
             }
             let reason = match placements.get(name) {
