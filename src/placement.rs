@@ -31,13 +31,12 @@
 //! # What this node does ([`decide_local`])
 //! - An owner runs its copy. For an `exclusive` service only while it sees a strict majority
 //!   of the members (document nodes not left; dead ones count) as `alive` (else it is
-//!   [`LocalRole::Fenced`], saying so), and only once no other node occupies a copy: an alive
-//!   holder must stop first (break before make), and a dead or departed one must have been
-//!   gone for [`fence_delay`], long enough for it to have noticed it lost the majority and
-//!   stopped its copy.
-//! - A holder that is not an owner keeps a non-exclusive copy until every owner's copy is ready
-//!   (`healthy`, or `starting`/running without a health check... see [`is_ready`]): make before
-//!   break. It stops an exclusive copy at once.
+//!   [`LocalRole::Fenced`], saying so). It starts one only when no other node that is up
+//!   occupies a copy (that one stops first: break before make), and once [`fence_delay`] has
+//!   passed since any other member went away and since this node began to see the majority
+//!   (see `fence`): long enough for a node cut off to notice it lost the majority and stop.
+//! - A holder that is not an owner keeps a non-exclusive copy until every owner's copy is
+//!   ready (`healthy`; see [`is_ready`]): make before break. It stops an exclusive copy at once.
 //! - `MESH_EPOCH`: a new claim takes one more than the highest epoch any instance of the
 //!   service carries, so the token grows with every change of owner.
 //!
@@ -113,6 +112,28 @@ pub struct LivenessView {
     pub peers: BTreeMap<NodeId, Liveness>,
     /// How long ago this node's membership started (see [`UNKNOWN_GRACE`]).
     pub running_for: Duration,
+    /// How long this node has seen a strict majority of the members alive without a break
+    /// (zero when it does not): an exclusive copy starts only once it is past the fence. The
+    /// caller tracks it across calls ([`MajorityClock`]).
+    pub majority_for: Duration,
+}
+
+/// Tracks since when this node has seen a strict majority (for
+/// [`LivenessView::majority_for`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MajorityClock {
+    since: Option<Instant>,
+}
+
+impl MajorityClock {
+    /// Updates the clock with whether this node sees a majority at `now`; returns for how long.
+    pub fn observe(&mut self, has_majority: bool, now: Instant) -> Duration {
+        if !has_majority {
+            self.since = None;
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.since.get_or_insert(now))
+    }
 }
 
 impl LivenessView {
@@ -173,6 +194,8 @@ impl MembershipSnapshot {
         LivenessView {
             peers,
             running_for: now.saturating_duration_since(self.started),
+            // Set by the caller, who tracks it ([`MajorityClock`]).
+            majority_for: Duration::ZERO,
         }
     }
 }
@@ -654,7 +677,15 @@ pub fn decide_local(
                 plan.roles.insert(name.clone(), (LocalRole::Fenced, why));
                 continue;
             }
-            match fence(input, name, spec) {
+            // The fence guards starting a copy; one already running here keeps running while
+            // the majority holds.
+            let running_here = mine.is_some_and(|i| runs(i.state));
+            let fenced = if running_here {
+                Fence::Clear
+            } else {
+                fence(input, name, spec)
+            };
+            match fenced {
                 Fence::Clear => {
                     plan.roles.insert(name.clone(), (run, why));
                 }
@@ -701,11 +732,19 @@ enum Fence {
     },
 }
 
-/// Whether an exclusive service may start here: no other node occupies a copy, or the ones
-/// that did are gone for longer than [`fence_delay`].
+/// Whether an exclusive service may start here. It may not while another node that is up
+/// occupies a copy (it stops first: break before make). Otherwise it waits until the fence
+/// ([`fence_delay`]) has passed since each of these, so that whatever ran on the other side of
+/// a cut has stopped:
+/// - a node that occupied a copy went away;
+/// - any other member went away (its claim may not have reached this node before it was cut
+///   off);
+/// - this node began to see the majority (back from the minority side of a partition, its
+///   verdicts of "dead" were reached while it could not know better, and the document may not
+///   have caught up yet).
 fn fence(input: PlacementInput<'_>, name: &str, spec: &ServiceSpec) -> Fence {
     let state = input.view.state;
-    let mut longest: Option<Duration> = None;
+    let delay = fence_delay(spec);
     for instance in state.instances.values() {
         if instance.service != name || instance.node == *input.local || !occupies(instance.state) {
             continue;
@@ -715,28 +754,47 @@ fn fence(input: PlacementInput<'_>, name: &str, spec: &ServiceSpec) -> Fence {
             &instance.node,
             state.nodes.get(instance.node.as_str()),
         );
-        let who = state.node_name(&instance.node);
-        match liveness.gone_for() {
-            None => {
-                return Fence::Wait {
-                    for_: None,
-                    why: format!("waiting for {who} to stop its copy"),
-                };
-            }
-            Some(gone) => {
-                let left = fence_delay(spec).saturating_sub(gone);
-                if !left.is_zero() {
-                    longest = Some(longest.map_or(left, |l| l.max(left)));
-                }
-            }
+        if liveness.gone_for().is_none() {
+            let who = state.node_name(&instance.node);
+            return Fence::Wait {
+                for_: None,
+                why: format!("waiting for {who} to stop its copy"),
+            };
         }
     }
-    match longest {
+    let mut wait: Option<(Duration, String)> = None;
+    let mut consider = |left: Duration, why: String| {
+        if !left.is_zero() && wait.as_ref().is_none_or(|(w, _)| left > *w) {
+            wait = Some((left, why));
+        }
+    };
+    consider(
+        delay.saturating_sub(input.liveness.majority_for),
+        "this node sees the majority only since".to_string(),
+    );
+    for (id, record) in &state.nodes {
+        let node = NodeId::from(id.as_str());
+        if node == *input.local {
+            continue;
+        }
+        if let Some(gone) = input
+            .liveness
+            .of(input.local, &node, Some(record))
+            .gone_for()
+        {
+            consider(
+                delay.saturating_sub(gone),
+                format!("{} went away", state.node_name(&node)),
+            );
+        }
+    }
+    match wait {
         None => Fence::Clear,
-        Some(wait) => Fence::Wait {
+        Some((wait, why)) => Fence::Wait {
             for_: Some(wait),
             why: format!(
-                "fenced: a node that ran it is gone; starting after {} ms more",
+                "fenced: {why} less than {} ms ago; starting after {} ms more",
+                delay.as_millis(),
                 wait.as_millis()
             ),
         },

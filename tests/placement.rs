@@ -17,9 +17,6 @@
 //! elsewhere. Tests assert behaviour; the simulated times they bound are those the design
 //! gives (each bound says where it comes from), never a measured wall time. The whole file
 //! takes about 5 s of wall time in a debug build on 2 cores (its cases run in parallel).
-//!
-//! Two cases are `#[ignore]`d: they reproduce faults of exclusive services that the product
-//! still has (each one's doc says what happens); run them with `--ignored`.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -934,13 +931,12 @@ async fn an_exclusive_service_moves_to_the_majority_after_the_fence_and_never_ru
     assert_never_two(&world, "lock");
 }
 
-/// The heal of the partition above. Fails (one run in five with the links healed at once,
-/// always with them healed one at a time, as here): n1, back from the minority, re-admits one
-/// majority node before the other; it then sees 2 of 3 members alive (a majority) and the
-/// holder still `dead`, a verdict it reached while cut off, long past the fence, so it starts
-/// `lock` while the holder, which never lost its majority, still runs it.
+/// The heal of the partition above, one link at a time: n1, back from the minority, re-admits
+/// one majority node before the other; it then sees 2 of 3 members alive (a majority) and the
+/// holder still `dead`, a verdict it reached while cut off. It must not start `lock`: it waits
+/// one fence from the moment it began to see the majority, by which time the document has
+/// shown it the holder's newer claim. (Before that rule, it started a second copy.)
 #[tokio::test(start_paused = true)]
-#[ignore = "product bug: an exclusive copy runs twice when a partition heals (see the doc)"]
 async fn an_exclusive_service_runs_once_when_the_partition_heals() {
     let world = World::start(3).await;
     let owner = partition_an_exclusive_owner_away(&world).await;
@@ -960,12 +956,11 @@ async fn an_exclusive_service_runs_once_when_the_partition_heals() {
     assert_never_two(&world, "lock");
 }
 
-/// Fails: n1 starts `lock` and is cut off before its claim reaches the others. They see n1
-/// dead and no copy anywhere, so the fence (which only covers copies the document shows)
-/// does not hold them back: the majority's copy starts while n1's still runs, until n1 notices
-/// it lost the majority.
+/// n1 starts `lock` and is cut off before its claim reaches the others. They see n1 dead and
+/// no copy anywhere; they must still wait one fence after n1 went away (any member going away
+/// starts the fence), by which time n1 has stopped the copy they never heard of. (Before that
+/// rule, the majority's copy started while n1's still ran.)
 #[tokio::test(start_paused = true)]
-#[ignore = "product bug: a claim cut off before it spreads is not fenced (see the doc)"]
 async fn an_exclusive_claim_cut_off_before_it_spreads_is_still_fenced() {
     let world = World::start(3).await;
     let spec = exclusive(&world, "lock", "n1");

@@ -70,6 +70,7 @@ fn all_alive(state: &MeshState) -> LivenessView {
             .map(|id| (NodeId::from(id.as_str()), Liveness::Alive))
             .collect(),
         running_for: Duration::from_secs(60),
+        majority_for: Duration::from_secs(60),
     }
 }
 
@@ -424,6 +425,7 @@ fn unknown_nodes_count_as_alive_only_just_after_start() {
     let mut liveness = LivenessView {
         peers: BTreeMap::new(),
         running_for: Duration::from_secs(1),
+        majority_for: Duration::ZERO,
     };
     let local = NodeId::from("id-0");
     let other = NodeId::from("id-1");
@@ -518,5 +520,71 @@ fn a_dependency_on_another_node_is_reached_at_its_nodes_address_and_first_port()
     assert_eq!(
         env(&liveness, &state)["MESH_ENDPOINT_DB_MAIN"],
         "[fd00::2]:5432"
+    );
+}
+
+#[test]
+fn an_exclusive_start_waits_a_fence_after_any_member_left_and_after_regaining_the_majority() {
+    let mut state = mesh(&[10, 10, 10, 10, 10]);
+    let mut s = spec("lock", 1);
+    s.placement.exclusive = true;
+    s.stop_grace = Duration::from_secs(1);
+    add_service(&mut state, s, "id-0");
+    // No copy anywhere in the document, but id-4 went away 0.2 s ago: its claim may not have
+    // reached us before it was cut off.
+    let mut liveness = all_alive(&state);
+    liveness.peers.insert(
+        NodeId::from("id-4"),
+        Liveness::Dead {
+            since: Duration::from_millis(200),
+        },
+    );
+    let plan = plan_of(&state, "id-0", &liveness);
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert_eq!(plan.recheck_in, Some(Duration::from_millis(1300)));
+    // Long gone: no wait.
+    liveness.peers.insert(
+        NodeId::from("id-4"),
+        Liveness::Dead {
+            since: Duration::from_secs(60),
+        },
+    );
+    assert!(matches!(
+        plan_of(&state, "id-0", &liveness).roles["lock"].0,
+        LocalRole::Run { .. }
+    ));
+    // Back from the minority: the majority seen for 0.5 s only.
+    liveness.majority_for = Duration::from_millis(500);
+    let plan = plan_of(&state, "id-0", &liveness);
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert_eq!(plan.recheck_in, Some(Duration::from_secs(1)));
+    // A copy already running here keeps running while the majority holds.
+    claim(&mut state, "lock", "id-0", InstanceState::Healthy, 1);
+    assert!(matches!(
+        plan_of(&state, "id-0", &liveness).roles["lock"].0,
+        LocalRole::Run { .. }
+    ));
+}
+
+#[test]
+fn the_majority_clock_counts_from_when_the_majority_was_first_seen_without_a_break() {
+    let start = std::time::Instant::now();
+    let mut clock = MajorityClock::default();
+    assert_eq!(clock.observe(true, start), Duration::ZERO);
+    assert_eq!(
+        clock.observe(true, start + Duration::from_secs(2)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        clock.observe(false, start + Duration::from_secs(3)),
+        Duration::ZERO
+    );
+    assert_eq!(
+        clock.observe(true, start + Duration::from_secs(4)),
+        Duration::ZERO
+    );
+    assert_eq!(
+        clock.observe(true, start + Duration::from_secs(5)),
+        Duration::from_secs(1)
     );
 }

@@ -202,6 +202,7 @@ pub fn spawn_supervisor(
         claims: BTreeMap::new(),
         plan: LocalPlan::default(),
         placement_recheck: None,
+        majority_clock: Default::default(),
         unplaced: BTreeMap::new(),
         state,
         commands,
@@ -252,6 +253,8 @@ struct SupervisorActor {
     plan: LocalPlan,
     /// When placement must look again though nothing changed (an exclusive fence ends).
     placement_recheck: Option<Instant>,
+    /// Since when this node has seen a majority (the exclusive fence counts from it).
+    majority_clock: crate::placement::MajorityClock,
     /// Services last seen unplaced, with the reason told.
     unplaced: BTreeMap<String, String>,
     state: StateHandle,

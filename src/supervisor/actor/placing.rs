@@ -37,8 +37,15 @@ impl SupervisorActor {
         // The node stamps membership changes with tokio's clock: read the same one (they differ
         // in paused time, where the fence would otherwise never end).
         let now = Instant::now().into_std();
-        let liveness = self.membership.borrow().at(now);
+        let mut liveness = self.membership.borrow().at(now);
         let node_id = NodeId::from(&self.config.node_id);
+        let view = View::new(&snap.state, &snap.specs);
+        let (seen, members) = placement::majority(PlacementInput {
+            view,
+            local: &node_id,
+            liveness: &liveness,
+        });
+        liveness.majority_for = self.majority_clock.observe(seen * 2 > members, now);
         let input = PlacementInput {
             view: View::new(&snap.state, &snap.specs),
             local: &node_id,
