@@ -588,7 +588,17 @@ struct TestNode {
 
 impl TestNode {
     fn spawn(name: &str, mesh: &str, port: u16, shutdown: &CancellationToken) -> Self {
-        let peer_id = random_peer();
+        Self::spawn_as(random_peer(), name, mesh, port, shutdown)
+    }
+
+    /// A node with a given identity (a restart keeps its peer id).
+    fn spawn_as(
+        peer_id: PeerId,
+        name: &str,
+        mesh: &str,
+        port: u16,
+        shutdown: &CancellationToken,
+    ) -> Self {
         let (tx, events) = mpsc::channel(TEST_EVENT_CAPACITY);
         let config = MdnsConfig::new(name, peer_id, mesh, port);
         let handle = spawn_with_policy(config, InterfacePolicy::LoopbackOnly, tx, shutdown.clone())
@@ -790,4 +800,53 @@ async fn nodes_sharing_a_name_are_all_found_each_with_its_own_addresses() {
     observer.handle.stop().await;
     first.handle.stop().await;
     second.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_at_once_stays_found_after_its_goodbye() {
+    if let Some(reason) = skip_reason().await {
+        eprintln!("skipping the mDNS daemon test: {reason}");
+        return;
+    }
+    let shutdown = CancellationToken::new();
+    let mut observer = TestNode::spawn("observer", MESH, 7420, &shutdown);
+    let node = TestNode::spawn("node", MESH, 7421, &shutdown);
+    let marker = TestNode::spawn("marker", MESH, 7422, &shutdown);
+    let id = node.peer_id;
+    observer.wait_found(id, "observer finds node").await;
+    if !observer.ever_reported(marker.peer_id) {
+        observer
+            .wait_found(marker.peer_id, "observer finds marker")
+            .await;
+    }
+
+    // A restart: goodbyes for the names, then the same identity announces the same names at
+    // once (no probing). Receivers drop a goodbye'd record 1 s later unless it is announced
+    // again in between, which it is.
+    node.handle.stop().await;
+    let restarted = TestNode::spawn_as(id, "node", MESH, 7421, &shutdown);
+    // The marker's goodbye is sent after the node's, so its `Lost` comes after the node's
+    // records would have been dropped: by then every event about the node has arrived.
+    let marker_id = marker.peer_id;
+    marker.handle.stop().await;
+    observer
+        .wait_for("observer sees the marker's goodbye", |e| {
+            *e == DiscoveryEvent::Lost(marker_id)
+        })
+        .await;
+    let about_node: Vec<&DiscoveryEvent> = observer
+        .seen
+        .iter()
+        .filter(|e| match e {
+            DiscoveryEvent::Found(p) => p.peer_id == id,
+            DiscoveryEvent::Lost(p) => *p == id,
+        })
+        .collect();
+    assert!(
+        matches!(about_node.last(), Some(DiscoveryEvent::Found(_))),
+        "the restarted node must end up found: {about_node:?}"
+    );
+    shutdown.cancel();
+    observer.handle.stop().await;
+    restarted.handle.stop().await;
 }
