@@ -130,6 +130,7 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     init_tracing(options.log_format);
+    crate::transport::warm_up_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

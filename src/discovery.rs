@@ -19,7 +19,8 @@ use libp2p::{Multiaddr, PeerId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredPeer {
     pub peer_id: PeerId,
-    /// The node name the peer advertises (DNS-SD instance name).
+    /// The node name the peer advertises, for display (mDNS: TXT `name`, else the instance
+    /// name without its id suffix).
     pub name: String,
     /// QUIC dial addresses, e.g. `/ip4/10.0.0.2/udp/7400/quic-v1`. Never loopback or
     /// link-local when they come from the LAN.

@@ -252,7 +252,7 @@ fn third_party_dns_sd_browser_sees_agents() {
             )
         });
         let props = &service["properties"];
-        for txt in ["id", "mesh", "pv", "v"] {
+        for txt in ["id", "mesh", "pv", "v", "name"] {
             assert!(
                 props[txt].is_string(),
                 "h{}: TXT key {txt} missing: {service}",
@@ -260,8 +260,21 @@ fn third_party_dns_sd_browser_sees_agents() {
             );
         }
         assert_eq!(props["mesh"], mesh_id, "h{}'s TXT mesh", k + 1);
+        // What a DNS-SD browser lists: the node name first, then the short id that makes the
+        // instance name this agent's own; the bare node name is in TXT `name`.
+        assert_eq!(
+            props["name"],
+            format!("h{}", k + 1),
+            "h{}'s TXT name",
+            k + 1
+        );
+        let short = &id[id.len() - mesh::identity::SHORT_ID_LEN..];
         let name = service["name"].as_str().unwrap_or_default();
-        assert!(name.ends_with("._mesh._udp.local."), "instance name {name}");
+        assert_eq!(
+            name,
+            format!("h{} ({short})._mesh._udp.local.", k + 1),
+            "instance name"
+        );
     }
 }
 

@@ -38,19 +38,21 @@
 //! instance name.
 //!
 //! Timing, measured in the namespace lab (`simulations/lab`): an agent that starts next to
-//! established ones finds them 40–80 ms after the daemon starts: they answer its first query.
-//! Up to ~1.05 s when a responder multicast its records less than a second before (its own
-//! announcements, or an answer to someone else): RFC 6762 section 6 forbids multicasting a
-//! record twice within a second, so the answer comes with the next query, 1 s later. The
-//! others hear a new agent when it announces, after probing (~0.8–1 s). Goodbyes reach the
-//! others' `Lost` ~1.1 s after [`MdnsHandle::stop`] (receivers keep a goodbye record 1 s).
+//! established ones finds them 40–80 ms after the daemon starts: they answer its first query
+//! (sent after mdns-sd's 10–50 ms start jitter; answers to it are shared PTR records, delayed
+//! 10–50 ms). Up to ~1.05 s when a responder multicast its records less than a second before
+//! (its own announcements, or an answer to someone else): RFC 6762 section 6 forbids
+//! multicasting a record twice within a second, so the answer comes with the next query, 1 s
+//! later. The others hear a new agent from its first announcement, sent as soon as the
+//! service is registered, since it does not probe (see below). Goodbyes reach the others'
+//! `Lost` ~1.1 s after [`MdnsHandle::stop`] (receivers keep a goodbye record 1 s).
 //!
 //! # Record format
 //!
-//! Instance `<node name>._mesh._udp.local.`, SRV port = the UDP port of our QUIC listener, SRV
-//! target `<node-name-as-dns-label>-<short id>.local.`, A/AAAA filled in and kept up to date
-//! by mdns-sd (`enable_addr_auto`; interfaces rechecked every [`MdnsConfig::ip_check_interval`]),
-//! and TXT:
+//! Instance `<node name> (<short id>)._mesh._udp.local.`, SRV port = the UDP port of our QUIC
+//! listener, SRV target `<node-name-as-dns-label>-<short id>.local.`, A/AAAA filled in and kept
+//! up to date by mdns-sd (`enable_addr_auto`; interfaces rechecked every
+//! [`MdnsConfig::ip_check_interval`]), and TXT:
 //!
 //! | key | value |
 //! |---|---|
@@ -58,44 +60,38 @@
 //! | `mesh` | the mesh id, lowercase hex (16 characters today) |
 //! | `pv` | [`crate::PROTOCOL_VERSION`], decimal |
 //! | `v` | the agent version, at most [`MAX_AGENT_VERSION_LEN`] bytes |
+//! | `name` | the node name, at most [`MAX_TXT_NAME_LEN`] bytes |
 //!
 //! The normative description is `protocol/discovery.md`.
 //!
-//! # Names, and why the host name carries the node id
+//! # Names, and why they carry the node id
 //!
 //! Node names are not unique: two machines may share a host name, and lab hosts in network
-//! namespaces all share one. mdns-sd 0.21.7 implements RFC 6762 probing (section 8) and
-//! conflict resolution (section 9): before announcing it probes every unique name for ~0.75 s,
-//! and when another responder already owns the name, or probes it at the same time and wins
-//! the tie-break, it renames the instance to `NAME (2)`, `NAME (3)`… (and a host name to
-//! `host-2.local.`) and reports a `DaemonEvent::NameChange`, which we log. So the instance name
-//! is the plain node name and probing stays on: the ~0.8 s it adds only delays how soon *others*
-//! hear a newly started node; a node that starts later finds the existing ones as fast as
-//! their responders answer its browse query.
+//! namespaces all share one. So both names we announce end in the short id (the last 10
+//! characters of the peer id, ~58 bits): the instance `<node name> (<short id>)` and the SRV
+//! target `<label>-<short id>.local.`. No other node can own them, which lets us announce
+//! without RFC 6762 probing: mdns-sd would otherwise probe every name for ~0.75 s before the
+//! first announcement (measured in the lab: the others heard a new agent ~0.95 s after it
+//! registered; without probing, 1–4 ms), and there is no conflict left to resolve, neither
+//! while probing (where mdns-sd renames to `NAME (2)`) nor later (two segments that each
+//! announce a `NAME`, joined after both probed, which mdns-sd does not detect at all).
 //!
-//! Two gaps of mdns-sd's conflict handling are closed here:
+//! * **Instance name.** DNS-SD browsers (avahi, Bonjour, python-zeroconf) show it, so it starts
+//!   with the node name: `h1 (Kv8j3Rt1Qx)`, in the manner of Bonjour's `NAME (2)`. The node
+//!   name alone is in TXT `name`, and that is what we report as [`DiscoveredPeer::name`];
+//!   from an agent that predates TXT `name` we take the instance name, which is its bare node
+//!   name.
+//! * **Host name.** Never the bare machine name: the machine's own responder (avahi, Bonjour,
+//!   systemd-resolved) already owns `<hostname>.local.`; a second responder announcing it with
+//!   a different address set is a conflict that can make *avahi* rename the machine
+//!   (`host-2.local.`). And two nodes sharing a host name would otherwise share A/AAAA
+//!   records, mixing their addresses. The host name is an internal detail of the SRV record;
+//!   no user sees it.
 //!
-//! * **Host names.** The SRV target is `<label>-<short id>.local.`, never the bare machine name.
-//!   The machine's own responder (avahi, Bonjour, systemd-resolved) already owns
-//!   `<hostname>.local.`; a second responder announcing it with a different address set is a
-//!   conflict that can make *avahi* rename the machine (`host-2.local.`). And two nodes sharing
-//!   a host name would otherwise share A/AAAA records, mixing their addresses. The host name is
-//!   an internal detail of the SRV record; no user sees it.
-//! * **Conflicts after probing.** mdns-sd only checks for conflicts while probing. If two
-//!   segments that each have a `NAME` are joined later, both keep answering for it. We notice
-//!   it when our own browse resolves a name we have announced with another peer id. Then the
-//!   node with the larger peer id re-registers as `NAME (<short id>)` (unique by construction,
-//!   with a host name of its own) and withdraws `NAME`. Its goodbye flushes `NAME` from every
-//!   cache, the keeper's own included, so the keeper re-announces as soon as it sees its name
-//!   removed (and, failing that, 3 s after it noticed the conflict). Tried in the lab (two
-//!   `late`s joined by healing a partition): the mover is never lost by the others, the keeper
-//!   for a few ms. The peer id is in TXT, so a transient mix-up at a third node costs at most a
-//!   failed dial (QUIC checks the peer id). Detection needs traffic: two silent responders
-//!   notice each other at the next query for the type, not at the moment the link heals.
-//!
-//! Always appending the short id to the instance name would make the name unique without any
-//! of this, but every node would show up as `name (Kv8j3Rt1Qx)` in every DNS-SD browser; we do
-//! that only for the rare node that needs it.
+//! Agents that predate this rule probe their bare node name and rename on a conflict; our
+//! names never equal theirs (ours always end in ` (<short id>)`), so mixed meshes need nothing
+//! more. A restart of the same identity announces the same names again: its earlier records,
+//! still in the others' caches, are replaced (cache-flush bit), not in conflict.
 //!
 //! # Interfaces
 //!
@@ -193,11 +189,7 @@ fn spawn_with_policy(
         warn!("mdns: no QUIC port to advertise; only browsing, peers will not find us over mDNS");
         None
     } else {
-        Some(build_service_info(
-            &local,
-            &local.instance_name,
-            &local.host_name,
-        )?)
+        Some(build_service_info(&local)?)
     };
 
     let daemon = ServiceDaemon::new().map_err(|source| MdnsError::DaemonStart {
@@ -224,19 +216,11 @@ fn spawn_with_policy(
 
     let stats = Arc::new(StatsCounters::default());
     let stop = shutdown.child_token();
-    let own_names = service
-        .iter()
-        .map(|s| s.get_fullname().to_lowercase())
-        .collect();
     let actor = MdnsActor {
         daemon,
         local,
         policy,
         service,
-        own_names,
-        announced: false,
-        renamed_for_conflict: false,
-        reannounce_at: None,
         browse,
         monitor: Some(monitor),
         events,

@@ -5,8 +5,8 @@ Used by tests/lab.rs (`third_party_dns_sd_browser_sees_agents`) inside a lab hos
 namespace. It browses until it has resolved --expect services or --timeout seconds have passed,
 then prints one JSON array on stdout:
 
-    [{"name": "h1._mesh._udp.local.", "port": 7400, "addresses": ["10.77.0.1", ...],
-      "properties": {"id": "12D3...", "mesh": "...", "pv": "1", "v": "0.1.0"}}, ...]
+    [{"name": "h1 (Kv8j3Rt1Qx)._mesh._udp.local.", "port": 7400, "addresses": ["10.77.0.1", ...],
+      "properties": {"id": "12D3...", "mesh": "...", "pv": "1", "v": "0.1.0", "name": "h1"}}, ...]
 
 TXT values are decoded as UTF-8 (a key without a value maps to null). Exit code 0 even if fewer
 services than expected were seen: the caller asserts on the output. Exit code 2 if zeroconf is

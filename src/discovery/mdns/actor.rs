@@ -1,24 +1,21 @@
 //! The mDNS actor: owns the mdns-sd daemon after start, turns browse results into
-//! [`DiscoveryEvent`]s, resolves name conflicts after probing, re-announces, and withdraws the
-//! registration on the way out. Inputs and outputs are described in the `mdns` module doc.
+//! [`DiscoveryEvent`]s, and withdraws the registration on the way out. Inputs and outputs are
+//! described in the `mdns` module doc.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use libp2p::PeerId;
 use mdns_sd::{
-    DaemonEvent, DaemonStatus, RRType, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo,
+    DaemonEvent, DaemonStatus, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo,
     UnregisterStatus,
 };
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use super::config::*;
 use super::record::*;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
-use crate::identity::short_id;
 
 /// Whether the run loop goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,20 +28,8 @@ pub(super) struct MdnsActor {
     pub(super) daemon: ServiceDaemon,
     pub(super) local: LocalNode,
     pub(super) policy: InterfacePolicy,
-    /// What we have registered (the renamed one after a late conflict); `None` when we only
-    /// browse (no QUIC port).
+    /// What we have registered; `None` when we only browse (no QUIC port).
     pub(super) service: Option<ServiceInfo>,
-    /// Lowercase full names we answer for: the registered name, or what mdns-sd renamed it
-    /// to while probing. A record under one of these with another peer id, heard after our
-    /// first announcement, is a late conflict.
-    pub(super) own_names: HashSet<String>,
-    /// Set by the first announcement: before it, mdns-sd's probing handles conflicts, and the
-    /// records it probes against must not be taken for a late conflict.
-    pub(super) announced: bool,
-    /// Set once we moved to `NAME (<short id>)`: that name cannot conflict again.
-    pub(super) renamed_for_conflict: bool,
-    /// When to re-announce after a late conflict we kept the name in.
-    pub(super) reannounce_at: Option<Instant>,
     pub(super) browse: mdns_sd::Receiver<ServiceEvent>,
     /// `None` once the daemon dropped it.
     pub(super) monitor: Option<mdns_sd::Receiver<DaemonEvent>>,
@@ -66,7 +51,6 @@ impl MdnsActor {
 
     pub(super) async fn run_until_stopped(&mut self) -> Result<(), MdnsError> {
         loop {
-            let reannounce_at = self.reannounce_at;
             let flow = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => Flow::Stop,
@@ -83,10 +67,6 @@ impl MdnsActor {
                         Some(event) => self.on_daemon_event(event),
                         None => self.monitor = None,
                     }
-                    Flow::Continue
-                }
-                _ = tokio::time::sleep_until(reannounce_at.unwrap_or_else(Instant::now)), if reannounce_at.is_some() => {
-                    self.reannounce();
                     Flow::Continue
                 }
             };
@@ -137,20 +117,7 @@ impl MdnsActor {
     pub(super) async fn on_resolved(&mut self, resolved: &ResolvedService) -> Flow {
         let key = resolved.fullname.to_lowercase();
         let record = ServiceRecord::from_resolved(resolved);
-        let verdict = classify(&record, &self.local, self.policy);
-
-        if self.announced && self.own_names.contains(&key) && verdict != Verdict::Own {
-            let theirs = match &verdict {
-                Verdict::ForeignMesh { peer_id, .. }
-                | Verdict::Incompatible { peer_id, .. }
-                | Verdict::NoUsableAddress { peer_id } => Some(*peer_id),
-                Verdict::Peer(peer) => Some(peer.peer_id),
-                Verdict::Own | Verdict::Malformed { .. } => None,
-            };
-            self.on_name_conflict(&resolved.fullname, theirs);
-        }
-
-        match verdict {
+        match classify(&record, &self.local, self.policy) {
             Verdict::Own => {
                 trace!(fullname = %resolved.fullname, "mdns: heard our own record");
                 Flow::Continue
@@ -211,13 +178,6 @@ impl MdnsActor {
 
     pub(super) async fn on_removed(&mut self, fullname: &str) -> Flow {
         let key = fullname.to_lowercase();
-        if self.own_names.contains(&key) && self.service.is_some() {
-            // We still answer for this name, so this is another node's goodbye for it (it gave
-            // way after a late conflict) flushing our records from every cache, ours included.
-            // Tell the LAN again that the name is ours.
-            debug!(%fullname, "mdns: our name was flushed by another node's goodbye; re-announcing");
-            self.reannounce_at = Some(Instant::now());
-        }
         let Some(gone) = self.instances.remove(&key) else {
             return Flow::Continue;
         };
@@ -229,109 +189,21 @@ impl MdnsActor {
         self.emit(DiscoveryEvent::Lost(gone.peer_id)).await
     }
 
-    pub(super) fn on_daemon_event(&mut self, event: DaemonEvent) {
+    pub(super) fn on_daemon_event(&self, event: DaemonEvent) {
         match event {
             DaemonEvent::Announce(fullname, detail) => {
-                debug!(%fullname, %detail, "mdns: announced");
-                self.announced = true;
+                debug!(%fullname, %detail, "mdns: announced")
             }
-            DaemonEvent::NameChange(change) => match change.rr_type {
-                RRType::A | RRType::AAAA => info!(
-                    original = %change.original, new = %change.new_name, interface = %change.intf_name,
-                    "mdns: host name taken on the LAN; mdns-sd renamed it"
-                ),
-                _ => {
-                    // `original` is always the registered name, also for a second rename. One
-                    // event comes per record (SRV, TXT) and interface: log each new name once.
-                    let ours = self
-                        .service
-                        .as_ref()
-                        .is_some_and(|s| change.original.eq_ignore_ascii_case(s.get_fullname()));
-                    let new_name = change.new_name.to_lowercase();
-                    if ours && !self.own_names.contains(&new_name) {
-                        info!(
-                            original = %change.original, new = %change.new_name, interface = %change.intf_name,
-                            "mdns: instance name taken on the LAN; mdns-sd renamed it"
-                        );
-                        self.own_names = HashSet::from([new_name]);
-                    }
-                }
-            },
+            // Only probing renames, and we do not probe (our names carry our id); logged in
+            // case a future mdns-sd renames for another reason.
+            DaemonEvent::NameChange(change) => info!(
+                original = %change.original, new = %change.new_name, interface = %change.intf_name,
+                "mdns: mdns-sd renamed one of our records"
+            ),
             DaemonEvent::Error(err) => warn!("mdns: daemon error: {err}"),
             DaemonEvent::IpAdd(ip) => debug!(%ip, "mdns: address added; re-announcing"),
             DaemonEvent::IpDel(ip) => debug!(%ip, "mdns: address removed"),
             other => trace!("mdns: {other:?}"),
-        }
-    }
-
-    /// Someone else answers for a name we have announced (see the module doc).
-    pub(super) fn on_name_conflict(&mut self, fullname: &str, theirs: Option<PeerId>) {
-        if self.renamed_for_conflict {
-            return;
-        }
-        match conflict_role(&self.local.peer_id, theirs.as_ref()) {
-            ConflictRole::Keep => {
-                if self.reannounce_at.is_none() {
-                    warn!(
-                        %fullname, other = ?theirs.map(|p| p.to_base58()),
-                        "mdns: another node answers for our instance name; it gives way, we re-announce in {CONFLICT_REANNOUNCE_DELAY:?}"
-                    );
-                    self.reannounce_at = Some(Instant::now() + CONFLICT_REANNOUNCE_DELAY);
-                }
-            }
-            ConflictRole::Rename => {
-                let short = short_id(&self.local.peer_id);
-                let new_instance = conflict_instance_name(&self.local.instance_name, &short);
-                // A host name of its own too: the goodbye for the old name also withdraws the
-                // old host's A/AAAA records, which must not take the new instance's with them.
-                let new_host = host_name(&self.local.instance_name, &format!("{short}-2"));
-                warn!(
-                    %fullname, other = ?theirs.map(|p| p.to_base58()), new = %new_instance,
-                    "mdns: another node answers for our instance name; moving to a unique name"
-                );
-                let Some(old_fullname) =
-                    self.service.as_ref().map(|s| s.get_fullname().to_string())
-                else {
-                    return;
-                };
-                let new_service = match build_service_info(&self.local, &new_instance, &new_host) {
-                    Ok(service) => service,
-                    Err(err) => {
-                        warn!("mdns: cannot build the renamed service: {err:#}");
-                        return;
-                    }
-                };
-                // The new name first, so that a failure leaves us advertised under the old one;
-                // then the goodbye for the shared name. Replies are not awaited: the daemon
-                // thread runs commands in order.
-                if let Err(err) = self.daemon.register(new_service.clone()) {
-                    warn!(
-                        "mdns: cannot register {:?}: {err}",
-                        new_service.get_fullname()
-                    );
-                    return;
-                }
-                if let Err(err) = self.daemon.unregister(&old_fullname) {
-                    warn!("mdns: cannot withdraw {old_fullname:?}: {err}");
-                }
-                self.own_names = HashSet::from([new_service.get_fullname().to_lowercase()]);
-                self.announced = false;
-                self.service = Some(new_service);
-                self.renamed_for_conflict = true;
-                self.reannounce_at = None;
-            }
-        }
-    }
-
-    /// Registering an already registered service makes mdns-sd announce it again at once.
-    pub(super) fn reannounce(&mut self) {
-        self.reannounce_at = None;
-        let Some(service) = &self.service else {
-            return;
-        };
-        debug!(fullname = %service.get_fullname(), "mdns: re-announcing after a name conflict");
-        if let Err(err) = self.daemon.register(service.clone()) {
-            warn!("mdns: cannot re-announce: {err}");
         }
     }
 

@@ -24,10 +24,19 @@ pub const TXT_MESH: &str = "mesh";
 pub const TXT_PROTOCOL_VERSION: &str = "pv";
 /// TXT key of the agent version (free text).
 pub const TXT_AGENT_VERSION: &str = "v";
+/// TXT key of the node name, for display (the instance name carries the short id as well).
+/// Optional: agents before it was added do not send it.
+pub const TXT_NAME: &str = "name";
 
 /// Longest agent version we send or accept, in bytes. A TXT string is at most 255 bytes
 /// including its key; 64 leaves room and keeps the whole record in one small packet.
 pub const MAX_AGENT_VERSION_LEN: usize = 64;
+
+/// Longest node name we send in TXT `name`, in bytes (cut on a character boundary); a longer
+/// one received is ignored (the name then comes from the instance name). Node names are at
+/// most 64 characters: 128 bytes keeps every ASCII name whole, and the TXT record under ~250
+/// bytes, one small packet.
+pub const MAX_TXT_NAME_LEN: usize = 128;
 
 /// Longest mesh id we accept, in hex characters (32 bytes). Today's ids are 16 characters; the
 /// slack lets a future, longer id be *ignored as foreign* instead of counted as malformed.
@@ -53,11 +62,6 @@ pub(super) const GOODBYE_REPEAT_WAIT: Duration = Duration::from_millis(150);
 /// How long we wait for the daemon thread to confirm shutdown.
 pub(super) const DAEMON_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// After a late name conflict the node that keeps the name re-announces after this delay: the
-/// other node's goodbye makes caches drop the shared name 1 s after receiving it (RFC 6762
-/// 10.1), and our re-announcement must arrive after that, or it is flushed too.
-pub(super) const CONFLICT_REANNOUNCE_DELAY: Duration = Duration::from_secs(3);
-
 /// Wait between attempts to re-subscribe to the browse after mdns-sd dropped the subscription
 /// (it does when 1000 events are queued) and refused the new one.
 pub(super) const REBROWSE_RETRY: Duration = Duration::from_secs(1);
@@ -74,7 +78,8 @@ pub(super) const MAX_WARNED_INSTANCES: usize = 1024;
 /// What [`super::spawn_mdns`] needs to advertise this node and recognise its peers.
 #[derive(Debug, Clone)]
 pub struct MdnsConfig {
-    /// DNS-SD instance name. Any UTF-8 without control characters; cut to 63 bytes.
+    /// The node name: advertised in TXT `name` (cut to [`MAX_TXT_NAME_LEN`] bytes) and, with
+    /// the short id after it, as the DNS-SD instance name (cut to one 63-byte label).
     pub node_name: String,
     /// Our peer id, advertised as TXT `id`; records carrying it are ours and ignored.
     pub peer_id: PeerId,

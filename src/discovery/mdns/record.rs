@@ -1,8 +1,7 @@
 //! The DNS-SD record of a node, both ways, sans-IO: what we announce ([`LocalNode`], the
 //! instance and host names, [`build_service_info`]) and what a resolved record of another node
 //! means ([`classify`]: own, foreign mesh, malformed, incompatible, a peer with these QUIC
-//! addresses), which addresses are dialable under an [`InterfacePolicy`], and who moves on a
-//! name conflict ([`conflict_role`]).
+//! addresses and this name), and which addresses are dialable under an [`InterfacePolicy`].
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -47,7 +46,9 @@ pub(super) struct LocalNode {
     pub(super) protocol_version: u32,
     pub(super) agent_version: String,
     pub(super) quic_port: u16,
-    /// The node name as advertised (sanitised, cut to a DNS label).
+    /// The node name as advertised in TXT `name` (see [`display_name`]).
+    pub(super) display_name: String,
+    /// `<display name> (<short id>)`, one DNS label (see [`instance_name`]).
     pub(super) instance_name: String,
     /// `<label>-<short id>.local.`
     pub(super) host_name: String,
@@ -64,6 +65,7 @@ impl LocalNode {
             )));
         }
         let short = short_id(&config.peer_id);
+        let display_name = display_name(&config.node_name, &short);
         Ok(Self {
             peer_id: config.peer_id,
             mesh_id,
@@ -71,17 +73,16 @@ impl LocalNode {
             agent_version: truncate_utf8(config.agent_version.trim(), MAX_AGENT_VERSION_LEN)
                 .to_string(),
             quic_port: config.quic_port,
-            instance_name: instance_name(&config.node_name, &short),
+            instance_name: instance_name(&display_name, &short),
             host_name: host_name(&config.node_name, &short),
+            display_name,
         })
     }
 }
 
-pub(super) fn build_service_info(
-    local: &LocalNode,
-    instance: &str,
-    host: &str,
-) -> Result<ServiceInfo, MdnsError> {
+/// Our DNS-SD service: instance [`LocalNode::instance_name`] on host [`LocalNode::host_name`],
+/// TXT `id`, `mesh`, `pv`, `v`, `name`, addresses filled in by the daemon.
+pub(super) fn build_service_info(local: &LocalNode) -> Result<ServiceInfo, MdnsError> {
     let id = local.peer_id.to_base58();
     let pv = local.protocol_version.to_string();
     let properties = [
@@ -89,43 +90,53 @@ pub(super) fn build_service_info(
         (TXT_MESH, local.mesh_id.as_str()),
         (TXT_PROTOCOL_VERSION, pv.as_str()),
         (TXT_AGENT_VERSION, local.agent_version.as_str()),
+        (TXT_NAME, local.display_name.as_str()),
     ];
-    let info = ServiceInfo::new(
+    let mut info = ServiceInfo::new(
         SERVICE_TYPE,
-        instance,
-        host,
+        &local.instance_name,
+        &local.host_name,
         (),
         local.quic_port,
         &properties[..],
     )
     .map_err(|source| MdnsError::Register {
-        fullname: format!("{instance}.{SERVICE_TYPE}"),
+        fullname: format!("{}.{SERVICE_TYPE}", local.instance_name),
         source,
     })?;
-    // Addresses are filled in by the daemon and follow interface changes. Probing stays on
-    // (the default): it is what resolves instance-name conflicts, see the module doc.
+    // Both names carry our id, so no other node can own them: RFC 6762 probing (~0.8 s before
+    // the first announcement, measured) would only delay how soon the others hear of us.
+    info.set_requires_probe(false);
+    // Addresses are filled in by the daemon and follow interface changes.
     Ok(info.enable_addr_auto())
 }
 
-/// The instance name for `node_name`: control characters become spaces, surrounding space
-/// is trimmed, and the result is cut to one DNS label. An empty name becomes `mesh-<short>`.
-pub(super) fn instance_name(node_name: &str, short: &str) -> String {
+/// The node name we advertise: control characters become spaces, surrounding space is
+/// trimmed, and the result is cut to [`MAX_TXT_NAME_LEN`] bytes. An empty name becomes
+/// `mesh-<short>`.
+pub(super) fn display_name(node_name: &str, short: &str) -> String {
     let cleaned: String = node_name
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    let cleaned = truncate_utf8(cleaned.trim(), MAX_LABEL_LEN).trim_end();
+    let cleaned = truncate_utf8(cleaned.trim(), MAX_TXT_NAME_LEN).trim_end();
     if cleaned.is_empty() {
         return format!("{FALLBACK_HOST_LABEL}-{short}");
     }
     cleaned.to_string()
 }
 
-/// The instance name used after a late name conflict: `NAME (<short id>)`, still one label.
-pub(super) fn conflict_instance_name(base: &str, short: &str) -> String {
-    let suffix = format!(" ({short})");
+/// The instance name: `<display name> (<short id>)`, the name cut so that the whole fits one
+/// DNS label. The id makes it ours alone, which is why we announce it without probing.
+pub(super) fn instance_name(display_name: &str, short: &str) -> String {
+    let suffix = id_suffix(short);
     let room = MAX_LABEL_LEN.saturating_sub(suffix.len());
-    format!("{}{suffix}", truncate_utf8(base, room).trim_end())
+    format!("{}{suffix}", truncate_utf8(display_name, room).trim_end())
+}
+
+/// ` (<short id>)`, what [`instance_name`] appends to the node name.
+fn id_suffix(short: &str) -> String {
+    format!(" ({short})")
 }
 
 /// `<label>-<short id lowercased>.local.` where `label` keeps `[a-z0-9]` of the lowercased node
@@ -298,10 +309,29 @@ pub(super) fn classify(
     }
     Verdict::Peer(DiscoveredPeer {
         peer_id,
-        name: record.instance.to_string(),
+        name: peer_name(record, &peer_id),
         addrs,
         version,
     })
+}
+
+/// The node name a peer's record shows: TXT `name` if it is there and valid (UTF-8, at most
+/// [`MAX_TXT_NAME_LEN`] bytes, no control characters, not blank), else the instance name
+/// without the ` (<short id>)` that this version appends (agents before TXT `name` announce
+/// the bare node name, which is kept as is). Never fails: the name is for display only.
+pub(super) fn peer_name(record: &ServiceRecord<'_>, peer_id: &PeerId) -> String {
+    if let Ok(name) = txt_str(record.txt, TXT_NAME)
+        && name.len() <= MAX_TXT_NAME_LEN
+        && !name.chars().any(char::is_control)
+        && !name.trim().is_empty()
+    {
+        return name.to_string();
+    }
+    let suffix = id_suffix(&short_id(peer_id));
+    match record.instance.strip_suffix(suffix.as_str()) {
+        Some(name) if !name.trim().is_empty() => name.to_string(),
+        _ => record.instance.to_string(),
+    }
 }
 
 /// Whether a peer's address is worth dialing from another host.
@@ -339,22 +369,4 @@ pub(super) fn quic_addrs(addrs: &[IpAddr], port: u16, policy: InterfacePolicy) -
                 .with(Protocol::QuicV1)
         })
         .collect()
-}
-
-/// Who gives way when two nodes answer for the same instance name after probing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ConflictRole {
-    /// Re-register as `NAME (<short id>)`.
-    Rename,
-    /// Keep the name and re-announce once the other has left it.
-    Keep,
-}
-
-/// The larger peer id (by bytes) renames; a record without a valid id cannot take part in the
-/// tie-break, so we rename, which is always safe.
-pub(super) fn conflict_role(ours: &PeerId, theirs: Option<&PeerId>) -> ConflictRole {
-    match theirs {
-        Some(theirs) if ours.to_bytes() < theirs.to_bytes() => ConflictRole::Keep,
-        _ => ConflictRole::Rename,
-    }
 }

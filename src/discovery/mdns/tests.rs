@@ -27,7 +27,8 @@ fn local(peer_id: PeerId) -> LocalNode {
 /// Fuzz target (bolero; see `fuzz/README.md`): a TXT record's wire bytes, random or a
 /// valid record of our mesh with byte-level mutations, parsed by mdns-sd and classified
 /// with a random full name, port and addresses. Never a panic; a record taken as a peer
-/// carries a peer id from its TXT, the instance name and at least one address.
+/// carries a peer id from its TXT, a name (its TXT `name`, or a non-empty start of the
+/// instance name) and at least one address.
 #[test]
 fn fuzz_txt_record() {
     let me = local(random_peer());
@@ -40,6 +41,7 @@ fn fuzz_txt_record() {
             ("mesh", MESH.as_bytes()),
             ("pv", b"1".as_slice()),
             ("v", b"0.1.0".as_slice()),
+            ("name", b"beta".as_slice()),
         ] {
             let entry = [key.as_bytes(), b"=", value].concat();
             wire.push(u8::try_from(entry.len()).expect("short entries"));
@@ -83,7 +85,12 @@ fn fuzz_txt_record() {
             };
             if let Verdict::Peer(peer) = classify(&record, &me, policy) {
                 assert_eq!(Ok(peer.peer_id), parse_peer_id(&txt));
-                assert_eq!(peer.name, instance);
+                assert!(
+                    txt_str(&txt, TXT_NAME) == Ok(peer.name.as_str())
+                        || (!peer.name.is_empty() && instance.starts_with(&peer.name)),
+                    "name {:?} from instance {instance:?}",
+                    peer.name
+                );
                 assert!(!peer.addrs.is_empty());
             }
         });
@@ -352,11 +359,6 @@ fn host_names_are_one_lowercase_label_with_the_short_id() {
     assert_eq!(host_name("--Über__Pi--", "abc"), "ber-pi-abc.local.");
     assert_eq!(host_name("", "abc"), "mesh-abc.local.");
     assert_eq!(host_name("ü!", "abc"), "mesh-abc.local.");
-    // The host of a service renamed after a late conflict.
-    assert_eq!(
-        host_name("late", "Kv8j3Rt1Qx-2"),
-        "late-kv8j3rt1qx-2.local."
-    );
     let long = host_name(&"x".repeat(200), "Kv8j3Rt1Qx");
     let label = long.strip_suffix(".local.").expect("suffix");
     assert_eq!(label.len(), MAX_LABEL_LEN);
@@ -364,35 +366,70 @@ fn host_names_are_one_lowercase_label_with_the_short_id() {
 }
 
 #[test]
-fn instance_names_fit_one_label() {
-    assert_eq!(instance_name("  lab\t01\n", "abc"), "lab 01");
-    assert_eq!(instance_name("\u{7}", "abc"), "mesh-abc");
-    let long = instance_name(&"é".repeat(40), "abc"); // 80 bytes
-    assert!(
-        long.len() <= MAX_LABEL_LEN && long.chars().all(|c| c == 'é'),
-        "{long}"
-    );
-    let renamed = conflict_instance_name(&"é".repeat(40), "Kv8j3Rt1Qx");
-    assert!(renamed.len() <= MAX_LABEL_LEN, "{renamed}");
-    assert!(renamed.ends_with(" (Kv8j3Rt1Qx)"));
-    assert_eq!(
-        conflict_instance_name("lab", "Kv8j3Rt1Qx"),
-        "lab (Kv8j3Rt1Qx)"
-    );
+fn instance_names_are_the_node_name_and_the_short_id_in_one_label() {
+    assert_eq!(display_name("  lab\t01\n", "abc"), "lab 01");
+    assert_eq!(display_name("\u{7}", "abc"), "mesh-abc");
+    assert_eq!(instance_name("lab 01", "Kv8j3Rt1Qx"), "lab 01 (Kv8j3Rt1Qx)");
+    // A long name is cut (on a character boundary) so that the id still fits the label.
+    let long = display_name(&"é".repeat(40), "Kv8j3Rt1Qx"); // 80 bytes
+    assert_eq!(long, "é".repeat(40), "TXT `name` keeps up to 128 bytes");
+    let instance = instance_name(&long, "Kv8j3Rt1Qx");
+    assert!(instance.len() <= MAX_LABEL_LEN, "{instance}");
+    assert!(instance.ends_with("é (Kv8j3Rt1Qx)"), "{instance}");
+    let cut = display_name(&"x".repeat(200), "abc");
+    assert_eq!(cut.len(), MAX_TXT_NAME_LEN);
+}
+
+/// A record under `instance`, with `txt`.
+fn named_record<'a>(instance: &'a str, txt: &'a TxtProperties) -> ServiceRecord<'a> {
+    ServiceRecord {
+        instance,
+        port: 7401,
+        addrs: vec!["192.0.2.7".parse().expect("test address")],
+        txt,
+    }
+}
+
+fn txt_with_name(peer: &PeerId, name: &[u8]) -> TxtProperties {
+    let id = peer.to_base58();
+    txt(&[
+        ("id", id.as_bytes()),
+        ("mesh", MESH.as_bytes()),
+        ("pv", b"1"),
+        ("v", b"0.1.0"),
+        ("name", name),
+    ])
 }
 
 #[test]
-fn exactly_one_side_of_a_conflict_renames() {
-    let (a, b) = (random_peer(), random_peer());
-    let roles = (conflict_role(&a, Some(&b)), conflict_role(&b, Some(&a)));
-    assert!(
-        matches!(
-            roles,
-            (ConflictRole::Rename, ConflictRole::Keep) | (ConflictRole::Keep, ConflictRole::Rename)
-        ),
-        "{roles:?}"
-    );
-    assert_eq!(conflict_role(&a, None), ConflictRole::Rename);
+fn a_peer_is_named_by_its_txt_name_else_by_its_instance_without_the_id() {
+    let me = local(random_peer());
+    let them = random_peer();
+    let short = crate::identity::short_id(&them);
+    let ours = instance_name("lab", &short);
+    let name_of = |rec: &ServiceRecord<'_>| match classify(rec, &me, InterfacePolicy::Lan) {
+        Verdict::Peer(p) => p.name,
+        other => panic!("expected a peer, got {other:?}"),
+    };
+
+    // This version: TXT `name`, whatever the instance says.
+    let named = txt_with_name(&them, b"lab");
+    assert_eq!(name_of(&named_record(&ours, &named)), "lab");
+    // An agent before TXT `name`: the instance name is the node name.
+    let old = valid_txt(&them, MESH);
+    assert_eq!(name_of(&named_record("lab", &old)), "lab");
+    // Without TXT `name`, the id this version appends is dropped; another suffix is not.
+    assert_eq!(name_of(&named_record(&ours, &old)), "lab");
+    assert_eq!(name_of(&named_record("lab (2)", &old)), "lab (2)");
+    let only_id = format!(" ({short})");
+    assert_eq!(name_of(&named_record(&only_id, &old)), only_id);
+    // A TXT `name` that is blank, too long, not UTF-8 or has control characters is not used;
+    // the record stays valid.
+    let long = vec![b'x'; MAX_TXT_NAME_LEN + 1];
+    for bad in [b"  ".as_slice(), &long, &[0xff, 0xfe], b"a\nb"] {
+        let txt = txt_with_name(&them, bad);
+        assert_eq!(name_of(&named_record(&ours, &txt)), "lab", "{bad:?}");
+    }
 }
 
 #[test]
@@ -414,9 +451,16 @@ fn config_is_validated_and_the_service_carries_our_txt() {
 
     let local = LocalNode::from_config(&MdnsConfig::new("Alpha", peer, MESH.to_uppercase(), 7400))
         .expect("valid");
-    let info =
-        build_service_info(&local, &local.instance_name, &local.host_name).expect("valid service");
-    assert_eq!(info.get_fullname(), "Alpha._mesh._udp.local.");
+    let info = build_service_info(&local).expect("valid service");
+    let short = crate::identity::short_id(&peer);
+    assert_eq!(
+        info.get_fullname(),
+        format!("Alpha ({short})._mesh._udp.local.")
+    );
+    assert!(
+        !info.requires_probe(),
+        "our names carry our id: announced at once"
+    );
     assert_eq!(info.get_port(), 7400);
     assert!(info.get_hostname().starts_with("alpha-") && info.get_hostname().ends_with(".local."));
     let expected_id = peer.to_base58();
@@ -427,16 +471,17 @@ fn config_is_validated_and_the_service_carries_our_txt() {
         Some(crate::PROTOCOL_VERSION.to_string().as_str())
     );
     assert_eq!(info.get_property_val_str("v"), Some(crate::AGENT_VERSION));
-    // The record we send is one we accept.
+    assert_eq!(info.get_property_val_str("name"), Some("Alpha"));
+    // The record we send is one we accept, under the name we gave.
     let me = local_with_other_id();
     let rec = ServiceRecord {
-        instance: "Alpha",
+        instance: instance_of(info.get_fullname()),
         port: 7400,
         addrs: vec!["192.0.2.1".parse().expect("ip")],
         txt: info.get_properties(),
     };
     assert!(
-        matches!(classify(&rec, &me, InterfacePolicy::Lan), Verdict::Peer(p) if p.peer_id == peer)
+        matches!(classify(&rec, &me, InterfacePolicy::Lan), Verdict::Peer(p) if p.peer_id == peer && p.name == "Alpha")
     );
 }
 
@@ -543,7 +588,17 @@ struct TestNode {
 
 impl TestNode {
     fn spawn(name: &str, mesh: &str, port: u16, shutdown: &CancellationToken) -> Self {
-        let peer_id = random_peer();
+        Self::spawn_as(random_peer(), name, mesh, port, shutdown)
+    }
+
+    /// A node with a given identity (a restart keeps its peer id).
+    fn spawn_as(
+        peer_id: PeerId,
+        name: &str,
+        mesh: &str,
+        port: u16,
+        shutdown: &CancellationToken,
+    ) -> Self {
         let (tx, events) = mpsc::channel(TEST_EVENT_CAPACITY);
         let config = MdnsConfig::new(name, peer_id, mesh, port);
         let handle = spawn_with_policy(config, InterfacePolicy::LoopbackOnly, tx, shutdown.clone())
@@ -698,33 +753,100 @@ async fn two_nodes_of_a_mesh_find_each_other_and_ignore_another_mesh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_node_with_the_same_name_is_renamed_by_probing() {
+async fn nodes_sharing_a_name_are_all_found_each_with_its_own_addresses() {
     if let Some(reason) = skip_reason().await {
         eprintln!("skipping the mDNS daemon test: {reason}");
         return;
     }
     let shutdown = CancellationToken::new();
-    let mut first = TestNode::spawn("lab", MESH, 7411, &shutdown);
-    // Once an observer has found `first`, `first` owns the name, so `second` finds it
-    // taken while probing.
+    // Two nodes with one name (so one host label too, as in the lab's namespaces), started at
+    // once: with probing they raced for the name; the id in both names keeps them apart.
     let mut observer = TestNode::spawn("observer", MESH, 7410, &shutdown);
-    observer
+    let started = Instant::now();
+    let mut first = TestNode::spawn("lab", MESH, 7411, &shutdown);
+    let mut second = TestNode::spawn("lab", MESH, 7412, &shutdown);
+    let first_seen = observer
         .wait_found(first.peer_id, "observer finds first")
         .await;
-    let mut second = TestNode::spawn("lab", MESH, 7412, &shutdown);
-    let first_seen = second.wait_found(first.peer_id, "second finds first").await;
-    let second_seen = first.wait_found(second.peer_id, "first finds second").await;
-    assert_eq!(first_seen.name, "lab");
-    assert_ne!(
-        second_seen.name, "lab",
-        "two instances under one name: {second_seen:?}"
-    );
+    let second_seen = observer
+        .wait_found(second.peer_id, "observer finds second")
+        .await;
     eprintln!(
-        "mdns: same-name nodes advertised as {:?} and {:?}",
-        first_seen.name, second_seen.name
+        "mdns: the observer found both same-name nodes {:?} after they started",
+        started.elapsed()
     );
+    let seconds_view = second.wait_found(first.peer_id, "second finds first").await;
+    let firsts_view = first.wait_found(second.peer_id, "first finds second").await;
+    for (seen, port, what) in [
+        (&first_seen, 7411, "first, seen by the observer"),
+        (&seconds_view, 7411, "first, seen by second"),
+        (&second_seen, 7412, "second, seen by the observer"),
+        (&firsts_view, 7412, "second, seen by first"),
+    ] {
+        assert_eq!(seen.name, "lab", "{what}: {seen:?}");
+        let port = format!("/udp/{port}/quic-v1");
+        assert!(
+            !seen.addrs.is_empty() && seen.addrs.iter().all(|a| a.to_string().ends_with(&port)),
+            "{what} must carry its own addresses only: {seen:?}"
+        );
+    }
+    // Nobody reported itself, and nothing was taken for malformed.
+    observer.drain();
+    first.drain();
+    second.drain();
+    assert!(!first.ever_reported(first.peer_id) && !second.ever_reported(second.peer_id));
+    assert_eq!(observer.handle.stats().malformed_ignored, 0);
     shutdown.cancel();
     observer.handle.stop().await;
     first.handle.stop().await;
     second.handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_at_once_stays_found_after_its_goodbye() {
+    if let Some(reason) = skip_reason().await {
+        eprintln!("skipping the mDNS daemon test: {reason}");
+        return;
+    }
+    let shutdown = CancellationToken::new();
+    let mut observer = TestNode::spawn("observer", MESH, 7420, &shutdown);
+    let node = TestNode::spawn("node", MESH, 7421, &shutdown);
+    let marker = TestNode::spawn("marker", MESH, 7422, &shutdown);
+    let id = node.peer_id;
+    observer.wait_found(id, "observer finds node").await;
+    if !observer.ever_reported(marker.peer_id) {
+        observer
+            .wait_found(marker.peer_id, "observer finds marker")
+            .await;
+    }
+
+    // A restart: goodbyes for the names, then the same identity announces the same names at
+    // once (no probing). Receivers drop a goodbye'd record 1 s later unless it is announced
+    // again in between, which it is.
+    node.handle.stop().await;
+    let restarted = TestNode::spawn_as(id, "node", MESH, 7421, &shutdown);
+    // The marker's goodbye is sent after the node's, so its `Lost` comes after the node's
+    // records would have been dropped: by then every event about the node has arrived.
+    let marker_id = marker.peer_id;
+    marker.handle.stop().await;
+    observer
+        .wait_for("observer sees the marker's goodbye", |e| {
+            *e == DiscoveryEvent::Lost(marker_id)
+        })
+        .await;
+    let about_node: Vec<&DiscoveryEvent> = observer
+        .seen
+        .iter()
+        .filter(|e| match e {
+            DiscoveryEvent::Found(p) => p.peer_id == id,
+            DiscoveryEvent::Lost(p) => *p == id,
+        })
+        .collect();
+    assert!(
+        matches!(about_node.last(), Some(DiscoveryEvent::Found(_))),
+        "the restarted node must end up found: {about_node:?}"
+    );
+    shutdown.cancel();
+    observer.handle.stop().await;
+    restarted.handle.stop().await;
 }
