@@ -186,6 +186,10 @@ pub struct InviteArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the ticket as a QR code (on standard error, for the terminal; light modules
+    /// drawn as blocks, for a dark terminal background).
+    #[arg(long)]
+    pub qr: bool,
     /// List this node's invites (never their secrets) instead of making one.
     #[arg(long, conflicts_with_all = ["revoke", "name"])]
     pub list: bool,

@@ -97,6 +97,12 @@ pub fn invite(args: InviteArgs) -> Result<(), ClientError> {
         return Ok(());
     }
     out!("{}\n", created.ticket);
+    if args.qr {
+        match render_qr(&created.ticket) {
+            Some(qr) => note!("{qr}"),
+            None => note!("mesh: the ticket is too long for a QR code"),
+        }
+    }
     let devices = match created.invite.uses {
         1 => "one device".to_string(),
         n => format!("{n} devices"),
@@ -111,6 +117,22 @@ pub fn invite(args: InviteArgs) -> Result<(), ClientError> {
         created.addrs.join(", ")
     );
     Ok(())
+}
+
+/// The ticket as a QR code drawn with Unicode half blocks, two modules per character line.
+/// The encoder picks alphanumeric mode for a ticket (upper case and digits only): ~190
+/// characters fit a version 8 code (49 modules). Light modules are drawn (inverted), so the
+/// code reads on the usual dark terminal background.
+pub fn render_qr(ticket: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::with_error_correction_level(ticket, qrcode::EcLevel::L).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }
 
 pub fn join(args: JoinArgs) -> Result<(), ClientError> {
@@ -156,5 +178,16 @@ mod tests {
         assert!(parse_ttl("h").is_err());
         assert_eq!(human_secs(3600), "1h00m");
         assert_eq!(human_secs(86400), "1d");
+    }
+
+    #[test]
+    fn a_ticket_fits_a_small_qr_code() {
+        let ticket = format!("MESH1{}", "A".repeat(200));
+        let qr = render_qr(&ticket).expect("fits");
+        // Alphanumeric mode: 205 characters fit version 8 (49 modules + 2 × 4 quiet zone),
+        // drawn two module rows per line.
+        let width = qr.lines().next().expect("a line").chars().count();
+        assert!(width <= 57, "{width} columns");
+        assert!(qr.lines().count() <= 29, "{} lines", qr.lines().count());
     }
 }
