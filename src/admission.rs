@@ -135,6 +135,12 @@ impl MeshKey {
         HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
     }
 
+    /// The raw key, for the one place it leaves this node: the answer to a redeemed invite
+    /// (`/mesh/join/1`, over a TLS connection to a peer holding a valid one-time secret).
+    pub fn secret_bytes(&self) -> &[u8; MESH_KEY_LEN] {
+        &self.0
+    }
+
     /// The handshake proof for `role` over both node ids and both nonces.
     fn proof(&self, role: Role, dialer: &PeerId, listener: &PeerId, nonces: &Nonces) -> Proof {
         let mut mac = self.mac();
@@ -359,6 +365,25 @@ impl Admission {
     /// Whether a connection from or to this peer should be refused right now.
     pub fn in_backoff(&self, peer: &PeerId, now: Instant) -> bool {
         self.backoff.get(peer).is_some_and(|b| b.until > now)
+    }
+
+    /// The mesh key this node admits with.
+    pub fn key(&self) -> &MeshKey {
+        &self.key
+    }
+
+    /// An unadmitted peer sent a join request (`/mesh/join/1`) instead of a Hello: it is
+    /// redeeming an invite, not attempting admission, so its connection is no longer waiting
+    /// for a handshake (no timeout failure, no backoff).
+    pub fn on_join_attempt(&mut self, peer: &PeerId) {
+        if !self.admitted.contains(peer)
+            && matches!(
+                self.listening.get(peer),
+                Some(ListenerState::AwaitingHello { .. })
+            )
+        {
+            self.listening.remove(peer);
+        }
     }
 
     /// Records that a connection from a backed-off peer was closed on arrival.

@@ -24,6 +24,10 @@
 //! | GET | `/v1/ports?node=NAME` | `PORTS` | array of [`PortEntry`] (leases, mesh-wide or one node) | `ports` |
 //! | GET | `/v1/ports/listening?node=NAME` | `PORTS_LISTENING` | [`ListeningResponse`], asked of that node | `listening` |
 //! | GET | `/v1/events?node=NAME&after=SEQ&limit=N&wait_ms=T` | `EVENTS` | [`EventsResponse`] | `events` |
+//! | POST | `/v1/invites` | `INVITES` | body [`InviteCreateRequest`]; a new invite and its ticket, [`InviteCreated`] | `create_invite` |
+//! | GET | `/v1/invites` | `INVITES` | array of [`InviteEntry`] (never secrets) | `invites` |
+//! | DELETE | `/v1/invites/{id}` | `INVITE` | revokes an invite; [`InviteEntry`] | `revoke_invite` |
+//! | POST | `/v1/join` | `JOIN` | body [`JoinApiRequest`]; redeems a ticket, stores the key, restarts the agent with it; [`JoinApiResponse`] | `join` |
 //!
 //! Every error answer, whatever refused the request, is an [`ApiError`]:
 //! `{"code": "...", "message": "..."}` with the status of its [`ErrorCode`].

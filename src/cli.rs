@@ -32,6 +32,7 @@ macro_rules! note {
 
 pub mod args;
 mod commands;
+mod invite;
 pub mod render;
 
 pub use args::*;
@@ -66,6 +67,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Drain(args) => commands::drain(args, true),
         Command::Undrain(args) => commands::drain(args, false),
         Command::Events(args) => commands::events(args),
+        Command::Invite(args) => invite::invite(args),
+        Command::Join(args) => invite::join(args),
         Command::Key(KeyCommand::Generate) => commands::key_generate(),
         Command::Api(args) => commands::api(args),
     };

@@ -22,6 +22,7 @@ use crate::supervisor::launcher::LogLimits;
 use crate::transport::parse_quic_addr;
 
 pub mod config;
+pub mod joining;
 pub mod lock;
 
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
@@ -65,6 +66,18 @@ pub struct AgentOptions {
     pub leave_services_running: bool,
     /// `--accept-services`: whose services this node runs.
     pub accept_services: crate::supervisor::accept::AcceptServices,
+    /// `--join TICKET`: join that mesh before starting (unless already a member).
+    pub join: Option<String>,
+    /// `--join-file FILE`: the same with the ticket in FILE, deleted once joined.
+    pub join_file: Option<PathBuf>,
+}
+
+/// How a run of the agent ended.
+enum Exit {
+    /// Stopped by a signal.
+    Stop,
+    /// Joined a mesh through the API: start again, with the new key.
+    Restart,
 }
 
 /// Parses `--port-pool NAME=FIRST-LAST[,FIRST-LAST...]` values into a pool table.
@@ -135,7 +148,12 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_async(options))
+    let exit = runtime.block_on(run_async(options))?;
+    drop(runtime);
+    match exit {
+        Exit::Stop => Ok(()),
+        Exit::Restart => Err(joining::reexec()),
+    }
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
@@ -238,7 +256,7 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
+async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
     raise_nofile_limit();
     let data_dir = options.data_dir.clone().unwrap_or_else(default_data_dir);
     prepare_data_dir(&data_dir)?;
@@ -249,6 +267,15 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     if created {
         tracing::info!(%peer_id, dir = %data_dir.display(), "created a new node identity");
     }
+    let name = node_name(&options)?;
+    joining::join_at_start(
+        &data_dir,
+        options.join.as_deref(),
+        options.join_file.as_deref(),
+        options.mesh_key_file.as_deref(),
+        &name,
+    )
+    .await?;
     let mesh_key = match &options.mesh_key_file {
         Some(path) => MeshKey::read_file(path)?,
         None => {
@@ -263,7 +290,6 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
             key
         }
     };
-    let name = node_name(&options)?;
     let mut hardware = tokio::task::spawn_blocking(crate::hardware::probe)
         .await
         .context("hardware probe failed")?;
@@ -294,9 +320,12 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         (addrs, vec![true; n])
     };
     let pools = parse_port_pools(&options.port_pools)?;
+    // The inviter of the last join, when there was one: found again without mDNS.
+    let joined_via = joining::joined_peers(&data_dir);
     let static_peers = options
         .peers
         .iter()
+        .chain(joined_via.iter())
         .map(|s| parse_quic_addr(s, DEFAULT_QUIC_PORT))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--peer: {e}"))?;
@@ -383,10 +412,15 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     };
     let node = start_node(config).await?;
     let shutdown = CancellationToken::new();
+    // `mesh join` through the API: one at a time (the agent restarts after it).
+    let (join_door, mut join_jobs) = tokio::sync::mpsc::channel(1);
+    let mut api_config =
+        crate::api::server::ApiConfig::with_token(&api_token.token, api_token.path.clone());
+    api_config.join = Some(join_door);
     let api_task = tokio::spawn(crate::api::server::serve_with(
         api_listener,
         node.clone(),
-        crate::api::server::ApiConfig::with_token(&api_token.token, api_token.path.clone()),
+        api_config,
         shutdown.clone(),
     ));
     tracing::info!(
@@ -401,9 +435,40 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
     // The API listens (bound above) and the node runs: ready, for a `Type=notify` unit.
     notify_systemd("READY=1");
 
-    wait_for_signal().await?;
-    notify_systemd("STOPPING=1");
-    tracing::info!("stopping: services first, then telling peers we leave");
+    let signals = wait_for_signal();
+    tokio::pin!(signals);
+    let exit = loop {
+        tokio::select! {
+            result = &mut signals => {
+                result?;
+                break Exit::Stop;
+            }
+            Some(job) = join_jobs.recv() => {
+                let restart = joining::join_running(
+                    job,
+                    &data_dir,
+                    options.mesh_key_file.as_deref(),
+                    mesh_key.mesh_id(),
+                    &name,
+                )
+                .await;
+                if restart {
+                    break Exit::Restart;
+                }
+            }
+        }
+    };
+    match exit {
+        Exit::Stop => {
+            notify_systemd("STOPPING=1");
+            tracing::info!("stopping: services first, then telling peers we leave");
+        }
+        Exit::Restart => {
+            // Same pid after the re-exec: systemd sees a reload, not a stop.
+            notify_systemd("RELOADING=1");
+            tracing::info!("restarting with the new mesh key: leaving the old mesh first");
+        }
+    }
     node.shutdown().await;
     shutdown.cancel();
     let _ = std::fs::remove_file(&api_file);
@@ -412,7 +477,7 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("API server did not stop within 2 s"),
         _ => {}
     }
-    Ok(())
+    Ok(exit)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -15,6 +15,8 @@
 //! | [`node`] | the node actor: wires swarm, admission, membership, discovery and the child actors (state, supervisor, the LAN advertiser `node::advertise`); `NodeHandle` |
 //! | [`transport`] | the libp2p swarm: QUIC, behaviours, codecs, protocol ids and frame limits |
 //! | [`discovery`] | mDNS/DNS-SD and in-memory discovery, behind one event type; `discovery::advertise`: which services this node advertises on the LAN as DNS-SD services of their own (pure, from the state) and their mdns-sd registrations |
+//! | [`invite`] | invites: the ticket codec and the inviter's store of one-time secrets (hashes only), sans-IO with its file |
+//! | [`join`] | the joining side of `/mesh/join/1`: dials the inviter pinned in a ticket and redeems its secret for the mesh key |
 //! | [`admission`] | mesh key, mesh id and the `/mesh/auth/1` handshake (sans-IO) |
 //! | [`membership`] | alive / suspect / dead / left, SWIM via foca (sans-IO) |
 //! | [`sync`] | Automerge sync sessions per peer (sans-IO) |
@@ -46,9 +48,9 @@
 //! | layer | modules | why here |
 //! |---|---|---|
 //! | 0 | `crate`, `identity`, `hardware`, `wire` | leaves: import nothing above; `wire` carries `hardware`'s info |
-//! | 1 | `admission`, `membership`, `sync`, `ports`, `state`, `supervisor`, `services`, `placement` | the cores (sans-IO), the services domain over them (pure), and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
+//! | 1 | `admission`, `invite`, `membership`, `sync`, `ports`, `state`, `supervisor`, `services`, `placement` | the cores (sans-IO), the services domain over them (pure), and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
 //! | 2 | `discovery`, `transport` | the network edges |
-//! | 3 | `state::actor`, `supervisor::actor`, `supervisor::query` | the actors over the cores, and what answers from them |
+//! | 3 | `state::actor`, `supervisor::actor`, `supervisor::query`, `join` | the actors over the cores, and what answers from them; the joiner's exchange over the transport |
 //! | 4 | `node` | wires everything into one running node |
 //! | 5 | `api` | the local control API over a node |
 //! | 6 | `daemon` | the agent process: runs a node and its API |
@@ -61,6 +63,8 @@ pub mod daemon;
 pub mod discovery;
 pub mod hardware;
 pub mod identity;
+pub mod invite;
+pub mod join;
 pub mod membership;
 pub mod node;
 pub mod placement;

@@ -14,7 +14,8 @@
 //! protocols), `node/discovery_source.rs`, `node/snapshot.rs` (what readers see),
 //! `node/handle.rs` (the handle), `node/children.rs` (the actors' lifecycles and shutdown
 //! order), `node/advertise.rs` (the task that advertises this node's services on the LAN),
-//! `node/addrs.rs` (multiaddr helpers).
+//! `node/addrs.rs` (multiaddr helpers), `node/join.rs` (answering `/mesh/join/1`: invites
+//! redeemed by devices that do not hold the key yet).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::discovery::mdns::{self, MdnsConfig, MdnsHandle};
 use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 use crate::hardware::HardwareInfo;
+use crate::invite::{JoinLimiter, SharedInvites};
 use crate::membership::{Membership, MembershipConfig, PeerState};
 use crate::placement::MembershipSnapshot;
 use crate::state::actor::{StateCommand, StateConfig, StateHandle, SyncOut, spawn_state};
@@ -44,6 +46,7 @@ use crate::supervisor::actor::{SupervisorConfig, SupervisorHandle, spawn_supervi
 use crate::supervisor::query;
 use crate::transport::{self, MeshBehaviour, MeshBehaviourEvent};
 use crate::wire::auth::NodeInfo;
+use crate::wire::join::JoinResponse;
 use crate::wire::membership::{MembershipRequest, MembershipResponse};
 use crate::wire::query::{MAX_REMOTE_WAIT, QueryRequest, QueryResponse};
 use crate::wire::sync::{SyncRequest, SyncResponse};
@@ -55,6 +58,7 @@ pub mod dial;
 mod discovery_source;
 mod error;
 mod handle;
+mod join;
 mod publish;
 mod requests;
 mod snapshot;
@@ -87,6 +91,9 @@ pub const MARK_LEFT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Most inbound queries being answered at once (all peers together); beyond it new ones are
 /// refused with an error answer. Each holds a task and a stream.
 pub const MAX_PENDING_QUERIES: usize = 64;
+/// Most join requests being decided at once (each holds a task and a durable write); beyond
+/// it a request is refused as busy. Joins are rare and one by one.
+pub const MAX_PENDING_JOINS: usize = 4;
 /// Capacity of the node's command channel (queries from the API).
 pub const NODE_COMMAND_CHANNEL: usize = 64;
 /// Two connections of a pair established this close together are the two sides' crossing
@@ -217,6 +224,14 @@ struct NodeActor {
     query_answers: mpsc::Receiver<(u64, QueryResponse)>,
     /// Outbound queries: request → who waits for the answer.
     query_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<QueryResponse, NodeError>>>,
+    /// This node's invites (redeemed here; created and listed through the handle).
+    invites: SharedInvites,
+    join_limiter: JoinLimiter,
+    /// Inbound join requests being decided: token → where the answer goes.
+    join_pending: HashMap<u64, request_response::ResponseChannel<JoinResponse>>,
+    next_join_token: u64,
+    join_answers_tx: mpsc::Sender<(u64, JoinResponse)>,
+    join_answers: mpsc::Receiver<(u64, JoinResponse)>,
     stats: NodeStats,
     snapshot_tx: watch::Sender<Arc<NodeSnapshot>>,
     /// Peers' membership states for placement (the supervisor), sent only when one changes.
@@ -230,6 +245,7 @@ struct NodeActor {
 /// Starts a node: binds its listeners (reporting bind errors), then runs the actor.
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local_peer = config.keypair.public().to_peer_id();
+    let invites = SharedInvites::open(config.data_dir.as_deref())?;
     let mut swarm = transport::build_swarm(config.keypair.clone(), config.transport.clone())?;
     let mut bound = 0;
     for (i, addr) in config.listen.iter().enumerate() {
@@ -347,6 +363,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     });
     let (commands_tx, commands) = mpsc::channel(NODE_COMMAND_CHANNEL);
     let (query_answers_tx, query_answers) = mpsc::channel(MAX_PENDING_QUERIES);
+    let (join_answers_tx, join_answers) = mpsc::channel(MAX_PENDING_JOINS);
     let mut actor = NodeActor {
         swarm,
         admission: Admission::new(config.mesh_key.clone(), local_peer),
@@ -380,6 +397,12 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         query_answers_tx,
         query_answers,
         query_requests: HashMap::new(),
+        invites: invites.clone(),
+        join_limiter: JoinLimiter::new(),
+        join_pending: HashMap::new(),
+        next_join_token: 0,
+        join_answers_tx,
+        join_answers,
         stats: NodeStats::default(),
         snapshot_tx,
         membership_tx,
@@ -413,6 +436,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         state,
         supervisor,
         commands_tx,
+        invites,
         children,
     ))
 }
@@ -434,6 +458,7 @@ impl NodeActor {
                         let _ = self.swarm.behaviour_mut().query.send_response(channel, answer);
                     }
                 }
+                Some((token, answer)) = self.join_answers.recv() => self.on_join_answer(token, answer),
                 Some(command) = self.commands.recv() => self.on_command(command),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev).await,
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -583,6 +608,7 @@ impl NodeActor {
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Sync(ev)) => self.on_sync_event(ev),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Query(ev)) => self.on_query_event(ev),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Join(ev)) => self.on_join_event(ev),
             _ => {}
         }
     }

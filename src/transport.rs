@@ -19,6 +19,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
 
 use crate::wire::auth::{AuthRequest, AuthResponse, NodeInfo};
+use crate::wire::join::{JoinRequest, JoinResponse};
 use crate::wire::membership::{MembershipRequest, MembershipResponse};
 use crate::wire::query::{QueryRequest, QueryResponse};
 use crate::wire::sync::{SyncRequest, SyncResponse};
@@ -55,6 +56,15 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/sync/1");
 /// Questions one node answers about itself: logs, listening sockets, events (spec:
 /// `protocol/query.md`).
 pub const QUERY_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/query/1");
+
+/// Redeeming an invite ticket for the mesh key, before admission (spec: `protocol/join.md`).
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/join/1");
+
+/// Largest join message either way: a 32-byte secret or key, a 64-character name and CBOR
+/// framing are under 400 bytes; 1 KiB keeps what an unadmitted peer can make us read tiny.
+pub const MAX_JOIN_MESSAGE: u64 = 1024;
+/// Concurrent join streams per connection: a joiner sends one request.
+pub const MAX_JOIN_STREAMS: usize = 2;
 
 /// Largest auth message. A [`NodeInfo`] is a few hundred bytes; 16 KiB leaves room for long
 /// CPU model strings and many addresses while keeping a hostile peer's cost to us small.
@@ -113,6 +123,7 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub type AuthBehaviour =
     request_response::cbor::Behaviour<AuthRequest<NodeInfo>, AuthResponse<NodeInfo>>;
+pub type JoinBehaviour = request_response::cbor::Behaviour<JoinRequest, JoinResponse>;
 pub type MembershipBehaviour =
     request_response::cbor::Behaviour<MembershipRequest, MembershipResponse>;
 pub type SyncBehaviour = request_response::cbor::Behaviour<SyncRequest, SyncResponse>;
@@ -122,6 +133,7 @@ pub type QueryBehaviour = request_response::cbor::Behaviour<QueryRequest, QueryR
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
     pub auth: AuthBehaviour,
+    pub join: JoinBehaviour,
     pub membership: MembershipBehaviour,
     pub sync: SyncBehaviour,
     pub query: QueryBehaviour,
@@ -166,6 +178,17 @@ pub enum TransportKind {
     Memory(MemoryLinks),
 }
 
+/// `/mesh/join/1` with its limits; `support` is `Inbound` on members, `Outbound` on a joiner.
+fn join_behaviour(support: ProtocolSupport) -> JoinBehaviour {
+    request_response::Behaviour::with_codec(
+        limited_codec(MAX_JOIN_MESSAGE, MAX_JOIN_MESSAGE),
+        [(JOIN_PROTOCOL, support)],
+        request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(MAX_JOIN_STREAMS),
+    )
+}
+
 /// The mesh behaviours, each with its protocol and codec limits.
 fn behaviour() -> MeshBehaviour {
     let auth_codec = limited_codec(MAX_AUTH_MESSAGE, MAX_AUTH_MESSAGE);
@@ -176,6 +199,7 @@ fn behaviour() -> MeshBehaviour {
             [(AUTH_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
+        join: join_behaviour(ProtocolSupport::Inbound),
         membership: request_response::Behaviour::with_codec(
             membership_codec,
             [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
@@ -221,6 +245,24 @@ pub fn build_swarm(
             .build(),
     };
     Ok(swarm)
+}
+
+/// A swarm that only redeems an invite (`/mesh/join/1`, outbound): the joiner's side, with a
+/// key pair of its own, on QUIC with the agent's timeouts. It listens nowhere; dialing binds
+/// an ephemeral UDP port.
+pub fn build_join_swarm(keypair: Keypair) -> Result<Swarm<JoinBehaviour>, TransportError> {
+    Ok(SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_quic_config(|mut c| {
+            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+            c.keep_alive_interval = QUIC_KEEP_ALIVE;
+            c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
+            c
+        })
+        .with_behaviour(|_| join_behaviour(ProtocolSupport::Outbound))
+        .map_err(|e| TransportError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(REQUEST_TIMEOUT))
+        .build())
 }
 
 /// Parses a listen or dial address: a QUIC multiaddr, or `IP:PORT` (`[::]:7400` for IPv6),

@@ -5,6 +5,7 @@
 //! - [`auth`]: `/mesh/auth/1` (admission handshake) and [`auth::NodeInfo`];
 //! - [`membership`]: `/mesh/membership/1` (foca datagrams, leave notices);
 //! - [`sync`]: `/mesh/sync/1` (Automerge sync, snapshots) and [`sync::EpochId`];
+//! - [`join`]: `/mesh/join/1` (redeeming an invite ticket for the mesh key);
 //! - [`query`]: `/mesh/query/1` (logs, listening sockets, audit trail) and its bounds;
 //! - [`socket`]: [`socket::Proto`] and [`socket::ListeningProcess`], carried by queries;
 //! - [`name`]: the naming rule of services, ports and pools, checked by specs, pools and
@@ -16,6 +17,7 @@
 //! `protocol/*.md`.
 
 pub mod auth;
+pub mod join;
 pub mod membership;
 pub mod name;
 pub mod query;

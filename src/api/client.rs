@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use super::auth::ClientToken;
 use super::contract::{
     ApiError, DrainResponse, EndpointEntry, ErrorCode, EventsQuery, EventsResponse,
+    InviteCreateRequest, InviteCreated, InviteEntry, JoinApiRequest, JoinApiResponse,
     ListeningResponse, LogsQuery, LogsResponse, NodeQuery, PeerEntry, PeersQuery, PortEntry,
     ServiceAction, ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceEntry,
     StateResponse, StatusResponse, TagRequest, TagResponse, VERSION_HEADER, routes,
@@ -314,6 +315,29 @@ impl ApiClient {
     /// `DELETE /v1/tags/{key}`: removes one of this node's tags.
     pub fn remove_tag(&self, key: &str) -> Result<TagResponse, ClientError> {
         self.send_json("DELETE", &routes::path(routes::TAG, &[("key", key)]), None)
+    }
+
+    /// `POST /v1/invites`: a new invite and its ticket.
+    pub fn create_invite(
+        &self,
+        request: &InviteCreateRequest,
+    ) -> Result<InviteCreated, ClientError> {
+        self.post_json(routes::INVITES, request)
+    }
+
+    /// `GET /v1/invites`.
+    pub fn invites(&self) -> Result<Vec<InviteEntry>, ClientError> {
+        Ok(self.get(routes::INVITES)?.body)
+    }
+
+    /// `DELETE /v1/invites/{id}`.
+    pub fn revoke_invite(&self, id: &str) -> Result<InviteEntry, ClientError> {
+        self.send_json("DELETE", &routes::path(routes::INVITE, &[("id", id)]), None)
+    }
+
+    /// `POST /v1/join`: the agent redeems the ticket, stores the key and restarts.
+    pub fn join(&self, request: &JoinApiRequest) -> Result<JoinApiResponse, ClientError> {
+        self.post_json(routes::JOIN, request)
     }
 
     /// `GET /v1/services`.

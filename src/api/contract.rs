@@ -14,6 +14,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod invites;
+pub use invites::{
+    InviteCreateRequest, InviteCreated, InviteEntry, JoinApiRequest, JoinApiResponse,
+};
+
 use crate::hardware::HardwareInfo;
 use crate::supervisor::spec::ServiceSpec;
 
@@ -41,6 +46,9 @@ pub mod routes {
     pub const PORTS: &str = "/v1/ports";
     pub const PORTS_LISTENING: &str = "/v1/ports/listening";
     pub const EVENTS: &str = "/v1/events";
+    pub const INVITES: &str = "/v1/invites";
+    pub const INVITE: &str = "/v1/invites/{id}";
+    pub const JOIN: &str = "/v1/join";
 
     /// `route` with each `{param}` replaced by its percent-encoded value.
     pub fn path(route: &str, params: &[(&str, &str)]) -> String {
@@ -463,6 +471,12 @@ pub struct Counters {
     /// recovers them. Connection notices are never dropped.
     #[serde(default)]
     pub sync_messages_dropped: u64,
+    /// Invites redeemed here (the mesh key handed out) and join requests refused here
+    /// (`/mesh/join/1`; absent from older agents).
+    #[serde(default)]
+    pub joins_accepted: u64,
+    #[serde(default)]
+    pub joins_refused: u64,
 }
 
 /// Where a peer's document stands relative to ours (`PeerSyncEntry::status`).

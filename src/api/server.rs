@@ -24,10 +24,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub mod convert;
+mod door;
 mod guard;
+mod invites;
 mod listener;
 mod services;
 
+pub use door::{JoinDoor, JoinDoorExt, JoinJob};
 pub use guard::{host_allowed, is_json, origin_allowed};
 pub use listener::{MAX_CONNECTIONS, MAX_LONG_POLLS, REQUEST_HEAD_TIMEOUT, ServeLimits};
 
@@ -59,6 +62,12 @@ pub fn router(node: NodeHandle) -> Router {
         .route(routes::PORTS, get(services::list_ports))
         .route(routes::PORTS_LISTENING, get(services::listening_ports))
         .route(routes::EVENTS, get(services::list_events))
+        .route(
+            routes::INVITES,
+            get(invites::list_invites).post(invites::create_invite),
+        )
+        .route(routes::INVITE, delete(invites::revoke_invite))
+        .route(routes::JOIN, post(invites::join))
         .fallback(not_found)
         .with_state(node)
 }
@@ -71,6 +80,8 @@ pub struct ApiConfig {
     /// Where the token is, named in refusals (`DATA_DIR/api.token` when `None`).
     pub token_file: Option<PathBuf>,
     pub limits: ServeLimits,
+    /// Where `POST /v1/join` hands a ticket (the daemon); `None`: joins are refused.
+    pub join: Option<JoinDoor>,
 }
 
 impl ApiConfig {
@@ -80,6 +91,7 @@ impl ApiConfig {
             verifier: TokenVerifier::new(token),
             token_file: Some(token_file),
             limits: ServeLimits::default(),
+            join: None,
         }
     }
 }
@@ -91,6 +103,7 @@ impl Default for ApiConfig {
             verifier: TokenVerifier::unknowable(),
             token_file: None,
             limits: ServeLimits::default(),
+            join: None,
         }
     }
 }
@@ -120,6 +133,7 @@ pub async fn serve_with(
         config.limits.max_long_polls,
     ));
     let app = router(node)
+        .layer(axum::Extension(JoinDoorExt(config.join)))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::middleware::from_fn(guard::json_errors));
     listener::run(listener, app, config.limits, shutdown).await

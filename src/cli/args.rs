@@ -55,6 +55,12 @@ pub enum Command {
     Logs(LogsArgs),
     /// Print a node's audit trail: starts, exits, restarts, port changes.
     Events(EventsArgs),
+    /// Make a ticket that joins one device to this mesh (`mesh join TICKET` there), or list
+    /// and revoke tickets.
+    Invite(InviteArgs),
+    /// Join this agent to a mesh with a ticket from `mesh invite`; the agent stores the key
+    /// and restarts with it.
+    Join(JoinArgs),
     /// Mesh key tools.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -153,6 +159,54 @@ pub struct AgentArgs {
     #[arg(long, value_name = "WHOSE",
           value_parser = PossibleValuesParser::new(["all", "own", "none"]))]
     pub accept_services: Option<String>,
+    /// Join a mesh with this ticket (from `mesh invite`) before starting, unless the agent
+    /// already holds that mesh's key.
+    #[arg(long, value_name = "TICKET", conflicts_with = "mesh_key")]
+    pub join: Option<String>,
+    /// Like --join, with the ticket read from FILE; the file is deleted once joined. An
+    /// absent file is not an error (the agent starts as it is): for first boot of a device
+    /// whose boot partition a person can write (/boot/firmware/mesh-ticket.txt).
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    pub join_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InviteArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How long the ticket works: e.g. 90s, 30m, 1h, 2d (at most 7d).
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub ttl: String,
+    /// How many devices may join with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// A label for `mesh invite --list`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw the ticket as a QR code (on standard error, for the terminal; light modules
+    /// drawn as blocks, for a dark terminal background).
+    #[arg(long)]
+    pub qr: bool,
+    /// List this node's invites (never their secrets) instead of making one.
+    #[arg(long, conflicts_with_all = ["revoke", "name"])]
+    pub list: bool,
+    /// Revoke the invite with this id (from --list) instead of making one.
+    #[arg(long, value_name = "ID", conflicts_with = "name")]
+    pub revoke: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The ticket printed by `mesh invite` (`-` reads it from standard input).
+    pub ticket: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -98,6 +98,8 @@ pub fn agent_options(args: AgentArgs) -> anyhow::Result<AgentOptions> {
             .unwrap_or("all")
             .parse()
             .unwrap_or_default(),
+        join: args.join,
+        join_file: args.join_file.or(file.join_file),
     })
 }
 
@@ -511,6 +513,7 @@ profile = "edge"
 port_pools = ["default=21000-21999"]
 leave_services_running = true
 accept_services = "own"
+join_file = "/boot/firmware/mesh-ticket.txt"
 "#,
         )
         .expect("write");
@@ -542,6 +545,8 @@ accept_services = "own"
             "--leave-services-running",
             "--accept-services",
             "own",
+            "--join-file",
+            "/boot/firmware/mesh-ticket.txt",
             // An empty config, so that /etc/mesh/config.toml (if any) is not read.
             "--config",
             "/dev/null",

@@ -50,6 +50,8 @@ pub struct ConfigFile {
     pub leave_services_running: Option<bool>,
     /// `--accept-services`: `all`, `own` or `none`.
     pub accept_services: Option<String>,
+    /// `--join-file`: a ticket file joined with (and deleted) at start, when it exists.
+    pub join_file: Option<PathBuf>,
 }
 
 /// Reads and checks a configuration file.

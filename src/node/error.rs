@@ -15,6 +15,8 @@ pub enum NodeError {
     Discovery(String),
     #[error("cannot open the state document: {0}")]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Invites(#[from] crate::invite::InviteError),
     #[error("the node actor stopped")]
     Stopped,
     #[error("node {peer} is not connected")]

@@ -32,6 +32,7 @@ pub struct NodeHandle {
     state: StateHandle,
     supervisor: Option<SupervisorHandle>,
     commands: mpsc::Sender<NodeCommand>,
+    invites: crate::invite::SharedInvites,
     /// The running actors; taken by the first [`NodeHandle::shutdown`] or
     /// [`NodeHandle::abort`].
     children: Arc<std::sync::Mutex<Option<Children>>>,
@@ -44,6 +45,7 @@ impl NodeHandle {
         state: StateHandle,
         supervisor: Option<SupervisorHandle>,
         commands: mpsc::Sender<NodeCommand>,
+        invites: crate::invite::SharedInvites,
         children: Children,
     ) -> Self {
         Self {
@@ -52,8 +54,45 @@ impl NodeHandle {
             state,
             supervisor,
             commands,
+            invites,
             children: Arc::new(std::sync::Mutex::new(Some(children))),
         }
+    }
+
+    /// This node's invites (`mesh invite`): create, list, revoke. Redeeming is the node
+    /// actor's, on `/mesh/join/1`.
+    pub fn invites(&self) -> &crate::invite::SharedInvites {
+        &self.invites
+    }
+
+    /// Creates an invite and its ticket: this node's id, mesh id and listen addresses, and a
+    /// fresh secret whose hash alone is kept (on disk before this returns).
+    pub async fn create_invite(
+        &self,
+        ttl_secs: u64,
+        uses: u32,
+        name: Option<String>,
+    ) -> Result<(crate::invite::InviteRecord, crate::invite::Ticket), NodeError> {
+        let snapshot = self.snapshot.borrow().clone();
+        let addrs = crate::invite::ticket_addrs(&snapshot.local.listen_addrs);
+        if addrs.is_empty() {
+            return Err(NodeError::NoListener);
+        }
+        let invites = self.invites.clone();
+        let (record, secret) = tokio::task::spawn_blocking(move || {
+            invites.create(crate::invite::unix_now(), ttl_secs, uses, name)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)??;
+        let ticket = crate::invite::Ticket {
+            mesh_id: snapshot.local.mesh_id,
+            inviter: self.peer_id,
+            addrs,
+            secret,
+            expires: record.expires,
+            name: record.name.clone(),
+        };
+        Ok((record, ticket))
     }
 
     fn take_children(&self) -> Option<Children> {

@@ -61,6 +61,10 @@ pub struct NodeStats {
     /// was full); anti-entropy recovers what they carried. Connection notices are never
     /// dropped.
     pub sync_messages_dropped: u64,
+    /// Invites redeemed here (`/mesh/join/1`): the mesh key was handed out.
+    pub joins_accepted: u64,
+    /// Join requests refused here (forged, expired, used, revoked, busy).
+    pub joins_refused: u64,
 }
 
 /// An immutable view of the node for readers. Republished on every state change, and every

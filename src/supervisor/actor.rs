@@ -176,6 +176,7 @@ pub fn spawn_supervisor(
         commands: commands_tx,
         audit: audit.clone(),
         audit_seq: seq_rx,
+        audit_seq_tx: seq_tx.clone(),
         log_dir: config.log_dir.clone(),
     };
     let seed = config

@@ -71,20 +71,40 @@ impl Agent {
         extra: &[&str],
         wrapper: &[&str],
     ) -> Agent {
+        Self::start_args(dir, name, Some(key), peers, extra, wrapper)
+    }
+
+    /// Starts an agent without `--mesh-key`: it uses (or creates) its data dir's `mesh.key`,
+    /// as a fresh device does; for joins with a ticket.
+    pub fn start_keyless(dir: &Path, name: &str, extra: &[&str]) -> Agent {
+        Self::start_args(dir, name, None, &[], extra, &[])
+    }
+
+    fn start_args(
+        dir: &Path,
+        name: &str,
+        key: Option<&Path>,
+        peers: &[String],
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Agent {
         let mut args = vec![
             "agent".to_string(),
             "--data-dir".into(),
             dir.join(name).display().to_string(),
             "--name".into(),
             name.into(),
-            "--mesh-key".into(),
-            key.display().to_string(),
+        ];
+        if let Some(key) = key {
+            args.extend(["--mesh-key".to_string(), key.display().to_string()]);
+        }
+        args.extend([
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--api".into(),
             "127.0.0.1:0".into(),
             "--no-mdns".into(),
-        ];
+        ]);
         for p in peers {
             args.push("--peer".into());
             args.push(p.clone());

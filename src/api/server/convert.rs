@@ -184,6 +184,8 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
             dial_targets: s.dials.targets,
             duplicate_connections_closed: s.duplicate_connections_closed,
             sync_messages_dropped: s.sync_messages_dropped,
+            joins_accepted: s.joins_accepted,
+            joins_refused: s.joins_refused,
         },
     }
 }

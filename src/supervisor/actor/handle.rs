@@ -94,10 +94,24 @@ pub struct SupervisorHandle {
     pub(super) commands: mpsc::Sender<SupervisorCommand>,
     pub(super) audit: Arc<Mutex<AuditRing>>,
     pub(super) audit_seq: watch::Receiver<u64>,
+    /// Wakes long-polling readers of the trail when an event is recorded from outside the
+    /// actor ([`SupervisorHandle::record_event`]).
+    pub(super) audit_seq_tx: watch::Sender<u64>,
     pub(super) log_dir: PathBuf,
 }
 
 impl SupervisorHandle {
+    /// Records an event of the node (not of a service) in this node's audit trail, e.g. an
+    /// invite redeemed or refused: `subject` takes the place of the service name.
+    pub fn record_event(&self, subject: &str, kind: &str, reason: String) {
+        let seq = self
+            .audit
+            .lock()
+            .expect("the audit lock is never poisoned")
+            .push(subject, kind, reason);
+        self.audit_seq_tx.send_replace(seq);
+    }
+
     /// The rules this node applies to services placed on it.
     pub fn rules(&self) -> &LocalRules {
         &self.rules
