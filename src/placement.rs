@@ -23,8 +23,9 @@
 //!    `ln` is computed with basic IEEE operations only ([`ln`]), so nodes of different
 //!    architectures and C libraries rank alike.
 //! 4. **Owners**: for a `sticky` service (the default), the alive eligible nodes already
-//!    holding a copy claimed under the current `placement_generation` keep it (best-ranked
-//!    first, up to `replicas`), and the rest of the copies go to the best-ranked others;
+//!    holding a copy claimed under the current `placement_generation` keep it (newest claim,
+//!    i.e. highest epoch, first, then best-ranked; up to `replicas`), and the rest of the
+//!    copies go to the best-ranked others;
 //!    otherwise simply the `replicas` best-ranked. Fewer than `replicas` alive eligible nodes:
 //!    fewer copies; none: `unplaced`, with the reason.
 //!
@@ -299,13 +300,17 @@ pub fn place(
         .collect();
     let mut owners: Vec<NodeId> = Vec::with_capacity(replicas);
     if spec.placement.sticky {
-        owners.extend(
-            holders
-                .iter()
-                .filter(|id| instances[*id].generation.unwrap_or(0) >= generation)
-                .take(replicas)
-                .cloned(),
-        );
+        // The newest claims first (a stable sort: equal epochs stay in rank order). A claim
+        // made after another saw it and took one more epoch, so it replaced it: a node that
+        // comes back after a crash, whose record of the copy it ran before is still in the
+        // document until it publishes again, never wins its service back from the node that
+        // took over, even on a peer that sees it alive before its new records arrive.
+        let mut sticky: Vec<&NodeId> = holders
+            .iter()
+            .filter(|id| instances[*id].generation.unwrap_or(0) >= generation)
+            .collect();
+        sticky.sort_by_key(|id| std::cmp::Reverse(instances[*id].epoch.unwrap_or(0)));
+        owners.extend(sticky.into_iter().take(replicas).cloned());
     }
     for (_, id) in &ranked {
         if owners.len() >= replicas {

@@ -243,6 +243,32 @@ fn a_sticky_copy_stays_when_the_home_returns_and_a_rebalance_moves_it_back() {
 }
 
 #[test]
+fn a_node_back_from_a_crash_does_not_win_back_its_copy_with_the_record_of_its_last_run() {
+    let mut state = mesh(&[10, 10, 10]);
+    add_service(&mut state, spec("web", 1), "id-2");
+    // id-2 ran it (epoch 1) and was killed: its record still says healthy until it publishes
+    // again. id-1 took over (epoch 2). id-2 is alive again, its new records not yet synced.
+    claim(&mut state, "web", "id-2", InstanceState::Healthy, 1);
+    claim(&mut state, "web", "id-1", InstanceState::Healthy, 2);
+    let liveness = all_alive(&state);
+    for local in ["id-0", "id-1", "id-2"] {
+        assert_eq!(
+            owners_from(&state, local, &liveness)["web"],
+            [NodeId::from("id-1")],
+            "as {local} sees it"
+        );
+    }
+    assert_eq!(
+        plan_of(&state, "id-1", &liveness).roles["web"].0,
+        LocalRole::Run {
+            epoch: 2,
+            generation: 0
+        },
+        "the node that took over keeps running its copy"
+    );
+}
+
+#[test]
 fn a_service_no_node_can_take_is_unplaced_with_the_reason() {
     let mut state = mesh(&[10, 10]);
     let mut s = spec("cam", 1);
