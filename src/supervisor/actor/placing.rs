@@ -178,13 +178,14 @@ impl SupervisorActor {
     }
 }
 
-/// Why the copies of `service` on other nodes are gone: "n1 dead for 2.1 s".
+/// Why the copies of `service` on other nodes are gone: "n1 dead for 2.1 s", "n1 leaves".
 fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
     let state = input.view.state;
     let gone: Vec<String> = state
         .instances
         .values()
-        .filter(|i| i.service == service && i.node != *input.local && placement::holds(i.state))
+        // `occupies`: a leaving node's copy may already be `stopping` when its leave arrives.
+        .filter(|i| i.service == service && i.node != *input.local && placement::occupies(i.state))
         .filter_map(|i| {
             let record = state.nodes.get(i.node.as_str());
             let liveness = input.liveness.of(input.local, &i.node, record);
@@ -195,6 +196,11 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
                 }
                 placement::Liveness::Left { since } => {
                     Some(format!("{who} left {:.1} s ago", since.as_secs_f64()))
+                }
+                // A stopping agent records its leave before it stops its copies and before
+                // membership tells the others: its copies move while still running.
+                _ if record.is_some_and(|r| r.left_at_ms.is_some()) => {
+                    Some(format!("{who} leaves"))
                 }
                 _ => None,
             }
