@@ -31,10 +31,14 @@
 //!
 //! # What this node does ([`decide_local`])
 //! - An owner runs its copy. For an `exclusive` service only while it sees a strict majority
-//!   of the members (document nodes not left; dead ones count) as `alive`, and only once no
-//!   other node occupies a copy: an alive holder must stop first (break before make), and a
-//!   dead or departed one must have been gone for [`fence_delay`], long enough for it to have
-//!   noticed it lost the majority and stopped its copy.
+//!   of the members (document nodes not left; dead ones count) as `alive`, and it starts one
+//!   only once no other node occupies a copy: an alive holder must stop first (break before
+//!   make), and a dead or departed one must have been gone for [`fence_delay`], long enough for
+//!   it to have noticed it lost the majority and stopped its copy. It also starts one only once
+//!   it has seen the majority for [`fence_delay`] ([`LivenessView::majority_for`]): back from a
+//!   partition, it sees the other nodes (a majority) before its document has their claims, and
+//!   may still see the holder, which kept its majority and its copy, `dead`. A copy it already
+//!   runs it keeps (a non-owner that also runs one stops it).
 //! - A holder that is not an owner keeps a non-exclusive copy until every owner's copy is ready
 //!   (`healthy`, or `starting`/running without a health check... see [`is_ready`]): make before
 //!   break. It stops an exclusive copy at once.
@@ -113,6 +117,10 @@ pub struct LivenessView {
     pub peers: BTreeMap<NodeId, Liveness>,
     /// How long ago this node's membership started (see [`UNKNOWN_GRACE`]).
     pub running_for: Duration,
+    /// How long this node has seen a strict majority of the members alive without a break,
+    /// as its supervisor tracks it; `None`: not tracked (no limit). An exclusive copy starts
+    /// only once this is at least [`fence_delay`].
+    pub majority_for: Option<Duration>,
 }
 
 impl LivenessView {
@@ -173,6 +181,7 @@ impl MembershipSnapshot {
         LivenessView {
             peers,
             running_for: now.saturating_duration_since(self.started),
+            majority_for: None,
         }
     }
 }
@@ -681,10 +690,40 @@ enum Fence {
     },
 }
 
-/// Whether an exclusive service may start here: no other node occupies a copy, or the ones
-/// that did are gone for longer than [`fence_delay`].
+/// Whether an exclusive service may start (or keep running) here: it runs here already; or
+/// this node has seen a majority for [`fence_delay`] and no other node occupies a copy, or the
+/// ones that did are gone for longer than [`fence_delay`].
 fn fence(input: PlacementInput<'_>, name: &str, spec: &ServiceSpec) -> Fence {
     let state = input.view.state;
+    // A node that has just (re)gained a majority (back from a partition, just started) may not
+    // know yet who runs the copy: its document syncs after membership sees the others, and it
+    // may see the holder, which kept its majority, `dead` still (it was itself cut off). It
+    // waits for the fence before starting a copy it does not run.
+    let runs_here = state
+        .instances
+        .get(&instance_key(name, input.local.as_str()))
+        .is_some_and(|i| occupies(i.state));
+    if runs_here {
+        // The fence is a condition to start a copy, not to keep one: another node that
+        // occupies a copy too (its record from before a partition, or a copy started in one)
+        // is not an owner, since every node names the same owner once the documents agree,
+        // and stops its copy at once. Stopping this one as well would leave none, and hand
+        // the service to whichever node ranks first in the gap.
+        return Fence::Clear;
+    }
+    if let Some(held) = input.liveness.majority_for {
+        let left = fence_delay(spec).saturating_sub(held);
+        if !left.is_zero() {
+            return Fence::Wait {
+                for_: Some(left),
+                why: format!(
+                    "fenced: a majority is seen since {} ms only; starting after {} ms more",
+                    held.as_millis(),
+                    left.as_millis()
+                ),
+            };
+        }
+    }
     let mut longest: Option<Duration> = None;
     for instance in state.instances.values() {
         if instance.service != name || instance.node == *input.local || !occupies(instance.state) {

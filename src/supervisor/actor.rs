@@ -203,6 +203,7 @@ pub fn spawn_supervisor(
         claims: BTreeMap::new(),
         plan: LocalPlan::default(),
         placement_recheck: None,
+        majority_since: None,
         unplaced: BTreeMap::new(),
         state,
         commands,
@@ -253,6 +254,9 @@ struct SupervisorActor {
     plan: LocalPlan,
     /// When placement must look again though nothing changed (an exclusive fence ends).
     placement_recheck: Option<Instant>,
+    /// Since when this node has seen a strict majority of the members alive without a break
+    /// (placement's `majority_for`: a fence only counts time spent with a majority).
+    majority_since: Option<std::time::Instant>,
     /// Services last seen unplaced, with the reason told.
     unplaced: BTreeMap<String, String>,
     state: StateHandle,

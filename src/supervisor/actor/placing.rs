@@ -37,8 +37,20 @@ impl SupervisorActor {
         queue: &mut VecDeque<SupervisorEvent>,
     ) -> BTreeSet<String> {
         let now = StdInstant::now();
-        let liveness = self.membership.borrow().at(now);
+        let mut liveness = self.membership.borrow().at(now);
         let node_id = NodeId::from(&self.config.node_id);
+        let (seen, members) = placement::majority(PlacementInput {
+            view: View::new(&snap.state, &snap.specs),
+            local: &node_id,
+            liveness: &liveness,
+        });
+        if seen * 2 > members {
+            let since = *self.majority_since.get_or_insert(now);
+            liveness.majority_for = Some(now.saturating_duration_since(since));
+        } else {
+            self.majority_since = None;
+            liveness.majority_for = Some(std::time::Duration::ZERO);
+        }
         let input = PlacementInput {
             view: View::new(&snap.state, &snap.specs),
             local: &node_id,
