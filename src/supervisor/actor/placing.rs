@@ -196,10 +196,17 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
     let gone: Vec<String> = state
         .instances
         .values()
-        // `occupies`: a leaving node's copy may already be `stopping` when its leave arrives.
-        .filter(|i| i.service == service && i.node != *input.local && placement::occupies(i.state))
+        .filter(|i| i.service == service && i.node != *input.local)
         .filter_map(|i| {
             let record = state.nodes.get(i.node.as_str());
+            let leaving = record.is_some_and(|r| r.left_at_ms.is_some());
+            // A leaving node's copy may be stopping, or stopped already, when its leave
+            // arrives (its stop is quick, and both changes can come in one sync).
+            let ran = placement::occupies(i.state)
+                || (leaving && i.state == crate::state::InstanceState::Stopped);
+            if !ran {
+                return None;
+            }
             let liveness = input.liveness.of(input.local, &i.node, record);
             let who = state.node_name(&i.node);
             match liveness {
@@ -211,9 +218,7 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
                 }
                 // A stopping agent records its leave before it stops its copies and before
                 // membership tells the others: its copies move while still running.
-                _ if record.is_some_and(|r| r.left_at_ms.is_some()) => {
-                    Some(format!("{who} leaves"))
-                }
+                _ if leaving => Some(format!("{who} leaves")),
                 _ => None,
             }
         })
