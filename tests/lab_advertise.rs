@@ -5,12 +5,12 @@
 //! the record must lead to the running service (an HTTP fetch from the browser's host), and
 //! goodbyes must withdraw it when the copy stops and when the agent stops.
 //!
+//! A second test checks that the record follows a failover: the owner's agent killed, the
+//! browser finds the service on the node that took it over.
+//!
 //! The helpers are meant for more scenarios: [`DnsSdBrowser::wait_advertised_by`] waits for the
 //! record as announced by a given node (TXT `node`), and [`assert_record_leads_to`] checks it
-//! against that node's address and the copy's port and fetches through it. The failover check
-//! of issue 10 ("found on the new node after a failover") is: start the browser, kill the
-//! owner's agent, then `browser.wait_advertised_by(WEB, "h2")` and
-//! `assert_record_leads_to(&lab, BROWSER_HOST, &record, 2)`.
+//! against that node's address and the copy's port and fetches through it.
 //!
 //! Requirements: root, `ip` (iproute2), `nft` (nftables), python3 with `zeroconf` (Debian
 //! `python3-zeroconf`). Without them the test prints `skipping: <reason>` and passes.
@@ -194,4 +194,37 @@ fn an_advertised_service_is_found_from_outside_the_mesh_and_withdrawn_when_it_st
             "h{k} logs its withdrawal"
         );
     }
+}
+
+/// The record follows a failover: `web` advertised from h1, h1's agent killed (`kill -9`, so
+/// no goodbye), h2 takes the copy and announces it; the browser (not a member) finds it on h2
+/// with h2's address and the new copy's port, and fetches through it.
+#[test]
+fn an_advertised_service_is_found_on_the_new_node_after_a_failover() {
+    require_lab!();
+    if let Err(reason) = python_prerequisites(&["zeroconf"]) {
+        eprintln!("skipping: {reason} (apt-get install -y python3-zeroconf)");
+        return;
+    }
+    let lab = Lab::up("advf", 3);
+    let key = lab.new_key("mesh.key");
+    // A mesh of h1 and h2; h3 is a LAN host that is not a member.
+    start_converged(&lab, 2, &key);
+    let mut browser = DnsSdBrowser::start(&lab, BROWSER_HOST, "_http._tcp.local.");
+    check(
+        &lab.exec(1, &add_web("h1")),
+        "h1: mesh service add web --advertise _http._tcp",
+    );
+    let record = browser.wait_advertised_by(WEB, "h1");
+    assert_record_leads_to(&lab, BROWSER_HOST, &record, 1);
+
+    let killed = Instant::now();
+    lab.lab_ok(&["kill", "1"]);
+    let record = browser.wait_advertised_by(WEB, "h2");
+    eprintln!(
+        "[{}] {WEB} advertised by h2 {:?} after kill -9 of h1's agent: {record}",
+        lab.id,
+        killed.elapsed()
+    );
+    assert_record_leads_to(&lab, BROWSER_HOST, &record, 2);
 }

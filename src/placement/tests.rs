@@ -397,6 +397,77 @@ fn an_exclusive_copy_needs_a_majority_and_waits_out_the_fence() {
 }
 
 #[test]
+fn a_node_back_from_a_partition_waits_for_the_fence_before_it_starts_an_exclusive_copy() {
+    // id-2 was cut off; the majority (id-0, id-1) moved the lock to id-0. The partition heals:
+    // id-2 sees id-1 again (a majority) at once, but not yet id-1's document (no claim of
+    // id-0's) nor id-0 alive (dead since it was cut off, long ago).
+    let mut state = mesh(&[10, 10, 10]);
+    let mut s = spec("lock", 1);
+    s.placement.exclusive = true;
+    s.stop_grace = Duration::from_secs(1);
+    add_service(&mut state, s, "id-2");
+    let mut back = all_alive(&state);
+    back.peers.insert(
+        NodeId::from("id-0"),
+        Liveness::Dead {
+            since: Duration::from_secs(10),
+        },
+    );
+    back.majority_for = Duration::from_millis(100);
+    let plan = plan_of(&state, "id-2", &back);
+    assert!(plan.majority);
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert_eq!(plan.recheck_in, Some(Duration::from_millis(1400)));
+    // id-1's document arrives: id-0's claim. Still fenced, whatever id-0 looks like.
+    claim(&mut state, "lock", "id-0", InstanceState::Healthy, 2);
+    assert_eq!(
+        plan_of(&state, "id-2", &back).roles["lock"].0,
+        LocalRole::Fenced
+    );
+    // Meanwhile id-0 is seen alive again: it keeps the lock (the newer claim), id-2 has no part.
+    back.peers.insert(NodeId::from("id-0"), Liveness::Alive);
+    assert!(!plan_of(&state, "id-2", &back).roles.contains_key("lock"));
+    // Had id-2 held the majority all along, id-0 gone for 10 s would be fenced long enough.
+    back.peers.insert(
+        NodeId::from("id-0"),
+        Liveness::Dead {
+            since: Duration::from_secs(10),
+        },
+    );
+    back.majority_for = Duration::from_secs(10);
+    assert!(matches!(
+        plan_of(&state, "id-2", &back).roles["lock"].0,
+        LocalRole::Run { .. }
+    ));
+}
+
+#[test]
+fn an_exclusive_owner_keeps_its_copy_while_another_node_s_record_still_shows_one() {
+    // After a heal: id-0 runs the lock (epoch 2); id-2's record from before the partition
+    // still says healthy (epoch 1) until id-2's newer records arrive. id-0 keeps running; id-2
+    // is not an owner and would stop a copy at once.
+    let mut state = mesh(&[10, 10, 10]);
+    let mut s = spec("lock", 1);
+    s.placement.exclusive = true;
+    add_service(&mut state, s, "id-2");
+    claim(&mut state, "lock", "id-0", InstanceState::Healthy, 2);
+    claim(&mut state, "lock", "id-2", InstanceState::Healthy, 1);
+    let liveness = all_alive(&state);
+    assert_eq!(
+        plan_of(&state, "id-0", &liveness).roles["lock"].0,
+        LocalRole::Run {
+            epoch: 2,
+            generation: 0
+        }
+    );
+    assert!(
+        !plan_of(&state, "id-2", &liveness)
+            .roles
+            .contains_key("lock")
+    );
+}
+
+#[test]
 fn a_two_node_mesh_cannot_fail_over_an_exclusive_service() {
     let mut state = mesh(&[10, 10]);
     let mut s = spec("lock", 1);

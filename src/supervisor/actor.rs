@@ -16,8 +16,9 @@
 //!   own process group and cgroup ([`super::cgroup`]) with `PORT*` from its leases, as the
 //!   spec's `user`/`group`; what a main process leaves behind is stopped before its exit
 //!   counts;
-//! - before the first start: leftovers of an earlier run stopped, and (when the document
-//!   knows other nodes) a bounded wait for a first sync with a peer;
+//! - before the first start: the copies an earlier run that did not stop cleanly still
+//!   claims in the document published `stopped`, leftovers of an earlier run stopped, and
+//!   (when the document knows other nodes) a bounded wait for a first sync with a peer;
 //! - services it refuses ([`super::accept`]) published as `refused` with the reason;
 //! - writes to the document: this node's `instances` (on state transitions only) and `leases`
 //!   (on lease transitions only), never volatile data;
@@ -277,6 +278,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 impl SupervisorActor {
     async fn run(mut self) {
+        self.void_claims_of_earlier_run().await;
         self.open_cgroups().await;
         let handled = self.open_run_file().await;
         let mut doc = self.state.subscribe();

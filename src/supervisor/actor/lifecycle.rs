@@ -28,6 +28,50 @@ impl SupervisorActor {
         }
     }
 
+    /// First thing at start, before any sync: this node's instance records that still claim
+    /// a running copy (`starting` … `stopping`) were written by an earlier run that did not stop
+    /// cleanly (kill -9, crash, power loss), since a clean stop publishes every copy `stopped`.
+    /// This run runs nothing yet. Left as they are, every node would count them as live, ready
+    /// copies: the returning node would take its services back (against `sticky`), and the
+    /// node that took one over would hand it "over" to that stale copy and stop its own at
+    /// once, before any new copy ran. They are rewritten `stopped` (keeping the fencing token,
+    /// so that the next claim's is higher); placement then decides afresh. `failed` stays, as
+    /// it does across a clean restart.
+    pub(super) async fn void_claims_of_earlier_run(&mut self) {
+        let snap = self.state.snapshot();
+        let now = now_ms();
+        let writes: Vec<EntryWrite> = snap
+            .state
+            .instances
+            .iter()
+            .filter(|(_, i)| {
+                i.node.as_str() == self.config.node_id && crate::placement::occupies(i.state)
+            })
+            .map(|(key, i)| {
+                tracing::info!(service = %i.service, state = %i.state, "an earlier agent run left this copy's record claiming it runs; publishing it stopped");
+                EntryWrite::Instance {
+                    key: key.clone(),
+                    record: Some(InstanceRecord {
+                        state: InstanceState::Stopped,
+                        since_ms: now,
+                        pid: None,
+                        ports: Vec::new(),
+                        reason: Some(
+                            "not running: the agent restarted after an unclean stop".to_string(),
+                        ),
+                        ..i.clone()
+                    }),
+                }
+            })
+            .collect();
+        if writes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.state.write(writes).await {
+            tracing::warn!(error = %e, "cannot withdraw the copies an earlier run claimed");
+        }
+    }
+
     /// Before anything starts, stops what an earlier agent run left behind: everything in
     /// this node's service cgroups, and (without cgroups, or for processes outside them) the
     /// process groups of the run file's records, whether or not their leader is still alive.

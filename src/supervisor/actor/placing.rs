@@ -187,7 +187,7 @@ impl SupervisorActor {
     }
 }
 
-/// Why the copies of `service` on other nodes are gone: "n1 dead for 2.1 s".
+/// Why the copies of `service` on other nodes are gone: "n1 dead for 2.1 s", "n1 leaves".
 fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
     let state = input.view.state;
     let gone: Vec<String> = state
@@ -196,6 +196,14 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
         .filter(|i| i.service == service && i.node != *input.local && placement::occupies(i.state))
         .filter_map(|i| {
             let record = state.nodes.get(i.node.as_str());
+            let leaving = record.is_some_and(|r| r.left_at_ms.is_some());
+            // A leaving node's copy may be stopping, or stopped already, when its leave
+            // arrives (its stop is quick, and both changes can come in one sync).
+            let ran = placement::occupies(i.state)
+                || (leaving && i.state == crate::state::InstanceState::Stopped);
+            if !ran {
+                return None;
+            }
             let liveness = input.liveness.of(input.local, &i.node, record);
             let who = state.node_name(&i.node);
             if record.is_some_and(|r| r.left_at_ms.is_some()) && liveness.is_up() {
@@ -211,6 +219,9 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
                 placement::Liveness::Left { since } => {
                     Some(format!("{who} left {:.1} s ago", since.as_secs_f64()))
                 }
+                // A stopping agent records its leave before it stops its copies and before
+                // membership tells the others: its copies move while still running.
+                _ if leaving => Some(format!("{who} leaves")),
                 _ => None,
             }
         })
