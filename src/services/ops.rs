@@ -345,16 +345,21 @@ pub fn act(
             changed,
         });
     }
+    Ok(stamped(writer, name, record, node))
+}
+
+/// The change writing `record` for service `name`, signed by `writer` now.
+fn stamped(writer: &Writer, name: &str, mut record: ServiceRecord, node: String) -> Change {
     record.updated_by = writer.id.clone();
     record.updated_at_ms = writer.now_ms;
-    Ok(Change {
+    Change {
         writes: vec![EntryWrite::Service {
             name: name.to_string(),
             record,
         }],
         node,
-        changed,
-    })
+        changed: true,
+    }
 }
 
 /// Sets the record's request and bumps its generation.
@@ -385,14 +390,5 @@ pub fn rebalance(view: View<'_>, writer: &Writer, name: &str) -> Result<Change, 
     let mut record = active(view, name)?;
     let node = placement_label(view, name);
     record.placement_generation = Some(record.placement_generation.unwrap_or(0) + 1);
-    record.updated_by = writer.id.clone();
-    record.updated_at_ms = writer.now_ms;
-    Ok(Change {
-        writes: vec![EntryWrite::Service {
-            name: name.to_string(),
-            record,
-        }],
-        node,
-        changed: true,
-    })
+    Ok(stamped(writer, name, record, node))
 }
