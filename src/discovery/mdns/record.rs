@@ -327,9 +327,12 @@ pub(super) fn peer_name(record: &ServiceRecord<'_>, peer_id: &PeerId) -> String 
     {
         return name.to_string();
     }
-    let suffix = id_suffix(&short_id(peer_id));
+    let short = short_id(peer_id);
+    let suffix = id_suffix(&short);
     match record.instance.strip_suffix(suffix.as_str()) {
         Some(name) if !name.trim().is_empty() => name.to_string(),
+        // Nothing usable (a hostile or broken record): the short id, never an empty name.
+        _ if record.instance.trim().is_empty() => short,
         _ => record.instance.to_string(),
     }
 }

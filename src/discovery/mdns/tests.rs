@@ -87,7 +87,8 @@ fn fuzz_txt_record() {
                 assert_eq!(Ok(peer.peer_id), parse_peer_id(&txt));
                 assert!(
                     txt_str(&txt, TXT_NAME) == Ok(peer.name.as_str())
-                        || (!peer.name.is_empty() && instance.starts_with(&peer.name)),
+                        || (!peer.name.is_empty() && instance.starts_with(&peer.name))
+                        || peer.name == crate::identity::short_id(&peer.peer_id),
                     "name {:?} from instance {instance:?}",
                     peer.name
                 );
