@@ -210,6 +210,7 @@ fail_over() {
 	"$LAB" stop "$k" KILL >/dev/null 2>&1 || true # removes the stale pid file
 	start_agent "$k"
 	wait_for "all alive again" all_alive
+	wait_for "h$k past its start-up" supervising "$k"
 }
 
 measure_failover() {
@@ -243,6 +244,13 @@ measure_failover() {
 	"$LAB" down >/dev/null
 }
 one_copy() { [[ $(copies_of "$1") == 1 ]]; }
+# supervising HOST: the agent (re)started last in HOST is past its start-up (leftovers stopped,
+# in sync with a peer or given up on it): only then does it place services, so a trial that
+# would make it take one over starts after that (its API answers earlier).
+supervising() {
+	tac "$LAB_DIR/h$1/agent.log" 2>/dev/null | sed '/^# lab.sh:/q' |
+		grep -qE 'in sync with a peer; starting services|no peer synced in time'
+}
 two_copies_except() { [[ $(services_of "$1" | q healthy pair "$2" | wc -w) == 2 ]]; }
 
 replica_trial() {
@@ -263,6 +271,7 @@ replica_trial() {
 	"$LAB" stop "$k" KILL >/dev/null 2>&1 || true
 	start_agent "$k"
 	wait_for "all alive again" all_alive
+	wait_for "h$k past its start-up" supervising "$k"
 }
 
 # sample_range FILE FROM TO INDEX: "min max" of count INDEX (1-based) over the samples in force

@@ -187,13 +187,13 @@ impl SupervisorActor {
     }
 }
 
-/// Why the copies of `service` on other nodes are gone: "n1 dead for 2.1 s", "n1 leaves".
+/// Why the copies of `service` on other nodes are gone: "n1 dead for 2.1 s", "n1 is leaving".
 fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
     let state = input.view.state;
     let gone: Vec<String> = state
         .instances
         .values()
-        .filter(|i| i.service == service && i.node != *input.local && placement::occupies(i.state))
+        .filter(|i| i.service == service && i.node != *input.local)
         .filter_map(|i| {
             let record = state.nodes.get(i.node.as_str());
             let leaving = record.is_some_and(|r| r.left_at_ms.is_some());
@@ -206,7 +206,9 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
             }
             let liveness = input.liveness.of(input.local, &i.node, record);
             let who = state.node_name(&i.node);
-            if record.is_some_and(|r| r.left_at_ms.is_some()) && liveness.is_up() {
+            // A stopping agent records its leave before it stops its copies and before
+            // membership tells the others: its copies move while it still runs.
+            if leaving && liveness.is_up() {
                 return Some(format!("{who} is leaving"));
             }
             if record.is_some_and(|r| r.drained == Some(true)) {
@@ -219,9 +221,6 @@ fn departed(input: PlacementInput<'_>, service: &str) -> Option<String> {
                 placement::Liveness::Left { since } => {
                     Some(format!("{who} left {:.1} s ago", since.as_secs_f64()))
                 }
-                // A stopping agent records its leave before it stops its copies and before
-                // membership tells the others: its copies move while still running.
-                _ if leaving => Some(format!("{who} leaves")),
                 _ => None,
             }
         })
