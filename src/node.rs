@@ -332,6 +332,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         state_shutdown.clone(),
     )?;
     let supervisor_shutdown = CancellationToken::new();
+    let (commands_tx, commands) = mpsc::channel(NODE_COMMAND_CHANNEL);
     let (supervisor, supervisor_task) = match config.supervisor.clone() {
         Some(mut sup) => {
             sup.node_id = local_peer.to_base58();
@@ -340,6 +341,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 sup,
                 state.clone(),
                 membership_rx,
+                peer_ask(commands_tx.clone()),
                 supervisor_shutdown.clone(),
             );
             (Some(handle), Some(task))
@@ -361,7 +363,6 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         };
         spawn_advertiser(advertiser, state.subscribe(), advertiser_shutdown.clone())
     });
-    let (commands_tx, commands) = mpsc::channel(NODE_COMMAND_CHANNEL);
     let (query_answers_tx, query_answers) = mpsc::channel(MAX_PENDING_QUERIES);
     let (join_answers_tx, join_answers) = mpsc::channel(MAX_PENDING_JOINS);
     let mut actor = NodeActor {
@@ -702,4 +703,25 @@ impl NodeActor {
         self.stop_discovery().await;
         tracing::info!("left the mesh");
     }
+}
+
+/// The supervisor's way to ask members questions (before an exclusive start): the node's own
+/// query path, as `NodeHandle::query`.
+fn peer_ask(commands: mpsc::Sender<NodeCommand>) -> crate::supervisor::actor::PeerAsk {
+    std::sync::Arc::new(move |node, request| {
+        let commands = commands.clone();
+        Box::pin(async move {
+            let peer: PeerId = node.as_str().parse().ok()?;
+            let (reply, rx) = oneshot::channel();
+            commands
+                .send(NodeCommand::Query {
+                    peer,
+                    request,
+                    reply,
+                })
+                .await
+                .ok()?;
+            rx.await.ok()?.ok()
+        })
+    })
 }

@@ -35,6 +35,9 @@
 //!   occupies a copy (that one stops first: break before make), and once [`fence_delay`] has
 //!   passed since any other member went away and since this node began to see the majority
 //!   (see `fence`): long enough for a node cut off to notice it lost the majority and stop.
+//!   Then it asks the members it sees alive whether they see another node up with a copy,
+//!   and starts once a strict majority (itself included) answers "none" ([`Confirmation`]):
+//!   its own verdicts may be stale, but any two majorities share a member.
 //! - A holder that is not an owner keeps a non-exclusive copy until every owner's copy is
 //!   ready (`healthy`; see [`is_ready`]): make before break. It stops an exclusive copy at once.
 //! - `MESH_EPOCH`: a new claim takes one more than the highest epoch any instance of the
@@ -72,6 +75,64 @@ pub const FENCE_MARGIN: Duration = Duration::from_millis(500);
 /// alive, and takes at most `stop_grace` (then SIGKILL) to do it.
 pub fn fence_delay(spec: &ServiceSpec) -> Duration {
     spec.stop_grace + FENCE_MARGIN
+}
+
+/// How long a majority's answer that no other copy runs ([`Confirmation`]) allows an
+/// exclusive copy to start. The node asks when everything else allows the start and starts
+/// when the answers come, a round trip later; an older answer is asked again.
+pub const CONFIRMATION_VALID: Duration = Duration::from_secs(2);
+
+/// Before it starts an exclusive copy, this node asks the members it sees alive whether they
+/// see any other node that is up occupy a copy (`/mesh/query/1` `Holders`, answered with
+/// [`up_holders`]). It starts once `needed` of them answer "none" (with itself, a strict
+/// majority of the members).
+///
+/// Its own view is not enough: back from a partition, it may still hold the verdict "dead"
+/// about a node that the others see alive and running the copy, and the fence alone cannot
+/// tell how long membership takes to set that right. Two majorities always share a member,
+/// and that member sees the copy's node up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The members to ask (those membership shows `alive`).
+    pub ask: Vec<NodeId>,
+    /// The nodes this node's document shows occupying a copy (each asked about, besides what
+    /// the answerer's own document shows).
+    pub about: Vec<NodeId>,
+    /// How many must answer "none".
+    pub needed: usize,
+}
+
+/// At most this many nodes are asked about in one `Holders` question.
+pub const MAX_HOLDERS_ASKED: usize = 64;
+
+/// The answer to a `Holders` question about `service`: the nodes among `asked` and those this
+/// node's document shows occupying a copy that this node sees up (this node itself when its
+/// own copy occupies). The asker leaves itself out of the answer.
+pub fn up_holders(input: PlacementInput<'_>, service: &str, asked: &[NodeId]) -> Vec<NodeId> {
+    let state = input.view.state;
+    let mut nodes: BTreeSet<NodeId> = asked.iter().take(MAX_HOLDERS_ASKED).cloned().collect();
+    nodes.extend(
+        state
+            .instances
+            .values()
+            .filter(|i| i.service == service && occupies(i.state))
+            .map(|i| i.node.clone()),
+    );
+    nodes
+        .into_iter()
+        .filter(|node| {
+            if node == input.local {
+                return state
+                    .instances
+                    .get(&instance_key(service, node.as_str()))
+                    .is_some_and(|i| occupies(i.state));
+            }
+            input
+                .liveness
+                .of(input.local, node, state.nodes.get(node.as_str()))
+                .is_up()
+        })
+        .collect()
 }
 
 /// A node as this node's membership sees it.
@@ -116,6 +177,11 @@ pub struct LivenessView {
     /// (zero when it does not): an exclusive copy starts only once it is past the fence. The
     /// caller tracks it across calls ([`MajorityClock`]).
     pub majority_for: Duration,
+    /// For each exclusive service, how long ago a strict majority of the members (this node
+    /// included) last answered that no other node they see up occupies a copy (see
+    /// [`Confirmation`]). An exclusive copy starts only with one younger than
+    /// [`CONFIRMATION_VALID`]. The caller keeps them.
+    pub confirmed: BTreeMap<String, Duration>,
 }
 
 /// Tracks since when this node has seen a strict majority (for
@@ -196,6 +262,7 @@ impl MembershipSnapshot {
             running_for: now.saturating_duration_since(self.started),
             // Set by the caller, who tracks it ([`MajorityClock`]).
             majority_for: Duration::ZERO,
+            confirmed: BTreeMap::new(),
         }
     }
 }
@@ -593,6 +660,8 @@ pub struct LocalPlan {
     pub recheck_in: Option<Duration>,
     /// Whether this node sees a strict majority of the members alive.
     pub majority: bool,
+    /// Exclusive services this node would start once the members confirm no other copy runs.
+    pub confirm: BTreeMap<String, Confirmation>,
 }
 
 impl LocalPlan {
@@ -685,9 +754,23 @@ pub fn decide_local(
             } else {
                 fence(input, name, spec)
             };
+            let confirmed = input
+                .liveness
+                .confirmed
+                .get(name)
+                .is_some_and(|age| *age < CONFIRMATION_VALID);
             match fenced {
-                Fence::Clear => {
+                Fence::Clear if running_here || members <= 1 || confirmed => {
                     plan.roles.insert(name.clone(), (run, why));
+                }
+                Fence::Clear => {
+                    let confirmation = confirmation(input, name, members);
+                    let why = format!(
+                        "fenced: asking {} whether another copy runs",
+                        names(state, &confirmation.ask)
+                    );
+                    plan.confirm.insert(name.clone(), confirmation);
+                    plan.roles.insert(name.clone(), (LocalRole::Fenced, why));
                 }
                 Fence::Wait { for_, why } => {
                     if let Some(wait) = for_ {
@@ -720,6 +803,47 @@ pub fn decide_local(
         }
     }
     plan
+}
+
+/// What to ask before starting `service` here (see [`Confirmation`]).
+fn confirmation(input: PlacementInput<'_>, service: &str, members: usize) -> Confirmation {
+    let state = input.view.state;
+    let ask = input
+        .liveness
+        .peers
+        .iter()
+        .filter(|(id, liveness)| {
+            **liveness == Liveness::Alive
+                && *id != input.local
+                && state.nodes.contains_key(id.as_str())
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    let about = state
+        .instances
+        .values()
+        .filter(|i| i.service == service && i.node != *input.local && occupies(i.state))
+        .map(|i| i.node.clone())
+        .take(MAX_HOLDERS_ASKED)
+        .collect();
+    Confirmation {
+        ask,
+        about,
+        // With this node, a strict majority.
+        needed: members / 2,
+    }
+}
+
+/// "n2, n3" (names as the document has them).
+fn names(state: &MeshState, nodes: &[NodeId]) -> String {
+    if nodes.is_empty() {
+        return "no one".to_string();
+    }
+    nodes
+        .iter()
+        .map(|n| state.node_name(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 enum Fence {

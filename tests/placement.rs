@@ -479,12 +479,21 @@ async fn hold(world: &World, service: &str, nodes: &[String], for_: Duration) {
     let until = Instant::now() + for_;
     while Instant::now() < until {
         tokio::time::sleep(STEP).await;
-        assert_eq!(
-            world.running(service),
-            nodes,
-            "{service} moved: {}",
-            world.story()
-        );
+        if world.running(service) != nodes {
+            let mut told = String::new();
+            for m in &world.members {
+                for kind in ["placement-take", "placement-fenced", "placement-release"] {
+                    for e in events(&m.node, service, kind).await {
+                        told.push_str(&format!("\n  {kind}: {e}"));
+                    }
+                }
+            }
+            panic!(
+                "{service} moved from {nodes:?} to {:?}: {}\ndecisions:{told}",
+                world.running(service),
+                world.story()
+            );
+        }
     }
     assert_eq!(
         spawns(world, service).len(),

@@ -71,6 +71,7 @@ fn all_alive(state: &MeshState) -> LivenessView {
             .collect(),
         running_for: Duration::from_secs(60),
         majority_for: Duration::from_secs(60),
+        confirmed: BTreeMap::new(),
     }
 }
 
@@ -386,6 +387,22 @@ fn an_exclusive_copy_needs_a_majority_and_waits_out_the_fence() {
             since: Duration::from_millis(1500),
         },
     );
+    // Past the fence it asks the members it sees alive about id-0's copy.
+    let plan = plan_of(&state, owner.as_str(), &majority);
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    let asked = &plan.confirm["lock"];
+    let other = if owner.as_str() == "id-1" {
+        "id-2"
+    } else {
+        "id-1"
+    };
+    assert_eq!(asked.ask, [NodeId::from(other)]);
+    assert_eq!(asked.about, [NodeId::from("id-0")]);
+    assert_eq!(asked.needed, 1, "with itself, 2 of 3");
+    // Confirmed a moment ago: it starts.
+    majority
+        .confirmed
+        .insert("lock".into(), Duration::from_millis(10));
     assert_eq!(
         plan_of(&state, owner.as_str(), &majority).roles["lock"].0,
         LocalRole::Run {
@@ -435,10 +452,74 @@ fn a_node_back_from_a_partition_waits_for_the_fence_before_it_starts_an_exclusiv
         },
     );
     back.majority_for = Duration::from_secs(10);
+    let plan = plan_of(&state, "id-2", &back);
+    assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
+    assert!(
+        plan.confirm.contains_key("lock"),
+        "it asks before it starts"
+    );
+    // id-1 sees id-0 up with its copy: no confirmation, no start (see
+    // `the_members_answer_which_copies_they_see_up`). Confirmed, it starts; a confirmation
+    // older than CONFIRMATION_VALID does not count.
+    back.confirmed
+        .insert("lock".into(), CONFIRMATION_VALID + Duration::from_millis(1));
+    assert_eq!(
+        plan_of(&state, "id-2", &back).roles["lock"].0,
+        LocalRole::Fenced
+    );
+    back.confirmed.insert("lock".into(), Duration::ZERO);
     assert!(matches!(
         plan_of(&state, "id-2", &back).roles["lock"].0,
         LocalRole::Run { .. }
     ));
+}
+
+#[test]
+fn the_members_answer_which_copies_they_see_up() {
+    let mut state = mesh(&[10, 10, 10]);
+    let mut s = spec("lock", 1);
+    s.placement.exclusive = true;
+    add_service(&mut state, s, "id-0");
+    claim(&mut state, "lock", "id-0", InstanceState::Healthy, 2);
+    claim(&mut state, "lock", "id-2", InstanceState::Stopped, 1);
+    let view = all_alive(&state);
+    let answer = |state: &MeshState, local: &str, view: &LivenessView, asked: &[&str]| {
+        let local = NodeId::from(local);
+        let asked: Vec<NodeId> = asked.iter().map(|n| NodeId::from(*n)).collect();
+        let specs = ParsedSpecs::parse(state);
+        up_holders(
+            PlacementInput {
+                view: View::new(state, &specs),
+                local: &local,
+                liveness: view,
+            },
+            "lock",
+            &asked,
+        )
+    };
+    // id-1 sees id-0 up with its copy (its own document shows it), asked or not. A node
+    // asked about counts when it is up, whatever the answerer's document says of its copy
+    // (the asker's may be newer; an old record only delays the start until the documents
+    // agree).
+    assert_eq!(answer(&state, "id-1", &view, &[]), [NodeId::from("id-0")]);
+    assert_eq!(
+        answer(&state, "id-1", &view, &["id-2"]),
+        [NodeId::from("id-0"), NodeId::from("id-2")]
+    );
+    // The answerer itself, when its own copy runs.
+    assert_eq!(
+        answer(&state, "id-0", &view, &["id-0"]),
+        [NodeId::from("id-0")]
+    );
+    // Dead in the answerer's view: not up.
+    let mut dead = view.clone();
+    dead.peers.insert(
+        NodeId::from("id-0"),
+        Liveness::Dead {
+            since: Duration::from_secs(5),
+        },
+    );
+    assert!(answer(&state, "id-1", &dead, &["id-0"]).is_empty());
 }
 
 #[test]
@@ -497,6 +578,7 @@ fn unknown_nodes_count_as_alive_only_just_after_start() {
         peers: BTreeMap::new(),
         running_for: Duration::from_secs(1),
         majority_for: Duration::ZERO,
+        confirmed: BTreeMap::new(),
     };
     let local = NodeId::from("id-0");
     let other = NodeId::from("id-1");
@@ -613,13 +695,19 @@ fn an_exclusive_start_waits_a_fence_after_any_member_left_and_after_regaining_th
     let plan = plan_of(&state, "id-0", &liveness);
     assert_eq!(plan.roles["lock"].0, LocalRole::Fenced);
     assert_eq!(plan.recheck_in, Some(Duration::from_millis(1300)));
-    // Long gone: no wait.
+    // Long gone: no wait, once 2 of the 3 others it sees alive confirm (with itself, a strict
+    // majority of 5).
     liveness.peers.insert(
         NodeId::from("id-4"),
         Liveness::Dead {
             since: Duration::from_secs(60),
         },
     );
+    let plan = plan_of(&state, "id-0", &liveness);
+    assert_eq!(plan.confirm["lock"].needed, 2);
+    assert_eq!(plan.confirm["lock"].ask.len(), 3);
+    assert!(plan.confirm["lock"].about.is_empty());
+    liveness.confirmed.insert("lock".into(), Duration::ZERO);
     assert!(matches!(
         plan_of(&state, "id-0", &liveness).roles["lock"].0,
         LocalRole::Run { .. }

@@ -64,6 +64,7 @@ use crate::services::{View, instance_key};
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
 use crate::state::{InstanceRecord, InstanceState, LeaseRecord, MeshState, now_ms, system_time_ms};
 pub use crate::wire::query::AuditRecord;
+pub use placing::PeerAsk;
 
 mod audit;
 mod handle;
@@ -156,9 +157,11 @@ pub fn spawn_supervisor(
     config: SupervisorConfig,
     state: StateHandle,
     membership: watch::Receiver<MembershipSnapshot>,
+    ask: PeerAsk,
     shutdown: CancellationToken,
 ) -> (SupervisorHandle, JoinHandle<()>) {
     let (commands_tx, commands) = mpsc::channel(COMMAND_CHANNEL);
+    let (confirm_tx, confirm_rx) = mpsc::channel(COMMAND_CHANNEL);
     let (reports_tx, reports) = mpsc::channel(REPORT_CHANNEL);
     let (seq_tx, seq_rx) = watch::channel(0);
     let audit = Arc::new(Mutex::new(AuditRing {
@@ -179,6 +182,9 @@ pub fn spawn_supervisor(
         audit_seq: seq_rx,
         audit_seq_tx: seq_tx.clone(),
         log_dir: config.log_dir.clone(),
+        node_id: crate::identity::NodeId::from(config.node_id.as_str()),
+        state: state.clone(),
+        membership: membership.clone(),
     };
     let seed = config
         .node_id
@@ -206,6 +212,7 @@ pub fn spawn_supervisor(
         placement_recheck: None,
         majority_clock: Default::default(),
         unplaced: BTreeMap::new(),
+        confirm: placing::Confirmations::new(ask, confirm_tx, confirm_rx),
         state,
         commands,
         reports,
@@ -259,6 +266,8 @@ struct SupervisorActor {
     majority_clock: crate::placement::MajorityClock,
     /// Services last seen unplaced, with the reason told.
     unplaced: BTreeMap<String, String>,
+    /// The members' answers before an exclusive start (`placement::Confirmation`).
+    confirm: placing::Confirmations,
     state: StateHandle,
     commands: mpsc::Receiver<SupervisorCommand>,
     reports: mpsc::Receiver<Report>,
@@ -337,6 +346,12 @@ impl SupervisorActor {
                     self.on_document(&snap).await;
                 }
                 Some(command) = self.commands.recv() => self.on_command(command),
+                Some(outcome) = self.confirm.next() => {
+                    if self.on_confirmation(outcome) {
+                        let snap = doc.borrow().clone();
+                        self.on_document(&snap).await;
+                    }
+                }
                 _ = lease_check.tick() => self.check_leases().await,
             }
         }

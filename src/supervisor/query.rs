@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::actor::SupervisorHandle;
+use crate::identity::NodeId;
 use crate::wire::query::{
     ListeningRow, MAX_EVENTS, MAX_LOG_ANSWER_BYTES, MAX_LOG_LINES, QueryRequest, QueryResponse,
     newest_lines_within,
@@ -57,6 +58,16 @@ pub async fn answer(
             }
             Err(e) => QueryResponse::Error(e.to_string()),
         },
+        QueryRequest::Holders { service, nodes } => {
+            let nodes: Vec<NodeId> = nodes.into_iter().map(NodeId::from).collect();
+            QueryResponse::Holders {
+                up: supervisor
+                    .up_holders(&service, &nodes)
+                    .into_iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            }
+        }
         QueryRequest::Drain { drained } => match supervisor.set_drained(drained).await {
             Ok(changed) => QueryResponse::Drained { changed },
             Err(e) => QueryResponse::Error(e.to_string()),

@@ -49,7 +49,17 @@ pub enum QueryRequest {
     /// A change of desired state, sent only by a member whose local API checked the
     /// operator's credential.
     Drain { drained: bool },
+    /// Which nodes, among `nodes` and those the answerer's document shows occupying a copy of
+    /// `service`, the answerer sees up (itself when its own copy occupies): asked before an
+    /// exclusive copy starts (`placement::Confirmation`). Bounded to [`MAX_HOLDERS_ASKED`]
+    /// node ids of at most [`MAX_NODE_ID_LEN`] bytes.
+    Holders { service: String, nodes: Vec<String> },
 }
+
+/// Most node ids one `Holders` question names.
+pub const MAX_HOLDERS_ASKED: usize = crate::placement::MAX_HOLDERS_ASKED;
+/// Longest node id a question may name (a base58 peer id is 52 characters).
+pub const MAX_NODE_ID_LEN: usize = 128;
 
 /// One listening socket, with the service holding a lease on its port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +103,8 @@ pub enum QueryResponse {
     },
     /// The answer to [`QueryRequest::Drain`]: whether the mark changed.
     Drained { changed: bool },
+    /// The answer to [`QueryRequest::Holders`]: the nodes seen up that occupy a copy.
+    Holders { up: Vec<String> },
     /// The node could not answer (no supervisor, unreadable log, ...).
     Error(String),
     /// The asker is not an admitted member.
@@ -103,13 +115,27 @@ impl QueryRequest {
     /// Checks what a peer (or the local API) sent before anything acts on it: a service name
     /// follows the service naming rule, as it becomes part of a file path.
     pub fn validate(&self) -> Result<(), String> {
+        let service_name = |service: &str| {
+            check_name(service).map_err(|why| {
+                // The name is the peer's: shown shortened and escaped.
+                let shown: String = service.chars().take(MAX_NAME_LEN + 1).collect();
+                format!("invalid service name {shown:?}: {why}")
+            })
+        };
         match self {
-            QueryRequest::Logs { service, .. } => {
-                check_name(service).map_err(|why| {
-                    // The name is the peer's: shown shortened and escaped.
-                    let shown: String = service.chars().take(MAX_NAME_LEN + 1).collect();
-                    format!("invalid service name {shown:?}: {why}")
-                })
+            QueryRequest::Logs { service, .. } => service_name(service),
+            QueryRequest::Holders { service, nodes } => {
+                service_name(service)?;
+                if nodes.len() > MAX_HOLDERS_ASKED {
+                    return Err(format!(
+                        "{} node ids asked about, at most {MAX_HOLDERS_ASKED}",
+                        nodes.len()
+                    ));
+                }
+                if nodes.iter().any(|n| n.len() > MAX_NODE_ID_LEN) {
+                    return Err(format!("a node id longer than {MAX_NODE_ID_LEN} bytes"));
+                }
+                Ok(())
             }
             QueryRequest::Listening | QueryRequest::Events { .. } | QueryRequest::Drain { .. } => {
                 Ok(())
@@ -153,6 +179,20 @@ mod tests {
         assert!(logs("web-1").validate().is_ok());
         assert!(logs("../../etc/shadow").validate().is_err());
         assert!(QueryRequest::Listening.validate().is_ok());
+    }
+
+    #[test]
+    fn a_holders_question_is_bounded() {
+        let ask = |service: &str, nodes: Vec<String>| QueryRequest::Holders {
+            service: service.into(),
+            nodes,
+        };
+        assert!(ask("lock", vec!["12D3KooW".into()]).validate().is_ok());
+        assert!(ask("../x", Vec::new()).validate().is_err());
+        let many = vec!["n".to_string(); MAX_HOLDERS_ASKED + 1];
+        assert!(ask("lock", many).validate().is_err());
+        let long = vec!["n".repeat(MAX_NODE_ID_LEN + 1)];
+        assert!(ask("lock", long).validate().is_err());
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct SupervisorHandle {
     /// actor ([`SupervisorHandle::record_event`]).
     pub(super) audit_seq_tx: watch::Sender<u64>,
     pub(super) log_dir: PathBuf,
+    /// What [`SupervisorHandle::up_holders`] reads: this node, its document, its membership.
+    pub(super) node_id: crate::identity::NodeId,
+    pub(super) state: crate::state::actor::StateHandle,
+    pub(super) membership: watch::Receiver<crate::placement::MembershipSnapshot>,
 }
 
 impl SupervisorHandle {
@@ -136,6 +140,29 @@ impl SupervisorHandle {
             .await
             .map_err(|_| SupervisorHandleError::Stopped)?;
         rx.await.map_err(|_| SupervisorHandleError::Stopped)?
+    }
+
+    /// A peer's `Holders` question about `service` (before it starts an exclusive copy): the
+    /// nodes among `asked` and those this node's document shows occupying a copy that this
+    /// node sees up. Read from the latest document and membership view, not through the
+    /// actor, so a busy actor does not delay a peer's failover.
+    pub fn up_holders(
+        &self,
+        service: &str,
+        asked: &[crate::identity::NodeId],
+    ) -> Vec<crate::identity::NodeId> {
+        let snap = self.state.snapshot();
+        // Membership stamps its changes with tokio's clock (see `place_here`).
+        let liveness = self
+            .membership
+            .borrow()
+            .at(tokio::time::Instant::now().into_std());
+        let input = crate::placement::PlacementInput {
+            view: crate::services::View::new(&snap.state, &snap.specs),
+            local: &self.node_id,
+            liveness: &liveness,
+        };
+        crate::placement::up_holders(input, service, asked)
     }
 
     /// This node's port leases, as the allocator holds them.

@@ -1,11 +1,159 @@
 //! Which services this node runs: the placement core ([`crate::placement`]) applied to the
 //! current document and membership view, its decisions told in the audit trail, the claims
 //! (fencing token, generation) remembered for the instance records, and the environment the
-//! agent adds to each copy (`MESH_EPOCH`, `MESH_ENDPOINT_<DEP>`).
+//! agent adds to each copy (`MESH_EPOCH`, `MESH_ENDPOINT_<DEP>`), and the members' answers
+//! asked for before an exclusive copy starts ([`Confirmations`]).
+
+use futures::future::BoxFuture;
 
 use super::*;
-use crate::placement::{self, LocalPlan, LocalRole, PlacementInput, ServicePlacement};
+use crate::placement::{
+    self, Confirmation, LocalPlan, LocalRole, PlacementInput, ServicePlacement,
+};
 use crate::supervisor::spec::DependencyRestart;
+use crate::wire::query::{QueryRequest, QueryResponse};
+
+/// Asks a member a `/mesh/query/1` question (the node's query path); `None` when it could not
+/// be reached or did not answer.
+pub type PeerAsk =
+    Arc<dyn Fn(NodeId, QueryRequest) -> BoxFuture<'static, Option<QueryResponse>> + Send + Sync>;
+
+/// How long a member has to answer a `Holders` question (a round trip on a LAN is
+/// milliseconds; a relayed one well under a second).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After the members did not confirm, ask again this much later (sooner when membership or
+/// the document changes what placement decides).
+const CONFIRM_RETRY: Duration = Duration::from_millis(500);
+
+/// One member's objection to an exclusive start.
+#[derive(Debug)]
+enum Objection {
+    /// It sees these nodes up with a copy.
+    SeesUp(Vec<NodeId>),
+    NoAnswer,
+    Refused(String),
+}
+
+/// The answers to one [`Confirmation`].
+#[derive(Debug)]
+pub(super) struct ConfirmOutcome {
+    service: String,
+    confirmed: bool,
+    objections: Vec<(NodeId, Objection)>,
+}
+
+/// The questions asked before exclusive starts: one at a time per service, in small tasks
+/// that report back on a bounded channel.
+pub(super) struct Confirmations {
+    ask: PeerAsk,
+    tx: mpsc::Sender<ConfirmOutcome>,
+    rx: mpsc::Receiver<ConfirmOutcome>,
+    /// When a majority last confirmed, by service.
+    confirmed: BTreeMap<String, Instant>,
+    /// Services with a question out.
+    asking: BTreeSet<String>,
+    /// Services not confirmed, and when to ask again.
+    retry_at: BTreeMap<String, Instant>,
+    /// The objections last told in the audit trail, by service.
+    told: BTreeMap<String, String>,
+}
+
+impl Confirmations {
+    pub fn new(
+        ask: PeerAsk,
+        tx: mpsc::Sender<ConfirmOutcome>,
+        rx: mpsc::Receiver<ConfirmOutcome>,
+    ) -> Self {
+        Self {
+            ask,
+            tx,
+            rx,
+            confirmed: BTreeMap::new(),
+            asking: BTreeSet::new(),
+            retry_at: BTreeMap::new(),
+            told: BTreeMap::new(),
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<ConfirmOutcome> {
+        self.rx.recv().await
+    }
+
+    /// The ages of the confirmations still valid, for the liveness view.
+    fn ages(&mut self, now: Instant) -> BTreeMap<String, Duration> {
+        self.confirmed
+            .retain(|_, at| now.duration_since(*at) < placement::CONFIRMATION_VALID);
+        self.confirmed
+            .iter()
+            .map(|(service, at)| (service.clone(), now.duration_since(*at)))
+            .collect()
+    }
+
+    /// Asks what `plan` needs asked and is not out or waiting for its retry; returns the
+    /// earliest retry still ahead.
+    fn ask_for(&mut self, plan: &LocalPlan, local: &NodeId, now: Instant) -> Option<Instant> {
+        self.retry_at
+            .retain(|service, at| *at > now && plan.confirm.contains_key(service));
+        self.told
+            .retain(|service, _| plan.confirm.contains_key(service));
+        for (service, confirmation) in &plan.confirm {
+            if self.retry_at.contains_key(service) || !self.asking.insert(service.clone()) {
+                continue;
+            }
+            self.spawn(service.clone(), confirmation.clone(), local.clone());
+        }
+        self.retry_at.values().min().copied()
+    }
+
+    fn spawn(&self, service: String, confirmation: Confirmation, local: NodeId) {
+        let ask = self.ask.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let about: Vec<String> = confirmation.about.iter().map(|n| n.to_string()).collect();
+            let questions = confirmation.ask.iter().map(|peer| {
+                let question = QueryRequest::Holders {
+                    service: service.clone(),
+                    nodes: about.clone(),
+                };
+                let answer = tokio::time::timeout(CONFIRM_TIMEOUT, ask(peer.clone(), question));
+                async move { (peer.clone(), answer.await.ok().flatten()) }
+            });
+            let mut agree = 0;
+            let mut objections = Vec::new();
+            for (peer, answer) in futures::future::join_all(questions).await {
+                match answer {
+                    Some(QueryResponse::Holders { up }) => {
+                        let up: Vec<NodeId> = up
+                            .into_iter()
+                            .map(NodeId::from)
+                            .filter(|n| *n != local)
+                            .collect();
+                        if up.is_empty() {
+                            agree += 1;
+                        } else {
+                            objections.push((peer, Objection::SeesUp(up)));
+                        }
+                    }
+                    Some(QueryResponse::Error(why)) => {
+                        objections.push((peer, Objection::Refused(why)));
+                    }
+                    Some(other) => objections.push((
+                        peer,
+                        Objection::Refused(format!("unexpected answer {other:?}")),
+                    )),
+                    None => objections.push((peer, Objection::NoAnswer)),
+                }
+            }
+            let outcome = ConfirmOutcome {
+                service,
+                confirmed: agree >= confirmation.needed,
+                objections,
+            };
+            let _ = tx.send(outcome).await;
+        });
+    }
+}
 
 /// What this node claimed for a copy it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +194,7 @@ impl SupervisorActor {
             liveness: &liveness,
         });
         liveness.majority_for = self.majority_clock.observe(seen * 2 > members, now);
+        liveness.confirmed = self.confirm.ages(Instant::now());
         let input = PlacementInput {
             view: View::new(&snap.state, &snap.specs),
             local: &node_id,
@@ -53,7 +202,11 @@ impl SupervisorActor {
         };
         let placements = placement::place_all(input);
         let plan = placement::decide_local(input, &placements);
-        self.placement_recheck = plan.recheck_in.map(|d| Instant::now() + d);
+        let retry = self.confirm.ask_for(&plan, &node_id, Instant::now());
+        self.placement_recheck = match (plan.recheck_in.map(|d| Instant::now() + d), retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.tell_decisions(input, &placements, &plan);
         let mut runs = BTreeSet::new();
         for (name, (role, _)) in &plan.roles {
@@ -100,6 +253,52 @@ impl SupervisorActor {
         self.claims.retain(|name, _| runs.contains(name));
         self.plan = plan;
         runs
+    }
+
+    /// The members answered a [`Confirmation`]: returns whether placement should run again
+    /// (it was confirmed). Otherwise the objections are told (when they change) and the
+    /// question is asked again after [`CONFIRM_RETRY`].
+    pub(super) fn on_confirmation(&mut self, outcome: ConfirmOutcome) -> bool {
+        let service = outcome.service;
+        self.confirm.asking.remove(&service);
+        let now = Instant::now();
+        if outcome.confirmed {
+            self.confirm.confirmed.insert(service.clone(), now);
+            self.confirm.told.remove(&service);
+            return true;
+        }
+        let retry = now + CONFIRM_RETRY;
+        self.confirm.retry_at.insert(service.clone(), retry);
+        self.placement_recheck = Some(self.placement_recheck.map_or(retry, |r| r.min(retry)));
+        let state = self.state.snapshot();
+        let name = |n: &NodeId| state.state.node_name(n);
+        let said: Vec<String> = outcome
+            .objections
+            .iter()
+            .map(|(peer, objection)| match objection {
+                Objection::SeesUp(up) => format!(
+                    "{} sees {} up with a copy",
+                    name(peer),
+                    up.iter().map(name).collect::<Vec<_>>().join(", ")
+                ),
+                Objection::NoAnswer => format!("{} did not answer", name(peer)),
+                Objection::Refused(why) => format!("{} could not answer ({why})", name(peer)),
+            })
+            .collect();
+        let reason = format!(
+            "{} owns {service}: fenced: no majority confirms that no other copy runs: {}",
+            self.config.node_name,
+            if said.is_empty() {
+                "too few members answered".to_string()
+            } else {
+                said.join("; ")
+            }
+        );
+        if self.confirm.told.get(&service) != Some(&reason) {
+            self.confirm.told.insert(service.clone(), reason.clone());
+            self.record(&service, "placement-fenced", reason);
+        }
+        false
     }
 
     /// Records placement decisions that changed since the last plan: a copy taken, handed
