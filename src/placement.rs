@@ -103,7 +103,7 @@ pub struct Confirmation {
 }
 
 /// At most this many nodes are asked about in one `Holders` question.
-pub const MAX_HOLDERS_ASKED: usize = 64;
+pub use crate::wire::query::MAX_HOLDERS_ASKED;
 
 /// The answer to a `Holders` question about `service`: the nodes among `asked` and those this
 /// node's document shows occupying a copy that this node sees up (this node itself when its

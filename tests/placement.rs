@@ -849,6 +849,55 @@ async fn a_drained_node_runs_nothing_and_its_services_are_healthy_elsewhere_firs
     assert_eq!(ready(&world, "db"), placed.1);
 }
 
+/// The fencing token grows across a hand-over: n1's copy of `lock` stops and its record with
+/// it, yet the new owner's claim carries a higher `MESH_EPOCH` (n1 kept its record as the last
+/// claim until the new one was published, then removed it).
+#[tokio::test(start_paused = true)]
+async fn the_fencing_token_grows_when_a_drain_hands_an_exclusive_service_over() {
+    let world = World::start(3).await;
+    let n1 = world.member("n1");
+    add(&n1.node, &[exclusive(&world, "lock", "n1")]).await;
+    wait_world(&world, "lock healthy on n1", |w| ready(w, "lock") == ["n1"]).await;
+    wait_claim_everywhere(&world, "lock", "n1").await;
+    let epoch_on = |node: &str| {
+        let id = world.member(node).node.peer_id().to_base58();
+        n1.node
+            .state()
+            .snapshot()
+            .state
+            .instances
+            .values()
+            .find(|i| i.service == "lock" && i.node.as_str() == id)
+            .and_then(|i| i.epoch)
+    };
+    let first = epoch_on("n1").expect("n1's claim carries an epoch");
+    let supervisor = n1.node.supervisor().expect("n1 supervises");
+    assert!(supervisor.set_drained(true).await.expect("drain"));
+    wait_world(&world, "lock healthy off n1", |w| {
+        let r = ready(w, "lock");
+        r.len() == 1 && r[0] != "n1"
+    })
+    .await;
+    let owner = ready(&world, "lock")[0].clone();
+    let id = world.member(&owner).node.peer_id().to_base58();
+    let n1_id = n1.node.peer_id().to_base58();
+    cluster::wait_states(&world.refs(), "the new claim everywhere, n1's gone", |s| {
+        s.iter().all(|s| {
+            let lock = || s.state.instances.values().filter(|i| i.service == "lock");
+            lock().any(|i| i.node.as_str() == id && i.epoch.is_some())
+                && !lock().any(|i| i.node.as_str() == n1_id)
+        })
+    })
+    .await;
+    let next = epoch_on(&owner).expect("the new claim carries an epoch");
+    assert!(
+        next > first,
+        "MESH_EPOCH went from {first} to {next}: {}",
+        world.story()
+    );
+    assert_never_two(&world, "lock");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_partition_runs_a_service_on_both_sides_and_the_heal_leaves_one_copy() {
     let world = World::start(3).await;

@@ -124,7 +124,8 @@ use crate::discovery::DiscoveryEvent;
 
 use actor::MdnsActor;
 pub use config::*;
-use record::{InterfacePolicy, LocalNode, build_service_info};
+pub(crate) use record::InterfacePolicy;
+use record::{LocalNode, build_service_info};
 
 /// Handle to the running mDNS actor. Dropping it stops the actor (with goodbyes) in the
 /// background; [`MdnsHandle::stop`] does the same and waits for it.
@@ -252,24 +253,8 @@ fn configure_daemon(
     MdnsError,
 > {
     let start = |step: &'static str| move |source| MdnsError::DaemonStart { step, source };
-    match policy {
-        InterfacePolicy::Lan => daemon
-            .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
-            .map_err(start("disable loopback interfaces"))?,
-        #[cfg(test)]
-        InterfacePolicy::LoopbackOnly => {
-            daemon
-                .disable_interface(IfKind::All)
-                .map_err(start("disable interfaces"))?;
-            daemon
-                .enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
-                .map_err(start("enable loopback interfaces"))?;
-        }
-    }
-    daemon
-        .set_ip_check_interval(ip_check_secs(config.ip_check_interval))
-        .map_err(start("set ip check interval"))?;
-    let monitor = daemon.monitor().map_err(start("monitor"))?;
+    let monitor = prepare_daemon(daemon, policy, config.ip_check_interval)
+        .map_err(|(step, source)| start(step)(source))?;
     if let Some(service) = service {
         let fullname = service.get_fullname().to_string();
         daemon
@@ -281,6 +266,36 @@ fn configure_daemon(
 }
 
 /// mdns-sd takes whole seconds; round up so that "every 500 ms" does not become "never".
+/// The set-up every daemon of the agent gets before it announces or queries anything (its own
+/// record here, the services it advertises in `advertise::registrar`): the interfaces of
+/// `policy`, the interval of the daemon's check for changed addresses, and its monitor. An
+/// error names the step that failed.
+pub(crate) fn prepare_daemon(
+    daemon: &ServiceDaemon,
+    policy: InterfacePolicy,
+    ip_check_interval: Duration,
+) -> Result<mdns_sd::Receiver<DaemonEvent>, (&'static str, mdns_sd::Error)> {
+    let step = |step: &'static str| move |source| (step, source);
+    match policy {
+        InterfacePolicy::Lan => daemon
+            .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
+            .map_err(step("disable loopback interfaces"))?,
+        #[cfg(test)]
+        InterfacePolicy::LoopbackOnly => {
+            daemon
+                .disable_interface(IfKind::All)
+                .map_err(step("disable interfaces"))?;
+            daemon
+                .enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
+                .map_err(step("enable loopback interfaces"))?;
+        }
+    }
+    daemon
+        .set_ip_check_interval(ip_check_secs(ip_check_interval))
+        .map_err(step("set ip check interval"))?;
+    daemon.monitor().map_err(step("monitor"))
+}
+
 fn ip_check_secs(interval: Duration) -> u32 {
     if interval.is_zero() {
         return 0;

@@ -64,7 +64,6 @@ use crate::services::{View, instance_key};
 use crate::state::actor::{EntryWrite, StateHandle, StateSnapshot};
 use crate::state::{InstanceRecord, InstanceState, LeaseRecord, MeshState, now_ms, system_time_ms};
 pub use crate::wire::query::AuditRecord;
-pub use placing::PeerAsk;
 
 mod audit;
 mod handle;
@@ -76,7 +75,7 @@ mod publish;
 pub use audit::AuditPage;
 use audit::AuditRing;
 use handle::SupervisorCommand;
-pub use handle::{ListeningReport, LocalRules, SupervisorHandle, SupervisorHandleError};
+pub use handle::{ListeningReport, LocalRules, PeerAsk, SupervisorHandle, SupervisorHandleError};
 
 /// Capacity of the channel of process reports (exits, health results). One report per
 /// process exit or probe; the actor drains it continuously.
@@ -656,17 +655,20 @@ impl SupervisorActor {
             })
             .map(|(key, _)| key.clone())
             .collect();
-        if !stale.is_empty() {
-            let writes = stale
-                .into_iter()
-                .map(|key| {
-                    self.instances_written.remove(&key);
-                    EntryWrite::Instance { key, record: None }
-                })
-                .collect();
-            if let Err(e) = self.state.write_detached(writes).await {
-                tracing::warn!(error = %e, "cannot remove stale instances");
+        let mut writes = Vec::new();
+        for key in stale {
+            let record = publish::last_claim(snap, &key);
+            if record.is_some() && record.as_ref() == snap.state.instances.get(&key) {
+                // Already the last claim, as it should stay.
+                continue;
             }
+            self.instances_written.remove(&key);
+            writes.push(EntryWrite::Instance { key, record });
+        }
+        if !writes.is_empty()
+            && let Err(e) = self.state.write_detached(writes).await
+        {
+            tracing::warn!(error = %e, "cannot remove stale instances");
         }
     }
 }

@@ -57,7 +57,7 @@ pub enum QueryRequest {
 }
 
 /// Most node ids one `Holders` question names.
-pub const MAX_HOLDERS_ASKED: usize = crate::placement::MAX_HOLDERS_ASKED;
+pub const MAX_HOLDERS_ASKED: usize = 64;
 /// Longest node id a question may name (a base58 peer id is 52 characters).
 pub const MAX_NODE_ID_LEN: usize = 128;
 

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use mdns_sd::{DaemonEvent, IfKind, RRType, ServiceDaemon, ServiceInfo, UnregisterStatus};
+use mdns_sd::{DaemonEvent, RRType, ServiceDaemon, ServiceInfo, UnregisterStatus};
 use tokio::task::JoinSet;
 use tracing::{debug, info, trace, warn};
 
@@ -75,15 +75,7 @@ pub enum RegistrarError {
     },
 }
 
-/// Which interfaces the daemons use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InterfacePolicy {
-    /// Every up interface except loopback.
-    Lan,
-    /// Loopback only: tests on one host, never sending on a real link.
-    #[cfg(test)]
-    LoopbackOnly,
-}
+use crate::discovery::mdns::{InterfacePolicy, prepare_daemon};
 
 /// One advertised service.
 struct Registration {
@@ -425,24 +417,8 @@ impl LanRegistrar {
         let daemon = ServiceDaemon::new().map_err(start("create"))?;
         // From here on the daemon thread runs: shut it down on every error path.
         let configured = (|| {
-            match self.policy {
-                InterfacePolicy::Lan => daemon
-                    .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
-                    .map_err(start("disable loopback interfaces"))?,
-                #[cfg(test)]
-                InterfacePolicy::LoopbackOnly => {
-                    daemon
-                        .disable_interface(IfKind::All)
-                        .map_err(start("disable interfaces"))?;
-                    daemon
-                        .enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
-                        .map_err(start("enable loopback interfaces"))?;
-                }
-            }
-            daemon
-                .set_ip_check_interval(whole_seconds(self.config.ip_check_interval))
-                .map_err(start("set ip check interval"))?;
-            let monitor = daemon.monitor().map_err(start("monitor"))?;
+            let monitor = prepare_daemon(&daemon, self.policy, self.config.ip_check_interval)
+                .map_err(|(step, source)| start(step)(source))?;
             daemon
                 .register(info.clone())
                 .map_err(|source| RegistrarError::Register {
@@ -521,13 +497,4 @@ fn withdraw_registration(
             Err(err) => warn!(%service, "advertise: cannot shut the daemon down: {err}"),
         }
     }
-}
-
-/// mdns-sd takes whole seconds; round up so that "every 500 ms" does not become "never".
-fn whole_seconds(interval: Duration) -> u32 {
-    if interval.is_zero() {
-        return 0;
-    }
-    let secs = interval.as_secs() + u64::from(interval.subsec_nanos() > 0);
-    u32::try_from(secs).unwrap_or(u32::MAX)
 }

@@ -17,7 +17,7 @@ use crate::identity::short_id;
 
 /// Which interfaces the daemon uses and which addresses count as dialable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum InterfacePolicy {
+pub(crate) enum InterfacePolicy {
     /// Production: every up interface except loopback; loopback and link-local addresses of
     /// peers are dropped.
     Lan,

@@ -87,6 +87,18 @@ impl LocalRules {
     }
 }
 
+/// Asks a member a `/mesh/query/1` question (the node's query path); `None` when it could not
+/// be reached or did not answer. The supervisor asks before it starts an exclusive copy.
+pub type PeerAsk = Arc<
+    dyn Fn(
+            crate::identity::NodeId,
+            crate::wire::query::QueryRequest,
+        )
+            -> futures::future::BoxFuture<'static, Option<crate::wire::query::QueryResponse>>
+        + Send
+        + Sync,
+>;
+
 /// A cloneable handle to the supervisor actor.
 #[derive(Clone)]
 pub struct SupervisorHandle {

@@ -4,19 +4,12 @@
 //! agent adds to each copy (`MESH_EPOCH`, `MESH_ENDPOINT_<DEP>`), and the members' answers
 //! asked for before an exclusive copy starts ([`Confirmations`]).
 
-use futures::future::BoxFuture;
-
 use super::*;
 use crate::placement::{
     self, Confirmation, LocalPlan, LocalRole, PlacementInput, ServicePlacement,
 };
 use crate::supervisor::spec::DependencyRestart;
 use crate::wire::query::{QueryRequest, QueryResponse};
-
-/// Asks a member a `/mesh/query/1` question (the node's query path); `None` when it could not
-/// be reached or did not answer.
-pub type PeerAsk =
-    Arc<dyn Fn(NodeId, QueryRequest) -> BoxFuture<'static, Option<QueryResponse>> + Send + Sync>;
 
 /// How long a member has to answer a `Holders` question (a round trip on a LAN is
 /// milliseconds; a relayed one well under a second).

@@ -15,11 +15,14 @@ impl SupervisorActor {
             let key = instance_key(&status.service, &self.config.node_id);
             let placed_here = self.core.spec(&status.service).is_some();
             if !placed_here && status.pid.is_none() {
-                // Removed (or moved away) and its process is gone: the entry goes, unless it
-                // now says why this node refuses the service.
+                // Removed (or moved away) and its process is gone: the entry goes (or stays
+                // as the last claim, see `last_claim`), unless it now says why this node
+                // refuses the service.
                 self.instances_written.remove(&key);
                 if !self.refused.contains_key(&status.service) {
-                    writes.push(EntryWrite::Instance { key, record: None });
+                    let snap = self.state.snapshot();
+                    let record = last_claim(&snap, &key);
+                    writes.push(EntryWrite::Instance { key, record });
                 }
             } else if !placed_here && self.refused.contains_key(&status.service) {
                 // Still stopping: the `refused` entry stays until the process is gone.
@@ -41,6 +44,17 @@ impl SupervisorActor {
                     .core
                     .spec(&status.service)
                     .map(|spec| spec.health.is_some());
+                // A copy no longer claimed (stopping after a hand-over) keeps the token it ran
+                // with: it may become the service's last claim (`last_claim`).
+                let claimed = self
+                    .claims
+                    .get(&status.service)
+                    .map(|c| (c.epoch, c.generation))
+                    .or_else(|| {
+                        let snap = self.state.snapshot();
+                        let i = snap.state.instances.get(&key)?;
+                        Some((i.epoch?, i.generation.unwrap_or(0)))
+                    });
                 self.instances_written.insert(key.clone());
                 writes.push(EntryWrite::Instance {
                     key,
@@ -56,8 +70,8 @@ impl SupervisorActor {
                         reason: Some(status.reason.clone()),
                         log_tail,
                         health_check,
-                        epoch: self.claims.get(&status.service).map(|c| c.epoch),
-                        generation: self.claims.get(&status.service).map(|c| c.generation),
+                        epoch: claimed.map(|(epoch, _)| epoch),
+                        generation: claimed.map(|(_, generation)| generation),
                     }),
                 });
             }
@@ -169,4 +183,29 @@ impl SupervisorActor {
             }
         }
     }
+}
+
+/// What this node's instance record `key` becomes once its copy is gone for good: `None`
+/// (deleted), or, when it carries the highest fencing token of a service that still exists, a
+/// `stopped` record keeping that `epoch`. A new claim takes one more than the highest epoch of
+/// any instance, so `MESH_EPOCH` keeps growing across a hand-over (drain, rebalance) even
+/// when the copy that had it is gone. It is deleted once another node's claim carries an
+/// epoch as high, or the service is removed.
+pub(super) fn last_claim(snap: &StateSnapshot, key: &str) -> Option<InstanceRecord> {
+    let record = snap.state.instances.get(key)?;
+    let epoch = record.epoch?;
+    View::new(&snap.state, &snap.specs).spec(&record.service)?;
+    let superseded = snap.state.instances.iter().any(|(other, i)| {
+        other != key && i.service == record.service && i.epoch.is_some_and(|e| e >= epoch)
+    });
+    if superseded {
+        return None;
+    }
+    Some(InstanceRecord {
+        state: InstanceState::Stopped,
+        pid: None,
+        reason: Some("handed over; kept as the service's last claim (MESH_EPOCH)".to_string()),
+        log_tail: None,
+        ..record.clone()
+    })
 }
