@@ -66,6 +66,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Resolve(args) => commands::resolve(args),
         Command::Drain(args) => commands::drain(args, true),
         Command::Undrain(args) => commands::drain(args, false),
+        Command::Remove(args) => commands::remove(args),
         Command::Events(args) => commands::events(args),
         Command::Invite(args) => invite::invite(args),
         Command::Join(args) => invite::join(args),

@@ -372,6 +372,18 @@ impl Membership {
         true
     }
 
+    /// A member removed `peer` from the mesh (`mesh remove`): it is `left` from now on (and
+    /// the caller never admits it again). Returns whether this is news.
+    pub fn on_removed(&mut self, peer: PeerId, now: Instant) -> bool {
+        let Some(bump) = self.peers.get(&peer).map(|r| r.bump) else {
+            return false;
+        };
+        if peer == self.local || self.leaving.contains(&(peer, bump)) {
+            return false;
+        }
+        self.on_leave_notice(self.local, peer, bump, now)
+    }
+
     /// A round trip to `peer` took `rtt` (measured by the caller on membership requests).
     pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration, now: Instant) {
         self.touch(peer, now);

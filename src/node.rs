@@ -236,11 +236,22 @@ struct NodeActor {
     snapshot_tx: watch::Sender<Arc<NodeSnapshot>>,
     /// Peers' membership states for placement (the supervisor), sent only when one changes.
     membership_tx: watch::Sender<MembershipSnapshot>,
+    /// The document, for the nodes members removed (`mesh remove`).
+    documents: watch::Receiver<Arc<crate::state::actor::StateSnapshot>>,
+    /// Removed nodes: never admitted, never dialed, disconnected (see [`REMOVAL_NOTICE`]).
+    removed: HashSet<PeerId>,
+    /// Removed nodes still connected, and when their connections are closed.
+    cut_off: Vec<(PeerId, Instant)>,
     version: u64,
     last_publish: Instant,
     dirty: bool,
     shutdown: CancellationToken,
 }
+
+/// How long a removed node's open links stay after the removal arrives, so that the document
+/// carrying it reaches the node (which then stops its services) before it is cut off. One sync
+/// push on a LAN takes milliseconds.
+const REMOVAL_NOTICE: Duration = Duration::from_millis(500);
 
 /// Starts a node: binds its listeners (reporting bind errors), then runs the actor.
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
@@ -407,6 +418,9 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         stats: NodeStats::default(),
         snapshot_tx,
         membership_tx,
+        documents: state.subscribe(),
+        removed: HashSet::new(),
+        cut_off: Vec::new(),
         version: 0,
         last_publish: now,
         dirty: true,
@@ -461,6 +475,7 @@ impl NodeActor {
                 }
                 Some((token, answer)) = self.join_answers.recv() => self.on_join_answer(token, answer),
                 Some(command) = self.commands.recv() => self.on_command(command),
+                Ok(()) = self.documents.changed() => self.on_document(),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev).await,
                 _ = tokio::time::sleep_until(deadline) => {}
             }
@@ -480,11 +495,20 @@ impl NodeActor {
         consider(self.admission.next_deadline().map(Instant::from_std));
         consider(self.dials.next_deadline().map(Instant::from_std));
         consider(Some(self.last_publish + VOLATILE_PUBLISH));
+        consider(self.cut_off.iter().map(|(_, at)| *at).min());
         next.max(now)
     }
 
     fn tick(&mut self, now: Instant) {
         let std_now = now.into_std();
+        let swarm = &mut self.swarm;
+        self.cut_off.retain(|(peer, at)| {
+            if *at > now {
+                return true;
+            }
+            let _ = swarm.disconnect_peer_id(*peer);
+            false
+        });
         self.membership.handle_timers(std_now);
         let actions = self.admission.poll_timeouts(std_now);
         self.apply_admission(actions, now);
@@ -499,6 +523,48 @@ impl NodeActor {
         if self.dirty || now >= self.last_publish + VOLATILE_PUBLISH {
             self.publish(now);
         }
+    }
+
+    /// The document changed: nodes newly removed by a member (`mesh remove`) are cut off
+    /// (disconnected, `left` in membership) and refused from now on.
+    fn on_document(&mut self) {
+        let snap = self.documents.borrow_and_update().clone();
+        let removed: HashSet<PeerId> = snap
+            .state
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.is_removed())
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect();
+        if removed.len() == self.removed.len() {
+            return;
+        }
+        let now = Instant::now();
+        for peer in removed.difference(&self.removed) {
+            let record = &snap.state.nodes[&peer.to_base58()];
+            let by = record
+                .removed_by
+                .as_deref()
+                .map_or_else(|| "a member".to_string(), |id| snap.state.node_name(id));
+            if *peer == self.local_peer {
+                tracing::error!(
+                    by = %by,
+                    "this node was removed from the mesh: every member refuses it; to join again, \
+                     stop the agent, delete its identity and mesh key, and join with a new ticket"
+                );
+                continue;
+            }
+            tracing::info!(%peer, name = %record.name, by = %by, "node removed from the mesh");
+            // Its links stay a moment, so that the removal reaches it and it stops its
+            // services; nothing new is admitted or dialed meanwhile.
+            if self.connections.contains_key(peer) {
+                self.cut_off.push((*peer, now + REMOVAL_NOTICE));
+            }
+            if self.membership.on_removed(*peer, now.into_std()) {
+                self.dirty = true;
+            }
+        }
+        self.removed = removed;
     }
 
     fn local_info(&self) -> NodeInfo {
@@ -518,9 +584,10 @@ impl NodeActor {
     fn dial(&mut self, now: Instant) {
         let std_now = now.into_std();
         let admission = &self.admission;
-        let dials = self
-            .dials
-            .poll(std_now, |p| admission.in_backoff(p, std_now));
+        let removed = &self.removed;
+        let dials = self.dials.poll(std_now, |p| {
+            removed.contains(p) || admission.in_backoff(p, std_now)
+        });
         for dial in dials {
             let opts = match dial {
                 Dial::Peer { peer, addrs } => DialOpts::peer_id(peer)
@@ -624,6 +691,12 @@ impl NodeActor {
         let std_now = now.into_std();
         if peer == self.local_peer {
             let _ = self.swarm.close_connection(connection_id);
+            return;
+        }
+        if self.removed.contains(&peer) {
+            self.stats.removed_refused += 1;
+            let _ = self.swarm.close_connection(connection_id);
+            tracing::debug!(%peer, "refused a connection of a removed node");
             return;
         }
         if self.admission.in_backoff(&peer, std_now) {

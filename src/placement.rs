@@ -6,7 +6,8 @@
 //! # The rule
 //!
 //! For each active service with a valid spec:
-//! 1. **Eligible** nodes: the document's nodes (this one included) that are not drained or
+//! 1. **Eligible** nodes: the document's nodes (this one included) that are not removed
+//!    (`mesh remove`: not members at all, not counted for a majority either), drained or
 //!    leaving (a stopping agent records its leave before it stops its services), are
 //!    in the spec's eligible set (`nodes`, resolved to ids at add time) if it has one, meet
 //!    its `require`ments (tags, arch, os, device class, profile, score, memory), and have not
@@ -454,9 +455,11 @@ fn candidate_nodes<'a>(
     state: &'a MeshState,
     local: &NodeId,
 ) -> Vec<(NodeId, Option<&'a NodeRecord>)> {
+    // A removed node (`mesh remove`) is no member: not eligible, not counted for a majority.
     let mut nodes: Vec<(NodeId, Option<&NodeRecord>)> = state
         .nodes
         .iter()
+        .filter(|(_, record)| !record.is_removed())
         .map(|(id, record)| (NodeId::from(id.as_str()), Some(record)))
         .collect();
     if !state.nodes.contains_key(local.as_str()) {

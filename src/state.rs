@@ -94,7 +94,8 @@ pub struct MeshState {
     pub leases: BTreeMap<String, LeaseRecord>,
 }
 
-/// What the mesh knows of one node. Written only by that node.
+/// What the mesh knows of one node. Written only by that node, except `removed_at_ms` and
+/// `removed_by` (`mesh remove`), which any member writes.
 #[derive(Debug, Clone, PartialEq, Default, Reconcile, Hydrate, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub name: NodeName,
@@ -111,6 +112,22 @@ pub struct NodeRecord {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drained: Option<bool>,
+    /// Wall-clock ms when a member removed this node (`mesh remove`): every agent refuses its
+    /// node id from then on, for good. Kept across epochs (never collected).
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at_ms: Option<i64>,
+    /// The node id of the member that removed it.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<String>,
+}
+
+impl NodeRecord {
+    /// Whether a member removed this node (`mesh remove`).
+    pub fn is_removed(&self) -> bool {
+        self.removed_at_ms.is_some()
+    }
 }
 
 /// The stable part of a hardware profile. Battery level is volatile and stays out.
@@ -554,7 +571,11 @@ pub fn collect_garbage(state: &mut MeshState, at_ms: i64) -> usize {
     let gone: std::collections::BTreeSet<String> = state
         .nodes
         .iter()
-        .filter(|(_, n)| n.left_at_ms.is_some_and(|t| t < at_ms - LEFT_RETENTION_MS))
+        .filter(|(_, n)| {
+            n.left_at_ms
+                .or(n.removed_at_ms)
+                .is_some_and(|t| t < at_ms - LEFT_RETENTION_MS)
+        })
         .map(|(id, _)| id.clone())
         .collect();
     state

@@ -503,6 +503,29 @@ async fn hold(world: &World, service: &str, nodes: &[String], for_: Duration) {
     );
 }
 
+/// Waits until `pred` holds of `node`'s snapshot, at most [`CEILING`].
+async fn wait_snapshot(
+    node: &NodeHandle,
+    what: &str,
+    pred: impl Fn(&mesh::node::NodeSnapshot) -> bool,
+) {
+    let found = node.wait_for(CEILING, |s| pred(s)).await;
+    assert!(found.is_some(), "timed out waiting for {what}");
+}
+
+/// Lets `for_` of simulated time pass, checking `pred` of `node`'s snapshot at every step.
+async fn hold_snapshot(
+    node: &NodeHandle,
+    for_: Duration,
+    pred: impl Fn(&mesh::node::NodeSnapshot) -> bool,
+) {
+    let until = Instant::now() + for_;
+    while Instant::now() < until {
+        tokio::time::sleep(STEP).await;
+        assert!(pred(&node.snapshot()), "{:?}", node.snapshot().peers);
+    }
+}
+
 /// When `observer`'s membership declared `peer` dead (or left), if it has.
 fn gone_since(observer: &NodeHandle, peer: &NodeHandle) -> Option<Instant> {
     observer
@@ -847,6 +870,62 @@ async fn a_drained_node_runs_nothing_and_its_services_are_healthy_elsewhere_firs
     .await;
     hold(&world, "web", &placed.0, QUIET).await;
     assert_eq!(ready(&world, "db"), placed.1);
+}
+
+/// `mesh remove` of a node that runs a service: every member drops it (no one lists it
+/// alive; `mesh peers` shows it `removed`), its service comes up elsewhere, and it cannot
+/// reconnect (its connections are closed on arrival).
+#[tokio::test(start_paused = true)]
+async fn a_removed_node_is_cut_off_refused_and_its_service_runs_elsewhere() {
+    let world = World::start(3).await;
+    let [n1, n2, n3] = ["n1", "n2", "n3"].map(|n| &world.member(n).node);
+    add(n1, &[service("web", "n3")]).await;
+    wait_world(&world, "web healthy on n3", |w| ready(w, "web") == ["n3"]).await;
+    let (status, answer) = api(n1, "POST", "/v1/nodes/n3/remove", None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], true, "{answer}");
+    assert_eq!(answer["id"], n3.peer_id().to_base58(), "{answer}");
+    // Removing it again changes nothing; a node cannot remove itself.
+    let (status, again) = api(n2, "POST", "/v1/nodes/n3/remove", None).await;
+    assert_eq!(
+        (status, &again["changed"]),
+        (200, &Value::Bool(false)),
+        "{again}"
+    );
+    let (status, own) = api(n1, "POST", "/v1/nodes/n1/remove", None).await;
+    assert_eq!(status, 409, "{own}");
+
+    let gone = n3.peer_id();
+    for node in [n1, n2] {
+        wait_snapshot(node, "n3 cut off", |s| {
+            s.peers
+                .iter()
+                .all(|p| p.peer_id != gone || (!p.connected && p.state != PeerState::Alive))
+        })
+        .await;
+    }
+    wait_world(&world, "web healthy off n3", |w| {
+        let r = ready(w, "web");
+        r.len() == 1 && r[0] != "n3"
+    })
+    .await;
+    let (_, peers) = api(n1, "GET", "/v1/peers", None).await;
+    let row = peers
+        .as_array()
+        .expect("a list of peers")
+        .iter()
+        .find(|p| p["id"] == gone.to_base58())
+        .expect("n3 listed");
+    assert_eq!(row["state"], "removed", "{row}");
+    // n3 keeps trying (it still holds the key); every attempt is closed on arrival.
+    wait_snapshot(n1, "a connection of n3 refused", |s| {
+        s.stats.removed_refused > 0
+    })
+    .await;
+    hold_snapshot(n1, QUIET, |s| {
+        s.peers.iter().all(|p| p.peer_id != gone || !p.connected)
+    })
+    .await;
 }
 
 /// The fencing token grows across a hand-over: n1's copy of `lock` stops and its record with

@@ -18,8 +18,8 @@ use super::contract::{
     ApiError, DrainResponse, EndpointEntry, ErrorCode, EventsQuery, EventsResponse,
     InviteCreateRequest, InviteCreated, InviteEntry, JoinApiRequest, JoinApiResponse,
     ListeningResponse, LogsQuery, LogsResponse, NodeQuery, PeerEntry, PeersQuery, PortEntry,
-    ServiceAction, ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceEntry,
-    StateResponse, StatusResponse, TagRequest, TagResponse, VERSION_HEADER, routes,
+    RemoveResponse, ServiceAction, ServiceActionResponse, ServiceAddRequest, ServiceAddResponse,
+    ServiceEntry, StateResponse, StatusResponse, TagRequest, TagResponse, VERSION_HEADER, routes,
 };
 
 /// Pause before a long poll refused for want of slots is asked again: the agent's
@@ -385,6 +385,12 @@ impl ApiClient {
     pub fn drain(&self, node: &str, drained: bool) -> Result<DrainResponse, ClientError> {
         let action = if drained { "drain" } else { "undrain" };
         let path = routes::path(routes::NODE_ACTION, &[("node", node), ("action", action)]);
+        self.send_json("POST", &path, None)
+    }
+
+    /// `POST /v1/nodes/{node}/remove`.
+    pub fn remove_node(&self, node: &str) -> Result<RemoveResponse, ClientError> {
+        let path = routes::path(routes::NODE_ACTION, &[("node", node), ("action", "remove")]);
         self.send_json("POST", &path, None)
     }
 

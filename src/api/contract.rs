@@ -477,6 +477,10 @@ pub struct Counters {
     pub joins_accepted: u64,
     #[serde(default)]
     pub joins_refused: u64,
+    /// Connections of removed nodes (`mesh remove`) closed on arrival (absent from older
+    /// agents).
+    #[serde(default)]
+    pub removed_refused: u64,
 }
 
 /// Where a peer's document stands relative to ours (`PeerSyncEntry::status`).
@@ -608,6 +612,15 @@ pub struct DrainResponse {
     pub node: String,
     pub drained: bool,
     /// Whether the mark changed (false: it already was so).
+    pub changed: bool,
+}
+
+/// Answer of `POST /v1/nodes/{node}/remove`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveResponse {
+    pub node: String,
+    pub id: String,
+    /// Whether this call removed it (false: it was removed already).
     pub changed: bool,
 }
 

@@ -51,6 +51,8 @@ pub enum Command {
     Drain(DrainArgs),
     /// Let a drained node take services again.
     Undrain(DrainArgs),
+    /// Throw a node out of the mesh for good: every member refuses it, its services move.
+    Remove(RemoveArgs),
     /// Print a service's log, from the node that runs it.
     Logs(LogsArgs),
     /// Print a node's audit trail: starts, exits, restarts, port changes.
@@ -225,6 +227,20 @@ pub struct PeersArgs {
     /// Redraw as the mesh changes (Ctrl-C to stop).
     #[arg(long, short)]
     pub watch: bool,
+    /// Also list nodes removed from the mesh (`mesh remove`).
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Node name or id (`mesh peers` shows both).
+    pub node: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

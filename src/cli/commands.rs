@@ -7,8 +7,8 @@
 
 use super::args::{
     AgentArgs, ApiArgs, DrainArgs, EventsArgs, LogFormatArg, LogsArgs, PeersArgs, PortsArgs,
-    ResolveArgs, ServiceAddArgs, ServiceArgs, ServiceCommand, ServicesArgs, StatusArgs, TagArgs,
-    TagCommand,
+    RemoveArgs, ResolveArgs, ServiceAddArgs, ServiceArgs, ServiceCommand, ServicesArgs, StatusArgs,
+    TagArgs, TagCommand,
 };
 use super::render::{
     EVENT_HEADER, event_line, event_row, event_widths, render_events, render_listening,
@@ -107,7 +107,7 @@ pub fn peers(args: PeersArgs) -> Result<(), ClientError> {
     let client = args.client.connect();
     if !args.watch {
         let rows = client.peers()?.body;
-        return print_peers(&rows, args.json);
+        return print_peers(&shown(rows, args.all), args.json);
     }
     let mut version: Option<u64> = None;
     loop {
@@ -118,8 +118,32 @@ pub fn peers(args: PeersArgs) -> Result<(), ClientError> {
         version = resp.version;
         // Clear the screen and home the cursor, then redraw.
         out!("\x1b[H\x1b[2J");
-        print_peers(&resp.body, args.json)?;
+        print_peers(&shown(resp.body, args.all), args.json)?;
     }
+}
+
+/// The rows `mesh peers` shows: removed nodes only with `--all`.
+fn shown(rows: Vec<PeerEntry>, all: bool) -> Vec<PeerEntry> {
+    rows.into_iter()
+        .filter(|row| all || row.state != "removed")
+        .collect()
+}
+
+pub fn remove(args: RemoveArgs) -> Result<(), ClientError> {
+    let resp = args.client.connect().remove_node(&args.node)?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&resp));
+    } else if resp.changed {
+        out!(
+            "{} ({}) removed: every member refuses it from now on, and its services move to \
+             other nodes. It still holds the mesh key: see \"Removing a node\" in the README\n",
+            resp.node,
+            resp.id
+        );
+    } else {
+        out!("{} was removed already\n", resp.node);
+    }
+    Ok(())
 }
 
 fn print_peers(rows: &[PeerEntry], json: bool) -> Result<(), ClientError> {

@@ -65,6 +65,8 @@ pub struct NodeStats {
     pub joins_accepted: u64,
     /// Join requests refused here (forged, expired, used, revoked, busy).
     pub joins_refused: u64,
+    /// Connections of removed nodes (`mesh remove`) closed on arrival.
+    pub removed_refused: u64,
 }
 
 /// An immutable view of the node for readers. Republished on every state change, and every

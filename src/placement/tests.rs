@@ -747,3 +747,24 @@ fn the_majority_clock_counts_from_when_the_majority_was_first_seen_without_a_bre
         Duration::from_secs(1)
     );
 }
+
+#[test]
+fn a_removed_node_is_neither_eligible_nor_a_member() {
+    let mut state = mesh(&[10, 10, 10]);
+    add_service(&mut state, spec("web", 1), "id-2");
+    state.nodes.get_mut("id-2").unwrap().removed_at_ms = Some(1);
+    let mut liveness = all_alive(&state);
+    liveness.peers.remove(&NodeId::from("id-2"));
+    let owners = owners_from(&state, "id-0", &liveness);
+    assert!(!owners["web"].contains(&NodeId::from("id-2")));
+    assert_eq!(owners["web"].len(), 1);
+    let specs = ParsedSpecs::parse(&state);
+    let local = NodeId::from("id-0");
+    let input = PlacementInput {
+        view: View::new(&state, &specs),
+        local: &local,
+        liveness: &liveness,
+    };
+    // Two members left, both seen: a majority without the removed one.
+    assert_eq!(majority(input), (2, 2));
+}

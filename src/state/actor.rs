@@ -134,6 +134,11 @@ pub enum StateCommand {
     MarkLeft {
         reply: oneshot::Sender<()>,
     },
+    /// `mesh remove`: marks another node's record removed.
+    RemoveNode {
+        id: String,
+        reply: oneshot::Sender<Result<bool, StateError>>,
+    },
     /// The node actor sends these through [`StateHandle::peer_up`] and
     /// [`StateHandle::peer_down`] (never dropped); as commands they serve tests.
     PeerUp(PeerId),
@@ -329,6 +334,17 @@ impl StateHandle {
     pub async fn set_drained(&self, drained: bool) -> Result<bool, StateError> {
         let (reply, rx) = oneshot::channel();
         if !self.send(StateCommand::SetDrained { drained, reply }).await {
+            return Err(StateError::Stopped);
+        }
+        rx.await.map_err(|_| StateError::Stopped)?
+    }
+
+    /// Removes node `id` from the mesh (`mesh remove`): sets `removed_at_ms` in its record,
+    /// durably. Answers whether it changed (false: it was removed already).
+    pub async fn remove_node(&self, id: &str) -> Result<bool, StateError> {
+        let (reply, rx) = oneshot::channel();
+        let id = id.to_string();
+        if !self.send(StateCommand::RemoveNode { id, reply }).await {
             return Err(StateError::Stopped);
         }
         rx.await.map_err(|_| StateError::Stopped)?
@@ -594,6 +610,9 @@ impl StateActor {
             }
             StateCommand::SetDrained { drained, reply } => {
                 let _ = reply.send(self.set_drained(drained).await);
+            }
+            StateCommand::RemoveNode { id, reply } => {
+                let _ = reply.send(self.remove_node(&id).await);
             }
             StateCommand::SetTag { key, value, reply } => {
                 let result = self.set_tag(&key, value.as_deref()).await;

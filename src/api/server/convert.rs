@@ -86,6 +86,19 @@ pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) ->
         });
     }
     rows.extend(document_only_members(snap, state));
+    // Nodes a member removed (`mesh remove`): `removed`, whatever membership last said.
+    for row in &mut rows {
+        if let Some(record) = state.state.nodes.get(&row.id).filter(|n| n.is_removed()) {
+            row.state = "removed".into();
+            row.connected = false;
+            if row.name.is_none() {
+                row.name = Some(record.name.to_string());
+            }
+            if let Some(at) = record.removed_at_ms {
+                row.state_since_ms_ago = u64::try_from(crate::state::now_ms() - at).unwrap_or(0);
+            }
+        }
+    }
     rows
 }
 
@@ -186,6 +199,7 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
             sync_messages_dropped: s.sync_messages_dropped,
             joins_accepted: s.joins_accepted,
             joins_refused: s.joins_refused,
+            removed_refused: s.removed_refused,
         },
     }
 }

@@ -19,8 +19,8 @@ use super::convert::{placements, port_entries, service_entries};
 use super::{body_error, error, state_error};
 use crate::api::contract::{
     DrainResponse, EndpointEntry, EventEntry, EventsQuery, EventsResponse, ListeningEntry,
-    ListeningResponse, LogsQuery, LogsResponse, MAX_WAIT, NodeQuery, ServiceActionResponse,
-    ServiceAddRequest, ServiceAddResponse, ServiceAdded,
+    ListeningResponse, LogsQuery, LogsResponse, MAX_WAIT, NodeQuery, RemoveResponse,
+    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded,
 };
 use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
@@ -330,10 +330,11 @@ pub async fn node_action(
     let drained = match action.as_str() {
         "drain" => true,
         "undrain" => false,
+        "remove" => return remove_node(&node, &wanted).await,
         other => {
             return error(
                 StatusCode::NOT_FOUND,
-                format!("unknown node action `{other}` (use drain or undrain)"),
+                format!("unknown node action `{other}` (use drain, undrain or remove)"),
             );
         }
     };
@@ -357,6 +358,53 @@ pub async fn node_action(
         .into_response(),
         Ok(_) => unexpected(),
         Err(response) => response,
+    }
+}
+
+/// `POST /v1/nodes/{node}/remove`: revokes a member (`mesh remove`). The node is found in the
+/// document, so a dead or unreachable one can be removed too.
+async fn remove_node(node: &NodeHandle, wanted: &str) -> Response {
+    let snap = node.state().snapshot();
+    let nodes = snap
+        .state
+        .nodes
+        .iter()
+        .map(|(id, record)| (id.as_str(), record.name.as_str()));
+    let found = services::resolve_node(nodes, wanted);
+    let id = match found.as_slice() {
+        [id] => id.to_string(),
+        [] => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no node `{wanted}` in the mesh (see `mesh peers --all`)"),
+            );
+        }
+        several => {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "`{wanted}` names {} nodes ({}): give the node id (see `mesh peers --all`)",
+                    several.len(),
+                    several.join(", ")
+                ),
+            );
+        }
+    };
+    if id == node.peer_id().to_base58() {
+        return error(
+            StatusCode::CONFLICT,
+            "a node cannot remove itself: run `mesh remove` on another member".to_string(),
+        );
+    }
+    let name = snap.state.node_name(&id);
+    match node.state().remove_node(&id).await {
+        Ok(changed) => Json(RemoveResponse {
+            node: name,
+            id,
+            changed,
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

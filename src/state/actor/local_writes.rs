@@ -121,6 +121,36 @@ impl StateActor {
         Ok(true)
     }
 
+    /// Marks node `id` removed (`mesh remove`); answers whether it changed. Not this node
+    /// (`mesh leave` is how a node goes), not a node the document does not know.
+    pub(super) async fn remove_node(&mut self, id: &str) -> Result<bool, StateError> {
+        let local = self.local.to_base58();
+        if id == local {
+            return Err(StateError::NotOwned(
+                "a node cannot remove itself: stop its agent, or remove it from another member"
+                    .to_string(),
+            ));
+        }
+        let Some(mut rec) = get_entry::<NodeRecord>(&self.doc, "nodes", id) else {
+            return Err(StateError::NotOwned(format!("no node {id} in the mesh")));
+        };
+        if rec.is_removed() {
+            return Ok(false);
+        }
+        rec.removed_at_ms = Some(now_ms());
+        rec.removed_by = Some(local);
+        let before = self.doc.get_heads();
+        if let Err(e) = put_entry(&mut self.doc, "nodes", id, &rec) {
+            self.doc.rollback();
+            return Err(e);
+        }
+        if !self.commit_durably(&before)? {
+            return Ok(false);
+        }
+        self.publish_and_push().await;
+        Ok(true)
+    }
+
     /// Repairs concurrent creations of our own record (a node that lost its state and wrote its
     /// record before a peer sent the old one): Automerge keeps one copy whole, so the winning
     /// copy is rewritten with the tags of every copy (ours win on a clash), the earliest join
