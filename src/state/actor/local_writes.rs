@@ -28,8 +28,18 @@ impl StateActor {
         // Services are what an operator adds without limit; instances and leases follow from
         // them (bounded per service), so refusing those would only hide what runs.
         self.check_bound(growth)?;
+        self.change_durably(|doc| Self::apply_writes(doc, &writes))
+            .await
+    }
+
+    /// Makes one change with `edit` (rolled back if it fails), commits it durably, and
+    /// publishes and pushes it; answers whether the document changed.
+    async fn change_durably(
+        &mut self,
+        edit: impl FnOnce(&mut AutoCommit) -> Result<(), StateError>,
+    ) -> Result<bool, StateError> {
         let before = self.doc.get_heads();
-        if let Err(e) = Self::apply_writes(&mut self.doc, &writes) {
+        if let Err(e) = edit(&mut self.doc) {
             self.doc.rollback();
             return Err(e);
         }
@@ -139,16 +149,8 @@ impl StateActor {
         }
         rec.removed_at_ms = Some(now_ms());
         rec.removed_by = Some(local);
-        let before = self.doc.get_heads();
-        if let Err(e) = put_entry(&mut self.doc, "nodes", id, &rec) {
-            self.doc.rollback();
-            return Err(e);
-        }
-        if !self.commit_durably(&before)? {
-            return Ok(false);
-        }
-        self.publish_and_push().await;
-        Ok(true)
+        self.change_durably(|doc| put_entry(doc, "nodes", id, &rec))
+            .await
     }
 
     /// Repairs concurrent creations of our own record (a node that lost its state and wrote its
