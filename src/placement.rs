@@ -928,8 +928,10 @@ fn fence(input: PlacementInput<'_>, name: &str, spec: &ServiceSpec) -> Fence {
     }
 }
 
-/// `MESH_ENDPOINT_<DEP>=host:port` for each dependency of `spec` with a ready copy on another
-/// node (a dependency running here is reached as usual, on its `PORT`).
+/// `MESH_ENDPOINT_<DEP>=host:port` for each dependency of `spec` with a ready copy: one on
+/// this node as `127.0.0.1:port`, else one on another node at that node's address; its first
+/// port either way. So the variable is there wherever the dependency runs, and changes when
+/// it moves (also onto this node, or off it).
 pub fn dependency_endpoints(
     input: PlacementInput<'_>,
     spec: &ServiceSpec,
@@ -940,8 +942,10 @@ pub fn dependency_endpoints(
         let here = state
             .instances
             .get(&instance_key(dependency, input.local.as_str()))
-            .is_some_and(|i| holds(i.state));
-        if here {
+            .filter(|i| is_ready(i))
+            .and_then(|i| i.ports.first());
+        if let Some(port) = here {
+            env.insert(endpoint_variable(dependency), format!("127.0.0.1:{port}"));
             continue;
         }
         let found = state

@@ -635,6 +635,85 @@ fn services_of_a_killed_or_stopped_agent_come_up_elsewhere() {
     );
 }
 
+/// A dependent on another node: `MESH_ENDPOINT_DB` gives it the dependency's address; when
+/// the dependency's node is killed and `db` comes up elsewhere, `api`
+/// (`on_dependency_restart = "restart"`) is restarted with the new address.
+#[test]
+fn a_dependent_gets_its_dependency_s_address_and_restarts_when_it_moves() {
+    require_lab!();
+    if python_missing() {
+        eprintln!("skipping: python3 is not installed");
+        return;
+    }
+    let lab = Lab::up("pld", 3);
+    let key = lab.new_key("mesh.key");
+    start_converged(&lab, 3, &key);
+    let seen = lab.scratch().join("api-endpoints");
+    let db = http_service("db", &lab.scratch().join("www-db"), "node = \"h1\"");
+    let api = format!(
+        "[[service]]\nname = \"api\"\ncommand = \"sh\"\n\
+         args = [\"-c\", \"echo \\\"$MESH_ENDPOINT_DB\\\" >> {}; exec sleep {}\"]\n\
+         node = \"h2\"\nafter = [\"db\"]\non_dependency_restart = \"restart\"\n",
+        seen.display(),
+        unique_seconds(3)
+    );
+    add_services(&lab, 1, "dep.toml", &(db + &api));
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    lab.wait("api runs on h2 with db's address on h1", || {
+        healthy_nodes(&services(&lab, 2), "db", &[]) == ["h1"]
+            && healthy_nodes(&services(&lab, 2), "api", &[]) == ["h2"]
+            && lines().len() == 1
+    });
+    let first = lines()[0].clone();
+    let (host, port) = first
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("MESH_ENDPOINT_DB is host:port, got {first:?}"));
+    assert!(!host.is_empty() && port.parse::<u16>().is_ok(), "{first:?}");
+    let killed_ms = unix_ms();
+    lab.lab_ok(&["kill", "1"]);
+    let moved = Instant::now();
+    lab.wait(
+        "db healthy elsewhere and api restarted with its new address",
+        || {
+            let done =
+                healthy_nodes(&services(&lab, 2), "db", &["h1"]).len() == 1 && lines().len() >= 2;
+            if !done && moved.elapsed() > Duration::from_secs(15) {
+                eprintln!(
+                    "api saw {:?}; services {:#?}; h2 events {:#?}",
+                    lines(),
+                    services(&lab, 2),
+                    events(&lab, 2, "h2")
+                );
+            }
+            done
+        },
+    );
+    let moved_to = healthy_nodes(&services(&lab, 2), "db", &["h1"])[0].clone();
+    let now = lines();
+    assert!(
+        !now[1].starts_with(&format!("{host}:")) && now[1].contains(':'),
+        "api's second start got the new address of db (on {moved_to}): {now:?}"
+    );
+    // Restarted because db moved (`restart`), or stopped while db was down and started again
+    // once it was healthy on its new node (rule 6 of the dependencies): either way a new start
+    // after the kill.
+    let trail = events(&lab, 2, "h2");
+    let restart = events_of(&trail, "api", "restart", killed_ms)
+        .chain(events_of(&trail, "api", "start", killed_ms))
+        .next()
+        .unwrap_or_else(|| panic!("api was not started again on h2: {trail:#?}"));
+    eprintln!(
+        "[{}] db moved from h1 to {moved_to}; api restarted: {}",
+        lab.id, restart["reason"]
+    );
+}
+
 /// An exclusive singleton (`stop_grace = "1s"`, so the fence is 1.5 s) and a non-exclusive
 /// service of two replicas both have a copy on h3, which is then partitioned away (its frames
 /// dropped at the hub). Sampled every 20 ms from outside: the singleton never runs twice, the

@@ -669,10 +669,20 @@ fn a_dependency_on_another_node_is_reached_at_its_nodes_address_and_first_port()
     );
     assert!(env(&liveness, &state).is_empty());
     db.node = NodeId::from("id-2");
-    state.instances.insert(instance_key("db-main", "id-2"), db);
+    state
+        .instances
+        .insert(instance_key("db-main", "id-2"), db.clone());
     assert_eq!(
         env(&liveness, &state)["MESH_ENDPOINT_DB_MAIN"],
         "[fd00::2]:5432"
+    );
+    // A ready copy here is reached on loopback (and preferred).
+    db.node = NodeId::from("id-0");
+    db.ports = vec![5433];
+    state.instances.insert(instance_key("db-main", "id-0"), db);
+    assert_eq!(
+        env(&liveness, &state)["MESH_ENDPOINT_DB_MAIN"],
+        "127.0.0.1:5433"
     );
 }
 

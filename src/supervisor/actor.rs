@@ -500,8 +500,13 @@ impl SupervisorActor {
         let Some(mut spec) = self.core.spec(service).cloned() else {
             return failed("no spec for this service".to_string());
         };
-        if let Some(claim) = self.claims.get(service) {
-            spec.env.extend(claim.env());
+        if self.claims.contains_key(service) {
+            // The addresses of its dependencies as they are now: what it starts with.
+            let endpoints = self.endpoints_at_start(&spec);
+            if let Some(claim) = self.claims.get_mut(service) {
+                claim.endpoints = endpoints;
+                spec.env.extend(claim.env());
+            }
         }
         let (assigned, env) = match self.lease_ports(&spec).await {
             Ok(ports) => ports,

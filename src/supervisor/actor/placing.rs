@@ -167,6 +167,49 @@ impl Claim {
 }
 
 impl SupervisorActor {
+    /// The `MESH_ENDPOINT_<DEP>` values `spec` gets now: the document's ready copies
+    /// ([`placement::dependency_endpoints`]), with a dependency this supervisor runs healthy
+    /// here on loopback even before the document says so (a dependent started on that health
+    /// report must get the new address, not the one from before the move).
+    pub(super) fn endpoints_now(
+        &self,
+        input: PlacementInput<'_>,
+        spec: &ServiceSpec,
+    ) -> BTreeMap<String, String> {
+        let mut env = placement::dependency_endpoints(input, spec);
+        for dependency in &spec.after {
+            let healthy = self
+                .core
+                .status(dependency)
+                .is_some_and(|s| s.state == ServiceState::Healthy && s.pid.is_some());
+            let port = self
+                .ports
+                .get(dependency)
+                .and_then(|(ports, _)| ports.first());
+            if let (true, Some(port)) = (healthy, port) {
+                env.insert(
+                    placement::endpoint_variable(dependency),
+                    format!("127.0.0.1:{port}"),
+                );
+            }
+        }
+        env
+    }
+
+    /// The dependency addresses a copy of `spec` starting now gets (see [`Self::endpoints_now`]).
+    pub(super) fn endpoints_at_start(&self, spec: &ServiceSpec) -> BTreeMap<String, String> {
+        let snap = self.state.snapshot();
+        let now = Instant::now().into_std();
+        let liveness = self.membership.borrow().at(now);
+        let node_id = NodeId::from(&self.config.node_id);
+        let input = PlacementInput {
+            view: View::new(&snap.state, &snap.specs),
+            local: &node_id,
+            liveness: &liveness,
+        };
+        self.endpoints_now(input, spec)
+    }
+
     /// Runs placement on `snap` and the current membership view; returns the services this
     /// node runs, remembers their claims (and when to look again), and queues a restart of
     /// copies whose dependency moved when they ask for it (`on_dependency_restart = restart`).
@@ -214,7 +257,7 @@ impl SupervisorActor {
             let Some(spec) = input.view.spec(name) else {
                 continue;
             };
-            let fresh = placement::dependency_endpoints(input, spec);
+            let fresh = self.endpoints_now(input, spec);
             let claim = self.claims.entry(name.clone()).or_insert_with(|| Claim {
                 epoch,
                 generation,
@@ -234,7 +277,10 @@ impl SupervisorActor {
                         reason: format!("a dependency moved: {}", moved.join(", ")),
                     });
                 }
-                claim.endpoints = fresh;
+                // A dependency with no ready copy for a while (between its node's death and
+                // its new copy's first passed check) keeps its last address, so its return
+                // elsewhere is seen as a move.
+                claim.endpoints.extend(fresh);
             } else {
                 // Ride-through: keep the addresses given at start, add ones that appeared.
                 for (key, value) in fresh {
