@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 pub use crate::wire::auth::{AuthRequest, AuthResponse, NONCE_LEN, Nonce, Proof, WireNonce};
+pub use keyring::{KEYRING_FILE, Keyring};
+
+mod keyring;
 
 /// Length of the mesh key in bytes (256 bits: brute force is out of reach).
 pub const MESH_KEY_LEN: usize = 32;
@@ -262,6 +265,9 @@ pub enum AdmissionAction<I> {
     Send(PeerId, AuthRequest<I>),
     /// The peer proved membership and knows we did: mesh protocols may flow both ways.
     Admitted { peer: PeerId, info: I },
+    /// The peer was admitted with our previous key (it missed a rotation): hand it the
+    /// current one.
+    Outdated(PeerId),
     /// Close every connection to the peer and refuse it until the backoff ends.
     Reject {
         peer: PeerId,
@@ -274,22 +280,27 @@ pub enum AdmissionAction<I> {
 enum DialerState {
     /// We sent Hello with this nonce.
     SentHello { nonce: Nonce, deadline: Instant },
-    /// We verified the listener and sent Proof; waiting for Welcome.
-    SentProof { deadline: Instant },
+    /// We verified the listener and sent Proof; waiting for Welcome. `previous`: with our
+    /// previous key.
+    SentProof { deadline: Instant, previous: bool },
 }
 
 #[derive(Debug, Clone, Copy)]
 enum ListenerState {
     /// A connection arrived; no Hello yet.
     AwaitingHello { deadline: Instant },
-    /// We answered Hello; waiting for Proof.
-    SentChallenge { nonces: Nonces, deadline: Instant },
+    /// We answered Hello; waiting for Proof. `previous`: the handshake uses our previous key.
+    SentChallenge {
+        nonces: Nonces,
+        deadline: Instant,
+        previous: bool,
+    },
 }
 
 impl DialerState {
     fn deadline(&self) -> Instant {
         match self {
-            DialerState::SentHello { deadline, .. } | DialerState::SentProof { deadline } => {
+            DialerState::SentHello { deadline, .. } | DialerState::SentProof { deadline, .. } => {
                 *deadline
             }
         }
@@ -331,7 +342,9 @@ pub struct AdmissionStats {
 /// at once each is dialer on one connection and listener on the other: either handshake
 /// completing admits the peer, and one admission covers every connection to that node key.
 pub struct Admission {
-    key: MeshKey,
+    keys: Keyring,
+    /// Who may be admitted with the previous key: the document's members (not removed).
+    members: HashSet<PeerId>,
     local: PeerId,
     dialing: HashMap<PeerId, DialerState>,
     listening: HashMap<PeerId, ListenerState>,
@@ -342,8 +355,13 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(key: MeshKey, local: PeerId) -> Self {
+        Self::with_keyring(Keyring::single(key), local)
+    }
+
+    pub fn with_keyring(keys: Keyring, local: PeerId) -> Self {
         Self {
-            key,
+            keys,
+            members: HashSet::new(),
             local,
             dialing: HashMap::new(),
             listening: HashMap::new(),
@@ -367,9 +385,34 @@ impl Admission {
         self.backoff.get(peer).is_some_and(|b| b.until > now)
     }
 
-    /// The mesh key this node admits with.
+    /// The mesh key this node admits with (and hands to joining devices).
     pub fn key(&self) -> &MeshKey {
-        &self.key
+        &self.keys.current
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keys
+    }
+
+    /// After a rotation, or a newer key handed over by a member. Admitted peers stay admitted.
+    pub fn set_keyring(&mut self, keys: Keyring) {
+        self.keys = keys;
+    }
+
+    /// The node ids that may be admitted with the previous key (the document's members).
+    pub fn set_members(&mut self, members: HashSet<PeerId>) {
+        self.members = members;
+    }
+
+    /// The key with mesh id `id` that `peer` may use: the current one, or the previous one
+    /// for a member. Returns it and whether it is the previous one.
+    fn key_for(&self, peer: &PeerId, id: Option<[u8; MESH_ID_LEN]>) -> Option<(&MeshKey, bool)> {
+        let Some(id) = id else {
+            return Some((&self.keys.current, false));
+        };
+        self.keys
+            .by_id(MeshId(id))
+            .filter(|(_, previous)| !previous || self.members.contains(peer))
     }
 
     /// An unadmitted peer sent a join request (`/mesh/join/1`) instead of a Hello: it is
@@ -426,6 +469,7 @@ impl Admission {
             peer,
             AuthRequest::Hello {
                 nonce: WireNonce(nonce),
+                key: Some(self.keys.current.mesh_id().0),
             },
         )]
     }
@@ -459,7 +503,7 @@ impl Admission {
         now: Instant,
     ) -> (Option<AuthResponse<I>>, Vec<AdmissionAction<I>>) {
         match request {
-            AuthRequest::Hello { nonce } => {
+            AuthRequest::Hello { nonce, key } => {
                 // Answered even for an admitted peer: it may have restarted, or dialed us at the
                 // same time as we dialed it. Its admission stands until a proof fails.
                 self.make_room();
@@ -467,41 +511,52 @@ impl Admission {
                     dialer: nonce.0,
                     listener: random_nonce(),
                 };
-                let proof = self.key.proof(Role::Listener, &peer, &self.local, &nonces);
+                // The dialer's key if we may use it with this peer, else our current one
+                // (the dialer then finds out, or has it as its previous key).
+                let (key, previous) = self
+                    .key_for(&peer, key)
+                    .unwrap_or((&self.keys.current, false));
+                let proof = key.proof(Role::Listener, &peer, &self.local, &nonces);
+                let key = Some(key.mesh_id().0);
                 self.listening.insert(
                     peer,
                     ListenerState::SentChallenge {
                         nonces,
                         deadline: now + AUTH_TIMEOUT,
+                        previous,
                     },
                 );
                 (
                     Some(AuthResponse::Challenge {
                         nonce: WireNonce(nonces.listener),
                         proof,
+                        key,
                     }),
                     Vec::new(),
                 )
             }
             AuthRequest::Proof { proof, info } => {
-                let Some(ListenerState::SentChallenge { nonces, .. }) =
-                    self.listening.remove(&peer)
+                let Some(ListenerState::SentChallenge {
+                    nonces, previous, ..
+                }) = self.listening.remove(&peer)
                 else {
                     let reject = self.fail(peer, AuthFailure::Protocol, now);
                     return (Some(AuthResponse::Denied), vec![reject]);
                 };
-                if !self
-                    .key
-                    .verify(Role::Dialer, &peer, &self.local, &nonces, &proof)
-                {
+                let key = match (previous, &self.keys.previous) {
+                    (true, Some(previous)) => previous,
+                    _ => &self.keys.current,
+                };
+                if !key.verify(Role::Dialer, &peer, &self.local, &nonces, &proof) {
                     let reject = self.fail(peer, AuthFailure::BadProof, now);
                     return (Some(AuthResponse::Denied), vec![reject]);
                 }
                 self.admit(peer);
-                (
-                    Some(AuthResponse::Welcome { info: local_info() }),
-                    vec![AdmissionAction::Admitted { peer, info }],
-                )
+                let mut actions = vec![AdmissionAction::Admitted { peer, info }];
+                if previous {
+                    actions.push(AdmissionAction::Outdated(peer));
+                }
+                (Some(AuthResponse::Welcome { info: local_info() }), actions)
             }
         }
     }
@@ -520,23 +575,27 @@ impl Admission {
                 AuthResponse::Challenge {
                     nonce: listener_nonce,
                     proof,
+                    key,
                 },
             ) => {
                 let nonces = Nonces {
                     dialer: nonce,
                     listener: listener_nonce.0,
                 };
-                if !self
-                    .key
-                    .verify(Role::Listener, &self.local, &peer, &nonces, &proof)
-                {
+                // The listener chose the key: ours, or our previous one if it is a member
+                // that missed a rotation.
+                let Some((key, previous)) = self.key_for(&peer, key) else {
+                    return vec![self.fail(peer, AuthFailure::BadProof, now)];
+                };
+                if !key.verify(Role::Listener, &self.local, &peer, &nonces, &proof) {
                     return vec![self.fail(peer, AuthFailure::BadProof, now)];
                 }
-                let proof = self.key.proof(Role::Dialer, &self.local, &peer, &nonces);
+                let proof = key.proof(Role::Dialer, &self.local, &peer, &nonces);
                 self.dialing.insert(
                     peer,
                     DialerState::SentProof {
                         deadline: now + AUTH_TIMEOUT,
+                        previous,
                     },
                 );
                 vec![AdmissionAction::Send(
@@ -547,10 +606,14 @@ impl Admission {
                     },
                 )]
             }
-            (Some(DialerState::SentProof { .. }), AuthResponse::Welcome { info }) => {
+            (Some(DialerState::SentProof { previous, .. }), AuthResponse::Welcome { info }) => {
                 self.dialing.remove(&peer);
                 self.admit(peer);
-                vec![AdmissionAction::Admitted { peer, info }]
+                let mut actions = vec![AdmissionAction::Admitted { peer, info }];
+                if previous {
+                    actions.push(AdmissionAction::Outdated(peer));
+                }
+                actions
             }
             (_, AuthResponse::Denied) => vec![self.fail(peer, AuthFailure::Denied, now)],
             _ => vec![self.fail(peer, AuthFailure::Protocol, now)],
@@ -708,6 +771,15 @@ mod tests {
         let (d, l) = (peer(), peer());
         let mut dialer = Admission::new(dk.clone(), d);
         let mut listener = Admission::new(lk.clone(), l);
+        run_handshake(&mut dialer, &mut listener)
+    }
+
+    /// A handshake between two cores that already exist (their peer ids are their locals).
+    fn run_handshake(
+        dialer: &mut Admission,
+        listener: &mut Admission,
+    ) -> (Vec<AdmissionAction<String>>, Vec<AdmissionAction<String>>) {
+        let (d, l) = (dialer.local, listener.local);
         let now = Instant::now();
         let mut d_out = Vec::new();
         let mut l_out = Vec::new();
@@ -725,6 +797,43 @@ mod tests {
             }
         }
         (d_out, l_out)
+    }
+
+    #[test]
+    fn after_a_rotation_a_member_with_the_old_key_is_admitted_and_told_but_no_stranger() {
+        let old = MeshKey::generate();
+        let rotated = Keyring::single(old.clone()).rotated();
+        let (a, m, stranger) = (peer(), peer(), peer());
+        let rotator = || {
+            let mut core = Admission::with_keyring(rotated.clone(), a);
+            core.set_members([a, m].into_iter().collect());
+            core
+        };
+        let outdated = |acts: &[AdmissionAction<String>]| {
+            acts.iter()
+                .any(|x| matches!(x, AdmissionAction::Outdated(_)))
+        };
+        let admitted = |acts: &[AdmissionAction<String>]| {
+            acts.iter()
+                .any(|x| matches!(x, AdmissionAction::Admitted { .. }))
+        };
+        // The member that missed the rotation dials, or is dialed: admitted both ways, and
+        // the rotator (only) learns it must hand over the new key.
+        let (d, l) = run_handshake(&mut Admission::new(old.clone(), m), &mut rotator());
+        assert!(admitted(&d) && admitted(&l) && outdated(&l) && !outdated(&d));
+        let (d, l) = run_handshake(&mut rotator(), &mut Admission::new(old.clone(), m));
+        assert!(admitted(&d) && admitted(&l) && outdated(&d) && !outdated(&l));
+        // A node id the document does not list (a removed device's fresh identity) with the
+        // old key: refused both ways.
+        let (d, l) = run_handshake(&mut Admission::new(old.clone(), stranger), &mut rotator());
+        assert!(!admitted(&d) && !admitted(&l));
+        let (d, l) = run_handshake(&mut rotator(), &mut Admission::new(old.clone(), stranger));
+        assert!(!admitted(&d) && !admitted(&l));
+        // Two members that both hold the new key use it: nothing to hand over.
+        let mut other = Admission::with_keyring(rotated.clone(), m);
+        other.set_members([a, m].into_iter().collect());
+        let (d, l) = run_handshake(&mut other, &mut rotator());
+        assert!(admitted(&d) && admitted(&l) && !outdated(&d) && !outdated(&l));
     }
 
     #[test]
@@ -894,6 +1003,7 @@ mod tests {
             them,
             AuthRequest::Hello {
                 nonce: WireNonce([1; 32]),
+                key: None,
             },
             || 0,
             now,
@@ -964,6 +1074,7 @@ mod tests {
     fn wire_messages_round_trip_through_cbor() {
         let req: AuthRequest<String> = AuthRequest::Hello {
             nonce: WireNonce([7; 32]),
+            key: Some([3; 8]),
         };
         let bytes = serde_cbor_roundtrip(&req);
         assert_eq!(bytes, req);

@@ -71,6 +71,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Invite(args) => invite::invite(args),
         Command::Join(args) => invite::join(args),
         Command::Key(KeyCommand::Generate) => commands::key_generate(),
+        Command::Key(KeyCommand::Rotate(args)) => commands::key_rotate(args),
         Command::Api(args) => commands::api(args),
     };
     match result {

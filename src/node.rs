@@ -69,7 +69,7 @@ use children::Children;
 use dial::{Dial, DialPlanner};
 pub use error::NodeError;
 use handle::NodeCommand;
-pub use handle::NodeHandle;
+pub use handle::{KeyRotation, NodeHandle};
 pub use snapshot::{LocalSnapshot, NodeSnapshot, NodeStats, PeerSnapshot};
 
 /// Capacity of the discovery event channel. Discovery bursts are a handful of peers at start;
@@ -238,6 +238,8 @@ struct NodeActor {
     membership_tx: watch::Sender<MembershipSnapshot>,
     /// The document, for the nodes members removed (`mesh remove`).
     documents: watch::Receiver<Arc<crate::state::actor::StateSnapshot>>,
+    /// Where the keyring is stored (`mesh key rotate`, a key handed over by a member).
+    data_dir: Option<std::path::PathBuf>,
     /// Removed nodes: never admitted, never dialed, disconnected (see [`REMOVAL_NOTICE`]).
     removed: HashSet<PeerId>,
     /// Removed nodes still connected, and when their connections are closed.
@@ -282,7 +284,10 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(1);
-    let mesh_id = config.mesh_key.mesh_id();
+    // The key file's key, or what a rotation made of it since (`mesh.keyring`).
+    let keyring =
+        crate::admission::Keyring::load(config.data_dir.as_deref(), config.mesh_key.clone());
+    let mesh_id = keyring.current.mesh_id();
     let (discovery_tx, discovery_rx) = mpsc::channel(DISCOVERY_CHANNEL);
     let shutdown = CancellationToken::new();
     let local = LocalSnapshot {
@@ -378,7 +383,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (join_answers_tx, join_answers) = mpsc::channel(MAX_PENDING_JOINS);
     let mut actor = NodeActor {
         swarm,
-        admission: Admission::new(config.mesh_key.clone(), local_peer),
+        admission: Admission::with_keyring(keyring, local_peer),
         membership: Membership::new(local_peer, bump, &config.membership, rand::random()),
         local_peer,
         name: config.name.clone(),
@@ -419,6 +424,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         snapshot_tx,
         membership_tx,
         documents: state.subscribe(),
+        data_dir: config.data_dir.clone(),
         removed: HashSet::new(),
         cut_off: Vec::new(),
         version: 0,
@@ -529,6 +535,15 @@ impl NodeActor {
     /// (disconnected, `left` in membership) and refused from now on.
     fn on_document(&mut self) {
         let snap = self.documents.borrow_and_update().clone();
+        // Who may still use the previous mesh key: the members.
+        let members: HashSet<PeerId> = snap
+            .state
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.is_removed())
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect();
+        self.admission.set_members(members);
         let removed: HashSet<PeerId> = snap
             .state
             .nodes

@@ -17,9 +17,10 @@ use super::auth::ClientToken;
 use super::contract::{
     ApiError, DrainResponse, EndpointEntry, ErrorCode, EventsQuery, EventsResponse,
     InviteCreateRequest, InviteCreated, InviteEntry, JoinApiRequest, JoinApiResponse,
-    ListeningResponse, LogsQuery, LogsResponse, NodeQuery, PeerEntry, PeersQuery, PortEntry,
-    RemoveResponse, ServiceAction, ServiceActionResponse, ServiceAddRequest, ServiceAddResponse,
-    ServiceEntry, StateResponse, StatusResponse, TagRequest, TagResponse, VERSION_HEADER, routes,
+    KeyRotateResponse, ListeningResponse, LogsQuery, LogsResponse, NodeQuery, PeerEntry,
+    PeersQuery, PortEntry, RemoveResponse, ServiceAction, ServiceActionResponse, ServiceAddRequest,
+    ServiceAddResponse, ServiceEntry, StateResponse, StatusResponse, TagRequest, TagResponse,
+    VERSION_HEADER, routes,
 };
 
 /// Pause before a long poll refused for want of slots is asked again: the agent's
@@ -386,6 +387,11 @@ impl ApiClient {
         let action = if drained { "drain" } else { "undrain" };
         let path = routes::path(routes::NODE_ACTION, &[("node", node), ("action", action)]);
         self.send_json("POST", &path, None)
+    }
+
+    /// `POST /v1/key/rotate`.
+    pub fn rotate_key(&self) -> Result<KeyRotateResponse, ClientError> {
+        self.send_json("POST", routes::KEY_ROTATE, None)
     }
 
     /// `POST /v1/nodes/{node}/remove`.

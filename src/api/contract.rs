@@ -49,6 +49,7 @@ pub mod routes {
     pub const INVITES: &str = "/v1/invites";
     pub const INVITE: &str = "/v1/invites/{id}";
     pub const JOIN: &str = "/v1/join";
+    pub const KEY_ROTATE: &str = "/v1/key/rotate";
 
     /// `route` with each `{param}` replaced by its percent-encoded value.
     pub fn path(route: &str, params: &[(&str, &str)]) -> String {
@@ -613,6 +614,16 @@ pub struct DrainResponse {
     pub drained: bool,
     /// Whether the mark changed (false: it already was so).
     pub changed: bool,
+}
+
+/// Answer of `POST /v1/key/rotate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotateResponse {
+    /// The new key's mesh id, and how many rotations led to it.
+    pub mesh_id: String,
+    pub generation: u64,
+    /// The members handed the key at once (names); the others get it when they next connect.
+    pub told: Vec<String>,
 }
 
 /// Answer of `POST /v1/nodes/{node}/remove`.

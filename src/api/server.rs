@@ -35,7 +35,8 @@ pub use guard::{host_allowed, is_json, origin_allowed};
 pub use listener::{MAX_CONNECTIONS, MAX_LONG_POLLS, REQUEST_HEAD_TIMEOUT, ServeLimits};
 
 use super::contract::{
-    ApiError, ErrorCode, MAX_WAIT, PeersQuery, TagRequest, TagResponse, VERSION_HEADER, routes,
+    ApiError, ErrorCode, KeyRotateResponse, MAX_WAIT, PeersQuery, TagRequest, TagResponse,
+    VERSION_HEADER, routes,
 };
 use crate::api::auth::TokenVerifier;
 use crate::node::NodeHandle;
@@ -68,6 +69,7 @@ pub fn router(node: NodeHandle) -> Router {
         )
         .route(routes::INVITE, delete(invites::revoke_invite))
         .route(routes::JOIN, post(invites::join))
+        .route(routes::KEY_ROTATE, post(rotate_key))
         .fallback(not_found)
         .with_state(node)
 }
@@ -267,6 +269,29 @@ async fn post_tag(
     match node.state().set_tag(&req.key, Some(&req.value)).await {
         Ok(changed) => Json(TagResponse { changed }).into_response(),
         Err(e) => state_error(e),
+    }
+}
+
+/// `POST /v1/key/rotate` (`mesh key rotate`).
+async fn rotate_key(State(node): State<NodeHandle>) -> Response {
+    match node.rotate_key().await {
+        Ok(rotation) => {
+            let snap = node.snapshot();
+            let name = |peer: &libp2p::PeerId| {
+                snap.peers
+                    .iter()
+                    .find(|p| p.peer_id == *peer)
+                    .and_then(|p| p.info.as_ref().map(|i| i.name.clone()))
+                    .unwrap_or_else(|| peer.to_base58())
+            };
+            Json(KeyRotateResponse {
+                mesh_id: rotation.mesh_id,
+                generation: rotation.generation,
+                told: rotation.told.iter().map(name).collect(),
+            })
+            .into_response()
+        }
+        Err(e) => ApiError::new(ErrorCode::NotDurable, e.to_string()).into_response(),
     }
 }
 

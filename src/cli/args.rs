@@ -466,6 +466,18 @@ pub struct EventsArgs {
 pub enum KeyCommand {
     /// Print a new random mesh key (64 hex characters).
     Generate,
+    /// Give the whole mesh a new key: members get it now or when they next connect; a removed
+    /// device that kept the old key stays out, even with a new identity.
+    Rotate(KeyRotateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyRotateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -6,9 +6,9 @@
 //! code. Output goes through `out!` (ends quietly on a closed stdout) and `note!` (stderr).
 
 use super::args::{
-    AgentArgs, ApiArgs, DrainArgs, EventsArgs, LogFormatArg, LogsArgs, PeersArgs, PortsArgs,
-    RemoveArgs, ResolveArgs, ServiceAddArgs, ServiceArgs, ServiceCommand, ServicesArgs, StatusArgs,
-    TagArgs, TagCommand,
+    AgentArgs, ApiArgs, DrainArgs, EventsArgs, KeyRotateArgs, LogFormatArg, LogsArgs, PeersArgs,
+    PortsArgs, RemoveArgs, ResolveArgs, ServiceAddArgs, ServiceArgs, ServiceCommand, ServicesArgs,
+    StatusArgs, TagArgs, TagCommand,
 };
 use super::render::{
     EVENT_HEADER, event_line, event_row, event_widths, render_events, render_listening,
@@ -34,6 +34,27 @@ pub fn key_generate() -> Result<(), ClientError> {
     note!(
         "Save it to a file (chmod 600) on every machine and start each agent with \
          `mesh agent --mesh-key FILE`."
+    );
+    Ok(())
+}
+
+pub fn key_rotate(args: KeyRotateArgs) -> Result<(), ClientError> {
+    let resp = args.client.connect().rotate_key()?;
+    if args.json {
+        out!("{}\n", to_json_pretty(&resp));
+        return Ok(());
+    }
+    out!(
+        "new mesh key (mesh {}, generation {}) stored and handed to {}; members offline now get \
+         it when they next connect (they are let in with the old key once, by node id). A \
+         member offline across two rotations needs a new ticket (`mesh invite`)\n",
+        resp.mesh_id,
+        resp.generation,
+        if resp.told.is_empty() {
+            "no member (none is connected)".to_string()
+        } else {
+            resp.told.join(", ")
+        }
     );
     Ok(())
 }
@@ -136,7 +157,8 @@ pub fn remove(args: RemoveArgs) -> Result<(), ClientError> {
     } else if resp.changed {
         out!(
             "{} ({}) removed: every member refuses it from now on, and its services move to \
-             other nodes. It still holds the mesh key: see \"Removing a node\" in the README\n",
+             other nodes. It still holds the mesh key: run `mesh key rotate` to keep a new \
+             identity made with it out too\n",
             resp.node,
             resp.id
         );

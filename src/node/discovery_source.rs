@@ -17,6 +17,12 @@ impl NodeActor {
                         node_name: self.name.clone(),
                         peer_id: self.local_peer,
                         mesh_id: self.mesh_id.to_string(),
+                        previous_mesh_id: self
+                            .admission
+                            .keyring()
+                            .previous
+                            .as_ref()
+                            .map(|k| k.mesh_id().to_string()),
                         protocol_version: crate::PROTOCOL_VERSION,
                         agent_version: crate::AGENT_VERSION.to_string(),
                         quic_port: port,

@@ -23,4 +23,6 @@ pub enum NodeError {
     NotConnected { peer: PeerId },
     #[error("asking node {peer} failed: {reason}")]
     QueryFailed { peer: PeerId, reason: String },
+    #[error("{0}")]
+    Key(String),
 }

@@ -22,6 +22,20 @@ pub(super) enum NodeCommand {
         request: QueryRequest,
         reply: oneshot::Sender<Result<QueryResponse, NodeError>>,
     },
+    /// `mesh key rotate`.
+    RotateKey {
+        reply: oneshot::Sender<Result<KeyRotation, NodeError>>,
+    },
+}
+
+/// What `mesh key rotate` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The new key's mesh id and generation.
+    pub mesh_id: String,
+    pub generation: u64,
+    /// The members it was handed to at once (the others get it when they next connect).
+    pub told: Vec<PeerId>,
 }
 
 /// A cloneable handle to a running node.
@@ -120,6 +134,18 @@ impl NodeHandle {
                 request,
                 reply,
             })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Gives the mesh a new key (`mesh key rotate`): stored here, handed to every connected
+    /// member, and to the others when they next connect (with the old key, accepted from
+    /// members only).
+    pub async fn rotate_key(&self) -> Result<KeyRotation, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(NodeCommand::RotateKey { reply })
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?

@@ -33,6 +33,9 @@ impl NodeActor {
 
     pub(super) fn on_command(&mut self, command: NodeCommand) {
         match command {
+            NodeCommand::RotateKey { reply } => {
+                let _ = reply.send(self.rotate_key().map_err(NodeError::Key));
+            }
             NodeCommand::Query {
                 peer,
                 request,
@@ -72,6 +75,12 @@ impl NodeActor {
                             channel,
                             QueryResponse::Error("too many queries at once; retry".into()),
                         );
+                        return;
+                    }
+                    if let QueryRequest::Rekey { key, generation } = request {
+                        let answer = self.on_rekey(peer, &key, generation);
+                        let behaviour = &mut self.swarm.behaviour_mut().query;
+                        let _ = behaviour.send_response(channel, answer);
                         return;
                     }
                     let token = self.next_query_token;
@@ -255,6 +264,10 @@ impl NodeActor {
                     self.infos.insert(peer, info);
                     self.dirty = true;
                 }
+                AdmissionAction::Outdated(peer) => {
+                    tracing::info!(%peer, "peer holds the previous mesh key: handing it the current one");
+                    self.hand_key(peer);
+                }
                 AdmissionAction::Reject {
                     peer,
                     reason,
@@ -270,6 +283,87 @@ impl NodeActor {
                 }
             }
         }
+    }
+
+    /// `mesh key rotate`: a new key, stored durably first, then used and handed to every
+    /// admitted peer.
+    fn rotate_key(&mut self) -> Result<KeyRotation, String> {
+        let Some(dir) = self.data_dir.clone() else {
+            return Err("this agent has no data dir to keep a new key in".to_string());
+        };
+        let rotated = self.admission.keyring().rotated();
+        rotated
+            .save(&dir)
+            .map_err(|e| format!("the new key was not stored, nothing changed: {e}"))?;
+        let (mesh_id, generation) = (rotated.current.mesh_id().to_string(), rotated.generation);
+        self.mesh_id = rotated.current.mesh_id();
+        self.dirty = true;
+        self.admission.set_keyring(rotated);
+        tracing::info!(mesh = %mesh_id, generation, "mesh key rotated");
+        let told = self.hand_key_to_all(None);
+        Ok(KeyRotation {
+            mesh_id,
+            generation,
+            told,
+        })
+    }
+
+    /// Sends the current key to `peer` (`/mesh/query/1` `Rekey`); its answer is not awaited.
+    fn hand_key(&mut self, peer: PeerId) {
+        let keys = self.admission.keyring();
+        let request = QueryRequest::Rekey {
+            key: keys.current.to_hex(),
+            generation: keys.generation,
+        };
+        self.swarm
+            .behaviour_mut()
+            .query
+            .send_request(&peer, request);
+    }
+
+    /// Hands the current key to every admitted peer but `except`; returns them.
+    fn hand_key_to_all(&mut self, except: Option<PeerId>) -> Vec<PeerId> {
+        let peers: Vec<PeerId> = self
+            .connections
+            .keys()
+            .filter(|p| self.admission.is_admitted(p) && Some(**p) != except)
+            .copied()
+            .collect();
+        for peer in &peers {
+            self.hand_key(*peer);
+        }
+        peers
+    }
+
+    /// A member handed us a key: taken when it is newer than ours (stored durably first),
+    /// then passed on to the other admitted peers (who ignore it if they have it).
+    fn on_rekey(&mut self, from: PeerId, key: &str, generation: u64) -> QueryResponse {
+        let Ok(key) = key.parse::<crate::admission::MeshKey>() else {
+            return QueryResponse::Error("a key is 64 hex characters".to_string());
+        };
+        let Some(newer) = self.admission.keyring().adopt(key, generation) else {
+            return QueryResponse::Rekeyed { changed: false };
+        };
+        if let Some(dir) = &self.data_dir
+            && let Err(e) = newer.save(dir)
+        {
+            tracing::error!(%from, error = %e, "cannot store the mesh key a member handed over; keeping the old one");
+            return QueryResponse::Error(format!("cannot store the key: {e}"));
+        }
+        let mesh = newer.current.mesh_id();
+        self.mesh_id = mesh;
+        self.dirty = true;
+        self.admission.set_keyring(newer);
+        tracing::info!(%from, %mesh, generation, "took the mesh key a member handed over (a rotation)");
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.record_event(
+                "-",
+                "key-rotated",
+                format!("mesh key of generation {generation} (mesh {mesh}) handed over by {from}"),
+            );
+        }
+        self.hand_key_to_all(Some(from));
+        QueryResponse::Rekeyed { changed: true }
     }
 
     /// Remembers an admitted peer's listen addresses as dial targets, so it is redialed after a

@@ -58,6 +58,9 @@ pub async fn answer(
             }
             Err(e) => QueryResponse::Error(e.to_string()),
         },
+        QueryRequest::Rekey { .. } => {
+            QueryResponse::Error("a key is handed over between members only".to_string())
+        }
         QueryRequest::Holders { service, nodes } => {
             let nodes: Vec<NodeId> = nodes.into_iter().map(NodeId::from).collect();
             QueryResponse::Holders {

@@ -89,16 +89,29 @@ impl fmt::Debug for WireNonce {
 /// Requests of `/mesh/auth/1`, sent by the dialer. `I` is the node info payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AuthRequest<I> {
-    Hello { nonce: WireNonce },
-    Proof { proof: Proof, info: I },
+    /// `key`: the mesh id of the key the dialer proposes (its current one). Absent from older
+    /// agents: the listener's current key.
+    Hello {
+        nonce: WireNonce,
+        #[serde(default)]
+        key: Option<[u8; 8]>,
+    },
+    Proof {
+        proof: Proof,
+        info: I,
+    },
 }
 
 /// Responses of `/mesh/auth/1`, sent by the listener.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AuthResponse<I> {
+    /// `key`: the mesh id of the key `proof` is made with, and both sides use from here on:
+    /// the dialer's proposal when the listener may use it, else the listener's current key.
     Challenge {
         nonce: WireNonce,
         proof: Proof,
+        #[serde(default)]
+        key: Option<[u8; 8]>,
     },
     Welcome {
         info: I,
@@ -110,7 +123,9 @@ pub enum AuthResponse<I> {
 impl<I: PartialEq> PartialEq for AuthRequest<I> {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::Hello { nonce: a }, Self::Hello { nonce: b }) => a == b,
+            (Self::Hello { nonce: a, key: x }, Self::Hello { nonce: b, key: y }) => {
+                a == b && x == y
+            }
             (Self::Proof { proof: a, info: x }, Self::Proof { proof: b, info: y }) => {
                 a == b && x == y
             }

@@ -54,6 +54,10 @@ pub enum QueryRequest {
     /// exclusive copy starts (`placement::Confirmation`). Bounded to [`MAX_HOLDERS_ASKED`]
     /// node ids of at most [`MAX_NODE_ID_LEN`] bytes.
     Holders { service: String, nodes: Vec<String> },
+    /// The mesh's current key (64 hex characters) and its generation, handed by a member to
+    /// one that missed a rotation (see `protocol/auth.md`, "Key rotation"). Answered by the
+    /// node, never by the local API.
+    Rekey { key: String, generation: u64 },
 }
 
 /// Most node ids one `Holders` question names.
@@ -105,6 +109,9 @@ pub enum QueryResponse {
     Drained { changed: bool },
     /// The answer to [`QueryRequest::Holders`]: the nodes seen up that occupy a copy.
     Holders { up: Vec<String> },
+    /// The answer to [`QueryRequest::Rekey`]: whether the node took the key (false: it holds
+    /// this one or a newer one already).
+    Rekeyed { changed: bool },
     /// The node could not answer (no supervisor, unreadable log, ...).
     Error(String),
     /// The asker is not an admitted member.
@@ -136,6 +143,13 @@ impl QueryRequest {
                     return Err(format!("a node id longer than {MAX_NODE_ID_LEN} bytes"));
                 }
                 Ok(())
+            }
+            QueryRequest::Rekey { key, .. } => {
+                if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(())
+                } else {
+                    Err("a key is 64 hex characters".to_string())
+                }
             }
             QueryRequest::Listening | QueryRequest::Events { .. } | QueryRequest::Drain { .. } => {
                 Ok(())

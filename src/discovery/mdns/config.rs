@@ -85,6 +85,9 @@ pub struct MdnsConfig {
     pub peer_id: PeerId,
     /// Our mesh id as hex, advertised as TXT `mesh`; records of another mesh are ignored.
     pub mesh_id: String,
+    /// The mesh id of our previous key (after `mesh key rotate`): records carrying it are
+    /// members that missed the rotation, kept (admission hands them the new key).
+    pub previous_mesh_id: Option<String>,
     /// Advertised as TXT `pv`; peers advertising another version are ignored.
     pub protocol_version: u32,
     /// Advertised as TXT `v` (cut to [`MAX_AGENT_VERSION_LEN`] bytes).
@@ -110,6 +113,7 @@ impl MdnsConfig {
             node_name: node_name.into(),
             peer_id,
             mesh_id: mesh_id.into(),
+            previous_mesh_id: None,
             protocol_version: crate::PROTOCOL_VERSION,
             agent_version: crate::AGENT_VERSION.to_string(),
             quic_port,

@@ -43,6 +43,8 @@ pub(super) struct LocalNode {
     pub(super) peer_id: PeerId,
     /// Lowercase, so that comparison with received ids ignores case.
     pub(super) mesh_id: String,
+    /// The previous key's mesh id, lowercase (records carrying it are kept too).
+    pub(super) previous_mesh_id: Option<String>,
     pub(super) protocol_version: u32,
     pub(super) agent_version: String,
     pub(super) quic_port: u16,
@@ -69,6 +71,10 @@ impl LocalNode {
         Ok(Self {
             peer_id: config.peer_id,
             mesh_id,
+            previous_mesh_id: config
+                .previous_mesh_id
+                .as_deref()
+                .map(|id| id.trim().to_ascii_lowercase()),
             protocol_version: config.protocol_version,
             agent_version: truncate_utf8(config.agent_version.trim(), MAX_AGENT_VERSION_LEN)
                 .to_string(),
@@ -270,7 +276,7 @@ pub(super) fn classify(
         Ok(mesh) => return malformed(format!("TXT {TXT_MESH:?} is not a hex mesh id: {mesh:?}")),
         Err(reason) => return malformed(reason),
     };
-    if mesh != local.mesh_id {
+    if mesh != local.mesh_id && local.previous_mesh_id.as_ref() != Some(&mesh) {
         return Verdict::ForeignMesh { peer_id, mesh };
     }
     let protocol_version = match txt_str(record.txt, TXT_PROTOCOL_VERSION) {
