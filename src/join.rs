@@ -101,13 +101,41 @@ async fn exchange(ticket: &Ticket, name: &str) -> Result<Joined, JoinError> {
             .join(", "),
         reason,
     };
-    swarm
-        .dial(
-            DialOpts::peer_id(inviter)
-                .addresses(ticket.addrs.clone())
-                .build(),
-        )
-        .map_err(|e| unreachable(e.to_string()))?;
+    // One address at a time, loopback last: an address where another node answers (the
+    // ticket's loopback address, dialed from another machine or namespace, reaches the joiner
+    // itself) fails alone, and the next gets its chance; one connection at a time, so the
+    // inviter never closes the exchange's connection as a duplicate.
+    let mut addrs = ticket.addrs.clone();
+    addrs.sort_by_key(|a| {
+        let loopback = a.iter().any(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        });
+        let v6 = a
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip6(_)));
+        (loopback, v6)
+    });
+    let mut addrs = addrs.into_iter();
+    let mut last_error = None;
+    let mut dial_next = |swarm: &mut libp2p::Swarm<_>, last_error: &mut Option<JoinError>| {
+        for addr in addrs.by_ref() {
+            let dial = DialOpts::peer_id(inviter)
+                .addresses(vec![addr])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build();
+            match swarm.dial(dial) {
+                Ok(()) => return true,
+                Err(e) => *last_error = Some(unreachable(e.to_string())),
+            }
+        }
+        false
+    };
+    if !dial_next(&mut swarm, &mut last_error) {
+        return Err(last_error.unwrap_or_else(|| unreachable("the ticket has no address".into())));
+    }
+    let mut wrong_peer = None;
     let mut sent = false;
     let result = loop {
         match swarm.select_next_some().await {
@@ -123,14 +151,24 @@ async fn exchange(ticket: &Ticket, name: &str) -> Result<Joined, JoinError> {
                 );
             }
             SwarmEvent::OutgoingConnectionError { error, .. } if !sent => {
-                break Err(match error {
-                    DialError::WrongPeerId { obtained, address } => JoinError::WrongPeer {
-                        expected: inviter.to_base58(),
-                        obtained: obtained.to_base58(),
-                        address: address.to_string(),
-                    },
-                    other => unreachable(other.to_string()),
-                });
+                match error {
+                    // Nothing was sent to it; another address may still reach the inviter.
+                    DialError::WrongPeerId { obtained, address } => {
+                        wrong_peer = Some(JoinError::WrongPeer {
+                            expected: inviter.to_base58(),
+                            obtained: obtained.to_base58(),
+                            address: address.to_string(),
+                        });
+                    }
+                    other => last_error = Some(unreachable(other.to_string())),
+                }
+                if !dial_next(&mut swarm, &mut last_error) {
+                    // Every address failed: a node that proved another id is the one to tell.
+                    break Err(wrong_peer
+                        .take()
+                        .or(last_error.take())
+                        .unwrap_or_else(|| unreachable("no address answered".into())));
+                }
             }
             SwarmEvent::Behaviour(request_response::Event::Message {
                 message: Message::Response { response, .. },
