@@ -6,10 +6,9 @@
 #[path = "support/agent.rs"]
 mod agent;
 
-use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use agent::{Agent, key_file, wait_until};
+use agent::{Agent, key_file, key_in, wait_until};
 use mesh::invite::Ticket;
 
 fn stdout(out: &std::process::Output) -> String {
@@ -32,16 +31,6 @@ fn mesh_id(agent: &Agent) -> String {
         .as_str()
         .expect("mesh_id")
         .to_string()
-}
-
-/// The mesh id of the key in an agent's data dir.
-fn key_in(dir: &Path) -> String {
-    let key: mesh::admission::MeshKey = std::fs::read_to_string(dir.join("mesh.key"))
-        .expect("a mesh.key")
-        .trim()
-        .parse()
-        .expect("a key");
-    key.mesh_id().to_string()
 }
 
 fn alive_in(observer: &Agent, id: &str) -> bool {

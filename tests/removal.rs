@@ -6,9 +6,7 @@
 #[path = "support/agent.rs"]
 mod agent;
 
-use std::path::Path;
-
-use agent::{Agent, key_file, wait_until};
+use agent::{Agent, key_file, key_in, wait_until};
 
 fn counter(agent: &Agent, name: &str) -> u64 {
     agent.status().expect("status")["counters"][name]
@@ -24,16 +22,6 @@ fn state_all(agent: &Agent, id: &str) -> Option<String> {
         .iter()
         .find(|p| p["id"] == id)
         .map(|p| p["state"].as_str().unwrap_or_default().to_string())
-}
-
-/// The mesh id of the key in an agent's data dir.
-fn key_in(dir: &Path) -> String {
-    let key: mesh::admission::MeshKey = std::fs::read_to_string(dir.join("mesh.key"))
-        .expect("a mesh.key")
-        .trim()
-        .parse()
-        .expect("a key");
-    key.mesh_id().to_string()
 }
 
 #[test]

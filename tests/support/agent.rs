@@ -292,3 +292,13 @@ pub fn key_file(dir: &Path) -> PathBuf {
     std::fs::write(&path, key).unwrap();
     path
 }
+
+/// The mesh id of the key in an agent's data dir (`mesh.key`).
+pub fn key_in(dir: &Path) -> String {
+    let key: mesh::admission::MeshKey = std::fs::read_to_string(dir.join("mesh.key"))
+        .expect("a mesh.key")
+        .trim()
+        .parse()
+        .expect("a key");
+    key.mesh_id().to_string()
+}
