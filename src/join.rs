@@ -121,10 +121,7 @@ async fn exchange(ticket: &Ticket, name: &str) -> Result<Joined, JoinError> {
     let mut last_error = None;
     let mut dial_next = |swarm: &mut libp2p::Swarm<_>, last_error: &mut Option<JoinError>| {
         for addr in addrs.by_ref() {
-            let dial = DialOpts::peer_id(inviter)
-                .addresses(vec![addr])
-                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-                .build();
+            let dial = DialOpts::peer_id(inviter).addresses(vec![addr]).build();
             match swarm.dial(dial) {
                 Ok(()) => return true,
                 Err(e) => *last_error = Some(unreachable(e.to_string())),

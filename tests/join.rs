@@ -86,7 +86,13 @@ fn a_ticket_joins_a_fresh_agent_once_and_bad_tickets_are_refused() {
     let c_id = c.id();
     let out = c.cli(&["join", &ticket]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("already used"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already used"),
+        "{}\n--- a:\n{}\n--- c:\n{}",
+        stderr(&out),
+        a.log(),
+        c.log()
+    );
     assert_eq!(key_in(&c.dir), c_mesh);
     assert_eq!(mesh_id(&c), c_mesh);
     assert!(a.state_of(&c_id).is_none());

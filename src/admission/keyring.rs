@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{MeshId, MeshKey, MeshKeyError};
+use super::key::{MeshId, MeshKey, MeshKeyError};
 
 /// File name of the keyring in the data dir.
 pub const KEYRING_FILE: &str = "mesh.keyring";
@@ -82,7 +82,7 @@ impl Keyring {
         }
         crate::identity::write_secret_file(&data_dir.join(KEYRING_FILE), text.as_bytes())?;
         crate::identity::write_secret_file(
-            &data_dir.join(super::MESH_KEY_FILE),
+            &data_dir.join(super::key::MESH_KEY_FILE),
             format!("{}\n", self.current.to_hex()).as_bytes(),
         )?;
         Ok(())
