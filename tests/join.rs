@@ -107,7 +107,13 @@ fn a_ticket_joins_a_fresh_agent_once_and_bad_tickets_are_refused() {
     });
     let out = c.cli(&["join", short["ticket"].as_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expired"),
+        "{}\n--- a:\n{}\n--- c:\n{}",
+        stderr(&out),
+        a.log(),
+        c.log()
+    );
     assert_eq!(key_in(&c.dir), c_mesh);
 
     // A ticket pinning another node id at a's address: the dial fails on the TLS handshake,
