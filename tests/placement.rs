@@ -26,8 +26,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Request;
 use futures::future::BoxFuture;
 use mesh::membership::PeerState;
 use mesh::node::{NodeConfig, NodeHandle};
@@ -43,7 +41,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use cluster::{CEILING, Cluster, supervisor_config, wait_all_alive, wait_peer_state};
+use cluster::{CEILING, Cluster, api, supervisor_config, wait_all_alive, wait_peer_state};
 
 /// Something that happened in the fake world, in order.
 #[derive(Clone, Debug)]
@@ -405,33 +403,6 @@ fn exclusive(world: &World, name: &str, node: &str) -> ServiceSpec {
         .stop_delay
         .insert(name.to_string(), Duration::from_millis(800));
     spec
-}
-
-/// Largest API answer read.
-const MAX_ANSWER_BYTES: usize = 1024 * 1024;
-
-/// One API call through the node's router, as the CLI would make it over HTTP.
-async fn api(node: &NodeHandle, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    use tower_service::Service as _;
-    let mut router = mesh::api::server::router(node.clone());
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .expect("a valid request");
-    let response = router
-        .call(request)
-        .await
-        .expect("the router is infallible");
-    let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
-        .await
-        .expect("the answer body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 /// Adds `specs` through `node`'s API (`mesh service add`).

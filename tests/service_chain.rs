@@ -7,18 +7,14 @@ mod cluster;
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Request;
 use mesh::node::NodeHandle;
 use mesh::supervisor::spec::{DependencyRestart, HealthCheck, HealthSpec, PortSpec, ServiceSpec};
 use mesh::supervisor::{ExitStatus, launcher::fake::FakeLauncher};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use cluster::{CEILING, Cluster, supervisor_config, wait_all_alive};
+use cluster::{CEILING, Cluster, api, supervisor_config, wait_all_alive};
 
-/// Largest API answer read (a handful of services and ports).
-const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Budget of the chain test (the acceptance: under 2 s of wall time). Nothing in it
 /// waits on the real clock (paused time, memory transport, fake processes), so its wall time
 /// is its CPU time on an idle machine (measured: 0.6 s of CPU in a debug build, 0.7 s wall
@@ -34,30 +30,6 @@ fn cpu_time() -> Duration {
         Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
     };
     time(usage.user_time()) + time(usage.system_time())
-}
-
-/// One API call through the node's router, as the CLI would make it over HTTP.
-async fn api(node: &NodeHandle, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    use tower_service::Service as _;
-    let mut router = mesh::api::server::router(node.clone());
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .expect("a valid request");
-    let response = router
-        .call(request)
-        .await
-        .expect("the router is infallible");
-    let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
-        .await
-        .expect("the answer body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 /// `name` on `node`, with one auto port checked over HTTP, depending on `after`.

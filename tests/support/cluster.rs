@@ -300,3 +300,37 @@ pub async fn shutdown_all(nodes: &[&NodeHandle]) {
         n.shutdown().await;
     }
 }
+
+/// Largest API answer [`api`] reads.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// One API call through the node's router, as the CLI would make it over HTTP.
+pub async fn api(
+    node: &NodeHandle,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use tower_service::Service as _;
+    let mut router = mesh::api::server::router(node.clone());
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(axum::body::Body::empty, |b| {
+            axum::body::Body::from(b.to_string())
+        }))
+        .expect("a valid request");
+    let response = router
+        .call(request)
+        .await
+        .expect("the router is infallible");
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
+        .await
+        .expect("the answer body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
