@@ -542,6 +542,7 @@ impl NodeActor {
             .iter()
             .filter(|(_, n)| !n.is_removed())
             .filter_map(|(id, _)| id.parse().ok())
+            .filter(|peer| !self.removed.contains(peer))
             .collect();
         self.admission.set_members(members);
         let removed: HashSet<PeerId> = snap
@@ -551,7 +552,9 @@ impl NodeActor {
             .filter(|(_, n)| n.is_removed())
             .filter_map(|(id, _)| id.parse().ok())
             .collect();
-        if removed.len() == self.removed.len() {
+        // Once removed, refused for as long as this agent runs, even if a later change
+        // (a removed node writing its own entry before it was cut off) clears the mark.
+        if removed.is_subset(&self.removed) {
             return;
         }
         let now = Instant::now();
@@ -579,7 +582,7 @@ impl NodeActor {
                 self.dirty = true;
             }
         }
-        self.removed = removed;
+        self.removed.extend(removed);
     }
 
     fn local_info(&self) -> NodeInfo {

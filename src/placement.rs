@@ -818,7 +818,10 @@ fn confirmation(input: PlacementInput<'_>, service: &str, members: usize) -> Con
         .filter(|(id, liveness)| {
             **liveness == Liveness::Alive
                 && *id != input.local
-                && state.nodes.contains_key(id.as_str())
+                && state
+                    .nodes
+                    .get(id.as_str())
+                    .is_some_and(|n| !n.is_removed())
         })
         .map(|(id, _)| id.clone())
         .collect();

@@ -41,7 +41,10 @@ impl NodeActor {
                 request,
                 reply,
             } => {
-                if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
+                if !self.admission.is_admitted(&peer)
+                    || !self.connections.contains_key(&peer)
+                    || self.removed.contains(&peer)
+                {
                     let _ = reply.send(Err(NodeError::NotConnected { peer }));
                     return;
                 }
@@ -65,7 +68,9 @@ impl NodeActor {
                     request, channel, ..
                 } => {
                     let behaviour = &mut self.swarm.behaviour_mut().query;
-                    if !self.admission.is_admitted(&peer) {
+                    // A removed node keeps its links a moment (so the removal reaches it):
+                    // it is asked nothing and answered nothing in that time, above all no key.
+                    if !self.admission.is_admitted(&peer) || self.removed.contains(&peer) {
                         self.stats.unadmitted_requests += 1;
                         let _ = behaviour.send_response(channel, QueryResponse::NotAdmitted);
                         return;
@@ -309,7 +314,11 @@ impl NodeActor {
     }
 
     /// Sends the current key to `peer` (`/mesh/query/1` `Rekey`); its answer is not awaited.
+    /// Never to a removed node.
     fn hand_key(&mut self, peer: PeerId) {
+        if self.removed.contains(&peer) {
+            return;
+        }
         let keys = self.admission.keyring();
         let request = QueryRequest::Rekey {
             key: keys.current.to_hex(),
@@ -326,7 +335,9 @@ impl NodeActor {
         let peers: Vec<PeerId> = self
             .connections
             .keys()
-            .filter(|p| self.admission.is_admitted(p) && Some(**p) != except)
+            .filter(|p| {
+                self.admission.is_admitted(p) && !self.removed.contains(p) && Some(**p) != except
+            })
             .copied()
             .collect();
         for peer in &peers {
