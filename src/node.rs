@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Admission, AdmissionAction, MeshId, MeshKey};
+use crate::admission::{Admission, AdmissionAction, MeshKey};
 use crate::discovery::mdns::{self, MdnsConfig, MdnsHandle};
 use crate::discovery::memory::MemoryDiscovery;
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
@@ -193,7 +193,6 @@ struct NodeActor {
     membership: Membership,
     local_peer: PeerId,
     name: String,
-    mesh_id: MeshId,
     hardware: HardwareInfo,
     bump: u64,
     started_at: Instant,
@@ -387,7 +386,6 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         membership: Membership::new(local_peer, bump, &config.membership, rand::random()),
         local_peer,
         name: config.name.clone(),
-        mesh_id,
         hardware: config.hardware.clone(),
         bump,
         started_at: now,
@@ -535,23 +533,20 @@ impl NodeActor {
     /// (disconnected, `left` in membership) and refused from now on.
     fn on_document(&mut self) {
         let snap = self.documents.borrow_and_update().clone();
-        // Who may still use the previous mesh key: the members.
-        let members: HashSet<PeerId> = snap
-            .state
-            .nodes
-            .iter()
-            .filter(|(_, n)| !n.is_removed())
-            .filter_map(|(id, _)| id.parse().ok())
-            .filter(|peer| !self.removed.contains(peer))
-            .collect();
+        // Members (who may still use the previous mesh key) and removed nodes, in one pass.
+        let mut members = HashSet::new();
+        let mut removed = HashSet::new();
+        for (id, node) in &snap.state.nodes {
+            let Ok(peer) = id.parse::<PeerId>() else {
+                continue;
+            };
+            if node.is_removed() {
+                removed.insert(peer);
+            } else if !self.removed.contains(&peer) {
+                members.insert(peer);
+            }
+        }
         self.admission.set_members(members);
-        let removed: HashSet<PeerId> = snap
-            .state
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.is_removed())
-            .filter_map(|(id, _)| id.parse().ok())
-            .collect();
         // Once removed, refused for as long as this agent runs, even if a later change
         // (a removed node writing its own entry before it was cut off) clears the mark.
         if removed.is_subset(&self.removed) {

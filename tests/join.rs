@@ -19,6 +19,20 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Asserts that the command's stderr says `what`; otherwise shows it and the agents' logs.
+fn said(out: &std::process::Output, what: &str, agents: &[&Agent]) {
+    let logs: Vec<String> = agents
+        .iter()
+        .map(|x| format!("--- {}:\n{}", x.name, x.log()))
+        .collect();
+    assert!(
+        stderr(out).contains(what),
+        "{}\n{}",
+        stderr(out),
+        logs.join("\n")
+    );
+}
+
 /// A new ticket from `inviter` (extra `mesh invite` flags in `args`).
 fn invite(inviter: &Agent, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["invite"];
@@ -86,13 +100,7 @@ fn a_ticket_joins_a_fresh_agent_once_and_bad_tickets_are_refused() {
     let c_id = c.id();
     let out = c.cli(&["join", &ticket]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("already used"),
-        "{}\n--- a:\n{}\n--- c:\n{}",
-        stderr(&out),
-        a.log(),
-        c.log()
-    );
+    said(&out, "already used", &[&a, &c]);
     assert_eq!(key_in(&c.dir), c_mesh);
     assert_eq!(mesh_id(&c), c_mesh);
     assert!(a.state_of(&c_id).is_none());
@@ -107,13 +115,7 @@ fn a_ticket_joins_a_fresh_agent_once_and_bad_tickets_are_refused() {
     });
     let out = c.cli(&["join", short["ticket"].as_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("expired"),
-        "{}\n--- a:\n{}\n--- c:\n{}",
-        stderr(&out),
-        a.log(),
-        c.log()
-    );
+    said(&out, "expired", &[&a, &c]);
     assert_eq!(key_in(&c.dir), c_mesh);
 
     // A ticket pinning another node id at a's address: the dial fails on the TLS handshake,

@@ -16,7 +16,7 @@ impl NodeActor {
                     MdnsConfig {
                         node_name: self.name.clone(),
                         peer_id: self.local_peer,
-                        mesh_id: self.mesh_id.to_string(),
+                        mesh_id: self.admission.keyring().current.mesh_id().to_string(),
                         previous_mesh_id: self
                             .admission
                             .keyring()
@@ -36,7 +36,7 @@ impl NodeActor {
             }
             DiscoveryMode::Memory(registry) => {
                 registry.announce(
-                    self.mesh_id,
+                    self.admission.keyring().current.mesh_id(),
                     DiscoveredPeer {
                         peer_id: self.local_peer,
                         name: self.name.clone(),

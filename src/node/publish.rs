@@ -54,7 +54,7 @@ impl NodeActor {
             local: LocalSnapshot {
                 peer_id: self.local_peer,
                 name: self.name.clone(),
-                mesh_id: self.mesh_id,
+                mesh_id: self.admission.keyring().current.mesh_id(),
                 listen_addrs: self.listen_addrs.clone(),
                 hardware: self.hardware.clone(),
                 started_at: self.started_at,

@@ -301,9 +301,7 @@ impl NodeActor {
             .save(&dir)
             .map_err(|e| format!("the new key was not stored, nothing changed: {e}"))?;
         let (mesh_id, generation) = (rotated.current.mesh_id().to_string(), rotated.generation);
-        self.mesh_id = rotated.current.mesh_id();
-        self.dirty = true;
-        self.admission.set_keyring(rotated);
+        self.use_keyring(rotated);
         tracing::info!(mesh = %mesh_id, generation, "mesh key rotated");
         let told = self.hand_key_to_all(None);
         Ok(KeyRotation {
@@ -311,6 +309,12 @@ impl NodeActor {
             generation,
             told,
         })
+    }
+
+    /// Admits with `keys` from now on (stored already); the snapshot shows the new mesh id.
+    fn use_keyring(&mut self, keys: crate::admission::Keyring) {
+        self.admission.set_keyring(keys);
+        self.dirty = true;
     }
 
     /// Sends the current key to `peer` (`/mesh/query/1` `Rekey`); its answer is not awaited.
@@ -362,9 +366,7 @@ impl NodeActor {
             return QueryResponse::Error(format!("cannot store the key: {e}"));
         }
         let mesh = newer.current.mesh_id();
-        self.mesh_id = mesh;
-        self.dirty = true;
-        self.admission.set_keyring(newer);
+        self.use_keyring(newer);
         tracing::info!(%from, %mesh, generation, "took the mesh key a member handed over (a rotation)");
         if let Some(supervisor) = &self.supervisor {
             supervisor.record_event(

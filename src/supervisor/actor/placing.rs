@@ -196,11 +196,18 @@ impl SupervisorActor {
         env
     }
 
+    /// The membership view now, and now as membership counts it: the node stamps membership
+    /// changes with tokio's clock, so read the same one (they differ in paused time, where a
+    /// fence would otherwise never end).
+    fn liveness_now(&self) -> (std::time::Instant, placement::LivenessView) {
+        let now = Instant::now().into_std();
+        (now, self.membership.borrow().at(now))
+    }
+
     /// The dependency addresses a copy of `spec` starting now gets (see [`Self::endpoints_now`]).
     pub(super) fn endpoints_at_start(&self, spec: &ServiceSpec) -> BTreeMap<String, String> {
         let snap = self.state.snapshot();
-        let now = Instant::now().into_std();
-        let liveness = self.membership.borrow().at(now);
+        let (_, liveness) = self.liveness_now();
         let node_id = NodeId::from(&self.config.node_id);
         let input = PlacementInput {
             view: View::new(&snap.state, &snap.specs),
@@ -218,10 +225,7 @@ impl SupervisorActor {
         snap: &StateSnapshot,
         queue: &mut VecDeque<SupervisorEvent>,
     ) -> BTreeSet<String> {
-        // The node stamps membership changes with tokio's clock: read the same one (they differ
-        // in paused time, where the fence would otherwise never end).
-        let now = Instant::now().into_std();
-        let mut liveness = self.membership.borrow().at(now);
+        let (now, mut liveness) = self.liveness_now();
         let node_id = NodeId::from(&self.config.node_id);
         let view = View::new(&snap.state, &snap.specs);
         let (seen, members) = placement::majority(PlacementInput {
