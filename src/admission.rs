@@ -97,6 +97,9 @@ pub enum AdmissionAction<I> {
         reason: AuthFailure,
         backoff: Duration,
     },
+    /// A lenient peer (a rendezvous point, or anyone at an open point) is not a member: its
+    /// connection stays, unadmitted, and it is not backed off.
+    NotMember { peer: PeerId, reason: AuthFailure },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +176,12 @@ pub struct Admission {
     listening: HashMap<PeerId, ListenerState>,
     admitted: HashSet<PeerId>,
     backoff: HashMap<PeerId, Backoff>,
+    /// Peers that may fail admission without being cut off or backed off: rendezvous points
+    /// we use (`--rendezvous`), which need not be members of our mesh.
+    lenient: HashSet<PeerId>,
+    /// Every peer is treated as [`Admission::lenient`]: this node serves an open rendezvous
+    /// point (`--rendezvous-open`), whose clients are mostly not members.
+    open: bool,
     stats: AdmissionStats,
 }
 
@@ -190,8 +199,18 @@ impl Admission {
             listening: HashMap::new(),
             admitted: HashSet::new(),
             backoff: HashMap::new(),
+            lenient: HashSet::new(),
+            open: false,
             stats: AdmissionStats::default(),
         }
+    }
+
+    /// Peers whose failed handshake is only counted: no backoff, and the action says so
+    /// ([`AdmissionAction::NotMember`]) so the caller keeps the connection. `open`: every peer.
+    /// The connection of such a peer stays unadmitted: no mesh protocol is served to it.
+    pub fn set_lenient(&mut self, peers: HashSet<PeerId>, open: bool) {
+        self.lenient = peers;
+        self.open = open;
     }
 
     pub fn stats(&self) -> &AdmissionStats {
@@ -258,14 +277,18 @@ impl Admission {
     }
 
     /// A connection to `peer` was established. On a connection we dialed we start the
-    /// handshake; on one we accepted we wait for Hello, under the same deadline.
+    /// handshake, even with a peer admitted already: the peer may have seen every connection
+    /// to us close just before this one arrived (a crossing dial closed as a duplicate) and
+    /// forgotten our admission, and as listener it only waits for our Hello. On one we
+    /// accepted we wait for Hello, under the same deadline, unless the peer is admitted (it
+    /// says Hello itself if it needs to).
     pub fn on_connected<I>(
         &mut self,
         peer: PeerId,
         we_dialed: bool,
         now: Instant,
     ) -> Vec<AdmissionAction<I>> {
-        if self.admitted.contains(&peer) {
+        if !we_dialed && self.admitted.contains(&peer) {
             return Vec::new();
         }
         self.make_room();
@@ -526,6 +549,9 @@ impl Admission {
             AuthFailure::Transport => self.stats.transport += 1,
             AuthFailure::Abandoned => self.stats.abandoned += 1,
         }
+        if self.open || self.lenient.contains(&peer) {
+            return AdmissionAction::NotMember { peer, reason };
+        }
         let failures = self.backoff.get(&peer).map_or(0, |b| b.failures) + 1;
         let backoff = backoff_for(failures);
         self.make_room();
@@ -657,6 +683,63 @@ mod tests {
         other.set_members([a, m].into_iter().collect());
         let (d, l) = run_handshake(&mut other, &mut rotator());
         assert!(admitted(&d) && admitted(&l) && !outdated(&d) && !outdated(&l));
+    }
+
+    #[test]
+    fn a_lenient_peer_that_is_not_a_member_is_neither_cut_off_nor_backed_off() {
+        let (d, point) = (peer(), peer());
+        let mut dialer = Admission::new(MeshKey::generate(), d);
+        dialer.set_lenient([point].into_iter().collect(), false);
+        let mut listener = Admission::new(MeshKey::generate(), point);
+        let (d_out, _) = run_handshake(&mut dialer, &mut listener);
+        assert!(matches!(
+            &d_out[..],
+            [AdmissionAction::NotMember {
+                reason: AuthFailure::BadProof,
+                ..
+            }]
+        ));
+        assert!(!dialer.in_backoff(&point, Instant::now()));
+        assert!(!dialer.is_admitted(&point));
+        assert_eq!(dialer.stats().bad_proof, 1);
+        // An open point treats every stranger so; a silent one times out without backoff.
+        let mut open = Admission::new(MeshKey::generate(), peer());
+        open.set_lenient(HashSet::new(), true);
+        let stranger = peer();
+        let t0 = Instant::now();
+        let _ = open.on_connected::<String>(stranger, false, t0);
+        let acts = open.poll_timeouts::<String>(t0 + AUTH_TIMEOUT);
+        assert!(matches!(&acts[..], [AdmissionAction::NotMember { .. }]));
+        assert!(!open.in_backoff(&stranger, t0 + AUTH_TIMEOUT));
+    }
+
+    #[test]
+    fn a_dialer_that_still_counts_the_peer_admitted_says_hello_on_a_new_connection() {
+        // Crossing dials: the listener saw its only connection to the dialer close (the
+        // dialer closed it as a duplicate) and forgot the admission; the dialer kept the other
+        // connection, which the listener only sees now. Without a new Hello the listener would
+        // wait, time out and back the dialer off.
+        let k = MeshKey::generate();
+        let (d, l) = (peer(), peer());
+        let mut dialer = Admission::new(k.clone(), d);
+        let mut listener = Admission::new(k, l);
+        let (d_out, l_out) = run_handshake(&mut dialer, &mut listener);
+        assert!(matches!(&d_out[..], [AdmissionAction::Admitted { .. }]));
+        assert!(matches!(&l_out[..], [AdmissionAction::Admitted { .. }]));
+        let t0 = Instant::now();
+        let _ = listener.on_disconnected::<String>(&d, t0);
+        assert!(!listener.is_admitted(&d) && dialer.is_admitted(&l));
+        let (d_out, l_out) = run_handshake(&mut dialer, &mut listener);
+        assert!(
+            matches!(&d_out[..], [AdmissionAction::Admitted { .. }]),
+            "{d_out:?}"
+        );
+        assert!(
+            matches!(&l_out[..], [AdmissionAction::Admitted { .. }]),
+            "{l_out:?}"
+        );
+        assert!(listener.is_admitted(&d));
+        assert_eq!(listener.stats().timeout, 0);
     }
 
     #[test]

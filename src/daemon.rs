@@ -19,7 +19,7 @@ use crate::node::{DiscoveryMode, NodeConfig, start_node};
 use crate::supervisor::ShutdownMode;
 use crate::supervisor::actor::SupervisorConfig;
 use crate::supervisor::launcher::LogLimits;
-use crate::transport::parse_quic_addr;
+use crate::transport::parse_addrs;
 
 pub mod config;
 pub mod joining;
@@ -37,7 +37,7 @@ pub const SYSTEM_DATA_DIR: &str = "/var/lib/mesh";
 /// every descriptor up to the limit when they start, so not more.
 pub const NOFILE_SOFT_TARGET: u64 = 16_384;
 
-/// The QUIC port agents listen on by default (UDP).
+/// The port agents listen on by default: QUIC on this UDP port, TCP on this TCP port.
 pub const DEFAULT_QUIC_PORT: u16 = 7400;
 
 /// How the agent logs.
@@ -55,6 +55,14 @@ pub struct AgentOptions {
     pub mesh_key_file: Option<PathBuf>,
     pub listen: Vec<String>,
     pub peers: Vec<String>,
+    /// `--rendezvous`: points (multiaddrs with `/p2p/ID`).
+    pub rendezvous: Vec<String>,
+    /// `--rendezvous-server` and its settings.
+    pub rendezvous_point: Option<crate::transport::PointConfig>,
+    /// `--external-addr`.
+    pub external_addrs: Vec<String>,
+    /// `--relay-server`.
+    pub relay_server: bool,
     pub api: String,
     pub log_format: LogFormat,
     pub mdns: bool,
@@ -299,23 +307,27 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
     let settings = hardware.profile.settings();
 
     let (listen, listen_required) = if options.listen.is_empty() {
-        (
-            vec![
-                parse_quic_addr(&format!("0.0.0.0:{DEFAULT_QUIC_PORT}"), DEFAULT_QUIC_PORT)
-                    .map_err(anyhow::Error::msg)?,
-                parse_quic_addr(&format!("[::]:{DEFAULT_QUIC_PORT}"), DEFAULT_QUIC_PORT)
-                    .map_err(anyhow::Error::msg)?,
-            ],
-            // A host without IPv6 still runs on IPv4.
-            vec![true, false],
-        )
+        let v4 = parse_addrs(&format!("0.0.0.0:{DEFAULT_QUIC_PORT}"), DEFAULT_QUIC_PORT)
+            .map_err(anyhow::Error::msg)?;
+        let v6 = parse_addrs(&format!("[::]:{DEFAULT_QUIC_PORT}"), DEFAULT_QUIC_PORT)
+            .map_err(anyhow::Error::msg)?;
+        // A host without IPv6 still runs on IPv4.
+        let required = v4
+            .iter()
+            .map(|_| true)
+            .chain(v6.iter().map(|_| false))
+            .collect();
+        (v4.into_iter().chain(v6).collect(), required)
     } else {
-        let addrs = options
+        let addrs: Vec<_> = options
             .listen
             .iter()
-            .map(|s| parse_quic_addr(s, DEFAULT_QUIC_PORT))
+            .map(|s| parse_addrs(s, DEFAULT_QUIC_PORT))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?
+            .into_iter()
+            .flatten()
+            .collect();
         let n = addrs.len();
         (addrs, vec![true; n])
     };
@@ -326,9 +338,27 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
         .peers
         .iter()
         .chain(joined_via.iter())
-        .map(|s| parse_quic_addr(s, DEFAULT_QUIC_PORT))
+        .map(|s| parse_addrs(s, DEFAULT_QUIC_PORT))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--peer: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--peer: {e}"))?
+        .into_iter()
+        .flatten()
+        .collect();
+    let rendezvous = options
+        .rendezvous
+        .iter()
+        .map(|s| crate::transport::parse_rendezvous_addr(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--rendezvous: {e}"))?;
+    let external_addrs: Vec<_> = options
+        .external_addrs
+        .iter()
+        .map(|s| parse_addrs(s, DEFAULT_QUIC_PORT))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--external-addr: {e}"))?
+        .into_iter()
+        .flatten()
+        .collect();
     let api_addr: SocketAddr = options
         .api
         .trim_start_matches("http://")
@@ -374,6 +404,10 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
         transport: crate::transport::TransportKind::Quic,
         listen_required,
         static_peers,
+        rendezvous,
+        rendezvous_point: options.rendezvous_point.clone(),
+        relay_server: options.relay_server,
+        external_addrs,
         hardware: hardware.clone(),
         discovery: if options.mdns {
             DiscoveryMode::Mdns {

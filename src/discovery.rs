@@ -12,6 +12,7 @@
 pub mod advertise;
 pub mod mdns;
 pub mod memory;
+pub mod rendezvous;
 
 use libp2p::{Multiaddr, PeerId};
 

@@ -59,7 +59,9 @@ mod discovery_source;
 mod error;
 mod handle;
 mod join;
+pub mod nat;
 mod publish;
+mod rendezvous;
 mod requests;
 mod snapshot;
 
@@ -129,6 +131,16 @@ pub struct NodeConfig {
     pub listen_required: Vec<bool>,
     /// Addresses dialed at start and redialed while unconnected (`--peer`).
     pub static_peers: Vec<Multiaddr>,
+    /// Rendezvous points to register at and discover members through (`--rendezvous`), each
+    /// ending in the point's `/p2p/ID`; dialed like static peers.
+    pub rendezvous: Vec<Multiaddr>,
+    /// Serve a rendezvous point (`--rendezvous-server`).
+    pub rendezvous_point: Option<transport::PointConfig>,
+    /// Serve a circuit relay for members behind NAT (`--relay-server`).
+    pub relay_server: bool,
+    /// Addresses peers can reach this node at that it cannot see itself (`--external-addr`:
+    /// a port forward, a DNS name); registered at rendezvous points with the listen ones.
+    pub external_addrs: Vec<Multiaddr>,
     pub hardware: HardwareInfo,
     pub discovery: DiscoveryMode,
     pub membership: MembershipConfig,
@@ -159,6 +171,10 @@ impl NodeConfig {
             transport: transport::TransportKind::Quic,
             listen_required: vec![true],
             static_peers: Vec::new(),
+            rendezvous: Vec::new(),
+            rendezvous_point: None,
+            relay_server: false,
+            external_addrs: Vec::new(),
             hardware: crate::hardware::probe(),
             discovery,
             membership: MembershipConfig::lan(),
@@ -184,6 +200,9 @@ struct Connection {
     remote: Multiaddr,
     /// Whether this node dialed it.
     we_dialed: bool,
+    /// Whether it goes through a relay (`/p2p-circuit`): an inbound relayed connection's
+    /// remote address is only `/p2p/ID`, so this comes from the endpoint, not the address.
+    relayed: bool,
     established: Instant,
 }
 
@@ -243,6 +262,19 @@ struct NodeActor {
     removed: HashSet<PeerId>,
     /// Removed nodes still connected, and when their connections are closed.
     cut_off: Vec<(PeerId, Instant)>,
+    /// When to register at and ask the rendezvous points (`--rendezvous`).
+    rendezvous: crate::discovery::rendezvous::RendezvousClient,
+    /// `--external-addr`.
+    external_addrs: Vec<Multiaddr>,
+    /// Registrations the point we serve holds (peer, namespace), for `mesh status`; bounded
+    /// by the point's own limits.
+    point_registrations: HashSet<(PeerId, String)>,
+    /// Behind NAT or not, and the relay we listen through.
+    nat: nat::NatState,
+    /// Admitted peers, read by the relay we serve (members only).
+    admitted_set: transport::AdmittedSet,
+    /// `--relay-server`.
+    relay_server: bool,
     version: u64,
     last_publish: Instant,
     dirty: bool,
@@ -258,11 +290,21 @@ const REMOVAL_NOTICE: Duration = Duration::from_millis(500);
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let local_peer = config.keypair.public().to_peer_id();
     let invites = SharedInvites::open(config.data_dir.as_deref())?;
-    let mut swarm = transport::build_swarm(config.keypair.clone(), config.transport.clone())?;
+    let admitted_set = transport::AdmittedSet::default();
+    let options = transport::SwarmOptions {
+        rendezvous_point: config.rendezvous_point.clone(),
+        relay: config.relay_server.then(|| admitted_set.clone()),
+    };
+    let mut swarm =
+        transport::build_swarm(config.keypair.clone(), config.transport.clone(), &options)?;
     let mut bound = 0;
+    let mut quic_bound = false;
     for (i, addr) in config.listen.iter().enumerate() {
         match swarm.listen_on(addr.clone()) {
-            Ok(_) => bound += 1,
+            Ok(_) => {
+                bound += 1;
+                quic_bound |= transport::is_quic(addr);
+            }
             Err(e) => {
                 let reason = listen_error_reason(addr, &e);
                 if config.listen_required.get(i).copied().unwrap_or(true) {
@@ -298,6 +340,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         started_at: now,
         bump,
         accept_services: config.supervisor.as_ref().map(|s| s.accept_services),
+        relay_server: config.relay_server,
     };
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(NodeSnapshot {
         version: 0,
@@ -307,19 +350,26 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         stats: NodeStats::default(),
     }));
     let (membership_tx, membership_rx) = watch::channel(MembershipSnapshot::new(now.into_std()));
+    let points: Vec<PeerId> = config.rendezvous.iter().filter_map(dial::peer_of).collect();
     let dials = DialPlanner::new(
         local_peer,
-        &config.static_peers,
+        &[config.static_peers.clone(), config.rendezvous.clone()].concat(),
         config.redial_max,
         now.into_std(),
     );
+    let mut admission = Admission::with_keyring(keyring, local_peer);
+    admission.set_lenient(
+        points.iter().copied().collect(),
+        config.rendezvous_point.as_ref().is_some_and(|p| p.open),
+    );
     // Wait for the listeners to report their concrete addresses (port 0 resolved), so this
-    // node's record, its first snapshot and its discovery announcement carry them. Any other
-    // event (an early incoming connection) is kept and handed to the actor once it exists.
+    // node's record, its first snapshot and its discovery announcement carry them: a QUIC one
+    // when a QUIC listener is bound (mDNS advertises the QUIC port). Any other event (an early
+    // incoming connection) is kept and handed to the actor once it exists.
     let deadline = now + Duration::from_secs(5);
     let mut listen_addrs: Vec<Multiaddr> = Vec::new();
     let mut early_events = Vec::new();
-    while listen_addrs.is_empty() {
+    while listen_addrs.is_empty() || (quic_bound && !listen_addrs.iter().any(transport::is_quic)) {
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::NewListenAddr { address, .. } => {
@@ -382,7 +432,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (join_answers_tx, join_answers) = mpsc::channel(MAX_PENDING_JOINS);
     let mut actor = NodeActor {
         swarm,
-        admission: Admission::with_keyring(keyring, local_peer),
+        admission,
         membership: Membership::new(local_peer, bump, &config.membership, rand::random()),
         local_peer,
         name: config.name.clone(),
@@ -425,6 +475,12 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         data_dir: config.data_dir.clone(),
         removed: HashSet::new(),
         cut_off: Vec::new(),
+        rendezvous: crate::discovery::rendezvous::RendezvousClient::new(points),
+        external_addrs: config.external_addrs.clone(),
+        point_registrations: HashSet::new(),
+        nat: nat::NatState::default(),
+        admitted_set,
+        relay_server: config.relay_server,
         version: 0,
         last_publish: now,
         dirty: true,
@@ -440,6 +496,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         advertiser_shutdown,
         advertiser_task,
     };
+    actor.sync_external_addrs(Instant::now());
     for ev in early_events {
         actor.on_swarm_event(ev).await;
     }
@@ -498,6 +555,8 @@ impl NodeActor {
         consider(self.membership.next_deadline().map(Instant::from_std));
         consider(self.admission.next_deadline().map(Instant::from_std));
         consider(self.dials.next_deadline().map(Instant::from_std));
+        consider(self.rendezvous.next_deadline().map(Instant::from_std));
+        consider(self.nat.next_deadline().map(Instant::from_std));
         consider(Some(self.last_publish + VOLATILE_PUBLISH));
         consider(self.cut_off.iter().map(|(_, at)| *at).min());
         next.max(now)
@@ -524,6 +583,8 @@ impl NodeActor {
             }
         }
         self.dial(now);
+        self.rendezvous_tick(now);
+        self.reserve_if_due(now);
         if self.dirty || now >= self.last_publish + VOLATILE_PUBLISH {
             self.publish(now);
         }
@@ -536,6 +597,7 @@ impl NodeActor {
         // Members (who may still use the previous mesh key) and removed nodes, in one pass.
         let mut members = HashSet::new();
         let mut removed = HashSet::new();
+        let std_now = Instant::now().into_std();
         for (id, node) in &snap.state.nodes {
             let Ok(peer) = id.parse::<PeerId>() else {
                 continue;
@@ -544,6 +606,12 @@ impl NodeActor {
                 removed.insert(peer);
             } else if !self.removed.contains(&peer) {
                 members.insert(peer);
+                // Peer exchange: a member still running (not stopped gracefully) is dialed at
+                // the addresses it recorded, unless linked already.
+                if node.left_at_ms.is_none() && !self.connections.contains_key(&peer) {
+                    self.dials
+                        .on_member_addrs(peer, member_addrs(&node.addrs), std_now);
+                }
             }
         }
         self.admission.set_members(members);
@@ -590,6 +658,8 @@ impl NodeActor {
             bump: self.membership.local_member().bump,
             listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             hardware: self.hardware.clone(),
+            observed: None,
+            relay: self.relay_server,
         }
     }
 
@@ -603,6 +673,23 @@ impl NodeActor {
         });
         for dial in dials {
             let opts = match dial {
+                // Linked through a relay only: try its direct addresses, next to the relayed
+                // link (which a direct connection then replaces).
+                Dial::Peer { peer, mut addrs }
+                    if self
+                        .connections
+                        .get(&peer)
+                        .is_some_and(|c| c.iter().all(|c| c.relayed)) =>
+                {
+                    addrs.retain(|a| !transport::is_relayed(a));
+                    if addrs.is_empty() {
+                        continue;
+                    }
+                    DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::NotDialing)
+                        .build()
+                }
                 Dial::Peer { peer, addrs } => DialOpts::peer_id(peer)
                     .addresses(addrs)
                     .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -625,14 +712,29 @@ impl NodeActor {
                     self.dirty = true;
                     self.state
                         .set_addrs(self.listen_addrs.iter().map(|a| a.to_string()).collect());
+                    self.sync_external_addrs(now);
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
                 self.dirty = true;
+                self.state
+                    .set_addrs(self.listen_addrs.iter().map(|a| a.to_string()).collect());
+                self.sync_external_addrs(now);
             }
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!(error = %error, "listener error");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if self.nat.on_listener_closed(listener_id, now.into_std()) => {
+                tracing::warn!(
+                    reason = ?reason,
+                    "the relay reservation ended; trying again shortly"
+                );
+                self.dirty = true;
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -648,13 +750,22 @@ impl NodeActor {
                 ..
             } => {
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    let was_direct = conns.iter().any(|c| c.id == connection_id && !c.relayed);
                     conns.retain(|c| c.id != connection_id);
+                    // The last direct link went, a relayed one stays: the planner (which
+                    // counts direct links only) dials the peer directly again.
+                    if was_direct && !conns.is_empty() && conns.iter().all(|c| c.relayed) {
+                        self.dials.on_disconnected(&peer_id, now.into_std());
+                    }
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                     }
                 }
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
+                    self.rendezvous_on_disconnected(&peer_id);
+                    self.admitted_set.remove(&peer_id);
+                    self.nat.on_gone(&peer_id, now.into_std());
                     if self.admission.is_admitted(&peer_id) {
                         self.state.peer_down(peer_id);
                     }
@@ -690,6 +801,17 @@ impl NodeActor {
             SwarmEvent::Behaviour(MeshBehaviourEvent::Sync(ev)) => self.on_sync_event(ev),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Query(ev)) => self.on_query_event(ev),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Join(ev)) => self.on_join_event(ev),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Rendezvous(ev)) => {
+                self.on_rendezvous_event(ev, now)
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::RendezvousPoint(ev)) => {
+                self.on_point_event(ev)
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::RelayClient(ev)) => {
+                self.on_relay_client_event(ev)
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Relay(ev)) => self.on_relay_event(ev),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Dcutr(ev)) => self.on_dcutr_event(ev),
             _ => {}
         }
     }
@@ -719,23 +841,39 @@ impl NodeActor {
             return;
         }
         let we_dialed = endpoint.is_dialer();
+        let relayed = endpoint.is_relayed();
         let remote = endpoint.get_remote_address().clone();
-        self.dials
-            .on_connected(peer, we_dialed.then_some(&remote), std_now);
+        self.rendezvous.on_connected(&peer, std_now);
+        // A relayed link is not what the dial planner aims for: it keeps dialing the peer
+        // directly (see `dial`) until a direct connection replaces the relayed one.
+        if !relayed {
+            self.dials
+                .on_connected(peer, we_dialed.then_some(&remote), std_now);
+        }
         let conns = self.connections.entry(peer).or_default();
         conns.push(Connection {
             id: connection_id,
             remote,
             we_dialed,
+            relayed,
             established: now,
         });
+        // A direct link makes relayed ones redundant (a hole punch succeeded, or the peer
+        // dialed us directly): they are closed, and the relay's circuit with them.
+        if !relayed {
+            for c in conns.iter().filter(|c| c.relayed) {
+                let _ = self.swarm.close_connection(c.id);
+            }
+        }
         // Both sides dialed at once: keep the connection the lower id dialed, on both sides.
         // The pair's admission is per peer and survives; a request in flight on the closed
         // connection fails and is retried (admission at once, sync by anti-entropy). Older
         // connections are left alone: a stale one (the peer restarted) ends by itself.
+        // Relayed connections are left to the rule above.
         let pairs: Vec<(ConnectionId, bool)> = conns
             .iter()
             .filter(|c| now.duration_since(c.established) <= DUPLICATE_WINDOW)
+            .filter(|c| !c.relayed)
             .map(|c| (c.id, c.we_dialed))
             .collect();
         for id in dial::duplicates_to_close(self.local_peer < peer, &pairs) {
@@ -788,6 +926,23 @@ impl NodeActor {
         }
         self.stop_discovery().await;
         tracing::info!("left the mesh");
+    }
+}
+
+/// The dialable addresses of a member's record: loopback ones only when the record has
+/// nothing else (a mesh on one host), never unspecified ones, at most
+/// [`dial::MAX_TARGET_ADDRS`].
+fn member_addrs(recorded: &[String]) -> Vec<Multiaddr> {
+    let parsed: Vec<Multiaddr> = recorded
+        .iter()
+        .take(dial::MAX_TARGET_ADDRS)
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| !is_unspecified(a))
+        .collect();
+    if parsed.iter().all(is_loopback) {
+        parsed
+    } else {
+        parsed.into_iter().filter(|a| !is_loopback(a)).collect()
     }
 }
 

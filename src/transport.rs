@@ -16,6 +16,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder};
 
 use crate::wire::auth::{AuthRequest, AuthResponse, NodeInfo};
@@ -24,9 +25,15 @@ use crate::wire::membership::{MembershipRequest, MembershipResponse};
 use crate::wire::query::{QueryRequest, QueryResponse};
 use crate::wire::sync::{SyncRequest, SyncResponse};
 
+mod gate;
 mod memory;
+mod observed;
+pub mod relay;
 
+pub use gate::Gate;
 pub use memory::MemoryLinks;
+pub use observed::ObservedAddrs;
+pub use relay::{AdmittedSet, is_relayed};
 
 /// Seeds aws-lc's random generator, on a thread of its own, and returns at once. Its first use
 /// seeds it from CPU jitter, ~40 ms of CPU (measured with perf in the lab: `jent_*`); left
@@ -129,14 +136,127 @@ pub type MembershipBehaviour =
 pub type SyncBehaviour = request_response::cbor::Behaviour<SyncRequest, SyncResponse>;
 pub type QueryBehaviour = request_response::cbor::Behaviour<QueryRequest, QueryResponse>;
 
+/// Most established inbound connections. A mesh node holds one per member; 512 is room for a
+/// mesh of hundreds plus rendezvous clients of an open point, and bounds what strangers can
+/// make us hold (each QUIC connection keeps buffers of some tens of KiB).
+pub const MAX_INCOMING_CONNECTIONS: u32 = 512;
+/// Most inbound connections in their handshake at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Most connections with one peer: one per transport, plus the crossing dials of two nodes
+/// that dial each other at once (closed again within a round trip).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
 /// The composed behaviour of a mesh node.
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
+    /// Connection bounds, checked before any other behaviour sees a connection.
+    pub limits: libp2p::connection_limits::Behaviour,
     pub auth: AuthBehaviour,
     pub join: JoinBehaviour,
     pub membership: MembershipBehaviour,
     pub sync: SyncBehaviour,
     pub query: QueryBehaviour,
+    /// Registering at rendezvous points and asking them for members (`--rendezvous`); sends
+    /// nothing unless the node asks it to.
+    pub rendezvous: libp2p::rendezvous::client::Behaviour,
+    /// The rendezvous point this node serves (`--rendezvous-server`), behind its gate.
+    pub rendezvous_point: Toggle<Gate<libp2p::rendezvous::server::Behaviour>>,
+    /// Listening through a member's relay when behind NAT (absent on the memory transport).
+    pub relay_client: Toggle<libp2p::relay::client::Behaviour>,
+    /// The relay this node serves for members (`--relay-server`).
+    pub relay: Toggle<libp2p::relay::Behaviour>,
+    /// Hole punching over a relayed link (DCUtR), to turn it into a direct one.
+    pub dcutr: Toggle<libp2p::dcutr::Behaviour>,
+    /// Where members see us, as candidates for hole punching.
+    pub observed: ObservedAddrs,
+}
+
+/// A rendezvous point's settings (`--rendezvous-server`; spec: `protocol/rendezvous.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointConfig {
+    /// Serve anyone (`--rendezvous-open`), not only admitted members of this mesh.
+    pub open: bool,
+    /// Most registrations held in all.
+    pub max_registrations: usize,
+    /// Most registrations of one peer (one per namespace it registers in).
+    pub max_registrations_per_peer: usize,
+    /// Shortest and longest TTL granted, in seconds.
+    pub min_ttl_s: u64,
+    pub max_ttl_s: u64,
+}
+
+impl Default for PointConfig {
+    /// Members only; 1,000 registrations (a mesh has tens of members; a Pi can hold this),
+    /// 8 per peer (a mesh agent registers one namespace), and the spec's TTL bounds: 2 h to
+    /// 72 h (the stock client and server default to 2 h).
+    fn default() -> Self {
+        Self {
+            open: false,
+            max_registrations: 1000,
+            max_registrations_per_peer: 8,
+            min_ttl_s: libp2p::rendezvous::MIN_TTL,
+            max_ttl_s: libp2p::rendezvous::MAX_TTL,
+        }
+    }
+}
+
+impl PointConfig {
+    /// Refuses settings that would make the point useless.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_registrations == 0 || self.max_registrations_per_peer == 0 {
+            return Err("a rendezvous point needs room for at least one registration".into());
+        }
+        if self.min_ttl_s < 60 || self.min_ttl_s > self.max_ttl_s {
+            return Err(format!(
+                "rendezvous TTL bounds {}s-{}s: the minimum must be at least 60 s and at most the maximum",
+                self.min_ttl_s, self.max_ttl_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a `--rendezvous` address: a multiaddr over `/ip4`, `/ip6`, `/dns4`, `/dns6` or
+/// `/dns`, then `/tcp/P` or `/udp/P/quic-v1`, ending in the point's `/p2p/ID` (a point is
+/// dialed by identity: what answers at the address must prove it is that point).
+pub fn parse_rendezvous_addr(s: &str) -> Result<libp2p::Multiaddr, String> {
+    use libp2p::multiaddr::Protocol;
+    let addr: libp2p::Multiaddr = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a multiaddr: {e}"))?;
+    let parts: Vec<Protocol> = addr.iter().collect();
+    let host_ok = matches!(
+        parts.first(),
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+                | Protocol::Dns(_)
+        )
+    );
+    let transport_ok = matches!(
+        &parts[1.min(parts.len())..],
+        [Protocol::Tcp(_), Protocol::P2p(_)]
+            | [Protocol::Udp(_), Protocol::QuicV1, Protocol::P2p(_)]
+    );
+    if !host_ok || !transport_ok {
+        return Err(format!(
+            "{s:?}: expected /ip4|ip6|dns4|dns6/HOST/tcp/PORT/p2p/ID or \
+             /ip4|ip6|dns4|dns6/HOST/udp/PORT/quic-v1/p2p/ID (the point's id is printed by \
+             `mesh status` on the agent that serves it)"
+        ));
+    }
+    Ok(addr)
+}
+
+/// What a swarm serves beyond the mesh protocols.
+#[derive(Clone, Debug, Default)]
+pub struct SwarmOptions {
+    /// Serve a rendezvous point.
+    pub rendezvous_point: Option<PointConfig>,
+    /// Serve a circuit relay to the members in this set (`--relay-server`).
+    pub relay: Option<AdmittedSet>,
 }
 
 /// Errors building the swarm.
@@ -167,7 +287,10 @@ pub fn limited_codec<Req, Resp>(
 /// (admission, membership, sync and query run unchanged on either).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TransportKind {
-    /// QUIC over UDP with LAN timeouts: the agent's only transport.
+    /// QUIC over UDP with LAN timeouts, and TCP with Noise and Yamux next to it (same port
+    /// number by default) for networks that block UDP and for rendezvous points that speak
+    /// only TCP; `/dns4` and `/dns6` addresses resolve through the system resolver. The
+    /// agent's transport.
     #[default]
     Quic,
     /// libp2p's in-process memory transport (`/memory/N` addresses), upgraded with plaintext
@@ -189,11 +312,46 @@ fn join_behaviour(support: ProtocolSupport) -> JoinBehaviour {
     )
 }
 
-/// The mesh behaviours, each with its protocol and codec limits.
-fn behaviour() -> MeshBehaviour {
+/// The mesh behaviours, each with its protocol and codec limits; `relay_client` when the
+/// transport has one (not the memory transport).
+fn behaviour(
+    key: &Keypair,
+    relay_client: Option<libp2p::relay::client::Behaviour>,
+    options: &SwarmOptions,
+) -> MeshBehaviour {
+    let local = key.public().to_peer_id();
     let auth_codec = limited_codec(MAX_AUTH_MESSAGE, MAX_AUTH_MESSAGE);
     let membership_codec = limited_codec(MAX_MEMBERSHIP_MESSAGE, MAX_MEMBERSHIP_MESSAGE);
+    let point = options.rendezvous_point.as_ref().map(|p| {
+        let config = libp2p::rendezvous::server::Config::default()
+            .with_min_ttl(p.min_ttl_s)
+            .with_max_ttl(p.max_ttl_s)
+            .with_max_registration_total(p.max_registrations)
+            .with_max_registration_per_peer(p.max_registrations_per_peer);
+        Gate::new(libp2p::rendezvous::server::Behaviour::new(config), p.open)
+    });
     MeshBehaviour {
+        limits: libp2p::connection_limits::Behaviour::new(
+            libp2p::connection_limits::ConnectionLimits::default()
+                .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+        ),
+        rendezvous: libp2p::rendezvous::client::Behaviour::new(key.clone()),
+        rendezvous_point: Toggle::from(point),
+        dcutr: Toggle::from(
+            relay_client
+                .is_some()
+                .then(|| libp2p::dcutr::Behaviour::new(local)),
+        ),
+        relay_client: Toggle::from(relay_client),
+        relay: Toggle::from(
+            options
+                .relay
+                .as_ref()
+                .map(|members| libp2p::relay::Behaviour::new(local, relay::relay_config(members))),
+        ),
+        observed: ObservedAddrs::default(),
         auth: request_response::Behaviour::with_codec(
             auth_codec,
             [(AUTH_PROTOCOL, ProtocolSupport::Full)],
@@ -218,28 +376,51 @@ fn behaviour() -> MeshBehaviour {
     }
 }
 
-/// Builds the swarm: the mesh behaviours on `kind` (QUIC with LAN timeouts for the agent).
+/// QUIC with the agent's LAN timeouts.
+fn quic_config(mut c: libp2p::quic::Config) -> libp2p::quic::Config {
+    c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+    c.keep_alive_interval = QUIC_KEEP_ALIVE;
+    c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
+    c
+}
+
+/// TCP without Nagle's delay: membership datagrams are small and time-critical.
+fn tcp_config() -> libp2p::tcp::Config {
+    libp2p::tcp::Config::new().nodelay(true)
+}
+
+/// Builds the swarm: the mesh behaviours on `kind` (QUIC and TCP for the agent).
 pub fn build_swarm(
     keypair: Keypair,
     kind: TransportKind,
+    options: &SwarmOptions,
 ) -> Result<Swarm<MeshBehaviour>, TransportError> {
     let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm = match kind {
         TransportKind::Quic => builder
-            .with_quic_config(|mut c| {
-                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-                c.keep_alive_interval = QUIC_KEEP_ALIVE;
-                c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
-                c
-            })
-            .with_behaviour(|_| behaviour())
+            .with_tcp(
+                tcp_config(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .map_err(|e| TransportError::Build(e.to_string()))?
+            .with_quic_config(quic_config)
+            .with_dns()
+            .map_err(|e| {
+                TransportError::Build(format!(
+                    "cannot read the DNS resolver configuration (/etc/resolv.conf): {e}"
+                ))
+            })?
+            .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .map_err(|e| TransportError::Build(e.to_string()))?
+            .with_behaviour(|key, relay_client| behaviour(key, Some(relay_client), options))
             .map_err(|e| TransportError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build(),
         TransportKind::Memory(links) => builder
             .with_other_transport(|key| memory::transport(key, links))
             .map_err(|e| TransportError::Build(e.to_string()))?
-            .with_behaviour(|_| behaviour())
+            .with_behaviour(|key| behaviour(key, None, options))
             .map_err(|e| TransportError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build(),
@@ -253,25 +434,28 @@ pub fn build_swarm(
 pub fn build_join_swarm(keypair: Keypair) -> Result<Swarm<JoinBehaviour>, TransportError> {
     Ok(SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_quic_config(|mut c| {
-            c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
-            c.keep_alive_interval = QUIC_KEEP_ALIVE;
-            c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
-            c
-        })
+        .with_tcp(
+            tcp_config(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| TransportError::Build(e.to_string()))?
+        .with_quic_config(quic_config)
         .with_behaviour(|_| join_behaviour(ProtocolSupport::Outbound))
         .map_err(|e| TransportError::Build(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(REQUEST_TIMEOUT))
         .build())
 }
 
-/// Parses a listen or dial address: a QUIC multiaddr, or `IP:PORT` (`[::]:7400` for IPv6),
-/// or a bare IP (port 7400).
-pub fn parse_quic_addr(s: &str, default_port: u16) -> Result<libp2p::Multiaddr, String> {
+/// Parses a listen or dial address: a multiaddr (used as given), or `IP:PORT` (`[::]:7400` for
+/// IPv6) or a bare IP (port `default_port`), which mean QUIC on that UDP port and TCP on the
+/// same TCP port, QUIC first.
+pub fn parse_addrs(s: &str, default_port: u16) -> Result<Vec<libp2p::Multiaddr>, String> {
     use std::net::{IpAddr, SocketAddr};
     if s.starts_with('/') {
         return s
             .parse()
+            .map(|a| vec![a])
             .map_err(|e| format!("{s:?} is not a multiaddr: {e}"));
     }
     let sock: SocketAddr = if let Ok(sock) = s.parse() {
@@ -281,10 +465,34 @@ pub fn parse_quic_addr(s: &str, default_port: u16) -> Result<libp2p::Multiaddr, 
     } else {
         return Err(format!(
             "{s:?} is not an address; use IP:PORT (e.g. 0.0.0.0:7400 or [::]:7400) or a multiaddr \
-             (/ip4/0.0.0.0/udp/7400/quic-v1)"
+             (/ip4/0.0.0.0/udp/7400/quic-v1, /ip4/0.0.0.0/tcp/7400)"
         ));
     };
-    Ok(socket_to_quic(sock))
+    Ok(vec![socket_to_quic(sock), socket_to_tcp(sock)])
+}
+
+/// `/ip4/A/tcp/P` (or ip6) for a socket address.
+pub fn socket_to_tcp(sock: std::net::SocketAddr) -> libp2p::Multiaddr {
+    match sock.ip() {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}/tcp/{}", sock.port()),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}/tcp/{}", sock.port()),
+    }
+    .parse()
+    .expect("a formatted TCP multiaddr always parses")
+}
+
+/// Whether a multiaddr is a QUIC one (`/udp/P/quic-v1`).
+pub fn is_quic(addr: &libp2p::Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+}
+
+/// Puts QUIC addresses first, keeping the order within each kind. The swarm dials a peer's
+/// addresses concurrently and keeps the first connection up; QUIC's handshake is one round
+/// trip against TCP+Noise+Yamux's three or four, so where UDP passes QUIC wins, and TCP
+/// carries the link where it does not.
+pub fn quic_first(addrs: &mut [libp2p::Multiaddr]) {
+    addrs.sort_by_key(|a| !is_quic(a));
 }
 
 /// `/ip4/A/udp/P/quic-v1` (or ip6) for a socket address.
@@ -309,28 +517,59 @@ pub fn quic_port(addr: &libp2p::Multiaddr) -> Option<u16> {
 mod tests {
     use super::*;
 
+    fn strings(addrs: Vec<libp2p::Multiaddr>) -> Vec<String> {
+        addrs.iter().map(|a| a.to_string()).collect()
+    }
+
     #[test]
     fn addresses_parse_in_all_forms() {
         assert_eq!(
-            parse_quic_addr("0.0.0.0:7400", 7400).unwrap().to_string(),
-            "/ip4/0.0.0.0/udp/7400/quic-v1"
+            strings(parse_addrs("0.0.0.0:7400", 7400).unwrap()),
+            ["/ip4/0.0.0.0/udp/7400/quic-v1", "/ip4/0.0.0.0/tcp/7400"]
         );
         assert_eq!(
-            parse_quic_addr("[::]:7402", 7400).unwrap().to_string(),
-            "/ip6/::/udp/7402/quic-v1"
+            strings(parse_addrs("[::]:7402", 7400).unwrap()),
+            ["/ip6/::/udp/7402/quic-v1", "/ip6/::/tcp/7402"]
         );
         assert_eq!(
-            parse_quic_addr("10.0.0.1", 7400).unwrap().to_string(),
-            "/ip4/10.0.0.1/udp/7400/quic-v1"
+            strings(parse_addrs("10.0.0.1", 7400).unwrap()),
+            ["/ip4/10.0.0.1/udp/7400/quic-v1", "/ip4/10.0.0.1/tcp/7400"]
+        );
+        assert_eq!(
+            strings(parse_addrs("/ip4/10.0.0.1/tcp/9", 7400).unwrap()),
+            ["/ip4/10.0.0.1/tcp/9"]
         );
         assert!(
-            parse_quic_addr("nonsense", 7400)
+            parse_addrs("nonsense", 7400)
                 .unwrap_err()
                 .contains("IP:PORT")
         );
         assert_eq!(
             quic_port(&"/ip4/1.2.3.4/udp/9/quic-v1".parse().unwrap()),
             Some(9)
+        );
+    }
+
+    #[test]
+    fn quic_addresses_are_dialed_first() {
+        let mut addrs: Vec<libp2p::Multiaddr> = [
+            "/ip4/10.0.0.1/tcp/7400",
+            "/ip4/10.0.0.1/udp/7400/quic-v1",
+            "/ip6/fd00::1/tcp/7400",
+            "/ip6/fd00::1/udp/7400/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        quic_first(&mut addrs);
+        assert_eq!(
+            strings(addrs),
+            [
+                "/ip4/10.0.0.1/udp/7400/quic-v1",
+                "/ip6/fd00::1/udp/7400/quic-v1",
+                "/ip4/10.0.0.1/tcp/7400",
+                "/ip6/fd00::1/tcp/7400"
+            ]
         );
     }
 }

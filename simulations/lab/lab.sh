@@ -2,8 +2,10 @@
 # lab.sh: a LAN of network namespaces on one machine, for running mesh agents.
 #
 # Hosts are namespaces ${LAB_ID}-h1 .. ${LAB_ID}-hN, each joined by a veth pair
-# (vK in the host, pK in the hub) to a bridge br0 in the namespace ${LAB_ID}-hub.
-# Nothing is created in the root namespace. See README.md next to this file.
+# (vK in the host, pK in the hub) to a bridge in the namespace ${LAB_ID}-hub: br0 for
+# a single LAN, or one bridge per subnet (br0, br1, ...) with the hub routing between
+# them (unicast only: no multicast routing, so mDNS stays in its subnet), optionally
+# one subnet behind NAT. Nothing is created in the root namespace. See README.md.
 set -euo pipefail
 set -E
 
@@ -14,10 +16,11 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 LAB_ID=${LAB_ID:-mesh}
 LAB_DIR=${LAB_DIR:-/tmp/mesh-lab/$LAB_ID}
 HUB=$LAB_ID-hub
-BR=br0
 MAX_HOSTS=254
 MARKER=.mesh-lab                   # marks LAB_DIR as ours, so `down` may delete it
 LOSS_TABLE=mesh_lab_loss           # inet table inside a host namespace
+UDP_TABLE=mesh_lab_udp             # inet table inside a host namespace (block-udp)
+NAT_TABLE=mesh_lab_nat             # inet table in the hub (up --nat)
 PART_PREFIX=mesh_lab_part_h        # bridge table in the hub, one per partitioned host
 
 STOP_TIMEOUT=${LAB_STOP_TIMEOUT:-10}   # stop/kill: seconds to wait for the agent to exit
@@ -36,7 +39,15 @@ hub namespace. Host K is namespace \${LAB_ID}-hK with interface vK, addresses
 10.77.0.K/24 and fd77::K/64 (+ link-local). Requires root, iproute2, nftables.
 
 Commands:
-  up N                     create the hub and hosts h1..hN (1 <= N <= $MAX_HOSTS)
+  up N [--subnets S] [--nat S]
+                           create the hub and hosts h1..hN (1 <= N <= $MAX_HOSTS).
+                           --subnets S (2..9): S subnets routed by the hub, host K
+                           in subnet (K-1) mod S, addresses 10.77.S.K/24 and
+                           fd77:S::K/64, router 10.77.S.254 / fd77:S::fe; unicast
+                           is routed, multicast (mDNS) is not.
+                           --nat S (repeatable): subnet S is behind NAT
+                           (masquerade to the router's address; no inbound
+                           connection reaches it; no IPv6 in or out)
   down                     kill everything running in the lab, delete its
                            namespaces and its work dir; never fails if absent
   status                   hosts, addresses, agent pids, partition/loss state
@@ -51,7 +62,10 @@ Commands:
   heal K                   undo partition K
   loss K PCT               drop PCT% of packets on host K's link, each direction
                            (0 removes the loss); loopback is not affected
+  block-udp K              drop every UDP packet on host K's link (QUIC blocked)
+  unblock-udp K            undo block-udp K
   addr K [-4|-6]           print host K's IPv4 (default) or IPv6 address
+  subnet K                 print host K's subnet number (0 on a single LAN)
   help, -h, --help         this text
 
 Environment:
@@ -212,10 +226,33 @@ up_cleanup() {
 }
 
 cmd_up() {
-	[[ $# -eq 1 ]] || usage_error "'up' takes exactly one argument: the number of hosts"
-	local n=$1 k ns existing
+	[[ $# -ge 1 ]] || usage_error "usage: up N [--subnets S] [--nat S]"
+	local n=$1 k ns existing subnets=1 nat="" sub
+	shift
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		--subnets)
+			[[ $# -ge 2 ]] && is_uint "$2" && ((10#$2 >= 2 && 10#$2 <= 9)) ||
+				usage_error "--subnets takes a number 2..9"
+			subnets=$((10#$2))
+			shift 2
+			;;
+		--nat)
+			[[ $# -ge 2 ]] && is_uint "$2" || usage_error "--nat takes a subnet number"
+			nat+=" $((10#$2))"
+			shift 2
+			;;
+		*) usage_error "up: unknown option '$1'" ;;
+		esac
+	done
 	is_uint "$n" && ((10#$n >= 1 && 10#$n <= MAX_HOSTS)) || usage_error "N must be 1..$MAX_HOSTS, got '$n'"
 	n=$((10#$n))
+	if [[ -n $nat ]]; then
+		((subnets >= 2)) || usage_error "--nat needs --subnets 2 or more"
+		for sub in $nat; do
+			((sub < subnets)) || usage_error "--nat $sub: subnets are numbered 0..$((subnets - 1))"
+		done
+	fi
 
 	existing=$(lab_namespaces | tr '\n' ' ')
 	[[ -z $existing ]] ||
@@ -243,8 +280,14 @@ cmd_up() {
 		ip netns add "$(host_ns $k)"
 	done
 
-	# Hub: no IPv6 of its own (it only bridges), so it adds no traffic of its own.
-	in_net "$HUB" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null
+	if ((subnets == 1)); then
+		# Hub: no IPv6 of its own (it only bridges), so it adds no traffic of its own.
+		in_net "$HUB" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null
+	else
+		# Hub: the router between the subnets.
+		in_net "$HUB" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+			net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 >/dev/null
+	fi
 	# Hosts: no duplicate address detection, so IPv6 addresses are usable at once;
 	# no router solicitations (there is no router).
 	for ((k = 1; k <= n; k++)); do
@@ -255,39 +298,84 @@ cmd_up() {
 
 	{
 		echo "link set lo up"
-		echo "link add $BR type bridge stp_state 0 forward_delay 0 mcast_snooping 0"
+		for ((sub = 0; sub < subnets; sub++)); do
+			echo "link add br$sub type bridge stp_state 0 forward_delay 0 mcast_snooping 0"
+		done
 		for ((k = 1; k <= n; k++)); do
-			# MAC 02:00:0a:4d:00:KK mirrors 10.77.0.K, to make captures readable.
-			printf 'link add p%d type veth peer name v%d address 02:00:0a:4d:00:%02x netns %s\n' \
-				"$k" "$k" "$k" "$(host_ns $k)"
-			echo "link set p$k master $BR"
+			sub=$(((k - 1) % subnets))
+			# MAC 02:00:0a:4d:SS:KK mirrors 10.77.S.K, to make captures readable.
+			printf 'link add p%d type veth peer name v%d address 02:00:0a:4d:%02x:%02x netns %s\n' \
+				"$k" "$k" "$sub" "$k" "$(host_ns $k)"
+			echo "link set p$k master br$sub"
 			echo "link set p$k up"
 		done
-		echo "link set $BR up"
+		for ((sub = 0; sub < subnets; sub++)); do
+			if ((subnets > 1)); then
+				echo "addr add 10.77.$sub.254/24 dev br$sub"
+				echo "addr add fd77:$sub::fe/64 dev br$sub nodad"
+			fi
+			echo "link set br$sub up"
+		done
 	} | ip -n "$HUB" -batch -
 
 	for ((k = 1; k <= n; k++)); do
 		ns=$(host_ns $k)
+		sub=$(((k - 1) % subnets))
 		{
 			echo "link set lo up"
-			echo "addr add 10.77.0.$k/24 dev v$k"
-			echo "addr add fd77::$k/64 dev v$k nodad"
+			echo "addr add 10.77.$sub.$k/24 dev v$k"
+			echo "addr add fd77:$sub::$k/64 dev v$k nodad"
 			echo "link set v$k up"
 			# Multicast (mDNS 224.0.0.251) has no default route to follow.
 			echo "route add 224.0.0.0/4 dev v$k"
+			if ((subnets > 1)); then
+				echo "route add default via 10.77.$sub.254 dev v$k"
+				echo "route add ::/0 via fd77:$sub::fe dev v$k"
+			fi
 		} | ip -n "$ns" -batch -
 	done
+	if [[ -n $nat ]]; then
+		# Each subnet in $nat is behind NAT: what leaves it is masqueraded to the router's
+		# address on the way out; nothing from outside starts a connection into it; no IPv6
+		# crosses.
+		{
+			echo "table inet $NAT_TABLE {"
+			echo "	chain nat_fwd {"
+			echo "		type filter hook forward priority 0; policy accept;"
+			# By addresses, not interfaces: the kernel may pass bridged frames through these
+			# hooks too (br_netfilter), and traffic inside the subnet must stay untouched.
+			for sub in $nat; do
+				echo "		ip6 saddr fd77:$sub::/64 ip6 daddr != fd77:$sub::/64 drop"
+				echo "		ip6 daddr fd77:$sub::/64 ip6 saddr != fd77:$sub::/64 drop"
+				echo "		ip daddr 10.77.$sub.0/24 ip saddr != 10.77.$sub.0/24 ct state established,related accept"
+				echo "		ip daddr 10.77.$sub.0/24 ip saddr != 10.77.$sub.0/24 drop"
+			done
+			echo "	}"
+			echo "	chain nat_post {"
+			echo "		type nat hook postrouting priority 100; policy accept;"
+			for sub in $nat; do
+				echo "		ip saddr 10.77.$sub.0/24 ip daddr != 10.77.$sub.0/24 masquerade"
+			done
+			echo "	}"
+			echo "}"
+		} | in_net "$HUB" nft -f -
+	fi
 
 	wait_links "$n"
 
 	cat >"$LAB_DIR/lab.env" <<EOF
 LAB_ID=$LAB_ID
 HOSTS=$n
+SUBNETS=$subnets
+NAT="${nat# }"
 CREATED=$(date -Is)
 EOF
 	UP_DONE=1
 	trap - EXIT INT TERM
-	echo "lab '$LAB_ID' up: $n hosts (namespaces $LAB_ID-h1..$LAB_ID-h$n, hub $HUB), dir $LAB_DIR"
+	local layout="one LAN"
+	((subnets == 1)) || layout="$subnets subnets routed by the hub"
+	[[ -z $nat ]] || layout+=", behind NAT:$nat"
+	echo "lab '$LAB_ID' up: $n hosts (namespaces $LAB_ID-h1..$LAB_ID-h$n, hub $HUB), $layout, dir $LAB_DIR"
 }
 
 # Wait until every vK is oper-up with a usable IPv6 link-local address and every
@@ -609,10 +697,54 @@ cmd_addr() {
 	require_host "$k"
 	k=$((10#$k))
 	case $fam in
-	-4) echo "10.77.0.$k" ;;
-	-6) echo "fd77::$k" ;;
+	-4) echo "10.77.$(host_subnet "$k").$k" ;;
+	-6) echo "fd77:$(host_subnet "$k")::$k" ;;
 	*) usage_error "addr: unknown option '$fam' (use -4 or -6)" ;;
 	esac
+}
+
+# The number of subnets of the lab (1: one LAN), from its lab.env.
+lab_subnets() {
+	local v
+	v=$(sed -n 's/^SUBNETS=//p' "$LAB_DIR/lab.env" 2>/dev/null || true)
+	if is_uint "${v:-}"; then echo "$v"; else echo 1; fi
+}
+host_subnet() { echo $((($1 - 1) % $(lab_subnets))); }
+
+cmd_subnet() {
+	[[ $# -eq 1 ]] || usage_error "usage: subnet K"
+	require_host "$1"
+	host_subnet $((10#$1))
+}
+
+cmd_block_udp() {
+	[[ $# -eq 2 ]] || usage_error "usage: block-udp K | unblock-udp K"
+	local k=$2 ns
+	require_host "$k"
+	k=$((10#$k))
+	ns=$(host_ns "$k")
+	if [[ $1 == unblock ]]; then
+		if in_net "$ns" nft list table inet "$UDP_TABLE" >/dev/null 2>&1; then
+			in_net "$ns" nft delete table inet "$UDP_TABLE"
+		fi
+		echo "h$k: UDP passes"
+		return 0
+	fi
+	in_net "$ns" nft -f - <<EOF
+add table inet $UDP_TABLE
+delete table inet $UDP_TABLE
+table inet $UDP_TABLE {
+	chain udp_rx {
+		type filter hook input priority -300; policy accept;
+		iifname "v$k" meta l4proto udp drop
+	}
+	chain udp_tx {
+		type filter hook output priority -300; policy accept;
+		oifname "v$k" meta l4proto udp drop
+	}
+}
+EOF
+	echo "h$k: UDP blocked on v$k (QUIC cannot pass)"
 }
 
 cmd_status() {
@@ -644,6 +776,7 @@ cmd_status() {
 		loss=$(in_net "$ns" nft list table inet "$LOSS_TABLE" 2>/dev/null |
 			grep -o 'mod 100 < [0-9]*' | head -n1 | awk '{print $4}' || true)
 		[[ -z $loss ]] || net+="loss ${loss}% "
+		if in_net "$ns" nft list table inet "$UDP_TABLE" >/dev/null 2>&1; then net+="udp-blocked "; fi
 		net=${net% }
 		printf '%-5s %-14s %-12s %-10s %-18s %s\n' "h$k" "$ns" "${v4:--}" "${v6:--}" "$agent" "${net:-ok}"
 	done
@@ -680,6 +813,9 @@ main() {
 	heal) cmd_heal "$@" ;;
 	loss) cmd_loss "$@" ;;
 	addr) cmd_addr "$@" ;;
+	subnet) cmd_subnet "$@" ;;
+	block-udp) cmd_block_udp block "$@" ;;
+	unblock-udp) cmd_block_udp unblock "$@" ;;
 	*) usage_error "unknown command '$cmd'" ;;
 	esac
 }

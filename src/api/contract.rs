@@ -337,6 +337,10 @@ pub struct PeerEntry {
     /// Milliseconds since `state` last changed.
     pub state_since_ms_ago: u64,
     pub connected: bool,
+    /// How this node is linked to the peer: `direct`, `relayed` (every open connection goes
+    /// through a member's relay) or `none`; `direct` for self. Absent from older agents.
+    #[serde(default)]
+    pub link: String,
     /// Multiaddrs: of open connections, else the ones we would dial; for self, listen addrs.
     pub addrs: Vec<String>,
     pub rtt_ms: Option<f64>,
@@ -436,6 +440,70 @@ pub struct StatusResponse {
     /// from agents without a supervisor or older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accept_services: Option<String>,
+    /// The rendezvous points this node uses (`--rendezvous`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rendezvous: Vec<RendezvousPointEntry>,
+    /// The rendezvous point this node serves (`--rendezvous-server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous_point: Option<ServedPoint>,
+    /// Reachability: behind NAT or not, the relay this node listens through, the relay it
+    /// serves, hole punches (absent from older agents).
+    #[serde(default)]
+    pub reachability: Reachability,
+}
+
+/// How this node can be reached (`mesh status`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reachability {
+    /// Where a member saw this node, when that is not one of its own addresses: it is behind
+    /// NAT. `null` when no member saw it so.
+    pub behind_nat: Option<String>,
+    /// The member whose relay this node listens through, and whether the reservation is
+    /// accepted.
+    pub relayed_via: Option<String>,
+    pub relay_reserved: bool,
+    /// `--relay-server`: what this node's relay did (reservations, circuits, requests denied).
+    pub relay_server: Option<RelayServed>,
+    /// Relayed links made direct by hole punching (DCUtR), and failed attempts.
+    pub hole_punches: u64,
+    pub hole_punch_failures: u64,
+}
+
+/// What the relay this node serves has done.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayServed {
+    pub reservations: u64,
+    pub circuits: u64,
+    pub denied: u64,
+}
+
+/// A rendezvous point this node uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RendezvousPointEntry {
+    /// The point's peer id.
+    pub peer: String,
+    pub connected: bool,
+    /// Seconds left of this node's registration there, when registered.
+    pub registered_for_s: Option<u64>,
+    /// Registrations discovered there since start.
+    pub discovered: u64,
+    /// The last failure, until a success.
+    pub last_error: Option<String>,
+}
+
+/// The rendezvous point this node serves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServedPoint {
+    /// Serving anyone, not only admitted members.
+    pub open: bool,
+    /// What to give other agents as `--rendezvous` (listen addresses with this node's id).
+    pub addrs: Vec<String>,
+    pub registrations: usize,
+    pub registered: u64,
+    pub discoveries: u64,
+    pub refused: u64,
+    /// Requests dropped because the peer was not admitted (members-only point).
+    pub not_admitted: u64,
 }
 
 /// Counters of dropped and refused traffic: what a hostile or misconfigured peer costs.

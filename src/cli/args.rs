@@ -133,9 +133,42 @@ pub struct AgentArgs {
     /// [default: 0.0.0.0:7400 and [::]:7400].
     #[arg(long)]
     pub listen: Vec<String>,
-    /// Peer to dial directly, beyond what mDNS finds (repeatable): IP:PORT or a multiaddr.
+    /// Peer to dial directly, beyond what mDNS finds (repeatable): IP:PORT (QUIC and TCP) or
+    /// a multiaddr.
     #[arg(long)]
     pub peer: Vec<String>,
+    /// Rendezvous point to register at and find members through (repeatable): a multiaddr
+    /// ending in the point's id, e.g. /ip4/203.0.113.7/tcp/7400/p2p/12D3KooW... (`mesh
+    /// status` on an agent started with --rendezvous-server prints its own).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub rendezvous: Vec<String>,
+    /// Serve a rendezvous point (libp2p /rendezvous/1.0.0) on the mesh port, for admitted
+    /// members of this mesh only (see --rendezvous-open).
+    #[arg(long)]
+    pub rendezvous_server: bool,
+    /// With --rendezvous-server: serve anyone (a public point), not only members.
+    #[arg(long, requires = "rendezvous_server")]
+    pub rendezvous_open: bool,
+    /// The point's limit on registrations held in all [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub rendezvous_max_registrations: Option<usize>,
+    /// The point's limit on registrations of one peer [default: 8].
+    #[arg(long, value_name = "N")]
+    pub rendezvous_max_per_peer: Option<usize>,
+    /// Shortest registration TTL the point grants, e.g. 2h [default: 2h, the spec's].
+    #[arg(long, value_name = "DURATION")]
+    pub rendezvous_min_ttl: Option<String>,
+    /// Longest registration TTL the point grants [default: 72h, the spec's].
+    #[arg(long, value_name = "DURATION")]
+    pub rendezvous_max_ttl: Option<String>,
+    /// Serve a circuit relay (libp2p relay v2) for members of this mesh behind NAT; for a
+    /// member that others can reach directly (a public address, or a port forward).
+    #[arg(long)]
+    pub relay_server: bool,
+    /// An address peers reach this node at that it cannot see itself (a port forward, a DNS
+    /// name), registered at rendezvous points (repeatable): IP:PORT or a multiaddr.
+    #[arg(long, value_name = "ADDR")]
+    pub external_addr: Vec<String>,
     /// Address of the local control API (keep it on loopback) [default: 127.0.0.1:7401].
     #[arg(long)]
     pub api: Option<String>,

@@ -96,12 +96,17 @@ pub fn agent_options(args: AgentArgs) -> anyhow::Result<AgentOptions> {
         (None, Some(text)) => Some(text.parse().map_err(|e| anyhow::anyhow!("profile: {e}"))?),
         (None, None) => None,
     };
+    let rendezvous_point = point_config(&args, &file)?;
     Ok(AgentOptions {
         data_dir: args.data_dir.or(file.data_dir),
         name: args.name.or(file.name),
         mesh_key_file: args.mesh_key.or(file.mesh_key),
         listen: or_file(args.listen, file.listen),
         peers: or_file(args.peer, file.peers),
+        rendezvous: or_file(args.rendezvous, file.rendezvous),
+        rendezvous_point,
+        external_addrs: or_file(args.external_addr, file.external_addrs),
+        relay_server: args.relay_server || file.relay_server == Some(true),
         api: args
             .api
             .or(file.api)
@@ -122,6 +127,60 @@ pub fn agent_options(args: AgentArgs) -> anyhow::Result<AgentOptions> {
         join: args.join,
         join_file: args.join_file.or(file.join_file),
     })
+}
+
+/// `--rendezvous-server` and its limits (flags over the file), checked.
+fn point_config(
+    args: &AgentArgs,
+    file: &crate::daemon::config::ConfigFile,
+) -> anyhow::Result<Option<crate::transport::PointConfig>> {
+    let serve = args.rendezvous_server || file.rendezvous_server == Some(true);
+    let open = args.rendezvous_open || file.rendezvous_open == Some(true);
+    if !serve {
+        if open {
+            anyhow::bail!("rendezvous_open needs rendezvous_server = true");
+        }
+        return Ok(None);
+    }
+    let mut point = crate::transport::PointConfig {
+        open,
+        ..Default::default()
+    };
+    if let Some(n) = args
+        .rendezvous_max_registrations
+        .or(file.rendezvous_max_registrations)
+    {
+        point.max_registrations = n;
+    }
+    if let Some(n) = args
+        .rendezvous_max_per_peer
+        .or(file.rendezvous_max_per_peer)
+    {
+        point.max_registrations_per_peer = n;
+    }
+    let ttl =
+        |flag: &Option<String>, key: &Option<String>, name: &str| -> anyhow::Result<Option<u64>> {
+            flag.as_ref()
+                .or(key.as_ref())
+                .map(|t| super::invite::parse_ttl(t).map_err(|e| anyhow::anyhow!("{name}: {e}")))
+                .transpose()
+        };
+    if let Some(s) = ttl(
+        &args.rendezvous_min_ttl,
+        &file.rendezvous_min_ttl,
+        "--rendezvous-min-ttl",
+    )? {
+        point.min_ttl_s = s;
+    }
+    if let Some(s) = ttl(
+        &args.rendezvous_max_ttl,
+        &file.rendezvous_max_ttl,
+        "--rendezvous-max-ttl",
+    )? {
+        point.max_ttl_s = s;
+    }
+    point.check().map_err(anyhow::Error::msg)?;
+    Ok(Some(point))
 }
 
 pub fn peers(args: PeersArgs) -> Result<(), ClientError> {

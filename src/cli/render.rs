@@ -121,15 +121,21 @@ pub fn short_addr(addr: &str) -> String {
     match parts.as_slice() {
         ["", "ip4", ip, "udp", port, ..] => format!("{ip}:{port}"),
         ["", "ip6", ip, "udp", port, ..] => format!("[{ip}]:{port}"),
+        ["", "ip4", ip, "tcp", port, ..] => format!("{ip}:{port}/tcp"),
+        ["", "ip6", ip, "tcp", port, ..] => format!("[{ip}]:{port}/tcp"),
         _ => addr.to_string(),
     }
 }
 
-/// The address shown for a row: the first non-loopback one, else the first.
+/// The address shown for a row: the first non-loopback one, else the first; QUIC before TCP.
 fn display_addr(addrs: &[String]) -> String {
+    let routable = |a: &&String| !a.contains("/127.") && !a.contains("/::1/");
+    let quic = |a: &&String| a.contains("/quic");
     addrs
         .iter()
-        .find(|a| !a.contains("/127.") && !a.contains("/::1/"))
+        .find(|a| routable(a) && quic(a))
+        .or_else(|| addrs.iter().find(routable))
+        .or_else(|| addrs.iter().find(quic))
         .or(addrs.first())
         .map(|a| short_addr(a))
         .unwrap_or_else(|| "-".into())
@@ -152,6 +158,7 @@ pub fn render_peers(rows: &[PeerEntry]) -> String {
         "NAME",
         "NODE",
         "ADDRESS",
+        "LINK",
         "STATE",
         "SYNC",
         "RTT",
@@ -173,6 +180,11 @@ pub fn render_peers(rows: &[PeerEntry]) -> String {
                 },
                 r.short_id.clone(),
                 display_addr(&r.addrs),
+                if r.is_self || r.link.is_empty() {
+                    dash()
+                } else {
+                    r.link.clone()
+                },
                 r.state.clone(),
                 r.sync.clone().unwrap_or_else(dash),
                 r.rtt_ms.map(|v| format!("{v:.1}ms")).unwrap_or_else(dash),
@@ -458,7 +470,7 @@ pub fn render_status(s: &StatusResponse) -> String {
          peers    {alive} alive, {suspect} suspect, {dead} dead, {left} left\n\
          refused  {bad} bad proof, {denied} denied, {timeout} timed out, {backoff} in backoff\n\
          dials    {dials} started, {wrong} reached another node, {targets} targets\n\
-         dropped  {sync_dropped} sync messages (state queue full)\n",
+         dropped  {sync_dropped} sync messages (state queue full)\n{rendezvous}",
         name = s.name,
         id = s.id,
         mesh = s.mesh_id,
@@ -489,7 +501,73 @@ pub fn render_status(s: &StatusResponse) -> String {
         wrong = c.dial_wrong_peer_id,
         targets = c.dial_targets,
         sync_dropped = c.sync_messages_dropped,
+        rendezvous = render_rendezvous(s),
     )
+}
+
+/// The rendezvous lines of `mesh status`: the points used, and the point served with the
+/// addresses to give other agents.
+fn render_rendezvous(s: &StatusResponse) -> String {
+    let mut out = String::new();
+    for p in &s.rendezvous {
+        let state = match (p.connected, p.registered_for_s) {
+            (false, _) => "not connected".to_string(),
+            (true, Some(left)) => format!("registered ({} left)", human_ago(left * 1000)),
+            (true, None) => "connected, not registered".to_string(),
+        };
+        out.push_str(&format!(
+            "rendezvous {peer}: {state}, {found} found{error}\n",
+            peer = p.peer,
+            found = p.discovered,
+            error = p
+                .last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default(),
+        ));
+    }
+    let r = &s.reachability;
+    if let Some(seen) = &r.behind_nat {
+        let via = match (&r.relayed_via, r.relay_reserved) {
+            (Some(relay), true) => format!("reachable through the relay of {relay}"),
+            (Some(relay), false) => format!("reserving a slot on the relay of {relay}"),
+            (None, _) => "no member relay to listen through (start one with --relay-server)".into(),
+        };
+        out.push_str(&format!(
+            "nat      behind NAT (a member sees it at {seen}); {via}\n"
+        ));
+    }
+    if r.hole_punches + r.hole_punch_failures > 0 {
+        out.push_str(&format!(
+            "punch    {} relayed links made direct, {} attempts failed\n",
+            r.hole_punches, r.hole_punch_failures
+        ));
+    }
+    if let Some(relay) = &r.relay_server {
+        out.push_str(&format!(
+            "relay    serving members: {} reservations, {} circuits, {} denied\n",
+            relay.reservations, relay.circuits, relay.denied
+        ));
+    }
+    if let Some(point) = &s.rendezvous_point {
+        out.push_str(&format!(
+            "serving  rendezvous point ({who}): {held} registrations held, {served} discoveries \
+             served, {refused} refused, {unadmitted} not admitted\n",
+            who = if point.open {
+                "open to anyone"
+            } else {
+                "members only"
+            },
+            held = point.registrations,
+            served = point.discoveries,
+            refused = point.refused,
+            unadmitted = point.not_admitted,
+        ));
+        for addr in &point.addrs {
+            out.push_str(&format!("         --rendezvous {addr}\n"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -35,6 +35,26 @@ pub struct ConfigFile {
     /// `--peer` (each entry one address).
     #[serde(default)]
     pub peers: Vec<String>,
+    /// `--rendezvous` (each entry one multiaddr with `/p2p/ID`).
+    #[serde(default)]
+    pub rendezvous: Vec<String>,
+    /// `--rendezvous-server`.
+    pub rendezvous_server: Option<bool>,
+    /// `--rendezvous-open`.
+    pub rendezvous_open: Option<bool>,
+    /// `--rendezvous-max-registrations`.
+    pub rendezvous_max_registrations: Option<usize>,
+    /// `--rendezvous-max-per-peer`.
+    pub rendezvous_max_per_peer: Option<usize>,
+    /// `--rendezvous-min-ttl` (e.g. `"2h"`).
+    pub rendezvous_min_ttl: Option<String>,
+    /// `--rendezvous-max-ttl`.
+    pub rendezvous_max_ttl: Option<String>,
+    /// `--relay-server`.
+    pub relay_server: Option<bool>,
+    /// `--external-addr` (each entry one address).
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
     /// `--api`.
     pub api: Option<String>,
     /// `--log-format`: `human` or `json`.

@@ -22,6 +22,15 @@
 //!   or a reused DHCP lease otherwise gets a QUIC handshake from every agent every couple of
 //!   seconds, for every identity it ever had. A live peer that only moved is found again by
 //!   discovery, and dials us itself.
+//! - Members the document lists (their recorded addresses: peer exchange) become targets
+//!   too, so knowing one member is enough to reach all; an identity found gone or forgotten
+//!   is not brought back by the document (only by discovery or a connection).
+//! - A target never reached is dialed every [`DEAD_REDIAL_MAX`] after [`UNREACHED_DIALS`]
+//!   failed dials, and forgotten [`FORGET_AFTER`] after it became a target: stale rendezvous
+//!   registrations and records of crashed members cost one dial a minute, for an hour.
+//! - QUIC first: the first dial of a series (after a connection, or a new target) takes the
+//!   QUIC addresses alone, later ones every address (the swarm tries them at once, and TCP
+//!   wins where UDP is blocked). A `--peer IP:PORT` is one static peer over QUIC and TCP.
 //! - Static peers (`--peer`) are addresses: dialed until connected, never forgotten; the peer
 //!   id they answer with is learned, and replaced when another answers there.
 
@@ -47,6 +56,19 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Most dial targets remembered (discovered or learned). Bounds memory against a LAN flooded
 /// with fake advertisements; the target with the most failed dials is evicted first.
 pub const MAX_DIAL_TARGETS: usize = 1024;
+
+/// Failed dials after which a target never reached is dialed only every [`DEAD_REDIAL_MAX`]:
+/// 8 dials at the doubling pace span ~12 s. A rendezvous point keeps dead nodes' registrations
+/// for their TTL (2 h) and the document keeps records of members that crashed; without this
+/// each would be dialed every couple of seconds.
+pub const UNREACHED_DIALS: u32 = 8;
+/// Most identities remembered as gone (answered for by another peer id at their address, or
+/// forgotten): the document does not bring them back as dial targets. Discovery does.
+pub const MAX_GONE: usize = 1024;
+
+/// Most addresses remembered per target: a host has a few (IPv4 and IPv6, QUIC and TCP,
+/// an observed public one); the bound keeps a peer from making us dial a long list.
+pub const MAX_TARGET_ADDRS: usize = 16;
 
 /// A dial for the node actor to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,13 +110,36 @@ struct Target {
     next_dial: Instant,
     failures: u32,
     standing: Standing,
+    /// Whether a connection to it was ever up (since it became a target).
+    reached: bool,
+    /// When it became a target, or was last connected: a target never reached is forgotten
+    /// [`FORGET_AFTER`] after this.
+    since: Instant,
 }
 
-/// A `--peer` address.
+impl Target {
+    /// Adds addresses not yet known; past [`MAX_TARGET_ADDRS`] the oldest are forgotten
+    /// (a host that changed address many times, or a peer that lists too many).
+    fn add_addrs(&mut self, addrs: impl IntoIterator<Item = Multiaddr>) {
+        for addr in addrs {
+            if !self.addrs.contains(&addr) {
+                self.addrs.push(addr);
+            }
+        }
+        let excess = self.addrs.len().saturating_sub(MAX_TARGET_ADDRS);
+        self.addrs.drain(..excess);
+    }
+}
+
+/// A `--peer` (or `--rendezvous`) endpoint: its addresses, one per transport (QUIC first).
 #[derive(Debug)]
 struct StaticPeer {
-    addr: Multiaddr,
-    /// Learned on connection; replaced when another peer answers at the address.
+    addrs: Vec<Multiaddr>,
+    /// Which address the next dial by address tries: a dial whose peer id is unknown takes
+    /// one address, and a failure moves on to the next (QUIC blocked: TCP next time).
+    next_addr: usize,
+    /// From the address's `/p2p/ID`, or learned on connection; replaced when another peer
+    /// answers at the address.
     peer: Option<PeerId>,
     next_dial: Instant,
     failures: u32,
@@ -108,6 +153,8 @@ pub struct DialPlanner {
     targets: HashMap<PeerId, Target>,
     statics: Vec<StaticPeer>,
     connected: HashSet<PeerId>,
+    /// Identities forgotten, oldest first (see [`MAX_GONE`]).
+    gone: std::collections::VecDeque<PeerId>,
     stats: DialStats,
 }
 
@@ -128,16 +175,18 @@ impl DialPlanner {
             local,
             redial_max,
             targets: HashMap::new(),
-            statics: static_peers
-                .iter()
-                .map(|addr| StaticPeer {
-                    addr: addr.clone(),
-                    peer: None,
+            statics: group_endpoints(static_peers)
+                .into_iter()
+                .map(|addrs| StaticPeer {
+                    peer: addrs.iter().find_map(peer_of),
+                    addrs,
+                    next_addr: 0,
                     next_dial: now,
                     failures: 0,
                 })
                 .collect(),
             connected: HashSet::new(),
+            gone: std::collections::VecDeque::new(),
             stats: DialStats::default(),
         }
     }
@@ -148,11 +197,7 @@ impl DialPlanner {
             return;
         }
         let target = self.target_entry(peer, now);
-        for addr in addrs {
-            if !target.addrs.contains(&addr) {
-                target.addrs.push(addr);
-            }
-        }
+        target.add_addrs(addrs);
         if target.standing != Standing::Active {
             target.standing = Standing::Active;
             target.failures = 0;
@@ -163,12 +208,46 @@ impl DialPlanner {
     /// `peer`'s target, made (active, due at `now`) if it is new; room is made for it first.
     fn target_entry(&mut self, peer: PeerId, now: Instant) -> &mut Target {
         self.make_room(&peer);
+        self.gone.retain(|p| *p != peer);
         self.targets.entry(peer).or_insert(Target {
             addrs: Vec::new(),
             next_dial: now,
             failures: 0,
             standing: Standing::Active,
+            reached: false,
+            since: now,
         })
+    }
+
+    /// The document lists `peer` as a member at `addrs` (peer exchange: knowing one member is
+    /// enough to reach all). A new target is dialed at once; a known one only gains the
+    /// addresses (its standing is membership's and discovery's to set). An identity found
+    /// gone, or that left, is not brought back.
+    pub fn on_member_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Instant) {
+        if peer == self.local || addrs.is_empty() {
+            return;
+        }
+        if let Some(t) = self.targets.get_mut(&peer) {
+            t.add_addrs(addrs);
+            return;
+        }
+        if self.gone.contains(&peer) {
+            return;
+        }
+        self.target_entry(peer, now).add_addrs(addrs);
+    }
+
+    /// `peer` is forgotten as a target and remembered as gone.
+    fn forget(&mut self, peer: PeerId) {
+        if self.targets.remove(&peer).is_some() {
+            self.stats.forgotten += 1;
+        }
+        if !self.gone.contains(&peer) {
+            if self.gone.len() >= MAX_GONE {
+                self.gone.pop_front();
+            }
+            self.gone.push_back(peer);
+        }
     }
 
     /// Discovery says `peer` withdrew (goodbye, or its record expired): stop dialing it.
@@ -184,11 +263,7 @@ impl DialPlanner {
         }
         let target = self.target_entry(peer, now);
         target.standing = Standing::Active;
-        for addr in addrs {
-            if !target.addrs.contains(&addr) {
-                target.addrs.push(addr);
-            }
-        }
+        target.add_addrs(addrs);
     }
 
     /// A connection to `peer` is up. `dialed` is the address we dialed it at (`None` when it
@@ -197,6 +272,8 @@ impl DialPlanner {
         self.connected.insert(peer);
         if let Some(t) = self.targets.get_mut(&peer) {
             t.standing = Standing::Active;
+            t.reached = true;
+            t.since = now;
             if dialed.is_some() {
                 t.failures = 0;
             }
@@ -206,7 +283,7 @@ impl DialPlanner {
             && let Some(s) = self
                 .statics
                 .iter_mut()
-                .find(|s| s.addr == *addr || s.peer == Some(peer))
+                .find(|s| s.addrs.iter().any(|a| same_endpoint(a, addr)) || s.peer == Some(peer))
         {
             s.peer = Some(peer);
             s.failures = 0;
@@ -232,11 +309,11 @@ impl DialPlanner {
         _now: Instant,
     ) {
         self.stats.wrong_peer_id += 1;
-        if !self.connected.contains(expected) && self.targets.remove(expected).is_some() {
-            self.stats.forgotten += 1;
+        if !self.connected.contains(expected) {
+            self.forget(*expected);
         }
         for s in &mut self.statics {
-            if same_endpoint(&s.addr, addr) && s.peer == Some(*expected) {
+            if s.addrs.iter().any(|a| same_endpoint(a, addr)) && s.peer == Some(*expected) {
                 s.peer = Some(obtained);
             }
         }
@@ -271,14 +348,22 @@ impl DialPlanner {
     /// The dials due at `now`; targets whose peer is in admission backoff (`in_backoff`) wait.
     /// Forgets targets gone longer than [`FORGET_AFTER`].
     pub fn poll(&mut self, now: Instant, in_backoff: impl Fn(&PeerId) -> bool) -> Vec<Dial> {
-        let before = self.targets.len();
-        self.targets.retain(|_, t| match t.standing {
-            Standing::Active => true,
-            Standing::Paused { since } | Standing::Dead { since } => {
-                now.saturating_duration_since(since) < FORGET_AFTER
-            }
-        });
-        self.stats.forgotten += (before - self.targets.len()) as u64;
+        let expired: Vec<PeerId> = self
+            .targets
+            .iter()
+            .filter(|(p, t)| {
+                let since = match t.standing {
+                    Standing::Active if t.reached || self.connected.contains(p) => return false,
+                    Standing::Active => t.since,
+                    Standing::Paused { since } | Standing::Dead { since } => since,
+                };
+                now.saturating_duration_since(since) >= FORGET_AFTER
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.forget(peer);
+        }
         let mut dials = Vec::new();
         for (peer, t) in self.targets.iter_mut() {
             if matches!(t.standing, Standing::Paused { .. })
@@ -293,15 +378,20 @@ impl DialPlanner {
                 Standing::Dead { since } if now.saturating_duration_since(since) >= DEAD_GRACE => {
                     DEAD_REDIAL_MAX
                 }
+                _ if !t.reached && t.failures >= UNREACHED_DIALS => DEAD_REDIAL_MAX,
                 _ => self.redial_max,
             };
             // Set the next attempt now; a connection resets it.
             t.next_dial = now + backoff(t.failures, max);
             t.failures = t.failures.saturating_add(1);
-            dials.push(Dial::Peer {
-                peer: *peer,
-                addrs: t.addrs.clone(),
-            });
+            let mut addrs = t.addrs.clone();
+            crate::transport::quic_first(&mut addrs);
+            // The first dial of a series tries QUIC alone, so a host that speaks both links
+            // over QUIC; the next ones add TCP (UDP blocked: linked ~0.75 s later).
+            if t.failures == 1 && addrs.iter().any(crate::transport::is_quic) {
+                addrs.retain(crate::transport::is_quic);
+            }
+            dials.push(Dial::Peer { peer: *peer, addrs });
         }
         for s in &mut self.statics {
             if s.next_dial > now
@@ -313,11 +403,18 @@ impl DialPlanner {
             s.next_dial = now + backoff(s.failures, self.redial_max);
             s.failures = s.failures.saturating_add(1);
             dials.push(match s.peer {
-                Some(peer) => Dial::Peer {
-                    peer,
-                    addrs: vec![s.addr.clone()],
-                },
-                None => Dial::Address(s.addr.clone()),
+                Some(peer) => {
+                    let mut addrs = s.addrs.clone();
+                    if s.failures == 1 && addrs.iter().any(crate::transport::is_quic) {
+                        addrs.retain(crate::transport::is_quic);
+                    }
+                    Dial::Peer { peer, addrs }
+                }
+                None => {
+                    let addr = s.addrs[s.next_addr % s.addrs.len()].clone();
+                    s.next_addr = s.next_addr.wrapping_add(1);
+                    Dial::Address(addr)
+                }
             });
         }
         self.stats.dials += dials.len() as u64;
@@ -341,7 +438,8 @@ impl DialPlanner {
             .filter(|s| s.peer.is_none_or(|p| !self.connected.contains(&p)))
             .map(|s| s.next_dial);
         let forget = self.targets.values().filter_map(|t| match t.standing {
-            Standing::Active => None,
+            Standing::Active if t.reached => None,
+            Standing::Active => Some(t.since + FORGET_AFTER),
             Standing::Paused { since } | Standing::Dead { since } => Some(since + FORGET_AFTER),
         });
         targets.chain(statics).chain(forget).min()
@@ -380,8 +478,7 @@ impl DialPlanner {
             .max_by_key(|(_, t)| t.failures)
             .map(|(p, _)| *p)
         {
-            self.targets.remove(&worst);
-            self.stats.forgotten += 1;
+            self.forget(worst);
         }
     }
 }
@@ -396,6 +493,52 @@ fn same_endpoint(a: &Multiaddr, b: &Multiaddr) -> bool {
             .collect()
     };
     strip(a) == strip(b)
+}
+
+/// The peer id an address names (`/p2p/ID` at its end), if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+/// Groups addresses by endpoint: the same host and port number over QUIC and over TCP (what
+/// `--peer IP:PORT` expands to) are one peer, dialed QUIC first. Order of first appearance
+/// is kept; no group is empty.
+fn group_endpoints(addrs: &[Multiaddr]) -> Vec<Vec<Multiaddr>> {
+    use libp2p::multiaddr::Protocol;
+    // Host and port number, without the transport: `/ip4/A` + 7400 for both
+    // `/ip4/A/udp/7400/quic-v1` and `/ip4/A/tcp/7400`.
+    let key = |m: &Multiaddr| -> (Multiaddr, Option<u16>) {
+        let mut host = Multiaddr::empty();
+        let mut port = None;
+        for p in m.iter() {
+            match p {
+                Protocol::Udp(n) | Protocol::Tcp(n) => port = Some(n),
+                Protocol::QuicV1 | Protocol::P2p(_) => {}
+                other => host.push(other),
+            }
+        }
+        (host, port)
+    };
+    type Endpoint = (Multiaddr, Option<u16>);
+    let mut groups: Vec<(Endpoint, Vec<Multiaddr>)> = Vec::new();
+    for addr in addrs {
+        let k = key(addr);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, members)) if !members.contains(addr) => members.push(addr.clone()),
+            Some(_) => {}
+            None => groups.push((k, vec![addr.clone()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut members)| {
+            crate::transport::quic_first(&mut members);
+            members
+        })
+        .collect()
 }
 
 /// Which connections of a pair to close when it holds more than one (both sides dialed at

@@ -28,6 +28,7 @@ impl NodeActor {
                     since: Instant::from_std(rec.since),
                     info: self.infos.get(&rec.peer).cloned(),
                     addrs,
+                    link: super::nat::link_of(conns.into_iter().flatten().map(|c| c.relayed)),
                     connected: conns.is_some(),
                     rtt: rec.rtt,
                     last_seen: rec.last_seen.map(Instant::from_std),
@@ -44,6 +45,17 @@ impl NodeActor {
         stats.membership = self.membership.stats().clone();
         stats.connections = self.connections.values().map(Vec::len).sum();
         stats.dials = self.dials.stats();
+        stats.rendezvous = self.rendezvous.status(now.into_std());
+        stats.behind_nat = self.nat.behind_nat.as_ref().map(|(a, _)| a.to_string());
+        stats.relayed_via = self
+            .nat
+            .reservation
+            .map(|(relay, _)| (relay, self.nat.reserved));
+        if let Some(gate) = self.swarm.behaviour().rendezvous_point.as_ref() {
+            let point = stats.point.get_or_insert_with(Default::default);
+            point.open = gate.is_open();
+            point.not_admitted = gate.refused();
+        }
         stats.sync_messages_dropped = self.state.dropped_commands();
         if let DiscoverySource::Mdns(h) = &self.discovery {
             stats.mdns_foreign_mesh_ignored = h.stats().foreign_mesh_ignored;
@@ -60,6 +72,7 @@ impl NodeActor {
                 started_at: self.started_at,
                 bump: self.bump,
                 accept_services: self.accept_services,
+                relay_server: self.relay_server,
             },
             peers,
             stats,

@@ -204,7 +204,7 @@ impl NodeActor {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let info = self.local_info();
+                    let info = self.local_info_for(&peer);
                     let (response, actions) =
                         self.admission
                             .on_request(peer, request, move || info, std_now);
@@ -218,7 +218,7 @@ impl NodeActor {
                     self.apply_admission(actions, now);
                 }
                 request_response::Message::Response { response, .. } => {
-                    let info = self.local_info();
+                    let info = self.local_info_for(&peer);
                     let actions = self
                         .admission
                         .on_response(peer, response, move || info, std_now);
@@ -266,8 +266,19 @@ impl NodeActor {
                     self.learn_addrs(peer, &info);
                     self.membership.on_admitted(peer, info.bump, now.into_std());
                     self.state.peer_up(peer);
+                    self.admitted_set.insert(peer);
+                    self.nat_on_admitted(peer, &info, now);
                     self.infos.insert(peer, info);
+                    self.rendezvous_on_admitted(peer, now);
                     self.dirty = true;
+                }
+                AdmissionAction::NotMember { peer, reason } => {
+                    tracing::debug!(
+                        %peer,
+                        %reason,
+                        "peer is not a member; its connection stays for rendezvous only"
+                    );
+                    self.rendezvous.on_not_member(&peer, now.into_std());
                 }
                 AdmissionAction::Outdated(peer) => {
                     tracing::info!(%peer, "peer holds the previous mesh key: handing it the current one");

@@ -24,6 +24,8 @@ pub struct LocalSnapshot {
     pub bump: u64,
     /// Whose services this node runs; `None` without a supervisor.
     pub accept_services: Option<crate::supervisor::accept::AcceptServices>,
+    /// Serves a circuit relay for members (`--relay-server`).
+    pub relay_server: bool,
 }
 
 /// One peer, as the snapshot shows it.
@@ -38,6 +40,8 @@ pub struct PeerSnapshot {
     /// Addresses of open connections, else the addresses we would dial.
     pub addrs: Vec<Multiaddr>,
     pub connected: bool,
+    /// `direct`, `relayed` (every open connection goes through a relay) or `none`.
+    pub link: &'static str,
     pub rtt: Option<Duration>,
     pub last_seen: Option<Instant>,
 }
@@ -67,6 +71,47 @@ pub struct NodeStats {
     pub joins_refused: u64,
     /// Connections of removed nodes (`mesh remove`) closed on arrival.
     pub removed_refused: u64,
+    /// The rendezvous points this node uses (`--rendezvous`).
+    pub rendezvous: Vec<crate::discovery::rendezvous::PointStatus>,
+    /// The rendezvous point this node serves (`--rendezvous-server`), if any.
+    pub point: Option<PointStats>,
+    /// Where a member saw this node when that address is not its own (behind NAT).
+    pub behind_nat: Option<String>,
+    /// The relay this node listens through, and whether the reservation is accepted.
+    pub relayed_via: Option<(PeerId, bool)>,
+    /// What the relay this node serves has done (`--relay-server`).
+    pub relay: RelayStats,
+    /// Hole punches (DCUtR) that made a relayed link direct, and that failed.
+    pub hole_punches: u64,
+    pub hole_punch_failures: u64,
+}
+
+/// What the relay this node serves has done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStats {
+    /// Reservations accepted (renewals included).
+    pub reservations: u64,
+    /// Circuits opened.
+    pub circuits: u64,
+    /// Requests denied: not an admitted member, or past a limit.
+    pub denied: u64,
+}
+
+/// What the rendezvous point this node serves has done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PointStats {
+    /// Serving anyone (`--rendezvous-open`), not only admitted members.
+    pub open: bool,
+    /// Registrations held now.
+    pub registrations: usize,
+    /// Registrations accepted since start (renewals included).
+    pub registered: u64,
+    /// Discovery requests answered.
+    pub discoveries: u64,
+    /// Registrations and discoveries refused by the point (limits, bad TTL or record).
+    pub refused: u64,
+    /// Requests dropped unanswered because the peer was not admitted (members-only point).
+    pub not_admitted: u64,
 }
 
 /// An immutable view of the node for readers. Republished on every state change, and every

@@ -145,6 +145,14 @@ pub struct NodeInfo {
     /// Addresses the node listens on, as multiaddr strings.
     pub listen_addrs: Vec<String>,
     pub hardware: HardwareInfo,
+    /// Where the sender sees the receiver: the source address of the connection the receiver
+    /// dialed (absent when the sender dialed, or the link is relayed). A member behind NAT
+    /// learns from it that it is, and hole punching dials it. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
+    /// The sender serves a circuit relay for members (`--relay-server`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 /// Bounds applied to a received [`NodeInfo`] before it is stored or shown.
@@ -161,6 +169,9 @@ impl NodeInfo {
         truncate_chars(&mut self.hardware.os, 32);
         truncate_chars(&mut self.hardware.os_version, 64);
         truncate_chars(&mut self.hardware.arch, 32);
+        if let Some(observed) = &mut self.observed {
+            truncate_chars(observed, 256);
+        }
         self
     }
 }
@@ -186,6 +197,8 @@ mod tests {
             bump: 1,
             listen_addrs: vec!["/ip4/1.2.3.4/udp/1/quic-v1".into(); 100],
             hardware: hw,
+            observed: Some("/ip4/1.2.3.4/".repeat(100)),
+            relay: false,
         }
         .sanitized();
         assert_eq!(info.name.chars().count(), MAX_NAME_LEN);

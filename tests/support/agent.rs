@@ -236,10 +236,15 @@ impl Agent {
         self.status().unwrap()["id"].as_str().unwrap().to_string()
     }
 
+    /// The agent's QUIC listen address (it also listens on TCP).
     pub fn quic_addr(&self) -> String {
-        self.status().unwrap()["listen_addrs"][0]
-            .as_str()
+        self.status().unwrap()["listen_addrs"]
+            .as_array()
             .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| a.contains("/quic-v1"))
+            .expect("a QUIC listen address")
             .to_string()
     }
 

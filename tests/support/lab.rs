@@ -117,6 +117,11 @@ impl Lab {
     /// among the lab tests of every file; the pid part keeps two concurrent `cargo test` runs
     /// apart. Namespace names stay short.
     pub fn up(name: &str, hosts: usize) -> Lab {
+        Self::up_with(name, hosts, &[])
+    }
+
+    /// [`Lab::up`] with `lab.sh up` options (`--subnets S`, `--nat S`).
+    pub fn up_with(name: &str, hosts: usize, options: &[&str]) -> Lab {
         let id = format!("{name}p{}", std::process::id() % 1000);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("mesh-lab-{id}-"))
@@ -128,12 +133,17 @@ impl Lab {
             hosts,
             tmp,
         };
-        let out = lab.lab(&["up", &hosts.to_string()]);
+        let n = hosts.to_string();
+        let up: Vec<&str> = ["up", n.as_str()]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let out = lab.lab(&up);
         if !out.status.success() && stderr(&out).contains("already exists") {
             // Left over by a crashed run that had the same pid modulo 1000: ours to remove.
             eprintln!("[{}] removing a stale lab with the same id", lab.id);
             lab.lab(&["down"]);
-            lab.lab_ok(&["up", &hosts.to_string()]);
+            lab.lab_ok(&up);
         } else {
             check(&out, &format!("lab.sh up {hosts}"));
         }

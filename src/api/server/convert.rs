@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use crate::api::contract::{
     Counters, OwnerEntry, PeerCounts, PeerEntry, PeerSyncEntry, PeerSyncStatus, PortEntry,
-    ServiceEntry, StateResponse, StatusResponse, SyncCounters,
+    Reachability, RelayServed, RendezvousPointEntry, ServedPoint, ServiceEntry, StateResponse,
+    StatusResponse, SyncCounters,
 };
 use crate::identity::short_id;
 use crate::node::NodeSnapshot;
@@ -43,6 +44,7 @@ pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) ->
         state: "alive".into(),
         state_since_ms_ago: ms(now.saturating_duration_since(l.started_at)),
         connected: true,
+        link: "direct".into(),
         addrs: l.listen_addrs.iter().map(|a| a.to_string()).collect(),
         rtt_ms: None,
         last_seen_ms_ago: Some(0),
@@ -65,6 +67,7 @@ pub fn peer_entries(snap: &NodeSnapshot, state: &StateSnapshot, now: Instant) ->
             state: p.state.to_string(),
             state_since_ms_ago: ms(now.saturating_duration_since(p.since)),
             connected: p.connected,
+            link: p.link.into(),
             addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
             rtt_ms: p.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
             last_seen_ms_ago: p.last_seen.map(|t| ms(now.saturating_duration_since(t))),
@@ -130,6 +133,7 @@ fn document_only_members(snap: &NodeSnapshot, state: &StateSnapshot) -> Vec<Peer
                 },
                 state_since_ms_ago: rec.left_at_ms.map_or(0, since_ms),
                 connected: false,
+                link: "none".into(),
                 addrs: rec.addrs.clone(),
                 rtt_ms: None,
                 last_seen_ms_ago: rec.left_at_ms.map(since_ms),
@@ -201,6 +205,53 @@ pub fn status(snap: &NodeSnapshot, now: Instant) -> StatusResponse {
             joins_refused: s.joins_refused,
             removed_refused: s.removed_refused,
         },
+        reachability: Reachability {
+            behind_nat: s.behind_nat.clone(),
+            relayed_via: s.relayed_via.map(|(relay, _)| relay.to_base58()),
+            relay_reserved: s.relayed_via.is_some_and(|(_, ok)| ok),
+            relay_server: l.relay_server.then_some(RelayServed {
+                reservations: s.relay.reservations,
+                circuits: s.relay.circuits,
+                denied: s.relay.denied,
+            }),
+            hole_punches: s.hole_punches,
+            hole_punch_failures: s.hole_punch_failures,
+        },
+        rendezvous: s
+            .rendezvous
+            .iter()
+            .map(|p| RendezvousPointEntry {
+                peer: p.peer.clone(),
+                connected: p.connected,
+                registered_for_s: p.registered_for_s,
+                discovered: p.discovered,
+                last_error: p.last_error.clone(),
+            })
+            .collect(),
+        rendezvous_point: s.point.as_ref().map(|p| ServedPoint {
+            open: p.open,
+            addrs: {
+                let loopback = |a: &&libp2p::Multiaddr| {
+                    let t = a.to_string();
+                    t.starts_with("/ip4/127.") || t.starts_with("/ip6/::1/")
+                };
+                let routable: Vec<_> = l.listen_addrs.iter().filter(|a| !loopback(a)).collect();
+                let shown = if routable.is_empty() {
+                    l.listen_addrs.iter().collect()
+                } else {
+                    routable
+                };
+                shown
+                    .into_iter()
+                    .map(|a| format!("{a}/p2p/{}", l.peer_id))
+                    .collect()
+            },
+            registrations: p.registrations,
+            registered: p.registered,
+            discoveries: p.discoveries,
+            refused: p.refused,
+            not_admitted: p.not_admitted,
+        }),
     }
 }
 

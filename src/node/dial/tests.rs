@@ -340,3 +340,107 @@ fn both_sides_keep_the_connection_the_lower_id_dialed() {
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+#[test]
+fn a_member_from_the_document_is_dialed_at_once_and_an_identity_found_gone_is_not_brought_back() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let member = peer();
+    p.on_member_addrs(member, vec![addr(1)], t0);
+    assert_eq!(dialed(&p.poll(t0, never)), vec![member]);
+    // Another identity answers there: the member's identity is gone.
+    p.on_wrong_peer_id(&member, peer(), &addr(1), t0 + ms(5));
+    p.on_member_addrs(member, vec![addr(1)], t0 + ms(10));
+    assert!(p.poll(t0 + Duration::from_secs(10), never).is_empty());
+    // Discovery brings it back.
+    p.on_discovered(member, vec![addr(2)], t0 + Duration::from_secs(11));
+    assert_eq!(
+        dialed(&p.poll(t0 + Duration::from_secs(11), never)),
+        vec![member]
+    );
+}
+
+#[test]
+fn a_target_never_reached_slows_to_once_a_minute_and_is_forgotten_after_an_hour() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let ghost = peer();
+    p.on_discovered(ghost, vec![addr(3)], t0);
+    let times = dial_times(&mut p, ghost, t0, t0 + Duration::from_secs(200), ms(50));
+    // The doubling pace until 8 dials have failed (the 9th goes at 11.75 s), then one a
+    // minute.
+    assert_eq!(
+        times,
+        [
+            0, 250, 750, 1750, 3750, 5750, 7750, 9750, 11750, 71750, 131750, 191750
+        ]
+        .map(Duration::from_millis)
+    );
+    assert!(p.poll(t0 + FORGET_AFTER, never).is_empty());
+    assert_eq!(p.stats().targets, 0);
+    assert_eq!(p.stats().forgotten, 1);
+}
+
+#[test]
+fn a_reached_target_keeps_the_normal_pace() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let friend = peer();
+    p.on_discovered(friend, vec![addr(4)], t0);
+    p.poll(t0, never);
+    p.on_connected(friend, Some(&addr(4)), t0 + ms(5));
+    p.on_disconnected(&friend, t0 + Duration::from_secs(1));
+    let from = t0 + Duration::from_secs(1);
+    let times = dial_times(&mut p, friend, from, from + Duration::from_secs(40), ms(50));
+    // Never more than redial_max apart, well past UNREACHED_DIALS failures.
+    assert!(times.len() > 15, "{times:?}");
+    assert!(times.windows(2).all(|w| w[1] - w[0] <= REDIAL_MAX));
+}
+
+#[test]
+fn a_peer_given_as_ip_and_port_is_one_static_peer_dialed_over_quic_then_tcp() {
+    let t0 = Instant::now();
+    let quic: Multiaddr = "/ip4/10.0.0.9/udp/7400/quic-v1".parse().unwrap();
+    let tcp: Multiaddr = "/ip4/10.0.0.9/tcp/7400".parse().unwrap();
+    let mut p = DialPlanner::new(peer(), &[tcp.clone(), quic.clone()], REDIAL_MAX, t0);
+    assert_eq!(p.poll(t0, never), vec![Dial::Address(quic.clone())]);
+    assert_eq!(
+        p.poll(t0 + REDIAL_MIN, never),
+        vec![Dial::Address(tcp.clone())]
+    );
+    // Answered over TCP: from now on dialed by id, QUIC alone first, then both.
+    let id = peer();
+    p.on_connected(id, Some(&tcp), t0 + Duration::from_secs(1));
+    p.on_disconnected(&id, t0 + Duration::from_secs(2));
+    assert_eq!(
+        p.poll(t0 + Duration::from_secs(3), never),
+        vec![Dial::Peer {
+            peer: id,
+            addrs: vec![quic.clone()]
+        }]
+    );
+    assert_eq!(
+        p.poll(t0 + Duration::from_secs(4), never),
+        vec![Dial::Peer {
+            peer: id,
+            addrs: vec![quic, tcp]
+        }]
+    );
+}
+
+#[test]
+fn a_rendezvous_address_names_its_peer_from_the_start() {
+    let t0 = Instant::now();
+    let point = peer();
+    let at: Multiaddr = format!("/ip4/10.0.0.5/tcp/7400/p2p/{point}")
+        .parse()
+        .unwrap();
+    let mut p = DialPlanner::new(peer(), std::slice::from_ref(&at), REDIAL_MAX, t0);
+    assert_eq!(
+        p.poll(t0, never),
+        vec![Dial::Peer {
+            peer: point,
+            addrs: vec![at]
+        }]
+    );
+}

@@ -1,0 +1,191 @@
+//! Issue 12's acceptance in the network-namespace lab, routed topology (`lab.sh up 6
+//! --subnets 2`: subnet 0 holds h1, h3, h5, subnet 1 holds h2, h4, h6; the hub routes unicast
+//! between them and no multicast): agents given only a rendezvous point's address find each
+//! other across the router; a host whose UDP is blocked links over TCP; a tag change crosses
+//! the router; with the point down the members stay linked, and after its restart they
+//! register again and a newcomer finds the mesh. Times are printed, not asserted (the figures
+//! go to BENCHMARKS.md).
+
+#[macro_use]
+#[path = "support/lab.rs"]
+mod lab;
+
+use std::time::Instant;
+
+use lab::Lab;
+use serde_json::Value;
+
+/// Whether host `k` lists every id of `ids` (but its own) alive.
+fn sees_alive(lab: &Lab, k: usize, ids: &[String]) -> bool {
+    let Ok(rows) = lab.peers(k) else {
+        return false;
+    };
+    let me = rows
+        .iter()
+        .find(|r| r["self"] == true)
+        .map(|r| r["id"].clone());
+    ids.iter()
+        .filter(|id| me.as_ref().is_none_or(|m| m != &Value::from(id.as_str())))
+        .all(|id| lab::state_in(&rows, id) == Some("alive"))
+}
+
+/// Times (seconds of the UTC day) of host `k`'s log lines containing `needle`.
+fn log_times(lab: &Lab, k: usize, needle: &str) -> Vec<f64> {
+    lab.agent_log(k)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let time = l
+                .split_whitespace()
+                .next()?
+                .split('T')
+                .nth(1)?
+                .trim_end_matches('Z');
+            let mut parts = time.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+        .collect()
+}
+
+fn registered(lab: &Lab, k: usize) -> bool {
+    lab.status(k).is_ok_and(|s| {
+        s["rendezvous"][0]["registered_for_s"]
+            .as_u64()
+            .is_some_and(|left| left > 0)
+    })
+}
+
+#[test]
+fn members_across_a_router_find_each_other_through_a_point_and_a_udp_blocked_host_links_over_tcp() {
+    require_lab!();
+    let lab = Lab::up_with("prz", 6, &["--subnets", "2"]);
+    let key = lab.new_key("mesh.key");
+    let key = key.to_str().unwrap();
+    lab.lab_ok(&[
+        "start",
+        "1",
+        "--",
+        "--mesh-key",
+        key,
+        "--no-mdns",
+        "--rendezvous-server",
+    ]);
+    let point = lab.status(1).unwrap()["rendezvous_point"]["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with("/ip4/10.77.0.1/tcp/"))
+        .expect("the point's TCP address on its subnet")
+        .to_string();
+    lab.lab_ok(&["block-udp", "4"]);
+    let member = |k: usize| {
+        lab.lab_ok(&[
+            "start",
+            &k.to_string(),
+            "--",
+            "--mesh-key",
+            key,
+            "--no-mdns",
+            "--rendezvous",
+            &point,
+        ]);
+    };
+    for k in 2..=4 {
+        member(k);
+    }
+    let last_start = Instant::now();
+    member(5);
+    let ids: Vec<String> = (1..=5).map(|k| lab.node_id(k)).collect();
+    lab.wait("hosts 1-5 see each other alive across the router", || {
+        (1..=5).all(|k| sees_alive(&lab, k, &ids))
+    });
+    // From the agents' own logs: h5's first listener up to the last admission anywhere.
+    let started = log_times(&lab, 5, "listening")[0];
+    let linked = (1..=5)
+        .filter_map(|k| {
+            log_times(&lab, k, "peer admitted")
+                .into_iter()
+                .reduce(f64::max)
+        })
+        .fold(0.0, f64::max);
+    eprintln!(
+        "[{}] 5 agents (2 subnets, rendezvous only, h4 without UDP): the last linked {:.0} ms \
+         after the last agent started listening (polling saw it {} ms after lab.sh start began)",
+        lab.id,
+        (linked - started) * 1000.0,
+        last_start.elapsed().as_millis()
+    );
+    // h4 is linked over TCP to everyone.
+    let rows = lab.peers(4).unwrap();
+    for row in rows
+        .iter()
+        .filter(|r| r["self"] != true && r["connected"] == true)
+    {
+        let addrs = row["addrs"].to_string();
+        assert!(
+            addrs.contains("/tcp/"),
+            "h4 links to {} over {addrs}",
+            row["name"]
+        );
+    }
+    // A tag set in subnet 1 reaches subnet 0.
+    let out = lab.exec(2, &[lab::MESH_BIN, "tag", "add", "site=attic"]);
+    lab::check(&out, "h2: mesh tag add");
+    let h2 = ids[1].clone();
+    lab.wait("h3 and h4 see h2's tag", || {
+        [3, 4].iter().all(|&k| {
+            lab.peers(k).is_ok_and(|rows| {
+                rows.iter()
+                    .any(|r| r["id"] == h2.as_str() && r["tags"]["site"] == "attic")
+            })
+        })
+    });
+    lab.wait("documents converge", || {
+        let heads: Vec<Value> = (1..=5)
+            .filter_map(|k| lab.state(k).ok().map(|s| s["heads"].clone()))
+            .collect();
+        heads.len() == 5 && heads.windows(2).all(|w| w[0] == w[1])
+    });
+
+    // The point stops: the members stay linked (peer exchange and their own links).
+    lab.lab_ok(&["stop", "1"]);
+    lab.wait("h2 sees the point left and the others alive", || {
+        lab.state_of(2, &ids[0]).as_deref() == Some("left") && sees_alive(&lab, 2, &ids[1..])
+    });
+    // It comes back: members register again, and a newcomer given only the point finds all.
+    lab.lab_ok(&[
+        "start",
+        "1",
+        "--",
+        "--mesh-key",
+        key,
+        "--no-mdns",
+        "--rendezvous-server",
+    ]);
+    let back = Instant::now();
+    lab.wait("h2 and h5 registered again", || {
+        registered(&lab, 2) && registered(&lab, 5)
+    });
+    eprintln!(
+        "[{}] point restarted: members registered again after {} ms",
+        lab.id,
+        back.elapsed().as_millis()
+    );
+    let newcomer = Instant::now();
+    member(6);
+    let mut all = ids.clone();
+    all.push(lab.node_id(6));
+    lab.wait(
+        "the newcomer h6 sees everyone alive, and they see it",
+        || (1..=6).all(|k| sees_alive(&lab, k, &all)),
+    );
+    eprintln!(
+        "[{}] newcomer found the mesh {} ms after its start began",
+        lab.id,
+        newcomer.elapsed().as_millis()
+    );
+}
