@@ -29,27 +29,6 @@ fn sees_alive(lab: &Lab, k: usize, ids: &[String]) -> bool {
         .all(|id| lab::state_in(&rows, id) == Some("alive"))
 }
 
-/// Times (seconds of the UTC day) of host `k`'s log lines containing `needle`.
-fn log_times(lab: &Lab, k: usize, needle: &str) -> Vec<f64> {
-    lab.agent_log(k)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| {
-            let time = l
-                .split_whitespace()
-                .next()?
-                .split('T')
-                .nth(1)?
-                .trim_end_matches('Z');
-            let mut parts = time.split(':');
-            let h: f64 = parts.next()?.parse().ok()?;
-            let m: f64 = parts.next()?.parse().ok()?;
-            let s: f64 = parts.next()?.parse().ok()?;
-            Some(h * 3600.0 + m * 60.0 + s)
-        })
-        .collect()
-}
-
 fn registered(lab: &Lab, k: usize) -> bool {
     lab.status(k).is_ok_and(|s| {
         s["rendezvous"][0]["registered_for_s"]
@@ -104,10 +83,10 @@ fn members_across_a_router_find_each_other_through_a_point_and_a_udp_blocked_hos
         (1..=5).all(|k| sees_alive(&lab, k, &ids))
     });
     // From the agents' own logs: h5's first listener up to the last admission anywhere.
-    let started = log_times(&lab, 5, "listening")[0];
+    let started = lab.log_times(5, "listening")[0];
     let linked = (1..=5)
         .filter_map(|k| {
-            log_times(&lab, k, "peer admitted")
+            lab.log_times(k, "peer admitted")
                 .into_iter()
                 .reduce(f64::max)
         })

@@ -285,6 +285,27 @@ impl Lab {
             .join("\n")
     }
 
+    /// Times (seconds of the UTC day) of host `k`'s log lines containing `needle`.
+    pub fn log_times(&self, k: usize, needle: &str) -> Vec<f64> {
+        self.agent_log(k)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| {
+                let time = l
+                    .split_whitespace()
+                    .next()?
+                    .split('T')
+                    .nth(1)?
+                    .trim_end_matches('Z');
+                let mut parts = time.split(':');
+                let h: f64 = parts.next()?.parse().ok()?;
+                let m: f64 = parts.next()?.parse().ok()?;
+                let s: f64 = parts.next()?.parse().ok()?;
+                Some(h * 3600.0 + m * 60.0 + s)
+            })
+            .collect()
+    }
+
     /// Host `k`'s agent log (every start appends to it).
     pub fn agent_log(&self, k: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("h{k}/agent.log"))).unwrap_or_default()

@@ -1,0 +1,147 @@
+//! Issue 12's NAT acceptance in the network-namespace lab: `lab.sh up 5 --subnets 3 --nat 1
+//! --nat 2` puts h1 and h4 on the open subnet 0, h2 and h5 behind one NAT (subnet 1), h3
+//! behind another (subnet 2). h1 serves the rendezvous point and a relay; every other agent is
+//! given only the point. The members behind NAT learn it from where members see them, listen
+//! through h1's relay, and are listed alive everywhere; the two NATs reach each other only
+//! through the relay (`relayed`), everything else links `direct`; a service added behind NAT
+//! is visible across the mesh. Times are printed, not asserted.
+
+#[macro_use]
+#[path = "support/lab.rs"]
+mod lab;
+
+use std::time::Instant;
+
+use lab::{Lab, MESH_BIN};
+use serde_json::Value;
+
+/// Host `k`'s link to `id` (`direct`, `relayed`, `none`), if listed.
+fn link(lab: &Lab, k: usize, id: &str) -> Option<String> {
+    lab.peers(k)
+        .ok()?
+        .iter()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["link"].as_str().map(str::to_owned))
+}
+
+fn all_alive(lab: &Lab, ids: &[String]) -> bool {
+    (1..=ids.len()).all(|k| {
+        lab.peers(k).is_ok_and(|rows| {
+            ids.iter()
+                .enumerate()
+                .filter(|(i, _)| i + 1 != k)
+                .all(|(_, id)| lab::state_in(&rows, id) == Some("alive"))
+        })
+    })
+}
+
+#[test]
+fn members_behind_two_nats_reach_each_other_through_a_member_relay() {
+    require_lab!();
+    let lab = Lab::up_with("pnt", 5, &["--subnets", "3", "--nat", "1", "--nat", "2"]);
+    let key = lab.new_key("mesh.key");
+    let key = key.to_str().unwrap();
+    lab.lab_ok(&[
+        "start",
+        "1",
+        "--",
+        "--mesh-key",
+        key,
+        "--no-mdns",
+        "--rendezvous-server",
+        "--relay-server",
+    ]);
+    let point = lab.status(1).unwrap()["rendezvous_point"]["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with("/ip4/10.77.0.1/udp/"))
+        .expect("the point's QUIC address")
+        .to_string();
+    let started = Instant::now();
+    for k in 2..=5 {
+        lab.lab_ok(&[
+            "start",
+            &k.to_string(),
+            "--",
+            "--mesh-key",
+            key,
+            "--no-mdns",
+            "--rendezvous",
+            &point,
+        ]);
+    }
+    let ids: Vec<String> = (1..=5).map(|k| lab.node_id(k)).collect();
+    lab.wait("all five list each other alive", || all_alive(&lab, &ids));
+    eprintln!(
+        "[{}] all alive {} ms after the first member started",
+        lab.id,
+        started.elapsed().as_millis()
+    );
+    // Behind NAT, and reachable through h1's relay; h1 and h4 are not behind NAT.
+    for k in [2, 3, 5] {
+        lab.wait(
+            &format!("h{k} knows it is behind NAT and holds a relay slot"),
+            || {
+                lab.status(k).is_ok_and(|s| {
+                    let r = &s["reachability"];
+                    r["behind_nat"].is_string()
+                        && r["relayed_via"] == ids[0].as_str()
+                        && r["relay_reserved"] == true
+                })
+            },
+        );
+    }
+    for k in [1, 4] {
+        assert!(lab.status(k).unwrap()["reachability"]["behind_nat"].is_null());
+    }
+    // The two NATs only through the relay (this lab's NATs share one router, so a hole punch
+    // cannot work here); everything else direct.
+    lab.wait("h2-h3 and h5-h3 relayed, the rest direct", || {
+        let relayed = [(2, 3), (3, 2), (5, 3), (3, 5)];
+        (1..=5).all(|k| {
+            (1..=5).filter(|&j| j != k).all(|j| {
+                let want = if relayed.contains(&(k, j)) {
+                    "relayed"
+                } else {
+                    "direct"
+                };
+                link(&lab, k, &ids[j - 1]).as_deref() == Some(want)
+            })
+        })
+    });
+    // From the agents' logs: h3 (behind the second NAT) started listening, then h2 (behind
+    // the first) admitted it over the relay.
+    let h3_up = lab.log_times(3, "listening")[0];
+    let h2_admits_h3 = lab
+        .log_times(2, "name=h3")
+        .into_iter()
+        .find(|t| *t >= h3_up)
+        .unwrap_or(f64::NAN);
+    eprintln!(
+        "[{}] h2 admitted h3 through the relay {:.0} ms after h3 started listening",
+        lab.id,
+        (h2_admits_h3 - h3_up) * 1000.0
+    );
+    let served = &lab.status(1).unwrap()["reachability"]["relay_server"];
+    assert!(served["circuits"].as_u64().unwrap() >= 1, "{served}");
+    eprintln!("[{}] h1's relay: {served}", lab.id);
+
+    // A service added behind NAT (h3) is seen from the other NAT (h2), through the relay.
+    let out = lab.exec(
+        3,
+        &[
+            MESH_BIN, "service", "add", "natted", "--", "sleep", "100000",
+        ],
+    );
+    lab::check(&out, "h3: mesh service add");
+    lab.wait("h2 sees h3's service running", || {
+        lab.mesh_json(2, &["services", "--json"]).is_ok_and(|v| {
+            v.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["name"] == "natted" && r.to_string().contains("healthy"))
+            })
+        })
+    });
+}
