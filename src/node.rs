@@ -869,11 +869,12 @@ impl NodeActor {
         // The pair's admission is per peer and survives; a request in flight on the closed
         // connection fails and is retried (admission at once, sync by anti-entropy). Older
         // connections are left alone: a stale one (the peer restarted) ends by itself.
-        // Relayed connections are left to the rule above.
+        // Two relayed connections (both sides dialed through the relay) are deduplicated the
+        // same way among themselves: one hole punch per pair, not two crossing ones.
         let pairs: Vec<(ConnectionId, bool)> = conns
             .iter()
             .filter(|c| now.duration_since(c.established) <= DUPLICATE_WINDOW)
-            .filter(|c| !c.relayed)
+            .filter(|c| c.relayed == relayed)
             .map(|c| (c.id, c.we_dialed))
             .collect();
         for id in dial::duplicates_to_close(self.local_peer < peer, &pairs) {

@@ -45,9 +45,10 @@ Commands:
                            in subnet (K-1) mod S, addresses 10.77.S.K/24 and
                            fd77:S::K/64, router 10.77.S.254 / fd77:S::fe; unicast
                            is routed, multicast (mDNS) is not.
-                           --nat S (repeatable): subnet S is behind NAT
-                           (masquerade to the router's address; no inbound
-                           connection reaches it; no IPv6 in or out)
+                           --nat S (repeatable): subnet S is behind a NAT
+                           router of its own (namespace \${LAB_ID}-natS, public
+                           address 10.77.0.(200+S)): masquerade, no inbound
+                           connection, no IPv6 in or out
   down                     kill everything running in the lab, delete its
                            namespaces and its work dir; never fails if absent
   status                   hosts, addresses, agent pids, partition/loss state
@@ -149,6 +150,7 @@ lab_namespaces() {
 	ip netns list 2>/dev/null | awk '{print $1}' | while read -r name; do
 		if [[ $name =~ ^${LAB_ID}-h([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]} $name"; fi
 	done | sort -n | awk '{print $2}'
+	ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${LAB_ID}-nat[0-9]+$" || true
 	if ns_exists "$HUB"; then echo "$HUB"; fi
 }
 # Host numbers present in this lab, ascending.
@@ -250,7 +252,8 @@ cmd_up() {
 	if [[ -n $nat ]]; then
 		((subnets >= 2)) || usage_error "--nat needs --subnets 2 or more"
 		for sub in $nat; do
-			((sub < subnets)) || usage_error "--nat $sub: subnets are numbered 0..$((subnets - 1))"
+			((sub >= 1 && sub < subnets)) ||
+				usage_error "--nat $sub: NAT subnets are 1..$((subnets - 1)) (subnet 0 is the open one their routers sit on)"
 		done
 	fi
 
@@ -310,7 +313,8 @@ cmd_up() {
 			echo "link set p$k up"
 		done
 		for ((sub = 0; sub < subnets; sub++)); do
-			if ((subnets > 1)); then
+			# A NAT subnet's router is its own namespace (below); the hub only bridges it.
+			if ((subnets > 1)) && [[ " $nat " != *" $sub "* ]]; then
 				echo "addr add 10.77.$sub.254/24 dev br$sub"
 				echo "addr add fd77:$sub::fe/64 dev br$sub nodad"
 			fi
@@ -330,36 +334,58 @@ cmd_up() {
 			echo "route add 224.0.0.0/4 dev v$k"
 			if ((subnets > 1)); then
 				echo "route add default via 10.77.$sub.254 dev v$k"
-				echo "route add ::/0 via fd77:$sub::fe dev v$k"
+				[[ " $nat " == *" $sub "* ]] || echo "route add ::/0 via fd77:$sub::fe dev v$k"
 			fi
 		} | ip -n "$ns" -batch -
 	done
-	if [[ -n $nat ]]; then
-		# Each subnet in $nat is behind NAT: what leaves it is masqueraded to the router's
-		# address on the way out; nothing from outside starts a connection into it; no IPv6
-		# crosses.
+	# Each subnet in $nat sits behind a NAT router of its own, as a home network does: the
+	# namespace ${LAB_ID}-natS, with 10.77.S.254 on the subnet's bridge and the "public"
+	# address 10.77.0.(200+S) on subnet 0, masquerading what leaves (Linux keeps the source
+	# port when it is free) and dropping every connection that starts outside. Two such NATs
+	# can be hole-punched. No IPv6 leaves a NAT subnet.
+	for sub in $nat; do
+		local natns="$LAB_ID-nat$sub"
+		ip netns add "$natns"
+		in_net "$natns" sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1 \
+			net.ipv6.conf.default.disable_ipv6=1 >/dev/null
 		{
-			echo "table inet $NAT_TABLE {"
-			echo "	chain nat_fwd {"
-			echo "		type filter hook forward priority 0; policy accept;"
-			# By addresses, not interfaces: the kernel may pass bridged frames through these
-			# hooks too (br_netfilter), and traffic inside the subnet must stay untouched.
-			for sub in $nat; do
-				echo "		ip6 saddr fd77:$sub::/64 ip6 daddr != fd77:$sub::/64 drop"
-				echo "		ip6 daddr fd77:$sub::/64 ip6 saddr != fd77:$sub::/64 drop"
-				echo "		ip daddr 10.77.$sub.0/24 ip saddr != 10.77.$sub.0/24 ct state established,related accept"
-				echo "		ip daddr 10.77.$sub.0/24 ip saddr != 10.77.$sub.0/24 drop"
-			done
-			echo "	}"
-			echo "	chain nat_post {"
-			echo "		type nat hook postrouting priority 100; policy accept;"
-			for sub in $nat; do
-				echo "		ip saddr 10.77.$sub.0/24 ip daddr != 10.77.$sub.0/24 masquerade"
-			done
-			echo "	}"
-			echo "}"
-		} | in_net "$HUB" nft -f -
-	fi
+			echo "link add nl$sub type veth peer name lan netns $natns"
+			echo "link set nl$sub master br$sub"
+			echo "link set nl$sub up"
+			echo "link add nw$sub type veth peer name wan netns $natns"
+			echo "link set nw$sub master br0"
+			echo "link set nw$sub up"
+		} | ip -n "$HUB" -batch -
+		{
+			echo "link set lo up"
+			echo "addr add 10.77.$sub.254/24 dev lan"
+			echo "addr add 10.77.0.$((200 + sub))/24 dev wan"
+			echo "link set lan up"
+			echo "link set wan up"
+			echo "route add default via 10.77.0.254 dev wan"
+		} | ip -n "$natns" -batch -
+		in_net "$natns" nft -f - <<EOF
+table inet $NAT_TABLE {
+	chain nat_fwd {
+		type filter hook forward priority 0; policy accept;
+		iifname "wan" ct state established,related accept
+		iifname "wan" drop
+	}
+	chain nat_in {
+		# Unsolicited packets to the router itself are dropped too, as home routers do: one
+		# accepted would hold a conntrack entry that makes masquerade pick another port for
+		# the host's own packets to that peer (and hole punching then fails).
+		type filter hook input priority 0; policy accept;
+		iifname "wan" ct state established,related accept
+		iifname "wan" drop
+	}
+	chain nat_post {
+		type nat hook postrouting priority 100; policy accept;
+		oifname "wan" masquerade
+	}
+}
+EOF
+	done
 
 	wait_links "$n"
 
