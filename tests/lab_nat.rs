@@ -1,10 +1,12 @@
-//! Issue 12's NAT acceptance in the network-namespace lab: `lab.sh up 5 --subnets 3 --nat 1
-//! --nat 2` puts h1 and h4 on the open subnet 0, h2 and h5 behind one NAT router (subnet 1),
-//! h3 behind another (subnet 2). h1 serves the rendezvous point and a relay; every other agent
-//! is given only the point. The members behind NAT learn it from where members see them, listen
-//! through h1's relay, and are listed alive everywhere; the two NATs first reach each other
-//! through the relay, then hole punching (DCUtR) makes every link `direct`; a service added
-//! behind one NAT is visible behind the other. Times are printed, not asserted.
+//! Issue 12's NAT acceptance in the network-namespace lab: `lab.sh up 6 --subnets 4 --nat 1
+//! --nat 2 --hard-nat 3` puts h1 and h5 on the open subnet 0, h2 and h6 behind one NAT router
+//! (subnet 1), h3 behind another (subnet 2), h4 behind a symmetric one (subnet 3, a random
+//! port per flow). h1 serves the rendezvous point and a relay; every other agent is given only
+//! the point. The members behind NAT learn it from where members see them, listen through h1's
+//! relay, and are listed alive everywhere. Between the two ordinary NATs, hole punching
+//! (DCUtR) turns the relayed links `direct`; the symmetric NAT's links to other NATs stay
+//! `relayed`, and membership, sync and services work over them: a service added behind the
+//! symmetric NAT is seen healthy behind another. Times are printed, not asserted.
 
 #[macro_use]
 #[path = "support/lab.rs"]
@@ -36,9 +38,22 @@ fn all_alive(lab: &Lab, ids: &[String]) -> bool {
 }
 
 #[test]
-fn members_behind_two_nats_reach_each_other_through_a_member_relay() {
+fn members_behind_nats_reach_each_other_through_a_member_relay_and_punch_holes_where_they_can() {
     require_lab!();
-    let lab = Lab::up_with("pnt", 5, &["--subnets", "3", "--nat", "1", "--nat", "2"]);
+    let lab = Lab::up_with(
+        "pnt",
+        6,
+        &[
+            "--subnets",
+            "4",
+            "--nat",
+            "1",
+            "--nat",
+            "2",
+            "--hard-nat",
+            "3",
+        ],
+    );
     let key = lab.new_key("mesh.key");
     let key = key.to_str().unwrap();
     lab.lab_ok(&[
@@ -60,7 +75,7 @@ fn members_behind_two_nats_reach_each_other_through_a_member_relay() {
         .expect("the point's QUIC address")
         .to_string();
     let started = Instant::now();
-    for k in 2..=5 {
+    for k in 2..=6 {
         lab.lab_ok(&[
             "start",
             &k.to_string(),
@@ -72,15 +87,15 @@ fn members_behind_two_nats_reach_each_other_through_a_member_relay() {
             &point,
         ]);
     }
-    let ids: Vec<String> = (1..=5).map(|k| lab.node_id(k)).collect();
-    lab.wait("all five list each other alive", || all_alive(&lab, &ids));
+    let ids: Vec<String> = (1..=6).map(|k| lab.node_id(k)).collect();
+    lab.wait("all six list each other alive", || all_alive(&lab, &ids));
     eprintln!(
         "[{}] all alive {} ms after the first member started",
         lab.id,
         started.elapsed().as_millis()
     );
     // Behind NAT, and reachable through h1's relay; h1 and h4 are not behind NAT.
-    for k in [2, 3, 5] {
+    for k in [2, 3, 4, 6] {
         lab.wait(
             &format!("h{k} knows it is behind NAT and holds a relay slot"),
             || {
@@ -93,19 +108,26 @@ fn members_behind_two_nats_reach_each_other_through_a_member_relay() {
             },
         );
     }
-    for k in [1, 4] {
+    for k in [1, 5] {
         assert!(lab.status(k).unwrap()["reachability"]["behind_nat"].is_null());
     }
-    // Hole punching turns the NAT-to-NAT links direct (the lab's NAT routers keep the source
-    // port and drop what is unsolicited, as home routers do).
-    lab.wait("every link direct", || {
-        (1..=5).all(|k| {
-            (1..=5)
-                .filter(|&j| j != k)
-                .all(|j| link(&lab, k, &ids[j - 1]).as_deref() == Some("direct"))
-        })
-    });
-    let punched: u64 = [2, 3, 5]
+    // Hole punching turns the links between the ordinary NATs direct (their routers keep the
+    // source port and drop what is unsolicited, as home routers do); the symmetric NAT's links
+    // to the other NATs stay relayed; links to the open subnet and within a NAT are direct.
+    let natted = [2, 3, 4, 6];
+    lab.wait(
+        "h4's links to the NATs relayed, every other link direct",
+        || {
+            (1..=6).all(|k| {
+                (1..=6).filter(|&j| j != k).all(|j| {
+                    let hard = (k == 4 || j == 4) && natted.contains(&k) && natted.contains(&j);
+                    let want = if hard { "relayed" } else { "direct" };
+                    link(&lab, k, &ids[j - 1]).as_deref() == Some(want)
+                })
+            })
+        },
+    );
+    let punched: u64 = [2, 3, 4, 6]
         .iter()
         .map(|&k| {
             lab.status(k).unwrap()["reachability"]["hole_punches"]
@@ -137,15 +159,16 @@ fn members_behind_two_nats_reach_each_other_through_a_member_relay() {
     assert!(served["circuits"].as_u64().unwrap() >= 1, "{served}");
     eprintln!("[{}] h1's relay: {served}", lab.id);
 
-    // A service added behind NAT (h3) is seen from the other NAT (h2), through the relay.
+    // A service added behind the symmetric NAT (h4) is seen from another NAT (h2), whose only
+    // link to h4 goes through the relay.
     let out = lab.exec(
-        3,
+        4,
         &[
             MESH_BIN, "service", "add", "natted", "--", "sleep", "100000",
         ],
     );
-    lab::check(&out, "h3: mesh service add");
-    lab.wait("h2 sees h3's service running", || {
+    lab::check(&out, "h4: mesh service add");
+    lab.wait("h2 sees h4's service healthy", || {
         lab.mesh_json(2, &["services", "--json"]).is_ok_and(|v| {
             v.as_array().is_some_and(|rows| {
                 rows.iter()

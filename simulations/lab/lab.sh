@@ -39,7 +39,7 @@ hub namespace. Host K is namespace \${LAB_ID}-hK with interface vK, addresses
 10.77.0.K/24 and fd77::K/64 (+ link-local). Requires root, iproute2, nftables.
 
 Commands:
-  up N [--subnets S] [--nat S]
+  up N [--subnets S] [--nat S] [--hard-nat S]
                            create the hub and hosts h1..hN (1 <= N <= $MAX_HOSTS).
                            --subnets S (2..9): S subnets routed by the hub, host K
                            in subnet (K-1) mod S, addresses 10.77.S.K/24 and
@@ -48,7 +48,9 @@ Commands:
                            --nat S (repeatable): subnet S is behind a NAT
                            router of its own (namespace \${LAB_ID}-natS, public
                            address 10.77.0.(200+S)): masquerade, no inbound
-                           connection, no IPv6 in or out
+                           connection, no IPv6 in or out.
+                           --hard-nat S: the same with a random source port per
+                           flow (symmetric NAT: hole punching cannot work)
   down                     kill everything running in the lab, delete its
                            namespaces and its work dir; never fails if absent
   status                   hosts, addresses, agent pids, partition/loss state
@@ -228,8 +230,8 @@ up_cleanup() {
 }
 
 cmd_up() {
-	[[ $# -ge 1 ]] || usage_error "usage: up N [--subnets S] [--nat S]"
-	local n=$1 k ns existing subnets=1 nat="" sub
+	[[ $# -ge 1 ]] || usage_error "usage: up N [--subnets S] [--nat S] [--hard-nat S]"
+	local n=$1 k ns existing subnets=1 nat="" hard="" sub
 	shift
 	while [[ $# -gt 0 ]]; do
 		case $1 in
@@ -242,6 +244,12 @@ cmd_up() {
 		--nat)
 			[[ $# -ge 2 ]] && is_uint "$2" || usage_error "--nat takes a subnet number"
 			nat+=" $((10#$2))"
+			shift 2
+			;;
+		--hard-nat)
+			[[ $# -ge 2 ]] && is_uint "$2" || usage_error "--hard-nat takes a subnet number"
+			nat+=" $((10#$2))"
+			hard+=" $((10#$2))"
 			shift 2
 			;;
 		*) usage_error "up: unknown option '$1'" ;;
@@ -364,6 +372,10 @@ cmd_up() {
 			echo "link set wan up"
 			echo "route add default via 10.77.0.254 dev wan"
 		} | ip -n "$natns" -batch -
+		# A hard NAT picks a random source port for every new flow: the port a member sees
+		# is not the one another peer would be answered from (symmetric NAT).
+		local masq=masquerade
+		[[ " $hard " != *" $sub "* ]] || masq="masquerade random"
 		in_net "$natns" nft -f - <<EOF
 table inet $NAT_TABLE {
 	chain nat_fwd {
@@ -381,7 +393,7 @@ table inet $NAT_TABLE {
 	}
 	chain nat_post {
 		type nat hook postrouting priority 100; policy accept;
-		oifname "wan" masquerade
+		oifname "wan" $masq
 	}
 }
 EOF
@@ -394,6 +406,7 @@ LAB_ID=$LAB_ID
 HOSTS=$n
 SUBNETS=$subnets
 NAT="${nat# }"
+HARD_NAT="${hard# }"
 CREATED=$(date -Is)
 EOF
 	UP_DONE=1
@@ -401,6 +414,7 @@ EOF
 	local layout="one LAN"
 	((subnets == 1)) || layout="$subnets subnets routed by the hub"
 	[[ -z $nat ]] || layout+=", behind NAT:$nat"
+	[[ -z $hard ]] || layout+=" (hard:$hard)"
 	echo "lab '$LAB_ID' up: $n hosts (namespaces $LAB_ID-h1..$LAB_ID-h$n, hub $HUB), $layout, dir $LAB_DIR"
 }
 
