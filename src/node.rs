@@ -388,7 +388,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             data_dir: config.data_dir.clone(),
             self_record: NodeRecord {
                 name: config.name.as_str().into(),
-                addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+                addrs: recorded_addrs(&listen_addrs, &config.external_addrs),
                 hardware: NodeHardware::from(&config.hardware),
                 version: crate::AGENT_VERSION.to_string(),
                 ..Default::default()
@@ -711,7 +711,7 @@ impl NodeActor {
                     self.listen_addrs.push(address);
                     self.dirty = true;
                     self.state
-                        .set_addrs(self.listen_addrs.iter().map(|a| a.to_string()).collect());
+                        .set_addrs(recorded_addrs(&self.listen_addrs, &self.external_addrs));
                     self.sync_external_addrs(now);
                 }
             }
@@ -719,7 +719,7 @@ impl NodeActor {
                 self.listen_addrs.retain(|a| a != &address);
                 self.dirty = true;
                 self.state
-                    .set_addrs(self.listen_addrs.iter().map(|a| a.to_string()).collect());
+                    .set_addrs(recorded_addrs(&self.listen_addrs, &self.external_addrs));
                 self.sync_external_addrs(now);
             }
             SwarmEvent::ListenerError { error, .. } => {
@@ -928,6 +928,20 @@ impl NodeActor {
         self.stop_discovery().await;
         tracing::info!("left the mesh");
     }
+}
+
+/// The addresses this node records in the document for members to dial it at (peer
+/// exchange): its `--external-addr`s first (a port forward, a DNS name: reachable where its
+/// own may not be), then its listen addresses.
+fn recorded_addrs(listen: &[Multiaddr], external: &[Multiaddr]) -> Vec<String> {
+    let mut out: Vec<String> = external.iter().map(|a| a.to_string()).collect();
+    for a in listen {
+        let a = a.to_string();
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// The dialable addresses of a member's record: loopback ones only when the record has
