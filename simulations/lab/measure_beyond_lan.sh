@@ -32,7 +32,7 @@ trap '"$LAB" down >/dev/null 2>&1 || true; rm -f "$KEY"' EXIT
 
 # Seconds of the UTC day of log lines of host K matching PATTERN, one per line.
 times() {
-	grep -E "$2" "$LAB_DIR/h$1/agent.log" | awk '{print $1}' | sed 's/.*T//; s/Z$//' |
+	{ grep -E "$2" "$LAB_DIR/h$1/agent.log" || true; } | awk '{print $1}' | sed 's/.*T//; s/Z$//' |
 		awk -F: '{printf "%.6f\n", $1 * 3600 + $2 * 60 + $3}'
 }
 # Milliseconds from the first time >= START in host K's log matching PATTERN, to START.
@@ -40,9 +40,18 @@ since() {
 	local start=$1 k=$2 pattern=$3
 	times "$k" "$pattern" | awk -v s="$start" '$1 >= s {printf "%.0f\n", ($1 - s) * 1000; exit}'
 }
-point_addr() {
-	"$LAB" exec 1 "$MESH_BIN" status --json |
-		python3 -c 'import json,sys; print([a for a in json.load(sys.stdin)["rendezvous_point"]["addrs"] if a.startswith("/ip4/10.77.0.1/udp")][0])'
+point_addr() { # "--rendezvous QUIC --rendezvous TCP" of h1's point; waits for h1's API
+	local i out
+	for ((i = 0; i < 200; i++)); do
+		if out=$("$LAB" exec 1 "$MESH_BIN" status --json 2>/dev/null |
+			python3 -c 'import json,sys; print(" ".join("--rendezvous " + a for a in json.load(sys.stdin)["rendezvous_point"]["addrs"] if a.startswith("/ip4/10.77.0.1/")))' 2>/dev/null); then
+			echo "$out"
+			return 0
+		fi
+		sleep 0.05
+	done
+	echo "h1's API did not answer" >&2
+	return 1
 }
 # Waits until host K's log has a line matching PATTERN after START (at most 20 s).
 wait_log() {
@@ -54,6 +63,7 @@ wait_log() {
 	echo "timed out waiting for h$k: $pattern" >&2
 	return 1
 }
+id_of() { "$LAB" exec "$1" "$MESH_BIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
 median() { sort -n | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 
 newcomer_round() { # K PT -> ms until K admitted everyone in NAMES
@@ -62,7 +72,7 @@ newcomer_round() { # K PT -> ms until K admitted everyone in NAMES
 	"$LAB" stop "$k" >/dev/null 2>&1 || true
 	rm -rf "$LAB_DIR/h$k/data"
 	: >"$LAB_DIR/h$k/agent.log"
-	"$LAB" start "$k" -- --mesh-key "$KEY" --no-mdns --rendezvous "$pt" >/dev/null
+	"$LAB" start "$k" -- --mesh-key "$KEY" --no-mdns $pt >/dev/null
 	start=""
 	while [[ -z $start ]]; do
 		start=$(times "$k" "listening" | head -n 1)
@@ -82,7 +92,7 @@ scenario_rendezvous() { # tcp|udp
 	"$LAB" start 1 -- --mesh-key "$KEY" --no-mdns --rendezvous-server >/dev/null
 	local pt r
 	pt=$(point_addr)
-	for k in 2 3; do "$LAB" start "$k" -- --mesh-key "$KEY" --no-mdns --rendezvous "$pt" >/dev/null; done
+	for k in 2 3; do "$LAB" start "$k" -- --mesh-key "$KEY" --no-mdns $pt >/dev/null; done
 	sleep 2
 	for ((r = 0; r < ROUNDS; r++)); do newcomer_round 4 "$pt" h1 h2 h3; done
 	"$LAB" down >/dev/null
@@ -95,13 +105,13 @@ scenario_nat() { # hard|easy
 	"$LAB" start 1 -- --mesh-key "$KEY" --no-mdns --rendezvous-server --relay-server >/dev/null
 	local pt r start
 	pt=$(point_addr)
-	"$LAB" start 2 -- --mesh-key "$KEY" --no-mdns --rendezvous "$pt" >/dev/null
+	"$LAB" start 2 -- --mesh-key "$KEY" --no-mdns $pt >/dev/null
 	sleep 2
 	for ((r = 0; r < ROUNDS; r++)); do
 		"$LAB" stop 3 >/dev/null 2>&1 || true
 		rm -rf "$LAB_DIR/h3/data"
 		: >"$LAB_DIR/h3/agent.log"
-		"$LAB" start 3 -- --mesh-key "$KEY" --no-mdns --rendezvous "$pt" >/dev/null
+		"$LAB" start 3 -- --mesh-key "$KEY" --no-mdns $pt >/dev/null
 		start=""
 		while [[ -z $start ]]; do
 			start=$(times 3 "listening" | head -n 1)
@@ -110,7 +120,15 @@ scenario_nat() { # hard|easy
 		if [[ $1 == hard ]]; then
 			wait_log "$start" 2 "peer admitted.*name=h3$" && since "$start" 2 "peer admitted.*name=h3$"
 		else
-			wait_log "$start" 2 "hole punch succeeded" && since "$start" 2 "hole punch succeeded"
+			# Either side may log the punch (whichever ran it).
+			local i t2 t3
+			for ((i = 0; i < 400; i++)); do
+				t2=$(since "$start" 2 "hole punch succeeded.*$(id_of 3)")
+				t3=$(since "$start" 3 "hole punch succeeded")
+				[[ -z $t2$t3 ]] || break
+				sleep 0.05
+			done
+			if [[ -n $t2$t3 ]]; then printf '%s\n%s\n' "$t2" "$t3" | grep . | sort -n | head -n 1; else echo "no hole punch within 20 s" >&2; fi
 		fi
 		sleep 1
 	done

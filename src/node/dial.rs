@@ -30,7 +30,9 @@
 //!   registrations and records of crashed members cost one dial a minute, for an hour.
 //! - QUIC first: the first dial of a series (after a connection, or a new target) takes the
 //!   QUIC addresses alone, later ones every address (the swarm tries them at once, and TCP
-//!   wins where UDP is blocked). A `--peer IP:PORT` is one static peer over QUIC and TCP.
+//!   wins where UDP is blocked). While all of this node's links are TCP (UDP blocked here),
+//!   every dial takes every address at once. A `--peer IP:PORT` is one static peer over QUIC
+//!   and TCP.
 //! - Static peers (`--peer`) are addresses: dialed until connected, never forgotten; the peer
 //!   id they answer with is learned, and replaced when another answers there.
 
@@ -150,6 +152,9 @@ struct StaticPeer {
 pub struct DialPlanner {
     local: PeerId,
     redial_max: Duration,
+    /// Whether a series of dials starts with QUIC alone (see the module doc); off while this
+    /// node's links are all TCP, a sign that UDP does not pass here.
+    quic_first: bool,
     targets: HashMap<PeerId, Target>,
     statics: Vec<StaticPeer>,
     connected: HashSet<PeerId>,
@@ -174,6 +179,7 @@ impl DialPlanner {
         Self {
             local,
             redial_max,
+            quic_first: true,
             targets: HashMap::new(),
             statics: group_endpoints(static_peers)
                 .into_iter()
@@ -189,6 +195,13 @@ impl DialPlanner {
             gone: std::collections::VecDeque::new(),
             stats: DialStats::default(),
         }
+    }
+
+    /// Whether to start a series of dials with QUIC alone. The node turns it off while it has
+    /// links and all of them are TCP: UDP most likely does not pass here, and waiting for a
+    /// QUIC handshake to time out first would only delay every link by half a second.
+    pub fn set_quic_first(&mut self, on: bool) {
+        self.quic_first = on;
     }
 
     /// Discovery found `peer` at `addrs`: dialed at once if new, or back from being gone.
@@ -388,7 +401,7 @@ impl DialPlanner {
             crate::transport::quic_first(&mut addrs);
             // The first dial of a series tries QUIC alone, so a host that speaks both links
             // over QUIC; the next ones add TCP (UDP blocked: linked ~0.75 s later).
-            if t.failures == 1 && addrs.iter().any(crate::transport::is_quic) {
+            if self.quic_first && t.failures == 1 && addrs.iter().any(crate::transport::is_quic) {
                 addrs.retain(crate::transport::is_quic);
             }
             dials.push(Dial::Peer { peer: *peer, addrs });
@@ -405,7 +418,10 @@ impl DialPlanner {
             dials.push(match s.peer {
                 Some(peer) => {
                     let mut addrs = s.addrs.clone();
-                    if s.failures == 1 && addrs.iter().any(crate::transport::is_quic) {
+                    if self.quic_first
+                        && s.failures == 1
+                        && addrs.iter().any(crate::transport::is_quic)
+                    {
                         addrs.retain(crate::transport::is_quic);
                     }
                     Dial::Peer { peer, addrs }

@@ -444,3 +444,32 @@ fn a_rendezvous_address_names_its_peer_from_the_start() {
         }]
     );
 }
+
+#[test]
+fn without_quic_first_the_first_dial_takes_every_address() {
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let both = vec![
+        addr(7400),
+        "/ip4/10.0.0.1/tcp/7400".parse::<Multiaddr>().unwrap(),
+    ];
+    let peer_a = peer();
+    p.on_discovered(peer_a, both.clone(), t0);
+    assert_eq!(
+        p.poll(t0, never),
+        vec![Dial::Peer {
+            peer: peer_a,
+            addrs: vec![addr(7400)]
+        }]
+    );
+    p.set_quic_first(false);
+    let peer_b = peer();
+    p.on_discovered(peer_b, both.clone(), t0);
+    assert_eq!(
+        p.poll(t0, never),
+        vec![Dial::Peer {
+            peer: peer_b,
+            addrs: both
+        }]
+    );
+}
