@@ -9,6 +9,7 @@
 //! | method | path | constant | response | client |
 //! |---|---|---|---|---|
 //! | GET | `/v1/status` | `STATUS` | [`StatusResponse`] | `status` |
+//! | GET | `/metrics` | `METRICS` | this node's metrics, Prometheus/OpenMetrics text (`server::metrics`); also alone on `--metrics-listen` | - |
 //! | GET | `/v1/peers` | `PEERS` | array of [`PeerEntry`], self first; header `x-mesh-version` | `peers` |
 //! | GET | `/v1/peers?wait=V&timeout_ms=T` | `PEERS` | long poll: answers when the snapshot version differs from `V`, or after `T` ms (max 30000) | `peers_poll` |
 //! | GET | `/v1/state` | `STATE` | [`StateResponse`] | `state` |

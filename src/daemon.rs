@@ -63,6 +63,8 @@ pub struct AgentOptions {
     pub external_addrs: Vec<String>,
     /// `--relay-server`.
     pub relay_server: bool,
+    /// `--metrics-listen`: where to serve `/metrics` alone, read-only.
+    pub metrics_listen: Option<String>,
     pub api: String,
     pub log_format: LogFormat,
     pub mdns: bool,
@@ -382,6 +384,19 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
         })?;
 
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
+    let metrics_listener = match &options.metrics_listen {
+        Some(addr) => {
+            let addr: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--metrics-listen {addr:?} is not an IP:PORT address"))?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics (--metrics-listen): port in use?")
+            })?;
+            tracing::info!(address = %listener.local_addr().unwrap_or(addr), "serving /metrics (read-only)");
+            Some(listener)
+        }
+        None => None,
+    };
     let api_token = crate::api::auth::load_or_create(&data_dir)?;
     tracing::info!(
         file = %api_token.path.display(),
@@ -457,6 +472,14 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
         api_config,
         shutdown.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        let (node, shutdown) = (node.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::api::server::serve_metrics(listener, node, shutdown).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     tracing::info!(
         name = %name,
         node = %peer_id,

@@ -669,7 +669,12 @@ impl NodeActor {
         let admission = &self.admission;
         let removed = &self.removed;
         // All links TCP (none relayed, none QUIC): UDP likely does not pass here.
-        let mut links = self.connections.values().flatten().filter(|c| !c.relayed).peekable();
+        let mut links = self
+            .connections
+            .values()
+            .flatten()
+            .filter(|c| !c.relayed)
+            .peekable();
         let all_tcp = links.peek().is_some() && links.all(|c| !transport::is_quic(&c.remote));
         self.dials.set_quic_first(!all_tcp);
         let dials = self.dials.poll(std_now, |p| {

@@ -33,6 +33,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// fills them in ([`routes::path`]).
 pub mod routes {
     pub const STATUS: &str = "/v1/status";
+    /// Prometheus scrapes (unversioned, where scrapers look by default).
+    pub const METRICS: &str = "/metrics";
     pub const PEERS: &str = "/v1/peers";
     pub const STATE: &str = "/v1/state";
     pub const TAGS: &str = "/v1/tags";

@@ -28,6 +28,7 @@ mod door;
 mod guard;
 mod invites;
 mod listener;
+pub mod metrics;
 mod services;
 
 pub use door::{JoinDoor, JoinDoorExt, JoinJob};
@@ -47,6 +48,7 @@ use convert::{peer_entries, state_summary, status};
 pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route(routes::STATUS, get(get_status))
+        .route(routes::METRICS, get(get_metrics))
         .route(routes::PEERS, get(get_peers))
         .route(routes::STATE, get(get_state))
         .route(routes::TAGS, post(post_tag))
@@ -141,6 +143,22 @@ pub async fn serve_with(
     listener::run(listener, app, config.limits, shutdown).await
 }
 
+/// Serves `GET /metrics` alone on `listener` (`--metrics-listen`: a LAN scraper's address),
+/// read-only, under the API's connection limits, until `shutdown` is cancelled. No `Host`
+/// check: nothing here changes anything, and a scraper names the host as it reaches it.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    node: NodeHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(routes::METRICS, get(get_metrics))
+        .fallback(not_found)
+        .with_state(node)
+        .layer(axum::middleware::from_fn(guard::json_errors));
+    listener::run(listener, app, ServeLimits::default(), shutdown).await
+}
+
 /// `Retry-After` of a long poll refused for want of a slot, in seconds: slots free up as
 /// other polls answer (within 30 s at most), and a follower retrying every second costs little.
 const LONG_POLL_RETRY_AFTER_S: u32 = 1;
@@ -181,6 +199,25 @@ async fn not_found() -> Response {
 async fn get_status(State(node): State<NodeHandle>) -> Response {
     let snap = node.snapshot();
     Json(status(&snap, Instant::now())).into_response()
+}
+
+/// This node's metrics: OpenMetrics for a scraper that asks for it, else the classic text
+/// format.
+async fn get_metrics(State(node): State<NodeHandle>, headers: HeaderMap) -> Response {
+    let text = metrics::render(&node.snapshot(), &node.state().snapshot(), Instant::now());
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if metrics::wants_openmetrics(accept) {
+        (
+            [(axum::http::header::CONTENT_TYPE, metrics::OPENMETRICS)],
+            text,
+        )
+            .into_response()
+    } else {
+        let text = metrics::to_text_format(&text);
+        ([(axum::http::header::CONTENT_TYPE, metrics::TEXT)], text).into_response()
+    }
 }
 
 async fn get_peers(State(node): State<NodeHandle>, Query(q): Query<PeersQuery>) -> Response {

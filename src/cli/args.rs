@@ -161,6 +161,10 @@ pub struct AgentArgs {
     /// Longest registration TTL the point grants [default: 72h, the spec's].
     #[arg(long, value_name = "DURATION")]
     pub rendezvous_max_ttl: Option<String>,
+    /// Also serve the Prometheus metrics (`/metrics`, read-only) alone at IP:PORT, for a
+    /// scraper on the LAN (the API's `/metrics` is on loopback only).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<String>,
     /// Serve a circuit relay (libp2p relay v2) for members of this mesh behind NAT; for a
     /// member that others can reach directly (a public address, or a port forward).
     #[arg(long)]

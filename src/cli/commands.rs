@@ -107,6 +107,7 @@ pub fn agent_options(args: AgentArgs) -> anyhow::Result<AgentOptions> {
         rendezvous_point,
         external_addrs: or_file(args.external_addr, file.external_addrs),
         relay_server: args.relay_server || file.relay_server == Some(true),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
         api: args
             .api
             .or(file.api)

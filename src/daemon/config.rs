@@ -52,6 +52,8 @@ pub struct ConfigFile {
     pub rendezvous_max_ttl: Option<String>,
     /// `--relay-server`.
     pub relay_server: Option<bool>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
     /// `--external-addr` (each entry one address).
     #[serde(default)]
     pub external_addrs: Vec<String>,
