@@ -15,7 +15,6 @@ mod lab;
 use std::time::Instant;
 
 use lab::{Lab, MESH_BIN};
-use serde_json::Value;
 
 /// Host `k`'s link to `id` (`direct`, `relayed`, `none`), if listed.
 fn link(lab: &Lab, k: usize, id: &str) -> Option<String> {
@@ -24,17 +23,6 @@ fn link(lab: &Lab, k: usize, id: &str) -> Option<String> {
         .iter()
         .find(|r| r["id"] == id)
         .and_then(|r| r["link"].as_str().map(str::to_owned))
-}
-
-fn all_alive(lab: &Lab, ids: &[String]) -> bool {
-    (1..=ids.len()).all(|k| {
-        lab.peers(k).is_ok_and(|rows| {
-            ids.iter()
-                .enumerate()
-                .filter(|(i, _)| i + 1 != k)
-                .all(|(_, id)| lab::state_in(&rows, id) == Some("alive"))
-        })
-    })
 }
 
 #[test]
@@ -55,40 +43,14 @@ fn members_behind_nats_reach_each_other_through_a_member_relay_and_punch_holes_w
         ],
     );
     let key = lab.new_key("mesh.key");
-    let key = key.to_str().unwrap();
-    lab.lab_ok(&[
-        "start",
-        "1",
-        "--",
-        "--mesh-key",
-        key,
-        "--no-mdns",
-        "--rendezvous-server",
-        "--relay-server",
-    ]);
-    let point = lab.status(1).unwrap()["rendezvous_point"]["addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|a| a.starts_with("/ip4/10.77.0.1/udp/"))
-        .expect("the point's QUIC address")
-        .to_string();
+    lab.start_no_mdns(1, &key, &["--rendezvous-server", "--relay-server"]);
+    let point = lab.point_addr(1, "/ip4/10.77.0.1/udp/");
     let started = Instant::now();
     for k in 2..=6 {
-        lab.lab_ok(&[
-            "start",
-            &k.to_string(),
-            "--",
-            "--mesh-key",
-            key,
-            "--no-mdns",
-            "--rendezvous",
-            &point,
-        ]);
+        lab.start_no_mdns(k, &key, &["--rendezvous", &point]);
     }
     let ids: Vec<String> = (1..=6).map(|k| lab.node_id(k)).collect();
-    lab.wait("all six list each other alive", || all_alive(&lab, &ids));
+    lab.wait("all six list each other alive", || lab.all_alive(&ids));
     eprintln!(
         "[{}] all alive {} ms after the first member started",
         lab.id,

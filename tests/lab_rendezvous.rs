@@ -15,20 +15,6 @@ use std::time::Instant;
 use lab::Lab;
 use serde_json::Value;
 
-/// Whether host `k` lists every id of `ids` (but its own) alive.
-fn sees_alive(lab: &Lab, k: usize, ids: &[String]) -> bool {
-    let Ok(rows) = lab.peers(k) else {
-        return false;
-    };
-    let me = rows
-        .iter()
-        .find(|r| r["self"] == true)
-        .map(|r| r["id"].clone());
-    ids.iter()
-        .filter(|id| me.as_ref().is_none_or(|m| m != &Value::from(id.as_str())))
-        .all(|id| lab::state_in(&rows, id) == Some("alive"))
-}
-
 fn registered(lab: &Lab, k: usize) -> bool {
     lab.status(k).is_ok_and(|s| {
         s["rendezvous"][0]["registered_for_s"]
@@ -42,37 +28,11 @@ fn members_across_a_router_find_each_other_through_a_point_and_a_udp_blocked_hos
     require_lab!();
     let lab = Lab::up_with("prz", 6, &["--subnets", "2"]);
     let key = lab.new_key("mesh.key");
-    let key = key.to_str().unwrap();
-    lab.lab_ok(&[
-        "start",
-        "1",
-        "--",
-        "--mesh-key",
-        key,
-        "--no-mdns",
-        "--rendezvous-server",
-    ]);
-    let point = lab.status(1).unwrap()["rendezvous_point"]["addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|a| a.starts_with("/ip4/10.77.0.1/tcp/"))
-        .expect("the point's TCP address on its subnet")
-        .to_string();
+    let point_args = ["--rendezvous-server"];
+    lab.start_no_mdns(1, &key, &point_args);
+    let point = lab.point_addr(1, "/ip4/10.77.0.1/tcp/");
     lab.lab_ok(&["block-udp", "4"]);
-    let member = |k: usize| {
-        lab.lab_ok(&[
-            "start",
-            &k.to_string(),
-            "--",
-            "--mesh-key",
-            key,
-            "--no-mdns",
-            "--rendezvous",
-            &point,
-        ]);
-    };
+    let member = |k: usize| lab.start_no_mdns(k, &key, &["--rendezvous", &point]);
     for k in 2..=4 {
         member(k);
     }
@@ -80,7 +40,7 @@ fn members_across_a_router_find_each_other_through_a_point_and_a_udp_blocked_hos
     member(5);
     let ids: Vec<String> = (1..=5).map(|k| lab.node_id(k)).collect();
     lab.wait("hosts 1-5 see each other alive across the router", || {
-        (1..=5).all(|k| sees_alive(&lab, k, &ids))
+        lab.all_alive(&ids)
     });
     // From the agents' own logs: h5's first listener up to the last admission anywhere.
     let started = lab.log_times(5, "listening")[0];
@@ -133,18 +93,10 @@ fn members_across_a_router_find_each_other_through_a_point_and_a_udp_blocked_hos
     // The point stops: the members stay linked (peer exchange and their own links).
     lab.lab_ok(&["stop", "1"]);
     lab.wait("h2 sees the point left and the others alive", || {
-        lab.state_of(2, &ids[0]).as_deref() == Some("left") && sees_alive(&lab, 2, &ids[1..])
+        lab.state_of(2, &ids[0]).as_deref() == Some("left") && lab.sees_alive(2, &ids[1..])
     });
     // It comes back: members register again, and a newcomer given only the point finds all.
-    lab.lab_ok(&[
-        "start",
-        "1",
-        "--",
-        "--mesh-key",
-        key,
-        "--no-mdns",
-        "--rendezvous-server",
-    ]);
+    lab.start_no_mdns(1, &key, &point_args);
     let back = Instant::now();
     lab.wait("h2 and h5 registered again", || {
         registered(&lab, 2) && registered(&lab, 5)
@@ -160,7 +112,7 @@ fn members_across_a_router_find_each_other_through_a_point_and_a_udp_blocked_hos
     all.push(lab.node_id(6));
     lab.wait(
         "the newcomer h6 sees everyone alive, and they see it",
-        || (1..=6).all(|k| sees_alive(&lab, k, &all)),
+        || lab.all_alive(&all),
     );
     eprintln!(
         "[{}] newcomer found the mesh {} ms after its start began",

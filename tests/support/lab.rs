@@ -306,6 +306,46 @@ impl Lab {
             .collect()
     }
 
+    /// Starts host `k`'s agent with `key`, no mDNS, and `extra` arguments.
+    pub fn start_no_mdns(&self, k: usize, key: &Path, extra: &[&str]) {
+        let (k, key) = (k.to_string(), key.to_str().expect("UTF-8 temp path"));
+        let mut args = vec!["start", k.as_str(), "--", "--mesh-key", key, "--no-mdns"];
+        args.extend_from_slice(extra);
+        self.lab_ok(&args);
+    }
+
+    /// The rendezvous point host `k` serves: its address starting with `prefix` (e.g.
+    /// `/ip4/10.77.0.1/tcp/`), as `mesh status` prints it for `--rendezvous`.
+    pub fn point_addr(&self, k: usize, prefix: &str) -> String {
+        self.status(k).expect("status answers")["rendezvous_point"]["addrs"]
+            .as_array()
+            .expect("host k serves a rendezvous point")
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no point address starting with {prefix}"))
+            .to_string()
+    }
+
+    /// Whether host `k` lists every id of `ids` (but its own) alive.
+    pub fn sees_alive(&self, k: usize, ids: &[String]) -> bool {
+        let Ok(rows) = self.peers(k) else {
+            return false;
+        };
+        let me = rows
+            .iter()
+            .find(|r| r["self"] == true)
+            .map(|r| r["id"].clone());
+        ids.iter()
+            .filter(|id| me.as_ref().is_none_or(|m| m != &Value::from(id.as_str())))
+            .all(|id| state_in(&rows, id) == Some("alive"))
+    }
+
+    /// Whether hosts `1..=ids.len()` each list all the others alive (`ids[k-1]` is host k's).
+    pub fn all_alive(&self, ids: &[String]) -> bool {
+        (1..=ids.len()).all(|k| self.sees_alive(k, ids))
+    }
+
     /// Host `k`'s agent log (every start appends to it).
     pub fn agent_log(&self, k: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("h{k}/agent.log"))).unwrap_or_default()
