@@ -129,8 +129,8 @@ pub struct AgentArgs {
     /// data dir's mesh.key, created on first start].
     #[arg(long, env = "MESH_KEY_FILE")]
     pub mesh_key: Option<PathBuf>,
-    /// QUIC listen address (repeatable): IP:PORT, IP, or a multiaddr
-    /// [default: 0.0.0.0:7400 and [::]:7400].
+    /// Listen address (repeatable): IP:PORT or IP (QUIC on that UDP port and TCP on that TCP
+    /// port), or a multiaddr [default: 0.0.0.0:7400 and [::]:7400].
     #[arg(long)]
     pub listen: Vec<String>,
     /// Peer to dial directly, beyond what mDNS finds (repeatable): IP:PORT (QUIC and TCP) or
@@ -170,7 +170,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub relay_server: bool,
     /// An address peers reach this node at that it cannot see itself (a port forward, a DNS
-    /// name), registered at rendezvous points (repeatable): IP:PORT or a multiaddr.
+    /// name), recorded for members and registered at rendezvous points (repeatable): IP:PORT
+    /// or a multiaddr.
     #[arg(long, value_name = "ADDR")]
     pub external_addr: Vec<String>,
     /// Address of the local control API (keep it on loopback) [default: 127.0.0.1:7401].
