@@ -400,6 +400,8 @@ impl EventFollower {
                 MESH_BIN,
                 "events",
                 "--follow",
+                "--node",
+                &format!("h{k}"),
                 "--json",
                 "-n",
                 "1",

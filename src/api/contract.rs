@@ -288,12 +288,16 @@ impl NodeQuery {
     }
 }
 
-/// `GET /v1/events?node=NAME&after=SEQ&limit=N&wait_ms=T`.
+/// `GET /v1/events?node=NAME&after=SEQ&limit=N&wait_ms=T`; without `node`, every reachable
+/// node's trail merged (`cursors=ID:SEQ,...` instead of `after`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventsQuery {
     pub node: Option<String>,
     /// Only events past this sequence number.
     pub after: Option<u64>,
+    /// The merged trail: only events past these per-node sequence numbers
+    /// (`NODE_ID:SEQ,NODE_ID:SEQ`, as the last answer's `cursors`).
+    pub cursors: Option<String>,
     /// At most this many (default 100).
     pub limit: Option<u32>,
     /// Long poll: wait up to this long for an event past `after`.
@@ -311,6 +315,7 @@ impl EventsQuery {
                 ("after", after.as_deref()),
                 ("wait_ms", wait_ms.as_deref()),
                 ("node", self.node.as_deref()),
+                ("cursors", self.cursors.as_deref()),
             ],
         )
     }
@@ -789,7 +794,36 @@ pub struct EventsResponse {
     pub last_seq: u64,
     /// Events that fell out of the bounded ring before they could be read.
     pub dropped: u64,
+    /// The merged trail (no `node` asked): the last sequence number read from each node, by
+    /// node id; pass back as `cursors` to follow. Nodes that did not answer keep theirs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<String, u64>,
 }
+
+/// Encodes merged-trail cursors for [`EventsQuery::cursors`].
+pub fn encode_cursors(cursors: &BTreeMap<String, u64>) -> String {
+    cursors
+        .iter()
+        .map(|(id, seq)| format!("{id}:{seq}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Decodes [`EventsQuery::cursors`]; malformed entries are skipped, at most
+/// [`MAX_CURSORS`] kept.
+pub fn decode_cursors(text: &str) -> BTreeMap<String, u64> {
+    text.split(',')
+        .filter_map(|part| {
+            let (id, seq) = part.split_once(':')?;
+            Some((id.to_string(), seq.parse().ok()?))
+        })
+        .take(MAX_CURSORS)
+        .collect()
+}
+
+/// Most cursors read from a query: a mesh has tens of nodes; this bounds the work a query
+/// string can ask for.
+pub const MAX_CURSORS: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -829,8 +863,25 @@ mod tests {
             after: Some(7),
             limit: None,
             wait_ms: Some(25_000),
+            cursors: None,
         };
         assert_eq!(follow.to_path(), "/v1/events?after=7&wait_ms=25000&node=pi");
+        let merged: BTreeMap<String, u64> = [("12D3a".to_string(), 4), ("12D3b".to_string(), 9)]
+            .into_iter()
+            .collect();
+        let encoded = encode_cursors(&merged);
+        assert_eq!(encoded, "12D3a:4,12D3b:9");
+        assert_eq!(decode_cursors(&encoded), merged);
+        assert_eq!(decode_cursors("x,12D3a:nope,12D3b:2").len(), 1);
+        assert_eq!(
+            EventsQuery {
+                cursors: Some(encoded),
+                wait_ms: Some(1000),
+                ..EventsQuery::default()
+            }
+            .to_path(),
+            "/v1/events?wait_ms=1000&cursors=12D3a%3A4%2C12D3b%3A9"
+        );
         assert_eq!(
             LogsQuery {
                 n: Some(50),

@@ -489,7 +489,8 @@ pub struct EventsArgs {
     /// Keep printing new events as they happen (Ctrl-C to stop).
     #[arg(long, short)]
     pub follow: bool,
-    /// Node whose trail to read (by name) [default: the node asked].
+    /// Node whose trail to read (by name or id) [default: every reachable node's, merged in
+    /// time order].
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
     /// Print JSON: the whole answer, or with --follow one event object per line.

@@ -514,12 +514,28 @@ pub fn events(args: EventsArgs) -> Result<(), ClientError> {
     }
     let mut last_seq = resp.last_seq;
     let mut dropped = resp.dropped;
+    if args.node.is_none() {
+        // The merged trail of every reachable node: followed with per-node cursors.
+        let mut cursors = resp.cursors;
+        loop {
+            let resp = client.events(&EventsQuery {
+                cursors: Some(crate::api::contract::encode_cursors(&cursors)),
+                wait_ms: Some(FOLLOW_EVENTS_WAIT_MS),
+                ..EventsQuery::default()
+            })?;
+            cursors.extend(resp.cursors);
+            if !resp.events.is_empty() && !emit(&render(&resp.events)) {
+                return Ok(());
+            }
+        }
+    }
     loop {
         let resp = client.events(&EventsQuery {
             node: args.node.clone(),
             after: Some(last_seq),
             limit: None,
             wait_ms: Some(FOLLOW_EVENTS_WAIT_MS),
+            cursors: None,
         })?;
         // A lower sequence than printed means the node's trail started over (agent restart):
         // take everything it sends from there.

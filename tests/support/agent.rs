@@ -201,11 +201,11 @@ impl Agent {
     }
 
     /// The audit trail of this agent (`node: None`) or of another node, asked through it.
+    /// The audit trail of `node`, or of this agent's own node (`None`); the merged trail of
+    /// the mesh is `mesh events` without `--node`.
     pub fn events(&self, node: Option<&str>) -> Vec<serde_json::Value> {
-        let mut args = vec!["events", "-n", "1000"];
-        if let Some(node) = node {
-            args.extend(["--node", node]);
-        }
+        let node = node.unwrap_or(self.name.as_str());
+        let args = vec!["events", "-n", "1000", "--node", node];
         self.json(&args)["events"]
             .as_array()
             .expect("events are an array")

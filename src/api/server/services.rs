@@ -20,7 +20,7 @@ use super::{body_error, error, state_error};
 use crate::api::contract::{
     DrainResponse, EndpointEntry, EventEntry, EventsQuery, EventsResponse, ListeningEntry,
     ListeningResponse, LogsQuery, LogsResponse, MAX_WAIT, NodeQuery, RemoveResponse,
-    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded,
+    ServiceActionResponse, ServiceAddRequest, ServiceAddResponse, ServiceAdded, decode_cursors,
 };
 use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
@@ -443,7 +443,120 @@ pub async fn listening_ports(
     }
 }
 
+/// How long a merged long poll waits for the other nodes once one has answered with events:
+/// what they have at that moment comes along, the rest comes on the next poll.
+const MERGE_GRACE: Duration = Duration::from_millis(100);
+
+/// Every reachable node's trail (this node and each connected, alive peer), merged by time:
+/// `mesh events` without `--node`. Each node is asked past its cursor; a long poll answers as
+/// soon as one node has something (plus [`MERGE_GRACE`] for the others). A node that does not
+/// answer keeps its cursor and is asked again next time.
+async fn merged_events(node: &NodeHandle, q: &EventsQuery) -> Response {
+    use futures::StreamExt;
+    let snap = node.snapshot();
+    let mut targets = vec![(
+        Target::Local,
+        snap.local.peer_id.to_base58(),
+        snap.local.name.clone(),
+    )];
+    for p in snap
+        .peers
+        .iter()
+        .filter(|p| p.connected && p.state == PeerState::Alive)
+    {
+        let name = p
+            .info
+            .as_ref()
+            .map_or_else(|| p.peer_id.to_base58(), |i| i.name.clone());
+        targets.push((Target::Remote(p.peer_id), p.peer_id.to_base58(), name));
+    }
+    let given = q.cursors.as_deref().map(decode_cursors);
+    let mut cursors = given.clone().unwrap_or_default();
+    let limit = q.limit.unwrap_or(DEFAULT_EVENTS);
+    let wait_ms = q
+        .wait_ms
+        .unwrap_or(0)
+        .min(MAX_REMOTE_WAIT.as_millis() as u64);
+    let mut asks: futures::stream::FuturesUnordered<_> = targets
+        .into_iter()
+        .map(|(target, id, name)| {
+            let after = cursors.get(&id).copied();
+            let request = QueryRequest::Events {
+                after,
+                limit,
+                wait_ms,
+            };
+            async move {
+                let answer = ask(node, target, request, MAX_REMOTE_WAIT).await;
+                (id, name, after, answer)
+            }
+        })
+        .collect();
+    let mut events = Vec::new();
+    let mut dropped = 0;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, asks.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => asks.next().await,
+        };
+        let Some((id, name, after, answer)) = next else {
+            break;
+        };
+        let Ok(QueryResponse::Events {
+            events: found,
+            last_seq,
+            dropped: lost,
+        }) = answer
+        else {
+            continue;
+        };
+        dropped += lost;
+        // A trail that starts over (the agent restarted) is read again from its start.
+        let restarted = after.is_some_and(|a| last_seq < a);
+        cursors.insert(
+            id,
+            if restarted {
+                0
+            } else {
+                last_seq.max(after.unwrap_or(0))
+            },
+        );
+        if !found.is_empty() && deadline.is_none() && wait_ms > 0 {
+            deadline = Some(tokio::time::Instant::now() + MERGE_GRACE);
+        }
+        events.extend(found.into_iter().map(|e| EventEntry {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            node: name.clone(),
+            service: e.service,
+            kind: e.kind,
+            reason: e.reason,
+        }));
+    }
+    events.sort_by(|a, b| (a.at_ms, &a.node, a.seq).cmp(&(b.at_ms, &b.node, b.seq)));
+    // A first listing shows the newest `limit` of all; a follow-up shows all it got.
+    if given.is_none() {
+        let excess = events.len().saturating_sub(limit as usize);
+        events.drain(..excess);
+    }
+    Json(EventsResponse {
+        node: "mesh".into(),
+        events,
+        last_seq: 0,
+        dropped,
+        cursors,
+    })
+    .into_response()
+}
+
 pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQuery>) -> Response {
+    if q.node.as_deref().is_none_or(str::is_empty) {
+        return merged_events(&node, &q).await;
+    }
     let (target, node_label) = match resolve(&node, q.node.as_deref()) {
         Ok(found) => found,
         Err(response) => return response,
@@ -477,6 +590,7 @@ pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQ
             node: node_label,
             last_seq,
             dropped,
+            cursors: Default::default(),
         })
         .into_response(),
         Ok(_) => unexpected(),
