@@ -35,7 +35,7 @@ fn error_text(code: ErrorCode) -> &'static str {
 fn is_link_local(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_link_local(),
-        Protocol::Ip6(ip) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Protocol::Ip6(ip) => ip.is_unicast_link_local(),
         _ => false,
     })
 }

@@ -25,6 +25,9 @@ macro_rules! document_enum {
         }
 
         impl $type {
+            /// Every value, in declaration order.
+            pub const ALL: &[$type] = &[$($type::$variant,)*];
+
             /// Its encoding in the document and in JSON.
             pub fn as_str(self) -> &'static str {
                 match self {

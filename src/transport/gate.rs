@@ -62,10 +62,6 @@ impl<B> Gate<B> {
     pub fn refused(&self) -> u64 {
         self.refused
     }
-
-    pub fn inner(&self) -> &B {
-        &self.inner
-    }
 }
 
 impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {

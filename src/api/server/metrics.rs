@@ -280,17 +280,8 @@ pub fn render(node: &NodeSnapshot, state: &StateSnapshot, now: tokio::time::Inst
 
     // Services, leases and processes of this node.
     let services = gauge_family(&mut r, "services", "Service copies on this node by state");
-    for st in [
-        "starting",
-        "healthy",
-        "unhealthy",
-        "stopping",
-        "backoff",
-        "failed",
-        "stopped",
-        "refused",
-    ] {
-        services.get_or_create(&label("state", st)).set(0);
+    for st in crate::state::InstanceState::ALL {
+        services.get_or_create(&label("state", st.as_str())).set(0);
     }
     let restarts = counter_family(
         &mut r,
