@@ -28,13 +28,17 @@
 //! | POST | `/v1/invites` | `INVITES` | body [`InviteCreateRequest`]; a new invite and its ticket, [`InviteCreated`] | `create_invite` |
 //! | GET | `/v1/invites` | `INVITES` | array of [`InviteEntry`] (never secrets) | `invites` |
 //! | DELETE | `/v1/invites/{id}` | `INVITE` | revokes an invite; [`InviteEntry`] | `revoke_invite` |
+//! | GET | `/`, `/ui/{file}` | `DASHBOARD`, `DASHBOARD_ASSET` | the web dashboard and its assets (`server::dashboard`) | - |
+//! | GET | `/v1/stream` | `STREAM` | server-sent events: `overview` ([`Overview`]) on changes, `sample` each sampler interval | - |
+//! | GET | `/v1/history` | `HISTORY` | [`HistoryResponse`]: the charts' samples of the last hour | - |
+//! | GET, POST, DELETE | `/v1/session` | `SESSION` | body [`SessionRequest`]; [`SessionResponse`] and the browser's session cookie | - |
 //! | POST | `/v1/join` | `JOIN` | body [`JoinApiRequest`]; redeems a ticket, stores the key, restarts the agent with it; [`JoinApiResponse`] | `join` |
 //!
 //! Every error answer, whatever refused the request, is an [`ApiError`]:
 //! `{"code": "...", "message": "..."}` with the status of its [`ErrorCode`].
 //!
 //! Reads (GET) are open to local users; every other method needs the API token
-//! ([`auth`]), `Content-Type: application/json`, no foreign `Origin`, and every request a
+//! ([`auth`]) or a browser's session cookie standing for it, `Content-Type: application/json`, no foreign `Origin`, and every request a
 //! `Host` naming the API (`server::guard`).
 //!
 //! Owns the module tree; the types are in [`contract`] (re-exported here), the HTTP server in

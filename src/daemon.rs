@@ -65,6 +65,8 @@ pub struct AgentOptions {
     pub relay_server: bool,
     /// `--metrics-listen`: where to serve `/metrics` alone, read-only.
     pub metrics_listen: Option<String>,
+    /// `--sample-interval-ms`: how often the sampler (`crate::insight::sampler`) reads.
+    pub sample_interval: std::time::Duration,
     pub api: String,
     pub log_format: LogFormat,
     pub mdns: bool,
@@ -463,9 +465,18 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
     let shutdown = CancellationToken::new();
     // `mesh join` through the API: one at a time (the agent restarts after it).
     let (join_door, mut join_jobs) = tokio::sync::mpsc::channel(1);
+    let (insight, _sampler) = crate::insight::sampler::spawn_sampler(
+        node.clone(),
+        crate::insight::sampler::SamplerConfig {
+            interval: options.sample_interval,
+            data_dir: Some(data_dir.clone()),
+        },
+        shutdown.clone(),
+    );
     let mut api_config =
         crate::api::server::ApiConfig::with_token(&api_token.token, api_token.path.clone());
     api_config.join = Some(join_door);
+    api_config.insight = Some(insight);
     let api_task = tokio::spawn(crate::api::server::serve_with(
         api_listener,
         node.clone(),

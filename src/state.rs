@@ -235,6 +235,11 @@ pub struct InstanceRecord {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// An anomaly flag of this copy (`crate::insight`: a measure far above its baseline on
+    /// the node running it), in words; absent when none is up. Written on raise and clear only.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<String>,
 }
 
 /// A port lease held by one node.

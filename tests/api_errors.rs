@@ -173,7 +173,11 @@ async fn an_unknown_route_is_404_not_found() {
         .await
         .error(404, "not_found");
     server
-        .send("GET", "/", &[], "")
+        .send("GET", "/v2/status", &[], "")
+        .await
+        .error(404, "not_found");
+    server
+        .send("GET", "/ui/nothing.js", &[], "")
         .await
         .error(404, "not_found");
     server.stop().await;

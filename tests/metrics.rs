@@ -30,6 +30,8 @@ const FAMILIES: &[&str] = &[
     "mesh_service_restarts_total",
     "mesh_service_cpu_seconds_total",
     "mesh_service_resident_memory_bytes",
+    "mesh_service_health_check_duration_seconds_bucket",
+    "mesh_service_health_check_passing",
     "mesh_port_leases",
     "mesh_uptime_seconds",
     "process_cpu_seconds_total",
@@ -119,6 +121,29 @@ fn a_real_prometheus_scrapes_three_agents_and_sees_a_service_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     a.wait_service_state("victim", "healthy");
+    // A service with a health check, for the check latency histogram.
+    let out = a.cli(&[
+        "service",
+        "add",
+        "checked",
+        "--port",
+        "auto",
+        "--health",
+        "tcp",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "$PORT",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.wait_service_state("checked", "healthy");
 
     // What a scrape gets passes promtool's checks (format and naming lints).
     let api = |x: &Agent| x.api().trim_start_matches("http://").to_string();

@@ -30,6 +30,9 @@ pub const ADMIN_GROUP: &str = "mesh";
 pub const TOKEN_ENV: &str = "MESH_API_TOKEN";
 /// Environment variable naming a token file (the CLI's `--token-file`).
 pub const TOKEN_FILE_ENV: &str = "MESH_API_TOKEN_FILE";
+/// How long a dashboard login lasts: a working day; the browser forgets it sooner if the user
+/// logs out.
+pub const SESSION_TTL_S: u64 = 12 * 3600;
 /// Random bytes in a token: 256 bits cannot be guessed, even by a local user trying millions
 /// of requests.
 const TOKEN_BYTES: usize = 32;
@@ -213,6 +216,37 @@ impl TokenVerifier {
     /// A verifier for a token nobody knows: no state change is accepted.
     pub fn unknowable() -> Self {
         Self::new(&generate_token())
+    }
+
+    /// A dashboard session valid until `expires_s` (Unix seconds): `EXPIRES.MAC`, the MAC an
+    /// HMAC-SHA256 of the expiry keyed by the token's digest. Stateless: it outlives an agent
+    /// restart, and dies with the token (a new token makes every session invalid).
+    pub fn session(&self, expires_s: u64) -> String {
+        format!("{expires_s}.{}", hex::encode(self.session_mac(expires_s)))
+    }
+
+    /// Whether `value` is a session of [`Self::session`] still valid at `now_s` (and not
+    /// claiming more than [`SESSION_TTL_S`] ahead). The MAC is compared in constant time.
+    pub fn verify_session(&self, value: &str, now_s: u64) -> bool {
+        let Some((expires, mac)) = value.trim().split_once('.') else {
+            return false;
+        };
+        let (Ok(expires_s), Ok(mac)) = (expires.parse::<u64>(), hex::decode(mac)) else {
+            return false;
+        };
+        if expires_s <= now_s || expires_s > now_s.saturating_add(SESSION_TTL_S + 60) {
+            return false;
+        }
+        self.session_mac(expires_s).ct_eq(&mac[..]).into()
+    }
+
+    fn session_mac(&self, expires_s: u64) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.digest).expect("HMAC takes any key length");
+        mac.update(b"mesh-dashboard-session:");
+        mac.update(expires_s.to_string().as_bytes());
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// Whether `presented` is the token. Both sides are hashed first, so the comparison takes
@@ -419,5 +453,33 @@ mod tests {
         let bad = find_token(None, None, &[a]);
         assert!(bad.token.is_none());
         assert!(bad.note.unwrap().contains("does not hold a token"));
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn sessions_hold_until_they_expire_and_only_for_their_token() {
+        let token = generate_token();
+        let v = TokenVerifier::new(&token);
+        let now = 1_800_000_000;
+        let s = v.session(now + SESSION_TTL_S);
+        assert!(v.verify_session(&s, now));
+        assert!(v.verify_session(&s, now + SESSION_TTL_S - 1));
+        assert!(!v.verify_session(&s, now + SESSION_TTL_S), "expired");
+        assert!(
+            !TokenVerifier::new(&generate_token()).verify_session(&s, now),
+            "another token"
+        );
+        let (expiry, mac) = s.split_once('.').unwrap();
+        let later = format!("{}.{mac}", expiry.parse::<u64>().unwrap() + 1);
+        assert!(!v.verify_session(&later, now), "an expiry pushed forward");
+        let far = v.session(now + 10 * SESSION_TTL_S);
+        assert!(!v.verify_session(&far, now), "more than a session ahead");
+        for bad in ["", ".", "x.y", "123", "123.zz", &token] {
+            assert!(!v.verify_session(bad, now), "{bad}");
+        }
     }
 }

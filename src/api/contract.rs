@@ -52,6 +52,15 @@ pub mod routes {
     pub const INVITE: &str = "/v1/invites/{id}";
     pub const JOIN: &str = "/v1/join";
     pub const KEY_ROTATE: &str = "/v1/key/rotate";
+    /// The dashboard (`/`) and its assets.
+    pub const DASHBOARD: &str = "/";
+    pub const DASHBOARD_ASSET: &str = "/ui/{file}";
+    /// Live updates for the dashboard (server-sent events).
+    pub const STREAM: &str = "/v1/stream";
+    /// The charts' samples of the last hour.
+    pub const HISTORY: &str = "/v1/history";
+    /// The browser's login (a cookie standing for the API token).
+    pub const SESSION: &str = "/v1/session";
 
     /// `route` with each `{param}` replaced by its percent-encoded value.
     pub fn path(route: &str, params: &[(&str, &str)]) -> String {
@@ -302,6 +311,8 @@ pub struct EventsQuery {
     pub limit: Option<u32>,
     /// Long poll: wait up to this long for an event past `after`.
     pub wait_ms: Option<u64>,
+    /// Only the events of this service (or node subject), among those read.
+    pub service: Option<String>,
 }
 
 impl EventsQuery {
@@ -316,6 +327,7 @@ impl EventsQuery {
                 ("wait_ms", wait_ms.as_deref()),
                 ("node", self.node.as_deref()),
                 ("cursors", self.cursors.as_deref()),
+                ("service", self.service.as_deref()),
             ],
         )
     }
@@ -665,6 +677,10 @@ pub struct ServiceEntry {
     /// `placed`, `moving` (copies starting or being handed over) or `unplaced`.
     #[serde(default)]
     pub placement: String,
+    /// An anomaly flag of this copy, in words (a measure far above its baseline on the node
+    /// running it; see `mesh events` for the figures); absent when none is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<String>,
 }
 
 /// One ready copy of a service (`GET /v1/services/{name}/endpoints`, `mesh resolve`): where
@@ -783,6 +799,41 @@ pub struct EventEntry {
     pub reason: String,
 }
 
+/// Body of `POST /v1/session`: the API token, typed into the dashboard's login form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub token: String,
+}
+
+/// Answer of `GET`/`POST`/`DELETE /v1/session`: whether this browser holds a valid session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionResponse {
+    pub logged_in: bool,
+    /// Seconds the session lasts, on a login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+}
+
+/// Answer of `GET /v1/history`: this node's samples of the last hour, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub node: String,
+    pub interval_ms: u64,
+    pub samples: Vec<crate::insight::Sample>,
+}
+
+/// The dashboard's picture of the mesh, as this node sees it: the `overview` event of
+/// `GET /v1/stream`, sent at connect and on every change (at most every 500 ms).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    pub status: StatusResponse,
+    pub peers: Vec<PeerEntry>,
+    pub services: Vec<ServiceEntry>,
+    pub ports: Vec<PortEntry>,
+    /// Whether this browser holds a valid session (the buttons that change things need one).
+    pub logged_in: bool,
+}
+
 /// `GET /v1/events[?node=NAME][&after=SEQ][&limit=N][&wait_ms=T]`: a node's audit trail,
 /// oldest first. With `wait_ms`, waits up to that long (at most 30 s) for an event past
 /// `after` (`mesh events -f`).
@@ -864,8 +915,12 @@ mod tests {
             limit: None,
             wait_ms: Some(25_000),
             cursors: None,
+            service: Some("web".into()),
         };
-        assert_eq!(follow.to_path(), "/v1/events?after=7&wait_ms=25000&node=pi");
+        assert_eq!(
+            follow.to_path(),
+            "/v1/events?after=7&wait_ms=25000&node=pi&service=web"
+        );
         let merged: BTreeMap<String, u64> = [("12D3a".to_string(), 4), ("12D3b".to_string(), 9)]
             .into_iter()
             .collect();

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub mod convert;
+pub mod dashboard;
 mod door;
 mod guard;
 mod invites;
@@ -72,6 +73,16 @@ pub fn router(node: NodeHandle) -> Router {
         .route(routes::INVITE, delete(invites::revoke_invite))
         .route(routes::JOIN, post(invites::join))
         .route(routes::KEY_ROTATE, post(rotate_key))
+        .route(routes::DASHBOARD, get(dashboard::index))
+        .route(routes::DASHBOARD_ASSET, get(dashboard::asset))
+        .route(routes::STREAM, get(dashboard::stream))
+        .route(routes::HISTORY, get(dashboard::history))
+        .route(
+            routes::SESSION,
+            get(dashboard::session)
+                .post(dashboard::login)
+                .delete(dashboard::logout),
+        )
         .fallback(not_found)
         .with_state(node)
 }
@@ -86,6 +97,8 @@ pub struct ApiConfig {
     pub limits: ServeLimits,
     /// Where `POST /v1/join` hands a ticket (the daemon); `None`: joins are refused.
     pub join: Option<JoinDoor>,
+    /// The sampler's readers (the dashboard's charts); `None`: no history.
+    pub insight: Option<crate::insight::sampler::InsightHandle>,
 }
 
 impl ApiConfig {
@@ -96,6 +109,7 @@ impl ApiConfig {
             token_file: Some(token_file),
             limits: ServeLimits::default(),
             join: None,
+            insight: None,
         }
     }
 }
@@ -108,6 +122,7 @@ impl Default for ApiConfig {
             token_file: None,
             limits: ServeLimits::default(),
             join: None,
+            insight: None,
         }
     }
 }
@@ -136,8 +151,14 @@ pub async fn serve_with(
         config.token_file,
         config.limits.max_long_polls,
     ));
+    let dashboard = dashboard::DashboardExt {
+        guard: guard.clone(),
+        insight: config.insight,
+        streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_STREAMS)),
+    };
     let app = router(node)
         .layer(axum::Extension(JoinDoorExt(config.join)))
+        .layer(axum::Extension(dashboard))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::middleware::from_fn(guard::json_errors));
     listener::run(listener, app, config.limits, shutdown).await
@@ -204,7 +225,16 @@ async fn get_status(State(node): State<NodeHandle>) -> Response {
 /// This node's metrics: OpenMetrics for a scraper that asks for it, else the classic text
 /// format.
 async fn get_metrics(State(node): State<NodeHandle>, headers: HeaderMap) -> Response {
-    let text = metrics::render(&node.snapshot(), &node.state().snapshot(), Instant::now());
+    let checks = node
+        .supervisor()
+        .map(|s| s.check_times())
+        .unwrap_or_default();
+    let text = metrics::render(
+        &node.snapshot(),
+        &node.state().snapshot(),
+        checks,
+        Instant::now(),
+    );
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());

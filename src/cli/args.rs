@@ -165,6 +165,11 @@ pub struct AgentArgs {
     /// scraper on the LAN (the API's `/metrics` is on loopback only).
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_listen: Option<String>,
+    /// How often, in milliseconds, the agent samples its peers' RTT and its services' CPU,
+    /// memory and health-check latency, for the dashboard's charts and the anomaly baselines
+    /// (100 to 3600000) [default: 15000].
+    #[arg(long, value_name = "MS")]
+    pub sample_interval_ms: Option<u64>,
     /// Serve a circuit relay (libp2p relay v2) for members of this mesh behind NAT; for a
     /// member that others can reach directly (a public address, or a port forward).
     #[arg(long)]
@@ -493,6 +498,9 @@ pub struct EventsArgs {
     /// time order].
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
+    /// Only the events of this service (among the last N read).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
     /// Print JSON: the whole answer, or with --follow one event object per line.
     #[arg(long)]
     pub json: bool,

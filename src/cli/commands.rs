@@ -108,6 +108,13 @@ pub fn agent_options(args: AgentArgs) -> anyhow::Result<AgentOptions> {
         external_addrs: or_file(args.external_addr, file.external_addrs),
         relay_server: args.relay_server || file.relay_server == Some(true),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        sample_interval: match args.sample_interval_ms.or(file.sample_interval_ms) {
+            Some(ms) if !(100..=3_600_000).contains(&ms) => anyhow::bail!(
+                "--sample-interval-ms {ms}: give 100 to 3600000 milliseconds (the default is 15000)"
+            ),
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => crate::insight::sampler::DEFAULT_SAMPLE_INTERVAL,
+        },
         api: args
             .api
             .or(file.api)
@@ -477,6 +484,7 @@ pub fn events(args: EventsArgs) -> Result<(), ClientError> {
     let resp = client.events(&EventsQuery {
         node: args.node.clone(),
         limit: Some(count(args.limit)),
+        service: args.service.clone(),
         ..EventsQuery::default()
     })?;
     note_dropped(&resp, 0);
@@ -521,6 +529,7 @@ pub fn events(args: EventsArgs) -> Result<(), ClientError> {
             let resp = client.events(&EventsQuery {
                 cursors: Some(crate::api::contract::encode_cursors(&cursors)),
                 wait_ms: Some(FOLLOW_EVENTS_WAIT_MS),
+                service: args.service.clone(),
                 ..EventsQuery::default()
             })?;
             cursors.extend(resp.cursors);
@@ -536,6 +545,7 @@ pub fn events(args: EventsArgs) -> Result<(), ClientError> {
             limit: None,
             wait_ms: Some(FOLLOW_EVENTS_WAIT_MS),
             cursors: None,
+            service: args.service.clone(),
         })?;
         // A lower sequence than printed means the node's trail started over (agent restart):
         // take everything it sends from there.

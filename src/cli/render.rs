@@ -292,15 +292,29 @@ pub fn render_services(rows: &[ServiceEntry]) -> String {
                 r.restarts.to_string(),
                 r.uptime_s.map(human_uptime).unwrap_or_else(dash),
                 r.health.clone(),
+                if r.anomaly.is_some() {
+                    "anomaly".to_string()
+                } else {
+                    dash()
+                },
             ]
         })
         .collect();
     let mut out = format_table(
         &[
             "NAME", "COPIES", "NODE", "STATE", "PID", "PORTS", "RESTARTS", "UPTIME", "HEALTH",
+            "FLAG",
         ],
         &table,
     );
+    for r in rows {
+        if let Some(why) = &r.anomaly {
+            out.push_str(&format!(
+                "\n{} on {}: anomaly: {why} (figures: mesh events --service {})\n",
+                r.name, r.node, r.name
+            ));
+        }
+    }
     let mut told = std::collections::BTreeSet::new();
     for r in rows.iter().filter(|r| r.state == "unplaced") {
         if told.insert(&r.name) {
@@ -646,6 +660,7 @@ mod tests {
             exclusive: false,
             epoch: 1,
             placement: "placed".into(),
+            anomaly: None,
         }
     }
 
@@ -669,9 +684,9 @@ mod tests {
         let out = render_services(&[db, web]);
         assert_eq!(
             out,
-            "NAME  COPIES  NODE  STATE    PID   PORTS      RESTARTS  UPTIME  HEALTH\n\
-             db    1/1     pi    failed   -     -          5         -       -\n\
-             web   1/1     pi    healthy  4242  8000,8001  2         5m12s   healthy\n\
+            "NAME  COPIES  NODE  STATE    PID   PORTS      RESTARTS  UPTIME  HEALTH   FLAG\n\
+             db    1/1     pi    failed   -     -          5         -       -        -\n\
+             web   1/1     pi    healthy  4242  8000,8001  2         5m12s   healthy  -\n\
              \n\
              db failed: exited with status 1 (last exit: exit status 1)\n  \
              starting\n  \

@@ -54,6 +54,8 @@ pub struct ConfigFile {
     pub relay_server: Option<bool>,
     /// `--metrics-listen`.
     pub metrics_listen: Option<String>,
+    /// `--sample-interval-ms`.
+    pub sample_interval_ms: Option<u64>,
     /// `--external-addr` (each entry one address).
     #[serde(default)]
     pub external_addrs: Vec<String>,

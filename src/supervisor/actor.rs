@@ -75,7 +75,10 @@ mod publish;
 pub use audit::AuditPage;
 use audit::AuditRing;
 use handle::SupervisorCommand;
-pub use handle::{ListeningReport, LocalRules, PeerAsk, SupervisorHandle, SupervisorHandleError};
+pub use handle::{
+    CHECK_BUCKETS, CheckTimes, ListeningReport, LocalRules, PeerAsk, SupervisorHandle,
+    SupervisorHandleError,
+};
 
 /// Capacity of the channel of process reports (exits, health results). One report per
 /// process exit or probe; the actor drains it continuously.
@@ -147,6 +150,8 @@ enum Report {
         service: String,
         pid: u32,
         outcome: HealthOutcome,
+        /// How long the check took.
+        took: Duration,
     },
 }
 
@@ -170,6 +175,8 @@ pub fn spawn_supervisor(
         dropped: 0,
     }));
     let now = Instant::now();
+    let check_times = Arc::new(Mutex::new(BTreeMap::new()));
+    let anomalies = Arc::new(Mutex::new(BTreeMap::new()));
     let handle = SupervisorHandle {
         rules: Arc::new(LocalRules {
             accept_services: config.accept_services,
@@ -184,6 +191,8 @@ pub fn spawn_supervisor(
         node_id: crate::identity::NodeId::from(config.node_id.as_str()),
         state: state.clone(),
         membership: membership.clone(),
+        check_times: check_times.clone(),
+        anomalies: anomalies.clone(),
     };
     let seed = config
         .node_id
@@ -218,6 +227,8 @@ pub fn spawn_supervisor(
         reports_tx,
         audit,
         seq_tx,
+        check_times,
+        anomalies,
         shutdown,
         config,
     };
@@ -273,6 +284,10 @@ struct SupervisorActor {
     reports_tx: mpsc::Sender<Report>,
     audit: Arc<Mutex<AuditRing>>,
     seq_tx: watch::Sender<u64>,
+    /// Health-check latencies, shared with the handle.
+    check_times: Arc<Mutex<BTreeMap<String, handle::CheckTimes>>>,
+    /// Anomaly flags set through the handle, written on the instance records.
+    anomalies: Arc<Mutex<BTreeMap<String, String>>>,
     shutdown: CancellationToken,
 }
 
@@ -344,7 +359,7 @@ impl SupervisorActor {
                     let snap = doc.borrow().clone();
                     self.on_document(&snap).await;
                 }
-                Some(command) = self.commands.recv() => self.on_command(command),
+                Some(command) = self.commands.recv() => self.on_command(command).await,
                 Some(outcome) = self.confirm.next() => {
                     if self.on_confirmation(outcome) {
                         let snap = doc.borrow().clone();
@@ -357,13 +372,18 @@ impl SupervisorActor {
         self.stop_all().await;
     }
 
-    fn on_command(&mut self, command: SupervisorCommand) {
+    async fn on_command(&mut self, command: SupervisorCommand) {
         match command {
             SupervisorCommand::Statuses { reply } => {
                 let _ = reply.send(self.core.statuses());
             }
             SupervisorCommand::Leases { reply } => {
                 let _ = reply.send(self.leases.clone());
+            }
+            SupervisorCommand::Republish { service } => {
+                if let Some(status) = self.core.status(&service) {
+                    self.publish(vec![status]).await;
+                }
             }
             SupervisorCommand::SetDrained { drained, reply } => {
                 let me = &self.config.node_name;
@@ -409,7 +429,14 @@ impl SupervisorActor {
                 service,
                 pid,
                 outcome,
+                took,
             } => {
+                self.check_times
+                    .lock()
+                    .expect("the check-times lock is never poisoned")
+                    .entry(service.clone())
+                    .or_default()
+                    .observe(took.as_secs_f64());
                 if outcome == HealthOutcome::Passed {
                     // Published before the `healthy` state the check may lead to.
                     self.confirm_health_port_in_use(&service, pid).await;
@@ -592,12 +619,14 @@ impl SupervisorActor {
         let reports = self.reports_tx.clone();
         let probe = self.config.launcher.probe(spec, env, node, pid);
         tokio::spawn(async move {
+            let started = Instant::now();
             let outcome = probe.await;
             let _ = reports
                 .send(Report::Health {
                     service,
                     pid,
                     outcome,
+                    took: started.elapsed(),
                 })
                 .await;
         });

@@ -370,6 +370,7 @@ fn service_row(
         exclusive: spec.is_some_and(|s| s.placement.exclusive),
         epoch: instance.and_then(|(_, i)| i.epoch).unwrap_or(0),
         placement: String::new(),
+        anomaly: instance.and_then(|(_, i)| i.anomaly.clone()),
     }
 }
 

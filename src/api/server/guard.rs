@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use crate::api::auth::{ADMIN_GROUP, TOKEN_FILE, TOKEN_FILE_ENV, TokenVerifier};
+use crate::api::auth::{ADMIN_GROUP, SESSION_TTL_S, TOKEN_FILE, TOKEN_FILE_ENV, TokenVerifier};
 use crate::api::contract::{ApiError, ErrorCode, routes};
 
 /// Largest non-JSON error body [`json_errors`] reads to wrap: axum's rejection texts are one
@@ -65,8 +65,64 @@ impl Guard {
         )
     }
 
-    /// The checks of the module doc, on the method and headers of one request.
+    /// The name of this API's session cookie: with the port, so that two agents on one host
+    /// (cookies do not tell ports apart) do not overwrite each other's login.
+    pub fn cookie_name(&self) -> String {
+        format!("mesh_session_{}", self.own.port())
+    }
+
+    /// The session cookie of a request, if it has one.
+    pub fn session_of<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let name = self.cookie_name();
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the request carries a valid session.
+    pub fn logged_in(&self, headers: &HeaderMap) -> bool {
+        self.session_of(headers)
+            .is_some_and(|s| self.verifier.verify_session(s, unix_now_s()))
+    }
+
+    /// `Set-Cookie` of a login with `token`, or `None` when it is not the token.
+    pub fn login(&self, token: &str) -> Option<String> {
+        if !self.verifier.verify(token) {
+            return None;
+        }
+        let session = self.verifier.session(unix_now_s() + SESSION_TTL_S);
+        Some(format!(
+            "{}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_TTL_S}",
+            self.cookie_name()
+        ))
+    }
+
+    /// `Set-Cookie` that makes the browser forget its session.
+    pub fn logout(&self) -> String {
+        format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+            self.cookie_name()
+        )
+    }
+
+    /// The checks of the module doc, on the method and headers of a request to any path but
+    /// the session's.
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.check_path(method, "", headers)
+    }
+
+    /// The checks of the module doc, on the method, path and headers of one request.
+    pub fn check_path(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
         let forbidden = |message: String| ApiError::new(ErrorCode::Forbidden, message);
         let port = self.own.port();
         let host = headers.get(HOST).and_then(|h| h.to_str().ok());
@@ -115,6 +171,10 @@ impl Guard {
                 ),
             ));
         }
+        if path == routes::SESSION {
+            // Logging in or out: the handler checks the token in the body.
+            return Ok(());
+        }
         let file = self.token_file();
         let how = format!(
             "run the command as root or as a member of the `{ADMIN_GROUP}` group, who can \
@@ -122,6 +182,27 @@ impl Guard {
              --token-file / {TOKEN_FILE_ENV}). Reads (GET) need no token."
         );
         let Some(auth) = headers.get(AUTHORIZATION) else {
+            if let Some(session) = self.session_of(headers) {
+                // A browser. Its own page sends an `Origin` with every change (checked above);
+                // without one, the cookie is not taken as a credential.
+                if headers.get(ORIGIN).is_none() {
+                    return Err(forbidden(
+                        "a dashboard session is accepted only from the dashboard's own page \
+                         (the request had no Origin header)"
+                            .to_string(),
+                    ));
+                }
+                if self.verifier.verify_session(session, unix_now_s()) {
+                    return Ok(());
+                }
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "the dashboard session has expired or the API token changed: log in \
+                         again with the token ({file})"
+                    ),
+                ));
+            }
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
                 format!("changing the agent needs its API token: {how}"),
@@ -141,6 +222,13 @@ impl Guard {
             ))),
         }
     }
+}
+
+/// Seconds since the Unix epoch, for session expiry.
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether `Host` names this API: `localhost`, `127.0.0.1`, `[::1]` or the bound IP, with no
@@ -238,7 +326,9 @@ pub fn is_long_poll(uri: &Uri) -> bool {
 
 /// Middleware: [`Guard::check`], then a long-poll slot for long polls.
 pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    if let Err(refusal) = guard.check(request.method(), request.headers()) {
+    if let Err(refusal) =
+        guard.check_path(request.method(), request.uri().path(), request.headers())
+    {
         return refusal.into_response();
     }
     let _slot = if is_long_poll(request.uri()) {
@@ -465,6 +555,61 @@ mod tests {
             ),
             None,
             "same origin is fine"
+        );
+        // A browser's session: only from this API's own page.
+        let cookie = guard.login(&token).unwrap();
+        let session = cookie.split(';').next().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        assert!(guard.login("nope").is_none());
+        let origin = ("origin", "http://127.0.0.1:7401");
+        assert_eq!(
+            status(Method::POST, &[host, json, origin, ("cookie", &session)]),
+            None
+        );
+        assert_eq!(
+            status(Method::POST, &[host, json, ("cookie", &session)]),
+            Some(403),
+            "no Origin"
+        );
+        assert_eq!(
+            status(
+                Method::POST,
+                &[
+                    host,
+                    json,
+                    ("origin", "http://evil.example"),
+                    ("cookie", &session)
+                ]
+            ),
+            Some(403)
+        );
+        assert_eq!(
+            status(
+                Method::POST,
+                &[host, json, origin, ("cookie", "mesh_session_7401=1.00")]
+            ),
+            Some(401)
+        );
+        assert!(guard.logged_in(&headers(&[("cookie", &format!("a=b; {session}"))])));
+        assert!(!guard.logged_in(&headers(&[("cookie", "mesh_session_7402=x")])));
+        // Logging in needs no token header (the body has it), but the other checks hold.
+        assert_eq!(
+            guard
+                .check_path(&Method::POST, routes::SESSION, &headers(&[host, json]))
+                .err()
+                .map(|e| e.status()),
+            None
+        );
+        assert_eq!(
+            guard
+                .check_path(
+                    &Method::POST,
+                    routes::SESSION,
+                    &headers(&[host, json, ("origin", "http://evil.example")])
+                )
+                .err()
+                .map(|e| e.status()),
+            Some(403)
         );
         let unauthorized = guard
             .check(&Method::POST, &headers(&[host, json]))

@@ -10,7 +10,12 @@
 //! node's view (its peers, its instances, its leases), so scraping every agent sums right.
 //! Spec: `protocol/control-api.md` (metrics).
 
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,8 +23,10 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
 use crate::identity::NodeId;
+use crate::insight::sampler::process_usage;
 use crate::node::NodeSnapshot;
 use crate::state::actor::StateSnapshot;
+use crate::supervisor::actor::{CHECK_BUCKETS, CheckTimes};
 
 /// The content type of an OpenMetrics answer (what `encode` writes, with its `# EOF`), for
 /// scrapers that ask for it (Prometheus does, in its `Accept` header).
@@ -112,36 +119,47 @@ fn label(k: &'static str, v: impl Into<String>) -> Labels {
     vec![(k, v.into())]
 }
 
-/// CPU seconds (user + system) and resident bytes of process `pid`, from `/proc`.
-pub fn process_usage(pid: i64) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces and parentheses): the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the command.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|t| *t > 0)
-        .unwrap_or(100) as f64;
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .filter(|p| *p > 0)
-        .unwrap_or(4096) as u64;
-    Some((ticks as f64 / per_second, pages * page))
-}
-
 /// Open file descriptors of this process.
 fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
 }
 
 /// This node's metrics, as the text a scrape gets.
-pub fn render(node: &NodeSnapshot, state: &StateSnapshot, now: tokio::time::Instant) -> String {
+/// Health-check latencies of this node's services, as one histogram family (a collector: the
+/// supervisor keeps cumulative buckets, which the stock histogram cannot be set from).
+#[derive(Debug)]
+struct CheckDurations(BTreeMap<String, CheckTimes>);
+
+impl Collector for CheckDurations {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "service_health_check_duration",
+            "How long each service's health checks took on this node",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (service, t) in &self.0 {
+            let labels = [("service", service.as_str())];
+            let buckets: Vec<(f64, u64)> = CHECK_BUCKETS
+                .iter()
+                .copied()
+                .zip(t.buckets.iter().copied())
+                .chain(std::iter::once((f64::INFINITY, t.count)))
+                .collect();
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(t.sum_seconds, t.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn render(
+    node: &NodeSnapshot,
+    state: &StateSnapshot,
+    checks: BTreeMap<String, CheckTimes>,
+    now: tokio::time::Instant,
+) -> String {
     let mut r = Registry::with_prefix("mesh");
     let s = &node.stats;
     let local = NodeId::from(node.local.peer_id);
@@ -300,6 +318,7 @@ pub fn render(node: &NodeSnapshot, state: &StateSnapshot, now: tokio::time::Inst
         Unit::Seconds,
         cpu.clone(),
     );
+    r.register_collector(Box::new(CheckDurations(checks)));
     let rss = gauge_family_f64(
         &mut r,
         "service_resident_memory",

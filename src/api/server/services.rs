@@ -537,6 +537,9 @@ async fn merged_events(node: &NodeHandle, q: &EventsQuery) -> Response {
             reason: e.reason,
         }));
     }
+    if let Some(service) = q.service.as_deref().filter(|s| !s.is_empty()) {
+        events.retain(|e| e.service == service);
+    }
     events.sort_by(|a, b| (a.at_ms, &a.node, a.seq).cmp(&(b.at_ms, &b.node, b.seq)));
     // A first listing shows the newest `limit` of all; a follow-up shows all it got.
     if given.is_none() {
@@ -578,6 +581,11 @@ pub async fn list_events(State(node): State<NodeHandle>, Query(q): Query<EventsQ
         }) => Json(EventsResponse {
             events: events
                 .into_iter()
+                .filter(|e| {
+                    q.service
+                        .as_deref()
+                        .is_none_or(|s| s.is_empty() || e.service == s)
+                })
                 .map(|e| EventEntry {
                     seq: e.seq,
                     at_ms: e.at_ms,

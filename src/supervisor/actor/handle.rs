@@ -51,6 +51,38 @@ pub(super) enum SupervisorCommand {
         drained: bool,
         reply: oneshot::Sender<Result<bool, SupervisorHandleError>>,
     },
+    /// A service's anomaly flag changed (in [`SupervisorHandle::anomalies`]): write its
+    /// instance record again.
+    Republish {
+        service: String,
+    },
+}
+
+/// Upper bounds (seconds) of the health-check latency buckets: the Prometheus defaults from
+/// 5 ms to 10 s, which span a local TCP connect to a check at its timeout.
+pub const CHECK_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How long one service's health checks took on this node, since the agent started.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckTimes {
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// Checks at or under each bound of [`CHECK_BUCKETS`] (cumulative, as Prometheus counts).
+    pub buckets: [u64; CHECK_BUCKETS.len()],
+}
+
+impl CheckTimes {
+    pub fn observe(&mut self, seconds: f64) {
+        self.count += 1;
+        self.sum_seconds += seconds;
+        for (bound, n) in CHECK_BUCKETS.iter().zip(self.buckets.iter_mut()) {
+            if seconds <= *bound {
+                *n += 1;
+            }
+        }
+    }
 }
 
 /// What the API checks at add time for a service placed on this node: the same rules the
@@ -114,6 +146,10 @@ pub struct SupervisorHandle {
     pub(super) node_id: crate::identity::NodeId,
     pub(super) state: crate::state::actor::StateHandle,
     pub(super) membership: watch::Receiver<crate::placement::MembershipSnapshot>,
+    /// Health-check latencies by service (the actor records, readers copy).
+    pub(super) check_times: Arc<Mutex<BTreeMap<String, CheckTimes>>>,
+    /// Anomaly flags up, by service (`crate::insight`): published on the instance records.
+    pub(super) anomalies: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl SupervisorHandle {
@@ -126,6 +162,38 @@ impl SupervisorHandle {
             .expect("the audit lock is never poisoned")
             .push(subject, kind, reason);
         self.audit_seq_tx.send_replace(seq);
+    }
+
+    /// Health-check latencies of this node's services so far.
+    pub fn check_times(&self) -> BTreeMap<String, CheckTimes> {
+        self.check_times
+            .lock()
+            .expect("the check-times lock is never poisoned")
+            .clone()
+    }
+
+    /// Raises (`Some(summary)`) or clears (`None`) a service's anomaly flag; the instance
+    /// record shows it once the actor has written it again.
+    pub async fn set_anomaly(&self, service: &str, flag: Option<String>) {
+        {
+            let mut map = self
+                .anomalies
+                .lock()
+                .expect("the anomalies lock is never poisoned");
+            let changed = match &flag {
+                Some(f) => map.insert(service.to_string(), f.clone()).as_ref() != Some(f),
+                None => map.remove(service).is_some(),
+            };
+            if !changed {
+                return;
+            }
+        }
+        let _ = self
+            .commands
+            .send(SupervisorCommand::Republish {
+                service: service.to_string(),
+            })
+            .await;
     }
 
     /// The rules this node applies to services placed on it.

@@ -72,6 +72,12 @@ impl SupervisorActor {
                         health_check,
                         epoch: claimed.map(|(epoch, _)| epoch),
                         generation: claimed.map(|(_, generation)| generation),
+                        anomaly: self
+                            .anomalies
+                            .lock()
+                            .expect("the anomalies lock is never poisoned")
+                            .get(&status.service)
+                            .cloned(),
                     }),
                 });
             }
