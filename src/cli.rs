@@ -34,6 +34,7 @@ pub mod args;
 mod commands;
 mod invite;
 pub mod render;
+mod top;
 
 pub use args::*;
 
@@ -73,6 +74,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Key(KeyCommand::Generate) => commands::key_generate(),
         Command::Key(KeyCommand::Rotate(args)) => commands::key_rotate(args),
         Command::Api(args) => commands::api(args),
+        Command::Dashboard(args) => commands::dashboard(args),
+        Command::Top(args) => top::run(args.client.connect()),
     };
     match result {
         Ok(()) | Err(ClientError::OutputClosed) => 0,

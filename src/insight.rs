@@ -16,11 +16,11 @@
 //! the default 15 s). After [`WARM_UP_SAMPLES`] samples, a value above
 //! `mean + FLAG_SIGMAS × spread` raises a flag, where the spread is the larger of the standard
 //! deviation and a floor per measure ([`Measure::floor`]: a relative part of the mean and an
-//! absolute minimum, so a service that never varies is not flagged for a one-byte change). The
-//! flag clears when the value comes back under `mean + CLEAR_SIGMAS × spread`. Only high values
-//! are flagged: a service using less than usual is not a problem. While flagged, values feed
-//! the baseline at a tenth of the weight, so a lasting new level becomes the normal one within
-//! a few hours instead of staying flagged forever.
+//! absolute minimum, so a service that never varies is not flagged for a one-byte change),
+//! for [`FLAG_AFTER`] samples in a row (one odd sample is not an anomaly). The flag clears when the value comes back under `mean + CLEAR_SIGMAS × spread`. Only high values
+//! are flagged: a service using less than usual is not a problem. While flagged, values move
+//! the mean at a tenth of the weight and leave the spread alone, so a lasting new level becomes
+//! the normal one within a few hours instead of staying flagged forever.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -35,10 +35,16 @@ pub const BASELINE_SAMPLES: f64 = 120.0;
 pub const WARM_UP_SAMPLES: u32 = 20;
 /// How far above the mean, in spreads, a value raises a flag.
 pub const FLAG_SIGMAS: f64 = 4.0;
+/// Consecutive samples that far above before a flag goes up: one odd sample (a CPU burst while
+/// a cache fills, a slow check during a backup) is not an anomaly; 45 s of it at the default
+/// interval is.
+pub const FLAG_AFTER: u32 = 3;
 /// Under how many spreads above the mean a flagged value clears (hysteresis: a value hovering
 /// at the threshold does not flap).
 pub const CLEAR_SIGMAS: f64 = 2.0;
-/// Weight of a flagged value relative to a normal one.
+/// Weight of a flagged value in the mean, relative to a normal one: a lasting new level
+/// becomes the baseline in a few hours at the default interval (the mean closes 1/e of the gap
+/// every 605 samples, 2.5 h).
 const FLAGGED_WEIGHT: f64 = 0.1;
 /// Services with a baseline kept (the least recently seen go first): bounds memory and the
 /// baselines file.
@@ -117,6 +123,9 @@ pub struct Baseline {
     pub variance: f64,
     /// Whether the last value was judged far outside (a flag is up).
     pub flagged: bool,
+    /// Consecutive values far above so far (a flag goes up at [`FLAG_AFTER`]).
+    #[serde(default)]
+    pub high_run: u32,
 }
 
 impl Baseline {
@@ -125,15 +134,20 @@ impl Baseline {
         self.variance.max(0.0).sqrt().max(measure.floor(self.mean))
     }
 
-    fn fold(&mut self, value: f64, weight: f64) {
+    /// Folds `value` in; an outlier (`normal` false) moves the mean at a tenth of the weight
+    /// and leaves the spread alone, so a flag is not talked away by its own values.
+    fn fold(&mut self, value: f64, normal: bool) {
         if self.samples == 0 {
             self.mean = value;
             self.variance = 0.0;
-        } else {
-            let alpha = weight * 2.0 / (BASELINE_SAMPLES + 1.0);
+        } else if normal {
+            let alpha = 2.0 / (BASELINE_SAMPLES + 1.0);
             let delta = value - self.mean;
             self.mean += alpha * delta;
             self.variance = (1.0 - alpha) * (self.variance + alpha * delta * delta);
+        } else {
+            let alpha = FLAGGED_WEIGHT * 2.0 / (BASELINE_SAMPLES + 1.0);
+            self.mean += alpha * (value - self.mean);
         }
         self.samples = self.samples.saturating_add(1);
     }
@@ -245,15 +259,20 @@ impl Baselines {
                 spread,
                 raised,
             };
-            if high && !b.flagged {
+            b.high_run = if high {
+                b.high_run.saturating_add(1)
+            } else {
+                0
+            };
+            if high && !b.flagged && b.high_run >= FLAG_AFTER {
                 out.push(report(true));
                 b.flagged = true;
             } else if b.flagged && low {
                 out.push(report(false));
                 b.flagged = false;
             }
-            let weight = if b.flagged { FLAGGED_WEIGHT } else { 1.0 };
-            b.fold(value, weight);
+            // Values far above (flagged, or on their way to it) barely move the baseline.
+            b.fold(value, !(b.flagged || high));
         }
         out
     }
@@ -477,7 +496,7 @@ mod tests {
         assert!((a.mean / MIB - 40.0).abs() < 2.0, "{a:?}");
         let text = a.reason();
         assert!(
-            text.starts_with("memory is 39") && text.contains("far above its baseline of 39"),
+            text.starts_with("memory is 39") && text.contains("far above its baseline of 4"),
             "{text}"
         );
         assert!(b.flag("db").unwrap().contains("memory"));
@@ -497,6 +516,28 @@ mod tests {
             b.observe(s, "x", memory(10.0 * MIB));
         }
         assert!(b.observe(100, "x", memory(900.0 * MIB)).is_empty());
+    }
+
+    #[test]
+    fn a_single_odd_sample_is_not_an_anomaly_but_a_lasting_one_is() {
+        let mut b = Baselines::default();
+        let cpu = |v| Readings {
+            cpu: Some(v),
+            ..Readings::default()
+        };
+        for s in 0..40 {
+            assert!(b.observe(s, "x", cpu(0.02)).is_empty());
+        }
+        for s in 40..40 + i64::from(FLAG_AFTER) - 1 {
+            assert!(b.observe(s, "x", cpu(1.0)).is_empty(), "a burst");
+        }
+        assert!(b.observe(50, "x", cpu(0.02)).is_empty());
+        let mut raised = Vec::new();
+        for s in 60..70 {
+            raised.extend(b.observe(s, "x", cpu(1.0)));
+        }
+        assert_eq!(raised.len(), 1);
+        assert!((raised[0].mean - 0.02).abs() < 0.01, "{:?}", raised[0]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod webdriver;
 use std::net::TcpListener;
 use std::time::Instant;
 
-use agent::{Agent, key_file, ok, wait_until};
+use agent::{Agent, key_file, wait_until};
 use serde_json::{Value, json};
 use webdriver::Browser;
 
@@ -48,20 +48,9 @@ fn the_dashboard_shows_the_mesh_live_and_changes_it_only_after_login() {
     let api = format!("127.0.0.1:{}", free_port());
     let n3_args = ["--sample-interval-ms", "500", "--api", api.as_str()];
     let mut n3 = Agent::start_with(dir.path(), "n3", &key, &peer, &n3_args);
-    wait_until("n1 to know n2 and n3 by name", || {
-        let alive = n1
-            .peers()
-            .into_iter()
-            .filter(|p| p["state"] == "alive" && p["name"].is_string())
-            .count();
-        (alive == 3).then_some(())
-    });
-    ok(n1.cli(&[
-        "service", "add", "crashy", "--node", "n2", "--", "sleep", "100000",
-    ]));
-    ok(n1.cli(&[
-        "service",
-        "add",
+    n1.wait_members(3);
+    n1.add_service(&["crashy", "--node", "n2", "--", "sleep", "100000"]);
+    n1.add_service(&[
         "web",
         "--node",
         "n3",
@@ -76,7 +65,7 @@ fn the_dashboard_shows_the_mesh_live_and_changes_it_only_after_login() {
         "--bind",
         "127.0.0.1",
         "$PORT",
-    ]));
+    ]);
     n1.wait_service_state("crashy", "healthy");
     n1.wait_service_state("web", "healthy");
 

@@ -68,6 +68,26 @@ pub enum Command {
     Key(KeyCommand),
     /// Raw API request, e.g. `mesh api GET /v1/status`.
     Api(ApiArgs),
+    /// Print the web dashboard's address (and open it in a browser when there is one).
+    Dashboard(DashboardArgs),
+    /// The overview live in this terminal: nodes, services, events; keys to switch views and
+    /// to start, stop or restart a service.
+    Top(TopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only print the address, even with a desktop session.
+    #[arg(long)]
+    pub no_open: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Args, Debug)]

@@ -6,9 +6,9 @@
 //! code. Output goes through `out!` (ends quietly on a closed stdout) and `note!` (stderr).
 
 use super::args::{
-    AgentArgs, ApiArgs, DrainArgs, EventsArgs, KeyRotateArgs, LogFormatArg, LogsArgs, PeersArgs,
-    PortsArgs, RemoveArgs, ResolveArgs, ServiceAddArgs, ServiceArgs, ServiceCommand, ServicesArgs,
-    StatusArgs, TagArgs, TagCommand,
+    AgentArgs, ApiArgs, DashboardArgs, DrainArgs, EventsArgs, KeyRotateArgs, LogFormatArg,
+    LogsArgs, PeersArgs, PortsArgs, RemoveArgs, ResolveArgs, ServiceAddArgs, ServiceArgs,
+    ServiceCommand, ServicesArgs, StatusArgs, TagArgs, TagCommand,
 };
 use super::render::{
     EVENT_HEADER, event_line, event_row, event_widths, render_events, render_listening,
@@ -608,6 +608,43 @@ pub fn api(args: ApiArgs) -> Result<(), ClientError> {
             message: "see the body above".into(),
         })
     }
+}
+
+/// `mesh dashboard`: the dashboard's address, checked against the running agent; opened with
+/// `xdg-open` when a desktop session is there to show it.
+pub fn dashboard(args: DashboardArgs) -> Result<(), ClientError> {
+    let client = args.client.connect();
+    let status = client.status()?;
+    let url = format!("{}/", client.base().trim_end_matches('/'));
+    out!("{url}");
+    let loopback =
+        url.contains("://127.") || url.contains("://localhost") || url.contains("://[::1]");
+    if loopback {
+        note!(
+            "the dashboard of {} listens on this machine only; from another device: \
+             ssh -L 7401:{} {}  then open http://127.0.0.1:7401/",
+            status.name,
+            url.trim_start_matches("http://").trim_end_matches('/'),
+            status.name
+        );
+    }
+    note!(
+        "reading needs nothing; the buttons ask for the API token (`sudo cat DATA_DIR/api.token`)"
+    );
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if desktop && !args.no_open {
+        match std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(_) => note!("opening it in your browser"),
+            Err(e) => note!("cannot open a browser (xdg-open: {e}); open the address above"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -223,6 +223,38 @@ impl Agent {
         self.json(&["peers"]).as_array().unwrap().clone()
     }
 
+    /// `mesh service add ARGS`, retried while the node it names is not yet in this agent's
+    /// document (membership can know a member by name a moment before its record syncs).
+    pub fn add_service(&self, args: &[&str]) {
+        let mut all = vec!["service", "add"];
+        all.extend(args);
+        wait_until(&format!("mesh {all:?}"), || {
+            let out = self.cli(&all);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                out.status.success() || err.contains("no node named"),
+                "mesh {all:?}: {err}"
+            );
+            out.status.success().then_some(())
+        });
+    }
+
+    /// Waits until this agent sees `count` alive members (itself included) known by name: a
+    /// service can then be placed on any of them by name.
+    pub fn wait_members(&self, count: usize) {
+        wait_until(
+            &format!("{} to know {count} members by name", self.name),
+            || {
+                let alive = self
+                    .peers()
+                    .into_iter()
+                    .filter(|p| p["state"] == "alive" && p["name"].is_string())
+                    .count();
+                (alive == count).then_some(())
+            },
+        );
+    }
+
     pub fn state_of(&self, id: &str) -> Option<String> {
         self.peers()
             .into_iter()
