@@ -208,6 +208,10 @@ struct Connection {
 
 struct NodeActor {
     swarm: Swarm<MeshBehaviour>,
+    /// The swarm's own metrics (libp2p-metrics: connections, their durations and errors by
+    /// protocol stack, relay and hole-punch events), recorded from every event; their registry
+    /// is in the handle, for `/metrics`.
+    swarm_metrics: libp2p::metrics::Metrics,
     admission: Admission,
     membership: Membership,
     local_peer: PeerId,
@@ -430,7 +434,11 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     });
     let (query_answers_tx, query_answers) = mpsc::channel(MAX_PENDING_QUERIES);
     let (join_answers_tx, join_answers) = mpsc::channel(MAX_PENDING_JOINS);
+    let mut swarm_registry = prometheus_client::registry::Registry::default();
+    let swarm_metrics = libp2p::metrics::Metrics::new(&mut swarm_registry);
+    let swarm_registry = Arc::new(swarm_registry);
     let mut actor = NodeActor {
+        swarm_metrics,
         swarm,
         admission,
         membership: Membership::new(local_peer, bump, &config.membership, rand::random()),
@@ -514,6 +522,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         commands_tx,
         invites,
         children,
+        swarm_registry,
     ))
 }
 
@@ -712,6 +721,19 @@ impl NodeActor {
     }
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        {
+            use libp2p::metrics::Recorder;
+            self.swarm_metrics.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(MeshBehaviourEvent::Relay(ev)) => {
+                    self.swarm_metrics.record(ev)
+                }
+                SwarmEvent::Behaviour(MeshBehaviourEvent::Dcutr(ev)) => {
+                    self.swarm_metrics.record(ev)
+                }
+                _ => {}
+            }
+        }
         let now = Instant::now();
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {

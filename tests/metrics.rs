@@ -32,6 +32,8 @@ const FAMILIES: &[&str] = &[
     "mesh_service_resident_memory_bytes",
     "mesh_service_health_check_duration_seconds_bucket",
     "mesh_service_health_check_passing",
+    "libp2p_swarm_connections_established_total",
+    "libp2p_swarm_connections_establishment_duration_bucket",
     "mesh_port_leases",
     "mesh_uptime_seconds",
     "process_cpu_seconds_total",

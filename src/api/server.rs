@@ -233,6 +233,7 @@ async fn get_metrics(State(node): State<NodeHandle>, headers: HeaderMap) -> Resp
         &node.snapshot(),
         &node.state().snapshot(),
         checks,
+        Some(node.swarm_registry()),
         Instant::now(),
     );
     let accept = headers

@@ -50,6 +50,8 @@ pub struct NodeHandle {
     /// The running actors; taken by the first [`NodeHandle::shutdown`] or
     /// [`NodeHandle::abort`].
     children: Arc<std::sync::Mutex<Option<Children>>>,
+    /// The swarm's metrics (libp2p-metrics), updated by the node actor.
+    swarm_registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl NodeHandle {
@@ -61,6 +63,7 @@ impl NodeHandle {
         commands: mpsc::Sender<NodeCommand>,
         invites: crate::invite::SharedInvites,
         children: Children,
+        swarm_registry: Arc<prometheus_client::registry::Registry>,
     ) -> Self {
         Self {
             snapshot,
@@ -70,6 +73,7 @@ impl NodeHandle {
             commands,
             invites,
             children: Arc::new(std::sync::Mutex::new(Some(children))),
+            swarm_registry,
         }
     }
 
@@ -149,6 +153,11 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The swarm's own metrics (`libp2p_*` families), for `/metrics`.
+    pub fn swarm_registry(&self) -> &prometheus_client::registry::Registry {
+        &self.swarm_registry
     }
 
     pub fn peer_id(&self) -> PeerId {

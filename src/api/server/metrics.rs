@@ -158,6 +158,7 @@ pub fn render(
     node: &NodeSnapshot,
     state: &StateSnapshot,
     checks: BTreeMap<String, CheckTimes>,
+    swarm: Option<&Registry>,
     now: tokio::time::Instant,
 ) -> String {
     let mut r = Registry::with_prefix("mesh");
@@ -422,6 +423,15 @@ pub fn render(
         );
     }
     let mut own_text = String::new();
+    // The swarm's own families (`libp2p_*`, libp2p-metrics), before the process's.
+    if let Some(swarm) = swarm {
+        let mut swarm_text = String::new();
+        if encode(&mut swarm_text, swarm).is_ok()
+            && let Some(stripped) = swarm_text.strip_suffix("# EOF\n")
+        {
+            own_text.push_str(stripped);
+        }
+    }
     if encode(&mut own_text, &own).is_ok() {
         // One exposition: the first `# EOF` goes, the second ends it.
         if let Some(stripped) = text.strip_suffix("# EOF\n") {
