@@ -76,6 +76,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Api(args) => commands::api(args),
         Command::Dashboard(args) => commands::dashboard(args),
         Command::Top(args) => top::run(args.client.connect()),
+        Command::Sim(args) => commands::sim(args),
     };
     match result {
         Ok(()) | Err(ClientError::OutputClosed) => 0,

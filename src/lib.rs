@@ -26,6 +26,7 @@
 //! | [`placement`] | which nodes own each service's copies, from the document and the membership view; what this node runs, hands over or waits for (sans-IO) |
 //! | [`ports`] | port pools, leases, allocation (sans-IO); `ports::scan`: the listening-socket scan and bind test |
 //! | [`insight`] | what this node remembers of its recent past: the history ring behind the dashboard's charts and the anomaly baselines (sans-IO); `insight::sampler` reads `/proc`, the snapshots and the supervisor every interval and feeds them |
+//! | [`sim`] | `mesh sim`: whole meshes of the agent's cores under a simulated clock and network, deterministic; scenarios, invariants, reports |
 //! | [`hardware`] | sysinfo probe, device class, capability score, profile |
 //! | [`wire`] | every protocol message and the types it carries (auth, membership, sync, query), the name rule |
 //! | [`identity`] | the persistent Ed25519 node key, node id; `NodeId` and `NodeName` |
@@ -52,7 +53,7 @@
 //! | 1 | `admission`, `invite`, `membership`, `sync`, `ports`, `state`, `supervisor`, `services`, `placement`, `insight` | the cores (sans-IO), the services domain over them (pure), and their non-actor I/O edges (`ports::scan`, `supervisor::launcher`, `state::file`) |
 //! | 2 | `discovery`, `transport` | the network edges |
 //! | 3 | `state::actor`, `supervisor::actor`, `supervisor::query`, `join` | the actors over the cores, and what answers from them; the joiner's exchange over the transport |
-//! | 4 | `node`, `insight::sampler` | wires everything into one running node; the sampler reads a running node |
+//! | 4 | `node`, `insight::sampler`, `sim` | wires everything into one running node; the sampler reads a running node; the simulator wires the cores over a simulated network |
 //! | 5 | `api` | the local control API over a node |
 //! | 6 | `daemon` | the agent process: runs a node and its API |
 //! | 7 | `cli` | the `mesh` command: a client of the API, or the daemon |
@@ -72,6 +73,7 @@ pub mod node;
 pub mod placement;
 pub mod ports;
 pub mod services;
+pub mod sim;
 pub mod state;
 pub mod supervisor;
 pub mod sync;

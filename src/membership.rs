@@ -235,7 +235,9 @@ pub struct Membership {
     /// renews our identity or runs out of active members it talks to no one by itself; these
     /// are re-announced to, so two nodes that each declared the other dead during a partition
     /// meet again as soon as they reconnect.
-    connected: HashMap<PeerId, u64>,
+    /// Ordered, so that re-announcements go out in the same order in every run (the
+    /// simulator's determinism, `crate::sim`).
+    connected: BTreeMap<PeerId, u64>,
     /// Guards [`Membership::reannounce`] against re-entering itself through `apply`.
     reannouncing: bool,
     /// Set when any peer's state changed since the last [`Membership::take_changed`].
@@ -263,7 +265,7 @@ impl Membership {
             peers: BTreeMap::new(),
             leaving: HashSet::new(),
             stats: MembershipStats::default(),
-            connected: HashMap::new(),
+            connected: BTreeMap::new(),
             reannouncing: false,
             changed: false,
             left: false,

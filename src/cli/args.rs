@@ -73,6 +73,29 @@ pub enum Command {
     /// The overview live in this terminal: nodes, services, events; keys to switch views and
     /// to start, stop or restart a service.
     Top(TopArgs),
+    /// Simulate a whole mesh (the agent's own cores, a simulated clock and network) and report
+    /// what it did: `mesh sim simulations/scenarios/crash-partition-heal.toml --out DIR`.
+    Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// The scenario (TOML; the format is in simulations/README.md).
+    #[arg(required_unless_present = "compare")]
+    pub scenario: Option<PathBuf>,
+    /// Seed of every random choice [default: the scenario's `seed`, else 1]; the same seed
+    /// gives the same report.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write report.json, perf.json, summary.md and detection-cdf.svg here.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare two reports (report.json of two runs) instead of running.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["scenario", "seed", "out"])]
+    pub compare: Option<Vec<PathBuf>>,
 }
 
 #[derive(Args, Debug)]

@@ -8,7 +8,7 @@
 use super::args::{
     AgentArgs, ApiArgs, DashboardArgs, DrainArgs, EventsArgs, KeyRotateArgs, LogFormatArg,
     LogsArgs, PeersArgs, PortsArgs, RemoveArgs, ResolveArgs, ServiceAddArgs, ServiceArgs,
-    ServiceCommand, ServicesArgs, StatusArgs, TagArgs, TagCommand,
+    ServiceCommand, ServicesArgs, SimArgs, StatusArgs, TagArgs, TagCommand,
 };
 use super::render::{
     EVENT_HEADER, event_line, event_row, event_widths, render_events, render_listening,
@@ -643,6 +643,81 @@ pub fn dashboard(args: DashboardArgs) -> Result<(), ClientError> {
             Ok(_) => note!("opening it in your browser"),
             Err(e) => note!("cannot open a browser (xdg-open: {e}); open the address above"),
         }
+    }
+    Ok(())
+}
+
+/// Largest scenario or report file `mesh sim` reads.
+const MAX_SIM_FILE: u64 = 16 * 1024 * 1024;
+
+fn read_bounded(path: &std::path::Path) -> Result<String, ClientError> {
+    use std::io::Read;
+    let fail = |message: String| ClientError::Usage(format!("mesh sim: {message}"));
+    let file = std::fs::File::open(path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+    let mut text = String::new();
+    file.take(MAX_SIM_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+/// `mesh sim SCENARIO [--seed N] [--out DIR]`, or `mesh sim --compare A B`.
+pub fn sim(args: SimArgs) -> Result<(), ClientError> {
+    use crate::sim::{Report, Scenario, Simulation};
+    let fail = |message: String| ClientError::Usage(format!("mesh sim: {message}"));
+    if let Some(pair) = &args.compare {
+        let load = |p: &std::path::PathBuf| -> Result<Report, ClientError> {
+            serde_json::from_str(&read_bounded(p)?)
+                .map_err(|e| fail(format!("{} is not a mesh sim report: {e}", p.display())))
+        };
+        let (a, b) = (load(&pair[0])?, load(&pair[1])?);
+        out!("{}", crate::sim::report::compare(&a, &b));
+        return Ok(());
+    }
+    let path = args.scenario.as_ref().expect("clap requires a scenario");
+    let scenario = Scenario::parse(&read_bounded(path)?)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    note!(
+        "simulating {} ({} nodes, {:.0} s)...",
+        scenario.name,
+        scenario.nodes,
+        scenario.duration.as_secs_f64()
+    );
+    let (report, perf) = Simulation::new(scenario, args.seed).run();
+    note!(
+        "done in {:.1} s of wall time ({} events)",
+        perf.wall_s,
+        perf.events
+    );
+    if let Some(dir) = &args.out {
+        let write = |name: &str, text: String| -> Result<(), ClientError> {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(dir.join(name), text))
+                .map_err(|e| fail(format!("cannot write {}: {e}", dir.join(name).display())))
+        };
+        write("report.json", report.to_json())?;
+        write(
+            "perf.json",
+            serde_json::to_string_pretty(&perf).expect("perf serializes") + "\n",
+        )?;
+        write("summary.md", report.summary(Some(&perf)))?;
+        write("detection-cdf.svg", report.detection_svg())?;
+        note!(
+            "wrote {}/{{report.json,perf.json,summary.md,detection-cdf.svg}}",
+            dir.display()
+        );
+    }
+    if args.json {
+        out!("{}", report.to_json().trim_end());
+    } else {
+        out!("{}", report.summary(Some(&perf)).trim_end());
+    }
+    if report.violations_total > 0 {
+        return Err(fail(format!(
+            "{} invariant violations (see above; replay with --seed {})",
+            report.violations_total, report.seed
+        )));
     }
     Ok(())
 }

@@ -280,10 +280,7 @@ fn draw(lines: &[String]) -> std::io::Result<()> {
 
 /// Runs `mesh top` against `client` until `q`.
 pub fn run(client: ApiClient) -> Result<(), ClientError> {
-    let io = |e: std::io::Error| ClientError::Other {
-        url: client.base().to_string(),
-        message: format!("mesh top needs a terminal: {e}"),
-    };
+    let io = |e: std::io::Error| ClientError::Usage(format!("mesh top needs a terminal: {e}"));
     // Fail before touching the terminal when no agent answers.
     client.status()?;
     let _terminal = Terminal::enter().map_err(io)?;

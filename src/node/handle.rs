@@ -55,6 +55,8 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    // One argument per field of the handle, set once by `start_node`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         snapshot: watch::Receiver<Arc<NodeSnapshot>>,
         peer_id: PeerId,

@@ -1,0 +1,808 @@
+//! `mesh sim`: whole meshes under a simulated clock and network, deterministically, made of the
+//! agent's own cores. This first part simulates membership: each node is the agent's
+//! [`Membership`] core (foca's SWIM, the agent's settings), fed and drained exactly as the
+//! node actor does (inputs, then `handle_timers`, then `poll_transmit`), over links that
+//! behave like the agent's QUIC links (full mesh within reach; a datagram is delivered after
+//! a one-way latency, a lost packet arrives one retransmission later; a link to a crashed or
+//! cut-off node closes after the QUIC idle timeout; reconnections after the redial interval).
+//! The state document, placement and supervision are not simulated yet (`simulations/README.md`).
+//!
+//! A discrete-event loop owns time: events are ordered by (time, sequence), every random choice
+//! comes from one seeded generator, and nothing reads the wall clock, so the same scenario and
+//! seed give the same report, byte for byte (`tests/sim.rs`). Wall time and memory are
+//! reported apart ([`Perf`]) for that reason.
+//!
+//! Invariants checked while it runs, each violation reported with its simulated time and the
+//! seed: no `dead` verdict about a node that is up and was never cut off from its observer
+//! (false dead); every crash detected by every node linked to it; after a heal, every up node
+//! sees every other up node alive.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::membership::{Membership, MembershipConfig, PeerState};
+
+pub mod report;
+pub mod scenario;
+
+pub use report::{Perf, Report};
+pub use scenario::{Action, Pick, Scenario, ScenarioError};
+
+/// How long after a crash (or stop) the run must go on for the crash to count as
+/// undetected: detection takes ~2 s; this leaves ample room.
+const DETECTION_WINDOW: Duration = Duration::from_secs(30);
+/// How long after a heal every up node must see every other alive.
+const HEAL_SETTLE: Duration = Duration::from_secs(30);
+/// How long after a partition ends a `dead` verdict about a node that was on the other side
+/// still counts as fair (the verdict may be in flight).
+const CUT_GRACE: Duration = Duration::from_secs(10);
+/// Violations kept in the report (the count is always exact).
+const MAX_VIOLATIONS: usize = 100;
+/// Nodes start over this span (a mesh coming up), not all in one instant.
+const START_SPREAD: Duration = Duration::from_secs(2);
+/// Connection setup (discovery answer plus QUIC handshake plus admission), uniform.
+const CONNECT_MIN: Duration = Duration::from_millis(2);
+const CONNECT_MAX: Duration = Duration::from_millis(20);
+/// A QUIC link to a peer that went silent closes after this (`transport::QUIC_IDLE_TIMEOUT_MS`).
+const IDLE_TIMEOUT: Duration = Duration::from_millis(crate::transport::QUIC_IDLE_TIMEOUT_MS as u64);
+/// After a heal, a node redials a peer it lost within this (the dial planner's backoff).
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+
+/// State codes of the views (what each node last saw of each other).
+const UNKNOWN: u8 = 0;
+
+fn code(s: PeerState) -> u8 {
+    match s {
+        PeerState::Alive => 1,
+        PeerState::Suspect => 2,
+        PeerState::Dead => 3,
+        PeerState::Left => 4,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        data: Bytes,
+    },
+    Wake {
+        node: usize,
+    },
+    Action(usize),
+    Connect {
+        a: usize,
+        b: usize,
+    },
+    /// `a` notices its link to `b` is gone.
+    Disconnect {
+        a: usize,
+        b: usize,
+    },
+    LeaveNotice {
+        from: usize,
+        to: usize,
+        leaver: usize,
+        bump: u64,
+    },
+    Start {
+        node: usize,
+    },
+    ChurnTick,
+    Check {
+        what: &'static str,
+    },
+}
+
+struct SimNode {
+    peer: PeerId,
+    membership: Option<Membership>,
+    bump: u64,
+    side: u32,
+    segment: usize,
+    /// Nodes this one holds a link to.
+    links: Vec<bool>,
+    /// The earliest wake-up scheduled.
+    wake: Option<Duration>,
+    /// What this node last saw of each other (state code).
+    view: Vec<u8>,
+    /// When the node was last cut off from anyone (end of that partition).
+    cut_until: Option<Duration>,
+    msgs_out: u64,
+    bytes_out: u64,
+    msgs_in: u64,
+    bytes_in: u64,
+}
+
+/// A crash (or stop) being watched for detection.
+struct Outage {
+    node: usize,
+    bump: u64,
+    at: Duration,
+    graceful: bool,
+    /// Observers linked to the node when it went, not yet told.
+    waiting: Vec<usize>,
+}
+
+/// One run of a scenario.
+pub struct Simulation {
+    scenario: Scenario,
+    seed: u64,
+    config: MembershipConfig,
+    base: Instant,
+    now: Duration,
+    rng: StdRng,
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    events: HashMap<u64, Ev>,
+    seq: u64,
+    nodes: Vec<SimNode>,
+    index: HashMap<PeerId, usize>,
+    outages: Vec<Outage>,
+    /// (node, bump) → index in `outages`.
+    outage_of: HashMap<(usize, u64), usize>,
+    partitioned: bool,
+    report: Report,
+    processed: u64,
+}
+
+/// A node id that is the same in every run: an Ed25519 key from the seed and the index.
+fn peer_of(seed: u64, i: usize) -> PeerId {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    bytes[16] = 0x5a;
+    libp2p::identity::Keypair::ed25519_from_bytes(bytes)
+        .expect("32 bytes make a key")
+        .public()
+        .to_peer_id()
+}
+
+impl Simulation {
+    /// A run of `scenario` with `seed` (the scenario's own, else 1, when `None`) and the
+    /// agent's LAN membership settings.
+    pub fn new(scenario: Scenario, seed: Option<u64>) -> Self {
+        Self::with_config(scenario, seed, MembershipConfig::lan())
+    }
+
+    /// The same with other membership settings (to compare two settings, or to check that a
+    /// broken one is caught).
+    pub fn with_config(scenario: Scenario, seed: Option<u64>, config: MembershipConfig) -> Self {
+        let seed = seed.or(scenario.seed).unwrap_or(1);
+        let capacity = scenario.nodes
+            + scenario
+                .timeline
+                .iter()
+                .map(|t| match t.action {
+                    Action::Add(n) => n,
+                    _ => 0,
+                })
+                .sum::<usize>();
+        let mut sim = Simulation {
+            report: Report::new(&scenario, seed),
+            seed,
+            config,
+            base: Instant::now(),
+            now: Duration::ZERO,
+            rng: StdRng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            nodes: Vec::with_capacity(capacity),
+            index: HashMap::new(),
+            outages: Vec::new(),
+            outage_of: HashMap::new(),
+            partitioned: false,
+            processed: 0,
+            scenario,
+        };
+        for i in 0..sim.scenario.nodes {
+            sim.add_node(capacity);
+            let at = START_SPREAD.mul_f64(i as f64 / sim.scenario.nodes as f64);
+            sim.schedule(at, Ev::Start { node: i });
+        }
+        for i in 0..sim.scenario.timeline.len() {
+            let at = sim.scenario.timeline[i].at;
+            sim.schedule(at, Ev::Action(i));
+        }
+        if sim.scenario.churn.is_some() {
+            sim.schedule(Duration::from_secs(10), Ev::ChurnTick);
+        }
+        sim
+    }
+
+    fn add_node(&mut self, capacity: usize) -> usize {
+        let i = self.nodes.len();
+        let peer = peer_of(self.seed, i);
+        self.index.insert(peer, i);
+        let segment = i % self.scenario.network.segments;
+        self.nodes.push(SimNode {
+            peer,
+            membership: None,
+            bump: 0,
+            side: 0,
+            segment,
+            links: vec![false; capacity],
+            wake: None,
+            view: vec![UNKNOWN; capacity],
+            cut_until: None,
+            msgs_out: 0,
+            bytes_out: 0,
+            msgs_in: 0,
+            bytes_in: 0,
+        });
+        i
+    }
+
+    fn schedule(&mut self, at: Duration, ev: Ev) {
+        let seq = self.seq;
+        self.seq += 1;
+        self.queue.push(Reverse((at, seq)));
+        self.events.insert(seq, ev);
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].membership.is_some()
+    }
+
+    /// One-way latency of a datagram from `a` to `b`.
+    fn latency(&mut self, a: usize, b: usize) -> Duration {
+        let n = &self.scenario.network;
+        let (lo, hi) = (
+            n.latency_min.as_nanos() as u64,
+            n.latency_max.as_nanos() as u64,
+        );
+        let mut d = Duration::from_nanos(if hi > lo {
+            self.rng.random_range(lo..=hi)
+        } else {
+            lo
+        });
+        if self.nodes[a].segment != self.nodes[b].segment {
+            d += n.cross_segment;
+        }
+        if n.loss > 0.0 && self.rng.random_bool(n.loss) {
+            // QUIC's retransmission after a loss: about three round trips, 10 ms at least.
+            d += (d * 6).max(Duration::from_millis(10));
+        }
+        d
+    }
+
+    fn violation(&mut self, invariant: &str, detail: String) {
+        self.report.violations_total += 1;
+        if self.report.violations.len() < MAX_VIOLATIONS {
+            self.report.violations.push(report::Violation {
+                at_ms: self.now.as_millis() as u64,
+                invariant: invariant.to_string(),
+                detail,
+                replay: format!("mesh sim SCENARIO --seed {}", self.seed),
+            });
+        }
+    }
+
+    /// Runs to the end; returns the report and the run's costs.
+    pub fn run(mut self) -> (Report, Perf) {
+        let wall = Instant::now();
+        let end = self.scenario.duration;
+        while let Some(Reverse((at, seq))) = self.queue.pop() {
+            if at > end {
+                break;
+            }
+            let Some(ev) = self.events.remove(&seq) else {
+                continue;
+            };
+            self.now = at;
+            self.processed += 1;
+            self.handle(ev);
+        }
+        self.now = end;
+        self.finish();
+        let wall = wall.elapsed();
+        let perf = Perf {
+            wall_s: wall.as_secs_f64(),
+            simulated_s: end.as_secs_f64(),
+            events: self.processed,
+            wall_per_simulated_s: wall.as_secs_f64() / end.as_secs_f64().max(1e-9),
+            peak_rss_mib: report::peak_rss_mib(),
+        };
+        (self.report, perf)
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start { node } => self.start(node),
+            Ev::Deliver { from, to, data } => {
+                if !self.up(to) || !self.nodes[to].links[from] || !self.same_side(from, to) {
+                    return;
+                }
+                let now = self.instant();
+                let n = &mut self.nodes[to];
+                n.msgs_in += 1;
+                n.bytes_in += data.len() as u64;
+                let from_peer = self.nodes[from].peer;
+                if let Some(m) = self.nodes[to].membership.as_mut() {
+                    m.on_datagram(from_peer, &data, now);
+                }
+                self.after_input(to);
+            }
+            Ev::Wake { node } => {
+                if self.nodes[node].wake != Some(self.now) || !self.up(node) {
+                    return;
+                }
+                self.nodes[node].wake = None;
+                self.after_input(node);
+            }
+            Ev::Connect { a, b } => self.connect(a, b),
+            Ev::Disconnect { a, b } => {
+                // Still unreachable? (A heal or restart in between reconnects instead.)
+                let gone = !self.up(b) || !self.same_side(a, b) || !self.nodes[b].links[a];
+                if self.up(a) && self.nodes[a].links[b] && gone {
+                    self.nodes[a].links[b] = false;
+                    let peer = self.nodes[b].peer;
+                    if let Some(m) = self.nodes[a].membership.as_mut() {
+                        m.on_disconnected(&peer);
+                    }
+                    self.after_input(a);
+                }
+            }
+            Ev::LeaveNotice {
+                from,
+                to,
+                leaver,
+                bump,
+            } => {
+                if !self.up(to) || !self.same_side(from, to) {
+                    return;
+                }
+                let now = self.instant();
+                let (from_peer, leaver_peer) = (self.nodes[from].peer, self.nodes[leaver].peer);
+                let news = self.nodes[to]
+                    .membership
+                    .as_mut()
+                    .is_some_and(|m| m.on_leave_notice(from_peer, leaver_peer, bump, now));
+                self.after_input(to);
+                if news {
+                    // Relayed once to its own links, as the node actor does.
+                    let targets: Vec<usize> = (0..self.nodes.len())
+                        .filter(|&p| p != leaver && self.nodes[to].links[p])
+                        .collect();
+                    for p in targets {
+                        let d = self.latency(to, p);
+                        self.schedule(
+                            self.now + d,
+                            Ev::LeaveNotice {
+                                from: to,
+                                to: p,
+                                leaver,
+                                bump,
+                            },
+                        );
+                    }
+                }
+            }
+            Ev::Action(i) => {
+                let action = self.scenario.timeline[i].action.clone();
+                self.act(action);
+            }
+            Ev::ChurnTick => self.churn_tick(),
+            Ev::Check { what } => self.check(what),
+        }
+    }
+
+    fn same_side(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].side == self.nodes[b].side
+    }
+
+    /// Starts (or restarts) node `i` as a new incarnation, and connects it to every up node it
+    /// can reach (discovery finds them at once on a LAN).
+    fn start(&mut self, i: usize) {
+        if self.up(i) {
+            return;
+        }
+        // The agent's bump is the wall clock at start; here a time base plus simulated ms.
+        let bump = 1_700_000_000_000 + self.now.as_millis() as u64 + 1;
+        let bump = bump.max(self.nodes[i].bump + 1);
+        let seed = self.rng.random::<u64>();
+        let peer = self.nodes[i].peer;
+        let n = &mut self.nodes[i];
+        n.bump = bump;
+        n.membership = Some(Membership::new(peer, bump, &self.config, seed));
+        n.view.iter_mut().for_each(|v| *v = UNKNOWN);
+        n.links.iter_mut().for_each(|l| *l = false);
+        n.wake = None;
+        let targets: Vec<usize> = (0..self.nodes.len())
+            .filter(|&p| p != i && self.up(p) && self.same_side(i, p))
+            .collect();
+        for p in targets {
+            let d = self.connect_delay();
+            self.schedule(self.now + d, Ev::Connect { a: i, b: p });
+        }
+        self.after_input(i);
+    }
+
+    fn connect_delay(&mut self) -> Duration {
+        let (lo, hi) = (
+            CONNECT_MIN.as_micros() as u64,
+            CONNECT_MAX.as_micros() as u64,
+        );
+        Duration::from_micros(self.rng.random_range(lo..=hi))
+    }
+
+    /// A link between `a` and `b` comes up: both admit the other.
+    fn connect(&mut self, a: usize, b: usize) {
+        if !self.up(a) || !self.up(b) || !self.same_side(a, b) {
+            return;
+        }
+        if self.nodes[a].links[b] && self.nodes[b].links[a] {
+            return;
+        }
+        let now = self.instant();
+        for (x, y) in [(a, b), (b, a)] {
+            self.nodes[x].links[y] = true;
+            let (peer, bump) = (self.nodes[y].peer, self.nodes[y].bump);
+            if let Some(m) = self.nodes[x].membership.as_mut() {
+                m.on_admitted(peer, bump, now);
+            }
+            self.after_input(x);
+        }
+    }
+
+    /// What the node actor does after every input: run due timers, send what the core wants
+    /// sent, note what changed, and sleep until the core's next deadline.
+    fn after_input(&mut self, i: usize) {
+        let now = self.instant();
+        let Some(m) = self.nodes[i].membership.as_mut() else {
+            return;
+        };
+        m.handle_timers(now);
+        let out: Vec<(PeerId, Bytes)> = m.poll_transmit().collect();
+        let changed = m.take_changed();
+        let deadline = m.next_deadline();
+        for (peer, data) in out {
+            let Some(&to) = self.index.get(&peer) else {
+                continue;
+            };
+            let n = &mut self.nodes[i];
+            if !n.links[to] {
+                if let Some(m) = n.membership.as_mut() {
+                    m.count_undeliverable();
+                }
+                continue;
+            }
+            n.msgs_out += 1;
+            n.bytes_out += data.len() as u64;
+            let d = self.latency(i, to);
+            self.schedule(self.now + d, Ev::Deliver { from: i, to, data });
+        }
+        if changed {
+            self.note_changes(i);
+        }
+        if let Some(at) = deadline {
+            let at = at.saturating_duration_since(self.base).max(self.now);
+            if self.nodes[i].wake.is_none_or(|w| at < w) {
+                self.nodes[i].wake = Some(at);
+                self.schedule(at, Ev::Wake { node: i });
+            }
+        }
+    }
+
+    /// Compares node `i`'s membership with what it last saw, and judges each new verdict.
+    fn note_changes(&mut self, i: usize) {
+        let Some(m) = self.nodes[i].membership.as_ref() else {
+            return;
+        };
+        let seen: Vec<(usize, PeerState, u64)> = m
+            .peers()
+            .filter_map(|r| Some((*self.index.get(&r.peer)?, r.state, r.bump)))
+            .collect();
+        for (x, state, bump) in seen {
+            let c = code(state);
+            if self.nodes[i].view[x] == c {
+                continue;
+            }
+            self.nodes[i].view[x] = c;
+            match state {
+                PeerState::Dead | PeerState::Left => self.on_verdict(i, x, bump, state),
+                PeerState::Suspect => self.report.membership.suspicions += 1,
+                PeerState::Alive => {}
+            }
+        }
+    }
+
+    fn on_verdict(&mut self, observer: usize, x: usize, bump: u64, state: PeerState) {
+        if let Some(&o) = self.outage_of.get(&(x, bump)) {
+            let outage = &mut self.outages[o];
+            if let Some(pos) = outage.waiting.iter().position(|w| *w == observer) {
+                outage.waiting.swap_remove(pos);
+                let took = (self.now - outage.at).as_secs_f64() * 1000.0;
+                if outage.graceful {
+                    self.report.membership.leave_ms.push(took);
+                } else {
+                    self.report.membership.detection_ms.push(took);
+                }
+                if outage.waiting.is_empty() {
+                    let all = took;
+                    if outage.graceful {
+                        self.report.membership.leave_all_ms.push(all);
+                    } else {
+                        self.report.membership.detection_all_ms.push(all);
+                    }
+                }
+            }
+            return;
+        }
+        // A verdict about a node that is up, in that incarnation, reachable from the observer,
+        // and not recently cut off: false.
+        let x_node = &self.nodes[x];
+        let fair_cut = [x_node.cut_until, self.nodes[observer].cut_until]
+            .into_iter()
+            .flatten()
+            .any(|until| self.now <= until + CUT_GRACE);
+        if self.up(x) && x_node.bump == bump && self.same_side(observer, x) && !fair_cut {
+            self.report.membership.false_dead += 1;
+            let (o, v) = (observer, x);
+            self.violation(
+                "no false dead",
+                format!("node {o} declared node {v} {state} while it was up and reachable"),
+            );
+        }
+    }
+
+    fn pick(&mut self, pick: &Pick, want_up: bool) -> Vec<usize> {
+        match pick {
+            Pick::Nodes(list) => list
+                .iter()
+                .copied()
+                .filter(|&n| n < self.nodes.len() && self.up(n) == want_up)
+                .collect(),
+            Pick::Random(count) => {
+                let mut candidates: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&n| self.up(n) == want_up)
+                    .collect();
+                let mut chosen = Vec::new();
+                while chosen.len() < *count && !candidates.is_empty() {
+                    let k = self.rng.random_range(0..candidates.len());
+                    chosen.push(candidates.swap_remove(k));
+                }
+                chosen.sort_unstable();
+                chosen
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        self.report
+            .timeline
+            .push(format!("{:.3}s {action:?}", self.now.as_secs_f64()));
+        match action {
+            Action::Crash(p) => {
+                for n in self.pick(&p, true) {
+                    self.take_down(n, false);
+                }
+            }
+            Action::Stop(p) => {
+                for n in self.pick(&p, true) {
+                    self.take_down(n, true);
+                }
+            }
+            Action::Restart(p) => {
+                for n in self.pick(&p, false) {
+                    self.start(n);
+                }
+            }
+            Action::Add(count) => {
+                let capacity = self.nodes[0].links.len();
+                for _ in 0..count {
+                    if self.nodes.len() >= capacity {
+                        break;
+                    }
+                    let n = self.add_node(capacity);
+                    self.start(n);
+                }
+            }
+            Action::Partition { fraction } => {
+                let up: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.up(n)).collect();
+                let cut = ((up.len() as f64) * fraction).round() as usize;
+                for (k, n) in up.iter().enumerate() {
+                    self.nodes[*n].side = u32::from(k >= cut);
+                }
+                self.partitioned = true;
+                // Links across the cut go silent and close after the idle timeout.
+                for a in 0..self.nodes.len() {
+                    for b in 0..self.nodes.len() {
+                        if a != b && self.nodes[a].links[b] && !self.same_side(a, b) {
+                            self.schedule(self.now + IDLE_TIMEOUT, Ev::Disconnect { a, b });
+                        }
+                    }
+                }
+            }
+            Action::Heal => {
+                if !self.partitioned {
+                    return;
+                }
+                self.partitioned = false;
+                let now = self.now;
+                for n in &mut self.nodes {
+                    n.side = 0;
+                    n.cut_until = Some(now);
+                }
+                for a in 0..self.nodes.len() {
+                    for b in (a + 1)..self.nodes.len() {
+                        if self.up(a)
+                            && self.up(b)
+                            && !(self.nodes[a].links[b] && self.nodes[b].links[a])
+                        {
+                            let d = Duration::from_micros(
+                                self.rng.random_range(0..=REDIAL_MAX.as_micros() as u64),
+                            );
+                            self.schedule(self.now + d, Ev::Connect { a, b });
+                        }
+                    }
+                }
+                self.schedule(
+                    self.now + HEAL_SETTLE,
+                    Ev::Check {
+                        what: "converged after heal",
+                    },
+                );
+            }
+        }
+    }
+
+    /// Node `n` goes: silently (crash) or with leave notices (graceful stop).
+    fn take_down(&mut self, n: usize, graceful: bool) {
+        let now = self.instant();
+        let bump = self.nodes[n].bump;
+        let linked: Vec<usize> = (0..self.nodes.len())
+            .filter(|&p| p != n && self.nodes[n].links[p] && self.up(p))
+            .collect();
+        if graceful {
+            if let Some(m) = self.nodes[n].membership.as_mut() {
+                m.leave(now);
+            }
+            self.after_input(n);
+            for &p in &linked {
+                let d = self.latency(n, p);
+                self.schedule(
+                    self.now + d,
+                    Ev::LeaveNotice {
+                        from: n,
+                        to: p,
+                        leaver: n,
+                        bump,
+                    },
+                );
+            }
+        }
+        self.nodes[n].membership = None;
+        self.nodes[n].wake = None;
+        self.outage_of.insert((n, bump), self.outages.len());
+        self.outages.push(Outage {
+            node: n,
+            bump,
+            at: self.now,
+            graceful,
+            waiting: linked.clone(),
+        });
+        for p in linked {
+            // A graceful stop closes its connections at once; a crash's time out.
+            let after = if graceful {
+                self.latency(n, p) * 2
+            } else {
+                IDLE_TIMEOUT
+            };
+            self.schedule(self.now + after, Ev::Disconnect { a: p, b: n });
+        }
+    }
+
+    fn churn_tick(&mut self) {
+        let Some(churn) = self.scenario.churn.clone() else {
+            return;
+        };
+        // Every 10 s, a share of the per-minute rate, rounded at random.
+        let expected = churn.per_minute * self.nodes.len() as f64 / 6.0;
+        let mut count = expected.floor() as usize;
+        if self.rng.random_bool(expected.fract().clamp(0.0, 1.0)) {
+            count += 1;
+        }
+        let down = self.pick(&Pick::Random(count), true);
+        for n in down {
+            self.take_down(n, false);
+            self.report.churn_restarts += 1;
+            self.schedule(self.now + churn.downtime, Ev::Start { node: n });
+        }
+        self.schedule(self.now + Duration::from_secs(10), Ev::ChurnTick);
+    }
+
+    fn check(&mut self, what: &'static str) {
+        if self.partitioned {
+            return;
+        }
+        let up: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.up(n)).collect();
+        let mut wrong = 0usize;
+        let mut example = None;
+        for &a in &up {
+            for &b in &up {
+                if a != b && self.nodes[a].view[b] != code(PeerState::Alive) {
+                    wrong += 1;
+                    example.get_or_insert((a, b, self.nodes[a].view[b]));
+                }
+            }
+        }
+        if let Some((a, b, c)) = example {
+            self.violation(
+                what,
+                format!("{wrong} pairs of up nodes do not see each other alive, e.g. node {a} sees node {b} as code {c}"),
+            );
+        }
+    }
+
+    fn finish(&mut self) {
+        let end = self.now;
+        let mut undetected = 0;
+        let mut example = None;
+        for o in &self.outages {
+            // Too recent to judge, or back already (a new incarnation replaces the verdict).
+            if end.saturating_sub(o.at) < DETECTION_WINDOW || self.nodes[o.node].bump > o.bump {
+                continue;
+            }
+            // Observers that went down themselves are excused.
+            let missed: Vec<usize> = o
+                .waiting
+                .iter()
+                .copied()
+                .filter(|&w| self.nodes[w].membership.is_some())
+                .collect();
+            if !missed.is_empty() {
+                undetected += missed.len();
+                example.get_or_insert((o.node, missed[0], o.at));
+            }
+        }
+        self.report.membership.undetected = undetected;
+        if let Some((n, w, at)) = example {
+            self.violation(
+                "every crash detected",
+                format!(
+                    "{undetected} observers never saw an outage; e.g. node {w} still does not see node {n} (down at {:.1} s) dead",
+                    at.as_secs_f64()
+                ),
+            );
+        }
+        let up: Vec<&SimNode> = self
+            .nodes
+            .iter()
+            .filter(|n| n.membership.is_some())
+            .collect();
+        let secs = self.scenario.duration.as_secs_f64().max(1e-9);
+        let nodes = self.nodes.len().max(1) as f64;
+        let t = &mut self.report.traffic;
+        t.messages = self.nodes.iter().map(|n| n.msgs_out).sum();
+        t.bytes = self.nodes.iter().map(|n| n.bytes_out).sum();
+        t.messages_per_node_per_s = t.messages as f64 / nodes / secs;
+        t.bytes_per_node_per_s = t.bytes as f64 / nodes / secs;
+        t.links_per_node = up
+            .iter()
+            .map(|n| n.links.iter().filter(|l| **l).count())
+            .sum::<usize>() as f64
+            / up.len().max(1) as f64;
+        t.dropped_counted = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.membership.as_ref())
+            .map(|m| m.stats().datagrams_dropped)
+            .sum();
+        self.report.nodes_total = self.nodes.len();
+        self.report.nodes_up_at_end = up.len();
+        self.report.outages = self.outages.len();
+        self.report.finish();
+    }
+}

@@ -1,0 +1,384 @@
+//! What a run of `mesh sim` reports: [`Report`] (deterministic: every figure derives from the
+//! simulated run, so the same scenario and seed give the same JSON), its markdown summary, the
+//! CDF plot of detection times (SVG), and `--compare` of two reports. [`Perf`] holds what is
+//! not deterministic (wall time, memory) and is written apart.
+
+use serde::{Deserialize, Serialize};
+
+use super::scenario::Scenario;
+
+/// Detection times kept for the CDF (the summary statistics use all of them).
+const MAX_SAMPLES: usize = 10_000;
+
+/// Summary statistics of a set of times, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(values: &[f64]) -> Stats {
+        if values.is_empty() {
+            return Stats::default();
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Stats {
+            count: v.len(),
+            p50: round(at(0.5)),
+            p90: round(at(0.9)),
+            p99: round(at(0.99)),
+            max: round(v[v.len() - 1]),
+        }
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MembershipFigures {
+    /// Crash → `dead`, per observer.
+    pub detection: Stats,
+    /// Crash → `dead` on the last observer.
+    pub detection_all: Stats,
+    /// Graceful stop → `left`, per observer.
+    pub leave: Stats,
+    pub leave_all: Stats,
+    pub suspicions: u64,
+    pub false_dead: u64,
+    pub undetected: usize,
+    /// The per-observer detection times, sorted (for the CDF; at most 10,000).
+    pub detection_cdf_ms: Vec<f64>,
+    #[serde(skip)]
+    pub detection_ms: Vec<f64>,
+    #[serde(skip)]
+    pub detection_all_ms: Vec<f64>,
+    #[serde(skip)]
+    pub leave_ms: Vec<f64>,
+    #[serde(skip)]
+    pub leave_all_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub messages: u64,
+    pub bytes: u64,
+    pub messages_per_node_per_s: f64,
+    pub bytes_per_node_per_s: f64,
+    /// Links held per up node at the end.
+    pub links_per_node: f64,
+    /// Datagrams the membership cores counted as dropped (no link, or a full outbox).
+    pub dropped_counted: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    pub at_ms: u64,
+    pub invariant: String,
+    pub detail: String,
+    pub replay: String,
+}
+
+/// The deterministic report of one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub simulated_s: f64,
+    pub nodes_total: usize,
+    pub nodes_up_at_end: usize,
+    pub outages: usize,
+    pub churn_restarts: u64,
+    pub membership: MembershipFigures,
+    pub traffic: Traffic,
+    pub violations_total: usize,
+    pub violations: Vec<Violation>,
+    /// The scenario's events as they happened.
+    pub timeline: Vec<String>,
+}
+
+/// What a run cost on this machine (not deterministic).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Perf {
+    pub wall_s: f64,
+    pub simulated_s: f64,
+    pub events: u64,
+    pub wall_per_simulated_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// This process's peak resident set (`VmHWM`), MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+impl Report {
+    pub fn new(scenario: &Scenario, seed: u64) -> Report {
+        Report {
+            scenario: scenario.name.clone(),
+            seed,
+            simulated_s: scenario.duration.as_secs_f64(),
+            ..Report::default()
+        }
+    }
+
+    /// Computes the statistics from the samples.
+    pub fn finish(&mut self) {
+        let m = &mut self.membership;
+        m.detection = Stats::of(&m.detection_ms);
+        m.detection_all = Stats::of(&m.detection_all_ms);
+        m.leave = Stats::of(&m.leave_ms);
+        m.leave_all = Stats::of(&m.leave_all_ms);
+        let mut cdf: Vec<f64> = m.detection_ms.iter().map(|v| round(*v)).collect();
+        cdf.sort_by(f64::total_cmp);
+        if cdf.len() > MAX_SAMPLES {
+            let step = cdf.len() as f64 / MAX_SAMPLES as f64;
+            cdf = (0..MAX_SAMPLES)
+                .map(|i| cdf[(i as f64 * step) as usize])
+                .collect();
+        }
+        m.detection_cdf_ms = cdf;
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("reports serialize") + "\n"
+    }
+
+    /// The markdown summary.
+    pub fn summary(&self, perf: Option<&Perf>) -> String {
+        let m = &self.membership;
+        let t = &self.traffic;
+        let stat = |s: &Stats| {
+            if s.count == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{:.0} / {:.0} / {:.0} ms (n = {})",
+                    s.p50, s.p90, s.max, s.count
+                )
+            }
+        };
+        let mut out = format!(
+            "# mesh sim: {} (seed {})\n\n{} nodes ({} up at the end), {:.0} s simulated, {} outages, {} churn restarts.\n\n\
+             | figure | value |\n|---|---|\n\
+             | crash → dead, per observer (p50 / p90 / max) | {} |\n\
+             | crash → dead on every observer | {} |\n\
+             | stop → left, per observer | {} |\n\
+             | suspicions | {} |\n\
+             | false dead verdicts | {} |\n\
+             | observers that never detected an outage | {} |\n\
+             | membership messages per node per second | {:.2} |\n\
+             | membership bytes per node per second | {:.0} |\n\
+             | links per node | {:.1} |\n\
+             | datagrams dropped (counted) | {} |\n",
+            self.scenario,
+            self.seed,
+            self.nodes_total,
+            self.nodes_up_at_end,
+            self.simulated_s,
+            self.outages,
+            self.churn_restarts,
+            stat(&m.detection),
+            stat(&m.detection_all),
+            stat(&m.leave),
+            m.suspicions,
+            m.false_dead,
+            m.undetected,
+            t.messages_per_node_per_s,
+            t.bytes_per_node_per_s,
+            t.links_per_node,
+            t.dropped_counted,
+        );
+        if let Some(p) = perf {
+            out.push_str(&format!(
+                "\nRun: {:.2} s of wall time ({:.4} s per simulated second), {} events, peak memory {:.0} MiB.\n",
+                p.wall_s, p.wall_per_simulated_s, p.events, p.peak_rss_mib
+            ));
+        }
+        if self.violations_total == 0 {
+            out.push_str("\nInvariants: all held.\n");
+        } else {
+            out.push_str(&format!(
+                "\nInvariants: **{} violations**\n\n",
+                self.violations_total
+            ));
+            for v in &self.violations {
+                out.push_str(&format!(
+                    "- {:.3} s, {}: {} (replay: `{}`)\n",
+                    v.at_ms as f64 / 1000.0,
+                    v.invariant,
+                    v.detail,
+                    v.replay
+                ));
+            }
+        }
+        out
+    }
+
+    /// The CDF of per-observer detection times as an SVG.
+    pub fn detection_svg(&self) -> String {
+        let values = &self.membership.detection_cdf_ms;
+        let (w, h, l, b, top, r) = (520.0, 300.0, 56.0, 40.0, 20.0, 16.0);
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\
+             <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\
+             <text x=\"{l}\" y=\"14\">crash → dead, per observer: CDF ({} samples, seed {})</text>",
+            values.len(),
+            self.seed
+        );
+        let max = values.last().copied().unwrap_or(1.0).max(1.0) * 1.05;
+        let x = |v: f64| l + (w - l - r) * v / max;
+        let y = |q: f64| h - b - (h - b - top) * q;
+        for q in [0.0, 0.5, 0.9, 1.0] {
+            svg.push_str(&format!(
+                "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{q}</text>",
+                y(q),
+                w - r,
+                l - 4.0,
+                y(q) + 4.0
+            ));
+        }
+        for k in 0..=4 {
+            let v = max * f64::from(k) / 4.0;
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v:.0} ms</text>",
+                x(v),
+                h - b + 16.0
+            ));
+        }
+        if !values.is_empty() {
+            let n = values.len() as f64;
+            let points: Vec<String> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("{:.1},{:.1}", x(*v), y((i + 1) as f64 / n)))
+                .collect();
+            svg.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.8\" points=\"{}\"/>",
+                points.join(" ")
+            ));
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// `mesh sim --compare A B`: the figures of two reports side by side, with the change.
+pub fn compare(a: &Report, b: &Report) -> String {
+    let rows: Vec<(&str, f64, f64)> = vec![
+        (
+            "crash → dead p50 (ms)",
+            a.membership.detection.p50,
+            b.membership.detection.p50,
+        ),
+        (
+            "crash → dead p90 (ms)",
+            a.membership.detection.p90,
+            b.membership.detection.p90,
+        ),
+        (
+            "crash → dead max (ms)",
+            a.membership.detection.max,
+            b.membership.detection.max,
+        ),
+        (
+            "crash → dead, every observer, p50 (ms)",
+            a.membership.detection_all.p50,
+            b.membership.detection_all.p50,
+        ),
+        (
+            "stop → left p50 (ms)",
+            a.membership.leave.p50,
+            b.membership.leave.p50,
+        ),
+        (
+            "suspicions",
+            a.membership.suspicions as f64,
+            b.membership.suspicions as f64,
+        ),
+        (
+            "false dead",
+            a.membership.false_dead as f64,
+            b.membership.false_dead as f64,
+        ),
+        (
+            "undetected",
+            a.membership.undetected as f64,
+            b.membership.undetected as f64,
+        ),
+        (
+            "messages / node / s",
+            a.traffic.messages_per_node_per_s,
+            b.traffic.messages_per_node_per_s,
+        ),
+        (
+            "bytes / node / s",
+            a.traffic.bytes_per_node_per_s,
+            b.traffic.bytes_per_node_per_s,
+        ),
+        (
+            "links / node",
+            a.traffic.links_per_node,
+            b.traffic.links_per_node,
+        ),
+        (
+            "violations",
+            a.violations_total as f64,
+            b.violations_total as f64,
+        ),
+    ];
+    let mut out = format!(
+        "{:<40} {:>14} {:>14} {:>10}\n",
+        "figure",
+        format!("A ({})", a.scenario),
+        format!("B ({})", b.scenario),
+        "change"
+    );
+    for (name, x, y) in rows {
+        let change = if x == y {
+            "=".to_string()
+        } else if x == 0.0 {
+            "new".to_string()
+        } else {
+            format!("{:+.1} %", (y - x) / x * 100.0)
+        };
+        out.push_str(&format!("{name:<40} {x:>14.2} {y:>14.2} {change:>10}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_nearest_rank_percentiles() {
+        let s = Stats::of(&[5.0, 1.0, 3.0, 2.0, 4.0]);
+        assert_eq!((s.count, s.p50, s.max), (5, 3.0, 5.0));
+        assert_eq!(Stats::of(&[]), Stats::default());
+    }
+
+    #[test]
+    fn compare_shows_the_change() {
+        let mut a = Report::default();
+        a.membership.detection.p50 = 1000.0;
+        let mut b = a.clone();
+        b.membership.detection.p50 = 1500.0;
+        let table = compare(&a, &b);
+        assert!(table.contains("+50.0 %"), "{table}");
+    }
+}
