@@ -34,46 +34,138 @@ pub const MAX_OUTBOX: usize = 1024;
 /// reap interval: long enough for a person to notice a machine is gone.
 pub const REAP_AFTER: Duration = Duration::from_secs(24 * 3600);
 
+/// How often peers past [`REAP_AFTER`] are looked for.
+const REAP_CHECK: Duration = Duration::from_secs(1);
+
 /// Weight of a new RTT sample in the moving average (EWMA, as TCP's SRTT uses 1/8).
 const RTT_ALPHA: f64 = 0.125;
 
 /// A member's identity as foca sees it: the node id plus a `bump` that orders incarnations of
 /// the same node across restarts and rejoins. Each agent start takes the wall-clock
 /// milliseconds as its bump, so a restarted node always wins over its previous, dead self.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemberId {
     /// `PeerId::to_bytes()`. Bytes rather than `PeerId` so that a hostile peer's garbage is a
     /// decode-time value we can reject, not a panic.
     pub peer: Vec<u8>,
     pub bump: u64,
+    /// `peer` parsed and as foca's address, worked out once per stored identity: foca walks
+    /// its whole member list on every update and the peer table is synced from that list
+    /// after every input, so parsing multihashes each time was a fifth of the membership CPU
+    /// at 100 nodes (`perf` on `mesh sim`). Not on the wire.
+    #[serde(skip)]
+    parsed: std::sync::OnceLock<Option<PeerId>>,
+    /// Foca's address of `peer`, worked out once (no parsing: ids in every received update
+    /// are compared, most of them once).
+    #[serde(skip)]
+    addr: std::sync::OnceLock<MemberAddr>,
+}
+
+impl PartialEq for MemberId {
+    fn eq(&self, other: &Self) -> bool {
+        self.peer == other.peer && self.bump == other.bump
+    }
+}
+
+impl Eq for MemberId {}
+
+impl std::hash::Hash for MemberId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.peer.hash(state);
+        self.bump.hash(state);
+    }
 }
 
 impl MemberId {
     pub fn new(peer: PeerId, bump: u64) -> Self {
+        let bytes = peer.to_bytes();
+        let parsed = std::sync::OnceLock::new();
+        let _ = parsed.set(Some(peer));
+        let addr = std::sync::OnceLock::new();
+        let _ = addr.set(MemberAddr::of(&bytes));
         Self {
-            peer: peer.to_bytes(),
+            peer: bytes,
             bump,
+            parsed,
+            addr,
         }
     }
 
     pub fn peer_id(&self) -> Option<PeerId> {
-        PeerId::from_bytes(&self.peer).ok()
+        *self
+            .parsed
+            .get_or_init(|| PeerId::from_bytes(&self.peer).ok())
+    }
+}
+
+/// A member's address as foca compares it: the node id's bytes in a fixed array, so the
+/// comparison foca makes against every member on every update (a linear scan) allocates
+/// nothing. Cloning the `Vec` there was most of the membership CPU time at 100 nodes (malloc,
+/// memmove, free per comparison; `perf` on `mesh sim`).
+#[derive(Clone, Copy, Eq, Debug)]
+pub struct MemberAddr {
+    /// The last 8 bytes of the id (a key's or a digest's: as good as random), first so that
+    /// comparing two different addresses, which is nearly every comparison of foca's scan,
+    /// ends on one integer.
+    tail: u64,
+    /// The length of the id bytes, or [`MemberAddr::HASHED`] when longer than the array
+    /// (then `bytes` starts with their SHA-256).
+    len: u8,
+    bytes: [u8; MemberAddr::BYTES],
+}
+
+// By hand: a derived one compiles to one `memcmp` of the whole struct, and the tail exists to
+// end most comparisons before that.
+impl PartialEq for MemberAddr {
+    fn eq(&self, other: &Self) -> bool {
+        self.tail == other.tail && self.len == other.len && self.bytes == other.bytes
+    }
+}
+
+impl MemberAddr {
+    const BYTES: usize = 48;
+    const HASHED: u8 = u8::MAX;
+
+    fn of(peer: &[u8]) -> Self {
+        let mut bytes = [0u8; Self::BYTES];
+        let mut tail = [0u8; 8];
+        let n = peer.len().min(8);
+        tail[..n].copy_from_slice(&peer[peer.len() - n..]);
+        let tail = u64::from_le_bytes(tail);
+        if peer.len() <= Self::BYTES {
+            bytes[..peer.len()].copy_from_slice(peer);
+            Self {
+                tail,
+                len: peer.len() as u8,
+                bytes,
+            }
+        } else {
+            use sha2::Digest;
+            bytes[..32].copy_from_slice(&sha2::Sha256::digest(peer));
+            Self {
+                tail,
+                len: Self::HASHED,
+                bytes,
+            }
+        }
     }
 }
 
 impl Identity for MemberId {
-    type Addr = Vec<u8>;
+    type Addr = MemberAddr;
 
     fn renew(&self) -> Option<Self> {
         // Declared down while alive (e.g. after a partition): rejoin as a newer incarnation.
         Some(Self {
             peer: self.peer.clone(),
             bump: self.bump.wrapping_add(1),
+            parsed: self.parsed.clone(),
+            addr: self.addr.clone(),
         })
     }
 
-    fn addr(&self) -> Vec<u8> {
-        self.peer.clone()
+    fn addr(&self) -> MemberAddr {
+        *self.addr.get_or_init(|| MemberAddr::of(&self.peer))
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -242,6 +334,13 @@ pub struct Membership {
     reannouncing: bool,
     /// Set when any peer's state changed since the last [`Membership::take_changed`].
     changed: bool,
+    /// What [`Membership::sync_table`] last saw at each position of foca's member list
+    /// (address, bump, state): a pass over an unchanged list compares these and looks nothing
+    /// up. Cleared when the table changes by other means (leave notices, reaping).
+    synced: Vec<(MemberAddr, u64, u8)>,
+    /// When [`Membership::handle_timers`] next looks for peers to forget: a pass over every
+    /// peer, so once a second rather than after every input.
+    next_reap: Option<Instant>,
     left: bool,
 }
 
@@ -268,6 +367,8 @@ impl Membership {
             connected: BTreeMap::new(),
             reannouncing: false,
             changed: false,
+            next_reap: None,
+            synced: Vec::new(),
             left: false,
         }
     }
@@ -302,6 +403,7 @@ impl Membership {
         }
         let id = MemberId::new(peer, bump);
         self.leaving.retain(|(p, b)| *p != peer || *b > bump);
+        self.synced.clear();
         self.connected.insert(peer, bump);
         self.touch(peer, now);
         let mut fx = Effects::default();
@@ -355,6 +457,7 @@ impl Membership {
         }
         let from = leaver;
         self.leaving.insert((from, bump));
+        self.synced.clear();
         let mut fx = Effects::default();
         let _ = self.foca.apply_many(
             std::iter::once(foca::Member::down(MemberId::new(from, bump))),
@@ -446,6 +549,10 @@ impl Membership {
             }
             self.apply(fx, now);
         }
+        if self.next_reap.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_reap = Some(now + REAP_CHECK);
         let before = self.peers.len();
         self.peers.retain(|_, r| {
             !matches!(r.state, PeerState::Dead | PeerState::Left)
@@ -453,6 +560,7 @@ impl Membership {
         });
         if self.peers.len() != before {
             self.changed = true;
+            self.synced.clear();
         }
     }
 
@@ -540,8 +648,23 @@ impl Membership {
     /// Brings the peer table in line with foca's member list. Foca signals up, down and
     /// renames but not suspicion, so the table is rebuilt from its state after each input.
     fn sync_table(&mut self, now: Instant) {
+        let mut i = 0;
         for member in self.foca.iter_membership_state() {
             let id = member.id();
+            // Unchanged since the last pass at this position of foca's list: nothing to do.
+            // (Foca's list only changes order when members join or go; a mismatch is simply
+            // synced again.)
+            let key = (id.addr(), id.bump, member.state() as u8);
+            let position = i;
+            i += 1;
+            if self.synced.get(position) == Some(&key) {
+                continue;
+            }
+            if position < self.synced.len() {
+                self.synced[position] = key;
+            } else {
+                self.synced.push(key);
+            }
             let Some(peer) = id.peer_id() else { continue };
             if peer == self.local {
                 continue;
@@ -587,6 +710,7 @@ impl Membership {
                 }
             }
         }
+        self.synced.truncate(i);
     }
 }
 
