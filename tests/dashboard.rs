@@ -12,20 +12,11 @@ mod agent;
 #[path = "support/webdriver.rs"]
 mod webdriver;
 
-use std::net::TcpListener;
 use std::time::Instant;
 
 use agent::{Agent, key_file, wait_until};
 use serde_json::{Value, json};
-use webdriver::Browser;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use webdriver::{Browser, free_port};
 
 #[test]
 fn the_dashboard_shows_the_mesh_live_and_changes_it_only_after_login() {

@@ -26,7 +26,8 @@ pub struct Browser {
     agent: ureq::Agent,
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -157,15 +158,23 @@ impl Browser {
             .to_string()
     }
 
-    /// Clicks the element `css` selects, as a user would (WebDriver's pointer click).
+    /// Clicks the element `css` selects, as a user would (WebDriver's pointer click). The
+    /// dashboard redraws its tables on every update, so an element found a moment ago may be
+    /// gone ("stale"): it is then found again, as a user's pointer would hit the new one.
     pub fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.call(
-            "POST",
-            &self.session_path(&format!("/element/{id}/click")),
-            json!({}),
-        )
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let mut tries = 0;
+        loop {
+            let id = self.element(css);
+            match self.call(
+                "POST",
+                &self.session_path(&format!("/element/{id}/click")),
+                json!({}),
+            ) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && tries < 50 => tries += 1,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     /// Types `text` into the element `css` selects, replacing what it held.
