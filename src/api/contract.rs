@@ -830,8 +830,6 @@ pub struct Overview {
     pub peers: Vec<PeerEntry>,
     pub services: Vec<ServiceEntry>,
     pub ports: Vec<PortEntry>,
-    /// Whether this browser holds a valid session (the buttons that change things need one).
-    pub logged_in: bool,
 }
 
 /// `GET /v1/events[?node=NAME][&after=SEQ][&limit=N][&wait_ms=T]`: a node's audit trail,

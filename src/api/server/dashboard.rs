@@ -98,8 +98,8 @@ pub async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-/// The overview of `node` and `state` for a browser that is (or is not) logged in.
-pub fn overview(node: &NodeSnapshot, state: &StateSnapshot, logged_in: bool) -> Overview {
+/// The overview of `node` and `state`.
+pub fn overview(node: &NodeSnapshot, state: &StateSnapshot) -> Overview {
     let now = Instant::now();
     let view = View::new(&state.state, &state.specs);
     Overview {
@@ -107,7 +107,6 @@ pub fn overview(node: &NodeSnapshot, state: &StateSnapshot, logged_in: bool) -> 
         peers: peer_entries(node, state, now),
         services: service_entries(view, &placements(node, view), now_ms()),
         ports: port_entries(&state.state, None),
-        logged_in,
     }
 }
 
@@ -184,7 +183,6 @@ pub async fn logout(axum::Extension(ext): axum::Extension<DashboardExt>) -> Resp
 /// per sampler interval), until the browser goes or the agent stops.
 pub async fn stream(
     State(node): State<NodeHandle>,
-    headers: HeaderMap,
     axum::Extension(ext): axum::Extension<DashboardExt>,
 ) -> Response {
     let Ok(permit) = ext.streams.clone().try_acquire_owned() else {
@@ -196,9 +194,8 @@ pub async fn stream(
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return response;
     };
-    let logged_in = ext.guard.logged_in(&headers);
     let samples = ext.insight.as_ref().map(InsightHandle::subscribe);
-    let stream = overview_stream(node, samples, logged_in, permit);
+    let stream = overview_stream(node, samples, permit);
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
@@ -214,7 +211,6 @@ struct StreamState {
     nodes: watch::Receiver<Arc<NodeSnapshot>>,
     states: watch::Receiver<Arc<StateSnapshot>>,
     samples: Option<watch::Receiver<Option<Arc<Sample>>>>,
-    logged_in: bool,
     /// When the last overview went, and whether a change is waiting for the gap to pass.
     last: Option<Instant>,
     pending: bool,
@@ -225,7 +221,6 @@ struct StreamState {
 fn overview_stream(
     node: NodeHandle,
     mut samples: Option<watch::Receiver<Option<Arc<Sample>>>>,
-    logged_in: bool,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     if let Some(s) = samples.as_mut() {
@@ -236,7 +231,6 @@ fn overview_stream(
         states: node.state().subscribe(),
         node,
         samples,
-        logged_in,
         last: None,
         pending: true,
         _permit: permit,
@@ -251,11 +245,7 @@ fn overview_stream(
                     st.last = Some(now);
                     st.nodes.borrow_and_update();
                     st.states.borrow_and_update();
-                    let view = overview(
-                        &st.node.snapshot(),
-                        &st.node.state().snapshot(),
-                        st.logged_in,
-                    );
+                    let view = overview(&st.node.snapshot(), &st.node.state().snapshot());
                     let event = Event::default()
                         .event("overview")
                         .retry(RETRY)
