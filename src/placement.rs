@@ -1011,3 +1011,28 @@ pub fn ordinal(n: usize) -> String {
     };
     format!("{n}{suffix}")
 }
+
+/// What a node's instance record `key` becomes once its copy is gone for good: `None`
+/// (deleted), or, when it carries the highest fencing token of a service that still exists, a
+/// `stopped` record keeping that `epoch`. A new claim takes one more than the highest epoch of
+/// any instance, so `MESH_EPOCH` keeps growing across a hand-over (drain, rebalance) even
+/// when the copy that had it is gone. It is deleted once another node's claim carries an
+/// epoch as high, or the service is removed.
+pub fn last_claim(view: View<'_>, key: &str) -> Option<InstanceRecord> {
+    let record = view.state.instances.get(key)?;
+    let epoch = record.epoch?;
+    view.spec(&record.service)?;
+    let superseded = view.state.instances.iter().any(|(other, i)| {
+        other != key && i.service == record.service && i.epoch.is_some_and(|e| e >= epoch)
+    });
+    if superseded {
+        return None;
+    }
+    Some(InstanceRecord {
+        state: InstanceState::Stopped,
+        pid: None,
+        reason: Some("handed over; kept as the service's last claim (MESH_EPOCH)".to_string()),
+        log_tail: None,
+        ..record.clone()
+    })
+}

@@ -26,10 +26,17 @@ use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::identity::NodeId;
 use crate::membership::{Membership, MembershipConfig, PeerState};
+use crate::supervisor::SupervisorEvent;
+use fleet::Fleet;
 
+mod fleet;
 pub mod report;
 pub mod scenario;
+mod stack;
+mod timeline;
+mod wiring;
 
 pub use report::{Perf, Report};
 pub use scenario::{Action, Pick, Scenario, ScenarioError};
@@ -99,7 +106,58 @@ enum Ev {
     Check {
         what: &'static str,
     },
+    // The full stack (scenarios with services).
+    Sync {
+        from: usize,
+        to: usize,
+        data: Bytes,
+    },
+    Launch {
+        node: usize,
+        incarnation: u64,
+        event: SupervisorEvent,
+    },
+    ActOn {
+        node: usize,
+    },
+    SupervisorWake {
+        node: usize,
+    },
+    Ask {
+        from: usize,
+        to: usize,
+        service: String,
+        about: Vec<NodeId>,
+        qid: u64,
+    },
+    Answer {
+        from: usize,
+        to: usize,
+        service: String,
+        qid: u64,
+        objects: bool,
+    },
+    AskTimeout {
+        node: usize,
+        service: String,
+        qid: u64,
+    },
+    AntiEntropy {
+        node: usize,
+        bump: u64,
+    },
+    AddServices(usize),
+    Sample,
+    Settled {
+        what: &'static str,
+    },
 }
+
+/// Anti-entropy interval of the state actor (`state::actor::ANTI_ENTROPY`).
+const ANTI_ENTROPY: Duration = crate::state::actor::ANTI_ENTROPY;
+/// Copies are sampled this often for the copies-over-time plot; the document size every
+/// sixth sample.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 struct SimNode {
     peer: PeerId,
@@ -150,6 +208,10 @@ pub struct Simulation {
     partitioned: bool,
     report: Report,
     processed: u64,
+    /// The full stack of every node, when the scenario has services.
+    fleet: Option<Fleet>,
+    node_ids: std::collections::BTreeMap<NodeId, usize>,
+    samples: u64,
 }
 
 /// A node id that is the same in every run: an Ed25519 key from the seed and the index.
@@ -200,8 +262,19 @@ impl Simulation {
             outage_of: HashMap::new(),
             partitioned: false,
             processed: 0,
+            fleet: None,
+            node_ids: std::collections::BTreeMap::new(),
+            samples: 0,
             scenario,
         };
+        if !sim.scenario.services.is_empty() {
+            let fleet = Fleet::new(capacity, sim.base, sim.scenario.ignore_exclusive_fence);
+            sim.fleet = Some(fleet);
+            for g in 0..sim.scenario.services.len() {
+                sim.schedule(sim.scenario.services[g].at, Ev::AddServices(g));
+            }
+            sim.schedule(SAMPLE_EVERY, Ev::Sample);
+        }
         for i in 0..sim.scenario.nodes {
             sim.add_node(capacity);
             let at = START_SPREAD.mul_f64(i as f64 / sim.scenario.nodes as f64);
@@ -221,6 +294,7 @@ impl Simulation {
         let i = self.nodes.len();
         let peer = peer_of(self.seed, i);
         self.index.insert(peer, i);
+        self.node_ids.insert(NodeId::from(&peer), i);
         let segment = i % self.scenario.network.segments;
         self.nodes.push(SimNode {
             peer,
@@ -290,12 +364,23 @@ impl Simulation {
     }
 
     /// Runs to the end; returns the report and the run's costs.
-    pub fn run(mut self) -> (Report, Perf) {
+    pub fn run(self) -> (Report, Perf) {
+        self.run_with_progress(|_, _| {})
+    }
+
+    /// The same, calling `progress(simulated so far, events)` about every 5 s of wall time
+    /// (the CLI prints it: a big run takes minutes).
+    pub fn run_with_progress(mut self, mut progress: impl FnMut(Duration, u64)) -> (Report, Perf) {
         let wall = Instant::now();
+        let mut told = wall;
         let end = self.scenario.duration;
         while let Some(Reverse((at, seq))) = self.queue.pop() {
             if at > end {
                 break;
+            }
+            if self.processed.is_multiple_of(4096) && told.elapsed() >= Duration::from_secs(5) {
+                told = Instant::now();
+                progress(at, self.processed);
             }
             let Some(ev) = self.events.remove(&seq) else {
                 continue;
@@ -351,6 +436,9 @@ impl Simulation {
                     if let Some(m) = self.nodes[a].membership.as_mut() {
                         m.on_disconnected(&peer);
                     }
+                    if let Some(fleet) = self.fleet.as_mut() {
+                        fleet.link_down(a, peer);
+                    }
                     self.after_input(a);
                 }
             }
@@ -395,7 +483,17 @@ impl Simulation {
             }
             Ev::ChurnTick => self.churn_tick(),
             Ev::Check { what } => self.check(what),
+            other => self.handle_stack(other),
         }
+    }
+
+    /// The incarnation node `i` goes by now: its membership renews it (one more) when it learns
+    /// that others declared it dead, as after a partition.
+    pub(crate) fn current_bump(&self, i: usize) -> u64 {
+        self.nodes[i]
+            .membership
+            .as_ref()
+            .map_or(self.nodes[i].bump, |m| m.local_member().bump)
     }
 
     fn same_side(&self, a: usize, b: usize) -> bool {
@@ -427,6 +525,13 @@ impl Simulation {
             self.schedule(self.now + d, Ev::Connect { a: i, b: p });
         }
         self.after_input(i);
+        if let Some(fleet) = self.fleet.as_mut() {
+            let outs = fleet.start(i, &peer, self.now, seed ^ 0x5eed);
+            // Spread over the interval without a random draw (membership-only runs draw none).
+            let offset = Duration::from_millis((i as u64 * 137) % ANTI_ENTROPY.as_millis() as u64);
+            self.schedule(self.now + offset, Ev::AntiEntropy { node: i, bump });
+            self.apply(outs);
+        }
     }
 
     fn connect_delay(&mut self) -> Duration {
@@ -448,11 +553,15 @@ impl Simulation {
         let now = self.instant();
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x].links[y] = true;
-            let (peer, bump) = (self.nodes[y].peer, self.nodes[y].bump);
+            let (peer, bump) = (self.nodes[y].peer, self.current_bump(y));
             if let Some(m) = self.nodes[x].membership.as_mut() {
                 m.on_admitted(peer, bump, now);
             }
             self.after_input(x);
+            if let Some(fleet) = self.fleet.as_mut() {
+                let outs = fleet.link_up(x, y, peer, self.now);
+                self.apply(outs);
+            }
         }
     }
 
@@ -510,6 +619,11 @@ impl Simulation {
                 continue;
             }
             self.nodes[i].view[x] = c;
+            if let Some(fleet) = self.fleet.as_mut() {
+                let peer = self.nodes[x].peer;
+                let outs = fleet.membership_changed(i, &peer, state, self.now);
+                self.apply(outs);
+            }
             match state {
                 PeerState::Dead | PeerState::Left => self.on_verdict(i, x, bump, state),
                 PeerState::Suspect => self.report.membership.suspicions += 1,
@@ -547,7 +661,7 @@ impl Simulation {
             .into_iter()
             .flatten()
             .any(|until| self.now <= until + CUT_GRACE);
-        if self.up(x) && x_node.bump == bump && self.same_side(observer, x) && !fair_cut {
+        if self.up(x) && self.current_bump(x) == bump && self.same_side(observer, x) && !fair_cut {
             self.report.membership.false_dead += 1;
             let (o, v) = (observer, x);
             self.violation(
@@ -555,172 +669,6 @@ impl Simulation {
                 format!("node {o} declared node {v} {state} while it was up and reachable"),
             );
         }
-    }
-
-    fn pick(&mut self, pick: &Pick, want_up: bool) -> Vec<usize> {
-        match pick {
-            Pick::Nodes(list) => list
-                .iter()
-                .copied()
-                .filter(|&n| n < self.nodes.len() && self.up(n) == want_up)
-                .collect(),
-            Pick::Random(count) => {
-                let mut candidates: Vec<usize> = (0..self.nodes.len())
-                    .filter(|&n| self.up(n) == want_up)
-                    .collect();
-                let mut chosen = Vec::new();
-                while chosen.len() < *count && !candidates.is_empty() {
-                    let k = self.rng.random_range(0..candidates.len());
-                    chosen.push(candidates.swap_remove(k));
-                }
-                chosen.sort_unstable();
-                chosen
-            }
-        }
-    }
-
-    fn act(&mut self, action: Action) {
-        self.report
-            .timeline
-            .push(format!("{:.3}s {action:?}", self.now.as_secs_f64()));
-        match action {
-            Action::Crash(p) => {
-                for n in self.pick(&p, true) {
-                    self.take_down(n, false);
-                }
-            }
-            Action::Stop(p) => {
-                for n in self.pick(&p, true) {
-                    self.take_down(n, true);
-                }
-            }
-            Action::Restart(p) => {
-                for n in self.pick(&p, false) {
-                    self.start(n);
-                }
-            }
-            Action::Add(count) => {
-                let capacity = self.nodes[0].links.len();
-                for _ in 0..count {
-                    if self.nodes.len() >= capacity {
-                        break;
-                    }
-                    let n = self.add_node(capacity);
-                    self.start(n);
-                }
-            }
-            Action::Partition { fraction } => {
-                let up: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.up(n)).collect();
-                let cut = ((up.len() as f64) * fraction).round() as usize;
-                for (k, n) in up.iter().enumerate() {
-                    self.nodes[*n].side = u32::from(k >= cut);
-                }
-                self.partitioned = true;
-                // Links across the cut go silent and close after the idle timeout.
-                for a in 0..self.nodes.len() {
-                    for b in 0..self.nodes.len() {
-                        if a != b && self.nodes[a].links[b] && !self.same_side(a, b) {
-                            self.schedule(self.now + IDLE_TIMEOUT, Ev::Disconnect { a, b });
-                        }
-                    }
-                }
-            }
-            Action::Heal => {
-                if !self.partitioned {
-                    return;
-                }
-                self.partitioned = false;
-                let now = self.now;
-                for n in &mut self.nodes {
-                    n.side = 0;
-                    n.cut_until = Some(now);
-                }
-                for a in 0..self.nodes.len() {
-                    for b in (a + 1)..self.nodes.len() {
-                        if self.up(a)
-                            && self.up(b)
-                            && !(self.nodes[a].links[b] && self.nodes[b].links[a])
-                        {
-                            let d = Duration::from_micros(
-                                self.rng.random_range(0..=REDIAL_MAX.as_micros() as u64),
-                            );
-                            self.schedule(self.now + d, Ev::Connect { a, b });
-                        }
-                    }
-                }
-                self.schedule(
-                    self.now + HEAL_SETTLE,
-                    Ev::Check {
-                        what: "converged after heal",
-                    },
-                );
-            }
-        }
-    }
-
-    /// Node `n` goes: silently (crash) or with leave notices (graceful stop).
-    fn take_down(&mut self, n: usize, graceful: bool) {
-        let now = self.instant();
-        let bump = self.nodes[n].bump;
-        let linked: Vec<usize> = (0..self.nodes.len())
-            .filter(|&p| p != n && self.nodes[n].links[p] && self.up(p))
-            .collect();
-        if graceful {
-            if let Some(m) = self.nodes[n].membership.as_mut() {
-                m.leave(now);
-            }
-            self.after_input(n);
-            for &p in &linked {
-                let d = self.latency(n, p);
-                self.schedule(
-                    self.now + d,
-                    Ev::LeaveNotice {
-                        from: n,
-                        to: p,
-                        leaver: n,
-                        bump,
-                    },
-                );
-            }
-        }
-        self.nodes[n].membership = None;
-        self.nodes[n].wake = None;
-        self.outage_of.insert((n, bump), self.outages.len());
-        self.outages.push(Outage {
-            node: n,
-            bump,
-            at: self.now,
-            graceful,
-            waiting: linked.clone(),
-        });
-        for p in linked {
-            // A graceful stop closes its connections at once; a crash's time out.
-            let after = if graceful {
-                self.latency(n, p) * 2
-            } else {
-                IDLE_TIMEOUT
-            };
-            self.schedule(self.now + after, Ev::Disconnect { a: p, b: n });
-        }
-    }
-
-    fn churn_tick(&mut self) {
-        let Some(churn) = self.scenario.churn.clone() else {
-            return;
-        };
-        // Every 10 s, a share of the per-minute rate, rounded at random.
-        let expected = churn.per_minute * self.nodes.len() as f64 / 6.0;
-        let mut count = expected.floor() as usize;
-        if self.rng.random_bool(expected.fract().clamp(0.0, 1.0)) {
-            count += 1;
-        }
-        let down = self.pick(&Pick::Random(count), true);
-        for n in down {
-            self.take_down(n, false);
-            self.report.churn_restarts += 1;
-            self.schedule(self.now + churn.downtime, Ev::Start { node: n });
-        }
-        self.schedule(self.now + Duration::from_secs(10), Ev::ChurnTick);
     }
 
     fn check(&mut self, what: &'static str) {
@@ -803,6 +751,28 @@ impl Simulation {
         self.report.nodes_total = self.nodes.len();
         self.report.nodes_up_at_end = up.len();
         self.report.outages = self.outages.len();
+        if let Some(mut fleet) = self.fleet.take() {
+            let quiet_since = self
+                .scenario
+                .timeline
+                .last()
+                .map_or(Duration::ZERO, |t| t.at);
+            if self.scenario.churn.is_none()
+                && !self.partitioned
+                && quiet_since + HEAL_SETTLE <= end
+            {
+                fleet.check_settled("end of run", end);
+            }
+            for (invariant, detail) in std::mem::take(&mut fleet.violations) {
+                self.violation(invariant, detail);
+            }
+            let mut f = fleet.figures;
+            f.services = fleet.replicas.len();
+            f.copies_wanted = fleet.replicas.values().map(|r| u64::from(*r)).sum();
+            f.sync_messages_per_node_per_s = f.sync_messages as f64 / nodes / secs;
+            f.sync_bytes_per_node_per_s = f.sync_bytes as f64 / nodes / secs;
+            self.report.services = Some(f);
+        }
         self.report.finish();
     }
 }

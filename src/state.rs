@@ -13,6 +13,7 @@
 pub mod actor;
 mod enums;
 pub mod file;
+pub mod incremental;
 
 pub use enums::{Desired, InstanceState, OperatorRequest};
 
@@ -776,7 +777,7 @@ pub enum EntryWrite {
 
 impl EntryWrite {
     /// Whether this node may write the entry: instances and leases only its own.
-    pub(crate) fn owned_by(&self, local: &str) -> bool {
+    pub fn owned_by(&self, local: &str) -> bool {
         match self {
             EntryWrite::Service { .. } => true,
             EntryWrite::Instance { key, record } => {
@@ -789,6 +790,27 @@ impl EntryWrite {
             }
         }
     }
+}
+
+/// Applies `writes` to `doc` (uncommitted: the caller commits, durably in the agent). The
+/// caller checks ownership ([`EntryWrite::owned_by`]) and the document bound first.
+pub fn apply_writes(doc: &mut AutoCommit, writes: &[EntryWrite]) -> Result<(), StateError> {
+    for write in writes {
+        match write {
+            EntryWrite::Service { name, record } => put_entry(doc, "services", name, record)?,
+            EntryWrite::Instance {
+                key,
+                record: Some(r),
+            } => put_entry(doc, "instances", key, r)?,
+            EntryWrite::Lease {
+                key,
+                record: Some(r),
+            } => put_entry(doc, "leases", key, r)?,
+            EntryWrite::Instance { key, record: None } => delete_entry(doc, "instances", key)?,
+            EntryWrite::Lease { key, record: None } => delete_entry(doc, "leases", key)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

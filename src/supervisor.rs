@@ -726,6 +726,29 @@ impl Supervisor {
     }
 }
 
+/// The instance record of a service's status, as its node publishes it on a transition:
+/// the lifecycle fields only. The caller adds what it alone knows (ports, log tail, health
+/// check, claim, anomaly). `now` and `wall_ms` are the same moment on the two clocks.
+pub fn instance_record(
+    status: &ServiceStatus,
+    node: NodeId,
+    now: Instant,
+    wall_ms: i64,
+) -> crate::state::InstanceRecord {
+    let ago = now.saturating_duration_since(status.since);
+    crate::state::InstanceRecord {
+        service: status.service.clone(),
+        node,
+        state: status.state.into(),
+        since_ms: wall_ms - ago.as_millis() as i64,
+        pid: status.pid.map(i64::from),
+        restarts: u64::from(status.restarts),
+        last_exit: status.last_exit.map(|e| e.to_string()),
+        reason: Some(status.reason.clone()),
+        ..Default::default()
+    }
+}
+
 /// What identifies one operator request of a service: the generation its writer bumped and
 /// the writer's wall-clock time (which alone tells apart the requests of agents older than
 /// generations). Only ever compared for equality.

@@ -87,7 +87,7 @@ pub struct SimArgs {
     /// gives the same report.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Write report.json, perf.json, summary.md and detection-cdf.svg here.
+    /// Write report.json, perf.json, summary.md and the plots (SVG) here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print the report as JSON instead of the summary.

@@ -684,7 +684,13 @@ pub fn sim(args: SimArgs) -> Result<(), ClientError> {
         scenario.nodes,
         scenario.duration.as_secs_f64()
     );
-    let (report, perf) = Simulation::new(scenario, args.seed).run();
+    let total = scenario.duration.as_secs_f64();
+    let (report, perf) = Simulation::new(scenario, args.seed).run_with_progress(|at, events| {
+        note!(
+            "  {:.0} of {total:.0} simulated s ({events} events)",
+            at.as_secs_f64()
+        );
+    });
     note!(
         "done in {:.1} s of wall time ({} events)",
         perf.wall_s,
@@ -703,10 +709,17 @@ pub fn sim(args: SimArgs) -> Result<(), ClientError> {
         )?;
         write("summary.md", report.summary(Some(&perf)))?;
         write("detection-cdf.svg", report.detection_svg())?;
-        note!(
-            "wrote {}/{{report.json,perf.json,summary.md,detection-cdf.svg}}",
-            dir.display()
-        );
+        let mut files = vec![
+            "report.json",
+            "perf.json",
+            "summary.md",
+            "detection-cdf.svg",
+        ];
+        for (name, svg) in report.service_svgs() {
+            write(name, svg)?;
+            files.push(name);
+        }
+        note!("wrote {}/{{{}}}", dir.display(), files.join(","));
     }
     if args.json {
         out!("{}", report.to_json().trim_end());

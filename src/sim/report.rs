@@ -78,6 +78,33 @@ pub struct Traffic {
     pub dropped_counted: u64,
 }
 
+/// The full stack's figures (document, sync, placement, services), when the scenario has
+/// services.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceFigures {
+    pub services: usize,
+    pub copies_wanted: u64,
+    /// A copy lost with its node → a new copy ready (healthy) on another node.
+    pub failover: Stats,
+    pub sync_messages: u64,
+    pub sync_bytes: u64,
+    pub sync_messages_per_node_per_s: f64,
+    pub sync_bytes_per_node_per_s: f64,
+    /// Changes of instance records written by the supervisors.
+    pub instance_writes: u64,
+    pub audit_events: u64,
+    /// Exclusive starts the members did not confirm (asked again later).
+    pub fenced_retries: u64,
+    /// Saved document size at the end (mean of the sampled nodes), bytes.
+    pub doc_bytes_end: u64,
+    /// (simulated s, ready copies, wanted copies), every 5 s.
+    pub copies: Vec<(f64, u64, u64)>,
+    /// (simulated s, saved document bytes), every 30 s.
+    pub doc_bytes: Vec<(f64, u64)>,
+    #[serde(skip)]
+    pub failover_ms: Vec<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
     pub at_ms: u64,
@@ -98,6 +125,8 @@ pub struct Report {
     pub churn_restarts: u64,
     pub membership: MembershipFigures,
     pub traffic: Traffic,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceFigures>,
     pub violations_total: usize,
     pub violations: Vec<Violation>,
     /// The scenario's events as they happened.
@@ -152,6 +181,10 @@ impl Report {
                 .collect();
         }
         m.detection_cdf_ms = cdf;
+        if let Some(f) = self.services.as_mut() {
+            f.failover = Stats::of(&f.failover_ms);
+            f.doc_bytes_end = f.doc_bytes.last().map_or(0, |(_, b)| *b);
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -203,6 +236,25 @@ impl Report {
             t.links_per_node,
             t.dropped_counted,
         );
+        if let Some(f) = &self.services {
+            out.push_str(&format!(
+                "\nServices: {} services, {} copies wanted.\n\n| figure | value |\n|---|---|\n\
+                 | copy lost with its node → new copy ready elsewhere (p50 / p90 / max) | {} |\n\
+                 | sync messages per node per second | {:.2} |\n\
+                 | sync bytes per node per second | {:.0} |\n\
+                 | instance record changes | {} |\n\
+                 | exclusive starts not confirmed at first ask | {} |\n\
+                 | document size at the end | {} B |\n",
+                f.services,
+                f.copies_wanted,
+                stat(&f.failover),
+                f.sync_messages_per_node_per_s,
+                f.sync_bytes_per_node_per_s,
+                f.instance_writes,
+                f.fenced_retries,
+                f.doc_bytes_end,
+            ));
+        }
         if let Some(p) = perf {
             out.push_str(&format!(
                 "\nRun: {:.2} s of wall time ({:.4} s per simulated second), {} events, peak memory {:.0} MiB.\n",
@@ -277,6 +329,115 @@ impl Report {
     }
 }
 
+/// One line of a chart: label, colour, points.
+pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart as an SVG: `series` of (label, colour, points), axes from zero.
+pub fn line_svg(title: &str, x_unit: &str, y_unit: &str, series: &[Series<'_>]) -> String {
+    let (w, h, l, b, top, r) = (560.0, 300.0, 64.0, 40.0, 34.0, 16.0);
+    let xmax = series
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|(x, _)| *x))
+        .fold(1e-9, f64::max);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
+        .fold(1e-9, f64::max)
+        * 1.1;
+    let x = |v: f64| l + (w - l - r) * v / xmax;
+    let y = |v: f64| h - b - (h - b - top) * v / ymax;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/><text x=\"{l}\" y=\"14\">{title}</text>"
+    );
+    for k in 0..=4 {
+        let v = ymax * f64::from(k) / 4.0;
+        svg.push_str(&format!(
+            "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{v:.0}{y_unit}</text>",
+            y(v),
+            w - r,
+            l - 4.0,
+            y(v) + 4.0
+        ));
+        let t = xmax * f64::from(k) / 4.0;
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t:.0}{x_unit}</text>",
+            x(t),
+            h - b + 16.0
+        ));
+    }
+    for (k, (label, colour, points)) in series.iter().enumerate() {
+        let line: Vec<String> = points
+            .iter()
+            .map(|(a, v)| format!("{:.1},{:.1}", x(*a), y(*v)))
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.6\" points=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"28\" fill=\"{colour}\">{label}</text>",
+            line.join(" "),
+            l + 160.0 * k as f64
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+impl Report {
+    /// The plots of the full stack: (file name, SVG).
+    pub fn service_svgs(&self) -> Vec<(&'static str, String)> {
+        let Some(f) = &self.services else {
+            return Vec::new();
+        };
+        let ready = f.copies.iter().map(|(t, r, _)| (*t, *r as f64)).collect();
+        let wanted = f.copies.iter().map(|(t, _, w)| (*t, *w as f64)).collect();
+        let doc = f
+            .doc_bytes
+            .iter()
+            .map(|(t, b)| (*t, *b as f64 / 1024.0))
+            .collect();
+        let mut failover = f.failover_ms.clone();
+        failover.sort_by(f64::total_cmp);
+        let n = failover.len().max(1) as f64;
+        let cdf = failover
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0))
+            .collect();
+        vec![
+            (
+                "copies.svg",
+                line_svg(
+                    &format!(
+                        "ready copies of all services over time (seed {})",
+                        self.seed
+                    ),
+                    " s",
+                    "",
+                    &[("ready", "#1f77b4", ready), ("wanted", "#d62728", wanted)],
+                ),
+            ),
+            (
+                "document-size.svg",
+                line_svg(
+                    "saved document size over time",
+                    " s",
+                    " KiB",
+                    &[("document", "#2ca02c", doc)],
+                ),
+            ),
+            (
+                "failover-cdf.svg",
+                line_svg(
+                    "copy lost → new copy ready elsewhere: CDF",
+                    " ms",
+                    " %",
+                    &[("failover", "#9467bd", cdf)],
+                ),
+            ),
+        ]
+    }
+}
+
 /// `mesh sim --compare A B`: the figures of two reports side by side, with the change.
 pub fn compare(a: &Report, b: &Report) -> String {
     let rows: Vec<(&str, f64, f64)> = vec![
@@ -334,6 +495,25 @@ pub fn compare(a: &Report, b: &Report) -> String {
             "links / node",
             a.traffic.links_per_node,
             b.traffic.links_per_node,
+        ),
+        (
+            "failover p50 (ms)",
+            a.services.as_ref().map_or(0.0, |f| f.failover.p50),
+            b.services.as_ref().map_or(0.0, |f| f.failover.p50),
+        ),
+        (
+            "sync bytes / node / s",
+            a.services
+                .as_ref()
+                .map_or(0.0, |f| f.sync_bytes_per_node_per_s),
+            b.services
+                .as_ref()
+                .map_or(0.0, |f| f.sync_bytes_per_node_per_s),
+        ),
+        (
+            "document bytes at the end",
+            a.services.as_ref().map_or(0.0, |f| f.doc_bytes_end as f64),
+            b.services.as_ref().map_or(0.0, |f| f.doc_bytes_end as f64),
         ),
         (
             "violations",

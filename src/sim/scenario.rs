@@ -68,6 +68,26 @@ struct RawScenario {
     churn: Option<RawChurn>,
     #[serde(default)]
     events: Vec<RawEvent>,
+    #[serde(default)]
+    services: Vec<RawServices>,
+    #[serde(default)]
+    faults: RawFaults,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServices {
+    name: String,
+    count: Option<usize>,
+    replicas: Option<u32>,
+    exclusive: Option<bool>,
+    at: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    ignore_exclusive_fence: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -152,6 +172,19 @@ pub struct Churn {
     pub downtime: Duration,
 }
 
+/// Services the scenario adds: `count` of them (named `name-0`, `name-1`, … when more than
+/// one), each added through the services domain by a different node (round-robin), at `at`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Services {
+    pub names: Vec<String>,
+    pub replicas: u32,
+    pub exclusive: bool,
+    pub at: Duration,
+}
+
+/// Most services a scenario adds.
+pub const MAX_SERVICES: usize = 1_000;
+
 /// A checked scenario.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
@@ -162,6 +195,10 @@ pub struct Scenario {
     pub network: Network,
     pub churn: Option<Churn>,
     pub timeline: Vec<TimedAction>,
+    pub services: Vec<Services>,
+    /// A deliberately broken rule: exclusive owners ignore the fence (no majority, no
+    /// confirmation). Only to check that the invariant checker catches it.
+    pub ignore_exclusive_fence: bool,
 }
 
 impl Scenario {
@@ -263,7 +300,44 @@ impl Scenario {
             timeline.push(TimedAction { at, action });
         }
         timeline.sort_by_key(|t| t.at);
+        let mut services = Vec::new();
+        let mut total = 0;
+        for (i, g) in raw.services.iter().enumerate() {
+            let count = g.count.unwrap_or(1);
+            total += count;
+            if count == 0 || total > MAX_SERVICES {
+                return Err(invalid(format!(
+                    "services[{i}]: count must be 1 or more, and {MAX_SERVICES} services in all at most"
+                )));
+            }
+            let names = if count == 1 {
+                vec![g.name.clone()]
+            } else {
+                (0..count).map(|k| format!("{}-{k}", g.name)).collect()
+            };
+            if let Some(bad) = names
+                .iter()
+                .find(|n| crate::wire::name::check_name(n).is_err())
+            {
+                return Err(invalid(format!(
+                    "services[{i}]: {bad:?} is not a valid service name"
+                )));
+            }
+            services.push(Services {
+                names,
+                replicas: g.replicas.unwrap_or(1).clamp(1, 64),
+                exclusive: g.exclusive.unwrap_or(false),
+                at: g
+                    .at
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .unwrap_or(Duration::from_secs(10)),
+            });
+        }
         Ok(Scenario {
+            services,
+            ignore_exclusive_fence: raw.faults.ignore_exclusive_fence.unwrap_or(false),
             name: raw.name.unwrap_or_else(|| "scenario".into()),
             nodes: raw.nodes,
             duration,

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use super::file::DocFile;
 use super::{
     COMPACT_AT_CHANGES, EpochId, HydrateStats, MeshState, NodeRecord, ParsedSpecs, StateError,
-    compact, delete_entry, epoch_of, genesis, get_entry, hydrate_lenient, migrate_into, now_ms,
-    put_entry, validate_tag,
+    compact, epoch_of, genesis, get_entry, hydrate_lenient, migrate_into, now_ms, put_entry,
+    validate_tag,
 };
 use crate::sync::{SyncHealth, SyncSessions, SyncStats, SyncStatus};
 use crate::transport::{MAX_SNAPSHOT_BYTES, MAX_SYNC_PAYLOAD, SNAPSHOT_PART_BYTES};

@@ -691,7 +691,7 @@ impl SupervisorActor {
             .collect();
         let mut writes = Vec::new();
         for key in stale {
-            let record = publish::last_claim(snap, &key);
+            let record = crate::placement::last_claim(View::new(&snap.state, &snap.specs), &key);
             if record.is_some() && record.as_ref() == snap.state.instances.get(&key) {
                 // Already the last claim, as it should stay.
                 continue;

@@ -28,7 +28,7 @@ impl StateActor {
         // Services are what an operator adds without limit; instances and leases follow from
         // them (bounded per service), so refusing those would only hide what runs.
         self.check_bound(growth)?;
-        self.change_durably(|doc| Self::apply_writes(doc, &writes))
+        self.change_durably(|doc| crate::state::apply_writes(doc, &writes))
             .await
     }
 
@@ -48,28 +48,6 @@ impl StateActor {
         }
         self.publish_and_push().await;
         Ok(true)
-    }
-
-    pub(super) fn apply_writes(
-        doc: &mut AutoCommit,
-        writes: &[EntryWrite],
-    ) -> Result<(), StateError> {
-        for write in writes {
-            match write {
-                EntryWrite::Service { name, record } => put_entry(doc, "services", name, record)?,
-                EntryWrite::Instance {
-                    key,
-                    record: Some(r),
-                } => put_entry(doc, "instances", key, r)?,
-                EntryWrite::Lease {
-                    key,
-                    record: Some(r),
-                } => put_entry(doc, "leases", key, r)?,
-                EntryWrite::Instance { key, record: None } => delete_entry(doc, "instances", key)?,
-                EntryWrite::Lease { key, record: None } => delete_entry(doc, "leases", key)?,
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn has_own_record(&self) -> bool {

@@ -42,12 +42,13 @@ impl StateActor {
             // Visible first (propagation latency), durable right after: a remote change lost
             // in a crash is fetched again from peers.
             self.publish();
-            let others: Vec<(PeerId, Vec<u8>)> = self
-                .sessions
-                .generate_all(&mut self.doc, now)
-                .into_iter()
-                .filter(|(p, _)| repaired || *p != peer)
-                .collect();
+            // Our own record repaired is a local change: to everyone. A peer's change goes on
+            // to a few others (`sync::RELAY_FANOUT`): its writer pushed it to its own links.
+            let others: Vec<(PeerId, Vec<u8>)> = if repaired {
+                self.sessions.generate_all(&mut self.doc, now)
+            } else {
+                self.sessions.relay(&mut self.doc, peer, now)
+            };
             self.send_all(others).await;
             self.persist_or_log();
         }

@@ -21,13 +21,13 @@ impl SupervisorActor {
                 self.instances_written.remove(&key);
                 if !self.refused.contains_key(&status.service) {
                     let snap = self.state.snapshot();
-                    let record = last_claim(&snap, &key);
+                    let record =
+                        crate::placement::last_claim(View::new(&snap.state, &snap.specs), &key);
                     writes.push(EntryWrite::Instance { key, record });
                 }
             } else if !placed_here && self.refused.contains_key(&status.service) {
                 // Still stopping: the `refused` entry stays until the process is gone.
             } else {
-                let ago = now_instant.saturating_duration_since(status.since);
                 let log_tail = (status.state == ServiceState::Failed).then(|| {
                     launcher::tail_log(&self.config.log_dir, &status.service, FAILED_LOG_TAIL)
                         .unwrap_or_default()
@@ -59,15 +59,7 @@ impl SupervisorActor {
                 writes.push(EntryWrite::Instance {
                     key,
                     record: Some(InstanceRecord {
-                        service: status.service.clone(),
-                        node: NodeId::from(&self.config.node_id),
-                        state: status.state.into(),
-                        since_ms: now - ago.as_millis() as i64,
-                        pid: status.pid.map(i64::from),
-                        restarts: u64::from(status.restarts),
                         ports,
-                        last_exit: status.last_exit.map(|e| e.to_string()),
-                        reason: Some(status.reason.clone()),
                         log_tail,
                         health_check,
                         epoch: claimed.map(|(epoch, _)| epoch),
@@ -78,6 +70,12 @@ impl SupervisorActor {
                             .expect("the anomalies lock is never poisoned")
                             .get(&status.service)
                             .cloned(),
+                        ..crate::supervisor::instance_record(
+                            &status,
+                            NodeId::from(&self.config.node_id),
+                            now_instant,
+                            now,
+                        )
                     }),
                 });
             }
@@ -189,29 +187,4 @@ impl SupervisorActor {
             }
         }
     }
-}
-
-/// What this node's instance record `key` becomes once its copy is gone for good: `None`
-/// (deleted), or, when it carries the highest fencing token of a service that still exists, a
-/// `stopped` record keeping that `epoch`. A new claim takes one more than the highest epoch of
-/// any instance, so `MESH_EPOCH` keeps growing across a hand-over (drain, rebalance) even
-/// when the copy that had it is gone. It is deleted once another node's claim carries an
-/// epoch as high, or the service is removed.
-pub(super) fn last_claim(snap: &StateSnapshot, key: &str) -> Option<InstanceRecord> {
-    let record = snap.state.instances.get(key)?;
-    let epoch = record.epoch?;
-    View::new(&snap.state, &snap.specs).spec(&record.service)?;
-    let superseded = snap.state.instances.iter().any(|(other, i)| {
-        other != key && i.service == record.service && i.epoch.is_some_and(|e| e >= epoch)
-    });
-    if superseded {
-        return None;
-    }
-    Some(InstanceRecord {
-        state: InstanceState::Stopped,
-        pid: None,
-        reason: Some("handed over; kept as the service's last claim (MESH_EPOCH)".to_string()),
-        log_tail: None,
-        ..record.clone()
-    })
 }

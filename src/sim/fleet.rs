@@ -1,0 +1,771 @@
+//! The full stack of every simulated node ([`Stack`]: document, sync sessions, placement,
+//! supervisor core) and the ground truth the invariants are judged against: which processes
+//! run where, which writes were acknowledged. Sans-IO like the cores it drives: every method
+//! takes the simulated time and returns [`Out`]s, which [`super::Simulation`] turns into
+//! events over its network (latency, links, partitions) and clock.
+//!
+//! Processes are simulated the way the fake launcher does it in the agent's in-process tests:
+//! a spawn answers `Spawned` after [`SPAWN_DELAY`], a health check passes after
+//! [`CHECK_DELAY`], a signalled process exits after [`STOP_DELAY`]; a node that crashes takes
+//! its processes with it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use automerge::{AutoCommit, ChangeHash};
+use bytes::Bytes;
+use libp2p::PeerId;
+
+use super::report::ServiceFigures;
+use super::stack::{Asking, CONFIRM_RETRY, CONFIRM_TIMEOUT, Stack};
+use crate::identity::{NodeId, NodeName};
+use crate::membership::PeerState;
+use crate::services::View;
+use crate::services::ops::{self, Writer};
+use crate::supervisor::{
+    ExitStatus, HealthOutcome, ServiceSpec, ServiceState, SupervisorAction, SupervisorEvent,
+};
+
+/// A simulated spawn answers after this (fork and exec of a small program).
+pub const SPAWN_DELAY: Duration = Duration::from_millis(5);
+/// A simulated health check passes after this.
+pub const CHECK_DELAY: Duration = Duration::from_millis(2);
+/// A signalled process exits after this.
+pub const STOP_DELAY: Duration = Duration::from_millis(50);
+/// A document change is acted on this long after it arrives (the state actor publishing its
+/// snapshot, the supervisor actor picking it up); changes within it are acted on together.
+pub const ACT_DELAY: Duration = Duration::from_millis(1);
+
+/// What the simulator must make happen.
+#[derive(Clone, Debug)]
+pub enum Out {
+    /// A sync message over the link `from → to`.
+    Sync { from: usize, to: usize, data: Bytes },
+    /// A process event back to `node`'s supervisor after `after`.
+    Launch {
+        node: usize,
+        incarnation: u64,
+        after: Duration,
+        event: SupervisorEvent,
+    },
+    /// Run `node`'s placement and supervisor on its document at `at`.
+    Act { node: usize, at: Instant },
+    /// Fire `node`'s supervisor timers at `at`.
+    SupervisorWake { node: usize, at: Instant },
+    /// A `Holders` question over the link `from → to`.
+    Ask {
+        from: usize,
+        to: usize,
+        service: String,
+        about: Vec<NodeId>,
+        qid: u64,
+    },
+    /// Its answer: whether `from` sees another node up with a copy.
+    Answer {
+        from: usize,
+        to: usize,
+        service: String,
+        qid: u64,
+        objects: bool,
+    },
+    /// The question `qid` of `node` times out at `at`.
+    AskTimeout {
+        node: usize,
+        service: String,
+        qid: u64,
+        at: Instant,
+    },
+}
+
+/// One simulated process.
+#[derive(Clone, Debug)]
+struct Proc {
+    pid: u32,
+    spawned: Duration,
+    healthy: bool,
+}
+
+/// An outage whose services are being watched for their failover.
+#[derive(Clone, Debug)]
+struct Failover {
+    node: usize,
+    at: Duration,
+}
+
+pub struct Fleet {
+    pub nodes: Vec<Option<Stack>>,
+    /// The documents of nodes that are down (kept on their disks).
+    kept: Vec<Option<AutoCommit>>,
+    incarnation: Vec<u64>,
+    act_pending: Vec<bool>,
+    /// service → node → its process there.
+    procs: BTreeMap<String, BTreeMap<usize, Proc>>,
+    /// Exclusive services (from the specs added).
+    exclusive: BTreeMap<String, u32>,
+    /// Replicas wanted per service.
+    pub replicas: BTreeMap<String, u32>,
+    next_pid: u32,
+    next_qid: u64,
+    /// Acknowledged writes: (change, writer, when).
+    acked: Vec<(ChangeHash, usize, Duration)>,
+    /// service → the outage it lost a copy in, waiting for a new copy elsewhere.
+    failovers: BTreeMap<String, Failover>,
+    pub ignore_fence: bool,
+    base: Instant,
+    pub figures: ServiceFigures,
+    /// Violations found, to report: (invariant, detail).
+    pub violations: Vec<(&'static str, String)>,
+}
+
+/// Wall-clock ms of a simulated moment on every node (their clocks agree).
+pub fn wall_ms(now: Duration) -> i64 {
+    1_700_000_000_000 + now.as_millis() as i64
+}
+
+impl Fleet {
+    pub fn new(capacity: usize, base: Instant, ignore_fence: bool) -> Fleet {
+        Fleet {
+            nodes: (0..capacity).map(|_| None).collect(),
+            kept: (0..capacity).map(|_| None).collect(),
+            incarnation: vec![0; capacity],
+            act_pending: vec![false; capacity],
+            procs: BTreeMap::new(),
+            exclusive: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            next_pid: 1000,
+            next_qid: 0,
+            acked: Vec::new(),
+            failovers: BTreeMap::new(),
+            ignore_fence,
+            base,
+            figures: ServiceFigures::default(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn instant(&self, now: Duration) -> Instant {
+        self.base + now
+    }
+
+    pub fn incarnation(&self, i: usize) -> u64 {
+        self.incarnation[i]
+    }
+
+    pub fn up(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Node `i` starts (or restarts with the document it kept).
+    pub fn start(&mut self, i: usize, peer: &PeerId, now: Duration, seed: u64) -> Vec<Out> {
+        self.incarnation[i] += 1;
+        let doc = self.kept[i].take();
+        let name = format!("n{i}");
+        let stack = Stack::start(peer, &name, doc, self.instant(now), wall_ms(now), seed);
+        self.nodes[i] = Some(stack);
+        self.act_pending[i] = false;
+        self.schedule_act(i, now)
+    }
+
+    /// Node `i` goes: a graceful stop first writes that it leaves and tells its peers.
+    pub fn stop(
+        &mut self,
+        i: usize,
+        graceful: bool,
+        linked: &[(usize, PeerId)],
+        now: Duration,
+    ) -> Vec<Out> {
+        let mut out = Vec::new();
+        let Some(mut stack) = self.nodes[i].take() else {
+            return out;
+        };
+        if graceful {
+            stack.hydrate();
+            stack.mark_left(wall_ms(now));
+            let at = self.instant(now);
+            for (peer, data) in stack.sync.generate_all(&mut stack.doc, at) {
+                if let Some(&(to, _)) = linked.iter().find(|(_, p)| *p == peer) {
+                    out.push(Out::Sync {
+                        from: i,
+                        to,
+                        data: Bytes::from(data),
+                    });
+                }
+            }
+        }
+        // Its processes go with it.
+        for (service, by_node) in &mut self.procs {
+            if let Some(p) = by_node.remove(&i)
+                && p.healthy
+            {
+                self.failovers
+                    .entry(service.clone())
+                    .or_insert(Failover { node: i, at: now });
+            }
+        }
+        self.kept[i] = Some(stack.doc);
+        out
+    }
+
+    fn schedule_act(&mut self, i: usize, now: Duration) -> Vec<Out> {
+        if self.act_pending[i] || !self.up(i) {
+            return Vec::new();
+        }
+        self.act_pending[i] = true;
+        vec![Out::Act {
+            node: i,
+            at: self.instant(now + ACT_DELAY),
+        }]
+    }
+
+    /// A link from `a` to `b` came up: a session starts.
+    pub fn link_up(&mut self, a: usize, b: usize, peer: PeerId, now: Duration) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[a].as_mut() else {
+            return Vec::new();
+        };
+        s.sync
+            .on_peer_up(peer, &mut s.doc, at)
+            .map(|data| Out::Sync {
+                from: a,
+                to: b,
+                data: Bytes::from(data),
+            })
+            .into_iter()
+            .collect()
+    }
+
+    pub fn link_down(&mut self, a: usize, peer: PeerId) {
+        if let Some(s) = self.nodes[a].as_mut() {
+            s.sync.on_peer_down(peer);
+        }
+    }
+
+    /// A sync message from `from` (peer id `peer`) arrives at `to`. `links`: `to`'s linked
+    /// nodes, to push what is new to the others.
+    pub fn on_sync(
+        &mut self,
+        from: usize,
+        to: usize,
+        peer: PeerId,
+        data: &[u8],
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[to].as_mut() else {
+            return Vec::new();
+        };
+        self.figures.sync_messages += 1;
+        self.figures.sync_bytes += data.len() as u64;
+        let before = s.doc.get_heads();
+        let reply = match s.sync.on_message(peer, &mut s.doc, data, at) {
+            Ok(r) => r,
+            Err(_) => return Vec::new(),
+        };
+        let mut out: Vec<Out> = reply
+            .map(|data| Out::Sync {
+                from: to,
+                to: from,
+                data: Bytes::from(data),
+            })
+            .into_iter()
+            .collect();
+        if s.doc.get_heads() != before {
+            for (p, data) in s.sync.relay(&mut s.doc, peer, at) {
+                if let Some(&dst) = links.get(&p) {
+                    out.push(Out::Sync {
+                        from: to,
+                        to: dst,
+                        data: Bytes::from(data),
+                    });
+                }
+            }
+            out.extend(self.schedule_act(to, now));
+        }
+        out
+    }
+
+    /// Membership at `i` changed its verdict on `peer`.
+    pub fn membership_changed(
+        &mut self,
+        i: usize,
+        peer: &PeerId,
+        state: PeerState,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        s.liveness.peers.insert(NodeId::from(peer), (state, at));
+        self.schedule_act(i, now)
+    }
+
+    /// Anti-entropy of node `i` (every 15 s in the agent).
+    pub fn anti_entropy(
+        &mut self,
+        i: usize,
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        s.sync
+            .anti_entropy(&mut s.doc, at)
+            .into_iter()
+            .filter_map(|(p, data)| {
+                Some(Out::Sync {
+                    from: i,
+                    to: *links.get(&p)?,
+                    data: Bytes::from(data),
+                })
+            })
+            .collect()
+    }
+
+    /// Node `i` adds `specs` as an operator would through its API.
+    pub fn add_services(
+        &mut self,
+        i: usize,
+        specs: Vec<ServiceSpec>,
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        for spec in &specs {
+            self.replicas
+                .insert(spec.name.clone(), spec.placement.replicas);
+            if spec.placement.exclusive {
+                self.exclusive
+                    .insert(spec.name.clone(), spec.placement.replicas);
+            }
+        }
+        s.hydrate();
+        let writer = Writer {
+            id: s.id.clone(),
+            name: NodeName::new(format!("n{i}")),
+            now_ms: wall_ms(now),
+        };
+        let plan = match ops::add(View::new(&s.state, &s.specs), &writer, specs, None) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.violations
+                    .push(("services added", format!("node {i} could not add: {e}")));
+                return Vec::new();
+            }
+        };
+        if let Some(hash) = s.write(&plan.writes) {
+            self.acked.push((hash, i, now));
+        }
+        self.push(i, links, now)
+    }
+
+    /// Sends what node `i` has new to its links, and acts on it.
+    fn push(&mut self, i: usize, links: &BTreeMap<PeerId, usize>, now: Duration) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Out> = s
+            .sync
+            .generate_all(&mut s.doc, at)
+            .into_iter()
+            .filter_map(|(p, data)| {
+                Some(Out::Sync {
+                    from: i,
+                    to: *links.get(&p)?,
+                    data: Bytes::from(data),
+                })
+            })
+            .collect();
+        out.extend(self.schedule_act(i, now));
+        out
+    }
+
+    /// Placement and the supervisor act on node `i`'s document (`on_document` in the agent).
+    pub fn act(
+        &mut self,
+        i: usize,
+        index: &BTreeMap<NodeId, usize>,
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        self.act_pending[i] = false;
+        let at = self.instant(now);
+        let ignore_fence = self.ignore_fence;
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        s.hydrate();
+        let placed = s.place(at, ignore_fence);
+        let mut out = Vec::new();
+        for (service, confirmation) in placed.ask {
+            let qid = self.next_qid;
+            self.next_qid += 1;
+            let mut asked = 0;
+            for node in &confirmation.ask {
+                let Some(&to) = index.get(node) else { continue };
+                asked += 1;
+                out.push(Out::Ask {
+                    from: i,
+                    to,
+                    service: service.clone(),
+                    about: confirmation.about.clone(),
+                    qid,
+                });
+            }
+            s.asking.insert(
+                service.clone(),
+                Asking {
+                    qid,
+                    waiting: asked,
+                    agree: 0,
+                    needed: confirmation.needed,
+                },
+            );
+            out.push(Out::AskTimeout {
+                node: i,
+                service,
+                qid,
+                at: at + CONFIRM_TIMEOUT,
+            });
+        }
+        if let Some(recheck) = placed.recheck_at
+            && s.recheck.is_none_or(|r| r <= at || recheck < r)
+        {
+            s.recheck = Some(recheck);
+            out.push(Out::Act {
+                node: i,
+                at: recheck,
+            });
+        }
+        let followed = s.follow(at, &placed.runs);
+        out.extend(self.carry_out(i, followed.actions, links, now));
+        let Some(s) = self.nodes[i].as_mut() else {
+            return out;
+        };
+        s.hydrate();
+        let stale = s.stale_instances();
+        if s.write(&stale).is_some() {
+            out.extend(self.push(i, links, now));
+        }
+        out
+    }
+
+    /// A process event (or a timer) for node `i`'s supervisor.
+    pub fn on_launch(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        event: SupervisorEvent,
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        if self.incarnation[i] != incarnation || !self.up(i) {
+            return Vec::new();
+        }
+        if let SupervisorEvent::Exited { service, pid, .. } = &event
+            && let Some(by_node) = self.procs.get_mut(service)
+            && by_node.get(&i).is_some_and(|p| p.pid == *pid)
+        {
+            by_node.remove(&i);
+        }
+        let at = self.instant(now);
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        if matches!(event, SupervisorEvent::TimerFired) {
+            if s.supervisor_wake.is_some_and(|w| w > at) {
+                return Vec::new();
+            }
+            s.supervisor_wake = None;
+        }
+        let actions = s.supervisor.on_event(at, event).unwrap_or_default();
+        self.carry_out(i, actions, links, now)
+    }
+
+    fn carry_out(
+        &mut self,
+        i: usize,
+        actions: Vec<SupervisorAction>,
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let incarnation = self.incarnation[i];
+        let mut out = Vec::new();
+        let mut statuses = Vec::new();
+        for action in actions {
+            match action {
+                SupervisorAction::Spawn { service } => {
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    self.spawned(i, &service, pid, now);
+                    out.push(Out::Launch {
+                        node: i,
+                        incarnation,
+                        after: SPAWN_DELAY,
+                        event: SupervisorEvent::Spawned { service, pid },
+                    });
+                }
+                SupervisorAction::Signal { service, pid, .. } => out.push(Out::Launch {
+                    node: i,
+                    incarnation,
+                    after: STOP_DELAY,
+                    event: SupervisorEvent::Exited {
+                        service,
+                        pid,
+                        status: ExitStatus::Signal(15),
+                    },
+                }),
+                SupervisorAction::RunHealthCheck { service, pid } => out.push(Out::Launch {
+                    node: i,
+                    incarnation,
+                    after: CHECK_DELAY,
+                    event: SupervisorEvent::HealthChecked {
+                        service,
+                        pid,
+                        outcome: HealthOutcome::Passed,
+                    },
+                }),
+                SupervisorAction::ScheduleTimer { at: when, .. } => {
+                    let Some(s) = self.nodes[i].as_mut() else {
+                        continue;
+                    };
+                    if s.supervisor_wake.is_none_or(|w| w <= at || when < w) {
+                        s.supervisor_wake = Some(when);
+                        out.push(Out::SupervisorWake { node: i, at: when });
+                    }
+                }
+                SupervisorAction::Audit(_) => self.figures.audit_events += 1,
+                SupervisorAction::Publish(status) => {
+                    self.observe(i, &status.service, status.state, status.pid, now);
+                    statuses.push(status);
+                }
+            }
+        }
+        if !statuses.is_empty()
+            && let Some(s) = self.nodes[i].as_mut()
+        {
+            s.hydrate();
+            let writes = s.publish(&statuses, at, wall_ms(now));
+            if s.write(&writes).is_some() {
+                self.figures.instance_writes += 1;
+                out.extend(self.push(i, links, now));
+            }
+        }
+        out
+    }
+
+    /// A process of `service` starts on `i`: the exclusive invariant is judged here.
+    fn spawned(&mut self, i: usize, service: &str, pid: u32, now: Duration) {
+        let by_node = self.procs.entry(service.to_string()).or_default();
+        by_node.insert(
+            i,
+            Proc {
+                pid,
+                spawned: now,
+                healthy: false,
+            },
+        );
+        if let Some(&replicas) = self.exclusive.get(service)
+            && by_node.len() > replicas as usize
+        {
+            let nodes: Vec<String> = by_node.keys().map(|n| format!("node {n}")).collect();
+            self.violations.push((
+                "no exclusive service running twice",
+                format!(
+                    "{service} (exclusive, {replicas} cop{}) has processes on {} at once",
+                    if replicas == 1 { "y" } else { "ies" },
+                    nodes.join(", ")
+                ),
+            ));
+        }
+    }
+
+    /// A published state of `service` on `i`: readiness and failover times.
+    fn observe(
+        &mut self,
+        i: usize,
+        service: &str,
+        state: ServiceState,
+        pid: Option<u32>,
+        now: Duration,
+    ) {
+        let Some(p) = self.procs.get_mut(service).and_then(|m| m.get_mut(&i)) else {
+            return;
+        };
+        if Some(p.pid) != pid {
+            return;
+        }
+        p.healthy = state == ServiceState::Healthy;
+        if p.healthy
+            && let Some(f) = self.failovers.get(service)
+            && f.node != i
+            && p.spawned >= f.at
+        {
+            let took = (now - f.at).as_secs_f64() * 1000.0;
+            self.figures.failover_ms.push(took);
+            self.failovers.remove(service);
+        }
+    }
+
+    /// A `Holders` question arrives at `to`.
+    pub fn on_ask(
+        &mut self,
+        from: usize,
+        to: usize,
+        service: String,
+        about: &[NodeId],
+        qid: u64,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[to].as_ref() else {
+            return Vec::new();
+        };
+        let asker = self.nodes[from].as_ref().map(|a| a.id.clone());
+        let up = s.holders(&service, about, at);
+        let objects = up.iter().any(|n| Some(n) != asker.as_ref());
+        vec![Out::Answer {
+            from: to,
+            to: from,
+            service,
+            qid,
+            objects,
+        }]
+    }
+
+    /// An answer (or, with `None`, the timeout) of question `qid` at `i`.
+    pub fn on_answer(
+        &mut self,
+        i: usize,
+        service: &str,
+        qid: u64,
+        objects: Option<bool>,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        let Some(a) = s.asking.get_mut(service).filter(|a| a.qid == qid) else {
+            return Vec::new();
+        };
+        // The agent waits for every answer (each bounded by the timeout), then counts.
+        if let Some(objects) = objects {
+            a.waiting = a.waiting.saturating_sub(1);
+            if !objects {
+                a.agree += 1;
+            }
+            if a.waiting > 0 {
+                return Vec::new();
+            }
+        }
+        let confirmed = a.agree >= a.needed;
+        s.asking.remove(service);
+        if confirmed {
+            s.confirmed.insert(service.to_string(), at);
+            self.schedule_act(i, now)
+        } else {
+            let retry = at + CONFIRM_RETRY;
+            s.retry_at.insert(service.to_string(), retry);
+            self.figures.fenced_retries += 1;
+            vec![Out::Act { node: i, at: retry }]
+        }
+    }
+
+    /// Samples copies (ready, wanted) for the timeline.
+    pub fn sample(&mut self, now: Duration) {
+        let up = self.nodes.iter().filter(|n| n.is_some()).count() as u32;
+        let ready: usize = self
+            .procs
+            .values()
+            .map(|m| m.values().filter(|p| p.healthy).count())
+            .sum();
+        let wanted: u32 = self.replicas.values().map(|r| (*r).min(up)).sum();
+        self.figures
+            .copies
+            .push((now.as_secs_f64(), ready as u64, u64::from(wanted)));
+    }
+
+    /// Samples the saved document size of a few nodes (bytes, mean).
+    pub fn sample_doc(&mut self, now: Duration) {
+        let n = self.nodes.len();
+        let picks = [0, n / 2, n.saturating_sub(1)];
+        let sizes: Vec<usize> = picks
+            .iter()
+            .filter_map(|&k| self.nodes.get_mut(k)?.as_mut().map(Stack::saved_bytes))
+            .collect();
+        if !sizes.is_empty() {
+            let mean = sizes.iter().sum::<usize>() as u64 / sizes.len() as u64;
+            self.figures.doc_bytes.push((now.as_secs_f64(), mean));
+        }
+    }
+
+    /// After a heal has settled: documents converged, every acknowledged write everywhere,
+    /// exactly `replicas` ready copies of each service.
+    pub fn check_settled(&mut self, what: &str, now: Duration) {
+        let up: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).collect();
+        let mut heads: BTreeMap<Vec<ChangeHash>, Vec<usize>> = BTreeMap::new();
+        for &i in &up {
+            let s = self.nodes[i].as_mut().expect("up");
+            let mut h = s.doc.get_heads();
+            h.sort();
+            heads.entry(h).or_default().push(i);
+        }
+        if heads.len() > 1 {
+            let groups: Vec<String> = heads
+                .values()
+                .map(|v| format!("{} node(s) from node {}", v.len(), v[0]))
+                .collect();
+            self.violations.push((
+                "converged documents",
+                format!(
+                    "{what}: the up nodes hold {} different documents: {}",
+                    heads.len(),
+                    groups.join(", ")
+                ),
+            ));
+        }
+        let mut missing = 0;
+        let mut example = None;
+        for (hash, writer, at) in &self.acked {
+            // A write whose node went down before it reached anyone waits on that node.
+            if !self.up(*writer) {
+                continue;
+            }
+            for &i in &up {
+                let s = self.nodes[i].as_mut().expect("up");
+                if s.doc.get_change_by_hash(hash).is_none() {
+                    missing += 1;
+                    example.get_or_insert((*writer, i, *at));
+                }
+            }
+        }
+        if let Some((w, i, at)) = example {
+            self.violations.push((
+                "every acknowledged write on every connected node",
+                format!("{what}: {missing} (write, node) pairs missing; e.g. node {i} lacks node {w}'s write of {:.1} s", at.as_secs_f64()),
+            ));
+        }
+        let up_count = up.len() as u32;
+        for (service, replicas) in self.replicas.clone() {
+            let ready = self.procs.get(&service).map_or(0, |m| {
+                m.iter().filter(|(n, p)| p.healthy && self.up(**n)).count()
+            });
+            let wanted = replicas.min(up_count) as usize;
+            if ready != wanted {
+                self.violations.push((
+                    "exactly replicas copies after a heal",
+                    format!("{what}: {service} has {ready} ready copies, wants {wanted}"),
+                ));
+            }
+        }
+        let _ = now;
+    }
+}
