@@ -229,10 +229,10 @@ impl Simulation {
 }
 
 /// The spec of a simulated service, as an operator would write it: a long-running program
-/// with an exec health check every 5 s.
+/// with an exec health check every 5 s and a stop grace of 1 s (as the lab's failover runs).
 fn sim_spec(name: &str, group: &scenario::Services) -> crate::supervisor::ServiceSpec {
     let text = format!(
-        "[[service]]\nname = \"{name}\"\ncommand = \"/usr/bin/sim-service\"\nreplicas = {}\nexclusive = {}\n\
+        "[[service]]\nname = \"{name}\"\ncommand = \"/usr/bin/sim-service\"\nreplicas = {}\nexclusive = {}\nstop_grace = \"1s\"\n\
          [service.health]\ncheck = \"exec\"\ncommand = [\"true\"]\ninterval = \"5s\"\n",
         group.replicas, group.exclusive
     );
