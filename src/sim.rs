@@ -107,11 +107,8 @@ enum Ev {
         what: &'static str,
     },
     // The full stack (scenarios with services).
-    Sync {
-        from: usize,
-        to: usize,
-        data: Bytes,
-    },
+    /// A message of the fleet (sync, `Holders` question or answer) arriving over a link.
+    Arrive(fleet::Out),
     Launch {
         node: usize,
         incarnation: u64,
@@ -122,20 +119,6 @@ enum Ev {
     },
     SupervisorWake {
         node: usize,
-    },
-    Ask {
-        from: usize,
-        to: usize,
-        service: String,
-        about: Vec<NodeId>,
-        qid: u64,
-    },
-    Answer {
-        from: usize,
-        to: usize,
-        service: String,
-        qid: u64,
-        objects: bool,
     },
     AskTimeout {
         node: usize,
@@ -406,7 +389,7 @@ impl Simulation {
         match ev {
             Ev::Start { node } => self.start(node),
             Ev::Deliver { from, to, data } => {
-                if !self.up(to) || !self.nodes[to].links[from] || !self.same_side(from, to) {
+                if !self.reaches(from, to) {
                     return;
                 }
                 let now = self.instant();
@@ -494,6 +477,12 @@ impl Simulation {
             .membership
             .as_ref()
             .map_or(self.nodes[i].bump, |m| m.local_member().bump)
+    }
+
+    /// Whether a message from `from` reaches `to` now: `to` is up, linked to `from`, on its
+    /// side of any partition.
+    fn reaches(&self, from: usize, to: usize) -> bool {
+        self.up(to) && self.nodes[to].links[from] && self.same_side(from, to)
     }
 
     fn same_side(&self, a: usize, b: usize) -> bool {

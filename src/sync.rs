@@ -321,13 +321,7 @@ impl SyncSessions {
     /// After a local change (or periodically, as anti-entropy): a message for every connected
     /// peer that needs one.
     pub fn generate_all(&mut self, doc: &mut AutoCommit, now: Instant) -> Vec<(PeerId, Vec<u8>)> {
-        let peers: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.connected && s.backoff_until.is_none_or(|t| t <= now))
-            .map(|(p, _)| *p)
-            .collect();
-        peers
+        self.reachable_except(None, now)
             .into_iter()
             .filter_map(|p| self.generate(p, doc).map(|m| (p, m)))
             .collect()
@@ -342,23 +336,22 @@ impl SyncSessions {
         from: PeerId,
         now: Instant,
     ) -> Vec<(PeerId, Vec<u8>)> {
-        let peers: Vec<PeerId> = self
-            .peers
+        let peers = self.reachable_except(Some(from), now);
+        let chosen = in_turn(&peers, &mut self.relay_cursor, RELAY_FANOUT);
+        chosen
+            .into_iter()
+            .filter_map(|p| self.generate(p, doc).map(|m| (p, m)))
+            .collect()
+    }
+
+    /// Connected peers not backed off, but `except`, in id order.
+    fn reachable_except(&self, except: Option<PeerId>, now: Instant) -> Vec<PeerId> {
+        self.peers
             .iter()
-            .filter(|(p, s)| **p != from && s.connected && s.backoff_until.is_none_or(|t| t <= now))
+            .filter(|(p, s)| {
+                Some(**p) != except && s.connected && s.backoff_until.is_none_or(|t| t <= now)
+            })
             .map(|(p, _)| *p)
-            .collect();
-        if peers.is_empty() {
-            return Vec::new();
-        }
-        let start = self.relay_cursor % peers.len();
-        self.relay_cursor = self.relay_cursor.wrapping_add(RELAY_FANOUT);
-        peers
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(RELAY_FANOUT.min(peers.len()))
-            .filter_map(|p| self.generate(*p, doc).map(|m| (*p, m)))
             .collect()
     }
 
@@ -366,24 +359,8 @@ impl SyncSessions {
     /// the ring, forgets in-flight state (so a message lost without an error cannot stall a
     /// session forever) and generates a message.
     pub fn anti_entropy(&mut self, doc: &mut AutoCommit, now: Instant) -> Vec<(PeerId, Vec<u8>)> {
-        let peers: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.connected && s.backoff_until.is_none_or(|t| t <= now))
-            .map(|(p, _)| *p)
-            .collect();
-        if peers.is_empty() {
-            return Vec::new();
-        }
-        let start = self.anti_entropy_cursor % peers.len();
-        self.anti_entropy_cursor = self.anti_entropy_cursor.wrapping_add(ANTI_ENTROPY_FANOUT);
-        let chosen: Vec<PeerId> = peers
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(ANTI_ENTROPY_FANOUT.min(peers.len()))
-            .copied()
-            .collect();
+        let peers = self.reachable_except(None, now);
+        let chosen = in_turn(&peers, &mut self.anti_entropy_cursor, ANTI_ENTROPY_FANOUT);
         chosen
             .into_iter()
             .filter_map(|p| {
@@ -449,6 +426,23 @@ impl SyncSessions {
             self.peers.remove(&oldest);
         }
     }
+}
+
+/// At most `fanout` of `peers`, going on round the ring from where `cursor` says, which then
+/// moves past them: successive calls reach different peers.
+fn in_turn(peers: &[PeerId], cursor: &mut usize, fanout: usize) -> Vec<PeerId> {
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let start = *cursor % peers.len();
+    *cursor = cursor.wrapping_add(fanout);
+    peers
+        .iter()
+        .cycle()
+        .skip(start)
+        .take(fanout.min(peers.len()))
+        .copied()
+        .collect()
 }
 
 /// Most probes per hash a received Bloom filter may ask for. Automerge writes 7; each probe

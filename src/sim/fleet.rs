@@ -117,6 +117,19 @@ pub struct Fleet {
     pub violations: Vec<(&'static str, String)>,
 }
 
+/// Sync messages of node `i` for its linked peers (others are dropped: the link is gone).
+fn to_links(i: usize, msgs: Vec<(PeerId, Vec<u8>)>, links: &BTreeMap<PeerId, usize>) -> Vec<Out> {
+    msgs.into_iter()
+        .filter_map(|(p, data)| {
+            Some(Out::Sync {
+                from: i,
+                to: *links.get(&p)?,
+                data: Bytes::from(data),
+            })
+        })
+        .collect()
+}
+
 /// Wall-clock ms of a simulated moment on every node (their clocks agree).
 pub fn wall_ms(now: Duration) -> i64 {
     1_700_000_000_000 + now.as_millis() as i64
@@ -312,17 +325,8 @@ impl Fleet {
         let Some(s) = self.nodes[i].as_mut() else {
             return Vec::new();
         };
-        s.sync
-            .anti_entropy(&mut s.doc, at)
-            .into_iter()
-            .filter_map(|(p, data)| {
-                Some(Out::Sync {
-                    from: i,
-                    to: *links.get(&p)?,
-                    data: Bytes::from(data),
-                })
-            })
-            .collect()
+        let msgs = s.sync.anti_entropy(&mut s.doc, at);
+        to_links(i, msgs, links)
     }
 
     /// Node `i` adds `specs` as an operator would through its API.
@@ -370,18 +374,8 @@ impl Fleet {
         let Some(s) = self.nodes[i].as_mut() else {
             return Vec::new();
         };
-        let mut out: Vec<Out> = s
-            .sync
-            .generate_all(&mut s.doc, at)
-            .into_iter()
-            .filter_map(|(p, data)| {
-                Some(Out::Sync {
-                    from: i,
-                    to: *links.get(&p)?,
-                    data: Bytes::from(data),
-                })
-            })
-            .collect();
+        let msgs = s.sync.generate_all(&mut s.doc, at);
+        let mut out = to_links(i, msgs, links);
         out.extend(self.schedule_act(i, now));
         out
     }

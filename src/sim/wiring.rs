@@ -19,8 +19,8 @@ impl Simulation {
             return;
         };
         let outs = match ev {
-            Ev::Sync { from, to, data } => {
-                if !self.up(to) || !self.nodes[to].links[from] || !self.same_side(from, to) {
+            Ev::Arrive(Out::Sync { from, to, data }) => {
+                if !self.reaches(from, to) {
                     Vec::new()
                 } else {
                     let links = self.links_of(to);
@@ -45,27 +45,27 @@ impl Simulation {
                 let links = self.links_of(node);
                 fleet.act(node, &self.node_ids, &links, now)
             }
-            Ev::Ask {
+            Ev::Arrive(Out::Ask {
                 from,
                 to,
                 service,
                 about,
                 qid,
-            } => {
-                if self.up(to) && self.nodes[to].links[from] && self.same_side(from, to) {
+            }) => {
+                if self.reaches(from, to) {
                     fleet.on_ask(from, to, service, &about, qid, now)
                 } else {
                     Vec::new()
                 }
             }
-            Ev::Answer {
+            Ev::Arrive(Out::Answer {
                 from,
                 to,
                 service,
                 qid,
                 objects,
-            } => {
-                if self.up(to) && self.nodes[to].links[from] && self.same_side(from, to) {
+            }) => {
+                if self.reaches(from, to) {
                     fleet.on_answer(to, &service, qid, Some(objects), now)
                 } else {
                     Vec::new()
@@ -141,6 +141,12 @@ impl Simulation {
             .collect()
     }
 
+    /// Delivers `ev` from `from` to `to` after the network's latency.
+    fn send(&mut self, from: usize, to: usize, ev: Ev) {
+        let d = self.latency(from, to);
+        self.schedule(self.now + d, ev);
+    }
+
     /// Turns the fleet's outputs into events (over the network where they travel), and its
     /// violations into reported ones.
     pub(super) fn apply(&mut self, outs: Vec<Out>) {
@@ -148,9 +154,10 @@ impl Simulation {
         let at = |i: Instant| i.saturating_duration_since(base);
         for out in outs {
             match out {
-                Out::Sync { from, to, data } => {
-                    let d = self.latency(from, to);
-                    self.schedule(self.now + d, Ev::Sync { from, to, data });
+                Out::Sync { from, to, .. }
+                | Out::Ask { from, to, .. }
+                | Out::Answer { from, to, .. } => {
+                    self.send(from, to, Ev::Arrive(out));
                 }
                 Out::Launch {
                     node,
@@ -170,44 +177,6 @@ impl Simulation {
                 }
                 Out::SupervisorWake { node, at: when } => {
                     self.schedule(at(when).max(self.now), Ev::SupervisorWake { node })
-                }
-                Out::Ask {
-                    from,
-                    to,
-                    service,
-                    about,
-                    qid,
-                } => {
-                    let d = self.latency(from, to);
-                    self.schedule(
-                        self.now + d,
-                        Ev::Ask {
-                            from,
-                            to,
-                            service,
-                            about,
-                            qid,
-                        },
-                    );
-                }
-                Out::Answer {
-                    from,
-                    to,
-                    service,
-                    qid,
-                    objects,
-                } => {
-                    let d = self.latency(from, to);
-                    self.schedule(
-                        self.now + d,
-                        Ev::Answer {
-                            from,
-                            to,
-                            service,
-                            qid,
-                            objects,
-                        },
-                    );
                 }
                 Out::AskTimeout {
                     node,
