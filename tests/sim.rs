@@ -132,6 +132,10 @@ fn the_small_full_stack_scenario_places_runs_and_fails_over_its_services() {
     let (_, ready, wanted) = *f.copies.last().unwrap();
     assert_eq!(ready, wanted, "{:?}", f.copies);
     assert!(f.failover.count >= 1, "{f:?}");
+    // A change reaches every node in milliseconds on a LAN (the writer pushes to all its
+    // links); writes made during the partition wait for the heal.
+    assert!(f.change_to_all.count > 50, "{f:?}");
+    assert!(f.change_to_all.p50 < 100.0, "{f:?}");
     assert!(f.sync_messages > 0 && f.instance_writes > 0, "{f:?}");
 }
 

@@ -9,7 +9,7 @@
 //! [`CHECK_DELAY`], a signalled process exits after [`STOP_DELAY`]; a node that crashes takes
 //! its processes with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, ChangeHash};
@@ -35,6 +35,9 @@ pub const STOP_DELAY: Duration = Duration::from_millis(50);
 /// A document change is acted on this long after it arrives (the state actor publishing its
 /// snapshot, the supervisor actor picking it up); changes within it are acted on together.
 pub const ACT_DELAY: Duration = Duration::from_millis(1);
+/// Most writes followed on their way to every node at once (a bound on the bookkeeping; the
+/// oldest is given up and counted past it).
+const MAX_SPREADING: usize = 10_000;
 
 /// What the simulator must make happen.
 #[derive(Clone, Debug)]
@@ -108,6 +111,8 @@ pub struct Fleet {
     next_qid: u64,
     /// Acknowledged writes: (change, writer, when).
     acked: Vec<(ChangeHash, usize, Duration)>,
+    /// Writes on their way to every node: (change, when, the up nodes still lacking it).
+    spreading: Vec<(ChangeHash, Duration, BTreeSet<usize>)>,
     /// service → the outage it lost a copy in, waiting for a new copy elsewhere.
     failovers: BTreeMap<String, Failover>,
     pub ignore_fence: bool,
@@ -148,6 +153,7 @@ impl Fleet {
             next_pid: 1000,
             next_qid: 0,
             acked: Vec::new(),
+            spreading: Vec::new(),
             failovers: BTreeMap::new(),
             ignore_fence,
             base,
@@ -216,7 +222,53 @@ impl Fleet {
             }
         }
         self.kept[i] = Some(stack.doc);
+        // A node that went is no longer waited for.
+        for (_, _, lacking) in &mut self.spreading {
+            lacking.remove(&i);
+        }
+        self.spread_done(now);
         out
+    }
+
+    /// Node `i` committed `hash` at `now`: it is on its way to every other up node.
+    fn written(&mut self, i: usize, hash: ChangeHash, now: Duration) {
+        let lacking: BTreeSet<usize> = (0..self.nodes.len())
+            .filter(|&n| n != i && self.up(n))
+            .collect();
+        if lacking.is_empty() {
+            return;
+        }
+        if self.spreading.len() >= MAX_SPREADING {
+            self.spreading.remove(0);
+            self.figures.spread_unfinished += 1;
+        }
+        self.spreading.push((hash, now, lacking));
+    }
+
+    /// Node `i`'s document changed: the writes it now holds are no longer waited for there.
+    fn arrived(&mut self, i: usize, now: Duration) {
+        let Some(s) = self.nodes[i].as_mut() else {
+            return;
+        };
+        for (hash, _, lacking) in &mut self.spreading {
+            if lacking.contains(&i) && s.doc.get_change_by_hash(hash).is_some() {
+                lacking.remove(&i);
+            }
+        }
+        self.spread_done(now);
+    }
+
+    /// Records the writes that reached every node they waited for.
+    fn spread_done(&mut self, now: Duration) {
+        let figures = &mut self.figures;
+        self.spreading.retain(|(_, at, lacking)| {
+            if lacking.is_empty() {
+                figures.spread_ms.push((now - *at).as_secs_f64() * 1000.0);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     fn schedule_act(&mut self, i: usize, now: Duration) -> Vec<Out> {
@@ -294,6 +346,7 @@ impl Fleet {
                 }
             }
             out.extend(self.schedule_act(to, now));
+            self.arrived(to, now);
         }
         out
     }
@@ -364,6 +417,7 @@ impl Fleet {
         };
         if let Some(hash) = s.write(&plan.writes) {
             self.acked.push((hash, i, now));
+            self.written(i, hash, now);
         }
         self.push(i, links, now)
     }
@@ -444,7 +498,8 @@ impl Fleet {
         };
         s.hydrate();
         let stale = s.stale_instances();
-        if s.write(&stale).is_some() {
+        if let Some(hash) = s.write(&stale) {
+            self.written(i, hash, now);
             out.extend(self.push(i, links, now));
         }
         out
@@ -547,8 +602,9 @@ impl Fleet {
         {
             s.hydrate();
             let writes = s.publish(&statuses, at, wall_ms(now));
-            if s.write(&writes).is_some() {
+            if let Some(hash) = s.write(&writes) {
                 self.figures.instance_writes += 1;
+                self.written(i, hash, now);
                 out.extend(self.push(i, links, now));
             }
         }

@@ -86,6 +86,11 @@ pub struct ServiceFigures {
     pub copies_wanted: u64,
     /// A copy lost with its node → a new copy ready (healthy) on another node.
     pub failover: Stats,
+    /// A change committed on one node → in the document of every node up at the time (that
+    /// stayed up); a partition's writes wait for its heal.
+    pub change_to_all: Stats,
+    /// Changes given up on (past the bookkeeping bound) before every node had them.
+    pub spread_unfinished: u64,
     pub sync_messages: u64,
     pub sync_bytes: u64,
     pub sync_messages_per_node_per_s: f64,
@@ -103,6 +108,8 @@ pub struct ServiceFigures {
     pub doc_bytes: Vec<(f64, u64)>,
     #[serde(skip)]
     pub failover_ms: Vec<f64>,
+    #[serde(skip)]
+    pub spread_ms: Vec<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,6 +190,7 @@ impl Report {
         m.detection_cdf_ms = cdf;
         if let Some(f) = self.services.as_mut() {
             f.failover = Stats::of(&f.failover_ms);
+            f.change_to_all = Stats::of(&f.spread_ms);
             f.doc_bytes_end = f.doc_bytes.last().map_or(0, |(_, b)| *b);
         }
     }
@@ -240,6 +248,7 @@ impl Report {
             out.push_str(&format!(
                 "\nServices: {} services, {} copies wanted.\n\n| figure | value |\n|---|---|\n\
                  | copy lost with its node → new copy ready elsewhere (p50 / p90 / max) | {} |\n\
+                 | a change → on every node (p50 / p90 / max) | {} |\n\
                  | sync messages per node per second | {:.2} |\n\
                  | sync bytes per node per second | {:.0} |\n\
                  | instance record changes | {} |\n\
@@ -248,6 +257,7 @@ impl Report {
                 f.services,
                 f.copies_wanted,
                 stat(&f.failover),
+                stat(&f.change_to_all),
                 f.sync_messages_per_node_per_s,
                 f.sync_bytes_per_node_per_s,
                 f.instance_writes,
@@ -395,14 +405,15 @@ impl Report {
             .iter()
             .map(|(t, b)| (*t, *b as f64 / 1024.0))
             .collect();
-        let mut failover = f.failover_ms.clone();
-        failover.sort_by(f64::total_cmp);
-        let n = failover.len().max(1) as f64;
-        let cdf = failover
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0))
-            .collect();
+        let cdf = |values: &[f64]| -> Vec<(f64, f64)> {
+            let mut v = values.to_vec();
+            v.sort_by(f64::total_cmp);
+            let n = v.len().max(1) as f64;
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| (*x, (i + 1) as f64 / n * 100.0))
+                .collect()
+        };
         vec![
             (
                 "copies.svg",
@@ -431,7 +442,16 @@ impl Report {
                     "copy lost → new copy ready elsewhere: CDF",
                     " ms",
                     " %",
-                    &[("failover", "#9467bd", cdf)],
+                    &[("failover", "#9467bd", cdf(&f.failover_ms))],
+                ),
+            ),
+            (
+                "change-cdf.svg",
+                line_svg(
+                    "a change → on every node: CDF",
+                    " ms",
+                    " %",
+                    &[("change to all nodes", "#ff7f0e", cdf(&f.spread_ms))],
                 ),
             ),
         ]
@@ -500,6 +520,11 @@ pub fn compare(a: &Report, b: &Report) -> String {
             "failover p50 (ms)",
             a.services.as_ref().map_or(0.0, |f| f.failover.p50),
             b.services.as_ref().map_or(0.0, |f| f.failover.p50),
+        ),
+        (
+            "change → every node p50 (ms)",
+            a.services.as_ref().map_or(0.0, |f| f.change_to_all.p50),
+            b.services.as_ref().map_or(0.0, |f| f.change_to_all.p50),
         ),
         (
             "sync bytes / node / s",
