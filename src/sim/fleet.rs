@@ -422,6 +422,25 @@ impl Fleet {
         self.push(i, links, now)
     }
 
+    /// An operator's change to node `i`'s own record (`mesh drain`, `mesh tag set`): written,
+    /// acknowledged, pushed.
+    pub fn edit_node(
+        &mut self,
+        i: usize,
+        edit: impl FnOnce(&mut crate::state::NodeRecord),
+        links: &BTreeMap<PeerId, usize>,
+        now: Duration,
+    ) -> Vec<Out> {
+        let Some(s) = self.nodes[i].as_mut() else {
+            return Vec::new();
+        };
+        if let Some(hash) = s.edit_own(edit) {
+            self.acked.push((hash, i, now));
+            self.written(i, hash, now);
+        }
+        self.push(i, links, now)
+    }
+
     /// Sends what node `i` has new to its links, and acts on it.
     fn push(&mut self, i: usize, links: &BTreeMap<PeerId, usize>, now: Duration) -> Vec<Out> {
         let at = self.instant(now);
@@ -802,6 +821,27 @@ impl Fleet {
                 "every acknowledged write on every connected node",
                 format!("{what}: {missing} (write, node) pairs missing; e.g. node {i} lacks node {w}'s write of {:.1} s", at.as_secs_f64()),
             ));
+        }
+        // A drained node hands its copies over: none left once settled.
+        for &i in &up {
+            let s = self.nodes[i].as_ref().expect("up");
+            let drained = s
+                .state
+                .nodes
+                .get(s.id.as_str())
+                .is_some_and(|r| r.drained == Some(true));
+            let held: Vec<&String> = self
+                .procs
+                .iter()
+                .filter(|(_, m)| m.contains_key(&i))
+                .map(|(service, _)| service)
+                .collect();
+            if drained && !held.is_empty() {
+                self.violations.push((
+                    "a drained node runs nothing",
+                    format!("{what}: node {i} is drained and still runs {held:?}"),
+                ));
+            }
         }
         let up_count = up.len() as u32;
         for (service, replicas) in self.replicas.clone() {

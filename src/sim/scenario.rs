@@ -157,6 +157,13 @@ pub enum Action {
     Heal,
     /// New nodes join.
     Add(usize),
+    /// `mesh drain` on these nodes: their copies move elsewhere (full stack only).
+    Drain(Pick),
+    /// `mesh undrain`.
+    Undrain(Pick),
+    /// `mesh tag set sim=<n>` on these nodes (a change every node must receive; full stack
+    /// only).
+    Tag(Pick),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -287,13 +294,16 @@ impl Scenario {
                     Action::Partition { fraction }
                 }
                 "heal" => Action::Heal,
+                "drain" => Action::Drain(pick()?),
+                "undrain" => Action::Undrain(pick()?),
+                "tag" => Action::Tag(pick()?),
                 "add" => Action::Add(
                     e.count
                         .ok_or_else(|| invalid(format!("events[{i}]: add needs count")))?,
                 ),
                 other => {
                     return Err(invalid(format!(
-                        "events[{i}]: unknown kind {other:?} (crash, stop, restart, partition, heal, add)"
+                        "events[{i}]: unknown kind {other:?} (crash, stop, restart, partition, heal, add, drain, undrain, tag)"
                     )));
                 }
             };

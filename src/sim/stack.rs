@@ -154,23 +154,29 @@ impl Stack {
         stack
     }
 
-    /// Writes this node's own record (start, graceful stop).
-    pub fn write_own(&mut self, record: NodeRecord) {
+    /// Writes this node's own record (start, graceful stop, drain, tags); returns the change.
+    pub fn write_own(&mut self, record: NodeRecord) -> Option<ChangeHash> {
         put_entry(&mut self.doc, "nodes", self.id.as_str(), &record)
             .expect("a node record always reconciles");
-        self.doc.commit();
+        self.doc.commit()
     }
 
-    /// Marks this node left (a graceful stop writes it before it goes).
-    pub fn mark_left(&mut self, wall_ms: i64) {
+    /// This node's record as the document holds it, changed by `edit`, written back.
+    pub fn edit_own(&mut self, edit: impl FnOnce(&mut NodeRecord)) -> Option<ChangeHash> {
+        self.hydrate();
         let mut record = self
             .state
             .nodes
             .get(self.id.as_str())
             .cloned()
             .unwrap_or_default();
-        record.left_at_ms = Some(wall_ms);
-        self.write_own(record);
+        edit(&mut record);
+        self.write_own(record)
+    }
+
+    /// Marks this node left (a graceful stop writes it before it goes).
+    pub fn mark_left(&mut self, wall_ms: i64) {
+        self.edit_own(|r| r.left_at_ms = Some(wall_ms));
     }
 
     /// Applies `writes` as one change; returns its hash (the write is acknowledged: the

@@ -77,6 +77,27 @@ impl Simulation {
                     }
                 }
             }
+            Action::Drain(ref p) | Action::Undrain(ref p) | Action::Tag(ref p) => {
+                let nodes = self.pick(p, true);
+                let Some(mut fleet) = self.fleet.take() else {
+                    return;
+                };
+                let mut outs = Vec::new();
+                for n in nodes {
+                    let links = self.links_of(n);
+                    let stamp = self.now.as_millis().to_string();
+                    let edit = |r: &mut crate::state::NodeRecord| match &action {
+                        Action::Drain(_) => r.drained = Some(true),
+                        Action::Undrain(_) => r.drained = None,
+                        _ => {
+                            r.tags.insert("sim".to_string(), stamp);
+                        }
+                    };
+                    outs.extend(fleet.edit_node(n, edit, &links, self.now));
+                }
+                self.fleet = Some(fleet);
+                self.apply(outs);
+            }
             Action::Heal => {
                 if !self.partitioned {
                     return;
