@@ -750,7 +750,7 @@ impl Simulation {
                 && !self.partitioned
                 && quiet_since + HEAL_SETTLE <= end
             {
-                fleet.check_settled("end of run", end);
+                fleet.check_settled("end of run");
             }
             for (invariant, detail) in std::mem::take(&mut fleet.violations) {
                 self.violation(invariant, detail);

@@ -778,7 +778,7 @@ impl Fleet {
 
     /// After a heal has settled: documents converged, every acknowledged write everywhere,
     /// exactly `replicas` ready copies of each service.
-    pub fn check_settled(&mut self, what: &str, now: Duration) {
+    pub fn check_settled(&mut self, what: &str) {
         let up: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).collect();
         let mut heads: BTreeMap<Vec<ChangeHash>, Vec<usize>> = BTreeMap::new();
         for &i in &up {
@@ -856,6 +856,5 @@ impl Fleet {
                 ));
             }
         }
-        let _ = now;
     }
 }

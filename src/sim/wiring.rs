@@ -120,7 +120,7 @@ impl Simulation {
             }
             Ev::Settled { what } => {
                 if !self.partitioned {
-                    fleet.check_settled(what, now);
+                    fleet.check_settled(what);
                 }
                 Vec::new()
             }
