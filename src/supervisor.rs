@@ -417,13 +417,13 @@ impl Supervisor {
         for (name, spec) in &incoming {
             match self.specs.get(name) {
                 Some(old) if old == spec => {}
-                Some(_) => {
+                Some(old) => {
                     let machine = self
                         .machines
                         .get_mut(name)
                         .expect("every kept spec has a machine");
                     machine.update_spec(spec);
-                    if machine.has_process() {
+                    if machine.has_process() && !old.same_process(spec) {
                         machine.audit_external(
                             now,
                             AuditKind::SpecChanged,

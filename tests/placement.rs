@@ -798,6 +798,33 @@ async fn a_returning_node_takes_nothing_back_until_a_rebalance_which_moves_witho
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_service_moved_to_another_node_with_add_moves_there_without_a_gap() {
+    // `mesh service add web --node n2` for a sticky web running on n1: the move bumps the
+    // placement generation, so n1's claim stops being sticky and n2 ranks first at once. It
+    // used to happen only if n2 saw n1's copy unclaimed (during n1's restart for the new
+    // spec): a race, lost once in the lab.
+    let world = World::start(3).await;
+    add(&world.member("n1").node, &[service("web", "n1")]).await;
+    wait_world(&world, "web healthy on n1", |w| ready(w, "web") == ["n1"]).await;
+    add(&world.member("n1").node, &[service("web", "n2")]).await;
+    let asked_at = Instant::now();
+    wait_world(&world, "web on n2 alone", |w| {
+        w.running("web") == ["n2"] && ready(w, "web") == ["n2"]
+    })
+    .await;
+    let took = asked_at.elapsed();
+    assert!(took <= HANDOVER_BOUND, "moved {took:?} after the add");
+    for (_, node, ready_elsewhere) in stops(&world, "web") {
+        assert!(
+            node != "n1" || ready_elsewhere == ["n2"],
+            "n1 stopped its copy only once n2's was ready: {}",
+            world.story()
+        );
+    }
+    hold(&world, "web", &["n2".to_string()], QUIET).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_drained_node_runs_nothing_and_its_services_are_healthy_elsewhere_first() {
     let world = World::start(3).await;
     let n1 = world.member("n1");

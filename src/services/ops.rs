@@ -254,10 +254,17 @@ pub fn add(
                         .get(&spec.name)
                         .and_then(|r| r.request_generation),
                     added_by: Some(writer.id.clone()),
+                    // Kept across updates (an update is not a rebalance), except a move to
+                    // another home: the old holder's claim must stop being sticky, or the move
+                    // happens only if the new home sees the old copy unclaimed (a race).
+                    placement_generation: match existing {
+                        Some(r) if placement(view, &spec.name).is_some_and(|old| old != node) => {
+                            Some(r.placement_generation.unwrap_or(0) + 1)
+                        }
+                        existing => existing.and_then(|r| r.placement_generation),
+                    },
                     node_id: Some(node),
                     eligible,
-                    // Kept across updates: an update is not a rebalance.
-                    placement_generation: existing.and_then(|r| r.placement_generation),
                 },
             });
         }

@@ -285,3 +285,26 @@ fn removing_refuses_while_another_service_depends_on_it_and_leaves_a_tombstone()
     );
     assert_eq!(instance_key("db", "id-a"), "db@id-a");
 }
+
+#[test]
+fn a_move_to_another_home_ends_the_old_claims_stickiness_and_an_update_in_place_does_not() {
+    let mut state = mesh(&[("id-a", "a"), ("id-b", "b")]);
+    let by_a = writer("id-a", "a", 1);
+    let mut web = ServiceSpec::new("web", "true");
+    web.target = Some("a".into());
+    add(&mut state, &by_a, vec![web.clone()]).unwrap();
+    assert_eq!(state.services["web"].placement_generation, None);
+    // A new command, same home: the running copy keeps its claim.
+    web.command = "true --v2".into();
+    add(&mut state, &by_a, vec![web.clone()]).unwrap();
+    assert_eq!(state.services["web"].placement_generation, None);
+    // Moved to b: a's claim was made under the old generation, so b ranks first at once.
+    web.target = Some("b".into());
+    add(&mut state, &by_a, vec![web.clone()]).unwrap();
+    assert_eq!(state.services["web"].node_id, Some(NodeId::from("id-b")));
+    assert_eq!(state.services["web"].placement_generation, Some(1));
+    // Added again as it is now: unchanged, no bump.
+    let plan = add(&mut state, &by_a, vec![web]).unwrap();
+    assert!(plan.writes.is_empty());
+    assert_eq!(state.services["web"].placement_generation, Some(1));
+}

@@ -1021,6 +1021,9 @@ fn spec_updates_add_remove_and_restart_services() {
         service("cache", &[]),
     ];
     specs[1].args.push("--verbose".to_string());
+    // Where copies go is not what a copy runs: db keeps running.
+    specs[0].target = Some("elsewhere".to_string());
+    specs[0].placement.replicas = 2;
     let actions = sim
         .supervisor
         .apply_specs(sim.now, specs)
@@ -1030,7 +1033,7 @@ fn spec_updates_add_remove_and_restart_services() {
     // web removed: stopped and forgotten.
     assert!(sim.supervisor.status("web").is_none());
     assert!(sim.pid_of("web").is_none());
-    // api changed: restarted; cache new: started; db untouched.
+    // api changed: restarted; cache new: started; db untouched (only its placement changed).
     assert_eq!(sim.spawn_times("api").len(), 2);
     assert_eq!(sim.spawn_times("cache"), [secs(5)]);
     assert_eq!(sim.spawn_times("db").len(), 1);
@@ -1045,6 +1048,7 @@ fn spec_updates_add_remove_and_restart_services() {
         sim.audit_reasons("web", AuditKind::SpecChanged),
         ["removed from the desired state"]
     );
+    assert!(sim.audit_reasons("db", AuditKind::SpecChanged).is_empty());
     let err = sim
         .supervisor
         .apply_specs(sim.now, vec![service("a", &["b"]), service("b", &["a"])])

@@ -102,6 +102,18 @@ impl ServiceSpec {
         }
     }
 
+    /// Whether a copy started with `self` runs the same process as one started with `other`:
+    /// they differ at most in where copies go (`node` and the placement keys), which a
+    /// running copy never sees, so a change there (a move, more replicas) does not restart it.
+    pub fn same_process(&self, other: &Self) -> bool {
+        let unplaced = |spec: &Self| Self {
+            target: None,
+            placement: PlacementSpec::default(),
+            ..spec.clone()
+        };
+        unplaced(self) == unplaced(other)
+    }
+
     /// The backoff parameters of this service.
     pub fn backoff(&self) -> BackoffConfig {
         self.restart.backoff()
