@@ -334,6 +334,10 @@ pub struct Membership {
     reannouncing: bool,
     /// Set when any peer's state changed since the last [`Membership::take_changed`].
     changed: bool,
+    /// The peers whose state changed since the last [`Membership::take_changed_peers`], for
+    /// a caller that follows changes one by one (the simulator judges each verdict); `None`
+    /// (the agent) keeps no list, so nothing grows when nobody drains it.
+    changed_peers: Option<Vec<PeerId>>,
     /// What [`Membership::sync_table`] last saw at each position of foca's member list
     /// (address, bump, state): a pass over an unchanged list compares these and looks nothing
     /// up. Cleared when the table changes by other means (leave notices, reaping).
@@ -367,6 +371,7 @@ impl Membership {
             connected: BTreeMap::new(),
             reannouncing: false,
             changed: false,
+            changed_peers: None,
             next_reap: None,
             synced: Vec::new(),
             left: false,
@@ -396,14 +401,34 @@ impl Membership {
         std::mem::take(&mut self.changed)
     }
 
+    /// From now on, keep the list of peers whose state changes, for
+    /// [`Membership::take_changed_peers`]. Peers forgotten after [`REAP_AFTER`] are not listed.
+    pub fn track_changed_peers(&mut self) {
+        self.changed_peers.get_or_insert_with(Vec::new);
+    }
+
+    /// The peers whose state changed since the last call (in order, a peer possibly more
+    /// than once); empty unless [`Membership::track_changed_peers`] was called.
+    pub fn take_changed_peers(&mut self) -> Vec<PeerId> {
+        self.changed_peers
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// A peer passed admission and told us its incarnation: join it (or greet it again).
     pub fn on_admitted(&mut self, peer: PeerId, bump: u64, now: Instant) {
         if self.left {
             return;
         }
         let id = MemberId::new(peer, bump);
+        let leaves = self.leaving.len();
         self.leaving.retain(|(p, b)| *p != peer || *b > bump);
-        self.synced.clear();
+        if self.leaving.len() != leaves {
+            // How a down member shows (`left` or `dead`) changed: sync the table afresh. Not
+            // on every admission: that made each link of a forming mesh an O(N) resync.
+            self.synced.clear();
+        }
         self.connected.insert(peer, bump);
         self.touch(peer, now);
         let mut fx = Effects::default();
@@ -473,6 +498,9 @@ impl Membership {
             rec.bump = bump;
             rec.since = now;
             self.changed = true;
+            if let Some(list) = self.changed_peers.as_mut() {
+                list.push(from);
+            }
         }
         true
     }
@@ -692,6 +720,9 @@ impl Membership {
                         rec.bump = id.bump;
                         rec.since = now;
                         self.changed = true;
+                        if let Some(list) = self.changed_peers.as_mut() {
+                            list.push(peer);
+                        }
                     }
                 }
                 None => {
@@ -707,6 +738,9 @@ impl Membership {
                         },
                     );
                     self.changed = true;
+                    if let Some(list) = self.changed_peers.as_mut() {
+                        list.push(peer);
+                    }
                 }
             }
         }
