@@ -437,8 +437,8 @@ impl Membership {
         // incarnation: a known one has nothing to learn from us that gossip does not carry,
         // and in a mesh of N forming at once the feeds are O(N) updates on each of N² links.
         // Announcing only while this node knew fewer than a few members was tried and dropped:
-        // in `mesh sim` a crashed node then went unprobed for seconds (detection max 5-19 s
-        // in 3 of 11 seeds, against ≤ 3 s), for a reason not found.
+        // in `mesh sim` the worst crash detection rose to 3.5-5.1 s in 2 of 11 seeds (≤ 3 s
+        // without it), for a reason not pinned down (docs/scale.md).
         let known = self.peers.get(&peer).is_some_and(|r| {
             r.bump == bump && matches!(r.state, PeerState::Alive | PeerState::Suspect)
         });
