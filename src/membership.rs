@@ -432,17 +432,13 @@ impl Membership {
         self.connected.insert(peer, bump);
         self.touch(peer, now);
         let mut fx = Effects::default();
-        // Announce (answered with a feed of the members the peer knows, each applied with a
-        // scan of foca's member list) only to a peer not already known alive in this
-        // incarnation: a known one has nothing to learn from us that gossip does not carry,
-        // and in a mesh of N forming at once the feeds are O(N) updates on each of N² links.
-        // Announcing only while this node knew fewer than a few members was tried and dropped:
-        // in `mesh sim` the worst crash detection rose to 3.5-5.1 s in 2 of 11 seeds (≤ 3 s
-        // without it), for a reason not pinned down (docs/scale.md).
-        let known = self.peers.get(&peer).is_some_and(|r| {
-            r.bump == bump && matches!(r.state, PeerState::Alive | PeerState::Suspect)
-        });
-        if !known && let Err(e) = self.foca.announce(id.clone(), &mut fx) {
+        // Announced on every admitted link, though each announce is answered by a feed that
+        // is applied with foca's O(N) scan (N² feeds while a mesh of N forms). Skipping it for
+        // a peer already known alive at this incarnation, or once a few members are known,
+        // was tried: in `mesh sim` one observer in a few hundred then learned of a crash only
+        // ~40 s late, in 1 of 40 runs (docs/scale.md). Until that is understood, every link
+        // announces.
+        if let Err(e) = self.foca.announce(id.clone(), &mut fx) {
             tracing::debug!(%peer, error = %e, "foca announce failed");
         }
         // Treat the handshake as first-hand evidence that this incarnation is alive.
