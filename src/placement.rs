@@ -56,6 +56,7 @@ use crate::membership::PeerState;
 use crate::services::{View, instance_key};
 use crate::state::{InstanceRecord, InstanceState, MeshState, NodeRecord, ServiceRecord};
 use crate::supervisor::spec::ServiceSpec;
+use crate::supervisor::spec::placement::Require;
 
 #[cfg(test)]
 mod tests;
@@ -514,7 +515,11 @@ fn ineligible(
         // Leaving (it records the leave before stopping its services) or left.
         return Some("left");
     }
-    let require = &placement.require;
+    unmet(&placement.require, node)
+}
+
+/// Why `node` does not meet `require`, or `None` when it does.
+pub fn unmet(require: &Require, node: &NodeRecord) -> Option<&'static str> {
     if require
         .tags
         .iter()

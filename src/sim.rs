@@ -251,7 +251,12 @@ impl Simulation {
             scenario,
         };
         if !sim.scenario.services.is_empty() {
-            let fleet = Fleet::new(capacity, sim.base, sim.scenario.ignore_exclusive_fence);
+            let fleet = Fleet::new(
+                capacity,
+                sim.base,
+                sim.scenario.ignore_exclusive_fence,
+                sim.scenario.hardware.clone(),
+            );
             sim.fleet = Some(fleet);
             for g in 0..sim.scenario.services.len() {
                 sim.schedule(sim.scenario.services[g].at, Ev::AddServices(g));
@@ -764,7 +769,15 @@ impl Simulation {
             for (invariant, detail) in std::mem::take(&mut fleet.violations) {
                 self.violation(invariant, detail);
             }
+            let per_node = fleet.ready_per_node();
             let mut f = fleet.figures;
+            for g in &self.report.hardware {
+                let copies = per_node
+                    .range(g.nodes.0..=g.nodes.1)
+                    .map(|(_, c)| c)
+                    .sum();
+                f.copies_by_group.insert(g.group.clone(), copies);
+            }
             f.services = fleet.replicas.len();
             f.copies_wanted = fleet.replicas.values().map(|r| u64::from(*r)).sum();
             f.sync_messages_per_node_per_s = f.sync_messages as f64 / nodes / secs;

@@ -168,3 +168,50 @@ fn placement_that_ignores_the_exclusive_fence_is_caught_with_a_seed_to_replay_it
     assert!(v.replay.contains("--seed 21"), "{v:?}");
     assert!(v.detail.contains("db-"), "{v:?}");
 }
+
+const STACK_HARDWARE: &str = include_str!("../simulations/scenarios/stack-hardware.toml");
+
+#[test]
+fn services_run_only_on_the_hardware_they_require() {
+    // Servers, desktops, laptops on battery and Raspberry Pis, classified by the agent's own
+    // probe rules; db wants a server, the sensors a Pi in the garden, web 8,000 MiB.
+    let scenario = Scenario::parse(STACK_HARDWARE).unwrap();
+    let (report, perf) = Simulation::new(scenario, None).run();
+    eprintln!("{}", report.summary(Some(&perf)));
+    assert_eq!(report.violations_total, 0, "{:#?}", report.violations);
+    let classes: Vec<(&str, &str)> = report
+        .hardware
+        .iter()
+        .map(|g| (g.device_class.as_str(), g.profile.as_str()))
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            ("server", "full"),
+            ("desktop", "full"),
+            ("laptop", "standard"),
+            ("single-board", "edge")
+        ]
+    );
+    let f = report.services.as_ref().unwrap();
+    let (_, ready, wanted) = *f.copies.last().unwrap();
+    assert_eq!((ready, wanted), (13, 13), "{:?}", f.copies);
+    // The Pis (4 GiB) hold the four sensors and nothing else; the one server left holds db.
+    let on = |g: usize| f.copies_by_group[&report.hardware[g].group];
+    assert_eq!(on(3), 4, "{:?}", f.copies_by_group);
+    assert!(on(0) >= 1, "{:?}", f.copies_by_group);
+    assert_eq!(on(0) + on(1) + on(2), 9, "{:?}", f.copies_by_group);
+}
+
+#[test]
+fn placement_that_ignores_requirements_is_caught_with_a_seed_to_replay_it() {
+    let text = format!("{STACK_HARDWARE}\n[faults]\nignore_requirements = true\n");
+    let scenario = Scenario::parse(&text).unwrap();
+    let (report, _) = Simulation::new(scenario, Some(4)).run();
+    let v = report
+        .violations
+        .iter()
+        .find(|v| v.invariant == "copies only on nodes that may run them")
+        .unwrap_or_else(|| panic!("not caught: {:#?}", report.violations));
+    assert!(v.replay.contains("--seed 4"), "{v:?}");
+}

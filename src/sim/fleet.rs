@@ -16,11 +16,15 @@ use automerge::{AutoCommit, ChangeHash};
 use bytes::Bytes;
 use libp2p::PeerId;
 
+mod checks;
+
 use super::report::ServiceFigures;
+use super::scenario::Hardware;
 use super::stack::{Asking, CONFIRM_RETRY, CONFIRM_TIMEOUT, Stack};
 use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
 use crate::services::View;
+use crate::supervisor::spec::placement::Require;
 use crate::services::ops::{self, Writer};
 use crate::supervisor::{
     ExitStatus, HealthOutcome, ServiceSpec, ServiceState, SupervisorAction, SupervisorEvent,
@@ -107,6 +111,12 @@ pub struct Fleet {
     exclusive: BTreeMap<String, u32>,
     /// Replicas wanted per service.
     pub replicas: BTreeMap<String, u32>,
+    /// What a node must be to run a copy, per service with requirements.
+    require: BTreeMap<String, Require>,
+    /// Pinned services and the node they are pinned to (the node that added them).
+    pinned: BTreeMap<String, usize>,
+    /// The scenario's hardware groups.
+    hardware: Hardware,
     next_pid: u32,
     next_qid: u64,
     /// Acknowledged writes: (change, writer, when).
@@ -141,7 +151,7 @@ pub fn wall_ms(now: Duration) -> i64 {
 }
 
 impl Fleet {
-    pub fn new(capacity: usize, base: Instant, ignore_fence: bool) -> Fleet {
+    pub fn new(capacity: usize, base: Instant, ignore_fence: bool, hardware: Hardware) -> Fleet {
         Fleet {
             nodes: (0..capacity).map(|_| None).collect(),
             kept: (0..capacity).map(|_| None).collect(),
@@ -150,6 +160,9 @@ impl Fleet {
             procs: BTreeMap::new(),
             exclusive: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            require: BTreeMap::new(),
+            pinned: BTreeMap::new(),
+            hardware,
             next_pid: 1000,
             next_qid: 0,
             acked: Vec::new(),
@@ -179,7 +192,16 @@ impl Fleet {
         self.incarnation[i] += 1;
         let doc = self.kept[i].take();
         let name = format!("n{i}");
-        let stack = Stack::start(peer, &name, doc, self.instant(now), wall_ms(now), seed);
+        let kind = self.hardware.of(i);
+        let stack = Stack::start(
+            peer,
+            &name,
+            kind,
+            doc,
+            self.instant(now),
+            wall_ms(now),
+            seed,
+        );
         self.nodes[i] = Some(stack);
         self.act_pending[i] = false;
         self.schedule_act(i, now)
@@ -382,6 +404,13 @@ impl Fleet {
         to_links(i, msgs, links)
     }
 
+    /// The checker holds `service` to `require` (the scenario's, whatever the spec added says).
+    pub fn expect_requirements(&mut self, service: &str, require: &Require) {
+        if !require.is_empty() {
+            self.require.insert(service.to_string(), require.clone());
+        }
+    }
+
     /// Node `i` adds `specs` as an operator would through its API.
     pub fn add_services(
         &mut self,
@@ -399,6 +428,9 @@ impl Fleet {
             if spec.placement.exclusive {
                 self.exclusive
                     .insert(spec.name.clone(), spec.placement.replicas);
+            }
+            if spec.placement.pinned {
+                self.pinned.insert(spec.name.clone(), i);
             }
         }
         s.hydrate();
@@ -641,6 +673,13 @@ impl Fleet {
                 healthy: false,
             },
         );
+        if let Some(why) = self.unfit(i, service) {
+            self.violations.push((
+                "copies only on nodes that may run them",
+                format!("{service} started on node {i}, which may not run it: {why}"),
+            ));
+        }
+        let by_node = &self.procs[service];
         if let Some(&replicas) = self.exclusive.get(service)
             && by_node.len() > replicas as usize
         {
@@ -748,113 +787,4 @@ impl Fleet {
         }
     }
 
-    /// Samples copies (ready, wanted) for the timeline.
-    pub fn sample(&mut self, now: Duration) {
-        let up = self.nodes.iter().filter(|n| n.is_some()).count() as u32;
-        let ready: usize = self
-            .procs
-            .values()
-            .map(|m| m.values().filter(|p| p.healthy).count())
-            .sum();
-        let wanted: u32 = self.replicas.values().map(|r| (*r).min(up)).sum();
-        self.figures
-            .copies
-            .push((now.as_secs_f64(), ready as u64, u64::from(wanted)));
-    }
-
-    /// Samples the saved document size of a few nodes (bytes, mean).
-    pub fn sample_doc(&mut self, now: Duration) {
-        let n = self.nodes.len();
-        let picks = [0, n / 2, n.saturating_sub(1)];
-        let sizes: Vec<usize> = picks
-            .iter()
-            .filter_map(|&k| self.nodes.get_mut(k)?.as_mut().map(Stack::saved_bytes))
-            .collect();
-        if !sizes.is_empty() {
-            let mean = sizes.iter().sum::<usize>() as u64 / sizes.len() as u64;
-            self.figures.doc_bytes.push((now.as_secs_f64(), mean));
-        }
-    }
-
-    /// After a heal has settled: documents converged, every acknowledged write everywhere,
-    /// exactly `replicas` ready copies of each service.
-    pub fn check_settled(&mut self, what: &str) {
-        let up: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).collect();
-        let mut heads: BTreeMap<Vec<ChangeHash>, Vec<usize>> = BTreeMap::new();
-        for &i in &up {
-            let s = self.nodes[i].as_mut().expect("up");
-            let mut h = s.doc.get_heads();
-            h.sort();
-            heads.entry(h).or_default().push(i);
-        }
-        if heads.len() > 1 {
-            let groups: Vec<String> = heads
-                .values()
-                .map(|v| format!("{} node(s) from node {}", v.len(), v[0]))
-                .collect();
-            self.violations.push((
-                "converged documents",
-                format!(
-                    "{what}: the up nodes hold {} different documents: {}",
-                    heads.len(),
-                    groups.join(", ")
-                ),
-            ));
-        }
-        let mut missing = 0;
-        let mut example = None;
-        for (hash, writer, at) in &self.acked {
-            // A write whose node went down before it reached anyone waits on that node.
-            if !self.up(*writer) {
-                continue;
-            }
-            for &i in &up {
-                let s = self.nodes[i].as_mut().expect("up");
-                if s.doc.get_change_by_hash(hash).is_none() {
-                    missing += 1;
-                    example.get_or_insert((*writer, i, *at));
-                }
-            }
-        }
-        if let Some((w, i, at)) = example {
-            self.violations.push((
-                "every acknowledged write on every connected node",
-                format!("{what}: {missing} (write, node) pairs missing; e.g. node {i} lacks node {w}'s write of {:.1} s", at.as_secs_f64()),
-            ));
-        }
-        // A drained node hands its copies over: none left once settled.
-        for &i in &up {
-            let s = self.nodes[i].as_ref().expect("up");
-            let drained = s
-                .state
-                .nodes
-                .get(s.id.as_str())
-                .is_some_and(|r| r.drained == Some(true));
-            let held: Vec<&String> = self
-                .procs
-                .iter()
-                .filter(|(_, m)| m.contains_key(&i))
-                .map(|(service, _)| service)
-                .collect();
-            if drained && !held.is_empty() {
-                self.violations.push((
-                    "a drained node runs nothing",
-                    format!("{what}: node {i} is drained and still runs {held:?}"),
-                ));
-            }
-        }
-        let up_count = up.len() as u32;
-        for (service, replicas) in self.replicas.clone() {
-            let ready = self.procs.get(&service).map_or(0, |m| {
-                m.iter().filter(|(n, p)| p.healthy && self.up(**n)).count()
-            });
-            let wanted = replicas.min(up_count) as usize;
-            if ready != wanted {
-                self.violations.push((
-                    "exactly replicas copies after a heal",
-                    format!("{what}: {service} has {ready} ready copies, wants {wanted}"),
-                ));
-            }
-        }
-    }
 }

@@ -3,6 +3,8 @@
 //! CDF plot of detection times (SVG), and `--compare` of two reports. [`Perf`] holds what is
 //! not deterministic (wall time, memory) and is written apart.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::scenario::Scenario;
@@ -106,10 +108,30 @@ pub struct ServiceFigures {
     pub copies: Vec<(f64, u64, u64)>,
     /// (simulated s, saved document bytes), every 30 s.
     pub doc_bytes: Vec<(f64, u64)>,
+    /// Ready copies at the end per hardware group (by the group's device class and profile);
+    /// only with `[[hardware]]` groups.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies_by_group: BTreeMap<String, u64>,
     #[serde(skip)]
     pub failover_ms: Vec<f64>,
     #[serde(skip)]
     pub spread_ms: Vec<f64>,
+}
+
+/// One `[[hardware]]` group: its nodes and what its records advertise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HardwareGroup {
+    /// `first-last device_class/profile`, the key of `copies_by_group`.
+    pub group: String,
+    /// Node indices, first and last.
+    pub nodes: (usize, usize),
+    pub arch: String,
+    pub cores: u64,
+    pub memory_mib: u64,
+    pub device_class: String,
+    pub profile: String,
+    pub score: u64,
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +156,9 @@ pub struct Report {
     pub traffic: Traffic,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<ServiceFigures>,
+    /// The scenario's hardware groups as the agent's classifier sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hardware: Vec<HardwareGroup>,
     pub violations_total: usize,
     pub violations: Vec<Violation>,
     /// The scenario's events as they happened.
@@ -168,6 +193,25 @@ impl Report {
             scenario: scenario.name.clone(),
             seed,
             simulated_s: scenario.duration.as_secs_f64(),
+            hardware: scenario
+                .hardware
+                .ranges()
+                .into_iter()
+                .map(|(first, last, kind)| {
+                    let h = &kind.hardware;
+                    HardwareGroup {
+                        group: format!("{first}-{last} {}/{}", h.device_class, h.profile),
+                        nodes: (first, last),
+                        arch: h.arch.clone(),
+                        cores: h.cores,
+                        memory_mib: h.memory_bytes >> 20,
+                        device_class: h.device_class.clone(),
+                        profile: h.profile.clone(),
+                        score: h.score,
+                        tags: kind.tags.clone(),
+                    }
+                })
+                .collect(),
             ..Report::default()
         }
     }
@@ -244,6 +288,35 @@ impl Report {
             t.links_per_node,
             t.dropped_counted,
         );
+        if !self.hardware.is_empty() {
+            out.push_str(
+                "\nHardware (classified by the agent's own probe rules):\n\n\
+                 | nodes | arch | cores | memory | class / profile | score | tags | copies at the end |\n\
+                 |---|---|---|---|---|---|---|---|\n",
+            );
+            for g in &self.hardware {
+                let tags: Vec<String> = g.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let copies = self
+                    .services
+                    .as_ref()
+                    .and_then(|f| f.copies_by_group.get(&g.group))
+                    .copied()
+                    .unwrap_or(0);
+                out.push_str(&format!(
+                    "| {}-{} | {} | {} | {} MiB | {}/{} | {} | {} | {} |\n",
+                    g.nodes.0,
+                    g.nodes.1,
+                    g.arch,
+                    g.cores,
+                    g.memory_mib,
+                    g.device_class,
+                    g.profile,
+                    g.score,
+                    tags.join(", "),
+                    copies
+                ));
+            }
+        }
         if let Some(f) = &self.services {
             out.push_str(&format!(
                 "\nServices: {} services, {} copies wanted.\n\n| figure | value |\n|---|---|\n\

@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+
+use crate::state::NodeHardware;
+use crate::supervisor::spec::placement::Require;
 
 /// Most nodes a scenario may have (the simulator keeps a link table of N² bits and a view of
 /// N² entries: 10,000 nodes would be 100 M entries).
@@ -69,9 +74,32 @@ struct RawScenario {
     #[serde(default)]
     events: Vec<RawEvent>,
     #[serde(default)]
+    hardware: Vec<RawHardware>,
+    #[serde(default)]
     services: Vec<RawServices>,
     #[serde(default)]
     faults: RawFaults,
+}
+
+/// A group of nodes with the same hardware and tags (`[[hardware]]`): the facts the agent's
+/// hardware probe reads, from which the agent's own classifier derives the device class,
+/// capability score and profile that placement requirements are checked against.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHardware {
+    count: usize,
+    cores: Option<u32>,
+    memory: Option<String>,
+    arch: Option<String>,
+    os: Option<String>,
+    /// A single-board computer's device-tree model.
+    board: Option<String>,
+    /// `server`, `desktop` or `laptop`: the SMBIOS chassis.
+    chassis: Option<String>,
+    /// On battery, at this charge (percent).
+    battery: Option<u8>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -82,12 +110,19 @@ struct RawServices {
     replicas: Option<u32>,
     exclusive: Option<bool>,
     at: Option<String>,
+    pinned: Option<bool>,
+    sticky: Option<bool>,
+    /// What a node must be to run a copy (the spec's `[require]`: tags, arch, os,
+    /// device_class, profile, min_score, min_memory_mb).
+    #[serde(default)]
+    require: Require,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFaults {
     ignore_exclusive_fence: Option<bool>,
+    ignore_requirements: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -186,7 +221,142 @@ pub struct Services {
     pub names: Vec<String>,
     pub replicas: u32,
     pub exclusive: bool,
+    pub pinned: bool,
+    pub sticky: bool,
+    pub require: Require,
     pub at: Duration,
+}
+
+/// What a node is: its hardware as its record advertises it, and the tags it starts with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeKind {
+    pub hardware: NodeHardware,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Hardware groups, dealt over the node indices in file order (`count` each); nodes past the
+/// groups have the default hardware.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Hardware {
+    pub groups: Vec<(usize, NodeKind)>,
+}
+
+impl Hardware {
+    /// Each group's first and last node index, with its kind.
+    pub fn ranges(&self) -> Vec<(usize, usize, &NodeKind)> {
+        let mut first = 0;
+        self.groups
+            .iter()
+            .map(|(count, kind)| {
+                let range = (first, first + count - 1, kind);
+                first += count;
+                range
+            })
+            .collect()
+    }
+
+    /// The kind of node `i`, or `None` for the default.
+    pub fn of(&self, i: usize) -> Option<&NodeKind> {
+        let mut first = 0;
+        for (count, kind) in &self.groups {
+            if i < first + count {
+                return Some(kind);
+            }
+            first += count;
+        }
+        None
+    }
+}
+
+/// Most hardware groups.
+pub const MAX_HARDWARE_GROUPS: usize = 64;
+
+/// A size written as `512MiB`, `4GiB`, `8GB` (or a bare number of MiB), in bytes.
+pub fn parse_size(text: &str) -> Result<u64, ScenarioError> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, "MiB"), |i| (&t[..i], t[i..].trim()));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| invalid(format!("{text:?} is not a size (e.g. 512MiB, 4GiB)")))?;
+    let unit_bytes: f64 = match unit {
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => {
+            return Err(invalid(format!(
+                "{text:?}: unknown unit {unit:?} (KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            )));
+        }
+    };
+    let bytes = value * unit_bytes;
+    if !(1.0..=(1u64 << 50) as f64).contains(&bytes) {
+        return Err(invalid(format!("{text:?} is out of range")));
+    }
+    Ok(bytes as u64)
+}
+
+fn node_kind(i: usize, g: &RawHardware) -> Result<NodeKind, ScenarioError> {
+    let chassis_type = match g.chassis.as_deref() {
+        None => None,
+        // SMBIOS chassis types: 17 main server chassis, 3 desktop, 9 laptop.
+        Some("server") => Some(17),
+        Some("desktop") => Some(3),
+        Some("laptop") => Some(9),
+        Some(other) => {
+            return Err(invalid(format!(
+                "hardware[{i}]: chassis {other:?} is not server, desktop or laptop"
+            )));
+        }
+    };
+    let cores = g.cores.unwrap_or(4);
+    if cores == 0 || cores > 4096 {
+        return Err(invalid(format!("hardware[{i}]: cores must be 1 to 4096")));
+    }
+    if g.battery.is_some_and(|p| p > 100) {
+        return Err(invalid(format!("hardware[{i}]: battery is a percentage")));
+    }
+    let arch = g.arch.clone().unwrap_or_else(|| "x86_64".into());
+    let info = crate::hardware::from_inputs(crate::hardware::ProbeInputs {
+        cores,
+        cpu_model: "simulated".into(),
+        memory_bytes: g
+            .memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()?
+            .unwrap_or(4 << 30),
+        os: g.os.clone().unwrap_or_else(|| "linux".into()),
+        os_version: String::new(),
+        arch,
+        board_model: g.board.clone(),
+        chassis_type,
+        battery: g.battery.map(|percent| crate::hardware::Battery {
+            percent,
+            charging: false,
+        }),
+    });
+    if g.tags.len() > crate::state::MAX_TAGS {
+        return Err(invalid(format!(
+            "hardware[{i}]: {} tags, {} at most",
+            g.tags.len(),
+            crate::state::MAX_TAGS
+        )));
+    }
+    for (k, v) in &g.tags {
+        crate::state::validate_tag(k, v)
+            .map_err(|e| invalid(format!("hardware[{i}]: tag {k:?}: {e}")))?;
+    }
+    Ok(NodeKind {
+        hardware: NodeHardware::from(&info),
+        tags: g.tags.clone(),
+    })
 }
 
 /// Most services a scenario adds.
@@ -203,9 +373,13 @@ pub struct Scenario {
     pub churn: Option<Churn>,
     pub timeline: Vec<TimedAction>,
     pub services: Vec<Services>,
+    pub hardware: Hardware,
     /// A deliberately broken rule: exclusive owners ignore the fence (no majority, no
     /// confirmation). Only to check that the invariant checker catches it.
     pub ignore_exclusive_fence: bool,
+    /// A deliberately broken rule: services are added without their `require` section, so
+    /// placement may put them anywhere, while the checker still holds them to it.
+    pub ignore_requirements: bool,
 }
 
 impl Scenario {
@@ -333,10 +507,24 @@ impl Scenario {
                     "services[{i}]: {bad:?} is not a valid service name"
                 )));
             }
+            let placement = crate::supervisor::spec::placement::PlacementSpec {
+                replicas: g.replicas.unwrap_or(1),
+                exclusive: g.exclusive.unwrap_or(false),
+                pinned: g.pinned.unwrap_or(false),
+                sticky: g.sticky.unwrap_or(true),
+                nodes: Vec::new(),
+                require: g.require.clone(),
+            };
+            placement
+                .validate(&names[0])
+                .map_err(|e| invalid(format!("services[{i}]: {e}")))?;
             services.push(Services {
                 names,
-                replicas: g.replicas.unwrap_or(1).clamp(1, 64),
-                exclusive: g.exclusive.unwrap_or(false),
+                replicas: placement.replicas,
+                exclusive: placement.exclusive,
+                pinned: placement.pinned,
+                sticky: placement.sticky,
+                require: placement.require,
                 at: g
                     .at
                     .as_deref()
@@ -345,9 +533,26 @@ impl Scenario {
                     .unwrap_or(Duration::from_secs(10)),
             });
         }
+        if raw.hardware.len() > MAX_HARDWARE_GROUPS {
+            return Err(invalid(format!(
+                "{} hardware groups: {MAX_HARDWARE_GROUPS} at most",
+                raw.hardware.len()
+            )));
+        }
+        let mut hardware = Hardware::default();
+        for (i, g) in raw.hardware.iter().enumerate() {
+            if g.count == 0 || g.count > MAX_NODES {
+                return Err(invalid(format!(
+                    "hardware[{i}]: count must be 1 to {MAX_NODES}"
+                )));
+            }
+            hardware.groups.push((g.count, node_kind(i, g)?));
+        }
         Ok(Scenario {
             services,
+            hardware,
             ignore_exclusive_fence: raw.faults.ignore_exclusive_fence.unwrap_or(false),
+            ignore_requirements: raw.faults.ignore_requirements.unwrap_or(false),
             name: raw.name.unwrap_or_else(|| "scenario".into()),
             nodes: raw.nodes,
             duration,
@@ -403,6 +608,54 @@ mod tests {
             "nodes = 5\nduration = \"1m\"\nextra = 1",
         ] {
             assert!(Scenario::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hardware_groups_are_classified_by_the_agents_rules_and_dealt_in_order() {
+        let s = Scenario::parse(
+            r#"
+            nodes = 6
+            duration = "1m"
+            [[hardware]]
+            count = 2
+            cores = 4
+            memory = "4GiB"
+            arch = "aarch64"
+            board = "Raspberry Pi 4 Model B"
+            tags = { room = "garden" }
+            [[hardware]]
+            count = 1
+            cores = 32
+            memory = "64GiB"
+            chassis = "server"
+            [[services]]
+            name = "sensor"
+            [services.require]
+            arch = "aarch64"
+            "#,
+        )
+        .unwrap();
+        let pi = s.hardware.of(1).unwrap();
+        assert_eq!(pi.hardware.device_class, "single-board");
+        assert_eq!(pi.hardware.arch, "aarch64");
+        assert_eq!(pi.tags["room"], "garden");
+        assert_eq!(s.hardware.of(2).unwrap().hardware.device_class, "server");
+        assert!(s.hardware.of(3).is_none(), "past the groups: the default");
+        assert_eq!(s.services[0].require.arch.as_deref(), Some("aarch64"));
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("8GB").unwrap(), 8_000_000_000);
+        let base = "nodes = 2\nduration = \"1m\"\n";
+        for bad in [
+            "[[hardware]]\ncount = 0",
+            "[[hardware]]\ncount = 1\nmemory = \"lots\"",
+            "[[hardware]]\ncount = 1\nchassis = \"boat\"",
+            "[[hardware]]\ncount = 1\ntags = { \"Bad Key\" = \"x\" }",
+            "[[hardware]]\ncount = 1\nbattery = 140",
+            "[[services]]\nname = \"a\"\n[services.require]\ncolour = \"red\"",
+            "[[services]]\nname = \"a\"\nreplicas = 2\nexclusive = true",
+        ] {
+            assert!(Scenario::parse(&format!("{base}{bad}")).is_err(), "{bad}");
         }
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, ChangeHash};
 
+use super::scenario::NodeKind;
 use crate::identity::{NodeId, NodeName};
 use crate::placement::{
     self, Confirmation, LocalRole, MajorityClock, MembershipSnapshot, PlacementInput, last_claim,
@@ -110,6 +111,7 @@ impl Stack {
     pub fn start(
         peer: &libp2p::PeerId,
         name: &str,
+        kind: Option<&NodeKind>,
         doc: Option<AutoCommit>,
         now: Instant,
         wall_ms: i64,
@@ -140,8 +142,8 @@ impl Stack {
         let record = NodeRecord {
             name: NodeName::new(name),
             addrs: Vec::new(),
-            hardware: hardware(100),
-            tags: BTreeMap::new(),
+            hardware: kind.map_or_else(|| hardware(100), |k| k.hardware.clone()),
+            tags: kind.map(|k| k.tags.clone()).unwrap_or_default(),
             version: crate::AGENT_VERSION.to_string(),
             joined_at_ms: wall_ms,
             left_at_ms: None,

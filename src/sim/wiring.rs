@@ -97,8 +97,16 @@ impl Simulation {
                         .or_default()
                         .push(sim_spec(name, &group));
                 }
+                for name in &group.names {
+                    fleet.expect_requirements(name, &group.require);
+                }
                 let mut outs = Vec::new();
-                for (node, specs) in by_node {
+                for (node, mut specs) in by_node {
+                    if self.scenario.ignore_requirements {
+                        for spec in &mut specs {
+                            spec.placement.require = Default::default();
+                        }
+                    }
                     let links = self.links_of(node);
                     outs.extend(fleet.add_services(node, specs, &links, now));
                 }
@@ -205,7 +213,12 @@ fn sim_spec(name: &str, group: &scenario::Services) -> crate::supervisor::Servic
          [service.health]\ncheck = \"exec\"\ncommand = [\"true\"]\ninterval = \"5s\"\n",
         group.replicas, group.exclusive
     );
-    crate::supervisor::parse_service_file(&text)
+    let mut spec = crate::supervisor::parse_service_file(&text)
         .expect("the simulated spec is valid")
-        .remove(0)
+        .remove(0);
+    // Checked with the rest of the placement section when the scenario was read.
+    spec.placement.pinned = group.pinned;
+    spec.placement.sticky = group.sticky;
+    spec.placement.require = group.require.clone();
+    spec
 }
