@@ -36,6 +36,7 @@ pub mod report;
 pub mod scenario;
 mod stack;
 mod timeline;
+mod traffic;
 mod wiring;
 
 pub use report::{Perf, Report};
@@ -131,6 +132,8 @@ enum Ev {
     },
     AddServices(usize),
     Sample,
+    /// A traffic sample (every run).
+    Traffic,
     Settled {
         what: &'static str,
     },
@@ -158,6 +161,9 @@ struct SimNode {
     cut_until: Option<Duration>,
     msgs_out: u64,
     bytes_out: u64,
+    /// `msgs_out` and `bytes_out` at the last traffic sample.
+    msgs_mark: u64,
+    bytes_mark: u64,
     msgs_in: u64,
     bytes_in: u64,
 }
@@ -195,6 +201,8 @@ pub struct Simulation {
     fleet: Option<Fleet>,
     node_ids: std::collections::BTreeMap<NodeId, usize>,
     samples: u64,
+    /// Sync messages and bytes at the last traffic sample.
+    sync_mark: (u64, u64),
 }
 
 /// A node id that is the same in every run: an Ed25519 key from the seed and the index.
@@ -248,8 +256,11 @@ impl Simulation {
             fleet: None,
             node_ids: std::collections::BTreeMap::new(),
             samples: 0,
+            sync_mark: (0, 0),
             scenario,
         };
+        let every = sim.traffic_every();
+        sim.schedule(every, Ev::Traffic);
         if !sim.scenario.services.is_empty() {
             let fleet = Fleet::new(
                 capacity,
@@ -296,6 +307,8 @@ impl Simulation {
             cut_until: None,
             msgs_out: 0,
             bytes_out: 0,
+            msgs_mark: 0,
+            bytes_mark: 0,
             msgs_in: 0,
             bytes_in: 0,
         });
@@ -393,6 +406,7 @@ impl Simulation {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Start { node } => self.start(node),
+            Ev::Traffic => self.sample_traffic(),
             Ev::Deliver { from, to, data } => {
                 if !self.reaches(from, to) {
                     return;

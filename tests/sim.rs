@@ -4,7 +4,9 @@
 //! caught by the invariant checker with a seed that replays it; the CLI writes its files and
 //! compares two reports. The full stack (`stack-small.toml`: 8 services through a crash, a
 //! partition, its heal, a drain and tags set) holds every invariant and repeats byte for byte;
-//! placement that ignores the exclusive fence is caught with its seed.
+//! placement that ignores the exclusive fence is caught with its seed. Mixed hardware
+//! (`stack-hardware.toml`) keeps every copy on a node that meets its service's requirements,
+//! and placement that ignores them is caught with its seed.
 
 use std::time::Duration;
 
@@ -29,6 +31,20 @@ fn the_small_scenario_holds_every_invariant() {
     assert!(m.leave.p50 < 100.0, "{m:?}");
     assert_eq!(report.nodes_total, 23);
     assert_eq!(report.nodes_up_at_end, 23);
+    // Traffic over time: a sample every 5 s, and per up node per second times the up nodes and
+    // the interval gives back what was sent (the rates are rounded to 0.01).
+    let t = &report.traffic;
+    assert_eq!(t.over_time.len(), 24, "{:?}", t.over_time);
+    let sent: f64 = t
+        .over_time
+        .iter()
+        .map(|s| s.membership_bytes * s.up_nodes as f64 * 5.0)
+        .sum();
+    let total = t.bytes as f64;
+    assert!(sent <= total + 100.0 && sent > total * 0.95, "{sent} of {total}");
+    assert!(t.over_time.iter().all(|s| s.sync_bytes == 0.0));
+    // Forming the mesh costs more than keeping it: the first 5 s against the quiet middle.
+    assert!(t.over_time[0].membership_bytes > t.over_time[3].membership_bytes);
 }
 
 #[test]
@@ -95,6 +111,8 @@ fn the_cli_writes_its_files_and_compares_two_reports() {
             "perf.json",
             "summary.md",
             "detection-cdf.svg",
+            "traffic-bytes.svg",
+            "traffic-messages.svg",
         ] {
             assert!(dir.path().join(out).join(file).exists(), "{file}");
         }

@@ -78,6 +78,21 @@ pub struct Traffic {
     pub links_per_node: f64,
     /// Datagrams the membership cores counted as dropped (no link, or a full outbox).
     pub dropped_counted: u64,
+    /// Per interval (every 5 s, or 240 samples over long runs), per up node per second.
+    pub over_time: Vec<TrafficSample>,
+}
+
+/// Traffic in the interval that ends at `t_s`, per up node per second (the busiest node's
+/// bytes per second on its own).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficSample {
+    pub t_s: f64,
+    pub up_nodes: u64,
+    pub membership_messages: f64,
+    pub membership_bytes: f64,
+    pub membership_bytes_busiest: f64,
+    pub sync_messages: f64,
+    pub sync_bytes: f64,
 }
 
 /// The full stack's figures (document, sync, placement, services), when the scenario has
@@ -433,10 +448,12 @@ pub fn line_svg(title: &str, x_unit: &str, y_unit: &str, series: &[Series<'_>]) 
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\
          <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/><text x=\"{l}\" y=\"14\">{title}</text>"
     );
+    // Small values (a few KiB, a few messages) get a decimal.
+    let decimals = if ymax < 10.0 { 1 } else { 0 };
     for k in 0..=4 {
         let v = ymax * f64::from(k) / 4.0;
         svg.push_str(&format!(
-            "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{v:.0}{y_unit}</text>",
+            "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{v:.decimals$}{y_unit}</text>",
             y(v),
             w - r,
             l - 4.0,
@@ -466,6 +483,50 @@ pub fn line_svg(title: &str, x_unit: &str, y_unit: &str, series: &[Series<'_>]) 
 }
 
 impl Report {
+    /// Traffic over time: (file name, SVG) for bytes and for messages.
+    pub fn traffic_svgs(&self) -> Vec<(&'static str, String)> {
+        let series = |f: fn(&TrafficSample) -> f64| -> Vec<(f64, f64)> {
+            self.traffic.over_time.iter().map(|s| (s.t_s, f(s))).collect()
+        };
+        let mut bytes = vec![
+            (
+                "membership, mean",
+                "#1f77b4",
+                series(|s| s.membership_bytes / 1024.0),
+            ),
+            (
+                "membership, busiest node",
+                "#aec7e8",
+                series(|s| s.membership_bytes_busiest / 1024.0),
+            ),
+        ];
+        let mut messages = vec![("membership", "#1f77b4", series(|s| s.membership_messages))];
+        if self.services.is_some() {
+            bytes.push(("sync, mean", "#ff7f0e", series(|s| s.sync_bytes / 1024.0)));
+            messages.push(("sync", "#ff7f0e", series(|s| s.sync_messages)));
+        }
+        vec![
+            (
+                "traffic-bytes.svg",
+                line_svg(
+                    "bytes sent per node per second over time",
+                    " s",
+                    " KiB",
+                    &bytes,
+                ),
+            ),
+            (
+                "traffic-messages.svg",
+                line_svg(
+                    "messages sent per node per second over time",
+                    " s",
+                    "",
+                    &messages,
+                ),
+            ),
+        ]
+    }
+
     /// The plots of the full stack: (file name, SVG).
     pub fn service_svgs(&self) -> Vec<(&'static str, String)> {
         let Some(f) = &self.services else {
