@@ -166,6 +166,9 @@ struct SimNode {
     bytes_mark: u64,
     msgs_in: u64,
     bytes_in: u64,
+    /// Uplink in bits per second (`None`: unlimited), and when it is next free.
+    uplink_bps: Option<u64>,
+    uplink_free: Duration,
 }
 
 /// A crash (or stop) being watched for detection.
@@ -311,6 +314,13 @@ impl Simulation {
             bytes_mark: 0,
             msgs_in: 0,
             bytes_in: 0,
+            uplink_bps: self
+                .scenario
+                .hardware
+                .of(i)
+                .and_then(|k| k.bandwidth)
+                .or(self.scenario.network.bandwidth),
+            uplink_free: Duration::ZERO,
         });
         i
     }
@@ -599,7 +609,7 @@ impl Simulation {
             }
             n.msgs_out += 1;
             n.bytes_out += data.len() as u64;
-            let d = self.latency(i, to);
+            let d = self.transmit(i, to, data.len());
             self.schedule(self.now + d, Ev::Deliver { from: i, to, data });
         }
         if changed {

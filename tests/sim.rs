@@ -43,6 +43,7 @@ fn the_small_scenario_holds_every_invariant() {
     let total = t.bytes as f64;
     assert!(sent <= total + 100.0 && sent > total * 0.95, "{sent} of {total}");
     assert!(t.over_time.iter().all(|s| s.sync_bytes == 0.0));
+    assert_eq!(t.queued, 0, "no bandwidth given: no uplink queue");
     // Forming the mesh costs more than keeping it: the first 5 s against the quiet middle.
     assert!(t.over_time[0].membership_bytes > t.over_time[3].membership_bytes);
 }
@@ -219,6 +220,10 @@ fn services_run_only_on_the_hardware_they_require() {
     assert_eq!(on(3), 4, "{:?}", f.copies_by_group);
     assert!(on(0) >= 1, "{:?}", f.copies_by_group);
     assert_eq!(on(0) + on(1) + on(2), 9, "{:?}", f.copies_by_group);
+    // The Pis' 10 Mbit/s uplinks queue messages behind the sync bursts, briefly.
+    let t = &report.traffic;
+    assert!(t.queued > 0, "{t:?}");
+    assert!(t.queued_wait_max_ms < 1_000.0, "{t:?}");
 }
 
 #[test]

@@ -80,6 +80,24 @@ pub struct Traffic {
     pub dropped_counted: u64,
     /// Per interval (every 5 s, or 240 samples over long runs), per up node per second.
     pub over_time: Vec<TrafficSample>,
+    /// With a bandwidth: messages that waited for their sender's uplink, their mean and
+    /// longest wait.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued: u64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub queued_wait_mean_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub queued_wait_max_ms: f64,
+    #[serde(skip)]
+    pub queued_wait_total_ms: f64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Traffic in the interval that ends at `t_s`, per up node per second (the busiest node's
@@ -147,6 +165,9 @@ pub struct HardwareGroup {
     pub profile: String,
     pub score: u64,
     pub tags: BTreeMap<String, String>,
+    /// Its uplink in bits per second, when the group sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bps: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,6 +245,7 @@ impl Report {
                         profile: h.profile.clone(),
                         score: h.score,
                         tags: kind.tags.clone(),
+                        bandwidth_bps: kind.bandwidth,
                     }
                 })
                 .collect(),
@@ -233,6 +255,11 @@ impl Report {
 
     /// Computes the statistics from the samples.
     pub fn finish(&mut self) {
+        let t = &mut self.traffic;
+        if t.queued > 0 {
+            t.queued_wait_mean_ms = round(t.queued_wait_total_ms / t.queued as f64);
+            t.queued_wait_max_ms = round(t.queued_wait_max_ms);
+        }
         let m = &mut self.membership;
         m.detection = Stats::of(&m.detection_ms);
         m.detection_all = Stats::of(&m.detection_all_ms);
@@ -303,11 +330,17 @@ impl Report {
             t.links_per_node,
             t.dropped_counted,
         );
+        if t.queued > 0 {
+            out.push_str(&format!(
+                "\nUplinks: {} messages waited for their sender's uplink, {:.1} ms on average, {:.1} ms at most.\n",
+                t.queued, t.queued_wait_mean_ms, t.queued_wait_max_ms
+            ));
+        }
         if !self.hardware.is_empty() {
             out.push_str(
                 "\nHardware (classified by the agent's own probe rules):\n\n\
-                 | nodes | arch | cores | memory | class / profile | score | tags | copies at the end |\n\
-                 |---|---|---|---|---|---|---|---|\n",
+                 | nodes | arch | cores | memory | class / profile | score | tags | uplink | copies at the end |\n\
+                 |---|---|---|---|---|---|---|---|---|\n",
             );
             for g in &self.hardware {
                 let tags: Vec<String> = g.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -317,8 +350,11 @@ impl Report {
                     .and_then(|f| f.copies_by_group.get(&g.group))
                     .copied()
                     .unwrap_or(0);
+                let uplink = g
+                    .bandwidth_bps
+                    .map_or("network's".to_string(), |b| format!("{} Mbit/s", b as f64 / 1e6));
                 out.push_str(&format!(
-                    "| {}-{} | {} | {} | {} MiB | {}/{} | {} | {} | {} |\n",
+                    "| {}-{} | {} | {} | {} MiB | {}/{} | {} | {} | {uplink} | {} |\n",
                     g.nodes.0,
                     g.nodes.1,
                     g.arch,

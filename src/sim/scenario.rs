@@ -98,6 +98,8 @@ struct RawHardware {
     chassis: Option<String>,
     /// On battery, at this charge (percent).
     battery: Option<u8>,
+    /// This group's uplink, instead of the network's.
+    bandwidth: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
 }
@@ -136,6 +138,8 @@ struct RawNetwork {
     segments: Option<usize>,
     /// Probability that a datagram's packet is lost once (it arrives one retransmission later).
     loss: Option<f64>,
+    /// Every node's uplink (`100Mbit`, `20Mbit`, `1Gbit`); unlimited when absent.
+    bandwidth: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -168,6 +172,8 @@ pub struct Network {
     pub cross_segment: Duration,
     pub segments: usize,
     pub loss: f64,
+    /// Every node's uplink in bits per second (`None`: unlimited).
+    pub bandwidth: Option<u64>,
 }
 
 /// Which nodes an event applies to.
@@ -232,6 +238,8 @@ pub struct Services {
 pub struct NodeKind {
     pub hardware: NodeHardware,
     pub tags: BTreeMap<String, String>,
+    /// Uplink in bits per second, instead of the network's.
+    pub bandwidth: Option<u64>,
 }
 
 /// Hardware groups, dealt over the node indices in file order (`count` each); nodes past the
@@ -302,6 +310,39 @@ pub fn parse_size(text: &str) -> Result<u64, ScenarioError> {
     Ok(bytes as u64)
 }
 
+/// A link speed written as `512kbit`, `20Mbit`, `1Gbit` (bits per second), or `10MB/s`
+/// (bytes per second), in bits per second.
+pub fn parse_bandwidth(text: &str) -> Result<u64, ScenarioError> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, ""), |i| (&t[..i], t[i..].trim()));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| invalid(format!("{text:?} is not a bandwidth (e.g. 20Mbit, 1Gbit)")))?;
+    let bits_per_unit: f64 = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "Mbit" => 1e6,
+        "Gbit" => 1e9,
+        "KB/s" | "kB/s" => 8e3,
+        "MB/s" => 8e6,
+        "GB/s" => 8e9,
+        _ => {
+            return Err(invalid(format!(
+                "{text:?}: unknown unit {unit:?} (kbit, Mbit, Gbit, KB/s, MB/s, GB/s)"
+            )));
+        }
+    };
+    let bits = value * bits_per_unit;
+    if !(1e3..=1e12).contains(&bits) {
+        return Err(invalid(format!(
+            "{text:?} is out of range (1kbit to 1000Gbit)"
+        )));
+    }
+    Ok(bits as u64)
+}
+
 fn node_kind(i: usize, g: &RawHardware) -> Result<NodeKind, ScenarioError> {
     let chassis_type = match g.chassis.as_deref() {
         None => None,
@@ -356,6 +397,7 @@ fn node_kind(i: usize, g: &RawHardware) -> Result<NodeKind, ScenarioError> {
     Ok(NodeKind {
         hardware: NodeHardware::from(&info),
         tags: g.tags.clone(),
+        bandwidth: g.bandwidth.as_deref().map(parse_bandwidth).transpose()?,
     })
 }
 
@@ -417,6 +459,12 @@ impl Scenario {
                 .unwrap_or(Duration::from_millis(5)),
             segments: raw.network.segments.unwrap_or(1).clamp(1, raw.nodes),
             loss,
+            bandwidth: raw
+                .network
+                .bandwidth
+                .as_deref()
+                .map(parse_bandwidth)
+                .transpose()?,
         };
         let churn = match raw.churn {
             Some(c) if !(0.0..=1.0).contains(&c.per_minute) => {
@@ -645,6 +693,9 @@ mod tests {
         assert_eq!(s.services[0].require.arch.as_deref(), Some("aarch64"));
         assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
         assert_eq!(parse_size("8GB").unwrap(), 8_000_000_000);
+        assert_eq!(parse_bandwidth("20Mbit").unwrap(), 20_000_000);
+        assert_eq!(parse_bandwidth("1MB/s").unwrap(), 8_000_000);
+        assert!(parse_bandwidth("fast").is_err() && parse_bandwidth("10").is_err());
         let base = "nodes = 2\nduration = \"1m\"\n";
         for bad in [
             "[[hardware]]\ncount = 0",

@@ -1,5 +1,7 @@
-//! Traffic over time: membership and sync messages and bytes per up node per second, sampled
-//! at a fixed simulated interval, for the report's `traffic.over_time` and its plots.
+//! Traffic: each node's uplink (a message waits for the ones before it, then takes its
+//! size over the bandwidth, then the network's latency), and membership and sync messages and
+//! bytes per up node per second, sampled at a fixed simulated interval, for the report's
+//! `traffic.over_time` and its plots.
 
 use std::time::Duration;
 
@@ -13,6 +15,28 @@ const MAX_TRAFFIC_SAMPLES: u32 = 240;
 const TRAFFIC_EVERY_MIN: Duration = Duration::from_secs(5);
 
 impl Simulation {
+    /// How long a message of `bytes` from `from` takes to reach `to`: the wait for the
+    /// sender's uplink, the time to put it on the wire, and the network's latency. Without a
+    /// bandwidth, only the latency (as every run before the model had).
+    pub(super) fn transmit(&mut self, from: usize, to: usize, bytes: usize) -> Duration {
+        let latency = self.latency(from, to);
+        let Some(bps) = self.nodes[from].uplink_bps else {
+            return latency;
+        };
+        let n = &mut self.nodes[from];
+        let start = n.uplink_free.max(self.now);
+        let wire = Duration::from_nanos((bytes as u64 * 8).saturating_mul(1_000_000_000) / bps);
+        n.uplink_free = start + wire;
+        let waited = start - self.now;
+        let t = &mut self.report.traffic;
+        if !waited.is_zero() {
+            t.queued += 1;
+            t.queued_wait_total_ms += waited.as_secs_f64() * 1000.0;
+            t.queued_wait_max_ms = t.queued_wait_max_ms.max(waited.as_secs_f64() * 1000.0);
+        }
+        waited + wire + latency
+    }
+
     /// How often traffic is sampled.
     pub(super) fn traffic_every(&self) -> Duration {
         (self.scenario.duration / MAX_TRAFFIC_SAMPLES).max(TRAFFIC_EVERY_MIN)

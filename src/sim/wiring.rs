@@ -149,9 +149,10 @@ impl Simulation {
             .collect()
     }
 
-    /// Delivers `ev` from `from` to `to` after the network's latency.
-    fn send(&mut self, from: usize, to: usize, ev: Ev) {
-        let d = self.latency(from, to);
+    /// Delivers `ev` (`bytes` long) from `from` to `to` through the sender's uplink and the
+    /// network's latency.
+    fn send(&mut self, from: usize, to: usize, bytes: usize, ev: Ev) {
+        let d = self.transmit(from, to, bytes);
         self.schedule(self.now + d, ev);
     }
 
@@ -162,10 +163,12 @@ impl Simulation {
         let at = |i: Instant| i.saturating_duration_since(base);
         for out in outs {
             match out {
-                Out::Sync { from, to, .. }
-                | Out::Ask { from, to, .. }
-                | Out::Answer { from, to, .. } => {
-                    self.send(from, to, Ev::Arrive(out));
+                Out::Sync { from, to, ref data } => {
+                    let bytes = data.len();
+                    self.send(from, to, bytes, Ev::Arrive(out));
+                }
+                Out::Ask { from, to, .. } | Out::Answer { from, to, .. } => {
+                    self.send(from, to, SMALL_MESSAGE, Ev::Arrive(out));
                 }
                 Out::Launch {
                     node,
@@ -204,6 +207,10 @@ impl Simulation {
         }
     }
 }
+
+/// The size on the wire of a placement question or answer (a service name and a few node
+/// ids), for the uplink model.
+const SMALL_MESSAGE: usize = 200;
 
 /// The spec of a simulated service, as an operator would write it: a long-running program
 /// with an exec health check every 5 s and a stop grace of 1 s (as the lab's failover runs).
