@@ -1,11 +1,11 @@
 //! `mesh sim`: whole meshes under a simulated clock and network, deterministically, made of the
-//! agent's own cores. This first part simulates membership: each node is the agent's
-//! [`Membership`] core (foca's SWIM, the agent's settings), fed and drained exactly as the
-//! node actor does (inputs, then `handle_timers`, then `poll_transmit`), over links that
-//! behave like the agent's QUIC links (full mesh within reach; a datagram is delivered after
-//! a one-way latency, a lost packet arrives one retransmission later; a link to a crashed or
-//! cut-off node closes after the QUIC idle timeout; reconnections after the redial interval).
-//! The state document, placement and supervision are not simulated yet (`simulations/README.md`).
+//! agent's own cores. Each node is the agent's [`Membership`] core (foca's SWIM, the agent's
+//! settings), fed and drained exactly as the node actor does (inputs, then `handle_timers`,
+//! then `poll_transmit`), and the agent's dial planner (`dialing`), over links that behave
+//! like the agent's QUIC links (a datagram is delivered after its sender's uplink and a one-way
+//! latency, a lost packet arrives one retransmission later; a link to a crashed or cut-off
+//! node closes after the QUIC idle timeout). With services, the full stack above it
+//! (`fleet`, `stack`): the document and its sync sessions, placement, the supervisor core.
 //!
 //! A discrete-event loop owns time: events are ordered by (time, sequence), every random choice
 //! comes from one seeded generator, and nothing reads the wall clock, so the same scenario and
@@ -31,7 +31,9 @@ use crate::membership::{Membership, MembershipConfig, PeerState};
 use crate::supervisor::SupervisorEvent;
 use fleet::Fleet;
 
+mod dialing;
 mod fleet;
+mod judge;
 pub mod report;
 pub mod scenario;
 mod stack;
@@ -59,8 +61,6 @@ const CONNECT_MIN: Duration = Duration::from_millis(2);
 const CONNECT_MAX: Duration = Duration::from_millis(20);
 /// A QUIC link to a peer that went silent closes after this (`transport::QUIC_IDLE_TIMEOUT_MS`).
 const IDLE_TIMEOUT: Duration = Duration::from_millis(crate::transport::QUIC_IDLE_TIMEOUT_MS as u64);
-/// After a heal, a node redials a peer it lost within this (the dial planner's backoff).
-const REDIAL_MAX: Duration = Duration::from_secs(2);
 
 /// State codes of the views (what each node last saw of each other).
 const UNKNOWN: u8 = 0;
@@ -134,6 +134,20 @@ enum Ev {
     Sample,
     /// A traffic sample (every run).
     Traffic,
+    /// Discovery: `node` finds `found` (its answer or announcement arrived).
+    Discovered {
+        node: usize,
+        found: usize,
+    },
+    /// Discovery: `gone`'s goodbye reaches `node`.
+    Goodbye {
+        node: usize,
+        gone: usize,
+    },
+    /// The dial planner's turn on `node`.
+    DialWake {
+        node: usize,
+    },
     Settled {
         what: &'static str,
     },
@@ -166,6 +180,9 @@ struct SimNode {
     bytes_mark: u64,
     msgs_in: u64,
     bytes_in: u64,
+    /// The agent's dial planner (while up), and its next turn.
+    dial: Option<crate::node::dial::DialPlanner>,
+    dial_wake: Option<Duration>,
     /// Uplink in bits per second (`None`: unlimited), and when it is next free.
     uplink_bps: Option<u64>,
     uplink_free: Duration,
@@ -321,6 +338,8 @@ impl Simulation {
                 .and_then(|k| k.bandwidth)
                 .or(self.scenario.network.bandwidth),
             uplink_free: Duration::ZERO,
+            dial: None,
+            dial_wake: None,
         });
         i
     }
@@ -417,6 +436,9 @@ impl Simulation {
         match ev {
             Ev::Start { node } => self.start(node),
             Ev::Traffic => self.sample_traffic(),
+            Ev::Discovered { node, found } => self.on_discovered(node, found),
+            Ev::Goodbye { node, gone } => self.on_goodbye(node, gone),
+            Ev::DialWake { node } => self.dial_wake(node),
             Ev::Deliver { from, to, data } => {
                 if !self.reaches(from, to) {
                     return;
@@ -444,6 +466,7 @@ impl Simulation {
                 let gone = !self.up(b) || !self.same_side(a, b) || !self.nodes[b].links[a];
                 if self.up(a) && self.nodes[a].links[b] && gone {
                     self.nodes[a].links[b] = false;
+                    self.dial_disconnected(a, b);
                     let peer = self.nodes[b].peer;
                     if let Some(m) = self.nodes[a].membership.as_mut() {
                         m.on_disconnected(&peer);
@@ -537,13 +560,7 @@ impl Simulation {
         n.view.iter_mut().for_each(|v| *v = UNKNOWN);
         n.links.iter_mut().for_each(|l| *l = false);
         n.wake = None;
-        let targets: Vec<usize> = (0..self.nodes.len())
-            .filter(|&p| p != i && self.up(p) && self.same_side(i, p))
-            .collect();
-        for p in targets {
-            let d = self.connect_delay();
-            self.schedule(self.now + d, Ev::Connect { a: i, b: p });
-        }
+        self.start_dialing(i);
         self.after_input(i);
         if let Some(fleet) = self.fleet.as_mut() {
             let outs = fleet.start(i, &peer, self.now, seed ^ 0x5eed);
@@ -562,7 +579,7 @@ impl Simulation {
         Duration::from_micros(self.rng.random_range(lo..=hi))
     }
 
-    /// A link between `a` and `b` comes up: both admit the other.
+    /// A link that `a` dialed to `b` comes up: both admit the other.
     fn connect(&mut self, a: usize, b: usize) {
         if !self.up(a) || !self.up(b) || !self.same_side(a, b) {
             return;
@@ -570,6 +587,7 @@ impl Simulation {
         if self.nodes[a].links[b] && self.nodes[b].links[a] {
             return;
         }
+        self.dial_connected(a, b);
         let now = self.instant();
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x].links[y] = true;
@@ -642,10 +660,13 @@ impl Simulation {
             .collect();
         for (x, state, bump) in seen {
             let c = code(state);
-            if self.nodes[i].view[x] == c {
+            let before = self.nodes[i].view[x];
+            if before == c {
                 continue;
             }
             self.nodes[i].view[x] = c;
+            let was_down = before == code(PeerState::Dead) || before == code(PeerState::Left);
+            self.dial_verdict(i, x, state, was_down);
             if let Some(fleet) = self.fleet.as_mut() {
                 let peer = self.nodes[x].peer;
                 let outs = fleet.membership_changed(i, &peer, state, self.now);
@@ -696,118 +717,5 @@ impl Simulation {
                 format!("node {o} declared node {v} {state} while it was up and reachable"),
             );
         }
-    }
-
-    fn check(&mut self, what: &'static str) {
-        if self.partitioned {
-            return;
-        }
-        let up: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.up(n)).collect();
-        let mut wrong = 0usize;
-        let mut example = None;
-        for &a in &up {
-            for &b in &up {
-                if a != b && self.nodes[a].view[b] != code(PeerState::Alive) {
-                    wrong += 1;
-                    example.get_or_insert((a, b, self.nodes[a].view[b]));
-                }
-            }
-        }
-        if let Some((a, b, c)) = example {
-            self.violation(
-                what,
-                format!("{wrong} pairs of up nodes do not see each other alive, e.g. node {a} sees node {b} as code {c}"),
-            );
-        }
-    }
-
-    fn finish(&mut self) {
-        let end = self.now;
-        let mut undetected = 0;
-        let mut example = None;
-        for o in &self.outages {
-            // Too recent to judge, or back already (a new incarnation replaces the verdict).
-            if end.saturating_sub(o.at) < DETECTION_WINDOW || self.nodes[o.node].bump > o.bump {
-                continue;
-            }
-            // Observers that went down themselves are excused.
-            let missed: Vec<usize> = o
-                .waiting
-                .iter()
-                .copied()
-                .filter(|&w| self.nodes[w].membership.is_some())
-                .collect();
-            if !missed.is_empty() {
-                undetected += missed.len();
-                example.get_or_insert((o.node, missed[0], o.at));
-            }
-        }
-        self.report.membership.undetected = undetected;
-        if let Some((n, w, at)) = example {
-            self.violation(
-                "every crash detected",
-                format!(
-                    "{undetected} observers never saw an outage; e.g. node {w} still does not see node {n} (down at {:.1} s) dead",
-                    at.as_secs_f64()
-                ),
-            );
-        }
-        let up: Vec<&SimNode> = self
-            .nodes
-            .iter()
-            .filter(|n| n.membership.is_some())
-            .collect();
-        let secs = self.scenario.duration.as_secs_f64().max(1e-9);
-        let nodes = self.nodes.len().max(1) as f64;
-        let t = &mut self.report.traffic;
-        t.messages = self.nodes.iter().map(|n| n.msgs_out).sum();
-        t.bytes = self.nodes.iter().map(|n| n.bytes_out).sum();
-        t.messages_per_node_per_s = t.messages as f64 / nodes / secs;
-        t.bytes_per_node_per_s = t.bytes as f64 / nodes / secs;
-        t.links_per_node = up
-            .iter()
-            .map(|n| n.links.iter().filter(|l| **l).count())
-            .sum::<usize>() as f64
-            / up.len().max(1) as f64;
-        t.dropped_counted = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.membership.as_ref())
-            .map(|m| m.stats().datagrams_dropped)
-            .sum();
-        self.report.nodes_total = self.nodes.len();
-        self.report.nodes_up_at_end = up.len();
-        self.report.outages = self.outages.len();
-        if let Some(mut fleet) = self.fleet.take() {
-            let quiet_since = self
-                .scenario
-                .timeline
-                .last()
-                .map_or(Duration::ZERO, |t| t.at);
-            if self.scenario.churn.is_none()
-                && !self.partitioned
-                && quiet_since + HEAL_SETTLE <= end
-            {
-                fleet.check_settled("end of run");
-            }
-            for (invariant, detail) in std::mem::take(&mut fleet.violations) {
-                self.violation(invariant, detail);
-            }
-            let per_node = fleet.ready_per_node();
-            let mut f = fleet.figures;
-            for g in &self.report.hardware {
-                let copies = per_node
-                    .range(g.nodes.0..=g.nodes.1)
-                    .map(|(_, c)| c)
-                    .sum();
-                f.copies_by_group.insert(g.group.clone(), copies);
-            }
-            f.services = fleet.replicas.len();
-            f.copies_wanted = fleet.replicas.values().map(|r| u64::from(*r)).sum();
-            f.sync_messages_per_node_per_s = f.sync_messages as f64 / nodes / secs;
-            f.sync_bytes_per_node_per_s = f.sync_bytes as f64 / nodes / secs;
-            self.report.services = Some(f);
-        }
-        self.report.finish();
     }
 }

@@ -36,7 +36,7 @@
 //! - Static peers (`--peer`) are addresses: dialed until connected, never forgotten; the peer
 //!   id they answer with is learned, and replaced when another answers there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
@@ -155,9 +155,11 @@ pub struct DialPlanner {
     /// Whether a series of dials starts with QUIC alone (see the module doc); off while this
     /// node's links are all TCP, a sign that UDP does not pass here.
     quic_first: bool,
-    targets: HashMap<PeerId, Target>,
+    /// Ordered, so that dials come out in the same order in every run (the simulator replays
+    /// runs byte for byte); at most [`MAX_DIAL_TARGETS`], so the log factor is nothing.
+    targets: BTreeMap<PeerId, Target>,
     statics: Vec<StaticPeer>,
-    connected: HashSet<PeerId>,
+    connected: BTreeSet<PeerId>,
     /// Identities forgotten, oldest first (see [`MAX_GONE`]).
     gone: std::collections::VecDeque<PeerId>,
     stats: DialStats,
@@ -180,7 +182,7 @@ impl DialPlanner {
             local,
             redial_max,
             quic_first: true,
-            targets: HashMap::new(),
+            targets: BTreeMap::new(),
             statics: group_endpoints(static_peers)
                 .into_iter()
                 .map(|addrs| StaticPeer {
@@ -191,7 +193,7 @@ impl DialPlanner {
                     failures: 0,
                 })
                 .collect(),
-            connected: HashSet::new(),
+            connected: BTreeSet::new(),
             gone: std::collections::VecDeque::new(),
             stats: DialStats::default(),
         }

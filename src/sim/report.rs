@@ -78,7 +78,11 @@ pub struct Traffic {
     pub links_per_node: f64,
     /// Datagrams the membership cores counted as dropped (no link, or a full outbox).
     pub dropped_counted: u64,
+    /// Dials the nodes' dial planners started.
+    #[serde(default)]
+    pub dials: u64,
     /// Per interval (every 5 s, or 240 samples over long runs), per up node per second.
+    #[serde(default)]
     pub over_time: Vec<TrafficSample>,
     /// With a bandwidth: messages that waited for their sender's uplink, their mean and
     /// longest wait.

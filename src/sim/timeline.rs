@@ -6,7 +6,7 @@ use std::time::Duration;
 use rand::RngExt;
 
 use super::scenario::{Action, Pick};
-use super::{Ev, HEAL_SETTLE, IDLE_TIMEOUT, Outage, REDIAL_MAX, Simulation};
+use super::{Ev, HEAL_SETTLE, IDLE_TIMEOUT, Outage, Simulation};
 
 impl Simulation {
     pub(super) fn pick(&mut self, pick: &Pick, want_up: bool) -> Vec<usize> {
@@ -108,19 +108,8 @@ impl Simulation {
                     n.side = 0;
                     n.cut_until = Some(now);
                 }
-                for a in 0..self.nodes.len() {
-                    for b in (a + 1)..self.nodes.len() {
-                        if self.up(a)
-                            && self.up(b)
-                            && !(self.nodes[a].links[b] && self.nodes[b].links[a])
-                        {
-                            let d = Duration::from_micros(
-                                self.rng.random_range(0..=REDIAL_MAX.as_micros() as u64),
-                            );
-                            self.schedule(self.now + d, Ev::Connect { a, b });
-                        }
-                    }
-                }
+                // Nothing reconnects here: every node's dial planner redials the peers it lost
+                // at its own pace, and a first link across lets the gossip bring the rest.
                 self.schedule(
                     self.now + HEAL_SETTLE,
                     Ev::Check {
@@ -148,6 +137,7 @@ impl Simulation {
             .filter(|&p| p != n && self.nodes[n].links[p] && self.up(p))
             .collect();
         if graceful {
+            self.say_goodbye(n);
             if let Some(m) = self.nodes[n].membership.as_mut() {
                 m.leave(now);
             }
@@ -173,6 +163,8 @@ impl Simulation {
         }
         self.nodes[n].membership = None;
         self.nodes[n].wake = None;
+        self.nodes[n].dial = None;
+        self.nodes[n].dial_wake = None;
         self.outage_of.insert((n, bump), self.outages.len());
         self.outages.push(Outage {
             node: n,
