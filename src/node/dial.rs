@@ -13,7 +13,9 @@
 //! - A target that is not connected is redialed with a doubling backoff from [`REDIAL_MIN`] up
 //!   to the profile's `redial_max`.
 //! - A peer declared dead keeps that pace for [`DEAD_GRACE`] (a healed partition is noticed
-//!   within a redial), then backs off to [`DEAD_REDIAL_MAX`].
+//!   within a redial), then backs off to [`DEAD_REDIAL_MAX`]. Dead peers share a budget of
+//!   [`DEAD_DIALS_PER_INTERVAL`] dials per redial interval: many dead at once (a partition)
+//!   are each dialed that much slower.
 //! - A peer that left, or that discovery lost, is not dialed until discovered again.
 //! - Dead, left and lost peers are forgotten [`FORGET_AFTER`] after they went.
 //! - An address that answers with another peer id means the old identity is gone from that
@@ -58,6 +60,12 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Most dial targets remembered (discovered or learned). Bounds memory against a LAN flooded
 /// with fake advertisements; the target with the most failed dials is evicted first.
 pub const MAX_DIAL_TARGETS: usize = 1024;
+
+/// Dials of dead peers per redial interval, shared by all of them (see [`DialPlanner::poll`]).
+/// Measured in `mesh sim` (`crash-partition-heal`, 100 nodes cut in two for a minute): every
+/// dead peer at the profile's pace made each node dial its ~50 cut-off peers every 0.5 s,
+/// 100 dials a second each holding a QUIC handshake until it timed out.
+pub const DEAD_DIALS_PER_INTERVAL: usize = 4;
 
 /// Failed dials after which a target never reached is dialed only every [`DEAD_REDIAL_MAX`]:
 /// 8 dials at the doubling pace span ~12 s. A rendezvous point keeps dead nodes' registrations
@@ -379,6 +387,20 @@ impl DialPlanner {
         for peer in expired {
             self.forget(peer);
         }
+        // Dead peers share a budget of DEAD_DIALS_PER_INTERVAL dials per redial interval: one
+        // dead peer keeps the profile's pace, fifty (a partition) are each dialed 12.5 times
+        // slower. One link across a healed partition is enough: the gossip it carries brings
+        // the rest back alive, and a peer back alive is dialed at once.
+        let dead = self
+            .targets
+            .iter()
+            .filter(|(p, t)| {
+                matches!(t.standing, Standing::Dead { .. }) && !self.connected.contains(*p)
+            })
+            .count();
+        let dead_pace = self
+            .redial_max
+            .mul_f64((dead as f64 / DEAD_DIALS_PER_INTERVAL as f64).max(1.0));
         let mut dials = Vec::new();
         for (peer, t) in self.targets.iter_mut() {
             if matches!(t.standing, Standing::Paused { .. })
@@ -391,8 +413,9 @@ impl DialPlanner {
             }
             let max = match t.standing {
                 Standing::Dead { since } if now.saturating_duration_since(since) >= DEAD_GRACE => {
-                    DEAD_REDIAL_MAX
+                    DEAD_REDIAL_MAX.max(dead_pace)
                 }
+                Standing::Dead { .. } => dead_pace,
                 _ if !t.reached && t.failures >= UNREACHED_DIALS => DEAD_REDIAL_MAX,
                 _ => self.redial_max,
             };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 
-use super::{Ev, Simulation};
+use super::{Ev, Simulation, code};
 use crate::hardware::Profile;
 use crate::membership::PeerState;
 use crate::node::dial::{Dial, DialPlanner};
@@ -104,8 +104,19 @@ impl Simulation {
     /// `a`'s link to `b` closed.
     pub(super) fn dial_disconnected(&mut self, a: usize, b: usize) {
         let (now, peer) = (self.instant(), self.nodes[b].peer);
+        // The node actor hands the planner every member's state after each membership change,
+        // so a verdict that came while the link still lingered (a crash is declared dead before
+        // QUIC's idle timeout closes the link) takes effect once the link is gone.
+        let verdict = match self.nodes[a].view[b] {
+            c if c == code(PeerState::Dead) => Some(PeerState::Dead),
+            c if c == code(PeerState::Left) => Some(PeerState::Left),
+            _ => None,
+        };
         if let Some(d) = self.nodes[a].dial.as_mut() {
             d.on_disconnected(&peer, now);
+            if let Some(state) = verdict {
+                d.on_membership(&peer, state, now);
+            }
         }
         self.dial_soon(a);
     }

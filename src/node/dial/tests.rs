@@ -150,6 +150,42 @@ fn a_dead_peer_is_redialed_at_the_normal_pace_for_a_minute_then_once_a_minute() 
 }
 
 #[test]
+fn many_dead_peers_share_a_budget_of_dials() {
+    // A partition: 40 peers linked, then cut off and declared dead.
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let peers: Vec<PeerId> = (0..40).map(|_| peer()).collect();
+    for (k, other) in peers.iter().enumerate() {
+        p.on_discovered(*other, vec![addr(k as u16 + 1)], t0);
+        p.on_connected(*other, Some(&addr(k as u16 + 1)), t0);
+        p.on_disconnected(other, t0);
+        p.on_membership(other, PeerState::Dead, t0);
+    }
+    let mut per_peer: std::collections::HashMap<PeerId, Vec<Duration>> = Default::default();
+    let mut t = t0;
+    while t < t0 + DEAD_GRACE {
+        for d in dialed(&p.poll(t, never)) {
+            per_peer.entry(d).or_default().push(t - t0);
+        }
+        t += ms(50);
+    }
+    let total: usize = per_peer.values().map(Vec::len).sum();
+    // 4 dials per 2 s interval for a minute is 120; the backoff's first, faster dials of each
+    // peer (0.25, 0.5, 1, 2, 4, 8 s) add at most 6 each.
+    assert!(total <= 120 + 40 * 6, "{total} dials in the grace");
+    // Every dead peer is still tried, at least every 20 s (40 peers / 4 × 2 s).
+    for other in &peers {
+        let times = &per_peer[other];
+        assert!(times.len() >= 3, "{times:?}");
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] <= Duration::from_secs(20) + ms(50), "{times:?}");
+        }
+    }
+    // Without the budget each would be dialed every 2 s: 40 × 30 = 1,200.
+    assert!(total < 500, "{total}");
+}
+
+#[test]
 fn a_peer_back_from_the_dead_is_dialed_normally() {
     let t0 = Instant::now();
     let mut p = planner(t0);
