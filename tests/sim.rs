@@ -41,7 +41,10 @@ fn the_small_scenario_holds_every_invariant() {
         .map(|s| s.membership_bytes * s.up_nodes as f64 * 5.0)
         .sum();
     let total = t.bytes as f64;
-    assert!(sent <= total + 100.0 && sent > total * 0.95, "{sent} of {total}");
+    assert!(
+        sent <= total + 100.0 && sent > total * 0.95,
+        "{sent} of {total}"
+    );
     assert!(t.over_time.iter().all(|s| s.sync_bytes == 0.0));
     assert_eq!(t.queued, 0, "no bandwidth given: no uplink queue");
     // Forming the mesh costs more than keeping it: the first 5 s against the quiet middle.

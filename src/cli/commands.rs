@@ -715,7 +715,11 @@ pub fn sim(args: SimArgs) -> Result<(), ClientError> {
             "summary.md",
             "detection-cdf.svg",
         ];
-        for (name, svg) in report.traffic_svgs().into_iter().chain(report.service_svgs()) {
+        for (name, svg) in report
+            .traffic_svgs()
+            .into_iter()
+            .chain(report.service_svgs())
+        {
             write(name, svg)?;
             files.push(name);
         }

@@ -122,6 +122,9 @@ struct Target {
     standing: Standing,
     /// Whether a connection to it was ever up (since it became a target).
     reached: bool,
+    /// Whether a connection to it is up (mirrors `DialPlanner::connected`, so the passes over
+    /// every target need no lookup).
+    connected: bool,
     /// When it became a target, or was last connected: a target never reached is forgotten
     /// [`FORGET_AFTER`] after this.
     since: Instant,
@@ -232,7 +235,9 @@ impl DialPlanner {
     fn target_entry(&mut self, peer: PeerId, now: Instant) -> &mut Target {
         self.make_room(&peer);
         self.gone.retain(|p| *p != peer);
+        let connected = self.connected.contains(&peer);
         self.targets.entry(peer).or_insert(Target {
+            connected,
             addrs: Vec::new(),
             next_dial: now,
             failures: 0,
@@ -294,6 +299,7 @@ impl DialPlanner {
     pub fn on_connected(&mut self, peer: PeerId, dialed: Option<&Multiaddr>, now: Instant) {
         self.connected.insert(peer);
         if let Some(t) = self.targets.get_mut(&peer) {
+            t.connected = true;
             t.standing = Standing::Active;
             t.reached = true;
             t.since = now;
@@ -317,6 +323,7 @@ impl DialPlanner {
     pub fn on_disconnected(&mut self, peer: &PeerId, now: Instant) {
         self.connected.remove(peer);
         if let Some(t) = self.targets.get_mut(peer) {
+            t.connected = false;
             t.next_dial = t.next_dial.min(now + REDIAL_MIN);
         }
     }
@@ -374,9 +381,9 @@ impl DialPlanner {
         let expired: Vec<PeerId> = self
             .targets
             .iter()
-            .filter(|(p, t)| {
+            .filter(|(_, t)| {
                 let since = match t.standing {
-                    Standing::Active if t.reached || self.connected.contains(p) => return false,
+                    Standing::Active if t.reached || t.connected => return false,
                     Standing::Active => t.since,
                     Standing::Paused { since } | Standing::Dead { since } => since,
                 };
@@ -394,9 +401,7 @@ impl DialPlanner {
         let dead = self
             .targets
             .iter()
-            .filter(|(p, t)| {
-                matches!(t.standing, Standing::Dead { .. }) && !self.connected.contains(*p)
-            })
+            .filter(|(_, t)| matches!(t.standing, Standing::Dead { .. }) && !t.connected)
             .count();
         let dead_pace = self
             .redial_max
@@ -406,7 +411,7 @@ impl DialPlanner {
             if matches!(t.standing, Standing::Paused { .. })
                 || t.next_dial > now
                 || t.addrs.is_empty()
-                || self.connected.contains(peer)
+                || t.connected
                 || in_backoff(peer)
             {
                 continue;
@@ -466,13 +471,13 @@ impl DialPlanner {
     pub fn next_deadline(&self) -> Option<Instant> {
         let targets = self
             .targets
-            .iter()
-            .filter(|(p, t)| {
+            .values()
+            .filter(|t| {
                 !matches!(t.standing, Standing::Paused { .. })
                     && !t.addrs.is_empty()
-                    && !self.connected.contains(p)
+                    && !t.connected
             })
-            .map(|(_, t)| t.next_dial);
+            .map(|t| t.next_dial);
         let statics = self
             .statics
             .iter()
@@ -515,7 +520,7 @@ impl DialPlanner {
         if let Some(worst) = self
             .targets
             .iter()
-            .filter(|(p, _)| !self.connected.contains(p))
+            .filter(|(_, t)| !t.connected)
             .max_by_key(|(_, t)| t.failures)
             .map(|(p, _)| *p)
         {

@@ -173,7 +173,9 @@ impl Simulation {
             }
         }
         if let Some(next) = next {
-            let at = next.saturating_duration_since(self.base).max(self.now + DIAL_BATCH);
+            let at = next
+                .saturating_duration_since(self.base)
+                .max(self.now + DIAL_BATCH);
             self.dial_wake_at(i, at);
         }
     }

@@ -24,8 +24,8 @@ use super::stack::{Asking, CONFIRM_RETRY, CONFIRM_TIMEOUT, Stack};
 use crate::identity::{NodeId, NodeName};
 use crate::membership::PeerState;
 use crate::services::View;
-use crate::supervisor::spec::placement::Require;
 use crate::services::ops::{self, Writer};
+use crate::supervisor::spec::placement::Require;
 use crate::supervisor::{
     ExitStatus, HealthOutcome, ServiceSpec, ServiceState, SupervisorAction, SupervisorEvent,
 };
@@ -786,5 +786,4 @@ impl Fleet {
             vec![Out::Act { node: i, at: retry }]
         }
     }
-
 }

@@ -105,10 +105,7 @@ impl Simulation {
             let per_node = fleet.ready_per_node();
             let mut f = fleet.figures;
             for g in &self.report.hardware {
-                let copies = per_node
-                    .range(g.nodes.0..=g.nodes.1)
-                    .map(|(_, c)| c)
-                    .sum();
+                let copies = per_node.range(g.nodes.0..=g.nodes.1).map(|(_, c)| c).sum();
                 f.copies_by_group.insert(g.group.clone(), copies);
             }
             f.services = fleet.replicas.len();

@@ -354,9 +354,9 @@ impl Report {
                     .and_then(|f| f.copies_by_group.get(&g.group))
                     .copied()
                     .unwrap_or(0);
-                let uplink = g
-                    .bandwidth_bps
-                    .map_or("network's".to_string(), |b| format!("{} Mbit/s", b as f64 / 1e6));
+                let uplink = g.bandwidth_bps.map_or("network's".to_string(), |b| {
+                    format!("{} Mbit/s", b as f64 / 1e6)
+                });
                 out.push_str(&format!(
                     "| {}-{} | {} | {} | {} MiB | {}/{} | {} | {} | {uplink} | {} |\n",
                     g.nodes.0,
@@ -526,7 +526,11 @@ impl Report {
     /// Traffic over time: (file name, SVG) for bytes and for messages.
     pub fn traffic_svgs(&self) -> Vec<(&'static str, String)> {
         let series = |f: fn(&TrafficSample) -> f64| -> Vec<(f64, f64)> {
-            self.traffic.over_time.iter().map(|s| (s.t_s, f(s))).collect()
+            self.traffic
+                .over_time
+                .iter()
+                .map(|s| (s.t_s, f(s)))
+                .collect()
         };
         let mut bytes = vec![
             (

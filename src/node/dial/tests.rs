@@ -178,7 +178,10 @@ fn many_dead_peers_share_a_budget_of_dials() {
         let times = &per_peer[other];
         assert!(times.len() >= 3, "{times:?}");
         for pair in times.windows(2) {
-            assert!(pair[1] - pair[0] <= Duration::from_secs(20) + ms(50), "{times:?}");
+            assert!(
+                pair[1] - pair[0] <= Duration::from_secs(20) + ms(50),
+                "{times:?}"
+            );
         }
     }
     // Without the budget each would be dialed every 2 s: 40 × 30 = 1,200.
