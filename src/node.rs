@@ -245,7 +245,7 @@ struct NodeActor {
     query_answers_tx: mpsc::Sender<(u64, QueryResponse)>,
     query_answers: mpsc::Receiver<(u64, QueryResponse)>,
     /// Outbound queries: request → who waits for the answer.
-    query_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<QueryResponse, NodeError>>>,
+    query_requests: HashMap<OutboundRequestId, requests::OutboundQuery>,
     /// This node's invites (redeemed here; created and listed through the handle).
     invites: SharedInvites,
     join_limiter: JoinLimiter,

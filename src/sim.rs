@@ -49,6 +49,8 @@ pub use scenario::{Action, Pick, Scenario, ScenarioError};
 const DETECTION_WINDOW: Duration = Duration::from_secs(30);
 /// How long after a heal every up node must see every other alive.
 const HEAL_SETTLE: Duration = Duration::from_secs(30);
+/// How often, after a heal, the views are checked for the heal's convergence time.
+const HEAL_PROBE: Duration = Duration::from_millis(100);
 /// How long after a partition ends a `dead` verdict about a node that was on the other side
 /// still counts as fair (the verdict may be in flight).
 const CUT_GRACE: Duration = Duration::from_secs(10);
@@ -148,6 +150,8 @@ enum Ev {
     DialWake {
         node: usize,
     },
+    /// After a heal: do all up nodes see each other alive yet?
+    HealProbe,
     Settled {
         what: &'static str,
     },
@@ -223,6 +227,8 @@ pub struct Simulation {
     samples: u64,
     /// Sync messages and bytes at the last traffic sample.
     sync_mark: (u64, u64),
+    /// The last heal, until every up node sees every other alive.
+    healed_at: Option<Duration>,
 }
 
 /// A node id that is the same in every run: an Ed25519 key from the seed and the index.
@@ -277,6 +283,7 @@ impl Simulation {
             node_ids: std::collections::BTreeMap::new(),
             samples: 0,
             sync_mark: (0, 0),
+            healed_at: None,
             scenario,
         };
         let every = sim.traffic_every();
@@ -439,6 +446,7 @@ impl Simulation {
             Ev::Discovered { node, found } => self.on_discovered(node, found),
             Ev::Goodbye { node, gone } => self.on_goodbye(node, gone),
             Ev::DialWake { node } => self.dial_wake(node),
+            Ev::HealProbe => self.heal_probe(),
             Ev::Deliver { from, to, data } => {
                 if !self.reaches(from, to) {
                     return;

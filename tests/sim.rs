@@ -29,6 +29,9 @@ fn the_small_scenario_holds_every_invariant() {
     // Detection within the agent's design (~2 s), leave within a few round trips.
     assert!(m.detection.max < 5_000.0, "{m:?}");
     assert!(m.leave.p50 < 100.0, "{m:?}");
+    // The heal: the dial planners find the other side and gossip does the rest, in seconds.
+    assert_eq!(m.heal.count, 1, "{m:?}");
+    assert!(m.heal.max < 5_000.0, "{m:?}");
     assert_eq!(report.nodes_total, 23);
     assert_eq!(report.nodes_up_at_end, 23);
     // Traffic over time: a sample every 5 s, and per up node per second times the up nodes and

@@ -5,6 +5,13 @@
 
 use super::*;
 
+/// A query this node sent: who waits for the answer, and the request while it may still be
+/// sent once more (after its connection closed under it, see `on_query_event`).
+pub(super) struct OutboundQuery {
+    pub(super) reply: oneshot::Sender<Result<QueryResponse, NodeError>>,
+    pub(super) retry: Option<QueryRequest>,
+}
+
 impl NodeActor {
     pub(super) fn on_sync_out(&mut self, out: SyncOut) {
         match out {
@@ -52,8 +59,14 @@ impl NodeActor {
                     .swarm
                     .behaviour_mut()
                     .query
-                    .send_request(&peer, request);
-                self.query_requests.insert(id, reply);
+                    .send_request(&peer, request.clone());
+                self.query_requests.insert(
+                    id,
+                    OutboundQuery {
+                        reply,
+                        retry: Some(request),
+                    },
+                );
             }
         }
     }
@@ -103,8 +116,8 @@ impl NodeActor {
                     request_id,
                     response,
                 } => {
-                    if let Some(reply) = self.query_requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+                    if let Some(q) = self.query_requests.remove(&request_id) {
+                        let _ = q.reply.send(Ok(response));
                     }
                 }
             },
@@ -114,12 +127,34 @@ impl NodeActor {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.query_requests.remove(&request_id) {
-                    let _ = reply.send(Err(NodeError::QueryFailed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                let Some(q) = self.query_requests.remove(&request_id) else {
+                    return;
+                };
+                // Two agents that dial each other at once hold two connections for a moment,
+                // and each closes the one the higher id dialed: a query sent on that one fails
+                // with ConnectionClosed while the peer is still connected. Sent again once.
+                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                    && self.connections.contains_key(&peer)
+                    && let Some(request) = q.retry
+                {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .query
+                        .send_request(&peer, request);
+                    self.query_requests.insert(
+                        id,
+                        OutboundQuery {
+                            reply: q.reply,
+                            retry: None,
+                        },
+                    );
+                    return;
                 }
+                let _ = q.reply.send(Err(NodeError::QueryFailed {
+                    peer,
+                    reason: error.to_string(),
+                }));
             }
             request_response::Event::InboundFailure { error, .. } => {
                 if matches!(error, request_response::InboundFailure::Io(_)) {

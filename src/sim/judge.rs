@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use super::{DETECTION_WINDOW, HEAL_SETTLE, PeerState, SimNode, Simulation, code};
+use super::{DETECTION_WINDOW, Ev, HEAL_PROBE, HEAL_SETTLE, PeerState, SimNode, Simulation, code};
 
 impl Simulation {
-    pub(super) fn check(&mut self, what: &'static str) {
-        if self.partitioned {
-            return;
-        }
+    /// Pairs of up nodes where one does not see the other alive, and one of them.
+    fn not_alive(&self) -> (usize, Option<(usize, usize, u8)>) {
         let up: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.up(n)).collect();
         let mut wrong = 0usize;
         let mut example = None;
@@ -22,6 +20,35 @@ impl Simulation {
                 }
             }
         }
+        (wrong, example)
+    }
+
+    /// After a heal, every `HEAL_PROBE`: once every up node sees every other alive, the
+    /// heal's time is recorded. Past `HEAL_SETTLE` the `converged after heal` check reports it.
+    pub(super) fn heal_probe(&mut self) {
+        let Some(at) = self.healed_at else {
+            return;
+        };
+        if self.partitioned {
+            self.healed_at = None;
+            return;
+        }
+        if self.not_alive().0 == 0 {
+            let took = (self.now - at).as_secs_f64() * 1000.0;
+            self.report.membership.heal_ms.push(took);
+            self.healed_at = None;
+        } else if self.now - at < HEAL_SETTLE {
+            self.schedule(self.now + HEAL_PROBE, Ev::HealProbe);
+        } else {
+            self.healed_at = None;
+        }
+    }
+
+    pub(super) fn check(&mut self, what: &'static str) {
+        if self.partitioned {
+            return;
+        }
+        let (wrong, example) = self.not_alive();
         if let Some((a, b, c)) = example {
             self.violation(
                 what,

@@ -53,6 +53,9 @@ pub struct MembershipFigures {
     /// Graceful stop → `left`, per observer.
     pub leave: Stats,
     pub leave_all: Stats,
+    /// Heal → every up node sees every other `alive` (sampled every 100 ms).
+    #[serde(default)]
+    pub heal: Stats,
     pub suspicions: u64,
     pub false_dead: u64,
     pub undetected: usize,
@@ -66,6 +69,8 @@ pub struct MembershipFigures {
     pub leave_ms: Vec<f64>,
     #[serde(skip)]
     pub leave_all_ms: Vec<f64>,
+    #[serde(skip)]
+    pub heal_ms: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -269,6 +274,7 @@ impl Report {
         m.detection_all = Stats::of(&m.detection_all_ms);
         m.leave = Stats::of(&m.leave_ms);
         m.leave_all = Stats::of(&m.leave_all_ms);
+        m.heal = Stats::of(&m.heal_ms);
         let mut cdf: Vec<f64> = m.detection_ms.iter().map(|v| round(*v)).collect();
         cdf.sort_by(f64::total_cmp);
         if cdf.len() > MAX_SAMPLES {
@@ -309,6 +315,7 @@ impl Report {
              | crash → dead, per observer (p50 / p90 / max) | {} |\n\
              | crash → dead on every observer | {} |\n\
              | stop → left, per observer | {} |\n\
+             | heal → every up node sees every other alive | {} |\n\
              | suspicions | {} |\n\
              | false dead verdicts | {} |\n\
              | observers that never detected an outage | {} |\n\
@@ -326,6 +333,7 @@ impl Report {
             stat(&m.detection),
             stat(&m.detection_all),
             stat(&m.leave),
+            stat(&m.heal),
             m.suspicions,
             m.false_dead,
             m.undetected,
@@ -663,6 +671,11 @@ pub fn compare(a: &Report, b: &Report) -> String {
             "stop → left p50 (ms)",
             a.membership.leave.p50,
             b.membership.leave.p50,
+        ),
+        (
+            "heal → all alive p50 (ms)",
+            a.membership.heal.p50,
+            b.membership.heal.p50,
         ),
         (
             "suspicions",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rand::RngExt;
 
 use super::scenario::{Action, Pick};
-use super::{Ev, HEAL_SETTLE, IDLE_TIMEOUT, Outage, Simulation};
+use super::{Ev, HEAL_PROBE, HEAL_SETTLE, IDLE_TIMEOUT, Outage, Simulation};
 
 impl Simulation {
     pub(super) fn pick(&mut self, pick: &Pick, want_up: bool) -> Vec<usize> {
@@ -103,6 +103,8 @@ impl Simulation {
                     return;
                 }
                 self.partitioned = false;
+                self.healed_at = Some(self.now);
+                self.schedule(self.now + HEAL_PROBE, Ev::HealProbe);
                 let now = self.now;
                 for n in &mut self.nodes {
                     n.side = 0;
