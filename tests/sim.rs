@@ -15,12 +15,18 @@ use mesh::sim::{Scenario, Simulation};
 
 const SMALL: &str = include_str!("../simulations/scenarios/small.toml");
 
-#[test]
-fn the_small_scenario_holds_every_invariant() {
-    let scenario = Scenario::parse(SMALL).unwrap();
+/// Runs `text` with its own seed, prints the summary, and checks that every invariant held.
+fn run_holding_every_invariant(text: &str) -> mesh::sim::Report {
+    let scenario = Scenario::parse(text).unwrap();
     let (report, perf) = Simulation::new(scenario, None).run();
     eprintln!("{}", report.summary(Some(&perf)));
     assert_eq!(report.violations_total, 0, "{:#?}", report.violations);
+    report
+}
+
+#[test]
+fn the_small_scenario_holds_every_invariant() {
+    let report = run_holding_every_invariant(SMALL);
     let m = &report.membership;
     // One crash seen by its 19 peers; the stop by its peers.
     assert!(m.detection.count >= 15, "{m:?}");
@@ -145,10 +151,7 @@ const STACK_SMALL: &str = include_str!("../simulations/scenarios/stack-small.tom
 
 #[test]
 fn the_small_full_stack_scenario_places_runs_and_fails_over_its_services() {
-    let scenario = Scenario::parse(STACK_SMALL).unwrap();
-    let (report, perf) = Simulation::new(scenario, None).run();
-    eprintln!("{}", report.summary(Some(&perf)));
-    assert_eq!(report.violations_total, 0, "{:#?}", report.violations);
+    let report = run_holding_every_invariant(STACK_SMALL);
     let f = report
         .services
         .as_ref()
@@ -200,10 +203,7 @@ const STACK_HARDWARE: &str = include_str!("../simulations/scenarios/stack-hardwa
 fn services_run_only_on_the_hardware_they_require() {
     // Servers, desktops, laptops on battery and Raspberry Pis, classified by the agent's own
     // probe rules; db wants a server, the sensors a Pi in the garden, web 8,000 MiB.
-    let scenario = Scenario::parse(STACK_HARDWARE).unwrap();
-    let (report, perf) = Simulation::new(scenario, None).run();
-    eprintln!("{}", report.summary(Some(&perf)));
-    assert_eq!(report.violations_total, 0, "{:#?}", report.violations);
+    let report = run_holding_every_invariant(STACK_HARDWARE);
     let classes: Vec<(&str, &str)> = report
         .hardware
         .iter()

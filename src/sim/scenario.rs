@@ -30,17 +30,26 @@ fn invalid(message: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid(message.into())
 }
 
-/// A duration written as `500ms`, `2s`, `10m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, ScenarioError> {
+/// `text` as a number and the unit after it (`default_unit` when there is none), or an error
+/// that shows `example`.
+fn number_and_unit<'a>(
+    text: &'a str,
+    default_unit: &'a str,
+    example: &str,
+) -> Result<(f64, &'a str), ScenarioError> {
     let t = text.trim();
     let (number, unit) = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((t, "s"), |i| (&t[..i], t[i..].trim()));
-    let value: f64 = number.parse().map_err(|_| {
-        invalid(format!(
-            "{text:?} is not a duration (e.g. 200us, 500ms, 2s, 10m, 1h)"
-        ))
-    })?;
+        .map_or((t, default_unit), |i| (&t[..i], t[i..].trim()));
+    let value = number
+        .parse()
+        .map_err(|_| invalid(format!("{text:?} is not {example}")))?;
+    Ok((value, unit))
+}
+
+/// A duration written as `500ms`, `2s`, `10m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, ScenarioError> {
+    let (value, unit) = number_and_unit(text, "s", "a duration (e.g. 200us, 500ms, 2s, 10m, 1h)")?;
     let seconds = match unit {
         "us" | "µs" => value / 1_000_000.0,
         "ms" => value / 1000.0,
@@ -279,67 +288,64 @@ impl Hardware {
 /// Most hardware groups.
 pub const MAX_HARDWARE_GROUPS: usize = 64;
 
-/// A size written as `512MiB`, `4GiB`, `8GB` (or a bare number of MiB), in bytes.
-pub fn parse_size(text: &str) -> Result<u64, ScenarioError> {
-    let t = text.trim();
-    let (number, unit) = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((t, "MiB"), |i| (&t[..i], t[i..].trim()));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| invalid(format!("{text:?} is not a size (e.g. 512MiB, 4GiB)")))?;
-    let unit_bytes: f64 = match unit {
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        _ => {
-            return Err(invalid(format!(
-                "{text:?}: unknown unit {unit:?} (KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            )));
-        }
+/// `text` as a number with one of `units` (name, multiplier) after it (`default_unit` when
+/// there is none), multiplied out and checked against `range`.
+fn scaled(
+    text: &str,
+    default_unit: &str,
+    example: &str,
+    units: &[(&str, f64)],
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<f64, ScenarioError> {
+    let (value, unit) = number_and_unit(text, default_unit, example)?;
+    let Some((_, multiplier)) = units.iter().find(|(name, _)| *name == unit) else {
+        let names: Vec<&str> = units.iter().map(|(name, _)| *name).collect();
+        return Err(invalid(format!(
+            "{text:?}: unknown unit {unit:?} ({})",
+            names.join(", ")
+        )));
     };
-    let bytes = value * unit_bytes;
-    if !(1.0..=(1u64 << 50) as f64).contains(&bytes) {
+    let scaled = value * multiplier;
+    if !range.contains(&scaled) {
         return Err(invalid(format!("{text:?} is out of range")));
     }
+    Ok(scaled)
+}
+
+/// A size written as `512MiB`, `4GiB`, `8GB` (or a bare number of MiB), in bytes.
+pub fn parse_size(text: &str) -> Result<u64, ScenarioError> {
+    const KIB: f64 = 1024.0;
+    let units = [
+        ("KiB", KIB),
+        ("MiB", KIB * KIB),
+        ("GiB", KIB * KIB * KIB),
+        ("TiB", KIB * KIB * KIB * KIB),
+        ("KB", 1e3),
+        ("kB", 1e3),
+        ("MB", 1e6),
+        ("GB", 1e9),
+        ("TB", 1e12),
+    ];
+    let range = 1.0..=(1u64 << 50) as f64;
+    let bytes = scaled(text, "MiB", "a size (e.g. 512MiB, 4GiB)", &units, range)?;
     Ok(bytes as u64)
 }
 
 /// A link speed written as `512kbit`, `20Mbit`, `1Gbit` (bits per second), or `10MB/s`
-/// (bytes per second), in bits per second.
+/// (bytes per second), in bits per second: 1 kbit/s to 1,000 Gbit/s.
 pub fn parse_bandwidth(text: &str) -> Result<u64, ScenarioError> {
-    let t = text.trim();
-    let (number, unit) = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((t, ""), |i| (&t[..i], t[i..].trim()));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| invalid(format!("{text:?} is not a bandwidth (e.g. 20Mbit, 1Gbit)")))?;
-    let bits_per_unit: f64 = match unit {
-        "bit" => 1.0,
-        "kbit" => 1e3,
-        "Mbit" => 1e6,
-        "Gbit" => 1e9,
-        "KB/s" | "kB/s" => 8e3,
-        "MB/s" => 8e6,
-        "GB/s" => 8e9,
-        _ => {
-            return Err(invalid(format!(
-                "{text:?}: unknown unit {unit:?} (kbit, Mbit, Gbit, KB/s, MB/s, GB/s)"
-            )));
-        }
-    };
-    let bits = value * bits_per_unit;
-    if !(1e3..=1e12).contains(&bits) {
-        return Err(invalid(format!(
-            "{text:?} is out of range (1kbit to 1000Gbit)"
-        )));
-    }
+    let units = [
+        ("bit", 1.0),
+        ("kbit", 1e3),
+        ("Mbit", 1e6),
+        ("Gbit", 1e9),
+        ("KB/s", 8e3),
+        ("kB/s", 8e3),
+        ("MB/s", 8e6),
+        ("GB/s", 8e9),
+    ];
+    let example = "a bandwidth (e.g. 20Mbit, 1Gbit)";
+    let bits = scaled(text, "", example, &units, 1e3..=1e12)?;
     Ok(bits as u64)
 }
 
