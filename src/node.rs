@@ -54,6 +54,7 @@ use crate::wire::sync::{SyncRequest, SyncResponse};
 mod addrs;
 mod advertise;
 mod children;
+mod datagrams;
 pub mod dial;
 mod discovery_source;
 mod error;
@@ -85,6 +86,11 @@ pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 pub const VOLATILE_PUBLISH: Duration = Duration::from_millis(500);
 /// Most in-flight membership requests tracked for RTT; beyond it samples are skipped.
 pub const MAX_RTT_PENDING: usize = 4096;
+/// How often a peer's RTT is sampled: one membership datagram in this interval goes as a
+/// request of `/mesh/membership/1` and its round trip is the sample; the others ride the
+/// peer's membership stream, with nothing sent back. RTT is for display (`mesh peers`, the
+/// dashboard, `/metrics`); 5 s keeps it current at ~0.2 requests a second per peer.
+pub const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Most inbound sync requests awaiting the state actor's answer. Beyond it new requests are
 /// dropped (the sender retries on anti-entropy).
 pub const MAX_PENDING_SYNC: usize = 1024;
@@ -231,6 +237,10 @@ struct NodeActor {
     connections: HashMap<PeerId, Vec<Connection>>,
     dials: DialPlanner,
     rtt_pending: HashMap<OutboundRequestId, (PeerId, Instant)>,
+    /// When each connected peer's next RTT sample is due ([`RTT_SAMPLE_EVERY`]).
+    rtt_due: HashMap<PeerId, Instant>,
+    /// Membership datagrams on long-lived streams.
+    datagrams: datagrams::DatagramLinks,
     leave_pending: HashSet<OutboundRequestId>,
     state: StateHandle,
     sync_out: mpsc::Receiver<SyncOut>,
@@ -437,6 +447,7 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let mut swarm_registry = prometheus_client::registry::Registry::default();
     let swarm_metrics = libp2p::metrics::Metrics::new(&mut swarm_registry);
     let swarm_registry = Arc::new(swarm_registry);
+    let datagrams = datagrams::DatagramLinks::start(swarm.behaviour().streams.new_control());
     let mut actor = NodeActor {
         swarm_metrics,
         swarm,
@@ -457,6 +468,8 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         connections: HashMap::new(),
         dials,
         rtt_pending: HashMap::new(),
+        rtt_due: HashMap::new(),
+        datagrams,
         leave_pending: HashSet::new(),
         state: state.clone(),
         sync_out,
@@ -536,6 +549,7 @@ impl NodeActor {
                     self.leave().await;
                     break;
                 }
+                Some(inbound) = self.datagrams.recv() => self.on_stream_datagram(inbound),
                 Some(ev) = self.discovery_rx.recv() => self.on_discovery(ev),
                 Some(out) = self.sync_out.recv() => self.on_sync_out(out),
                 Some((token, answer)) = self.query_answers.recv() => {
@@ -801,6 +815,8 @@ impl NodeActor {
                         self.state.peer_down(peer_id);
                     }
                     self.membership.on_disconnected(&peer_id);
+                    self.datagrams.on_disconnected(&peer_id);
+                    self.rtt_due.remove(&peer_id);
                     let actions = self.admission.on_disconnected(&peer_id, now.into_std());
                     self.apply_admission(actions, now);
                     self.dials.on_disconnected(&peer_id, now.into_std());

@@ -58,6 +58,11 @@ pub fn warm_up_crypto() {
 pub const AUTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/auth/1");
 /// Membership datagrams and leave notices (spec: `protocol/membership.md`).
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/membership/1");
+/// Membership datagrams as frames on one long-lived stream per peer and direction (spec:
+/// `protocol/membership.md`); `/mesh/membership/1` stays for leave notices, RTT samples and
+/// agents that do not speak this one.
+pub const MEMBERSHIP_STREAM_PROTOCOL: StreamProtocol =
+    StreamProtocol::new("/mesh/membership-stream/1");
 /// Automerge sync of the mesh state document (spec: `protocol/sync.md`).
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/sync/1");
 /// Questions one node answers about itself: logs, listening sockets, events (spec:
@@ -154,6 +159,9 @@ pub struct MeshBehaviour {
     pub auth: AuthBehaviour,
     pub join: JoinBehaviour,
     pub membership: MembershipBehaviour,
+    /// Long-lived streams (membership datagrams, [`MEMBERSHIP_STREAM_PROTOCOL`]), driven by
+    /// their own tasks through its control.
+    pub streams: libp2p_stream::Behaviour,
     pub sync: SyncBehaviour,
     pub query: QueryBehaviour,
     /// Registering at rendezvous points and asking them for members (`--rendezvous`); sends
@@ -363,6 +371,7 @@ fn behaviour(
             [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
             rr_config(),
         ),
+        streams: libp2p_stream::Behaviour::new(),
         sync: request_response::Behaviour::with_codec(
             limited_codec(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],

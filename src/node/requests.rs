@@ -548,6 +548,9 @@ impl NodeActor {
         }
     }
 
+    /// Sends foca's datagrams: on the peer's membership stream, except one per
+    /// [`super::RTT_SAMPLE_EVERY`] (and all of them to a peer without a working stream), which
+    /// go as requests whose round trip is the peer's RTT sample.
     pub(super) fn flush_membership(&mut self, now: Instant) {
         let sends: Vec<_> = self.membership.poll_transmit().collect();
         for (peer, data) in sends {
@@ -555,6 +558,18 @@ impl NodeActor {
                 self.membership.count_undeliverable();
                 continue;
             }
+            let sample_due = self.rtt_due.get(&peer).is_none_or(|at| now >= *at);
+            if !sample_due {
+                match self.datagrams.send(peer, data.clone()) {
+                    Ok(()) => continue,
+                    Err(datagrams::NotSent::Full) => {
+                        self.membership.count_undeliverable();
+                        continue;
+                    }
+                    Err(datagrams::NotSent::NoStream) => {}
+                }
+            }
+            self.rtt_due.insert(peer, now + super::RTT_SAMPLE_EVERY);
             let id = self
                 .swarm
                 .behaviour_mut()
@@ -562,6 +577,25 @@ impl NodeActor {
                 .send_request(&peer, MembershipRequest::Datagram(data.to_vec()));
             if self.rtt_pending.len() < MAX_RTT_PENDING {
                 self.rtt_pending.insert(id, (peer, now));
+            }
+        }
+    }
+
+    /// A frame from a peer's membership stream: processed like a datagram request, if the
+    /// peer is admitted.
+    pub(super) fn on_stream_datagram(&mut self, inbound: datagrams::Inbound) {
+        match inbound {
+            datagrams::Inbound::Datagram(peer, data) => {
+                if !self.admission.is_admitted(&peer) {
+                    self.stats.unadmitted_requests += 1;
+                    return;
+                }
+                self.membership
+                    .on_datagram(peer, &data, Instant::now().into_std());
+            }
+            datagrams::Inbound::Malformed(peer) => {
+                tracing::debug!(%peer, "malformed membership stream frame; stream closed");
+                self.stats.malformed_inbound += 1;
             }
         }
     }
