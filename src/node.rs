@@ -86,6 +86,11 @@ pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 pub const VOLATILE_PUBLISH: Duration = Duration::from_millis(500);
 /// Most in-flight membership requests tracked for RTT; beyond it samples are skipped.
 pub const MAX_RTT_PENDING: usize = 4096;
+/// How long after a `dead` verdict the peer's connection is closed, if it is still `dead`
+/// then. A leaving peer gossips its own `down` and sends its leave notice at about the same
+/// time; the `down` may arrive first (shown `dead` for a moment), and closing at once would
+/// lose the notice and leave the peer `dead` instead of `left`.
+pub const DEAD_CLOSE_GRACE: Duration = LEAVE_FLUSH;
 /// How often a peer's RTT is sampled: one membership datagram in this interval goes as a
 /// request of `/mesh/membership/1` and its round trip is the sample; the others ride the
 /// peer's membership stream, with nothing sent back. RTT is for display (`mesh peers`, the
@@ -106,7 +111,8 @@ pub const MAX_PENDING_JOINS: usize = 4;
 pub const NODE_COMMAND_CHANNEL: usize = 64;
 /// Two connections of a pair established this close together are the two sides' crossing
 /// dials (a round trip and a handshake apart), and one is closed; an older connection is left
-/// alone (a stale one, from before the peer restarted, ends on the QUIC idle timeout).
+/// alone (a stale one, from before the peer restarted, is closed when the new incarnation is
+/// admitted).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How this node finds others.
@@ -210,6 +216,9 @@ struct Connection {
     /// remote address is only `/p2p/ID`, so this comes from the endpoint, not the address.
     relayed: bool,
     established: Instant,
+    /// The peer's incarnation (bump) whose admission handshake ran on this connection; `None`
+    /// for a duplicate or unadmitted connection.
+    incarnation: Option<u64>,
 }
 
 struct NodeActor {
@@ -239,6 +248,13 @@ struct NodeActor {
     rtt_pending: HashMap<OutboundRequestId, (PeerId, Instant)>,
     /// When each connected peer's next RTT sample is due ([`RTT_SAMPLE_EVERY`]).
     rtt_due: HashMap<PeerId, Instant>,
+    /// The connection of each peer's latest admission message (request or response).
+    auth_connection: HashMap<PeerId, ConnectionId>,
+    /// Set once this node is leaving: its last datagrams go as requests (see `leave`).
+    leaving: bool,
+    /// Peers declared `dead` whose connections close at the given time, if still `dead` then
+    /// (see [`DEAD_CLOSE_GRACE`]).
+    dead_closing: Vec<(PeerId, Instant)>,
     /// Membership datagrams on long-lived streams.
     datagrams: datagrams::DatagramLinks,
     leave_pending: HashSet<OutboundRequestId>,
@@ -469,6 +485,9 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         dials,
         rtt_pending: HashMap::new(),
         rtt_due: HashMap::new(),
+        auth_connection: HashMap::new(),
+        leaving: false,
+        dead_closing: Vec::new(),
         datagrams,
         leave_pending: HashSet::new(),
         state: state.clone(),
@@ -582,6 +601,7 @@ impl NodeActor {
         consider(self.nat.next_deadline().map(Instant::from_std));
         consider(Some(self.last_publish + VOLATILE_PUBLISH));
         consider(self.cut_off.iter().map(|(_, at)| *at).min());
+        consider(self.dead_closing.iter().map(|(_, at)| *at).min());
         next.max(now)
     }
 
@@ -599,8 +619,10 @@ impl NodeActor {
         let actions = self.admission.poll_timeouts(std_now);
         self.apply_admission(actions, now);
         self.flush_membership(now);
+        self.close_dead_connections(now);
         if self.membership.take_changed() {
             self.dirty = true;
+            self.schedule_dead_closes(now);
             for rec in self.membership.peers() {
                 self.dials.on_membership(&rec.peer, rec.state, std_now);
             }
@@ -817,6 +839,7 @@ impl NodeActor {
                     self.membership.on_disconnected(&peer_id);
                     self.datagrams.on_disconnected(&peer_id);
                     self.rtt_due.remove(&peer_id);
+                    self.auth_connection.remove(&peer_id);
                     let actions = self.admission.on_disconnected(&peer_id, now.into_std());
                     self.apply_admission(actions, now);
                     self.dials.on_disconnected(&peer_id, now.into_std());
@@ -904,6 +927,7 @@ impl NodeActor {
             we_dialed,
             relayed,
             established: now,
+            incarnation: None,
         });
         // A direct link makes relayed ones redundant (a hole punch succeeded, or the peer
         // dialed us directly): they are closed, and the relay's circuit with them.
@@ -948,8 +972,9 @@ impl NodeActor {
         // The current incarnation: foca may have renewed it since start (after being declared
         // down during a partition), and peers match the notice against it.
         let bump = self.membership.local_member().bump;
-        self.membership.leave(now.into_std());
-        self.flush_membership(now);
+        // The notice first, then foca's own `down` for us, both as requests: on the faster
+        // membership stream, foca's `down` would overtake the notice and show us `dead`
+        // (until the notice arrives) instead of `left`.
         let admitted: Vec<PeerId> = self
             .connections
             .keys()
@@ -964,6 +989,9 @@ impl NodeActor {
                 .send_request(&peer, MembershipRequest::Leave { peer: None, bump });
             self.leave_pending.insert(id);
         }
+        self.leaving = true;
+        self.membership.leave(now.into_std());
+        self.flush_membership(now);
         let deadline = now + LEAVE_FLUSH;
         while !self.leave_pending.is_empty() || !self.sync_requests.is_empty() {
             tokio::select! {

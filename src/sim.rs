@@ -3,8 +3,9 @@
 //! settings), fed and drained exactly as the node actor does (inputs, then `handle_timers`,
 //! then `poll_transmit`), and the agent's dial planner (`dialing`), over links that behave
 //! like the agent's QUIC links (a datagram is delivered after its sender's uplink and a one-way
-//! latency, a lost packet arrives one retransmission later; a link to a crashed or cut-off
-//! node closes after the QUIC idle timeout). With services, the full stack above it
+//! latency, a lost packet arrives one retransmission later; a link to a node declared dead is
+//! closed as the agent closes it, and one to a crashed or cut-off node closes after the QUIC
+//! idle timeout at the latest). With services, the full stack above it
 //! (`fleet`, `stack`): the document and its sync sessions, placement, the supervisor core.
 //!
 //! A discrete-event loop owns time: events are ordered by (time, sequence), every random choice
@@ -93,6 +94,12 @@ enum Ev {
     },
     /// `a` notices its link to `b` is gone.
     Disconnect {
+        a: usize,
+        b: usize,
+    },
+    /// `a` closes its link to `b`, declared dead (`node::DEAD_CLOSE_GRACE` after the verdict),
+    /// if `b` is still dead in its view.
+    CloseDead {
         a: usize,
         b: usize,
     },
@@ -473,16 +480,25 @@ impl Simulation {
                 // Still unreachable? (A heal or restart in between reconnects instead.)
                 let gone = !self.up(b) || !self.same_side(a, b) || !self.nodes[b].links[a];
                 if self.up(a) && self.nodes[a].links[b] && gone {
-                    self.nodes[a].links[b] = false;
-                    self.dial_disconnected(a, b);
-                    let peer = self.nodes[b].peer;
-                    if let Some(m) = self.nodes[a].membership.as_mut() {
-                        m.on_disconnected(&peer);
-                    }
-                    if let Some(fleet) = self.fleet.as_mut() {
-                        fleet.link_down(a, peer);
-                    }
+                    self.drop_link(a, b);
                     self.after_input(a);
+                }
+            }
+            Ev::CloseDead { a, b } => {
+                let peer = self.nodes[b].peer;
+                let still_dead = self.nodes[a].membership.as_ref().is_some_and(|m| {
+                    m.peer(&peer).is_some_and(|r| {
+                        r.state == PeerState::Dead && r.bump >= self.current_bump(b)
+                    })
+                });
+                if self.up(a) && self.nodes[a].links[b] && still_dead {
+                    self.drop_link(a, b);
+                    self.after_input(a);
+                    // The other side hears the close one latency later, if it can.
+                    if self.up(b) && self.same_side(a, b) {
+                        let d = self.latency(a, b);
+                        self.schedule(self.now + d, Ev::Disconnect { a: b, b: a });
+                    }
                 }
             }
             Ev::LeaveNotice {
@@ -680,11 +696,33 @@ impl Simulation {
                 let outs = fleet.membership_changed(i, &peer, state, self.now);
                 self.apply(outs);
             }
+            if state == PeerState::Dead && self.nodes[i].links[x] && bump >= self.current_bump(x) {
+                // The agent closes the connection of an incarnation declared dead, shortly
+                // after the verdict (the QUIC idle timeout is only a backstop).
+                self.schedule(
+                    self.now + crate::node::DEAD_CLOSE_GRACE,
+                    Ev::CloseDead { a: i, b: x },
+                );
+            }
             match state {
                 PeerState::Dead | PeerState::Left => self.on_verdict(i, x, bump, state),
                 PeerState::Suspect => self.report.membership.suspicions += 1,
                 PeerState::Alive => {}
             }
+        }
+    }
+
+    /// Node `a` loses its link to `b`: the planner, membership and the fleet hear of it. The
+    /// caller polls `a`'s membership core afterwards.
+    fn drop_link(&mut self, a: usize, b: usize) {
+        self.nodes[a].links[b] = false;
+        self.dial_disconnected(a, b);
+        let peer = self.nodes[b].peer;
+        if let Some(m) = self.nodes[a].membership.as_mut() {
+            m.on_disconnected(&peer);
+        }
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.link_down(a, peer);
         }
     }
 

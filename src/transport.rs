@@ -119,11 +119,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent streams per connection per protocol. Membership sends a few datagrams per
 /// probe period; 64 absorbs bursts without letting one peer open unbounded streams.
 pub const MAX_CONCURRENT_STREAMS: usize = 64;
-/// QUIC idle timeout: a peer that goes silent (crashed, partitioned) loses its connection after
-/// this long. With a 1 s keep-alive, 3 s notices a silent partition in ~3.1 s (measured; the libp2p defaults, 10 s and 5 s, take ~12 s).
-pub const QUIC_IDLE_TIMEOUT_MS: u32 = 3_000;
-/// QUIC keep-alive interval (see [`QUIC_IDLE_TIMEOUT_MS`]).
-pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// QUIC idle timeout: a connection that hears nothing for this long is closed. Only a
+/// backstop: failure detection is membership's (foca), and the node closes the connections of
+/// an incarnation membership declares `dead` (~1.6 s after a crash at 10 hosts), which is what
+/// ends sync sessions and lets the redial heal a partition; connections of a restarted peer's
+/// former incarnation are closed when the new one is admitted. Three keep-alive intervals, so
+/// a lost PING (retransmitted within a PTO anyway) does not close a live link.
+pub const QUIC_IDLE_TIMEOUT_MS: u32 = 15_000;
+/// QUIC keep-alive interval. It was 1 s, with a 3 s idle timeout that detected a silent
+/// partition (~3.1 s; the libp2p defaults, 10 s and 5 s, take ~12 s): those PINGs and their
+/// ACKs were ~70 % of an idle agent's packets with 9 peers. 5 s keeps UDP conntrack and NAT
+/// mappings (30 s on Linux) warm on quiet links.
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi (the first of a process
 /// ~40 ms: aws-lc-rs's first random draw); 500 ms leaves a tenfold margin. A dial started just before a partition
 /// heals has its first packets dropped and only ends at this deadline, so it bounds how long a

@@ -234,6 +234,15 @@ impl NodeActor {
         now: Instant,
     ) {
         let std_now = now.into_std();
+        if let request_response::Event::Message {
+            peer,
+            connection_id,
+            ..
+        } = &ev
+        {
+            // The connection a handshake runs on is that incarnation's (see `tag_incarnation`).
+            self.auth_connection.insert(*peer, *connection_id);
+        }
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -300,6 +309,7 @@ impl NodeActor {
                     tracing::info!(%peer, name = %info.name, "peer admitted");
                     self.learn_addrs(peer, &info);
                     self.membership.on_admitted(peer, info.bump, now.into_std());
+                    self.tag_incarnation(peer, info.bump);
                     self.state.peer_up(peer);
                     self.admitted_set.insert(peer);
                     self.nat_on_admitted(peer, &info, now);
@@ -503,6 +513,81 @@ impl NodeActor {
         }
     }
 
+    /// A peer was admitted at incarnation `bump`: the connection its handshake ran on is that
+    /// incarnation's, and connections of an older incarnation (a crashed process, silent
+    /// until the QUIC idle timeout) are closed now, so that nothing is sent into them.
+    fn tag_incarnation(&mut self, peer: PeerId, bump: u64) {
+        let Some(handshake) = self.auth_connection.get(&peer).copied() else {
+            return;
+        };
+        let Some(conns) = self.connections.get_mut(&peer) else {
+            return;
+        };
+        for c in conns.iter_mut() {
+            if c.id == handshake {
+                c.incarnation = Some(bump);
+            } else if c.incarnation.is_some_and(|b| b < bump) {
+                tracing::debug!(%peer, "closing a connection of the peer's former incarnation");
+                self.swarm.close_connection(c.id);
+            }
+        }
+    }
+
+    /// Membership changed: peers newly `dead` whose connection is that incarnation's (or an
+    /// older one's) get their connections closed after [`super::DEAD_CLOSE_GRACE`]. The QUIC
+    /// idle timeout (`transport::QUIC_IDLE_TIMEOUT_MS`) is only a backstop, so the end of a
+    /// dead peer's link (sync's `PeerDown`, the redial that heals a partition) follows the
+    /// failure detector. A restarted peer's new connection is never closed for the old one.
+    pub(super) fn schedule_dead_closes(&mut self, now: Instant) {
+        for rec in self.membership.peers() {
+            if rec.state != PeerState::Dead || self.dead_closing.iter().any(|(p, _)| *p == rec.peer)
+            {
+                continue;
+            }
+            let tagged = self.connections.get(&rec.peer).is_some_and(|conns| {
+                conns
+                    .iter()
+                    .any(|c| c.incarnation.is_some_and(|b| b <= rec.bump))
+            });
+            if tagged {
+                self.dead_closing
+                    .push((rec.peer, now + super::DEAD_CLOSE_GRACE));
+            }
+        }
+    }
+
+    /// Closes the connections of [`Self::schedule_dead_closes`]' peers that are due and still
+    /// `dead` (not `left`, not alive again).
+    pub(super) fn close_dead_connections(&mut self, now: Instant) {
+        if self.dead_closing.iter().all(|(_, at)| *at > now) {
+            return;
+        }
+        let due: Vec<PeerId> = self
+            .dead_closing
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        self.dead_closing.retain(|(_, at)| *at > now);
+        for peer in due {
+            let Some(rec) = self.membership.peer(&peer) else {
+                continue;
+            };
+            if rec.state != PeerState::Dead {
+                continue;
+            }
+            let Some(conns) = self.connections.get(&peer) else {
+                continue;
+            };
+            for c in conns {
+                if c.incarnation.is_some_and(|b| b <= rec.bump) {
+                    tracing::debug!(%peer, "declared dead; closing its connection");
+                    self.swarm.close_connection(c.id);
+                }
+            }
+        }
+    }
+
     /// A leave notice, first-hand (`relayed` is `None`) or relayed by a member. News is
     /// relayed once to every other admitted peer.
     pub(super) fn on_leave_notice(
@@ -558,7 +643,7 @@ impl NodeActor {
                 self.membership.count_undeliverable();
                 continue;
             }
-            let sample_due = self.rtt_due.get(&peer).is_none_or(|at| now >= *at);
+            let sample_due = self.leaving || self.rtt_due.get(&peer).is_none_or(|at| now >= *at);
             if !sample_due {
                 match self.datagrams.send(peer, data.clone()) {
                     Ok(()) => continue,
