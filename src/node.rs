@@ -315,6 +315,14 @@ struct NodeActor {
     shutdown: CancellationToken,
 }
 
+impl Connection {
+    /// Whether this connection's handshake was the peer's incarnation `bump` or an older one
+    /// (a `dead` verdict about `bump` closes it).
+    fn of_incarnation_up_to(&self, bump: u64) -> bool {
+        self.incarnation.is_some_and(|b| b <= bump)
+    }
+}
+
 /// How long a removed node's open links stay after the removal arrives, so that the document
 /// carrying it reaches the node (which then stops its services) before it is cut off. One sync
 /// push on a LAN takes milliseconds.

@@ -544,11 +544,10 @@ impl NodeActor {
             {
                 continue;
             }
-            let tagged = self.connections.get(&rec.peer).is_some_and(|conns| {
-                conns
-                    .iter()
-                    .any(|c| c.incarnation.is_some_and(|b| b <= rec.bump))
-            });
+            let tagged = self
+                .connections
+                .get(&rec.peer)
+                .is_some_and(|conns| conns.iter().any(|c| c.of_incarnation_up_to(rec.bump)));
             if tagged {
                 self.dead_closing
                     .push((rec.peer, now + super::DEAD_CLOSE_GRACE));
@@ -580,7 +579,7 @@ impl NodeActor {
                 continue;
             };
             for c in conns {
-                if c.incarnation.is_some_and(|b| b <= rec.bump) {
+                if c.of_incarnation_up_to(rec.bump) {
                     tracing::debug!(%peer, "declared dead; closing its connection");
                     self.swarm.close_connection(c.id);
                 }
