@@ -15,7 +15,9 @@
 //! `node/handle.rs` (the handle), `node/children.rs` (the actors' lifecycles and shutdown
 //! order), `node/advertise.rs` (the task that advertises this node's services on the LAN),
 //! `node/addrs.rs` (multiaddr helpers), `node/join.rs` (answering `/mesh/join/1`: invites
-//! redeemed by devices that do not hold the key yet).
+//! redeemed by devices that do not hold the key yet), `node/start.rs` (building the actors),
+//! `node/connections.rs` (open connections and the incarnations they belong to),
+//! `node/datagrams.rs` (membership datagrams on one long-lived stream per peer).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,6 +56,7 @@ use crate::wire::sync::{SyncRequest, SyncResponse};
 mod addrs;
 mod advertise;
 mod children;
+mod connections;
 mod datagrams;
 pub mod dial;
 mod discovery_source;
@@ -65,6 +68,7 @@ mod publish;
 mod rendezvous;
 mod requests;
 mod snapshot;
+mod start;
 
 use addrs::{is_loopback, is_unspecified, listen_error_reason};
 use advertise::{AdvertiserConfig, spawn_advertiser};
@@ -212,17 +216,25 @@ enum DiscoverySource {
 /// One open connection.
 #[derive(Clone, Debug)]
 struct Connection {
-    id: ConnectionId,
-    remote: Multiaddr,
+    pub(super) id: ConnectionId,
+    pub(super) remote: Multiaddr,
     /// Whether this node dialed it.
-    we_dialed: bool,
+    pub(super) we_dialed: bool,
     /// Whether it goes through a relay (`/p2p-circuit`): an inbound relayed connection's
     /// remote address is only `/p2p/ID`, so this comes from the endpoint, not the address.
-    relayed: bool,
-    established: Instant,
+    pub(super) relayed: bool,
+    pub(super) established: Instant,
     /// The peer's incarnation (bump) whose admission handshake ran on this connection; `None`
     /// for a duplicate or unadmitted connection.
-    incarnation: Option<u64>,
+    pub(super) incarnation: Option<u64>,
+}
+
+impl Connection {
+    /// Whether this connection's handshake was the peer's incarnation `bump` or an older one
+    /// (a `dead` verdict about `bump` closes it).
+    fn of_incarnation_up_to(&self, bump: u64) -> bool {
+        self.incarnation.is_some_and(|b| b <= bump)
+    }
 }
 
 struct NodeActor {
@@ -315,259 +327,15 @@ struct NodeActor {
     shutdown: CancellationToken,
 }
 
-impl Connection {
-    /// Whether this connection's handshake was the peer's incarnation `bump` or an older one
-    /// (a `dead` verdict about `bump` closes it).
-    fn of_incarnation_up_to(&self, bump: u64) -> bool {
-        self.incarnation.is_some_and(|b| b <= bump)
-    }
-}
-
 /// How long a removed node's open links stay after the removal arrives, so that the document
 /// carrying it reaches the node (which then stops its services) before it is cut off. One sync
 /// push on a LAN takes milliseconds.
 const REMOVAL_NOTICE: Duration = Duration::from_millis(500);
 
-/// Starts a node: binds its listeners (reporting bind errors), then runs the actor.
+/// Starts a node: binds its listeners (reporting bind errors), then runs the actor (see
+/// `node/start.rs`).
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
-    let local_peer = config.keypair.public().to_peer_id();
-    let invites = SharedInvites::open(config.data_dir.as_deref())?;
-    let admitted_set = transport::AdmittedSet::default();
-    let options = transport::SwarmOptions {
-        rendezvous_point: config.rendezvous_point.clone(),
-        relay: config.relay_server.then(|| admitted_set.clone()),
-    };
-    let mut swarm =
-        transport::build_swarm(config.keypair.clone(), config.transport.clone(), &options)?;
-    let mut bound = 0;
-    let mut quic_bound = false;
-    for (i, addr) in config.listen.iter().enumerate() {
-        match swarm.listen_on(addr.clone()) {
-            Ok(_) => {
-                bound += 1;
-                quic_bound |= transport::is_quic(addr);
-            }
-            Err(e) => {
-                let reason = listen_error_reason(addr, &e);
-                if config.listen_required.get(i).copied().unwrap_or(true) {
-                    return Err(NodeError::Listen {
-                        addr: addr.clone(),
-                        reason,
-                    });
-                }
-                tracing::warn!(%addr, error = %reason, "optional listener not bound");
-            }
-        }
-    }
-    if bound == 0 {
-        return Err(NodeError::NoListener);
-    }
-    let now = Instant::now();
-    let bump = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1);
-    // The key file's key, or what a rotation made of it since (`mesh.keyring`).
-    let keyring =
-        crate::admission::Keyring::load(config.data_dir.as_deref(), config.mesh_key.clone());
-    let mesh_id = keyring.current.mesh_id();
-    let (discovery_tx, discovery_rx) = mpsc::channel(DISCOVERY_CHANNEL);
-    let shutdown = CancellationToken::new();
-    let local = LocalSnapshot {
-        peer_id: local_peer,
-        name: config.name.clone(),
-        mesh_id,
-        listen_addrs: Vec::new(),
-        hardware: config.hardware.clone(),
-        started_at: now,
-        bump,
-        accept_services: config.supervisor.as_ref().map(|s| s.accept_services),
-        relay_server: config.relay_server,
-    };
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(NodeSnapshot {
-        version: 0,
-        taken_at: now,
-        local,
-        peers: Vec::new(),
-        stats: NodeStats::default(),
-    }));
-    let (membership_tx, membership_rx) = watch::channel(MembershipSnapshot::new(now.into_std()));
-    let points: Vec<PeerId> = config.rendezvous.iter().filter_map(dial::peer_of).collect();
-    let dials = DialPlanner::new(
-        local_peer,
-        &[config.static_peers.clone(), config.rendezvous.clone()].concat(),
-        config.redial_max,
-        now.into_std(),
-    );
-    let mut admission = Admission::with_keyring(keyring, local_peer);
-    admission.set_lenient(
-        points.iter().copied().collect(),
-        config.rendezvous_point.as_ref().is_some_and(|p| p.open),
-    );
-    // Wait for the listeners to report their concrete addresses (port 0 resolved), so this
-    // node's record, its first snapshot and its discovery announcement carry them: a QUIC one
-    // when a QUIC listener is bound (mDNS advertises the QUIC port). Any other event (an early
-    // incoming connection) is kept and handed to the actor once it exists.
-    let deadline = now + Duration::from_secs(5);
-    let mut listen_addrs: Vec<Multiaddr> = Vec::new();
-    let mut early_events = Vec::new();
-    while listen_addrs.is_empty() || (quic_bound && !listen_addrs.iter().any(transport::is_quic)) {
-        tokio::select! {
-            ev = swarm.select_next_some() => match ev {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    tracing::info!(%address, "listening");
-                    listen_addrs.push(address);
-                }
-                other => early_events.push(other),
-            },
-            _ = tokio::time::sleep_until(deadline) => return Err(NodeError::NoListener),
-        }
-    }
-    let state_shutdown = CancellationToken::new();
-    let (state, sync_out, state_task) = spawn_state(
-        StateConfig {
-            local: local_peer,
-            data_dir: config.data_dir.clone(),
-            self_record: NodeRecord {
-                name: config.name.as_str().into(),
-                addrs: recorded_addrs(&listen_addrs, &config.external_addrs),
-                hardware: NodeHardware::from(&config.hardware),
-                version: crate::AGENT_VERSION.to_string(),
-                ..Default::default()
-            },
-        },
-        state_shutdown.clone(),
-    )?;
-    let supervisor_shutdown = CancellationToken::new();
-    let (commands_tx, commands) = mpsc::channel(NODE_COMMAND_CHANNEL);
-    let (supervisor, supervisor_task) = match config.supervisor.clone() {
-        Some(mut sup) => {
-            sup.node_id = local_peer.to_base58();
-            sup.node_name = config.name.clone();
-            let (handle, task) = spawn_supervisor(
-                sup,
-                state.clone(),
-                membership_rx,
-                peer_ask(commands_tx.clone()),
-                supervisor_shutdown.clone(),
-            );
-            (Some(handle), Some(task))
-        }
-        None => (None, None),
-    };
-    // Only a node that runs services has copies to advertise.
-    let advertiser_shutdown = CancellationToken::new();
-    let advertiser_task = supervisor.as_ref().map(|_| {
-        let mdns = match &config.discovery {
-            DiscoveryMode::Mdns { ip_check_interval } => Some(*ip_check_interval),
-            DiscoveryMode::Memory(_) | DiscoveryMode::Off => None,
-        };
-        let advertiser = AdvertiserConfig {
-            node_id: local_peer.into(),
-            node_name: config.name.clone(),
-            peer_id: local_peer,
-            mdns,
-        };
-        spawn_advertiser(advertiser, state.subscribe(), advertiser_shutdown.clone())
-    });
-    let (query_answers_tx, query_answers) = mpsc::channel(MAX_PENDING_QUERIES);
-    let (join_answers_tx, join_answers) = mpsc::channel(MAX_PENDING_JOINS);
-    let mut swarm_registry = prometheus_client::registry::Registry::default();
-    let swarm_metrics = libp2p::metrics::Metrics::new(&mut swarm_registry);
-    let swarm_registry = Arc::new(swarm_registry);
-    let datagrams = datagrams::DatagramLinks::start(swarm.behaviour().streams.new_control());
-    let mut actor = NodeActor {
-        swarm_metrics,
-        swarm,
-        admission,
-        membership: Membership::new(local_peer, bump, &config.membership, rand::random()),
-        local_peer,
-        name: config.name.clone(),
-        hardware: config.hardware.clone(),
-        bump,
-        started_at: now,
-        accept_services: config.supervisor.as_ref().map(|s| s.accept_services),
-        listen_addrs,
-        discovery_mode: config.discovery.clone(),
-        discovery: DiscoverySource::NotStarted,
-        discovery_tx,
-        discovery_rx,
-        infos: HashMap::new(),
-        connections: HashMap::new(),
-        dials,
-        rtt_pending: HashMap::new(),
-        rtt_due: HashMap::new(),
-        auth_connection: HashMap::new(),
-        leaving: false,
-        dead_closing: Vec::new(),
-        datagrams,
-        leave_pending: HashSet::new(),
-        state: state.clone(),
-        sync_out,
-        sync_pending: HashMap::new(),
-        sync_requests: HashMap::new(),
-        next_sync_token: 0,
-        supervisor: supervisor.clone(),
-        commands,
-        query_pending: HashMap::new(),
-        next_query_token: 0,
-        query_answers_tx,
-        query_answers,
-        query_requests: HashMap::new(),
-        invites: invites.clone(),
-        join_limiter: JoinLimiter::new(),
-        join_pending: HashMap::new(),
-        next_join_token: 0,
-        join_answers_tx,
-        join_answers,
-        stats: NodeStats::default(),
-        snapshot_tx,
-        membership_tx,
-        documents: state.subscribe(),
-        data_dir: config.data_dir.clone(),
-        removed: HashSet::new(),
-        cut_off: Vec::new(),
-        rendezvous: crate::discovery::rendezvous::RendezvousClient::new(points),
-        external_addrs: config.external_addrs.clone(),
-        point_registrations: HashSet::new(),
-        nat: nat::NatState::default(),
-        admitted_set,
-        relay_server: config.relay_server,
-        version: 0,
-        last_publish: now,
-        dirty: true,
-        shutdown: shutdown.clone(),
-    };
-    let mut children = Children {
-        node_shutdown: shutdown,
-        node_task: None,
-        state_shutdown,
-        state_task: Some(state_task),
-        supervisor_shutdown,
-        supervisor_task,
-        advertiser_shutdown,
-        advertiser_task,
-    };
-    actor.sync_external_addrs(Instant::now());
-    for ev in early_events {
-        actor.on_swarm_event(ev).await;
-    }
-    if let Err(e) = actor.start_discovery().await {
-        children.abort();
-        return Err(e);
-    }
-    actor.publish(Instant::now());
-    children.node_task = Some(tokio::spawn(actor.run()));
-    Ok(NodeHandle::new(
-        snapshot_rx,
-        local_peer,
-        state,
-        supervisor,
-        commands_tx,
-        invites,
-        children,
-        swarm_registry,
-    ))
+    start::start(config).await
 }
 
 impl NodeActor {
@@ -827,38 +595,7 @@ impl NodeActor {
                 num_established,
                 cause,
                 ..
-            } => {
-                if let Some(conns) = self.connections.get_mut(&peer_id) {
-                    let was_direct = conns.iter().any(|c| c.id == connection_id && !c.relayed);
-                    conns.retain(|c| c.id != connection_id);
-                    // The last direct link went, a relayed one stays: the planner (which
-                    // counts direct links only) dials the peer directly again.
-                    if was_direct && !conns.is_empty() && conns.iter().all(|c| c.relayed) {
-                        self.dials.on_disconnected(&peer_id, now.into_std());
-                    }
-                    if conns.is_empty() {
-                        self.connections.remove(&peer_id);
-                    }
-                }
-                if num_established == 0 {
-                    self.connections.remove(&peer_id);
-                    self.rendezvous_on_disconnected(&peer_id);
-                    self.admitted_set.remove(&peer_id);
-                    self.nat.on_gone(&peer_id, now.into_std());
-                    if self.admission.is_admitted(&peer_id) {
-                        self.state.peer_down(peer_id);
-                    }
-                    self.membership.on_disconnected(&peer_id);
-                    self.datagrams.on_disconnected(&peer_id);
-                    self.rtt_due.remove(&peer_id);
-                    self.auth_connection.remove(&peer_id);
-                    let actions = self.admission.on_disconnected(&peer_id, now.into_std());
-                    self.apply_admission(actions, now);
-                    self.dials.on_disconnected(&peer_id, now.into_std());
-                    self.dirty = true;
-                    tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
-                }
-            }
+            } => self.on_connection_closed(peer_id, connection_id, num_established, cause, now),
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let (Some(expected), DialError::WrongPeerId { obtained, address }) =
                     (peer_id, &error)
@@ -896,77 +633,6 @@ impl NodeActor {
             SwarmEvent::Behaviour(MeshBehaviourEvent::Dcutr(ev)) => self.on_dcutr_event(ev),
             _ => {}
         }
-    }
-
-    fn on_connection_established(
-        &mut self,
-        peer: PeerId,
-        connection_id: ConnectionId,
-        endpoint: ConnectedPoint,
-        now: Instant,
-    ) {
-        let std_now = now.into_std();
-        if peer == self.local_peer {
-            let _ = self.swarm.close_connection(connection_id);
-            return;
-        }
-        if self.removed.contains(&peer) {
-            self.stats.removed_refused += 1;
-            let _ = self.swarm.close_connection(connection_id);
-            tracing::debug!(%peer, "refused a connection of a removed node");
-            return;
-        }
-        if self.admission.in_backoff(&peer, std_now) {
-            self.admission.count_refused();
-            let _ = self.swarm.close_connection(connection_id);
-            tracing::debug!(%peer, "refused connection from peer in admission backoff");
-            return;
-        }
-        let we_dialed = endpoint.is_dialer();
-        let relayed = endpoint.is_relayed();
-        let remote = endpoint.get_remote_address().clone();
-        self.rendezvous.on_connected(&peer, std_now);
-        // A relayed link is not what the dial planner aims for: it keeps dialing the peer
-        // directly (see `dial`) until a direct connection replaces the relayed one.
-        if !relayed {
-            self.dials
-                .on_connected(peer, we_dialed.then_some(&remote), std_now);
-        }
-        let conns = self.connections.entry(peer).or_default();
-        conns.push(Connection {
-            id: connection_id,
-            remote,
-            we_dialed,
-            relayed,
-            established: now,
-            incarnation: None,
-        });
-        // A direct link makes relayed ones redundant (a hole punch succeeded, or the peer
-        // dialed us directly): they are closed, and the relay's circuit with them.
-        if !relayed {
-            for c in conns.iter().filter(|c| c.relayed) {
-                let _ = self.swarm.close_connection(c.id);
-            }
-        }
-        // Both sides dialed at once: keep the connection the lower id dialed, on both sides.
-        // The pair's admission is per peer and survives; a request in flight on the closed
-        // connection fails and is retried (admission at once, sync by anti-entropy). Older
-        // connections are left alone: a stale one (the peer restarted) ends by itself.
-        // Two relayed connections (both sides dialed through the relay) are deduplicated the
-        // same way among themselves: one hole punch per pair, not two crossing ones.
-        let pairs: Vec<(ConnectionId, bool)> = conns
-            .iter()
-            .filter(|c| now.duration_since(c.established) <= DUPLICATE_WINDOW)
-            .filter(|c| c.relayed == relayed)
-            .map(|c| (c.id, c.we_dialed))
-            .collect();
-        for id in dial::duplicates_to_close(self.local_peer < peer, &pairs) {
-            self.stats.duplicate_connections_closed += 1;
-            let _ = self.swarm.close_connection(id);
-        }
-        self.dirty = true;
-        let actions = self.admission.on_connected(peer, we_dialed, std_now);
-        self.apply_admission(actions, now);
     }
 
     /// Graceful leave: gossip our departure, tell every admitted peer directly, wait briefly
