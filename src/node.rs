@@ -403,9 +403,14 @@ impl NodeActor {
         if self.membership.take_changed() {
             self.dirty = true;
             self.schedule_dead_closes(now);
+            let mut alive = std::collections::BTreeSet::new();
             for rec in self.membership.peers() {
                 self.dials.on_membership(&rec.peer, rec.state, std_now);
+                if matches!(rec.state, PeerState::Alive | PeerState::Suspect) {
+                    alive.insert(rec.peer);
+                }
             }
+            self.state.set_alive(alive);
         }
         self.dial(now);
         self.rendezvous_tick(now);

@@ -43,6 +43,12 @@ pub const RELAY_FANOUT: usize = 4;
 /// comparison, picks one node every 30 s).
 pub const ANTI_ENTROPY_FANOUT: usize = 4;
 
+/// How long a request of ours may stay unanswered before it no longer holds back the next one
+/// (see [`SyncSessions::on_response`]). The transport ends every request well before this
+/// (`transport::REQUEST_TIMEOUT`, 5 s, then [`SyncSessions::on_send_failed`]); this only
+/// covers a request lost without a word.
+pub const OUTSTANDING_LIMIT: Duration = Duration::from_secs(6);
+
 /// Most peers whose sync state is kept while disconnected (their shared heads make the next
 /// sync cheap). Beyond it, states of peers not seen for longest are dropped.
 pub const MAX_SAVED_STATES: usize = 1024;
@@ -135,6 +141,24 @@ struct PeerSession {
     failure: Option<(Instant, String)>,
     /// The peer's epoch, while it differs from ours.
     their_epoch: Option<String>,
+    /// Since when a request of ours has been waiting for the peer's answer. While it waits,
+    /// news for this peer is held back (`dirty`) and goes with the next request, so a burst of
+    /// changes costs one message per round trip per peer instead of one per change.
+    outstanding: Option<Instant>,
+    /// Something changed for this peer while a request was outstanding.
+    dirty: bool,
+    /// Whether what was held back (`dirty`) all came from pushes to every member.
+    held_to_all: bool,
+    /// Whether the current exchange with this peer is part of a push to every member
+    /// believed alive ([`SyncSessions::to_everyone`]).
+    to_all: bool,
+}
+
+impl PeerSession {
+    fn waiting(&self, now: Instant) -> bool {
+        self.outstanding
+            .is_some_and(|t| now.saturating_duration_since(t) < OUTSTANDING_LIMIT)
+    }
 }
 
 /// All sync sessions of one node.
@@ -148,6 +172,8 @@ pub struct SyncSessions {
     relay_cursor: usize,
     /// Where the next anti-entropy round starts.
     anti_entropy_cursor: usize,
+    /// The members membership believes alive (or suspects), once told ([`SyncSessions::set_alive`]).
+    alive: Option<std::collections::BTreeSet<PeerId>>,
 }
 
 impl SyncSessions {
@@ -162,11 +188,36 @@ impl SyncSessions {
             stats,
             relay_cursor: 0,
             anti_entropy_cursor: 0,
+            alive: None,
         }
     }
 
     pub fn stats(&self) -> &SyncStats {
         &self.stats
+    }
+
+    /// The members membership believes alive or suspects (ourselves excluded). With every one
+    /// of them linked, a local change pushed to every link reaches the whole mesh, and the
+    /// exchanges of that push say so ([`SyncSessions::to_everyone`]) so that receivers do not
+    /// relay it.
+    pub fn set_alive(&mut self, alive: std::collections::BTreeSet<PeerId>) {
+        self.alive = Some(alive);
+    }
+
+    /// Whether every member believed alive has a connected session.
+    fn everyone_linked(&self) -> bool {
+        self.alive.as_ref().is_some_and(|alive| {
+            alive
+                .iter()
+                .all(|p| self.peers.get(p).is_some_and(|s| s.connected))
+        })
+    }
+
+    /// Whether our current exchange with `peer` is part of a push of ours to every member
+    /// believed alive: what it brings the peer, every other member gets from us too, so the
+    /// peer need not relay it. Sent with each request (`protocol/sync.md`).
+    pub fn to_everyone(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.to_all)
     }
 
     /// Restores persisted per-peer states (see [`SyncSessions::encode_states`]). Undecodable
@@ -204,19 +255,22 @@ impl SyncSessions {
         session.up_since = Some(now);
         session.failure = None;
         session.their_epoch = None;
-        self.generate(peer, doc)
+        session.outstanding = None;
+        session.dirty = false;
+        self.request(peer, doc, now, false)
     }
 
     /// The peer's last connection closed.
     pub fn on_peer_down(&mut self, peer: PeerId) {
         if let Some(s) = self.peers.get_mut(&peer) {
             s.connected = false;
+            s.outstanding = None;
         }
         self.evict_if_needed();
     }
 
-    /// A sync message from `peer` (request or response). Applies it and returns what to send
-    /// back, if anything.
+    /// A sync message from `peer` that asks (a request of theirs). Applies it and returns our
+    /// answer, if any (sent back as the response).
     pub fn on_message(
         &mut self,
         peer: PeerId,
@@ -254,12 +308,45 @@ impl SyncSessions {
         Ok(self.generate(peer, doc))
     }
 
+    /// The peer answered a request of ours with a sync message. Applies it and returns our next
+    /// request, if any: it carries whatever was held back while the request was outstanding.
+    pub fn on_response(
+        &mut self,
+        peer: PeerId,
+        doc: &mut AutoCommit,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Option<Vec<u8>>, SyncError> {
+        self.on_answered(peer);
+        let next = self.on_message(peer, doc, bytes, now)?;
+        if let Some(s) = self.peers.get_mut(&peer) {
+            // The next request carries what was held back too.
+            if std::mem::take(&mut s.dirty) {
+                s.to_all &= s.held_to_all;
+            }
+            if next.is_some() {
+                s.outstanding = Some(now);
+            }
+        }
+        Ok(next)
+    }
+
+    /// The peer answered a request of ours (in any way): the next one may go.
+    pub fn on_answered(&mut self, peer: PeerId) {
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.outstanding = None;
+        }
+    }
+
     /// A message we sent was not delivered (or refused), for `reason`: forget it was in flight
-    /// so it is sent again, and remember the failure for [`SyncSessions::health`].
+    /// so it is sent again, and remember the failure for [`SyncSessions::health`]. What was
+    /// held back for the peer waits for the next change or anti-entropy round (which takes
+    /// every held-back peer), not retried at once: a peer that keeps failing is not hammered.
     pub fn on_send_failed(&mut self, peer: PeerId, now: Instant, reason: String) {
         if let Some(s) = self.peers.get_mut(&peer) {
             s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
             s.failure = Some((now, reason));
+            s.outstanding = None;
         }
     }
 
@@ -272,13 +359,24 @@ impl SyncSessions {
     }
 
     /// The peer answered our message without a message of its own: the exchange completed.
-    pub fn on_delivered(&mut self, peer: PeerId, now: Instant) {
-        if let Some(s) = self.peers.get_mut(&peer) {
-            s.synced_once = true;
-            s.last_ok = Some(now);
-            s.failure = None;
-            s.their_epoch = None;
+    /// Returns the next request if news for the peer was held back meanwhile.
+    pub fn on_delivered(
+        &mut self,
+        peer: PeerId,
+        doc: &mut AutoCommit,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let s = self.peers.get_mut(&peer)?;
+        s.synced_once = true;
+        s.last_ok = Some(now);
+        s.failure = None;
+        s.their_epoch = None;
+        s.outstanding = None;
+        if !std::mem::take(&mut s.dirty) || !s.connected {
+            return None;
         }
+        let to_all = s.held_to_all;
+        self.request(peer, doc, now, to_all)
     }
 
     /// The peer answered (or asked) for another epoch than ours.
@@ -321,9 +419,10 @@ impl SyncSessions {
     /// After a local change (or periodically, as anti-entropy): a message for every connected
     /// peer that needs one.
     pub fn generate_all(&mut self, doc: &mut AutoCommit, now: Instant) -> Vec<(PeerId, Vec<u8>)> {
+        let to_all = self.everyone_linked();
         self.reachable_except(None, now)
             .into_iter()
-            .filter_map(|p| self.generate(p, doc).map(|m| (p, m)))
+            .filter_map(|p| self.request(p, doc, now, to_all).map(|m| (p, m)))
             .collect()
     }
 
@@ -340,7 +439,7 @@ impl SyncSessions {
         let chosen = in_turn(&peers, &mut self.relay_cursor, RELAY_FANOUT);
         chosen
             .into_iter()
-            .filter_map(|p| self.generate(p, doc).map(|m| (p, m)))
+            .filter_map(|p| self.request(p, doc, now, false).map(|m| (p, m)))
             .collect()
     }
 
@@ -356,17 +455,29 @@ impl SyncSessions {
     }
 
     /// Anti-entropy: for at most [`ANTI_ENTROPY_FANOUT`] connected peers, taken in turn round
-    /// the ring, forgets in-flight state (so a message lost without an error cannot stall a
-    /// session forever) and generates a message.
+    /// the ring, and every peer with news held back and no request outstanding, forgets
+    /// in-flight state (so a message lost without an error cannot stall a session forever)
+    /// and generates a message.
     pub fn anti_entropy(&mut self, doc: &mut AutoCommit, now: Instant) -> Vec<(PeerId, Vec<u8>)> {
         let peers = self.reachable_except(None, now);
-        let chosen = in_turn(&peers, &mut self.anti_entropy_cursor, ANTI_ENTROPY_FANOUT);
+        let mut chosen = in_turn(&peers, &mut self.anti_entropy_cursor, ANTI_ENTROPY_FANOUT);
+        for p in &peers {
+            if !chosen.contains(p)
+                && self
+                    .peers
+                    .get(p)
+                    .is_some_and(|s| s.dirty && !s.waiting(now))
+            {
+                chosen.push(*p);
+            }
+        }
         chosen
             .into_iter()
             .filter_map(|p| {
                 let s = self.peers.get_mut(&p)?;
                 s.state = SyncState::decode(&s.state.encode()).unwrap_or_default();
-                self.generate(p, doc).map(|m| (p, m))
+                s.outstanding = None;
+                self.request(p, doc, now, false).map(|m| (p, m))
             })
             .collect()
     }
@@ -401,6 +512,35 @@ impl SyncSessions {
     /// Peers with a session, connected or not.
     pub fn peers(&self) -> impl Iterator<Item = (&PeerId, bool)> {
         self.peers.iter().map(|(p, s)| (p, s.connected))
+    }
+
+    /// A message of ours that asks (a request), `to_all` when it starts an exchange of a push
+    /// to every member: held back while an earlier request to the peer is outstanding, else
+    /// generated and marked outstanding.
+    fn request(
+        &mut self,
+        peer: PeerId,
+        doc: &mut AutoCommit,
+        now: Instant,
+        to_all: bool,
+    ) -> Option<Vec<u8>> {
+        let session = self.peers.get_mut(&peer)?;
+        if session.waiting(now) {
+            session.held_to_all = if session.dirty {
+                session.held_to_all && to_all
+            } else {
+                to_all
+            };
+            session.dirty = true;
+            return None;
+        }
+        session.dirty = false;
+        session.to_all = to_all;
+        let msg = self.generate(peer, doc)?;
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.outstanding = Some(now);
+        }
+        Some(msg)
     }
 
     fn generate(&mut self, peer: PeerId, doc: &mut AutoCommit) -> Option<Vec<u8>> {
@@ -517,15 +657,22 @@ mod tests {
         let now = Instant::now();
         let (sa, da, pa) = a;
         let (sb, db, pb) = b;
+        // a's messages are requests, b's are the responses to them (as `/mesh/sync/1` carries
+        // an exchange a started); a response without a message says "delivered".
         let mut next = Some((pa, first)); // (from, bytes)
         let mut count = 0;
         while let Some((from, bytes)) = next.take() {
             count += 1;
             assert!(count < 50, "sync did not converge");
             next = if from == pa {
-                sb.on_message(pa, db, &bytes, now).unwrap().map(|m| (pb, m))
+                match sb.on_message(pa, db, &bytes, now).unwrap() {
+                    Some(m) => Some((pb, m)),
+                    None => sa.on_delivered(pb, da, now).map(|m| (pa, m)),
+                }
             } else {
-                sa.on_message(pb, da, &bytes, now).unwrap().map(|m| (pa, m))
+                sa.on_response(pb, da, &bytes, now)
+                    .unwrap()
+                    .map(|m| (pa, m))
             };
         }
         count
@@ -679,6 +826,10 @@ mod health_tests {
     use automerge::ActorId;
     use libp2p::identity::Keypair;
 
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
     #[test]
     fn health_tells_never_synced_failing_mismatch_and_ok() {
         let (pa, pb) = (
@@ -714,8 +865,8 @@ mod health_tests {
         let mut to_b = Some(first);
         while let Some(msg) = to_b.take() {
             match sb.on_message(pa, &mut db, &msg, t0).unwrap() {
-                Some(reply) => to_b = sa.on_message(pb, &mut da, &reply, t0).unwrap(),
-                None => sa.on_delivered(pb, t0),
+                Some(reply) => to_b = sa.on_response(pb, &mut da, &reply, t0).unwrap(),
+                None => to_b = sa.on_delivered(pb, &mut da, t0),
             }
         }
         assert_eq!(sa.health(&pb, &da.get_heads(), t0), SyncHealth::Ok);
@@ -724,5 +875,123 @@ mod health_tests {
             sa.health(&pb, &da.get_heads(), t0).to_string(),
             "epoch-mismatch: theirs 1/abc"
         );
+    }
+
+    /// Writes a node record into `doc` (a local change).
+    fn write(doc: &mut AutoCommit, key: &str) {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        let nodes = match doc.get(automerge::ROOT, "nodes").unwrap() {
+            Some((_, id)) => id,
+            None => doc
+                .put_object(automerge::ROOT, "nodes", automerge::ObjType::Map)
+                .unwrap(),
+        };
+        doc.put(&nodes, key, "x").unwrap();
+        doc.commit();
+    }
+
+    #[test]
+    fn a_burst_of_changes_waits_for_the_answer_and_goes_in_one_request() {
+        let (pa, pb) = (peer(), peer());
+        let (mut da, mut db) = (AutoCommit::new(), AutoCommit::new());
+        let (mut sa, mut sb) = (SyncSessions::new(), SyncSessions::new());
+        let t0 = Instant::now();
+        let first = sa.on_peer_up(pb, &mut da, t0).expect("a first message");
+        sb.on_peer_up(pa, &mut db, t0);
+        // Three local changes while the first request is unanswered: nothing goes.
+        for k in ["a", "b", "c"] {
+            write(&mut da, k);
+            assert!(sa.generate_all(&mut da, t0).is_empty(), "held back");
+        }
+        // The answer comes: the next request carries all three.
+        let answer = sb.on_message(pa, &mut db, &first, t0).unwrap();
+        let mut next = match answer {
+            Some(reply) => sa.on_response(pb, &mut da, &reply, t0).unwrap(),
+            None => sa.on_delivered(pb, &mut da, t0),
+        };
+        let mut requests = 0;
+        while let Some(msg) = next.take() {
+            requests += 1;
+            assert!(requests < 10, "did not converge");
+            next = match sb.on_message(pa, &mut db, &msg, t0).unwrap() {
+                Some(reply) => sa.on_response(pb, &mut da, &reply, t0).unwrap(),
+                None => sa.on_delivered(pb, &mut da, t0),
+            };
+        }
+        assert_eq!(da.get_heads(), db.get_heads(), "b has all three changes");
+        // A request lost without a word stops holding back after OUTSTANDING_LIMIT.
+        write(&mut da, "d");
+        assert_eq!(sa.generate_all(&mut da, t0).len(), 1);
+        write(&mut da, "e");
+        assert!(sa.generate_all(&mut da, t0).is_empty());
+        assert_eq!(sa.generate_all(&mut da, t0 + OUTSTANDING_LIMIT).len(), 1);
+    }
+
+    #[test]
+    fn held_back_news_goes_at_the_next_anti_entropy_round_after_a_failure() {
+        let mut peers: Vec<PeerId> = (0..6).map(|_| peer()).collect();
+        peers.sort();
+        // The last in the ring: not among the 4 a round starting at 0 takes in turn.
+        let target = peers[5];
+        let mut da = AutoCommit::new();
+        let mut sa = SyncSessions::new();
+        let t0 = Instant::now();
+        for p in &peers {
+            let _ = sa.on_peer_up(*p, &mut da, t0);
+            if *p != target {
+                sa.on_answered(*p);
+            }
+        }
+        write(&mut da, "a");
+        let pushed: Vec<PeerId> = sa
+            .generate_all(&mut da, t0)
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(pushed.len(), 5);
+        assert!(
+            !pushed.contains(&target),
+            "held back: its first request is unanswered"
+        );
+        // The request fails: nothing is retried at once (a failing peer is not hammered)...
+        sa.on_send_failed(target, t0, "timed out".into());
+        // ...the next round takes every held-back peer, besides the 4 in turn.
+        let round: Vec<PeerId> = sa
+            .anti_entropy(&mut da, t0)
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert!(round.contains(&target), "{round:?}");
+    }
+
+    #[test]
+    fn a_push_says_everyone_only_when_every_member_believed_alive_is_linked() {
+        let (pb, pc) = (peer(), peer());
+        let mut da = AutoCommit::new();
+        let mut sa = SyncSessions::new();
+        let t0 = Instant::now();
+        let _ = sa.on_peer_up(pb, &mut da, t0);
+        sa.on_answered(pb);
+        // Not told who is alive yet: receivers relay, as before.
+        write(&mut da, "a");
+        assert_eq!(sa.generate_all(&mut da, t0).len(), 1);
+        assert!(!sa.to_everyone(&pb));
+        sa.on_answered(pb);
+        // c is alive but not linked: still not everyone.
+        sa.set_alive([pb, pc].into_iter().collect());
+        write(&mut da, "b");
+        assert_eq!(sa.generate_all(&mut da, t0).len(), 1);
+        assert!(!sa.to_everyone(&pb));
+        sa.on_answered(pb);
+        // Every member believed alive is linked: the push reaches everyone.
+        sa.set_alive([pb].into_iter().collect());
+        write(&mut da, "c");
+        assert_eq!(sa.generate_all(&mut da, t0).len(), 1);
+        assert!(sa.to_everyone(&pb));
+        // A relay or an anti-entropy round is not a push to everyone.
+        sa.on_answered(pb);
+        let _ = sa.anti_entropy(&mut da, t0);
+        assert!(!sa.to_everyone(&pb));
     }
 }

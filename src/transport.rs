@@ -588,4 +588,64 @@ mod tests {
             ]
         );
     }
+
+    /// `SyncRequest::Sync` as agents before the `everyone` flag had it.
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum OlderSyncRequest {
+        Sync {
+            epoch: crate::wire::sync::EpochId,
+            #[serde(with = "serde_bytes")]
+            message: Vec<u8>,
+        },
+    }
+
+    fn through_codec<A, B>(value: A) -> B
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned + Send,
+        B: serde::Serialize + serde::de::DeserializeOwned + Send,
+    {
+        use libp2p::request_response::Codec;
+        let mut bytes = futures::io::Cursor::new(Vec::new());
+        let mut write = limited_codec::<A, ()>(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE);
+        futures::executor::block_on(write.write_request(&SYNC_PROTOCOL, &mut bytes, value))
+            .expect("encodes");
+        let mut read = limited_codec::<B, ()>(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE);
+        let mut input = futures::io::Cursor::new(bytes.into_inner());
+        futures::executor::block_on(read.read_request(&SYNC_PROTOCOL, &mut input)).expect("decodes")
+    }
+
+    #[test]
+    fn the_everyone_flag_and_older_agents_understand_each_other() {
+        use crate::wire::sync::{EpochId, SyncRequest};
+        let epoch = EpochId {
+            number: 3,
+            base: "ab".into(),
+        };
+        // Ours, flag set, read by an older agent: the flag is ignored.
+        let older: OlderSyncRequest = through_codec(SyncRequest::Sync {
+            epoch: epoch.clone(),
+            message: vec![1, 2, 3],
+            everyone: true,
+        });
+        assert_eq!(
+            older,
+            OlderSyncRequest::Sync {
+                epoch: epoch.clone(),
+                message: vec![1, 2, 3]
+            }
+        );
+        // An older agent's, read by us: not a push to everyone (we relay, as before).
+        let ours: SyncRequest = through_codec(OlderSyncRequest::Sync {
+            epoch: epoch.clone(),
+            message: vec![4],
+        });
+        assert_eq!(
+            ours,
+            SyncRequest::Sync {
+                epoch,
+                message: vec![4],
+                everyone: false
+            }
+        );
+    }
 }

@@ -240,13 +240,15 @@ fn sync_seeds() -> &'static [Vec<u8>] {
         }
         let epoch = mesh::state::epoch_of(&mut da);
         let mut seeds = messages.clone();
-        for m in &messages {
+        for (i, m) in messages.iter().enumerate() {
             seeds.push(cbor_request::<SyncRequest, SyncResponse>(
                 MAX_SYNC_MESSAGE,
                 &SYNC_PROTOCOL,
                 SyncRequest::Sync {
                     epoch: epoch.clone(),
                     message: m.clone(),
+                    // Both encodings: without the field (older agents) and with it.
+                    everyone: i % 2 == 1,
                 },
             ));
         }

@@ -29,6 +29,7 @@ use crate::supervisor::spec::placement::Require;
 use crate::supervisor::{
     ExitStatus, HealthOutcome, ServiceSpec, ServiceState, SupervisorAction, SupervisorEvent,
 };
+use crate::sync::SyncSessions;
 
 /// A simulated spawn answers after this (fork and exec of a small program).
 pub const SPAWN_DELAY: Duration = Duration::from_millis(5);
@@ -39,6 +40,8 @@ pub const STOP_DELAY: Duration = Duration::from_millis(50);
 /// A document change is acted on this long after it arrives (the state actor publishing its
 /// snapshot, the supervisor actor picking it up); changes within it are acted on together.
 pub const ACT_DELAY: Duration = Duration::from_millis(1);
+/// The size on the wire of a sync response without a message (its epoch and framing).
+pub const DELIVERED_BYTES: usize = 40;
 /// Most writes followed on their way to every node at once (a bound on the bookkeeping; the
 /// oldest is given up and counted past it).
 const MAX_SPREADING: usize = 10_000;
@@ -46,8 +49,18 @@ const MAX_SPREADING: usize = 10_000;
 /// What the simulator must make happen.
 #[derive(Clone, Debug)]
 pub enum Out {
-    /// A sync message over the link `from → to`.
-    Sync { from: usize, to: usize, data: Bytes },
+    /// A sync message over the link `from → to`: a request, or (`answer`) the response to a
+    /// request of `to`'s, as `/mesh/sync/1` carries them.
+    Sync {
+        from: usize,
+        to: usize,
+        data: Bytes,
+        answer: bool,
+        /// A request of a push to every member (`SyncRequest::Sync::everyone`): not relayed.
+        everyone: bool,
+    },
+    /// The response to a request of `to`'s that carries no message (the exchange completed).
+    Delivered { from: usize, to: usize },
     /// A process event back to `node`'s supervisor after `after`.
     Launch {
         node: usize,
@@ -132,14 +145,21 @@ pub struct Fleet {
     pub violations: Vec<(&'static str, String)>,
 }
 
-/// Sync messages of node `i` for its linked peers (others are dropped: the link is gone).
-fn to_links(i: usize, msgs: Vec<(PeerId, Vec<u8>)>, links: &BTreeMap<PeerId, usize>) -> Vec<Out> {
+/// Sync requests of node `i` for its linked peers (others are dropped: the link is gone).
+fn to_links(
+    i: usize,
+    sync: &SyncSessions,
+    msgs: Vec<(PeerId, Vec<u8>)>,
+    links: &BTreeMap<PeerId, usize>,
+) -> Vec<Out> {
     msgs.into_iter()
         .filter_map(|(p, data)| {
             Some(Out::Sync {
                 from: i,
                 to: *links.get(&p)?,
                 data: Bytes::from(data),
+                answer: false,
+                everyone: sync.to_everyone(&p),
             })
         })
         .collect()
@@ -229,6 +249,8 @@ impl Fleet {
                         from: i,
                         to,
                         data: Bytes::from(data),
+                        answer: false,
+                        everyone: stack.sync.to_everyone(&peer),
                     });
                 }
             }
@@ -316,6 +338,8 @@ impl Fleet {
                 from: a,
                 to: b,
                 data: Bytes::from(data),
+                answer: false,
+                everyone: false,
             })
             .into_iter()
             .collect()
@@ -335,6 +359,8 @@ impl Fleet {
         to: usize,
         peer: PeerId,
         data: &[u8],
+        answer: bool,
+        everyone: bool,
         links: &BTreeMap<PeerId, usize>,
         now: Duration,
     ) -> Vec<Out> {
@@ -345,32 +371,67 @@ impl Fleet {
         self.figures.sync_messages += 1;
         self.figures.sync_bytes += data.len() as u64;
         let before = s.doc.get_heads();
-        let reply = match s.sync.on_message(peer, &mut s.doc, data, at) {
+        let applied = if answer {
+            s.sync.on_response(peer, &mut s.doc, data, at)
+        } else {
+            s.sync.on_message(peer, &mut s.doc, data, at)
+        };
+        let reply = match applied {
             Ok(r) => r,
             Err(_) => return Vec::new(),
         };
-        let mut out: Vec<Out> = reply
-            .map(|data| Out::Sync {
+        let mut out: Vec<Out> = match reply {
+            // Our answer to their request, or our next request after their answer.
+            Some(data) => vec![Out::Sync {
                 from: to,
                 to: from,
                 data: Bytes::from(data),
-            })
-            .into_iter()
-            .collect();
+                answer: !answer,
+                everyone: answer && s.sync.to_everyone(&peer),
+            }],
+            // A request is always answered, if only to say it was applied.
+            None if !answer => vec![Out::Delivered { from: to, to: from }],
+            None => Vec::new(),
+        };
         if s.doc.get_heads() != before {
-            for (p, data) in s.sync.relay(&mut s.doc, peer, at) {
-                if let Some(&dst) = links.get(&p) {
-                    out.push(Out::Sync {
-                        from: to,
-                        to: dst,
-                        data: Bytes::from(data),
-                    });
-                }
-            }
+            // Not relayed when the sender pushes it to every member itself.
+            let relays = if everyone && !answer {
+                Vec::new()
+            } else {
+                s.sync.relay(&mut s.doc, peer, at)
+            };
+            out.extend(to_links(to, &s.sync, relays, links));
             out.extend(self.schedule_act(to, now));
             self.arrived(to, now);
         }
         out
+    }
+
+    /// `from` answered a request of `to`'s without a message.
+    pub fn on_delivered(
+        &mut self,
+        from: usize,
+        to: usize,
+        peer: PeerId,
+        now: Duration,
+    ) -> Vec<Out> {
+        let at = self.instant(now);
+        let Some(s) = self.nodes[to].as_mut() else {
+            return Vec::new();
+        };
+        self.figures.sync_messages += 1;
+        self.figures.sync_bytes += DELIVERED_BYTES as u64;
+        s.sync
+            .on_delivered(peer, &mut s.doc, at)
+            .map(|data| Out::Sync {
+                from: to,
+                to: from,
+                data: Bytes::from(data),
+                answer: false,
+                everyone: s.sync.to_everyone(&peer),
+            })
+            .into_iter()
+            .collect()
     }
 
     /// Membership at `i` changed its verdict on `peer`.
@@ -386,6 +447,16 @@ impl Fleet {
             return Vec::new();
         };
         s.liveness.peers.insert(NodeId::from(peer), (state, at));
+        // As the node actor tells the state actor (`StateHandle::set_alive`).
+        let believed = matches!(state, PeerState::Alive | PeerState::Suspect);
+        let changed = if believed {
+            s.alive.insert(*peer)
+        } else {
+            s.alive.remove(peer)
+        };
+        if changed {
+            s.sync.set_alive(s.alive.clone());
+        }
         self.schedule_act(i, now)
     }
 
@@ -401,7 +472,7 @@ impl Fleet {
             return Vec::new();
         };
         let msgs = s.sync.anti_entropy(&mut s.doc, at);
-        to_links(i, msgs, links)
+        to_links(i, &s.sync, msgs, links)
     }
 
     /// The checker holds `service` to `require` (the scenario's, whatever the spec added says).
@@ -480,7 +551,7 @@ impl Fleet {
             return Vec::new();
         };
         let msgs = s.sync.generate_all(&mut s.doc, at);
-        let mut out = to_links(i, msgs, links);
+        let mut out = to_links(i, &s.sync, msgs, links);
         out.extend(self.schedule_act(i, now));
         out
     }

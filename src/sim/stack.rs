@@ -77,6 +77,8 @@ pub struct Stack {
     pub supervisor: Supervisor,
     /// What membership shows, as the node publishes it for placement.
     pub liveness: MembershipSnapshot,
+    /// The members membership believes alive or suspects (what `sync.set_alive` was told).
+    pub alive: std::collections::BTreeSet<libp2p::PeerId>,
     majority_clock: MajorityClock,
     /// When a majority last confirmed an exclusive start, by service.
     pub confirmed: BTreeMap<String, Instant>,
@@ -131,6 +133,7 @@ impl Stack {
             hydrated_at: Vec::new(),
             supervisor,
             liveness: MembershipSnapshot::new(now),
+            alive: std::collections::BTreeSet::new(),
             majority_clock: MajorityClock::default(),
             confirmed: BTreeMap::new(),
             asking: BTreeMap::new(),

@@ -19,13 +19,27 @@ impl Simulation {
             return;
         };
         let outs = match ev {
-            Ev::Arrive(Out::Sync { from, to, data }) => {
+            Ev::Arrive(Out::Sync {
+                from,
+                to,
+                data,
+                answer,
+                everyone,
+            }) => {
                 if !self.reaches(from, to) {
                     Vec::new()
                 } else {
                     let links = self.links_of(to);
                     let peer = self.nodes[from].peer;
-                    fleet.on_sync(from, to, peer, &data, &links, now)
+                    fleet.on_sync(from, to, peer, &data, answer, everyone, &links, now)
+                }
+            }
+            Ev::Arrive(Out::Delivered { from, to }) => {
+                if self.reaches(from, to) {
+                    let peer = self.nodes[from].peer;
+                    fleet.on_delivered(from, to, peer, now)
+                } else {
+                    Vec::new()
                 }
             }
             Ev::Launch {
@@ -163,9 +177,14 @@ impl Simulation {
         let at = |i: Instant| i.saturating_duration_since(base);
         for out in outs {
             match out {
-                Out::Sync { from, to, ref data } => {
+                Out::Sync {
+                    from, to, ref data, ..
+                } => {
                     let bytes = data.len();
                     self.send(from, to, bytes, Ev::Arrive(out));
+                }
+                Out::Delivered { from, to } => {
+                    self.send(from, to, super::fleet::DELIVERED_BYTES, Ev::Arrive(out));
                 }
                 Out::Ask { from, to, .. } | Out::Answer { from, to, .. } => {
                     self.send(from, to, SMALL_MESSAGE, Ev::Arrive(out));

@@ -206,6 +206,16 @@ pub struct StateSnapshot {
     pub value_bytes: u64,
 }
 
+/// How a sync message reached the state actor (`sync_sessions::receive`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// A request of the peer's: our answer goes back as the response. `everyone`: part of
+    /// a push of the peer's to every member, so not relayed.
+    Request { everyone: bool },
+    /// The response to a request of ours: what we say next is a new request.
+    Response,
+}
+
 /// What the node actor tells the state actor about connections, as a value on a `watch`:
 /// the latest value always arrives, so no notice can be dropped, and the actor reads it before
 /// any queued command (a peer is up before its first sync message is handled).
@@ -218,6 +228,9 @@ pub struct Links {
     pub next_up: u64,
     /// This node's listen addresses (multiaddrs); `None` until the node reports a change.
     pub addrs: Option<Vec<String>>,
+    /// The members membership believes alive or suspects; `None` until the node reports
+    /// them (see [`crate::sync::SyncSessions::set_alive`]).
+    pub alive: Option<std::collections::BTreeSet<PeerId>>,
 }
 
 /// A cloneable handle to the state actor.
@@ -327,6 +340,15 @@ impl StateHandle {
     /// This node's listen addresses changed: never dropped, never blocks.
     pub fn set_addrs(&self, addrs: Vec<String>) {
         self.links.send_modify(|l| l.addrs = Some(addrs));
+    }
+
+    /// The members membership believes alive or suspects: never dropped, never blocks.
+    pub fn set_alive(&self, alive: std::collections::BTreeSet<PeerId>) {
+        self.links.send_if_modified(|l| {
+            let changed = l.alive.as_ref() != Some(&alive);
+            l.alive = Some(alive);
+            changed
+        });
     }
 
     /// Sets or clears this node's `drained` mark: placement moves every service off a drained
@@ -589,6 +611,11 @@ impl StateActor {
                 self.handle(StateCommand::PeerUp(*peer)).await;
             }
         }
+        if links.alive != old.alive
+            && let Some(alive) = links.alive.clone()
+        {
+            self.sessions.set_alive(alive);
+        }
         if links.addrs != old.addrs
             && let Some(addrs) = links.addrs
         {
@@ -685,8 +712,15 @@ impl StateActor {
                             message: None,
                         }
                     }
-                    SyncRequest::Sync { epoch, message } if epoch == self.epoch => {
-                        match self.receive(peer, &message).await {
+                    SyncRequest::Sync {
+                        epoch,
+                        message,
+                        everyone,
+                    } if epoch == self.epoch => {
+                        match self
+                            .receive(peer, &message, Received::Request { everyone })
+                            .await
+                        {
                             Ok(Some(reply)) if reply.len() > MAX_SYNC_PAYLOAD => {
                                 // Too much for one message: they fetch our snapshot instead.
                                 self.sessions.forget_in_flight(peer);
@@ -713,75 +747,86 @@ impl StateActor {
                 };
                 let _ = self.out.send(SyncOut::Respond(token, response)).await;
             }
-            StateCommand::Response { peer, response } => match response {
-                SyncResponse::Message {
-                    epoch,
-                    message: Some(bytes),
-                } if epoch == self.epoch => {
-                    if let Ok(Some(reply)) = self.receive(peer, &bytes).await {
-                        self.send(peer, reply).await;
-                    }
+            StateCommand::Response { peer, response } => {
+                // Whatever it says, the peer answered: our next request may go.
+                self.sessions.on_answered(peer);
+                self.on_response(peer, response, now).await;
+            }
+            StateCommand::SendFailed { peer, reason } => {
+                self.sessions.on_send_failed(peer, now, reason);
+                self.publish();
+            }
+        }
+    }
+
+    async fn on_response(&mut self, peer: PeerId, response: SyncResponse, now: std::time::Instant) {
+        match response {
+            SyncResponse::Message {
+                epoch,
+                message: Some(bytes),
+            } if epoch == self.epoch => {
+                if let Ok(Some(next)) = self.receive(peer, &bytes, Received::Response).await {
+                    self.send(peer, next).await;
                 }
-                SyncResponse::Message { epoch, .. } => {
-                    if epoch == self.epoch {
-                        self.sessions.on_delivered(peer, now);
-                        self.publish();
-                    }
-                }
-                SyncResponse::EpochMismatch { epoch } => {
-                    self.sessions.on_epoch_mismatch(peer, epoch.to_string());
-                    if epoch.supersedes(&self.epoch) {
-                        self.fetch_snapshot(peer).await;
-                    } else {
-                        // The peer is behind; it fetches from us. Nothing was delivered.
-                        self.sessions.on_send_failed(
-                            peer,
-                            now,
-                            format!("it is on the older epoch {epoch}"),
-                        );
+            }
+            SyncResponse::Message { epoch, .. } => {
+                if epoch == self.epoch {
+                    let next = self.sessions.on_delivered(peer, &mut self.doc, now);
+                    if let Some(next) = next {
+                        self.send(peer, next).await;
                     }
                     self.publish();
                 }
-                SyncResponse::Snapshot { epoch, doc } => {
-                    if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
-                        self.fetching = None;
-                    }
-                    self.on_snapshot(peer, epoch, doc).await;
-                }
-                SyncResponse::SnapshotPart {
-                    epoch,
-                    id,
-                    total,
-                    offset,
-                    bytes,
-                } => {
-                    self.on_snapshot_part(peer, epoch, id, total, offset, bytes)
-                        .await
-                }
-                SyncResponse::SnapshotOffer { epoch } => {
-                    if epoch == self.epoch || epoch.supersedes(&self.epoch) {
-                        self.fetch_snapshot(peer).await;
-                    }
-                }
-                SyncResponse::Refused => {
-                    if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
-                        self.fetching = None;
-                    }
+            }
+            SyncResponse::EpochMismatch { epoch } => {
+                self.sessions.on_epoch_mismatch(peer, epoch.to_string());
+                if epoch.supersedes(&self.epoch) {
+                    self.fetch_snapshot(peer).await;
+                } else {
+                    // The peer is behind; it fetches from us. Nothing was delivered.
                     self.sessions.on_send_failed(
                         peer,
                         now,
-                        "it refused our message (malformed, or we are in backoff)".into(),
+                        format!("it is on the older epoch {epoch}"),
                     );
-                    self.publish();
                 }
-                SyncResponse::NotAdmitted => {
-                    self.sessions
-                        .on_send_failed(peer, now, "it has not admitted us".into());
-                    self.publish();
+                self.publish();
+            }
+            SyncResponse::Snapshot { epoch, doc } => {
+                if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
+                    self.fetching = None;
                 }
-            },
-            StateCommand::SendFailed { peer, reason } => {
-                self.sessions.on_send_failed(peer, now, reason);
+                self.on_snapshot(peer, epoch, doc).await;
+            }
+            SyncResponse::SnapshotPart {
+                epoch,
+                id,
+                total,
+                offset,
+                bytes,
+            } => {
+                self.on_snapshot_part(peer, epoch, id, total, offset, bytes)
+                    .await
+            }
+            SyncResponse::SnapshotOffer { epoch } => {
+                if epoch == self.epoch || epoch.supersedes(&self.epoch) {
+                    self.fetch_snapshot(peer).await;
+                }
+            }
+            SyncResponse::Refused => {
+                if self.fetching.as_ref().is_some_and(|f| f.peer == peer) {
+                    self.fetching = None;
+                }
+                self.sessions.on_send_failed(
+                    peer,
+                    now,
+                    "it refused our message (malformed, or we are in backoff)".into(),
+                );
+                self.publish();
+            }
+            SyncResponse::NotAdmitted => {
+                self.sessions
+                    .on_send_failed(peer, now, "it has not admitted us".into());
                 self.publish();
             }
         }
@@ -959,6 +1004,7 @@ mod tests {
                 request: SyncRequest::Sync {
                     epoch: a.snapshot().epoch.clone(),
                     message: b"not an automerge sync message".to_vec(),
+                    everyone: false,
                 },
             })
             .await

@@ -43,6 +43,12 @@ pub enum SyncRequest {
         epoch: EpochId,
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
+        /// Set when this exchange is part of a push of the sender's to every member it
+        /// believes alive, all of them linked: the receiver does not relay what it brings.
+        /// Absent (false) from older agents, which are then relayed for as before; older
+        /// agents ignore it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        everyone: bool,
     },
     /// Asks for the receiver's whole document in one response (first release; answered only
     /// while it fits `transport::MAX_SYNC_PAYLOAD`). Current nodes use [`SyncRequest::FetchSnapshotPart`].

@@ -160,7 +160,8 @@ impl StateActor {
             .sum::<u64>();
         tracing::info!(%peer, changes = added.len(), bytes = bytes.len(), "merged a peer's state snapshot");
         let now = Instant::now().into_std();
-        self.sessions.on_delivered(peer, now);
+        // Everyone (the sender too) learns our new heads just below.
+        let _ = self.sessions.on_delivered(peer, &mut self.doc, now);
         if !added.is_empty() {
             self.publish();
             self.persist_or_log();

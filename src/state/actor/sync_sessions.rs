@@ -9,11 +9,16 @@ impl StateActor {
         &mut self,
         peer: PeerId,
         bytes: &[u8],
+        how: Received,
     ) -> Result<Option<Vec<u8>>, ()> {
         let before = self.doc.get_heads();
         let mine_before = self.own_record();
         let now = Instant::now().into_std();
-        let reply = match self.sessions.on_message(peer, &mut self.doc, bytes, now) {
+        let applied = match how {
+            Received::Request { .. } => self.sessions.on_message(peer, &mut self.doc, bytes, now),
+            Received::Response => self.sessions.on_response(peer, &mut self.doc, bytes, now),
+        };
+        let reply = match applied {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "dropped a sync message");
@@ -44,8 +49,11 @@ impl StateActor {
             self.publish();
             // Our own record repaired is a local change: to everyone. A peer's change goes on
             // to a few others (`sync::RELAY_FANOUT`): its writer pushed it to its own links.
+            // Not when the peer is pushing it to every member itself.
             let others: Vec<(PeerId, Vec<u8>)> = if repaired {
                 self.sessions.generate_all(&mut self.doc, now)
+            } else if how == (Received::Request { everyone: true }) {
+                Vec::new()
             } else {
                 self.sessions.relay(&mut self.doc, peer, now)
             };
@@ -66,6 +74,7 @@ impl StateActor {
             SyncRequest::Sync {
                 epoch: self.epoch.clone(),
                 message,
+                everyone: self.sessions.to_everyone(&peer),
             }
         };
         let _ = self.out.send(SyncOut::Request(peer, req)).await;
