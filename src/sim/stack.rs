@@ -222,6 +222,7 @@ impl Stack {
             .is_some();
         if !incremental {
             self.state = hydrate_lenient(&self.doc).0;
+            incremental::mark_read(&mut self.doc, &heads);
         }
         self.specs = self.specs.refresh(&old, &self.state);
         self.hydrated_at = heads;

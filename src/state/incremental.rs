@@ -48,8 +48,19 @@ pub fn reread<T: autosurgeon::Hydrate + serde::Serialize>(
     }
 }
 
+/// Marks `heads` as read: when they are the document's current heads, Automerge indexes every
+/// change from now on (its diff cursor), so that the next [`touched_entries`] from these heads
+/// to the then current ones costs what changed. Without the index, each diff computed the
+/// clocks of both ends and walked the document: in `mesh sim`'s full stack at 100 nodes, a
+/// fifth of the wall time during a partition's heal.
+pub fn mark_read(doc: &mut AutoCommit, heads: &[ChangeHash]) {
+    if doc.get_heads() == heads {
+        doc.update_diff_cursor();
+    }
+}
+
 /// The `(root map, key)` entries the changes between `before` and `after` touched, from
-/// Automerge's diff; `None` when a change reaches past the entries (the root itself) or
+/// Automerge's diff (indexed when `before` was marked read, see [`mark_read`]); `None` when a change reaches past the entries (the root itself) or
 /// touches so many that reading everything is as cheap.
 pub fn touched_entries(
     doc: &mut AutoCommit,
@@ -99,5 +110,58 @@ pub fn update(
         old += o;
         new += n;
     }
+    mark_read(doc, after);
     Some((old, new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{NodeRecord, genesis, hydrate_lenient, put_entry};
+    use automerge::ActorId;
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Through the diff cursor (local writes, a delete, changes merged from a peer, and a
+    /// round with nothing new), the value read change by change equals a full read.
+    #[test]
+    fn reads_through_the_cursor_equal_a_full_read() {
+        let mut doc = genesis(ActorId::random());
+        let mut peer = doc.fork().with_actor(ActorId::random());
+        let mut state = hydrate_lenient(&doc).0;
+        let mut stats = HydrateStats::default();
+        let mut read = doc.get_heads();
+        mark_read(&mut doc, &read);
+        for round in 0..6 {
+            put_entry(&mut doc, "nodes", &format!("n{round}"), &node("local")).unwrap();
+            doc.commit();
+            if round == 3 {
+                use automerge::ReadDoc;
+                use automerge::transaction::Transactable;
+                let (_, nodes) = doc.get(automerge::ROOT, "nodes").unwrap().unwrap();
+                doc.delete(&nodes, "n1").unwrap();
+                doc.commit();
+            }
+            put_entry(&mut peer, "nodes", &format!("p{round}"), &node("peer")).unwrap();
+            peer.commit();
+            if round % 2 == 0 {
+                doc.merge(&mut peer).unwrap();
+            }
+            let heads = doc.get_heads();
+            assert!(update(&mut doc, &mut state, &mut stats, &read, &heads).is_some());
+            read = heads;
+            assert_eq!(state, hydrate_lenient(&doc).0, "round {round}");
+        }
+        // Nothing new: nothing touched.
+        let heads = doc.get_heads();
+        assert_eq!(
+            touched_entries(&mut doc, &read, &heads),
+            Some(Default::default())
+        );
+    }
 }

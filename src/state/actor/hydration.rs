@@ -27,6 +27,7 @@ impl StateActor {
             }
         }
         let (state, stats) = hydrate_lenient(&self.doc);
+        incremental::mark_read(&mut self.doc, heads);
         self.value_bytes = crate::state::value_bytes(&state);
         self.hydrated = (heads.to_vec(), Arc::new(state), stats);
         self.note_bound();
