@@ -165,6 +165,29 @@ fn to_links(
         .collect()
 }
 
+/// How a sync message travels: over the link `from → to`, as a request or (`answer`) a
+/// response, and whether it is part of a push to every member (see [`Out::Sync`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Hop {
+    pub from: usize,
+    pub to: usize,
+    pub answer: bool,
+    pub everyone: bool,
+}
+
+/// A sync message of `bytes` arrives at node `to`: counted, and the node's stack if it is up.
+fn arrive<'a>(
+    nodes: &'a mut [Option<Stack>],
+    figures: &mut ServiceFigures,
+    to: usize,
+    bytes: usize,
+) -> Option<&'a mut Stack> {
+    let s = nodes[to].as_mut()?;
+    figures.sync_messages += 1;
+    figures.sync_bytes += bytes as u64;
+    Some(s)
+}
+
 /// Wall-clock ms of a simulated moment on every node (their clocks agree).
 pub fn wall_ms(now: Duration) -> i64 {
     1_700_000_000_000 + now.as_millis() as i64
@@ -351,25 +374,26 @@ impl Fleet {
         }
     }
 
-    /// A sync message from `from` (peer id `peer`) arrives at `to`. `links`: `to`'s linked
-    /// nodes, to push what is new to the others.
+    /// A sync message `hop` from `from` (peer id `peer`) arrives at `to`. `links`: `to`'s
+    /// linked nodes, to push what is new to the others.
     pub fn on_sync(
         &mut self,
-        from: usize,
-        to: usize,
+        hop: Hop,
         peer: PeerId,
         data: &[u8],
-        answer: bool,
-        everyone: bool,
         links: &BTreeMap<PeerId, usize>,
         now: Duration,
     ) -> Vec<Out> {
+        let Hop {
+            from,
+            to,
+            answer,
+            everyone,
+        } = hop;
         let at = self.instant(now);
-        let Some(s) = self.nodes[to].as_mut() else {
+        let Some(s) = arrive(&mut self.nodes, &mut self.figures, to, data.len()) else {
             return Vec::new();
         };
-        self.figures.sync_messages += 1;
-        self.figures.sync_bytes += data.len() as u64;
         let before = s.doc.get_heads();
         let applied = if answer {
             s.sync.on_response(peer, &mut s.doc, data, at)
@@ -416,11 +440,9 @@ impl Fleet {
         now: Duration,
     ) -> Vec<Out> {
         let at = self.instant(now);
-        let Some(s) = self.nodes[to].as_mut() else {
+        let Some(s) = arrive(&mut self.nodes, &mut self.figures, to, DELIVERED_BYTES) else {
             return Vec::new();
         };
-        self.figures.sync_messages += 1;
-        self.figures.sync_bytes += DELIVERED_BYTES as u64;
         s.sync
             .on_delivered(peer, &mut s.doc, at)
             .map(|data| Out::Sync {

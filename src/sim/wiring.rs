@@ -31,7 +31,13 @@ impl Simulation {
                 } else {
                     let links = self.links_of(to);
                     let peer = self.nodes[from].peer;
-                    fleet.on_sync(from, to, peer, &data, answer, everyone, &links, now)
+                    let hop = super::fleet::Hop {
+                        from,
+                        to,
+                        answer,
+                        everyone,
+                    };
+                    fleet.on_sync(hop, peer, &data, &links, now)
                 }
             }
             Ev::Arrive(Out::Delivered { from, to }) => {
