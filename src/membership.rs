@@ -183,6 +183,14 @@ pub enum PeerState {
     Left,
 }
 
+impl PeerState {
+    /// Whether membership believes the peer is there: alive, or suspected but not yet declared
+    /// dead (it may still refute).
+    pub fn believed_alive(self) -> bool {
+        matches!(self, PeerState::Alive | PeerState::Suspect)
+    }
+}
+
 impl std::fmt::Display for PeerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

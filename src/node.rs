@@ -406,7 +406,7 @@ impl NodeActor {
             let mut alive = std::collections::BTreeSet::new();
             for rec in self.membership.peers() {
                 self.dials.on_membership(&rec.peer, rec.state, std_now);
-                if matches!(rec.state, PeerState::Alive | PeerState::Suspect) {
+                if rec.state.believed_alive() {
                     alive.insert(rec.peer);
                 }
             }

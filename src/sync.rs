@@ -428,13 +428,19 @@ impl SyncSessions {
 
     /// After a change received from `from`: messages for at most [`RELAY_FANOUT`] other
     /// connected peers, taken in turn round the ring of peers, so that successive relays reach
-    /// different ones.
+    /// different ones. None when `from` sent it as part of a push to every member
+    /// (`everyone`, [`SyncSessions::to_everyone`] on its side): every other member gets it
+    /// from the writer too.
     pub fn relay(
         &mut self,
         doc: &mut AutoCommit,
         from: PeerId,
+        everyone: bool,
         now: Instant,
     ) -> Vec<(PeerId, Vec<u8>)> {
+        if everyone {
+            return Vec::new();
+        }
         let peers = self.reachable_except(Some(from), now);
         let chosen = in_turn(&peers, &mut self.relay_cursor, RELAY_FANOUT);
         chosen

@@ -418,12 +418,8 @@ impl Fleet {
             None => Vec::new(),
         };
         if s.doc.get_heads() != before {
-            // Not relayed when the sender pushes it to every member itself.
-            let relays = if everyone && !answer {
-                Vec::new()
-            } else {
-                s.sync.relay(&mut s.doc, peer, at)
-            };
+            // A response is never part of a push to everyone: only requests say so.
+            let relays = s.sync.relay(&mut s.doc, peer, everyone && !answer, at);
             out.extend(to_links(to, &s.sync, relays, links));
             out.extend(self.schedule_act(to, now));
             self.arrived(to, now);
@@ -470,8 +466,7 @@ impl Fleet {
         };
         s.liveness.peers.insert(NodeId::from(peer), (state, at));
         // As the node actor tells the state actor (`StateHandle::set_alive`).
-        let believed = matches!(state, PeerState::Alive | PeerState::Suspect);
-        let changed = if believed {
+        let changed = if state.believed_alive() {
             s.alive.insert(*peer)
         } else {
             s.alive.remove(peer)

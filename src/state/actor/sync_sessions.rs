@@ -52,10 +52,9 @@ impl StateActor {
             // Not when the peer is pushing it to every member itself.
             let others: Vec<(PeerId, Vec<u8>)> = if repaired {
                 self.sessions.generate_all(&mut self.doc, now)
-            } else if how == (Received::Request { everyone: true }) {
-                Vec::new()
             } else {
-                self.sessions.relay(&mut self.doc, peer, now)
+                let everyone = how == (Received::Request { everyone: true });
+                self.sessions.relay(&mut self.doc, peer, everyone, now)
             };
             self.send_all(others).await;
             self.persist_or_log();
