@@ -20,7 +20,10 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use foca::{Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Runtime, Timer};
+use foca::{
+    Codec, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, ProbeNumber,
+    Runtime, Timer,
+};
 use libp2p::PeerId;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -317,6 +320,15 @@ impl Runtime<MemberId> for Effects {
     }
 }
 
+/// The message of a foca datagram when it is a direct probe or its ack (read from the header
+/// alone); `None` for anything else, including garbage (which foca then rejects and counts).
+fn probe_message(data: &[u8]) -> Option<foca::Message<MemberId>> {
+    match PostcardCodec.decode_header(data).ok()?.message {
+        m @ (foca::Message::Ping(_) | foca::Message::Ack(_)) => Some(m),
+        _ => None,
+    }
+}
+
 /// The membership core of one node.
 pub struct Membership {
     local: PeerId,
@@ -353,6 +365,10 @@ pub struct Membership {
     /// When [`Membership::handle_timers`] next looks for peers to forget: a pass over every
     /// peer, so once a second rather than after every input.
     next_reap: Option<Instant>,
+    /// The last direct probe (`Ping`) sent to each peer and when: its `Ack` is the peer's RTT
+    /// sample, so measuring RTT costs no packet of its own. One entry per peer, replaced by the
+    /// next probe, removed by the ack, and pruned with the peer table.
+    probes: HashMap<PeerId, (ProbeNumber, Instant)>,
     left: bool,
 }
 
@@ -382,6 +398,7 @@ impl Membership {
             changed_peers: None,
             next_reap: None,
             synced: Vec::new(),
+            probes: HashMap::new(),
             left: false,
         }
     }
@@ -468,6 +485,13 @@ impl Membership {
     pub fn on_datagram(&mut self, from: PeerId, data: &[u8], now: Instant) {
         self.stats.datagrams_in += 1;
         self.touch(from, now);
+        if let Some(foca::Message::Ack(n)) = probe_message(data)
+            && let Some((sent_n, sent)) = self.probes.get(&from).copied()
+            && sent_n == n
+        {
+            self.probes.remove(&from);
+            self.on_rtt(from, now.saturating_duration_since(sent), now);
+        }
         let mut fx = Effects::default();
         if let Err(e) = self.foca.handle_data(data, &mut fx) {
             self.stats.datagrams_rejected += 1;
@@ -531,8 +555,8 @@ impl Membership {
         self.on_leave_notice(self.local, peer, bump, now)
     }
 
-    /// A round trip to `peer` took `rtt` (measured by the caller on membership requests).
-    pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration, now: Instant) {
+    /// A round trip to `peer` took `rtt`: a direct probe and its ack.
+    fn on_rtt(&mut self, peer: PeerId, rtt: Duration, now: Instant) {
         self.touch(peer, now);
         if let Some(rec) = self.peers.get_mut(&peer) {
             rec.rtt = Some(match rec.rtt {
@@ -604,6 +628,8 @@ impl Membership {
             self.changed = true;
             self.synced.clear();
         }
+        let peers = &self.peers;
+        self.probes.retain(|p, _| peers.contains_key(p));
     }
 
     /// Datagrams to send, in order. The caller sends each to the peer over
@@ -638,6 +664,9 @@ impl Membership {
             if self.outbox.len() >= MAX_OUTBOX {
                 self.stats.datagrams_dropped += 1;
                 continue;
+            }
+            if let Some(foca::Message::Ping(n)) = probe_message(&data) {
+                self.probes.insert(peer, (n, now));
             }
             self.stats.datagrams_out += 1;
             self.outbox.push((peer, data));
@@ -848,6 +877,36 @@ mod tests {
                 .peer(&self.nodes[of].0)
                 .map(|r| r.state)
         }
+    }
+
+    #[test]
+    fn a_probe_and_its_ack_are_the_rtt_sample() {
+        // Every datagram takes one 10 ms step to arrive: a probe's round trip is 20 ms.
+        let mut sim = Sim::new(3);
+        let mut in_flight: Vec<(PeerId, PeerId, Bytes)> = Vec::new();
+        for _ in 0..1000 {
+            sim.now += Duration::from_millis(10);
+            for (from, to, data) in std::mem::take(&mut in_flight) {
+                let j = sim.idx(to);
+                sim.nodes[j].1.on_datagram(from, &data, sim.now);
+            }
+            for (p, m) in sim.nodes.iter_mut() {
+                m.handle_timers(sim.now);
+                in_flight.extend(m.poll_transmit().map(|(to, data)| (*p, to, data)));
+            }
+        }
+        for (p, m) in &sim.nodes {
+            assert!(m.probes.len() <= 2, "one pending probe per peer at most");
+            for r in m.peers() {
+                let rtt = r.rtt.unwrap_or_else(|| panic!("{p}: no RTT for {}", r.peer));
+                assert_eq!(rtt, Duration::from_millis(20), "{p} -> {}", r.peer);
+            }
+        }
+        // A datagram that is not a probe's ack (here garbage) is no sample.
+        let a = sim.nodes[0].0;
+        sim.nodes[1].1.on_datagram(a, b"\x00\x01", sim.now + Duration::from_secs(1));
+        let rtt = sim.nodes[1].1.peer(&a).and_then(|r| r.rtt);
+        assert_eq!(rtt, Some(Duration::from_millis(20)));
     }
 
     #[test]

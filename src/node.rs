@@ -90,20 +90,11 @@ pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 /// Each one wakes every reader waiting on the snapshot (long polls of `mesh peers`, the
 /// dashboard); 1 s is as often as a person reads a last-seen time.
 pub const VOLATILE_PUBLISH: Duration = Duration::from_secs(1);
-/// Most in-flight membership requests tracked for RTT; beyond it samples are skipped.
-pub const MAX_RTT_PENDING: usize = 4096;
 /// How long after a `dead` verdict the peer's connection is closed, if it is still `dead`
 /// then. A leaving peer gossips its own `down` and sends its leave notice at about the same
 /// time; the `down` may arrive first (shown `dead` for a moment), and closing at once would
 /// lose the notice and leave the peer `dead` instead of `left`.
 pub const DEAD_CLOSE_GRACE: Duration = LEAVE_FLUSH;
-/// How often a peer's RTT is sampled: one membership datagram in this interval goes as a
-/// request of `/mesh/membership/1` and its round trip is the sample; the others ride the
-/// peer's membership stream, with nothing sent back. RTT is for display (`mesh peers`, the
-/// dashboard, `/metrics`, sampled there every 15 s). Each sample is a whole request-response
-/// exchange (a new stream, protocol negotiation, an answer): at 5 s they were ~45 % of the
-/// exchanges of an idle agent with 9 peers; 15 s keeps RTT as current as the dashboard shows it.
-pub const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(15);
 /// Most inbound sync requests awaiting the state actor's answer. Beyond it new requests are
 /// dropped (the sender retries on anti-entropy).
 pub const MAX_PENDING_SYNC: usize = 1024;
@@ -261,9 +252,6 @@ struct NodeActor {
     /// Open connections per peer, in the order they were established.
     connections: HashMap<PeerId, Vec<Connection>>,
     dials: DialPlanner,
-    rtt_pending: HashMap<OutboundRequestId, (PeerId, Instant)>,
-    /// When each connected peer's next RTT sample is due ([`RTT_SAMPLE_EVERY`]).
-    rtt_due: HashMap<PeerId, Instant>,
     /// The connection of each peer's latest admission message (request or response).
     auth_connection: HashMap<PeerId, ConnectionId>,
     /// Set once this node is leaving: its last datagrams go as requests (see `leave`).
@@ -398,7 +386,7 @@ impl NodeActor {
         self.membership.handle_timers(std_now);
         let actions = self.admission.poll_timeouts(std_now);
         self.apply_admission(actions, now);
-        self.flush_membership(now);
+        self.flush_membership();
         self.close_dead_connections(now);
         if self.membership.take_changed() {
             self.dirty = true;
@@ -674,7 +662,7 @@ impl NodeActor {
         }
         self.leaving = true;
         self.membership.leave(now.into_std());
-        self.flush_membership(now);
+        self.flush_membership();
         let deadline = now + LEAVE_FLUSH;
         while !self.leave_pending.is_empty() || !self.sync_requests.is_empty() {
             tokio::select! {

@@ -110,7 +110,6 @@ impl NodeActor {
             }
             self.membership.on_disconnected(&peer_id);
             self.datagrams.on_disconnected(&peer_id);
-            self.rtt_due.remove(&peer_id);
             self.auth_connection.remove(&peer_id);
             let actions = self.admission.on_disconnected(&peer_id, now.into_std());
             self.apply_admission(actions, now);

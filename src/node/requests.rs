@@ -489,19 +489,14 @@ impl NodeActor {
                     request_id,
                     response,
                 } => {
+                    let _ = response;
                     self.leave_pending.remove(&request_id);
-                    if let Some((peer, sent)) = self.rtt_pending.remove(&request_id)
-                        && response == MembershipResponse::Ack
-                    {
-                        self.membership.on_rtt(peer, now - sent, std_now);
-                    }
                 }
             },
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
                 self.leave_pending.remove(&request_id);
-                self.rtt_pending.remove(&request_id);
                 tracing::trace!(%error, "membership request failed");
             }
             request_response::Event::InboundFailure { error, .. } => {
@@ -558,18 +553,17 @@ impl NodeActor {
         }
     }
 
-    /// Sends foca's datagrams: on the peer's membership stream, except one per
-    /// [`super::RTT_SAMPLE_EVERY`] (and all of them to a peer without a working stream), which
-    /// go as requests whose round trip is the peer's RTT sample.
-    pub(super) fn flush_membership(&mut self, now: Instant) {
+    /// Sends foca's datagrams on the peer's membership stream; as requests of
+    /// `/mesh/membership/1` to a peer without a working stream, and while leaving (so that the
+    /// last ones are acknowledged before the agent exits).
+    pub(super) fn flush_membership(&mut self) {
         let sends: Vec<_> = self.membership.poll_transmit().collect();
         for (peer, data) in sends {
             if !self.admission.is_admitted(&peer) || !self.connections.contains_key(&peer) {
                 self.membership.count_undeliverable();
                 continue;
             }
-            let sample_due = self.leaving || self.rtt_due.get(&peer).is_none_or(|at| now >= *at);
-            if !sample_due {
+            if !self.leaving {
                 match self.datagrams.send(peer, data.clone()) {
                     Ok(()) => continue,
                     Err(datagrams::NotSent::Full) => {
@@ -579,15 +573,10 @@ impl NodeActor {
                     Err(datagrams::NotSent::NoStream) => {}
                 }
             }
-            self.rtt_due.insert(peer, now + super::RTT_SAMPLE_EVERY);
-            let id = self
-                .swarm
+            self.swarm
                 .behaviour_mut()
                 .membership
                 .send_request(&peer, MembershipRequest::Datagram(data.to_vec()));
-            if self.rtt_pending.len() < MAX_RTT_PENDING {
-                self.rtt_pending.insert(id, (peer, now));
-            }
         }
     }
 

@@ -171,8 +171,6 @@ pub(super) async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         infos: HashMap::new(),
         connections: HashMap::new(),
         dials,
-        rtt_pending: HashMap::new(),
-        rtt_due: HashMap::new(),
         auth_connection: HashMap::new(),
         leaving: false,
         dead_closing: Vec::new(),
