@@ -40,6 +40,10 @@ pub const REAP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// How often peers past [`REAP_AFTER`] are looked for.
 const REAP_CHECK: Duration = Duration::from_secs(1);
 
+/// A node announces itself on each admitted link while it knows fewer members than this
+/// (see [`Membership::on_admitted`]).
+const ANNOUNCE_WHILE_FEWER_THAN: usize = 4;
+
 /// Weight of a new RTT sample in the moving average (EWMA, as TCP's SRTT uses 1/8).
 const RTT_ALPHA: f64 = 0.125;
 
@@ -369,6 +373,17 @@ pub struct Membership {
     /// sample, so measuring RTT costs no packet of its own. One entry per peer, replaced by the
     /// next probe, removed by the ack, and pruned with the peer table.
     probes: HashMap<PeerId, (ProbeNumber, Instant)>,
+    /// Suspects this node is checking first-hand (see [`Membership::check_suspects`]): the
+    /// incarnation suspected and when it was asked to answer.
+    checks: BTreeMap<PeerId, (u64, Instant)>,
+    /// When the checks asked last are judged.
+    checks_due: Option<Instant>,
+    /// When suspects are next looked for.
+    next_check: Option<Instant>,
+    /// How long a suspicion may last before it is checked first-hand.
+    check_after: Duration,
+    /// How long a checked suspect has to answer.
+    check_window: Duration,
     left: bool,
 }
 
@@ -399,6 +414,11 @@ impl Membership {
             next_reap: None,
             synced: Vec::new(),
             probes: HashMap::new(),
+            checks: BTreeMap::new(),
+            checks_due: None,
+            next_check: None,
+            check_after: config.suspect_to_dead + 2 * config.gossip_period,
+            check_window: config.probe_period,
             left: false,
         }
     }
@@ -457,13 +477,22 @@ impl Membership {
         self.connected.insert(peer, bump);
         self.touch(peer, now);
         let mut fx = Effects::default();
-        // Announced on every admitted link, though each announce is answered by a feed that
-        // is applied with foca's O(N) scan (N² feeds while a mesh of N forms). Skipping it for
-        // a peer already known alive at this incarnation, or once a few members are known,
-        // was tried: in `mesh sim` one observer in a few hundred then learned of a crash only
-        // ~40 s late, in 1 of 40 runs (docs/scale.md). Until that is understood, every link
-        // announces.
-        if let Err(e) = self.foca.announce(id.clone(), &mut fx) {
+        // A newcomer announces itself to its first few links, and their feeds list the rest of
+        // the mesh. Once a few members are known it does not: every announce is answered by a
+        // feed that foca applies with an O(N) scan, so announcing on every link made a mesh of
+        // N forming cost N² feeds (at 300 nodes in `mesh sim`, 90 % of the sync bytes and
+        // two thirds of the wall time). Later links need no announce: the handshake below
+        // makes the peer alive here, and gossip spreads it. Except a peer this node holds
+        // down in the incarnation it now presents (the two were cut off from each other): the
+        // handshake cannot undo a `down`, the exchange does (foca tells a member it holds
+        // down so, and that member rejoins as a newer incarnation).
+        let held_down = self
+            .peers
+            .get(&peer)
+            .is_some_and(|r| !r.state.believed_alive() && r.bump >= bump);
+        if (held_down || self.foca.num_members() < ANNOUNCE_WHILE_FEWER_THAN)
+            && let Err(e) = self.foca.announce(id.clone(), &mut fx)
+        {
             tracing::debug!(%peer, error = %e, "foca announce failed");
         }
         // Treat the handshake as first-hand evidence that this incarnation is alive.
@@ -587,16 +616,105 @@ impl Membership {
     /// [`Membership::handle_timers`] (the node actor ticks after every input), which finds it
     /// due and gossips at once, and foca re-arms it for one period later.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.foca.updates_backlog() > 0 {
-            return self.timers.peek().map(|Reverse((at, _))| *at);
+        let foca = if self.foca.updates_backlog() > 0 {
+            self.timers.peek().map(|Reverse((at, _))| *at)
+        } else {
+            self.timers
+                .iter()
+                .filter(|Reverse((_, seq))| {
+                    !matches!(self.timer_events.get(seq), Some(Timer::PeriodicGossip(_)))
+                })
+                .map(|Reverse((at, _))| *at)
+                .min()
+        };
+        // Suspects are looked for whenever the timers run (foca's probe timer runs them every
+        // probe period); only the judging of an open check needs a wake-up of its own.
+        match (foca, self.checks_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        self.timers
-            .iter()
-            .filter(|Reverse((_, seq))| {
-                !matches!(self.timer_events.get(seq), Some(Timer::PeriodicGossip(_)))
+    }
+
+    /// Checks first-hand every suspicion that has lasted longer than it should.
+    ///
+    /// Foca runs the suspect-to-down timer only on the member whose probe failed; every other
+    /// member learns the verdict from the `down` update, which is piggybacked on the next 10
+    /// messages to random members, and never sent again (feeds list active members only). The
+    /// copies an observer receives are about Poisson-distributed with mean 10, so about one
+    /// observer in e¹⁰ ≈ 22,000 per crash receives none, and keeps the node `suspect` until its
+    /// own round-robin probe comes to it: up to N × `probe_period` (19-45 s seen in 100-node
+    /// `mesh sim` runs, about one run in a hundred).
+    ///
+    /// So a suspicion older than `suspect_to_dead` plus two gossip rounds, by which time the
+    /// verdict or the refutation should have arrived, is checked here: foca announces to the
+    /// suspect (which answers with a feed if it is up), and a suspect that has sent nothing a
+    /// probe period later is declared down. No indirect probe is made: the suspicion itself
+    /// came from a member whose direct and indirect probes both failed, and this node's own
+    /// announce went unanswered too. Should the peer in fact be alive (reachable from others
+    /// but not from here, and its refutation lost), the `down` reaches it by gossip and foca
+    /// makes it rejoin under a new incarnation, as after any false verdict.
+    fn check_suspects(&mut self, now: Instant) {
+        let peers = &self.peers;
+        self.checks.retain(|p, (bump, _)| {
+            peers
+                .get(p)
+                .is_some_and(|r| r.state == PeerState::Suspect && r.bump == *bump)
+        });
+        let due: Vec<(PeerId, u64)> = self
+            .peers
+            .values()
+            .filter(|r| {
+                r.state == PeerState::Suspect
+                    && now.saturating_duration_since(r.since) >= self.check_after
+                    && self.checks.get(&r.peer).is_none_or(|(_, asked)| {
+                        now.saturating_duration_since(*asked) >= self.check_after
+                    })
             })
-            .map(|Reverse((at, _))| *at)
-            .min()
+            .map(|r| (r.peer, r.bump))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut fx = Effects::default();
+        for (peer, bump) in due {
+            self.checks.insert(peer, (bump, now));
+            if let Err(e) = self.foca.announce(MemberId::new(peer, bump), &mut fx) {
+                tracing::debug!(%peer, error = %e, "foca announce to a suspect failed");
+            }
+        }
+        self.checks_due = Some(now + self.check_window);
+        self.apply(fx, now);
+    }
+
+    /// Declares down every checked suspect that is still suspect at the same incarnation and
+    /// has sent nothing since it was asked.
+    fn judge_checks(&mut self, now: Instant) {
+        let silent: Vec<MemberId> = self
+            .checks
+            .iter()
+            .filter(|(p, (bump, asked))| {
+                self.peers.get(p).is_some_and(|r| {
+                    r.state == PeerState::Suspect
+                        && r.bump == *bump
+                        && r.last_seen.is_none_or(|seen| seen < *asked)
+                })
+            })
+            .map(|(p, (bump, _))| MemberId::new(*p, *bump))
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        for id in &silent {
+            tracing::debug!(peer = ?id.peer_id(), "suspect silent when checked: declared down");
+        }
+        let mut fx = Effects::default();
+        if let Err(e) = self
+            .foca
+            .apply_many(silent.into_iter().map(foca::Member::down), true, &mut fx)
+        {
+            tracing::debug!(error = %e, "foca apply failed");
+        }
+        self.apply(fx, now);
     }
 
     /// Runs every foca timer due at `now`, and forgets peers dead or left for [`REAP_AFTER`].
@@ -614,6 +732,14 @@ impl Membership {
                 tracing::debug!(error = %e, "foca timer failed");
             }
             self.apply(fx, now);
+        }
+        if self.checks_due.is_some_and(|at| at <= now) {
+            self.checks_due = None;
+            self.judge_checks(now);
+        }
+        if self.next_check.is_none_or(|at| at <= now) {
+            self.next_check = Some(now + self.check_window);
+            self.check_suspects(now);
         }
         if self.next_reap.is_some_and(|at| now < at) {
             return;
@@ -803,6 +929,9 @@ mod tests {
         nodes: Vec<(PeerId, Membership)>,
         /// Nodes that stopped (crashed): they neither send nor receive.
         down: HashSet<PeerId>,
+        /// (observer, peer): every `down` verdict on `peer` is removed from what `observer`
+        /// receives, as if each gossiped copy of it had gone to other members.
+        hide_down: Option<(PeerId, PeerId)>,
     }
 
     impl Sim {
@@ -818,6 +947,7 @@ mod tests {
                 now,
                 nodes,
                 down: HashSet::new(),
+                hide_down: None,
             };
             // Full mesh of admissions, as on a LAN.
             for i in 0..n {
@@ -865,6 +995,10 @@ mod tests {
                     if self.down.contains(&from) || self.down.contains(&to) {
                         continue;
                     }
+                    let data = match self.hide_down {
+                        Some((observer, of)) if observer == to => without_down_of(&data, of),
+                        _ => data,
+                    };
                     let j = self.idx(to);
                     self.nodes[j].1.on_datagram(from, &data, self.now);
                 }
@@ -876,6 +1010,65 @@ mod tests {
                 .1
                 .peer(&self.nodes[of].0)
                 .map(|r| r.state)
+        }
+    }
+
+    /// The datagram re-encoded without any update saying `of` is down.
+    fn without_down_of(data: &[u8], of: PeerId) -> Bytes {
+        use bytes::{Buf, BufMut};
+        let mut buf = data;
+        let mut codec = PostcardCodec;
+        let header: foca::Header<MemberId> = codec.decode_header(&mut buf).unwrap();
+        let mut out = Vec::new();
+        codec.encode_header(&header, &mut out).unwrap();
+        if buf.remaining() >= 2 && header.message != foca::Message::Broadcast {
+            let n = buf.get_u16();
+            let kept: Vec<_> = (0..n)
+                .map(|_| codec.decode_member(&mut buf).unwrap())
+                .filter(|m: &foca::Member<MemberId>| {
+                    !(m.id().peer_id() == Some(of) && m.state() == foca::State::Down)
+                })
+                .collect();
+            out.put_u16(kept.len() as u16);
+            for m in &kept {
+                codec.encode_member(m, &mut out).unwrap();
+            }
+        }
+        out.extend_from_slice(buf);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn an_observer_that_misses_every_down_verdict_still_finds_the_crash() {
+        // Without the first-hand check of old suspicions, such an observer keeps the crashed
+        // node `suspect` until its own round-robin probe reaches it: up to 40 × 500 ms here.
+        // Three crashes, three observers: each must see `dead` within 4 s of its crash.
+        let mut sim = Sim::new(40);
+        sim.run_for(Duration::from_secs(3));
+        for (crashed, observer) in [(39, 0), (21, 7), (3, 30)] {
+            let (c, o) = (sim.nodes[crashed].0, sim.nodes[observer].0);
+            sim.hide_down = Some((o, c));
+            sim.down.insert(c);
+            let start = sim.now;
+            while sim.state_at(observer, crashed) != Some(PeerState::Dead) {
+                assert!(
+                    sim.now - start < Duration::from_secs(4),
+                    "observer {observer} still sees node {crashed} as {:?} after 4 s",
+                    sim.state_at(observer, crashed)
+                );
+                sim.run_for(Duration::from_millis(10));
+            }
+            // The rest of the mesh learnt it from the verdict, as usual.
+            sim.run_for(Duration::from_secs(2));
+            for i in (0..40).filter(|i| !sim.down.contains(&sim.nodes[*i].0)) {
+                assert_eq!(sim.state_at(i, crashed), Some(PeerState::Dead), "node {i}");
+            }
+        }
+        // Nobody else was declared dead on the way.
+        for i in (0..40).filter(|i| ![39, 21, 3].contains(i)) {
+            for j in (0..40).filter(|j| ![39, 21, 3].contains(j) && *j != i) {
+                assert_eq!(sim.state_at(i, j), Some(PeerState::Alive), "{i} sees {j}");
+            }
         }
     }
 
