@@ -512,3 +512,43 @@ fn without_quic_first_the_first_dial_takes_every_address() {
         }]
     );
 }
+
+#[test]
+fn the_unsettled_index_matches_the_targets_after_any_sequence_of_events() {
+    // `poll` and `next_deadline` look only at the unsettled targets; this drives every event
+    // in a pseudo-random order and checks the index against a pass over all targets.
+    let t0 = Instant::now();
+    let mut p = planner(t0);
+    let peers: Vec<PeerId> = (0..6).map(|_| peer()).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for step in 0..4_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let now = t0 + ms(step * 700);
+        let who = peers[(x % 6) as usize];
+        match (x >> 8) % 11 {
+            0 => p.on_discovered(who, vec![addr(1)], now),
+            1 => p.on_member_addrs(who, vec![addr(2)], now),
+            2 => p.on_listen_addrs(who, vec![addr(3)], now),
+            3 => p.on_connected(who, Some(&addr(1)), now),
+            4 => p.on_connected(who, None, now),
+            5 => p.on_disconnected(&who, now),
+            6 => p.on_discovery_lost(&who, now),
+            7 => p.on_membership(&who, PeerState::Dead, now),
+            8 => p.on_membership(&who, PeerState::Left, now),
+            9 => p.on_membership(&who, PeerState::Alive, now),
+            _ => p.on_wrong_peer_id(&who, peers[0], &addr(1), now),
+        }
+        if step % 3 == 0 {
+            p.poll(now + Duration::from_secs(3_600), never);
+        }
+        let expected: BTreeSet<PeerId> = p
+            .targets
+            .iter()
+            .filter(|(_, t)| !(t.standing == Standing::Active && t.connected))
+            .map(|(peer, _)| *peer)
+            .collect();
+        assert_eq!(p.unsettled, expected, "after step {step}");
+    }
+}
