@@ -1062,20 +1062,30 @@ mod tests {
         use bytes::{Buf, BufMut};
         let mut buf = data;
         let mut codec = PostcardCodec;
-        let header: foca::Header<MemberId> = codec.decode_header(&mut buf).unwrap();
+        let header: foca::Header<MemberId> = codec
+            .decode_header(&mut buf)
+            .expect("the simulated network carries only datagrams foca encoded");
         let mut out = Vec::new();
-        codec.encode_header(&header, &mut out).unwrap();
+        codec
+            .encode_header(&header, &mut out)
+            .expect("a Vec takes any header");
         if buf.remaining() >= 2 && header.message != foca::Message::Broadcast {
             let n = buf.get_u16();
             let kept: Vec<_> = (0..n)
-                .map(|_| codec.decode_member(&mut buf).unwrap())
+                .map(|_| {
+                    codec
+                        .decode_member(&mut buf)
+                        .expect("foca wrote as many members as it counted")
+                })
                 .filter(|m: &foca::Member<MemberId>| {
                     !(m.id().peer_id() == Some(of) && m.state() == foca::State::Down)
                 })
                 .collect();
             out.put_u16(kept.len() as u16);
             for m in &kept {
-                codec.encode_member(m, &mut out).unwrap();
+                codec
+                    .encode_member(m, &mut out)
+                    .expect("a Vec takes any member");
             }
         }
         out.extend_from_slice(buf);

@@ -241,6 +241,11 @@ impl DialPlanner {
         self.resettle(&peer);
     }
 
+    /// The unsettled targets, in target order.
+    fn unsettled_targets(&self) -> impl Iterator<Item = (&PeerId, &Target)> {
+        self.unsettled.iter().map(|p| (p, &self.targets[p]))
+    }
+
     /// Files `peer` as settled or not after a change to its target (or its removal).
     fn resettle(&mut self, peer: &PeerId) {
         match self.targets.get(peer) {
@@ -407,9 +412,7 @@ impl DialPlanner {
     /// Forgets targets gone longer than [`FORGET_AFTER`].
     pub fn poll(&mut self, now: Instant, in_backoff: impl Fn(&PeerId) -> bool) -> Vec<Dial> {
         let expired: Vec<PeerId> = self
-            .unsettled
-            .iter()
-            .map(|p| (p, &self.targets[p]))
+            .unsettled_targets()
             .filter(|(_, t)| {
                 let since = match t.standing {
                     Standing::Active if t.reached || t.connected => return false,
@@ -428,9 +431,7 @@ impl DialPlanner {
         // slower. One link across a healed partition is enough: the gossip it carries brings
         // the rest back alive, and a peer back alive is dialed at once.
         let dead = self
-            .unsettled
-            .iter()
-            .map(|p| (p, &self.targets[p]))
+            .unsettled_targets()
             .filter(|(_, t)| matches!(t.standing, Standing::Dead { .. }) && !t.connected)
             .count();
         let dead_pace = self
@@ -504,9 +505,8 @@ impl DialPlanner {
     /// When [`DialPlanner::poll`] next has something to do, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
         let targets = self
-            .unsettled
-            .iter()
-            .map(|p| &self.targets[p])
+            .unsettled_targets()
+            .map(|(_, t)| t)
             .filter(|t| {
                 !matches!(t.standing, Standing::Paused { .. })
                     && !t.addrs.is_empty()
@@ -519,9 +519,8 @@ impl DialPlanner {
             .filter(|s| s.peer.is_none_or(|p| !self.connected.contains(&p)))
             .map(|s| s.next_dial);
         let forget = self
-            .unsettled
-            .iter()
-            .map(|p| &self.targets[p])
+            .unsettled_targets()
+            .map(|(_, t)| t)
             .filter_map(|t| match t.standing {
                 Standing::Active if t.reached => None,
                 Standing::Active => Some(t.since + FORGET_AFTER),
