@@ -130,6 +130,40 @@ struct Target {
     /// When it became a target, or was last connected: a target never reached is forgotten
     /// [`FORGET_AFTER`] after this.
     since: Instant,
+    /// Where it is filed in the planner's indexes (see [`DialPlanner::resettle`]).
+    filed: Filed,
+}
+
+/// Where a target is filed in [`DialPlanner`]'s indexes. A target that is active and
+/// connected (every target, in a formed mesh) is filed nowhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Filed {
+    /// When it is next dialed, if it is dialed at all (not paused, connected or addressless).
+    due: Option<Instant>,
+    /// When it is forgotten, if ever.
+    forget: Option<Instant>,
+    /// Whether it counts against the dead peers' dial budget.
+    dead: bool,
+}
+
+impl Target {
+    fn filing(&self) -> Filed {
+        if self.standing == Standing::Active && self.connected {
+            return Filed::default();
+        }
+        let dialed = !matches!(self.standing, Standing::Paused { .. })
+            && !self.addrs.is_empty()
+            && !self.connected;
+        Filed {
+            due: dialed.then_some(self.next_dial),
+            forget: match self.standing {
+                Standing::Active if self.reached => None,
+                Standing::Active => Some(self.since + FORGET_AFTER),
+                Standing::Paused { since } | Standing::Dead { since } => Some(since + FORGET_AFTER),
+            },
+            dead: matches!(self.standing, Standing::Dead { .. }) && !self.connected,
+        }
+    }
 }
 
 impl Target {
@@ -173,12 +207,16 @@ pub struct DialPlanner {
     /// [`DialPlanner::poll`] looks up each unsettled target three times; in a B-tree of 1,000
     /// peer ids those lookups were a quarter of a 1,000-node `mesh sim` churn run (`perf`).
     targets: HashMap<PeerId, Target>,
-    /// The targets that are not both active and connected: the only ones [`DialPlanner::poll`]
-    /// and [`DialPlanner::next_deadline`] can have anything to do with. In a formed mesh of N
-    /// every target is settled; passing over all N of them on each poll was a third of the
-    /// wall time of a 1,000-node simulation (`perf` on `mesh sim`). Same order as `targets`,
-    /// so dials come out as before.
-    unsettled: BTreeSet<PeerId>,
+    /// The targets to dial, by when they are due: [`DialPlanner::poll`] and
+    /// [`DialPlanner::next_deadline`] read only the head. Passing over every target on each
+    /// poll was a third of the wall time of a 1,000-node `mesh sim` run; passing over the
+    /// targets not both active and connected (the ones down, ~25 per node in a 1,000-node mesh
+    /// with 5 % churn a minute, each polled for at its own time) was still a quarter.
+    due: BTreeSet<(Instant, PeerId)>,
+    /// The targets to forget, by when.
+    expiring: BTreeSet<(Instant, PeerId)>,
+    /// Targets dead and not connected: they share [`DEAD_DIALS_PER_INTERVAL`].
+    dead: usize,
     statics: Vec<StaticPeer>,
     connected: BTreeSet<PeerId>,
     /// Identities forgotten, oldest first (see [`MAX_GONE`]).
@@ -204,7 +242,9 @@ impl DialPlanner {
             redial_max,
             quic_first: true,
             targets: HashMap::new(),
-            unsettled: BTreeSet::new(),
+            due: BTreeSet::new(),
+            expiring: BTreeSet::new(),
+            dead: 0,
             statics: group_endpoints(static_peers)
                 .into_iter()
                 .map(|addrs| StaticPeer {
@@ -243,21 +283,50 @@ impl DialPlanner {
         self.resettle(&peer);
     }
 
-    /// The unsettled targets, in target order.
-    fn unsettled_targets(&self) -> impl Iterator<Item = (&PeerId, &Target)> {
-        self.unsettled.iter().map(|p| (p, &self.targets[p]))
+    /// Files `peer` afresh in the indexes after a change to its target. Every change to a
+    /// target's standing, connection, addresses, dial time or age is followed by this.
+    fn resettle(&mut self, peer: &PeerId) {
+        let Some(t) = self.targets.get_mut(peer) else {
+            return;
+        };
+        let new = t.filing();
+        let old = std::mem::replace(&mut t.filed, new);
+        if old != new {
+            self.unfile(peer, old);
+            self.file(peer, new);
+        }
     }
 
-    /// Files `peer` as settled or not after a change to its target (or its removal).
-    fn resettle(&mut self, peer: &PeerId) {
-        match self.targets.get(peer) {
-            Some(t) if !(t.standing == Standing::Active && t.connected) => {
-                self.unsettled.insert(*peer);
-            }
-            _ => {
-                self.unsettled.remove(peer);
-            }
+    fn file(&mut self, peer: &PeerId, f: Filed) {
+        if let Some(at) = f.due {
+            self.due.insert((at, *peer));
         }
+        if let Some(at) = f.forget {
+            self.expiring.insert((at, *peer));
+        }
+        self.dead += usize::from(f.dead);
+    }
+
+    fn unfile(&mut self, peer: &PeerId, f: Filed) {
+        if let Some(at) = f.due {
+            self.due.remove(&(at, *peer));
+        }
+        if let Some(at) = f.forget {
+            self.expiring.remove(&(at, *peer));
+        }
+        self.dead -= usize::from(f.dead);
+    }
+
+    /// The peers filed in `index` up to `now`, in peer id order (the order dials and
+    /// forgetting take, as when they came from a scan of the targets in peer id order).
+    fn filed_until(index: &BTreeSet<(Instant, PeerId)>, now: Instant) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = index
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, p)| *p)
+            .collect();
+        peers.sort_unstable();
+        peers
     }
 
     /// `peer`'s target, made (active, due at `now`) if it is new; room is made for it first.
@@ -273,6 +342,7 @@ impl DialPlanner {
             standing: Standing::Active,
             reached: false,
             since: now,
+            filed: Filed::default(),
         })
     }
 
@@ -286,6 +356,7 @@ impl DialPlanner {
         }
         if let Some(t) = self.targets.get_mut(&peer) {
             t.add_addrs(addrs);
+            self.resettle(&peer);
             return;
         }
         if self.gone.contains(&peer) {
@@ -297,10 +368,10 @@ impl DialPlanner {
 
     /// `peer` is forgotten as a target and remembered as gone.
     fn forget(&mut self, peer: PeerId) {
-        if self.targets.remove(&peer).is_some() {
+        if let Some(t) = self.targets.remove(&peer) {
             self.stats.forgotten += 1;
+            self.unfile(&peer, t.filed);
         }
-        self.unsettled.remove(&peer);
         if !self.gone.contains(&peer) {
             if self.gone.len() >= MAX_GONE {
                 self.gone.pop_front();
@@ -413,46 +484,25 @@ impl DialPlanner {
     /// The dials due at `now`; targets whose peer is in admission backoff (`in_backoff`) wait.
     /// Forgets targets gone longer than [`FORGET_AFTER`].
     pub fn poll(&mut self, now: Instant, in_backoff: impl Fn(&PeerId) -> bool) -> Vec<Dial> {
-        let expired: Vec<PeerId> = self
-            .unsettled_targets()
-            .filter(|(_, t)| {
-                let since = match t.standing {
-                    Standing::Active if t.reached || t.connected => return false,
-                    Standing::Active => t.since,
-                    Standing::Paused { since } | Standing::Dead { since } => since,
-                };
-                now.saturating_duration_since(since) >= FORGET_AFTER
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in expired {
+        for peer in Self::filed_until(&self.expiring, now) {
             self.forget(peer);
         }
         // Dead peers share a budget of DEAD_DIALS_PER_INTERVAL dials per redial interval: one
         // dead peer keeps the profile's pace, fifty (a partition) are each dialed 12.5 times
         // slower. One link across a healed partition is enough: the gossip it carries brings
         // the rest back alive, and a peer back alive is dialed at once.
-        let dead = self
-            .unsettled_targets()
-            .filter(|(_, t)| matches!(t.standing, Standing::Dead { .. }) && !t.connected)
-            .count();
         let dead_pace = self
             .redial_max
-            .mul_f64((dead as f64 / DEAD_DIALS_PER_INTERVAL as f64).max(1.0));
+            .mul_f64((self.dead as f64 / DEAD_DIALS_PER_INTERVAL as f64).max(1.0));
         let mut dials = Vec::new();
-        for peer in &self.unsettled {
-            let t = self
-                .targets
-                .get_mut(peer)
-                .expect("every unsettled peer has a target");
-            if matches!(t.standing, Standing::Paused { .. })
-                || t.next_dial > now
-                || t.addrs.is_empty()
-                || t.connected
-                || in_backoff(peer)
-            {
+        for peer in Self::filed_until(&self.due, now) {
+            if in_backoff(&peer) {
                 continue;
             }
+            let t = self
+                .targets
+                .get_mut(&peer)
+                .expect("every filed peer has a target");
             let max = match t.standing {
                 Standing::Dead { since } if now.saturating_duration_since(since) >= DEAD_GRACE => {
                     DEAD_REDIAL_MAX.max(dead_pace)
@@ -471,7 +521,8 @@ impl DialPlanner {
             if self.quic_first && t.failures == 1 && addrs.iter().any(crate::transport::is_quic) {
                 addrs.retain(crate::transport::is_quic);
             }
-            dials.push(Dial::Peer { peer: *peer, addrs });
+            self.resettle(&peer);
+            dials.push(Dial::Peer { peer, addrs });
         }
         for s in &mut self.statics {
             if s.next_dial > now
@@ -506,29 +557,14 @@ impl DialPlanner {
 
     /// When [`DialPlanner::poll`] next has something to do, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let targets = self
-            .unsettled_targets()
-            .map(|(_, t)| t)
-            .filter(|t| {
-                !matches!(t.standing, Standing::Paused { .. })
-                    && !t.addrs.is_empty()
-                    && !t.connected
-            })
-            .map(|t| t.next_dial);
+        let due = self.due.first().map(|(at, _)| *at);
+        let forget = self.expiring.first().map(|(at, _)| *at);
         let statics = self
             .statics
             .iter()
             .filter(|s| s.peer.is_none_or(|p| !self.connected.contains(&p)))
             .map(|s| s.next_dial);
-        let forget = self
-            .unsettled_targets()
-            .map(|(_, t)| t)
-            .filter_map(|t| match t.standing {
-                Standing::Active if t.reached => None,
-                Standing::Active => Some(t.since + FORGET_AFTER),
-                Standing::Paused { since } | Standing::Dead { since } => Some(since + FORGET_AFTER),
-            });
-        targets.chain(statics).chain(forget).min()
+        due.into_iter().chain(forget).chain(statics).min()
     }
 
     /// The addresses we would dial `peer` at.

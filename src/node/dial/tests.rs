@@ -514,13 +514,14 @@ fn without_quic_first_the_first_dial_takes_every_address() {
 }
 
 #[test]
-fn the_unsettled_index_matches_the_targets_after_any_sequence_of_events() {
-    // `poll` and `next_deadline` look only at the unsettled targets; this drives every event
-    // in a pseudo-random order and checks the index against a pass over all targets.
+fn the_indexes_match_the_targets_after_any_sequence_of_events() {
+    // `poll` and `next_deadline` read only the indexes; this drives every event in a
+    // pseudo-random order and checks them against a pass over all targets.
     let t0 = Instant::now();
     let mut p = planner(t0);
     let peers: Vec<PeerId> = (0..6).map(|_| peer()).collect();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut dials = 0;
     for step in 0..4_000u64 {
         x ^= x << 13;
         x ^= x >> 7;
@@ -540,15 +541,41 @@ fn the_unsettled_index_matches_the_targets_after_any_sequence_of_events() {
             9 => p.on_membership(&who, PeerState::Alive, now),
             _ => p.on_wrong_peer_id(&who, peers[0], &addr(1), now),
         }
-        if step % 3 == 0 {
-            p.poll(now + Duration::from_secs(3_600), never);
+        match step % 3 {
+            0 => dials += p.poll(now + Duration::from_secs(3_600), never).len(),
+            1 => dials += p.poll(now, |q| *q == peers[(x >> 20) as usize % 6]).len(),
+            _ => {}
         }
-        let expected: BTreeSet<PeerId> = p
-            .targets
+        assert_eq!(p.next_deadline(), p.check_index(), "after step {step}");
+    }
+    assert!(dials > 100, "the run dialed ({dials} dials)");
+    assert!(p.stats().forgotten > 0, "the run forgot targets");
+}
+
+impl DialPlanner {
+    /// Panics unless the indexes hold exactly what a pass over every target finds, and
+    /// returns the next deadline that pass finds.
+    fn check_index(&self) -> Option<Instant> {
+        let (mut due, mut expiring, mut dead) = (BTreeSet::new(), BTreeSet::new(), 0);
+        for (peer, t) in &self.targets {
+            let f = t.filing();
+            assert_eq!(t.filed, f, "target {peer} filed stale");
+            due.extend(f.due.map(|at| (at, *peer)));
+            expiring.extend(f.forget.map(|at| (at, *peer)));
+            dead += usize::from(f.dead);
+        }
+        assert_eq!(self.due, due);
+        assert_eq!(self.expiring, expiring);
+        assert_eq!(self.dead, dead);
+        let statics = self
+            .statics
             .iter()
-            .filter(|(_, t)| !(t.standing == Standing::Active && t.connected))
-            .map(|(peer, _)| *peer)
-            .collect();
-        assert_eq!(p.unsettled, expected, "after step {step}");
+            .filter(|s| s.peer.is_none_or(|p| !self.connected.contains(&p)))
+            .map(|s| s.next_dial);
+        due.iter()
+            .chain(&expiring)
+            .map(|(at, _)| *at)
+            .chain(statics)
+            .min()
     }
 }
