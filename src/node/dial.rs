@@ -202,10 +202,10 @@ pub struct DialPlanner {
     /// Whether a series of dials starts with QUIC alone (see the module doc); off while this
     /// node's links are all TCP, a sign that UDP does not pass here.
     quic_first: bool,
-    /// At most [`MAX_DIAL_TARGETS`]. Hashed, not ordered: nothing depends on its order (dials
-    /// come out in `unsettled`'s order, and eviction picks by failures, then peer id), and
-    /// [`DialPlanner::poll`] looks up each unsettled target three times; in a B-tree of 1,000
-    /// peer ids those lookups were a quarter of a 1,000-node `mesh sim` churn run (`perf`).
+    /// At most [`MAX_DIAL_TARGETS`]. Hashed, not ordered: nothing depends on its order (due
+    /// dials come out in peer id order, [`DialPlanner::filed_until`], and eviction picks by
+    /// failures, then peer id), and [`DialPlanner::poll`] looks up every due target; in a
+    /// B-tree of 1,000 peer ids such lookups were a large part of a 1,000-node `mesh sim` run.
     targets: HashMap<PeerId, Target>,
     /// The targets to dial, by when they are due: [`DialPlanner::poll`] and
     /// [`DialPlanner::next_deadline`] read only the head. Passing over every target on each
