@@ -108,7 +108,10 @@ struct Proc {
 /// An outage whose services are being watched for their failover.
 #[derive(Clone, Debug)]
 struct Failover {
-    node: usize,
+    /// The nodes that ran a copy when it was lost: a copy that survived on one of them and
+    /// restarts is not the failover (it was counted as one; no committed report had such a
+    /// case).
+    holders: BTreeSet<usize>,
     at: Duration,
 }
 
@@ -283,9 +286,15 @@ impl Fleet {
             if let Some(p) = by_node.remove(&i)
                 && p.healthy
             {
-                self.failovers
+                let f = self
+                    .failovers
                     .entry(service.clone())
-                    .or_insert(Failover { node: i, at: now });
+                    .or_insert_with(|| Failover {
+                        holders: BTreeSet::new(),
+                        at: now,
+                    });
+                f.holders.insert(i);
+                f.holders.extend(by_node.keys());
             }
         }
         self.kept[i] = Some(stack.doc);
@@ -801,7 +810,7 @@ impl Fleet {
         p.healthy = state == ServiceState::Healthy;
         if p.healthy
             && let Some(f) = self.failovers.get(service)
-            && f.node != i
+            && !f.holders.contains(&i)
             && p.spawned >= f.at
         {
             let took = (now - f.at).as_secs_f64() * 1000.0;
