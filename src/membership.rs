@@ -363,6 +363,10 @@ pub struct Membership {
     /// pass over every one on each input (~19 % of a 1,000-node `mesh sim` churn run, where
     /// every down member holds a removal timer).
     gossip_timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Foca's `SendIndirectProbe` timers, also kept apart: once the probe they belong to is
+    /// acknowledged (nearly always, well before `probe_rtt`), they only do bookkeeping, and
+    /// [`Membership::next_deadline`] leaves them out (see there).
+    indirect_timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_events: HashMap<u64, Timer<MemberId>>,
     timer_seq: u64,
     outbox: Vec<(PeerId, Bytes)>,
@@ -433,6 +437,7 @@ impl Membership {
             foca,
             timers: BinaryHeap::new(),
             gossip_timers: BinaryHeap::new(),
+            indirect_timers: BinaryHeap::new(),
             timer_events: HashMap::new(),
             timer_seq: 0,
             outbox: Vec::new(),
@@ -651,14 +656,24 @@ impl Membership {
     /// per agent). It stays in the queue: an input that creates updates is followed by
     /// [`Membership::handle_timers`] (the node actor ticks after every input), which finds it
     /// due and gossips at once, and foca re-arms it for one period later.
+    ///
+    /// The same holds for a probe's `SendIndirectProbe` timer once the probe is acknowledged:
+    /// it is left out, and runs with the next timer that does wake the node (at the latest the
+    /// next probe's, which comes after it), so a probe costs one wake-up instead of two
+    /// (10-host lab, idle CPU per agent: 0.38-0.40 % before, 0.30 % after).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let other = self.timers.peek().map(|Reverse((at, _))| *at);
-        let foca = match self.gossip_timers.peek() {
-            Some(Reverse((gossip, _))) if self.foca.updates_backlog() > 0 => {
-                Some(other.map_or(*gossip, |at| at.min(*gossip)))
-            }
-            _ => other,
+        let head = |q: &BinaryHeap<Reverse<(Instant, u64)>>| q.peek().map(|Reverse((at, _))| *at);
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
+        let mut foca = head(&self.timers);
+        if self.foca.updates_backlog() > 0 {
+            foca = earliest(foca, head(&self.gossip_timers));
+        }
+        if !self.foca.probe_succeeded() {
+            foca = earliest(foca, head(&self.indirect_timers));
+        }
         // Suspects are looked for whenever the timers run (foca's probe timer runs them every
         // probe period); only the judging of an open check needs a wake-up of its own.
         match (foca, self.checks_due) {
@@ -754,17 +769,29 @@ impl Membership {
     pub fn handle_timers(&mut self, now: Instant) {
         loop {
             // The earlier head of the two queues: together, one queue in submission order.
+            // The earliest head of the three queues: together, one queue in submission order.
             let head = |q: &BinaryHeap<Reverse<(Instant, u64)>>| q.peek().map(|Reverse(k)| *k);
-            let (queue, (at, seq)) = match (head(&self.timers), head(&self.gossip_timers)) {
-                (Some(a), Some(g)) if g < a => (&mut self.gossip_timers, g),
-                (Some(a), _) => (&mut self.timers, a),
-                (None, Some(g)) => (&mut self.gossip_timers, g),
-                (None, None) => break,
+            let heads = [
+                head(&self.timers),
+                head(&self.gossip_timers),
+                head(&self.indirect_timers),
+            ];
+            let Some((which, (at, seq))) = heads
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.map(|h| (i, h)))
+                .min_by_key(|(_, h)| *h)
+            else {
+                break;
             };
             if at > now {
                 break;
             }
-            queue.pop();
+            match which {
+                0 => self.timers.pop(),
+                1 => self.gossip_timers.pop(),
+                _ => self.indirect_timers.pop(),
+            };
             let Some(event) = self.timer_events.remove(&seq) else {
                 continue;
             };
@@ -830,10 +857,10 @@ impl Membership {
         for (after, event) in fx.timers {
             let seq = self.timer_seq;
             self.timer_seq += 1;
-            let queue = if matches!(event, Timer::PeriodicGossip(_)) {
-                &mut self.gossip_timers
-            } else {
-                &mut self.timers
+            let queue = match event {
+                Timer::PeriodicGossip(_) => &mut self.gossip_timers,
+                Timer::SendIndirectProbe { .. } => &mut self.indirect_timers,
+                _ => &mut self.timers,
             };
             queue.push(Reverse((now + after, seq)));
             self.timer_events.insert(seq, event);
@@ -1294,6 +1321,45 @@ mod tests {
         }
         let took = dead_at.expect("crashed node never marked dead by all");
         assert!(took <= Duration::from_secs(3), "took {took:?}");
+    }
+
+    #[test]
+    fn an_acknowledged_probe_does_not_wake_the_node_for_its_indirect_stage() {
+        let mut sim = Sim::new(4);
+        sim.run_for(Duration::from_secs(2));
+        let mut skipped = 0;
+        for _ in 0..300 {
+            sim.run_for(Duration::from_millis(10));
+            let node = &sim.nodes[0].1;
+            let Some(Reverse((indirect, _))) = node.indirect_timers.peek() else {
+                continue;
+            };
+            let next = node.next_deadline().expect("probe timers are pending");
+            if node.foca.probe_succeeded() {
+                skipped += 1;
+                assert!(
+                    next != *indirect,
+                    "woken for the indirect stage of an acknowledged probe"
+                );
+                assert!(
+                    node.timers.peek().is_some_and(|Reverse((at, _))| *at > *indirect),
+                    "the next probe comes after the skipped timer, which runs before it"
+                );
+            } else {
+                assert!(next <= *indirect, "an unanswered probe's indirect stage is due");
+            }
+        }
+        assert!(skipped > 0, "no acknowledged probe seen in 3 s");
+        // Probing goes on: every node is still alive everywhere, and a crash is still found.
+        sim.down.insert(sim.nodes[3].0);
+        let start = sim.now;
+        while (0..3).any(|i| sim.state_at(i, 3) != Some(PeerState::Dead)) {
+            assert!(
+                sim.now - start < Duration::from_secs(4),
+                "crash not detected in 4 s"
+            );
+            sim.run_for(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -823,6 +823,16 @@ where
         self.updates.len()
     }
 
+    // mesh patch: lets the runtime skip waking up for a `Timer::SendIndirectProbe` that has
+    // nothing left to do.
+    /// Whether the current probe has been acknowledged (directly or through an indirect
+    /// probe). While it has, the probe's pending [`Timer::SendIndirectProbe`] does nothing
+    /// but bookkeeping: a runtime may hand it in late, as long as it does so before the next
+    /// [`Timer::ProbeRandomMember`].
+    pub fn probe_succeeded(&self) -> bool {
+        self.probe.succeeded()
+    }
+
     /// Reports the current length of the custom broadcast queue.
     ///
     /// Custom broadcasts are transmitted [`Config::max_transmissions`]
