@@ -35,11 +35,13 @@ pub use memory::MemoryLinks;
 pub use observed::ObservedAddrs;
 pub use relay::{AdmittedSet, is_relayed};
 
-/// Seeds aws-lc's random generator, on a thread of its own, and returns at once. Its first use
-/// seeds it from CPU jitter, ~40 ms of CPU (measured with perf in the lab: `jent_*`); left
-/// alone, that first use is this agent's first QUIC handshake, which every peer that heard of
-/// us dials at the same moment. Call it first thing at start: it then overlaps the rest of
-/// the start-up. A failure only means the first handshake pays instead.
+/// Seeds aws-lc's random generator, on a thread of its own, and returns at once. This
+/// repository builds aws-lc without its CPU-jitter entropy source (`.cargo/config.toml`), so
+/// the seeding is a `getrandom` call; a build without that setting seeds from CPU jitter at
+/// first use, ~40 ms of CPU (perf in the lab: `jent_*`), and left alone that first use is this
+/// agent's first QUIC handshake, which every peer that heard of us dials at the same moment.
+/// Call it first thing at start: it then overlaps the rest of the start-up. A failure only
+/// means the first handshake pays instead.
 pub fn warm_up_crypto() {
     let spawned = std::thread::Builder::new()
         .name("crypto-warm-up".into())
@@ -131,8 +133,8 @@ pub const QUIC_IDLE_TIMEOUT_MS: u32 = 15_000;
 /// ACKs were ~70 % of an idle agent's packets with 9 peers. 5 s keeps UDP conntrack and NAT
 /// mappings (30 s on Linux) warm on quiet links.
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi (the first of a process
-/// ~40 ms: aws-lc-rs's first random draw); 500 ms leaves a tenfold margin. A dial started just before a partition
+/// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi; 500 ms leaves a
+/// tenfold margin. A dial started just before a partition
 /// heals has its first packets dropped and only ends at this deadline, so it bounds how long a
 /// heal waits before the next redial (every 0.5 s) gets through.
 pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);

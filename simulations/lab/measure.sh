@@ -37,7 +37,8 @@
 #   1/CPU_WINDOW % of a core), SETTLE (5 s), WAIT_CEILING (30 s, per condition),
 #   CHURN_TRIES (1; 0 skips (v)), CHURN_IDENTITIES (10), CHURN_SIGNAL (KILL or TERM),
 #   THREAD_CPU (1: log the busiest threads of hosts 1 and N in each idle window),
-#   LAB_ID (ms<pid>), PYTHON (python3). Progress goes to stderr, the tables to stdout.
+#   POLL_MS (20: the observers' long-poll timeout), JOIN_SETTLE (0 s: wait between the N-1
+#   agents' convergence and the join), LAB_ID (ms<pid>), PYTHON (python3). Progress goes to stderr, the tables to stdout.
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
@@ -60,7 +61,8 @@ CHURN_SIGNAL=${CHURN_SIGNAL:-KILL}
 THREAD_CPU=${THREAD_CPU:-0}
 WAIT_CEILING=${WAIT_CEILING:-30}   # seconds: an observer gives up after this long
 SETTLE=${SETTLE:-5}                # seconds after convergence before the idle window opens
-POLL_MS=20                         # observer's longest pause between two looks
+JOIN_SETTLE=${JOIN_SETTLE:-0}      # seconds between the N-1 agents' convergence and the join of (i)
+POLL_MS=${POLL_MS:-20}             # observer's longest pause between two looks (API long poll timeout)
 PYTHON=${PYTHON:-python3}
 if [[ -z ${MESH_BIN:-} ]]; then
 	if [[ -x $REPO_ROOT/target/release/mesh ]]; then MESH_BIN=$REPO_ROOT/target/release/mesh; else MESH_BIN=$REPO_ROOT/target/debug/mesh; fi
@@ -283,6 +285,7 @@ measure_latencies() {
 	for k in $(others); do start_agent "$k"; done
 	# shellcheck disable=SC2046 # one word per host
 	wait_all_alive $(others)
+	sleep "$JOIN_SETTLE" # 0: the newcomer joins a mesh that has just formed (still syncing)
 
 	# (i) join
 	# shellcheck disable=SC2046
