@@ -768,7 +768,6 @@ impl Membership {
     /// Runs every foca timer due at `now`, and forgets peers dead or left for [`REAP_AFTER`].
     pub fn handle_timers(&mut self, now: Instant) {
         loop {
-            // The earlier head of the two queues: together, one queue in submission order.
             // The earliest head of the three queues: together, one queue in submission order.
             let head = |q: &BinaryHeap<Reverse<(Instant, u64)>>| q.peek().map(|Reverse(k)| *k);
             let heads = [
@@ -1140,6 +1139,20 @@ mod tests {
                 .peer(&self.nodes[of].0)
                 .map(|r| r.state)
         }
+
+        /// Crashes node `crashed` and runs until nodes `0..observers` all hold it `dead`;
+        /// fails if that takes longer than `within`.
+        fn crash_and_await_dead(&mut self, crashed: usize, observers: usize, within: Duration) {
+            self.down.insert(self.nodes[crashed].0);
+            let start = self.now;
+            while (0..observers).any(|i| self.state_at(i, crashed) != Some(PeerState::Dead)) {
+                assert!(
+                    self.now - start < within,
+                    "crash not detected in {within:?}"
+                );
+                self.run_for(Duration::from_millis(10));
+            }
+        }
     }
 
     /// The datagram re-encoded without any update saying `of` is down.
@@ -1342,24 +1355,21 @@ mod tests {
                     "woken for the indirect stage of an acknowledged probe"
                 );
                 assert!(
-                    node.timers.peek().is_some_and(|Reverse((at, _))| *at > *indirect),
+                    node.timers
+                        .peek()
+                        .is_some_and(|Reverse((at, _))| *at > *indirect),
                     "the next probe comes after the skipped timer, which runs before it"
                 );
             } else {
-                assert!(next <= *indirect, "an unanswered probe's indirect stage is due");
+                assert!(
+                    next <= *indirect,
+                    "an unanswered probe's indirect stage is due"
+                );
             }
         }
         assert!(skipped > 0, "no acknowledged probe seen in 3 s");
         // Probing goes on: every node is still alive everywhere, and a crash is still found.
-        sim.down.insert(sim.nodes[3].0);
-        let start = sim.now;
-        while (0..3).any(|i| sim.state_at(i, 3) != Some(PeerState::Dead)) {
-            assert!(
-                sim.now - start < Duration::from_secs(4),
-                "crash not detected in 4 s"
-            );
-            sim.run_for(Duration::from_millis(10));
-        }
+        sim.crash_and_await_dead(3, 3, Duration::from_secs(4));
     }
 
     #[test]
@@ -1383,15 +1393,7 @@ mod tests {
             "the next wake-up is not a gossip timer"
         );
         // A crash is still news everywhere within the usual time (the verdict is gossiped).
-        sim.down.insert(sim.nodes[2].0);
-        let start = sim.now;
-        while (0..2).any(|i| sim.state_at(i, 2) != Some(PeerState::Dead)) {
-            assert!(
-                sim.now - start < Duration::from_secs(3),
-                "crash not detected in 3 s"
-            );
-            sim.run_for(Duration::from_millis(10));
-        }
+        sim.crash_and_await_dead(2, 2, Duration::from_secs(3));
     }
 
     #[test]

@@ -134,9 +134,9 @@ pub const QUIC_IDLE_TIMEOUT_MS: u32 = 15_000;
 /// mappings (30 s on Linux) warm on quiet links.
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// QUIC handshake deadline. A LAN handshake takes ~1-40 ms even on a Pi; 500 ms leaves a
-/// tenfold margin. A dial started just before a partition
-/// heals has its first packets dropped and only ends at this deadline, so it bounds how long a
-/// heal waits before the next redial (every 0.5 s) gets through.
+/// tenfold margin. A dial started just before a partition heals has its first packets dropped
+/// and only ends at this deadline, so it bounds how long a heal waits before the next redial
+/// (every 0.5 s) gets through.
 pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the swarm keeps a connection with no open stream. Membership traffic flows every
 /// few hundred ms between members, so only dead or unadmitted connections ever reach this.
