@@ -350,23 +350,31 @@ fn probe_message(data: &[u8]) -> Option<foca::Message<MemberId>> {
     }
 }
 
+/// Timers by due time, then submission order (the sequence number keys `timer_events`).
+type TimerQueue = BinaryHeap<Reverse<(Instant, u64)>>;
+
+/// The earliest entry of `q`: (due time, sequence number).
+fn queue_head(q: &TimerQueue) -> Option<(Instant, u64)> {
+    q.peek().map(|Reverse(k)| *k)
+}
+
 /// The membership core of one node.
 pub struct Membership {
     local: PeerId,
     foca: Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>,
     /// Pending foca timers by (deadline, sequence); the sequence keeps equal deadlines in
     /// submission order.
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timers: TimerQueue,
     /// Foca's periodic gossip timers, kept apart from the others (same sequence numbers, so
     /// the two queues merge into submission order): [`Membership::next_deadline`] leaves them
     /// out while foca has nothing to spread, and finding them among all pending timers was a
     /// pass over every one on each input (~19 % of a 1,000-node `mesh sim` churn run, where
     /// every down member holds a removal timer).
-    gossip_timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    gossip_timers: TimerQueue,
     /// Foca's `SendIndirectProbe` timers, also kept apart: once the probe they belong to is
     /// acknowledged (nearly always, well before `probe_rtt`), they only do bookkeeping, and
     /// [`Membership::next_deadline`] leaves them out (see there).
-    indirect_timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    indirect_timers: TimerQueue,
     timer_events: HashMap<u64, Timer<MemberId>>,
     timer_seq: u64,
     outbox: Vec<(PeerId, Bytes)>,
@@ -662,7 +670,7 @@ impl Membership {
     /// next probe's, which comes after it), so a probe costs one wake-up instead of two
     /// (10-host lab, idle CPU per agent: 0.38-0.40 % before, 0.30 % after).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let head = |q: &BinaryHeap<Reverse<(Instant, u64)>>| q.peek().map(|Reverse((at, _))| *at);
+        let head = |q: &TimerQueue| queue_head(q).map(|(at, _)| at);
         let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -769,11 +777,10 @@ impl Membership {
     pub fn handle_timers(&mut self, now: Instant) {
         loop {
             // The earliest head of the three queues: together, one queue in submission order.
-            let head = |q: &BinaryHeap<Reverse<(Instant, u64)>>| q.peek().map(|Reverse(k)| *k);
             let heads = [
-                head(&self.timers),
-                head(&self.gossip_timers),
-                head(&self.indirect_timers),
+                queue_head(&self.timers),
+                queue_head(&self.gossip_timers),
+                queue_head(&self.indirect_timers),
             ];
             let Some((which, (at, seq))) = heads
                 .into_iter()

@@ -38,7 +38,8 @@
 #   CHURN_TRIES (1; 0 skips (v)), CHURN_IDENTITIES (10), CHURN_SIGNAL (KILL or TERM),
 #   THREAD_CPU (1: log the busiest threads of hosts 1 and N in each idle window),
 #   POLL_MS (20: the observers' long-poll timeout), JOIN_SETTLE (0 s: wait between the N-1
-#   agents' convergence and the join), LAB_ID (ms<pid>), PYTHON (python3). Progress goes to stderr, the tables to stdout.
+#   agents' convergence and the join), LAB_ID (ms<pid>), PYTHON (python3).
+#   Progress goes to stderr, the tables to stdout.
 set -euo pipefail
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
