@@ -24,6 +24,7 @@ use crate::transport::parse_addrs;
 pub mod config;
 pub mod joining;
 pub mod lock;
+pub mod startup_pages;
 
 /// File in the data dir holding the API's bound address (`IP:PORT`) while the agent runs.
 pub const API_ADDR_FILE: &str = "api.addr";
@@ -502,6 +503,14 @@ async fn run_async(options: AgentOptions) -> anyhow::Result<Exit> {
     );
     // The API listens (bound above) and the node runs: ready, for a `Type=notify` unit.
     notify_systemd("READY=1");
+    // Start-up code never runs again: let its pages of the binary go (see `startup_pages`).
+    tokio::spawn(async {
+        tokio::time::sleep(startup_pages::RELEASE_AFTER).await;
+        match startup_pages::release_startup_pages() {
+            Ok(bytes) => tracing::debug!(bytes, "start-up pages of the binary given back"),
+            Err(e) => tracing::debug!(error = %e, "could not give back start-up pages"),
+        }
+    });
 
     let signals = wait_for_signal();
     tokio::pin!(signals);
