@@ -8,15 +8,10 @@ mod agent;
 use agent::{Agent, key_file, wait_until};
 use serde_json::Value;
 
+/// Retried while `node`'s record has not reached `agent`'s document yet (membership can
+/// list a member alive a moment before).
 fn add(agent: &Agent, name: &str, node: &str) {
-    let out = agent.cli(&[
-        "service", "add", name, "--node", node, "--pinned", "--", "sleep", "100000",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.add_service(&[name, "--node", node, "--pinned", "--", "sleep", "100000"]);
 }
 
 /// `GET /v1/events?cursors=…` through `mesh api`.
