@@ -160,8 +160,8 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     // One worker thread, whatever the core count: an agent is idle nearly all the time, and
     // with a worker per core (two on the lab machine) an idle agent used ~20 % more CPU (tasks
     // woken across threads) and ~0.5 MiB more memory (BENCHMARKS.md, 2026-12-03 evening).
-    // Scans and process waits run on the blocking pool (`spawn_blocking`); the state file's
-    // fsync still runs on the worker, as it always did on single-core boards.
+    // Port scans, cgroup and run-file work run on the blocking pool (`spawn_blocking`); the
+    // state file's fsync still runs on the worker, as it always did on single-core boards.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
