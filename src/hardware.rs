@@ -379,7 +379,7 @@ pub struct ParseProfileError {
 ///
 /// | setting | full | standard | edge | lite |
 /// |---|---|---|---|---|
-/// | `mdns_ip_check_interval` | 1 s | 1 s | 2 s | 5 s |
+/// | `mdns_ip_check_interval` | 5 s | 5 s | 10 s | 30 s |
 /// | `redial_interval` | 0.5 s | 0.5 s | 2 s | 10 s |
 /// | `event_ring_capacity` | 4096 | 2048 | 512 | 128 |
 /// | `log_rotate_bytes` | 64 MiB | 16 MiB | 4 MiB | 1 MiB |
@@ -391,8 +391,11 @@ pub struct ParseProfileError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProfileSettings {
     /// How often mDNS re-enumerates network interfaces to notice new or changed addresses
-    /// (mdns-sd `set_ip_check_interval`, whole seconds). Shorter notices a Wi-Fi change sooner;
-    /// each check walks all interfaces and wakes the CPU. mdns-sd's default is 5 s.
+    /// (mdns-sd `set_ip_check_interval`, whole seconds) when the node saw no address change:
+    /// after one (a netlink event) mDNS rescans every second for a few seconds anyway
+    /// (`discovery::mdns::rescan`), so this only bounds what netlink does not report, such as
+    /// a link that comes up with the address it already had. Each check walks all interfaces
+    /// and wakes the CPU; every second it was ~5 % of an idle agent's CPU.
     pub mdns_ip_check_interval: Duration,
     /// How often the agent redials peers it knows but is not connected to. Each attempt costs a
     /// QUIC handshake (crypto, radio wake-up); shorter heals partitions sooner.
@@ -416,7 +419,7 @@ pub struct ProfileSettings {
 /// Settings of [`Profile::Full`]: machines with cores and memory to spare react fastest
 /// (mdns-sd's own 5 s interface check) and run up to 64 services.
 const FULL_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(1),
+    mdns_ip_check_interval: Duration::from_secs(5),
     redial_interval: Duration::from_millis(500),
     event_ring_capacity: 4096,
     log_rotate_bytes: 64 * MIB,
@@ -428,7 +431,7 @@ const FULL_SETTINGS: ProfileSettings = ProfileSettings {
 /// Settings of [`Profile::Standard`]: ordinary desktops and laptops; half the polling rate and a
 /// quarter of full's logs, still quick enough for a laptop that changes networks.
 const STANDARD_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(1),
+    mdns_ip_check_interval: Duration::from_secs(5),
     redial_interval: Duration::from_millis(500),
     event_ring_capacity: 2048,
     log_rotate_bytes: 16 * MIB,
@@ -440,7 +443,7 @@ const STANDARD_SETTINGS: ProfileSettings = ProfileSettings {
 /// Settings of [`Profile::Edge`]: always-on boards that rarely change networks; slow polling,
 /// small logs for SD cards, a handful of services.
 const EDGE_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(2),
+    mdns_ip_check_interval: Duration::from_secs(10),
     redial_interval: Duration::from_secs(2),
     event_ring_capacity: 512,
     log_rotate_bytes: 4 * MIB,
@@ -452,7 +455,7 @@ const EDGE_SETTINGS: ProfileSettings = ProfileSettings {
 /// Settings of [`Profile::Lite`]: the agent stays a mesh member but placement skips the node; one
 /// pinned service at most, minute-scale polling, 1 MiB logs.
 const LITE_SETTINGS: ProfileSettings = ProfileSettings {
-    mdns_ip_check_interval: Duration::from_secs(5),
+    mdns_ip_check_interval: Duration::from_secs(30),
     redial_interval: Duration::from_secs(10),
     event_ring_capacity: 128,
     log_rotate_bytes: MIB,

@@ -246,6 +246,9 @@ struct NodeActor {
     discovery_mode: DiscoveryMode,
     discovery: DiscoverySource,
     discovery_tx: mpsc::Sender<DiscoveryEvent>,
+    /// Bumped when a listener reports an address added or gone (netlink, through the swarm):
+    /// the mDNS daemons rescan interfaces then (`discovery::mdns::rescan`).
+    interfaces_tx: watch::Sender<u64>,
     discovery_rx: mpsc::Receiver<DiscoveryEvent>,
     /// Handshake info of admitted peers (kept after disconnect, for `mesh peers`).
     infos: HashMap<PeerId, NodeInfo>,
@@ -547,6 +550,7 @@ impl NodeActor {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                self.interfaces_tx.send_modify(|n| *n += 1);
                 if !self.listen_addrs.contains(&address) {
                     self.listen_addrs.push(address);
                     self.dirty = true;
@@ -556,6 +560,7 @@ impl NodeActor {
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.interfaces_tx.send_modify(|n| *n += 1);
                 self.listen_addrs.retain(|a| a != &address);
                 self.dirty = true;
                 self.state

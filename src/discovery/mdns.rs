@@ -104,15 +104,16 @@
 //! # Files
 //!
 //! [`config`] (configuration, statistics, errors, constants), `record` (the record both ways
-//! and the address rules, sans-IO), `actor` (the task), and here the start and the handle.
+//! and the address rules, sans-IO), [`rescan`] (when the daemons rescan interfaces, sans-IO),
+//! `actor` (the task), and here the start and the handle.
 
 mod actor;
 pub mod config;
 mod record;
+pub mod rescan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use mdns_sd::{DaemonEvent, IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::mpsc;
@@ -126,6 +127,7 @@ use actor::MdnsActor;
 pub use config::*;
 pub(crate) use record::InterfacePolicy;
 use record::{LocalNode, build_service_info};
+use rescan::ip_check_secs;
 
 /// Handle to the running mDNS actor. Dropping it stops the actor (with goodbyes) in the
 /// background; [`MdnsHandle::stop`] does the same and waits for it.
@@ -229,6 +231,8 @@ fn spawn_with_policy(
         stats: Arc::clone(&stats),
         instances: HashMap::new(),
         warned: HashSet::new(),
+        rescan: rescan::Rescan::new(config.ip_check_interval),
+        interfaces: config.interfaces.clone(),
     };
     let task = tokio::spawn(actor.run());
     Ok(MdnsHandle {
@@ -253,7 +257,7 @@ fn configure_daemon(
     MdnsError,
 > {
     let start = |step: &'static str| move |source| MdnsError::DaemonStart { step, source };
-    let monitor = prepare_daemon(daemon, policy, config.ip_check_interval)
+    let monitor = prepare_daemon(daemon, policy, ip_check_secs(config.ip_check_interval))
         .map_err(|(step, source)| start(step)(source))?;
     if let Some(service) = service {
         let fullname = service.get_fullname().to_string();
@@ -265,7 +269,6 @@ fn configure_daemon(
     Ok((browse, monitor))
 }
 
-/// mdns-sd takes whole seconds; round up so that "every 500 ms" does not become "never".
 /// The set-up every daemon of the agent gets before it announces or queries anything (its own
 /// record here, the services it advertises in `advertise::registrar`): the interfaces of
 /// `policy`, the interval of the daemon's check for changed addresses, and its monitor. An
@@ -273,7 +276,7 @@ fn configure_daemon(
 pub(crate) fn prepare_daemon(
     daemon: &ServiceDaemon,
     policy: InterfacePolicy,
-    ip_check_interval: Duration,
+    ip_check_secs: u32,
 ) -> Result<mdns_sd::Receiver<DaemonEvent>, (&'static str, mdns_sd::Error)> {
     let step = |step: &'static str| move |source| (step, source);
     match policy {
@@ -291,17 +294,9 @@ pub(crate) fn prepare_daemon(
         }
     }
     daemon
-        .set_ip_check_interval(ip_check_secs(ip_check_interval))
+        .set_ip_check_interval(ip_check_secs)
         .map_err(step("set ip check interval"))?;
     daemon.monitor().map_err(step("monitor"))
-}
-
-fn ip_check_secs(interval: Duration) -> u32 {
-    if interval.is_zero() {
-        return 0;
-    }
-    let secs = interval.as_secs() + u64::from(interval.subsec_nanos() > 0);
-    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

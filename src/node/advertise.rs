@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::discovery::advertise::registrar::{LanRegistrar, RegistrarConfig, RegistrarEvent};
 use crate::discovery::advertise::{Advertisement, plan, withdrawn_elsewhere};
+use crate::discovery::mdns::rescan::{Rescan, next_change};
 use crate::identity::NodeId;
 use crate::state::actor::StateSnapshot;
 
@@ -59,6 +60,8 @@ pub(crate) struct AdvertiserConfig {
     /// `Some(interface rescan interval)` when this node uses mDNS; `None`: it advertises
     /// nothing.
     pub(crate) mdns: Option<Duration>,
+    /// Bumped by the node when its addresses change (see `discovery::mdns::rescan`).
+    pub(crate) interfaces: Option<watch::Receiver<u64>>,
 }
 
 /// Starts the advertiser over the state actor's `snapshots`; it ends when `shutdown` is
@@ -76,6 +79,8 @@ pub(crate) fn spawn_advertiser(
         })
     });
     let actor = AdvertiserActor {
+        rescan: Rescan::new(config.mdns.unwrap_or_default()),
+        interfaces: config.interfaces,
         local: config.node_id,
         snapshots,
         registrar,
@@ -121,6 +126,9 @@ struct AdvertiserActor {
     reclaimed: BTreeSet<String>,
     /// When to try failed registrations again.
     retry_at: Option<Instant>,
+    /// When the registrar's daemons rescan interfaces, and the address changes that drive it.
+    rescan: Rescan,
+    interfaces: Option<watch::Receiver<u64>>,
     shutdown: CancellationToken,
 }
 
@@ -130,9 +138,18 @@ impl AdvertiserActor {
         loop {
             let next_due = self.due.values().map(|(at, _)| *at).min();
             let retry_at = self.retry_at;
+            let burst_end = self.rescan.deadline();
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = next_change(self.interfaces.as_mut()) => {
+                    let interval = self.rescan.on_change(Instant::now());
+                    self.set_ip_check(interval);
+                }
+                _ = tokio::time::sleep_until(burst_end.unwrap_or_else(Instant::now)), if burst_end.is_some() => {
+                    let interval = self.rescan.on_deadline(Instant::now());
+                    self.set_ip_check(interval);
+                }
                 changed = self.snapshots.changed() => {
                     if changed.is_err() {
                         break;
@@ -154,6 +171,12 @@ impl AdvertiserActor {
         }
         if let Some(registrar) = self.registrar.take() {
             registrar.shutdown().await;
+        }
+    }
+
+    fn set_ip_check(&mut self, secs: Option<u32>) {
+        if let (Some(secs), Some(registrar)) = (secs, &mut self.registrar) {
+            registrar.set_ip_check(secs);
         }
     }
 

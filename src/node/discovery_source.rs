@@ -27,6 +27,7 @@ impl NodeActor {
                         agent_version: crate::AGENT_VERSION.to_string(),
                         quic_port: port,
                         ip_check_interval,
+                        interfaces: Some(self.interfaces_tx.subscribe()),
                     },
                     self.discovery_tx.clone(),
                     self.shutdown.child_token(),

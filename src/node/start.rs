@@ -68,6 +68,7 @@ pub(super) async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         stats: NodeStats::default(),
     }));
     let (membership_tx, membership_rx) = watch::channel(MembershipSnapshot::new(now.into_std()));
+    let (interfaces_tx, _) = watch::channel(0u64);
     let points: Vec<PeerId> = config.rendezvous.iter().filter_map(dial::peer_of).collect();
     let dials = DialPlanner::new(
         local_peer,
@@ -143,6 +144,7 @@ pub(super) async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             node_name: config.name.clone(),
             peer_id: local_peer,
             mdns,
+            interfaces: Some(interfaces_tx.subscribe()),
         };
         spawn_advertiser(advertiser, state.subscribe(), advertiser_shutdown.clone())
     });
@@ -168,6 +170,7 @@ pub(super) async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         discovery: DiscoverySource::NotStarted,
         discovery_tx,
         discovery_rx,
+        interfaces_tx,
         infos: HashMap::new(),
         connections: HashMap::new(),
         dials,

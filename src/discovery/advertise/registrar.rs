@@ -17,7 +17,9 @@
 //!
 //! Loopback interfaces are disabled, as for the `_mesh._udp` record: a record with
 //! `127.0.0.1` would send a phone to itself. Interfaces are rescanned every
-//! [`RegistrarConfig::ip_check_interval`] and the record re-announced on changes.
+//! [`RegistrarConfig::ip_check_interval`], or as its owner says
+//! ([`LanRegistrar::set_ip_check`], after the node's addresses changed), and the record
+//! re-announced on changes.
 //!
 //! # Withdrawing
 //!
@@ -112,6 +114,8 @@ pub struct LanRegistrar {
     /// until they change or [`LanRegistrar::retry_failed`] is called, so that a broken
     /// daemon is not recreated and logged on every change of the document.
     failed: BTreeMap<String, Advertisement>,
+    /// The interface rescan interval every daemon has, in whole seconds.
+    ip_check_secs: u32,
 }
 
 impl LanRegistrar {
@@ -128,6 +132,7 @@ impl LanRegistrar {
     fn with_policy(config: RegistrarConfig, policy: InterfacePolicy) -> Self {
         Self {
             short_id: short_id(&config.peer_id),
+            ip_check_secs: crate::discovery::mdns::rescan::ip_check_secs(config.ip_check_interval),
             config,
             policy,
             registrations: BTreeMap::new(),
@@ -308,6 +313,16 @@ impl LanRegistrar {
     }
 
     /// The next event of any daemon; never resolves while none has an event channel.
+    /// Gives every daemon, and those created from now on, this interface rescan interval.
+    pub fn set_ip_check(&mut self, secs: u32) {
+        self.ip_check_secs = secs;
+        for (service, registration) in &self.registrations {
+            if let Err(e) = registration.daemon.set_ip_check_interval(secs) {
+                debug!(%service, "advertise: cannot set the interface rescan interval: {e}");
+            }
+        }
+    }
+
     pub async fn next_event(&self) -> RegistrarEvent {
         let waits: Vec<_> = self
             .registrations
@@ -417,7 +432,7 @@ impl LanRegistrar {
         let daemon = ServiceDaemon::new().map_err(start("create"))?;
         // From here on the daemon thread runs: shut it down on every error path.
         let configured = (|| {
-            let monitor = prepare_daemon(&daemon, self.policy, self.config.ip_check_interval)
+            let monitor = prepare_daemon(&daemon, self.policy, self.ip_check_secs)
                 .map_err(|(step, source)| start(step)(source))?;
             daemon
                 .register(info.clone())

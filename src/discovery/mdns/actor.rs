@@ -9,12 +9,14 @@ use mdns_sd::{
     DaemonEvent, DaemonStatus, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo,
     UnregisterStatus,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use super::config::*;
 use super::record::*;
+use super::rescan::{Rescan, next_change};
 use crate::discovery::{DiscoveredPeer, DiscoveryEvent};
 
 /// Whether the run loop goes on.
@@ -40,6 +42,9 @@ pub(super) struct MdnsActor {
     pub(super) instances: HashMap<String, DiscoveredPeer>,
     /// Lowercase full names we already warned about (malformed records).
     pub(super) warned: HashSet<String>,
+    /// When the daemon rescans interfaces, and the node's address changes that drive it.
+    pub(super) rescan: Rescan,
+    pub(super) interfaces: Option<watch::Receiver<u64>>,
 }
 
 impl MdnsActor {
@@ -51,12 +56,23 @@ impl MdnsActor {
 
     pub(super) async fn run_until_stopped(&mut self) -> Result<(), MdnsError> {
         loop {
+            let burst_end = self.rescan.deadline();
             let flow = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => Flow::Stop,
                 _ = self.events.closed() => {
                     debug!("mdns: event receiver dropped");
                     Flow::Stop
+                }
+                _ = next_change(self.interfaces.as_mut()) => {
+                    let interval = self.rescan.on_change(Instant::now());
+                    self.set_ip_check(interval);
+                    Flow::Continue
+                }
+                _ = tokio::time::sleep_until(burst_end.unwrap_or_else(Instant::now)), if burst_end.is_some() => {
+                    let interval = self.rescan.on_deadline(Instant::now());
+                    self.set_ip_check(interval);
+                    Flow::Continue
                 }
                 event = self.browse.recv_async() => match event {
                     Ok(event) => self.on_service_event(event).await,
@@ -73,6 +89,15 @@ impl MdnsActor {
             if flow == Flow::Stop {
                 return Ok(());
             }
+        }
+    }
+
+    /// Gives the daemon a new interface rescan interval, if there is one.
+    fn set_ip_check(&self, secs: Option<u32>) {
+        if let Some(secs) = secs
+            && let Err(e) = self.daemon.set_ip_check_interval(secs)
+        {
+            debug!("mdns: cannot set the interface rescan interval: {e}");
         }
     }
 

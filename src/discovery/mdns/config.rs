@@ -13,7 +13,8 @@ pub const SERVICE_TYPE: &str = "_mesh._udp.local.";
 
 /// Default for [`MdnsConfig::ip_check_interval`]. mdns-sd only uses interfaces that are
 /// oper-up and rescans every 5 s by default, so an agent started while its link comes up lost
-/// 5 s (measured); 1 s is the smallest interval mdns-sd accepts.
+/// 5 s (measured); 1 s is the smallest interval mdns-sd accepts. The agent itself passes its
+/// profile's interval and the node's address changes (see [`super::rescan`]).
 pub const DEFAULT_IP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// TXT key of the peer id (base58).
@@ -95,10 +96,14 @@ pub struct MdnsConfig {
     /// The UDP port our QUIC listener is bound on (SRV port). 0 means we have no listener:
     /// then we only browse and advertise nothing.
     pub quic_port: u16,
-    /// How often mdns-sd rescans interfaces and addresses, re-announcing on changes. Whole
-    /// seconds (rounded up); zero disables the rescan (interfaces are then only those present
-    /// at start).
+    /// How often mdns-sd rescans interfaces and addresses, re-announcing on changes, when
+    /// nothing on `interfaces` says they changed (see [`super::rescan`]). Whole seconds
+    /// (rounded up); zero disables the rescan (interfaces are then only those present at start,
+    /// and those of a change on `interfaces`).
     pub ip_check_interval: Duration,
+    /// Bumped by the node when its addresses change: the daemon then rescans every second for
+    /// a few seconds. `None`: only `ip_check_interval`.
+    pub interfaces: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl MdnsConfig {
@@ -118,6 +123,7 @@ impl MdnsConfig {
             agent_version: crate::AGENT_VERSION.to_string(),
             quic_port,
             ip_check_interval: DEFAULT_IP_CHECK_INTERVAL,
+            interfaces: None,
         }
     }
 }
