@@ -2,6 +2,7 @@
 //! loopback interfaces.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use libp2p::identity::Keypair;
 
