@@ -119,5 +119,4 @@ mod tests {
         assert_eq!(r.on_change(t0), None);
         assert_eq!(r.on_deadline(t0 + RESCAN_BURST), None);
     }
-
 }
