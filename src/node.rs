@@ -156,9 +156,10 @@ pub struct NodeConfig {
     pub discovery: DiscoveryMode,
     pub membership: MembershipConfig,
     /// Longest wait between redials of a known, unconnected peer (the profile's
-    /// `redial_interval`). A partition healed within [`dial::DEAD_GRACE`] is noticed within
-    /// this plus a QUIC handshake; a longer one within [`dial::DEAD_REDIAL_MAX`]. mDNS says
-    /// nothing when a silent partition heals (its records live 4,500 s).
+    /// `redial_interval`). Dead peers are redialed within a budget per this interval for the
+    /// whole mesh ([`dial::DEAD_DIALS_PER_MESH`]): a healed partition is noticed within this
+    /// divided by the dials across plus a QUIC handshake. mDNS says nothing when a silent
+    /// partition heals (its records live 4,500 s).
     pub redial_max: Duration,
     /// Where the state document lives; `None` keeps it in memory (tests).
     pub data_dir: Option<std::path::PathBuf>,
