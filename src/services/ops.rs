@@ -145,11 +145,17 @@ impl ServiceAction {
 /// node id here, once; the whole mesh's services with these replacing theirs must form a
 /// valid set (names, dependencies, cycles, fixed ports per node); services placed on the
 /// writer must pass its `local` rules.
+///
+/// `members` are the live members membership lists with the names they gave when admitted:
+/// a node that just joined is listed by `mesh peers` a moment before its own record reaches
+/// this node's document, and a target naming it resolves through them (the document's names
+/// come first).
 pub fn add(
     view: View<'_>,
     writer: &Writer,
     incoming: Vec<ServiceSpec>,
     local: Option<LocalCheck<'_>>,
+    members: &[(NodeId, NodeName)],
 ) -> Result<AddPlan, ServiceError> {
     if incoming.is_empty() {
         return Err(ServiceError::NothingToAdd);
@@ -158,6 +164,14 @@ pub fn add(
     let nodes = || {
         std::iter::once((writer.id.as_str(), writer.name.as_str()))
             .chain(document_nodes(view.state).filter(|(id, _)| *id != writer.id.as_str()))
+            .chain(
+                members
+                    .iter()
+                    .filter(|(id, _)| {
+                        *id != writer.id && !view.state.nodes.contains_key(id.as_str())
+                    })
+                    .map(|(id, name)| (id.as_str(), name.as_str())),
+            )
     };
     let mut placed = Vec::with_capacity(incoming.len());
     for mut spec in incoming {

@@ -42,7 +42,7 @@ fn add(
     specs: Vec<ServiceSpec>,
 ) -> Result<AddPlan, ServiceError> {
     let parsed = ParsedSpecs::parse(state);
-    let plan = ops::add(View::new(state, &parsed), by, specs, None)?;
+    let plan = ops::add(View::new(state, &parsed), by, specs, None, &[])?;
     apply(state, plan.writes.clone());
     Ok(plan)
 }
@@ -122,6 +122,57 @@ fn records_without_a_stored_placement_resolve_their_target_else_run_on_their_wri
     assert_eq!(placed(&state), None);
 }
 
+fn placed_on(plan: &AddPlan) -> NodeId {
+    plan.writes
+        .iter()
+        .find_map(|w| match w {
+            EntryWrite::Service { record, .. } => record.node_id.clone(),
+            _ => None,
+        })
+        .expect("a service written with its node")
+}
+
+/// A member admitted a moment ago is listed by `mesh peers` before its record reaches the
+/// document: a target naming it resolves through membership's names, and the document's
+/// names come first.
+#[test]
+fn a_target_naming_a_member_not_yet_in_the_document_resolves_through_membership() {
+    let state = mesh(&[("id-a", "a"), ("id-b", "b")]);
+    let parsed = ParsedSpecs::parse(&state);
+    let by_a = writer("id-a", "a", 1);
+    let members = [
+        (NodeId::from("id-c"), NodeName::from("c")),
+        // Membership's name for a node the document knows as `b` does not override it.
+        (NodeId::from("id-x"), NodeName::from("b")),
+    ];
+    let mut spec = ServiceSpec::new("web", "true");
+    spec.target = Some("c".into());
+    let plan = ops::add(
+        View::new(&state, &parsed),
+        &by_a,
+        vec![spec.clone()],
+        None,
+        &members,
+    )
+    .expect("c is a live member");
+    assert_eq!(placed_on(&plan), NodeId::from("id-c"));
+    spec.target = Some("b".into());
+    let plan = ops::add(
+        View::new(&state, &parsed),
+        &by_a,
+        vec![spec.clone()],
+        None,
+        &members,
+    )
+    .expect("b is in the document");
+    assert_eq!(placed_on(&plan), NodeId::from("id-b"));
+    spec.target = Some("c".into());
+    assert!(matches!(
+        ops::add(View::new(&state, &parsed), &by_a, vec![spec], None, &[]),
+        Err(ServiceError::UnknownNode { .. })
+    ));
+}
+
 #[test]
 fn adding_refuses_unknown_nodes_duplicates_and_fixed_port_clashes_across_spellings() {
     let mut state = mesh(&[("id-a", "a"), ("id-b", "b")]);
@@ -180,7 +231,8 @@ fn the_rules_of_the_adding_node_apply_to_what_it_places_on_itself() {
             view,
             &by_a,
             vec![ServiceSpec::new("bad", "true")],
-            Some(check())
+            Some(check()),
+            &[]
         )
         .unwrap_err(),
         ServiceError::RefusedHere {
@@ -193,7 +245,8 @@ fn the_rules_of_the_adding_node_apply_to_what_it_places_on_itself() {
             view,
             &by_a,
             vec![ServiceSpec::new("x", "true"), ServiceSpec::new("y", "true")],
-            Some(check())
+            Some(check()),
+            &[]
         )
         .unwrap_err(),
         ServiceError::TooManyHere { count: 2, max: 1 }

@@ -536,7 +536,7 @@ impl Fleet {
             name: NodeName::new(format!("n{i}")),
             now_ms: wall_ms(now),
         };
-        let plan = match ops::add(View::new(&s.state, &s.specs), &writer, specs, None) {
+        let plan = match ops::add(View::new(&s.state, &s.specs), &writer, specs, None, &[]) {
             Ok(plan) => plan,
             Err(e) => {
                 self.violations

@@ -1201,8 +1201,8 @@ mod document {
 
     fn add(state: &mut MeshState, by: Writer, specs: Vec<ServiceSpec>) {
         let specs_parsed = ParsedSpecs::parse(state);
-        let plan =
-            services::add(View::new(state, &specs_parsed), &by, specs, None).expect("a valid add");
+        let plan = services::add(View::new(state, &specs_parsed), &by, specs, None, &[])
+            .expect("a valid add");
         write(state, plan.writes);
     }
 

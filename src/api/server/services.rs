@@ -81,11 +81,23 @@ pub async fn add_services(
         refusal: &refusal,
         max_services: s.rules().max_services,
     });
+    // Live members by the names they gave when admitted (see `services::add`).
+    let members: Vec<(NodeId, NodeName)> = node
+        .snapshot()
+        .peers
+        .iter()
+        .filter(|p| p.state == PeerState::Alive)
+        .filter_map(|p| {
+            let info = p.info.as_ref()?;
+            Some((NodeId::from(p.peer_id), NodeName::from(info.name.as_str())))
+        })
+        .collect();
     let plan = match services::add(
         View::new(&snap.state, &snap.specs),
         &writer(&node),
         request.services,
         local,
+        &members,
     ) {
         Ok(plan) => plan,
         Err(e) => return service_error(e),
