@@ -3,19 +3,6 @@
 
 use super::*;
 
-/// Runs `f`, which waits on the disk (an fsync can take a second on an SD card), without
-/// holding up the other tasks of the agent's runtime: its one worker thread also carries
-/// membership, whose probes must be answered within 200 ms. On a multi-thread runtime through
-/// `block_in_place` (the worker's other tasks move to another thread meanwhile); elsewhere
-/// (tests' current-thread runtimes, the simulator) directly.
-fn off_worker<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 impl StateActor {
     /// Appends what the file lacks and fsyncs; compacts the file when due. On error the file
     /// is left without a torn chunk and the next call retries the same changes.
@@ -26,8 +13,7 @@ impl StateActor {
         if !file.behind(&mut self.doc) {
             return Ok(());
         }
-        let doc = &mut self.doc;
-        if let Err(e) = off_worker(|| file.append(doc)) {
+        if let Err(e) = file.append(&mut self.doc) {
             let path = file.path().display().to_string();
             tracing::error!(error = %e, %path, "cannot append to the state file");
             return Err(StateError::NotDurable(format!("{path}: {e}")));
@@ -85,9 +71,8 @@ impl StateActor {
     }
 
     pub(super) fn rewrite_file(&mut self) {
-        let doc = &mut self.doc;
         if let Some(file) = self.file.as_mut()
-            && let Err(e) = off_worker(|| file.rewrite(doc))
+            && let Err(e) = file.rewrite(&mut self.doc)
         {
             tracing::error!(error = %e, "cannot rewrite the state file; retried on the next write");
         }
@@ -104,7 +89,7 @@ impl StateActor {
             .map(|(k, v)| (k, hex::encode(v)))
             .collect();
         let text = serde_json::to_vec(&map).expect("a string map always serializes");
-        if let Err(e) = off_worker(|| crate::identity::write_secret_file(path, &text)) {
+        if let Err(e) = crate::identity::write_secret_file(path, &text) {
             tracing::warn!(error = %e, "cannot save sync states");
         }
         self.sync_states_dirty = false;
