@@ -105,7 +105,7 @@ impl MemberId {
 /// A member's address as foca compares it: the node id's bytes in a fixed array, so comparing
 /// allocates nothing (cloning the `Vec` for each comparison of upstream foca's linear scan was
 /// most of the membership CPU time at 100 nodes: malloc, memmove, free; `perf` on `mesh sim`).
-/// The patched foca finds members through a map ordered by it.
+/// The patched foca finds members through a hash map of it.
 #[derive(Clone, Copy, Eq, Debug)]
 pub struct MemberAddr {
     /// The last 8 bytes of the id (a key's or a digest's: as good as random), first so that
@@ -134,6 +134,14 @@ impl Ord for MemberAddr {
             .cmp(&other.tail)
             .then(self.len.cmp(&other.len))
             .then_with(|| self.bytes.cmp(&other.bytes))
+    }
+}
+
+// The patched foca finds members through a hash map by address: the tail alone (equal
+// addresses have equal tails) is a key's or a digest's last 8 bytes, as good as random.
+impl std::hash::Hash for MemberAddr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.tail.hash(state);
     }
 }
 

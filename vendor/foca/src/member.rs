@@ -2,7 +2,7 @@
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
 extern crate alloc;
-use alloc::{collections::BTreeMap, vec::Vec};
+use alloc::vec::Vec;
 
 use rand::{
     RngExt,
@@ -137,9 +137,10 @@ pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
     // mesh patch: the position of each member in `inner`, by address. Upstream finds a member
     // by a linear scan of `inner` on every update, which made applying an update O(N); with
-    // this map it is O(log N). `inner` keeps upstream's order exactly (same shuffles, same
+    // this map it is O(1) (a hash map: it was a B-tree, O(log N), and its searches were ~10 %
+    // of a 1,000-node `mesh sim` run; nothing iterates it). `inner` keeps upstream's order exactly (same shuffles, same
     // random draws), so behaviour is unchanged.
-    index: BTreeMap<T::Addr, usize>,
+    index: hashbrown::HashMap<T::Addr, usize>,
     // mesh patch: the addresses of the members whose identity or state changed (or that were
     // removed) since `take_changes` last ran, so a reader can follow the list without a pass
     // over all of it. At most as many as there are members (then `changes_overflow`).
@@ -175,7 +176,7 @@ where
             cursor: 0,
             num_active,
             inner,
-            index: BTreeMap::new(),
+            index: hashbrown::HashMap::new(),
             changes: Vec::new(),
             changes_overflow: true,
         };
