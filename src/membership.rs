@@ -109,8 +109,7 @@ impl MemberId {
 #[derive(Clone, Copy, Eq, Debug)]
 pub struct MemberAddr {
     /// The last 8 bytes of the id (a key's or a digest's: as good as random), first so that
-    /// comparing two different addresses, which is nearly every comparison of foca's scan,
-    /// ends on one integer.
+    /// comparing two different addresses ends on one integer; also the hash.
     tail: u64,
     /// The length of the id bytes, or [`MemberAddr::HASHED`] when longer than the array
     /// (then `bytes` starts with their SHA-256).
@@ -126,28 +125,11 @@ impl PartialEq for MemberAddr {
     }
 }
 
-// Foca (patched, `vendor/foca`) keeps its members in a map by address. Same fields and order
-// as `eq`, so the two agree.
-impl Ord for MemberAddr {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.tail
-            .cmp(&other.tail)
-            .then(self.len.cmp(&other.len))
-            .then_with(|| self.bytes.cmp(&other.bytes))
-    }
-}
-
 // The patched foca finds members through a hash map by address: the tail alone (equal
 // addresses have equal tails) is a key's or a digest's last 8 bytes, as good as random.
 impl std::hash::Hash for MemberAddr {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.tail.hash(state);
-    }
-}
-
-impl PartialOrd for MemberAddr {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
     }
 }
 

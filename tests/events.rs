@@ -8,8 +8,8 @@ mod agent;
 use agent::{Agent, key_file, wait_until};
 use serde_json::Value;
 
-/// Retried while `node`'s record has not reached `agent`'s document yet (membership can
-/// list a member alive a moment before).
+/// Through the support helper, which retries on "no node named" (a guard: a node `agent`
+/// sees alive resolves through membership even before its record reaches the document).
 fn add(agent: &Agent, name: &str, node: &str) {
     agent.add_service(&[name, "--node", node, "--pinned", "--", "sleep", "100000"]);
 }

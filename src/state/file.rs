@@ -80,11 +80,6 @@ impl DocFile {
     /// Makes every change of `doc` durable: appends those the file lacks and fsyncs. On error
     /// the file is cut back to its last good chunk (or, if even that fails, marked for a whole
     /// rewrite), so nothing torn stays in it and the next append retries the same changes.
-    /// Whether [`StateFile::append`] has anything to write (cheap: compares heads).
-    pub fn behind(&self, doc: &mut AutoCommit) -> bool {
-        self.stale || doc.get_heads() != self.saved_heads
-    }
-
     pub fn append(&mut self, doc: &mut AutoCommit) -> std::io::Result<()> {
         if self.stale {
             return self.rewrite(doc);

@@ -312,7 +312,6 @@ impl LanRegistrar {
         }
     }
 
-    /// The next event of any daemon; never resolves while none has an event channel.
     /// Gives every daemon, and those created from now on, this interface rescan interval.
     pub fn set_ip_check(&mut self, secs: u32) {
         self.ip_check_secs = secs;
@@ -323,6 +322,7 @@ impl LanRegistrar {
         }
     }
 
+    /// The next event of any daemon; never resolves while none has an event channel.
     pub async fn next_event(&self) -> RegistrarEvent {
         let waits: Vec<_> = self
             .registrations

@@ -10,9 +10,6 @@ impl StateActor {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        if !file.behind(&mut self.doc) {
-            return Ok(());
-        }
         if let Err(e) = file.append(&mut self.doc) {
             let path = file.path().display().to_string();
             tracing::error!(error = %e, %path, "cannot append to the state file");

@@ -34,9 +34,9 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     /// an example of one)
     ///
     /// It's a good idea to have this type as lean as possible
-    // mesh patch: `Ord + Hash` (upstream: `PartialEq`), so members can be found through a
+    // mesh patch: `Eq + Hash` (upstream: `PartialEq`), so members can be found through a
     // hash map by address instead of a linear scan.
-    type Addr: Ord + core::hash::Hash;
+    type Addr: Eq + core::hash::Hash;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///
