@@ -47,27 +47,20 @@ const RTT_ALPHA: f64 = 0.125;
 /// A member's identity as foca sees it: the node id plus a `bump` that orders incarnations of
 /// the same node across restarts and rejoins. Each agent start takes the wall-clock
 /// milliseconds as its bump, so a restarted node always wins over its previous, dead self.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// The id's bytes are held inline in its [`MemberAddr`] (no heap): foca keeps one per member
+/// and compares, clones and drops one for every update it receives, so at 1,000 members a
+/// `Vec` here made allocation and cache misses on comparing its bytes a fifth of the
+/// membership CPU (`perf` on `mesh sim`). On the wire it is `(peer bytes, bump)` as before.
+#[derive(Clone, Copy, Debug)]
 pub struct MemberId {
-    /// `PeerId::to_bytes()`. Bytes rather than `PeerId` so that a hostile peer's garbage is a
-    /// decode-time value we can reject, not a panic.
-    pub peer: Vec<u8>,
+    addr: MemberAddr,
     pub bump: u64,
-    /// `peer` parsed and as foca's address, worked out once per stored identity: foca walks
-    /// its whole member list on every update and the peer table is synced from that list
-    /// after every input, so parsing multihashes each time was a fifth of the membership CPU
-    /// at 100 nodes (`perf` on `mesh sim`). Not on the wire.
-    #[serde(skip)]
-    parsed: std::sync::OnceLock<Option<PeerId>>,
-    /// Foca's address of `peer`, worked out once (no parsing: ids in every received update
-    /// are compared, most of them once).
-    #[serde(skip)]
-    addr: std::sync::OnceLock<MemberAddr>,
 }
 
 impl PartialEq for MemberId {
     fn eq(&self, other: &Self) -> bool {
-        self.peer == other.peer && self.bump == other.bump
+        self.bump == other.bump && self.addr == other.addr
     }
 }
 
@@ -75,30 +68,71 @@ impl Eq for MemberId {}
 
 impl std::hash::Hash for MemberId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.peer.hash(state);
+        self.addr.hash(state);
         self.bump.hash(state);
+    }
+}
+
+/// `MemberId` as it travels: the id's bytes (`PeerId::to_bytes()`, as bytes rather than a
+/// `PeerId` so that a hostile peer's garbage is a decode-time value we can reject, not a
+/// panic) and the bump.
+#[derive(Serialize)]
+#[serde(rename = "MemberId")]
+struct MemberIdOut<'a> {
+    peer: &'a [u8],
+    bump: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "MemberId")]
+struct MemberIdIn {
+    peer: Vec<u8>,
+    bump: u64,
+}
+
+impl Serialize for MemberId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        MemberIdOut {
+            peer: self.addr.bytes(),
+            bump: self.bump,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = MemberIdIn::deserialize(deserializer)?;
+        // No node id is longer.
+        if wire.peer.len() > MemberAddr::BYTES {
+            return Err(serde::de::Error::invalid_length(
+                wire.peer.len(),
+                &"a node id of at most 66 bytes",
+            ));
+        }
+        Ok(Self {
+            addr: MemberAddr::of(&wire.peer),
+            bump: wire.bump,
+        })
     }
 }
 
 impl MemberId {
     pub fn new(peer: PeerId, bump: u64) -> Self {
-        let bytes = peer.to_bytes();
-        let parsed = std::sync::OnceLock::new();
-        let _ = parsed.set(Some(peer));
-        let addr = std::sync::OnceLock::new();
-        let _ = addr.set(MemberAddr::of(&bytes));
         Self {
-            peer: bytes,
+            addr: MemberAddr::of(&peer.to_bytes()),
             bump,
-            parsed,
-            addr,
         }
     }
 
+    /// The node id; `None` for bytes that do not parse as one (a hostile peer's).
     pub fn peer_id(&self) -> Option<PeerId> {
-        *self
-            .parsed
-            .get_or_init(|| PeerId::from_bytes(&self.peer).ok())
+        PeerId::from_bytes(self.addr.bytes()).ok()
+    }
+
+    /// The id's bytes (`PeerId::to_bytes()`).
+    pub fn peer_bytes(&self) -> &[u8] {
+        self.addr.bytes()
     }
 }
 
@@ -111,8 +145,7 @@ pub struct MemberAddr {
     /// The last 8 bytes of the id (a key's or a digest's: as good as random), first so that
     /// comparing two different addresses ends on one integer; also the hash.
     tail: u64,
-    /// The length of the id bytes, or [`MemberAddr::HASHED`] when longer than the array
-    /// (then `bytes` starts with their SHA-256).
+    /// The length of the id bytes.
     len: u8,
     bytes: [u8; MemberAddr::BYTES],
 }
@@ -134,31 +167,28 @@ impl std::hash::Hash for MemberAddr {
 }
 
 impl MemberAddr {
-    const BYTES: usize = 48;
-    const HASHED: u8 = u8::MAX;
+    /// The longest `PeerId::to_bytes()`: a multihash of at most 64 bytes of digest, behind one
+    /// byte of code and one of length.
+    const BYTES: usize = 66;
 
+    /// `peer` is at most [`MemberAddr::BYTES`] long: any `PeerId`'s bytes are, and decoding
+    /// refuses longer ones.
     fn of(peer: &[u8]) -> Self {
+        let len = peer.len().min(Self::BYTES);
         let mut bytes = [0u8; Self::BYTES];
+        bytes[..len].copy_from_slice(&peer[..len]);
         let mut tail = [0u8; 8];
-        let n = peer.len().min(8);
-        tail[..n].copy_from_slice(&peer[peer.len() - n..]);
-        let tail = u64::from_le_bytes(tail);
-        if peer.len() <= Self::BYTES {
-            bytes[..peer.len()].copy_from_slice(peer);
-            Self {
-                tail,
-                len: peer.len() as u8,
-                bytes,
-            }
-        } else {
-            use sha2::Digest;
-            bytes[..32].copy_from_slice(&sha2::Sha256::digest(peer));
-            Self {
-                tail,
-                len: Self::HASHED,
-                bytes,
-            }
+        let n = len.min(8);
+        tail[..n].copy_from_slice(&peer[len - n..len]);
+        Self {
+            tail: u64::from_le_bytes(tail),
+            len: len as u8,
+            bytes,
         }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
     }
 }
 
@@ -168,15 +198,13 @@ impl Identity for MemberId {
     fn renew(&self) -> Option<Self> {
         // Declared down while alive (e.g. after a partition): rejoin as a newer incarnation.
         Some(Self {
-            peer: self.peer.clone(),
+            addr: self.addr,
             bump: self.bump.wrapping_add(1),
-            parsed: self.parsed.clone(),
-            addr: self.addr.clone(),
         })
     }
 
     fn addr(&self) -> MemberAddr {
-        *self.addr.get_or_init(|| MemberAddr::of(&self.peer))
+        self.addr
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -1453,5 +1481,45 @@ mod tests {
         assert_eq!(sim.nodes[0].1.stats().datagrams_rejected, 4);
         sim.run_for(Duration::from_secs(2));
         assert_eq!(sim.state_at(0, 1), Some(PeerState::Alive));
+    }
+
+    #[test]
+    fn a_member_id_travels_as_the_node_id_bytes_and_the_bump() {
+        #[derive(Serialize)]
+        #[serde(rename = "MemberId")]
+        struct Before {
+            peer: Vec<u8>,
+            bump: u64,
+        }
+        // The longest id a `PeerId` can hold (a 64-byte digest) and an ordinary one.
+        let long = PeerId::from_bytes(&[[0x12, 64].as_slice(), &[9u8; 64]].concat()).unwrap();
+        let short = Keypair::generate_ed25519().public().to_peer_id();
+        for peer in [long, short] {
+            let id = MemberId::new(peer, 77);
+            // The same serde shape as the `Vec` it replaced, hence the same bytes in any format.
+            let before = Before {
+                peer: peer.to_bytes(),
+                bump: 77,
+            };
+            assert_eq!(
+                serde_json::to_string(&id).unwrap(),
+                serde_json::to_string(&before).unwrap()
+            );
+            // And through foca's codec, as datagrams carry it.
+            let mut buf = Vec::new();
+            let member = foca::Member::alive(id);
+            PostcardCodec.encode_member(&member, &mut buf).unwrap();
+            let back: foca::Member<MemberId> = PostcardCodec.decode_member(&buf[..]).unwrap();
+            assert_eq!(back.id(), &id);
+            assert_eq!(back.id().peer_id(), Some(peer));
+            assert_eq!(back.id().peer_bytes(), peer.to_bytes().as_slice());
+        }
+        // Longer than any node id: refused when decoding.
+        let too_long = serde_json::json!({ "peer": vec![1u8; 67], "bump": 1 });
+        assert!(serde_json::from_value::<MemberId>(too_long).is_err());
+        // Bytes that are no node id decode (and are dropped where a peer is needed).
+        let junk = serde_json::json!({ "peer": vec![1u8; 10], "bump": 1 });
+        let junk: MemberId = serde_json::from_value(junk).unwrap();
+        assert_eq!(junk.peer_id(), None);
     }
 }
