@@ -209,6 +209,52 @@ struct Outage {
     waiting: Vec<usize>,
 }
 
+/// When a pending event happens: its time in nanoseconds and the order it was scheduled in,
+/// in one integer (one comparison per step of the heap; simulated times stay far under the
+/// 2^64 ns, 584 years, that fit), and where the event is kept.
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    key: u128,
+    slot: u32,
+}
+
+impl Due {
+    fn new(at: Duration, seq: u64, slot: u32) -> Self {
+        Self {
+            key: (at.as_nanos() << 64) | u128::from(seq),
+            slot,
+        }
+    }
+
+    fn at(&self) -> Duration {
+        let nanos = self.key >> 64;
+        Duration::new(
+            (nanos / 1_000_000_000) as u64,
+            (nanos % 1_000_000_000) as u32,
+        )
+    }
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
 /// One run of a scenario.
 pub struct Simulation {
     scenario: Scenario,
@@ -217,8 +263,12 @@ pub struct Simulation {
     base: Instant,
     now: Duration,
     rng: StdRng,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    events: HashMap<u64, Ev>,
+    /// Pending events in the order they happen: by time, then by the order they were
+    /// scheduled in.
+    queue: BinaryHeap<Reverse<Due>>,
+    /// The pending events themselves, by slot (a free slot is reused).
+    events: Vec<Option<Ev>>,
+    free: Vec<u32>,
     seq: u64,
     nodes: Vec<SimNode>,
     index: HashMap<PeerId, usize>,
@@ -278,7 +328,8 @@ impl Simulation {
             now: Duration::ZERO,
             rng: StdRng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
-            events: HashMap::new(),
+            events: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             nodes: Vec::with_capacity(capacity),
             index: HashMap::new(),
@@ -361,8 +412,17 @@ impl Simulation {
     fn schedule(&mut self, at: Duration, ev: Ev) {
         let seq = self.seq;
         self.seq += 1;
-        self.queue.push(Reverse((at, seq)));
-        self.events.insert(seq, ev);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.events[slot as usize] = Some(ev);
+                slot
+            }
+            None => {
+                self.events.push(Some(ev));
+                u32::try_from(self.events.len() - 1).expect("fewer than 2^32 pending events")
+            }
+        };
+        self.queue.push(Reverse(Due::new(at, seq, slot)));
     }
 
     fn instant(&self) -> Instant {
@@ -418,7 +478,8 @@ impl Simulation {
         let wall = Instant::now();
         let mut told = wall;
         let end = self.scenario.duration;
-        while let Some(Reverse((at, seq))) = self.queue.pop() {
+        while let Some(Reverse(due)) = self.queue.pop() {
+            let at = due.at();
             if at > end {
                 break;
             }
@@ -426,9 +487,10 @@ impl Simulation {
                 told = Instant::now();
                 progress(at, self.processed);
             }
-            let Some(ev) = self.events.remove(&seq) else {
+            let Some(ev) = self.events[due.slot as usize].take() else {
                 continue;
             };
+            self.free.push(due.slot);
             self.now = at;
             self.processed += 1;
             self.handle(ev);
