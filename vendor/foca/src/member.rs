@@ -210,23 +210,14 @@ where
             .map(|&pos| pos as usize)
     }
 
-    // mesh patch: indexes the member at `pos` under its address (replacing the position the
-    // address had).
+    // mesh patch: indexes the member at `pos` under its address, which is not indexed yet
+    // (every caller clears the index or removes the address first).
     fn index_insert(&mut self, pos: usize) {
-        let addr = self.inner[pos].id.addr();
-        let hash = self.hash_of(&addr);
+        let hash = self.hash_of(&self.inner[pos].id.addr());
         let (inner, hasher) = (&self.inner, &self.hasher);
-        let slot = self.index.entry(
-            hash,
-            |&at| inner.get(at as usize).is_some_and(|m| m.id.addr() == addr),
-            |&at| core::hash::BuildHasher::hash_one(hasher, inner[at as usize].id.addr()),
-        );
-        match slot {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = pos as u32,
-            hashbrown::hash_table::Entry::Vacant(entry) => {
-                entry.insert(pos as u32);
-            }
-        }
+        self.index.insert_unique(hash, pos as u32, |&at| {
+            core::hash::BuildHasher::hash_one(hasher, inner[at as usize].id.addr())
+        });
     }
 
     // mesh patch: drops `addr` from the index (its position must still hold it).
