@@ -5,8 +5,8 @@
 #
 # It builds a release binary with symbols, starts a 10-host lab (simulations/lab/lab.sh),
 # runs host 1's agent under valgrind's callgrind, and records which functions of the binary
-# ran: first everything up to a settled mesh (start-up), then, after zeroing the counters,
-# what runs from then on: idle membership, the API (`peers`, `status`, a service added and
+# ran: first everything up to a settled mesh (start-up), then 45 s of a settled mesh left
+# alone (idle), then what runs from then on: the API (`peers`, `status`, a service added and
 # listed), a peer crashing and coming back, a peer leaving, and the agent's own stop.
 # Functions are written as patterns without the symbol hash, so the list keeps matching
 # after unrelated changes; a function missing from it only costs memory, never correctness.
@@ -51,6 +51,10 @@ sleep 40
 vg=$(pgrep -f -- "--callgrind-out-file=$WORK/" | head -1)
 [[ -n $vg ]] || { echo "hot-text.sh: host 1's agent is not running; see /tmp/mesh-lab/$LAB_ID/h1/agent.log" >&2; exit 1; }
 callgrind_control --dump=startup "$vg" >/dev/null
+callgrind_control --zero "$vg" >/dev/null
+echo "idle (45 s: every periodic task of an idle agent runs at least once) ..." >&2
+sleep 45
+callgrind_control --dump=idle "$vg" >/dev/null
 callgrind_control --zero "$vg" >/dev/null
 echo "after start-up: API, a service, a crash, a restart, a leave, idle ..." >&2
 H1=/tmp/mesh-lab/$LAB_ID/h1/data
