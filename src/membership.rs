@@ -589,7 +589,7 @@ impl Membership {
             .get(&peer)
             .is_some_and(|r| !r.state.believed_alive() && r.bump >= bump);
         if (held_down || self.foca.num_members() < ANNOUNCE_WHILE_FEWER_THAN)
-            && let Err(e) = self.foca.announce(id.clone(), &mut fx)
+            && let Err(e) = self.foca.announce(id, &mut fx)
         {
             tracing::debug!(%peer, error = %e, "foca announce failed");
         }

@@ -211,8 +211,9 @@ struct Outage {
 
 /// When a pending event happens: its time in nanoseconds and the order it was scheduled in,
 /// in one integer (one comparison per step of the heap; simulated times stay far under the
-/// 2^64 ns, 584 years, that fit), and where the event is kept.
-#[derive(Clone, Copy, Debug)]
+/// 2^64 ns, 584 years, that fit), and where the event is kept. Ordered by `key` (unique, as
+/// the sequence is): `slot` never decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     key: u128,
     slot: u32,
@@ -232,26 +233,6 @@ impl Due {
             (nanos / 1_000_000_000) as u64,
             (nanos % 1_000_000_000) as u32,
         )
-    }
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for Due {}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
     }
 }
 
