@@ -23,8 +23,9 @@ use mesh::transport::MAX_SYNC_MESSAGE;
 use cluster::Cluster;
 
 /// Ceiling of every wait: several MiB through debug-build Automerge on a loaded 2-core machine
-/// take seconds; the ceiling is far past that.
-const CEILING: Duration = Duration::from_secs(90);
+/// take seconds, and on a slow one over a minute (a fresh node's sync near the bound took
+/// ~85-105 s on one CI-sized machine); the ceiling is far past that.
+const CEILING: Duration = Duration::from_secs(300);
 /// Bytes of one spec: seven fit under the bound.
 const SPEC_BYTES: usize = 280 * 1024;
 
